@@ -1,0 +1,14 @@
+"""Mixing algorithms: ``get(name, **hparams)`` builds one (see ``base``).
+
+Each method lives in its own module with its update rule in the docstring.
+Importing this package registers every built-in method.
+"""
+
+from mixjax.mixing.base import (APPLY_TO, STATS, Mixer, NonFiniteStatsError, build,
+                                check_weight_vector, get, guarded_update, init_state,
+                                mixer_class, names, record_weights, register)
+from mixjax.mixing import static  # noqa: F401  (registers uniform/natural/temperature/manual)
+
+__all__ = ["APPLY_TO", "STATS", "Mixer", "NonFiniteStatsError", "build", "check_weight_vector",
+           "get", "guarded_update", "init_state", "mixer_class", "names", "record_weights",
+           "register"]

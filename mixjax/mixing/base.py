@@ -1,0 +1,235 @@
+"""The mixer protocol and the registry of mixing algorithms.
+
+A *mixer* turns per-domain training statistics into domain weights. It knows
+only arrays: never models, data pipelines or optimisers. Every mixer is a
+frozen dataclass whose fields are its hyperparameters::
+
+    mixer = mixjax.mixing.get("doremi", eta=1.0, smoothing=1e-3)
+    mixer.requires                  # statistics it needs, a subset of STATS
+    state = mixer.init(num_domains) # a pytree of arrays
+    state = mixer.update(state, stats, step)   # pure and jittable
+    mixer.weights(state)            # f32[K] weights for the next step
+    mixer.average(state)            # f32[K] time-averaged weights
+    mixer.apply_to                  # "sampling", "loss" or "both"
+
+``apply_to`` chooses the "upsample or upweight" route:
+
+* ``sampling``: the sampler draws domains with ``weights``; the loss is the
+  plain token mean.
+* ``loss``: the sampler keeps its own (reference) weights ``p``; each token of
+  domain ``d`` is weighted by ``w_d / p_d`` (importance correction), so the
+  objective estimates ``sum_d w_d E[loss_d]``.
+* ``both``: the sampler draws with ``weights`` *and* the loss is weighted by
+  ``w_d`` (no correction); used by methods that want both effects.
+
+State convention: a dict holding at least ``weights`` (f32[K]),
+``weight_sum`` (f32[K]) and ``num_weights`` (f32[]); ``average`` is
+``weight_sum / num_weights``. ``init`` counts the initial weights once, as the
+DoReMi reference does (its running mean starts with alpha_0).
+
+Non-finite statistics: :func:`guarded_update` runs ``update`` and, if the new
+weights are not finite (a NaN or inf in a present domain's statistics), keeps
+the previous state and records the first offending domain in
+``state["nonfinite_domain"]`` (-1 when all is well). The host loop reads it one
+step late and raises :class:`NonFiniteStatsError` naming the domain and step.
+
+A research fork adds a method by writing one module with a ``Mixer`` subclass
+decorated with :func:`register`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+State = dict[str, Any]
+
+APPLY_TO = ("sampling", "loss", "both")
+
+# The statistics the train step can provide, with their shapes. K domains,
+# B sequences, S tokens per sequence. A mixer lists the keys it needs in
+# ``requires``; the train step computes only what the mixer asks for.
+STATS: Mapping[str, str] = {
+    "loss": "f32[K] mean token loss per domain in this batch (0 where absent)",
+    "count": "f32[K] number of loss tokens per domain in this batch",
+    "token_loss": "f32[B,S] per-token training loss",
+    "token_mask": "f32[B,S] 1 for tokens that count in the loss",
+    "domain_id": "i32[B] domain of each sequence",
+    "sample_loss": "f32[B] mean token loss per sequence",
+    "ref_loss": "f32[K] mean token loss per domain of the reference model",
+    "ref_token_loss": "f32[B,S] per-token loss of the reference model",
+    "grad_dot": "f32[K] inner products <g_i, g_target>",
+    "gram": "f32[K,K] inner products <g_i, g_j>",
+    "grad_norm": "f32[K] per-domain gradient norms",
+    "eval_loss": "f32[K] per-domain validation loss (latest evaluation)",
+    "sampling_weights": "f32[K] the weights this batch was drawn with",
+    "lr": "f32[] current learning rate",
+}
+
+
+class NonFiniteStatsError(FloatingPointError):
+    """A domain's statistics were NaN or infinite; the weights were not updated."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Mixer:
+    """Base class of every mixing algorithm (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()
+    default_apply_to: ClassVar[str] = "sampling"
+
+    # Overrides ``default_apply_to`` when set (the config's "upsample or upweight").
+    apply_to_override: str | None = None
+
+    def __post_init__(self):
+        if self.apply_to_override is not None and self.apply_to_override not in APPLY_TO:
+            raise ValueError(
+                f"mixer {self.name!r}: apply_to must be one of {APPLY_TO}, "
+                f"got {self.apply_to_override!r}")
+
+    @property
+    def apply_to(self) -> str:
+        return self.apply_to_override or self.default_apply_to
+
+    # -- protocol -----------------------------------------------------------
+    def init(self, num_domains: int) -> State:
+        return init_state(jnp.full((num_domains,), 1.0 / num_domains, jnp.float32))
+
+    def update(self, state: State, stats: Mapping[str, Array], step: Array) -> State:
+        del stats, step
+        return state
+
+    def weights(self, state: State) -> Array:
+        return state["weights"]
+
+    def average(self, state: State) -> Array:
+        return state["weight_sum"] / state["num_weights"]
+
+
+def init_state(weights: Array, **extra: Any) -> State:
+    """The common state: current weights, their running sum and count."""
+    weights = jnp.asarray(weights, jnp.float32)
+    return {
+        "weights": weights,
+        "weight_sum": weights,
+        "num_weights": jnp.ones((), jnp.float32),
+        "nonfinite_domain": -jnp.ones((), jnp.int32),
+        **extra,
+    }
+
+
+def record_weights(state: State, weights: Array, **extra: Any) -> State:
+    """Returns ``state`` with new current weights added to the running mean."""
+    return {
+        **state,
+        **extra,
+        "weights": weights,
+        "weight_sum": state["weight_sum"] + weights,
+        "num_weights": state["num_weights"] + 1.0,
+    }
+
+
+def guarded_update(mixer: Mixer, state: State, stats: Mapping[str, Array], step: Array) -> State:
+    """``mixer.update`` that never lets NaN or inf reach the weights.
+
+    If any required per-domain statistic of a domain is non-finite, or the new
+    weights are, the previous state is kept and ``nonfinite_domain`` names the
+    first culprit (the weights' index if the statistics looked fine).
+    """
+    new = mixer.update(state, stats, step)
+    k = state["weights"].shape[0]
+    bad = jnp.zeros((k,), bool)
+    for key in sorted(mixer.requires):
+        value = stats.get(key)
+        if value is not None and value.ndim >= 1 and value.shape[0] == k and key in (
+                "loss", "ref_loss", "grad_dot", "gram", "grad_norm", "eval_loss"):
+            bad = bad | ~jnp.all(jnp.isfinite(value.reshape(k, -1)), axis=1)
+    # Blame the statistics first: NaN weights are only the symptom.
+    bad = jnp.where(jnp.any(bad), bad, ~jnp.isfinite(new["weights"]))
+    any_bad = jnp.any(bad)
+    culprit = jnp.where(any_bad, jnp.argmax(bad).astype(jnp.int32), -1)
+    kept = jax.tree.map(lambda old, nw: jnp.where(any_bad, old, nw), state, new)
+    kept["nonfinite_domain"] = culprit
+    return kept
+
+
+def check_weight_vector(weights: Any, domains: tuple[str, ...] | None = None,
+                        what: str = "weights") -> np.ndarray:
+    """Validates a host-side weight vector: finite, non-negative, sums to 1 (1e-6)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1:
+        raise ValueError(f"{what}: expected a vector, got shape {w.shape}")
+    if domains is not None and len(w) != len(domains):
+        raise ValueError(f"{what}: got {len(w)} weights for {len(domains)} domains {list(domains)}")
+    label = (lambda i: repr(domains[i])) if domains is not None else (lambda i: f"#{i}")
+    for i, x in enumerate(w):
+        if not np.isfinite(x):
+            raise ValueError(f"{what}: weight of domain {label(i)} is not finite ({x})")
+        if x < 0:
+            raise ValueError(f"{what}: weight of domain {label(i)} is negative ({x})")
+    if abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"{what}: weights must sum to 1 within 1e-6, got {w.sum():.9g}")
+    return w
+
+
+# -- registry ---------------------------------------------------------------
+_REGISTRY: dict[str, type[Mixer]] = {}
+
+
+def register(cls: type[Mixer]) -> type[Mixer]:
+    """Class decorator: makes ``cls`` available as ``get(cls.name)``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} needs a class attribute `name`")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"mixer name {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def mixer_class(name: str) -> type[Mixer]:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown mixer {name!r}; known: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def hparam_names(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(mixer_class(name))]
+
+
+def get(name: str, **hparams: Any) -> Mixer:
+    """Builds mixer ``name``; an unknown hyperparameter is a clear error."""
+    cls = mixer_class(name)
+    known = hparam_names(name)
+    unknown = sorted(set(hparams) - set(known))
+    if unknown:
+        raise TypeError(f"mixer {name!r} has no hyperparameter(s) {unknown}; known: {known}")
+    return cls(**hparams)
+
+
+def build(name: str, hparams: Mapping[str, Any], *, domains: tuple[str, ...],
+          token_counts: tuple[float, ...] | None = None,
+          apply_to: str | None = None) -> Mixer:
+    """``get`` plus what the trainer knows: domain names and token counts.
+
+    ``domains`` / ``token_counts`` are passed only to mixers that declare those
+    fields (``manual``, ``natural``, ``temperature``, ...).
+    """
+    fields = set(hparam_names(name))
+    extra: dict[str, Any] = {}
+    if "domains" in fields and "domains" not in hparams:
+        extra["domains"] = tuple(domains)
+    if "token_counts" in fields and "token_counts" not in hparams and token_counts is not None:
+        extra["token_counts"] = tuple(float(c) for c in token_counts)
+    if apply_to is not None:
+        extra["apply_to_override"] = apply_to
+    return get(name, **dict(hparams), **extra)
