@@ -1,0 +1,374 @@
+"""The gradient engine: per-domain gradient statistics as pure functions.
+
+Notation: K domains, ``L_d(theta)`` = mean token loss of domain ``d``'s
+sequences in the batch (0 when ``d`` is absent), ``g_d = grad L_d``, ``g_t`` =
+gradient of the mean token loss of a *target* batch (a held-out domain's split,
+a validation set, ...). The engine returns what a mixer's ``requires`` names:
+
+* ``grad_dot``  f32[K]    ``<g_d, g_t>``
+* ``gram``      f32[K,K]  ``G_ij = <g_i, g_j>``
+* ``grad_norm`` f32[K]    ``||g_d||``
+* ``target_grad_norm`` f32[]  ``||g_t||`` (for methods that clip g_t)
+* ``loss``, ``count`` f32[K] per-domain mean loss and token count (always)
+
+and a ``combine(c)`` function giving the training gradient ``sum_d c_d g_d``
+over *all* parameters (e.g. DoGE's ``sum_d alpha_d clip(g_d)``).
+
+Everything works from a *token loss function* and never sees a model::
+
+    token_loss_fn(params, batch) -> (token_loss f32[B,S], token_mask f32[B,S])
+
+Strategies (``GradConfig.strategy``):
+
+``vmap``
+    ``jax.vmap(jax.grad)`` over domains: materialises the K per-domain
+    gradients (memory K x params) in one batched backward pass.
+    ``layout="stratified"`` (default, fast) regroups the batch as
+    ``[K, B/K, ...]`` by a stable sort on ``domain_id``; it *requires* exactly
+    ``B/K`` sequences per domain (the sampler's ``stratified`` mode; check it
+    on the host with :func:`check_stratified`). ``layout="rows"`` accepts any
+    batch composition: one forward, then ``vmap`` of the VJP over the K
+    one-hot domain-indicator rows (K backward passes; jax-stack.md B6).
+``jvp``
+    One ``jax.linearize`` of the per-domain loss vector ``L(theta) in R^K``;
+    ``grad_dot = J_L g_t`` is the tangent pass, ``combine(c) = J_L^T c`` its
+    transpose (a single backward). Any batch composition; extra memory
+    O(1) x params (g_t and one tangent). Supplies inner products with one
+    direction only: asking it for ``gram`` or ``grad_norm`` is a config error.
+``chunked``
+    ``jax.lax.map`` over groups of ``chunk_size`` domains of the stratified
+    layout: memory ``chunk_size`` x params. ``grad_dot``/``grad_norm`` cost one
+    backward; ``gram`` recomputes group gradients pairwise
+    (``K/chunk_size + 1`` backward passes); ``combine`` is one more weighted
+    backward.
+
+``param_filter`` (a regex on the parameter path as printed by
+``jax.tree_util.keystr``) restricts the *statistics* (dots, Gram, norms) to
+the matching leaves, like DoGE's ``cc_selection`` (e.g. last layers only);
+``combine`` always covers all parameters (for ``vmap``/``chunked`` with a
+filter it costs one extra weighted backward, since only the filtered
+per-domain gradients are materialised).
+
+All strategies agree with a direct per-domain ``jax.grad`` to fp32 tolerance
+(``tests/test_grads.py``). Inner products use ``Precision.HIGHEST`` so TPUs do
+not round them to bf16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+PyTree = Any
+TokenLossFn = Callable[[PyTree, Mapping[str, Array]], tuple[Array, Array]]
+
+STRATEGIES = ("vmap", "jvp", "chunked")
+LAYOUTS = ("stratified", "rows")
+GRAD_STATS = ("grad_dot", "gram", "grad_norm", "target_grad_norm")
+# Keys of a batch that are not per-sequence arrays (never regrouped by domain).
+_NOT_PER_EXAMPLE = ("domain_counts",)
+_HI = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GradConfig:
+    """How the engine computes per-domain gradient statistics (``grads.*`` in the config)."""
+
+    strategy: str = "vmap"
+    layout: str = "stratified"        # vmap only: "stratified" or "rows"
+    chunk_size: int = 1               # chunked only: domains per group (must divide K)
+    param_filter: str | None = None   # regex on keystr(path); None = all parameters
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"grads.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"grads.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"grads.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.param_filter is not None:
+            try:
+                re.compile(self.param_filter)
+            except re.error as e:
+                raise ValueError(f"grads.param_filter {self.param_filter!r} is not a regex: {e}")
+
+    @property
+    def stratified(self) -> bool:
+        """Whether this config needs exactly B/K sequences per domain in every batch."""
+        return self.strategy == "chunked" or (self.strategy == "vmap" and self.layout == "stratified")
+
+
+def check_request(config: GradConfig, needs: frozenset[str] | set[str], who: str = "mixer") -> None:
+    """Raises a clear config error if ``config.strategy`` cannot supply ``needs``."""
+    if config.strategy == "jvp":
+        bad = sorted(set(needs) & {"gram", "grad_norm"})
+        if bad:
+            raise ValueError(
+                f"{who} requires {bad}, which grads.strategy='jvp' cannot supply (it gives inner "
+                f"products with one target direction only); use grads.strategy='vmap' or 'chunked'")
+
+
+def check_stratified(domain_counts: Any, batch_size: int, *, step: int | None = None,
+                     domains: tuple[str, ...] | None = None) -> None:
+    """Host check: every domain holds exactly ``batch_size / K`` sequences.
+
+    The ``vmap`` (stratified layout) and ``chunked`` strategies regroup the
+    batch as ``[K, B/K]``; any other composition would mix domains silently.
+    """
+    counts = np.asarray(domain_counts)
+    k = counts.shape[0]
+    where = f" at step {step}" if step is not None else ""
+    if batch_size % k:
+        raise ValueError(f"stratified gradient layout: batch size {batch_size} is not a multiple "
+                         f"of the {k} domains")
+    want = batch_size // k
+    for d, c in enumerate(counts):
+        if c != want:
+            name = repr(domains[d]) if domains else f"#{d}"
+            raise ValueError(
+                f"stratified gradient layout{where}: domain {name} has {int(c)} sequences, needs "
+                f"{want} (= B/K); use the sampler's stratified mode, or grads.layout='rows' / "
+                f"grads.strategy='jvp' for other batch compositions")
+
+
+class DomainGrads(NamedTuple):
+    """The engine's answer: statistics, and the training gradient as a function of weights."""
+
+    stats: dict[str, Array]
+    combine: Callable[[Array], PyTree]   # c f32[K] -> sum_d c_d g_d (all parameters)
+
+
+# -- small helpers --------------------------------------------------------------------------
+def param_mask(params: PyTree, pattern: str | None) -> PyTree:
+    """A pytree of bools: which leaves the statistics use (regex search on the path)."""
+    if pattern is None:
+        return jax.tree.map(lambda _: True, params)
+    rx = re.compile(pattern)
+    mask = jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(rx.search(jax.tree_util.keystr(path))), params)
+    if not any(jax.tree.leaves(mask)):
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        raise ValueError(f"grads.param_filter {pattern!r} matches no parameter; paths look like "
+                         f"{paths[:4]}")
+    return mask
+
+
+def _split(params: PyTree, mask: PyTree) -> tuple[PyTree, PyTree]:
+    sel = jax.tree.map(lambda p, m: p if m else None, params, mask)
+    rest = jax.tree.map(lambda p, m: None if m else p, params, mask)
+    return sel, rest
+
+
+def _merge(sel: PyTree, rest: PyTree) -> PyTree:
+    return jax.tree.map(lambda a, b: b if a is None else a, sel, rest,
+                        is_leaf=lambda x: x is None)
+
+
+def _dot(a: PyTree, b: PyTree) -> Array:
+    """<a, b> summed over leaves, f32."""
+    leaves = jax.tree.leaves(jax.tree.map(
+        lambda x, y: jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32), precision=_HI), a, b))
+    return sum(leaves, jnp.zeros((), jnp.float32))
+
+
+def _gram(stack_a: PyTree, stack_b: PyTree) -> Array:
+    """[Ka, Kb] inner products of two leading-axis stacks of pytrees."""
+    def one(x, y):
+        return jnp.einsum("kp,jp->kj", x.reshape(x.shape[0], -1).astype(jnp.float32),
+                          y.reshape(y.shape[0], -1).astype(jnp.float32), precision=_HI)
+    return sum(jax.tree.leaves(jax.tree.map(one, stack_a, stack_b)))
+
+
+def _dots(stack: PyTree, vec: PyTree) -> Array:
+    """[K] inner products of a stack of pytrees with one pytree."""
+    def one(x, y):
+        return jnp.einsum("kp,p->k", x.reshape(x.shape[0], -1).astype(jnp.float32),
+                          y.reshape(-1).astype(jnp.float32), precision=_HI)
+    return sum(jax.tree.leaves(jax.tree.map(one, stack, vec)))
+
+
+def _weighted_sum(coeffs: Array, stack: PyTree) -> PyTree:
+    return jax.tree.map(
+        lambda g: jnp.einsum("k,k...->...", coeffs.astype(jnp.float32), g.astype(jnp.float32),
+                             precision=_HI).astype(g.dtype), stack)
+
+
+def _per_example(batch: Mapping[str, Array]) -> dict[str, Array]:
+    """The per-sequence arrays of a batch (what the token loss function reads)."""
+    b = batch["domain_id"].shape[0]
+    return {k: v for k, v in batch.items()
+            if k not in _NOT_PER_EXAMPLE and not k.startswith("target_")
+            and getattr(v, "ndim", 0) >= 1 and v.shape[0] == b}
+
+
+def _masked_mean(token_loss: Array, token_mask: Array) -> tuple[Array, Array]:
+    n = token_mask.sum()
+    return (token_loss * token_mask).sum() / jnp.maximum(n, 1.0), n
+
+
+def domain_loss_vector(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
+                       num_domains: int) -> tuple[Array, Array]:
+    """(L f32[K], count f32[K]): per-domain mean token loss and token count; any composition."""
+    tl, tm = token_loss_fn(params, _per_example(batch))
+    tm = tm.astype(jnp.float32)
+    seq_sum = (tl.astype(jnp.float32) * tm).sum(axis=1)
+    seq_cnt = tm.sum(axis=1)
+    dom = batch["domain_id"]
+    tot = jax.ops.segment_sum(seq_sum, dom, num_segments=num_domains)
+    cnt = jax.ops.segment_sum(seq_cnt, dom, num_segments=num_domains)
+    return tot / jnp.maximum(cnt, 1.0), cnt
+
+
+def mean_loss(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array]) -> Array:
+    """Mean token loss of a whole batch (the target objective)."""
+    tl, tm = token_loss_fn(params, batch)
+    return _masked_mean(tl.astype(jnp.float32), tm.astype(jnp.float32))[0]
+
+
+def target_batch(batch: Mapping[str, Array]) -> dict[str, Array]:
+    """The target batch carried inside a training batch as ``target_*`` keys."""
+    out = {k[len("target_"):]: v for k, v in batch.items() if k.startswith("target_")}
+    if "tokens" not in out:
+        raise KeyError("the mixer needs a target batch: the training batch has no 'target_tokens' "
+                       "(the loop supplies it from the target domain's split)")
+    return out
+
+
+def _stratify(batch: Mapping[str, Array], num_domains: int) -> dict[str, Array]:
+    """Regroups per-sequence arrays as [K, B/K, ...] by a stable sort on domain_id."""
+    ex = _per_example(batch)
+    b = batch["domain_id"].shape[0]
+    if b % num_domains:
+        raise ValueError(f"stratified gradient layout: batch size {b} is not a multiple of the "
+                         f"{num_domains} domains")
+    order = jnp.argsort(batch["domain_id"], stable=True)
+    return {k: v[order].reshape(num_domains, b // num_domains, *v.shape[1:]) for k, v in ex.items()}
+
+
+# -- the engine -----------------------------------------------------------------------------
+def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array], *,
+                 num_domains: int, needs: frozenset[str] | set[str] = frozenset(),
+                 config: GradConfig = GradConfig(), target: PyTree | None = None) -> DomainGrads:
+    """Per-domain gradient statistics for ``needs`` (a subset of :data:`GRAD_STATS`).
+
+    ``target``: the target direction ``g_t`` (a params-shaped pytree) or None;
+    required for ``grad_dot`` / ``target_grad_norm``. Use :func:`target_grad`
+    to get it from a target batch. Call inside ``jit``.
+    """
+    needs = frozenset(needs) & frozenset(GRAD_STATS)
+    check_request(config, needs)
+    if needs & {"grad_dot", "target_grad_norm"} and target is None:
+        raise ValueError(f"grad_dot/target_grad_norm need a target direction (target=...); "
+                         f"needs={sorted(needs)}")
+    k = num_domains
+    mask = param_mask(params, config.param_filter)
+    full = config.param_filter is None
+    t_sel = _split(target, mask)[0] if target is not None else None
+    stats: dict[str, Array] = {}
+    if "target_grad_norm" in needs:
+        stats["target_grad_norm"] = jnp.sqrt(_dot(t_sel, t_sel))
+
+    def loss_vec(p):
+        return domain_loss_vector(token_loss_fn, p, batch, k)
+
+    def backward_combine(c):
+        # One weighted backward: grad of sum_d c_d L_d over all parameters.
+        _, pull = jax.vjp(lambda p: loss_vec(p)[0], params)
+        return pull(c.astype(jnp.float32))[0]
+
+    if config.strategy == "jvp":
+        losses, lin, counts = jax.linearize(loss_vec, params, has_aux=True)
+        stats["loss"], stats["count"] = losses, counts
+        if "grad_dot" in needs:
+            direction = _merge(t_sel, jax.tree.map(jnp.zeros_like, _split(params, mask)[1]))
+            stats["grad_dot"] = lin(direction)
+        transpose = jax.linear_transpose(lin, params)
+        return DomainGrads(stats, lambda c: transpose(c.astype(jnp.float32))[0])
+
+    if config.strategy == "vmap" and config.layout == "rows":
+        sel, rest = _split(params, mask)
+        losses, pull, counts = jax.vjp(lambda s: loss_vec(_merge(s, rest)), sel, has_aux=True)
+        grads = jax.vmap(lambda row: pull(row)[0])(jnp.eye(k, dtype=jnp.float32))
+        stats["loss"], stats["count"] = losses, counts
+        _matrix_stats(stats, needs, grads, t_sel)
+        combine = (lambda c: _weighted_sum(c, grads)) if full else backward_combine
+        return DomainGrads(stats, combine)
+
+    sub = _stratify(batch, k)
+    sel, rest = _split(params, mask)
+
+    def sub_loss(s, one):  # one domain's [B/K, ...] sub-batch
+        tl, tm = token_loss_fn(_merge(s, rest), one)
+        return _masked_mean(tl.astype(jnp.float32), tm.astype(jnp.float32))
+
+    def grad_sub(s, one):
+        (loss, n), g = jax.value_and_grad(sub_loss, has_aux=True)(s, one)
+        return g, (loss, n)
+
+    group_grads = jax.vmap(grad_sub, in_axes=(None, 0))   # over the domains of one group
+
+    if config.strategy == "vmap":
+        grads, (losses, counts) = group_grads(sel, sub)
+        stats["loss"], stats["count"] = losses, counts   # row d = domain d (sorted ids)
+        _matrix_stats(stats, needs, grads, t_sel)
+        combine = (lambda c: _weighted_sum(c, grads)) if full else backward_combine
+        return DomainGrads(stats, combine)
+
+    # chunked
+    c = config.chunk_size
+    if k % c:
+        raise ValueError(f"grads.chunk_size={c} must divide the number of domains K={k}")
+    groups = jax.tree.map(lambda v: v.reshape(k // c, c, *v.shape[1:]), sub)
+
+    def per_group(g):
+        gr, (ls, cn) = group_grads(sel, g)
+        out = {"loss": ls, "count": cn}
+        if "grad_dot" in needs:
+            out["grad_dot"] = _dots(gr, t_sel)
+        if needs & {"grad_norm", "gram"}:
+            out["sq"] = jnp.diagonal(_gram(gr, gr))
+        return out
+
+    res = jax.lax.map(per_group, groups)
+    res = {key: v.reshape(k) for key, v in res.items()}
+    stats["loss"], stats["count"] = res["loss"], res["count"]
+    if "grad_dot" in needs:
+        stats["grad_dot"] = res["grad_dot"]
+    if "grad_norm" in needs:
+        stats["grad_norm"] = jnp.sqrt(res["sq"])
+    if "gram" in needs:
+        def row_block(ga):
+            gra, _ = group_grads(sel, ga)
+            return jax.lax.map(lambda gb: _gram(gra, group_grads(sel, gb)[0]), groups)
+        blocks = jax.lax.map(row_block, groups)            # [K/c, K/c, c, c]
+        stats["gram"] = blocks.transpose(0, 2, 1, 3).reshape(k, k)
+    return DomainGrads(stats, backward_combine)
+
+
+def _matrix_stats(stats: dict, needs: frozenset[str], grads: PyTree, t_sel: PyTree | None) -> None:
+    if needs & {"gram", "grad_norm"}:
+        gram = _gram(grads, grads)
+        if "gram" in needs:
+            stats["gram"] = gram
+        if "grad_norm" in needs:
+            stats["grad_norm"] = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    if "grad_dot" in needs:
+        stats["grad_dot"] = _dots(grads, t_sel)
+
+
+def target_grad(token_loss_fn: TokenLossFn, params: PyTree, target: Mapping[str, Array]) -> PyTree:
+    """``g_t``: gradient of the target batch's mean token loss."""
+    return jax.grad(lambda p: mean_loss(token_loss_fn, p, target))(params)
+
+
+def direct_domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
+                        num_domains: int) -> list[PyTree]:
+    """Reference: one ``jax.grad`` per domain on the masked full batch (tests, benchmarks)."""
+    return [jax.grad(lambda p, d=d: domain_loss_vector(token_loss_fn, p, batch, num_domains)[0][d])(
+        params) for d in range(num_domains)]

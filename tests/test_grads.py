@@ -1,0 +1,188 @@
+"""The gradient engine agrees with direct per-domain jax.grad for every strategy."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixjax import grads
+
+V, D, H, S = 11, 8, 12, 6
+PAD = 0
+
+
+def init_params(key):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return {"embed": jax.random.normal(k1, (V, D)) * 0.5,
+            "mix": {"w": jax.random.normal(k2, (2 * D, H)) * 0.3, "b": jnp.zeros((H,))},
+            "head": {"w": jax.random.normal(k3, (H, V)) * 0.3,
+                     "b": jax.random.normal(k4, (V,)) * 0.1}}
+
+
+def token_loss_fn(params, batch):
+    """A tiny causal LM: each position sees its token and the running mean of the prefix."""
+    tokens = batch["tokens"]
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    e = params["embed"][x]
+    prefix = jnp.cumsum(e, axis=1) / jnp.arange(1, e.shape[1] + 1)[None, :, None]
+    h = jnp.tanh(jnp.concatenate([e, prefix], -1) @ params["mix"]["w"] + params["mix"]["b"])
+    logits = h @ params["head"]["w"] + params["head"]["b"]
+    logp = jax.nn.log_softmax(logits)
+    loss = -jnp.take_along_axis(logp, y[..., None], -1)[..., 0]
+    return loss, (y != PAD).astype(jnp.float32)
+
+
+def make_batch(key, k, per_domain=None, counts=None):
+    counts = counts if counts is not None else [per_domain] * k
+    dom = np.repeat(np.arange(k), counts)
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 1 << 30)))
+    dom = rng.permutation(dom)
+    tokens = rng.integers(1, V, size=(len(dom), S + 1))
+    tokens[:, -2:] = np.where(rng.random((len(dom), 2)) < 0.3, PAD, tokens[:, -2:])  # some padding
+    # Domain-dependent token statistics so that the gradients differ by domain.
+    tokens = np.where(rng.random(tokens.shape) < 0.5, (dom[:, None] * 3) % (V - 1) + 1, tokens)
+    return {"tokens": jnp.asarray(tokens, jnp.int32), "domain_id": jnp.asarray(dom, jnp.int32),
+            "domain_counts": jnp.asarray(np.bincount(dom, minlength=k), jnp.int32)}
+
+
+def flat(tree):
+    return jnp.concatenate([x.reshape(-1) for x in jax.tree.leaves(tree)])
+
+
+def direct_stats(params, batch, k, target, mask=None):
+    gs = grads.direct_domain_grads(token_loss_fn, params, batch, k)
+    if mask is not None:
+        gs = [jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), g, mask) for g in gs]
+        target = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), target, mask)
+    m = np.stack([np.asarray(flat(g), np.float64) for g in gs])
+    t = np.asarray(flat(target), np.float64)
+    return {"gram": m @ m.T, "grad_norm": np.linalg.norm(m, axis=1), "grad_dot": m @ t,
+            "target_grad_norm": np.linalg.norm(t)}, gs
+
+
+CONFIGS = {
+    "vmap": grads.GradConfig(strategy="vmap"),
+    "vmap-rows": grads.GradConfig(strategy="vmap", layout="rows"),
+    "chunked1": grads.GradConfig(strategy="chunked", chunk_size=1),
+    "chunked2": grads.GradConfig(strategy="chunked", chunk_size=2),
+    "jvp": grads.GradConfig(strategy="jvp"),
+}
+
+
+def run_engine(cfg, params, batch, k, target, needs):
+    @jax.jit
+    def f(params, batch, target, coeffs):
+        out = grads.domain_grads(token_loss_fn, params, batch, num_domains=k, needs=needs,
+                                 config=cfg, target=target)
+        return out.stats, out.combine(coeffs)
+    return f
+
+
+@pytest.fixture(scope="module")
+def setup():
+    k = 4
+    params = init_params(jax.random.PRNGKey(0))
+    batch = make_batch(jax.random.PRNGKey(1), k, per_domain=3)
+    tgt = make_batch(jax.random.PRNGKey(2), 1, per_domain=5)
+    target = grads.target_grad(token_loss_fn, params, {"tokens": tgt["tokens"]})
+    coeffs = jnp.asarray([0.1, 0.4, 0.2, 0.3], jnp.float32)
+    ref, gs = direct_stats(params, batch, k, target)
+    ref_combine = flat(jax.tree.map(lambda *g: sum(c * x for c, x in zip(coeffs, g)), *gs))
+    results = {}
+    for name, cfg in CONFIGS.items():
+        needs = {"grad_dot", "target_grad_norm"} if name == "jvp" else set(grads.GRAD_STATS)
+        stats, comb = run_engine(cfg, params, batch, k, target, needs)(params, batch, target, coeffs)
+        results[name] = (jax.device_get(stats), np.asarray(flat(comb)))
+    return k, batch, ref, ref_combine, results
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_strategy_matches_direct_grad(setup, name):
+    k, batch, ref, ref_combine, results = setup
+    stats, comb = results[name]
+    for key in grads.GRAD_STATS:
+        if key in stats:
+            np.testing.assert_allclose(stats[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(comb, ref_combine, rtol=1e-4, atol=1e-6)
+    loss, _ = grads.domain_loss_vector(token_loss_fn, init_params(jax.random.PRNGKey(0)), batch, k)
+    np.testing.assert_allclose(stats["loss"], loss, rtol=1e-5)
+    assert stats["grad_norm"].shape == (k,) if "grad_norm" in stats else True
+    # The domains' gradients really differ (a test of the test: a bug that mixed
+    # domains up could not pass by symmetry).
+    assert np.ptp(ref["grad_dot"]) > 1e-2 * np.abs(ref["grad_dot"]).max()
+
+
+@pytest.mark.parametrize("a,b", list(itertools.combinations(CONFIGS, 2)))
+def test_strategies_agree_pairwise(setup, a, b):
+    *_, results = setup
+    sa, ca = results[a]
+    sb, cb = results[b]
+    for key in set(sa) & set(sb):
+        np.testing.assert_allclose(sa[key], sb[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(ca, cb, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vmap", "vmap-rows", "chunked2", "jvp"])
+def test_param_filter_restricts_statistics_not_combine(name):
+    k = 4
+    params = init_params(jax.random.PRNGKey(3))
+    batch = make_batch(jax.random.PRNGKey(4), k, per_domain=2)
+    tgt = make_batch(jax.random.PRNGKey(5), 1, per_domain=4)
+    target = grads.target_grad(token_loss_fn, params, {"tokens": tgt["tokens"]})
+    cfg = grads.GradConfig(strategy=CONFIGS[name].strategy, layout=CONFIGS[name].layout,
+                           chunk_size=CONFIGS[name].chunk_size, param_filter=r"\['head'\]")
+    mask = grads.param_mask(params, cfg.param_filter)
+    assert sorted(jax.tree.leaves(mask)) == [False, False, False, True, True]
+    ref, gs = direct_stats(params, batch, k, target, mask=None)
+    ref_sub, _ = direct_stats(params, batch, k, target, mask=mask)
+    coeffs = jnp.asarray([0.25, 0.25, 0.4, 0.1])
+    needs = {"grad_dot"} if name == "jvp" else set(grads.GRAD_STATS)
+    stats, comb = run_engine(cfg, params, batch, k, target, needs)(params, batch, target, coeffs)
+    for key in stats:
+        if key in ref_sub:
+            np.testing.assert_allclose(stats[key], ref_sub[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    # the subset really changes the numbers
+    assert not np.allclose(ref_sub["grad_dot"], ref["grad_dot"], rtol=1e-3)
+    full = flat(jax.tree.map(lambda *g: sum(c * x for c, x in zip(coeffs, g)), *gs))
+    np.testing.assert_allclose(flat(comb), full, rtol=1e-4, atol=1e-6)
+
+
+def test_rows_and_jvp_accept_any_composition():
+    k = 3
+    params = init_params(jax.random.PRNGKey(6))
+    batch = make_batch(jax.random.PRNGKey(7), k, counts=[5, 1, 0])   # domain 2 absent
+    tgt = make_batch(jax.random.PRNGKey(8), 1, per_domain=3)
+    target = grads.target_grad(token_loss_fn, params, {"tokens": tgt["tokens"]})
+    ref, _ = direct_stats(params, batch, k, target)
+    for name in ("vmap-rows", "jvp"):
+        needs = {"grad_dot"} if name == "jvp" else {"grad_dot", "gram"}
+        stats, _ = run_engine(CONFIGS[name], params, batch, k, target, needs)(
+            params, batch, target, jnp.ones(k) / k)
+        np.testing.assert_allclose(stats["grad_dot"], ref["grad_dot"], rtol=1e-4, atol=1e-6)
+        assert stats["grad_dot"][2] == 0.0 and stats["count"][2] == 0.0
+
+
+def test_jvp_refuses_gram_and_norms():
+    with pytest.raises(ValueError, match="grads.strategy='jvp' cannot supply"):
+        grads.check_request(grads.GradConfig(strategy="jvp"), {"gram", "loss"})
+    with pytest.raises(ValueError, match=r"\['grad_norm'\]"):
+        grads.check_request(grads.GradConfig(strategy="jvp"), {"grad_norm"}, who="doge")
+
+
+def test_config_errors_name_the_culprit():
+    with pytest.raises(ValueError, match="grads.strategy"):
+        grads.GradConfig(strategy="loop")
+    with pytest.raises(ValueError, match="not a regex"):
+        grads.GradConfig(param_filter="([")
+    with pytest.raises(ValueError, match="matches no parameter"):
+        grads.param_mask(init_params(jax.random.PRNGKey(0)), "nothing_like_this")
+    with pytest.raises(ValueError, match=r"domain 'b' has 1 sequences, needs 2"):
+        grads.check_stratified([2, 1, 3], 6, step=7, domains=("a", "b", "c"))
+    grads.check_stratified([2, 2, 2], 6)
+    params = init_params(jax.random.PRNGKey(0))
+    batch = make_batch(jax.random.PRNGKey(1), 4, per_domain=1)
+    with pytest.raises(ValueError, match="chunk_size=3 must divide"):
+        grads.domain_grads(token_loss_fn, params, batch, num_domains=4, needs={"grad_norm"},
+                           config=grads.GradConfig(strategy="chunked", chunk_size=3))
