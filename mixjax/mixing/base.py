@@ -66,6 +66,7 @@ STATS: Mapping[str, str] = {
     "grad_dot": "f32[K] inner products <g_i, g_target>",
     "gram": "f32[K,K] inner products <g_i, g_j>",
     "grad_norm": "f32[K] per-domain gradient norms",
+    "target_grad_norm": "f32[] norm of the target gradient g_target (mixjax.grads)",
     "eval_loss": "f32[K] per-domain validation loss (latest evaluation)",
     "sampling_weights": "f32[K] the weights this batch was drawn with",
     "lr": "f32[] current learning rate",
