@@ -139,8 +139,9 @@ def record_weights(state: State, weights: Array, **extra: Any) -> State:
 def guarded_update(mixer: Mixer, state: State, stats: Mapping[str, Array], step: Array) -> State:
     """``mixer.update`` that never lets NaN or inf reach the weights.
 
-    If any required per-domain statistic of a domain is non-finite, or the new
-    weights are, the previous state is kept and ``nonfinite_domain`` names the
+    If any required per-domain statistic of a domain is non-finite (per-token
+    and per-sequence statistics are attributed to domains through
+    ``domain_id``), or the new weights are, the previous state is kept and ``nonfinite_domain`` names the
     first culprit (the weights' index if the statistics looked fine).
     """
     new = mixer.update(state, stats, step)
@@ -151,6 +152,7 @@ def guarded_update(mixer: Mixer, state: State, stats: Mapping[str, Array], step:
         if value is not None and value.ndim >= 1 and value.shape[0] == k and key in (
                 "loss", "ref_loss", "grad_dot", "gram", "grad_norm", "eval_loss"):
             bad = bad | ~jnp.all(jnp.isfinite(value.reshape(k, -1)), axis=1)
+    bad = bad | _nonfinite_per_sequence_stats(mixer, stats, k)
     # Blame the statistics first: NaN weights are only the symptom.
     bad = jnp.where(jnp.any(bad), bad, ~jnp.isfinite(new["weights"]))
     any_bad = jnp.any(bad)
@@ -158,6 +160,34 @@ def guarded_update(mixer: Mixer, state: State, stats: Mapping[str, Array], step:
     kept = jax.tree.map(lambda old, nw: jnp.where(any_bad, old, nw), state, new)
     kept["nonfinite_domain"] = culprit
     return kept
+
+
+# Per-sequence statistics ([B] or [B, S]) are attributed to domains via domain_id.
+_PER_SEQUENCE = ("token_loss", "ref_token_loss", "sample_loss")
+
+
+def _nonfinite_per_sequence_stats(mixer: Mixer, stats: Mapping[str, Array], k: int) -> Array:
+    """bool[K]: domains whose required per-sequence statistics hold a NaN/inf.
+
+    Only tokens counted by ``token_mask`` (when it has the statistic's shape)
+    are checked, so padding positions never blame a domain.
+    """
+    bad = jnp.zeros((k,), bool)
+    ids = stats.get("domain_id")
+    if ids is None:
+        return bad
+    member = ids[:, None] == jnp.arange(k)[None, :]
+    mask = stats.get("token_mask")
+    for key in sorted(mixer.requires & set(_PER_SEQUENCE)):
+        value = stats.get(key)
+        if value is None or value.ndim < 1 or value.shape[0] != ids.shape[0]:
+            continue
+        nonfinite = ~jnp.isfinite(value)
+        if mask is not None and mask.shape == value.shape:
+            nonfinite = nonfinite & (mask > 0)
+        seq_bad = jnp.any(nonfinite.reshape(value.shape[0], -1), axis=1)
+        bad = bad | jnp.any(member & seq_bad[:, None], axis=0)
+    return bad
 
 
 def check_weight_vector(weights: Any, domains: tuple[str, ...] | None = None,
