@@ -1,0 +1,148 @@
+"""Tokenization transform and concat-then-split packing of one domain's stream.
+
+A domain's documents ``x_1, x_2, ...`` (token arrays) become the stream
+
+    [BOS] x_1 EOS [BOS] x_2 EOS ...        (BOS only when ``bos=True``)
+
+cut into consecutive, non-overlapping sequences of ``length = S + 1`` tokens
+(inputs ``seq[:-1]``, targets ``seq[1:]``). A document longer than a sequence
+continues in the next one; nothing is padded or dropped in the training
+stream. Packing runs on one domain's stream, so a sequence never mixes two
+domains.
+
+:class:`PackIterDataset` is a grain ``IterDataset`` whose iterator state is
+``{"parent": <parent state before the first document still in the buffer>,
+"skip": <tokens of that document already emitted>}``: small, and exact on
+restore (the document is re-read and re-tokenized).
+:func:`pack_arrays` is the same packing over an in-memory list (eval sets).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Iterable
+
+import grain
+import numpy as np
+
+from mixjax.data.tokenizers import Tokenizer
+
+
+class TokenizeDoc(grain.transforms.Map):
+    """Document -> int32 token array. Integer arrays (pre-tokenized) pass through."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def map(self, doc: Any) -> np.ndarray:
+        if isinstance(doc, np.ndarray):
+            return doc.astype(np.int32, copy=False).reshape(-1)
+        return self.tokenizer.encode_array(doc)
+
+
+def _frame(tokens: np.ndarray, eos_id: int, bos_id: int | None) -> np.ndarray:
+    parts = [tokens.astype(np.int32, copy=False).reshape(-1), np.asarray([eos_id], np.int32)]
+    if bos_id is not None:
+        parts.insert(0, np.asarray([bos_id], np.int32))
+    return np.concatenate(parts)
+
+
+class _PackIterator(grain.DatasetIterator):
+
+    def __init__(self, parent: grain.DatasetIterator, length: int, eos_id: int, bos_id: int | None):
+        super().__init__(parent)
+        self._length, self._eos, self._bos = length, eos_id, bos_id
+        self._docs: collections.deque = collections.deque()   # (parent state before doc, framed doc)
+        self._skip = 0          # tokens of the front document already emitted
+        self._buffered = 0      # tokens available = sum(len(doc)) - skip
+
+    def _read_doc(self) -> None:
+        state = self._parent.get_state()
+        doc = _frame(next(self._parent), self._eos, self._bos)
+        self._docs.append((state, doc))
+        self._buffered += len(doc)
+
+    def __next__(self) -> np.ndarray:
+        length = self._length
+        while self._buffered < length:
+            self._read_doc()
+        out = np.empty(length, np.int32)
+        pos = 0
+        while pos < length:
+            doc = self._docs[0][1]
+            take = min(length - pos, len(doc) - self._skip)
+            out[pos:pos + take] = doc[self._skip:self._skip + take]
+            pos += take
+            self._skip += take
+            if self._skip == len(doc):
+                self._docs.popleft()
+                self._skip = 0
+        self._buffered -= length
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        if self._docs:
+            return {"parent": self._docs[0][0], "skip": self._skip}
+        return {"parent": self._parent.get_state(), "skip": 0}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._docs.clear()
+        self._skip = self._buffered = 0
+        skip = int(state["skip"])
+        if skip:
+            self._read_doc()    # the partly emitted document; skip < its length by construction
+            self._skip = skip
+            self._buffered -= skip
+
+    def __str__(self) -> str:
+        return f"PackIterator(length={self._length})"
+
+
+class PackIterDataset(grain.IterDataset):
+    """Concat-then-split packing of token arrays into int32[length] sequences."""
+
+    def __init__(self, parent: grain.IterDataset, *, length: int, eos_id: int, bos_id: int | None = None):
+        super().__init__(parent)
+        if length < 2:
+            raise ValueError(f"packed sequence length must be >= 2 (S + 1), got {length}")
+        self.length, self.eos_id, self.bos_id = int(length), int(eos_id), bos_id
+
+    def __iter__(self) -> _PackIterator:
+        return _PackIterator(self._parent.__iter__(), self.length, self.eos_id, self.bos_id)
+
+    def __str__(self) -> str:
+        return f"PackIterDataset(length={self.length})"
+
+
+def pack_arrays(docs: Iterable[np.ndarray], *, length: int, eos_id: int, pad_id: int,
+                bos_id: int | None = None, max_sequences: int | None = None,
+                pad_last: bool = True) -> np.ndarray:
+    """Packs token arrays into ``int32[N, length]`` the way :class:`PackIterDataset` does.
+
+    Stops once ``max_sequences`` sequences are full. If the documents run out
+    first, the last partial sequence is padded with ``pad_id`` (``pad_last``)
+    or dropped.
+    """
+    rows: list[np.ndarray] = []
+    buf: list[np.ndarray] = []
+    have = 0
+    for tokens in docs:
+        doc = _frame(np.asarray(tokens), eos_id, bos_id)
+        buf.append(doc)
+        have += len(doc)
+        if have >= length:
+            flat = np.concatenate(buf)
+            n = len(flat) // length
+            rows.extend(flat[: n * length].reshape(n, length))
+            rest = flat[n * length:]
+            buf, have = ([rest] if len(rest) else []), len(rest)
+            if max_sequences is not None and len(rows) >= max_sequences:
+                return np.stack(rows[:max_sequences]).astype(np.int32)
+    if have and pad_last:
+        last = np.full(length, pad_id, np.int32)
+        last[:have] = np.concatenate(buf)
+        rows.append(last)
+    if not rows:
+        return np.zeros((0, length), np.int32)
+    return np.stack(rows).astype(np.int32)

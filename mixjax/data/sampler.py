@@ -1,0 +1,231 @@
+"""The domain sampler: per-domain grain pipelines + a batch assembler.
+
+Design B of jax-stack.md B3. Every domain ``d`` has its own grain pipeline
+
+    MapDataset.source(train split of d)[process_index::process_count]
+      .seed(h(seed, d)).shuffle().repeat()       # reshuffled every epoch
+      .map(TokenizeDoc(tokenizer))               # in grain; in workers if num_workers > 0
+      .to_iter_dataset() -> PackIterDataset(S + 1)  [-> mp_prefetch(num_workers)]
+
+and the main process assembles each global batch from the *current* weight
+vector (:class:`~mixjax.data.composer.BatchComposer`): the composer picks the
+domain of every row, then row ``i`` is the next packed sequence of domain
+``domain_id[i]``. Batches are
+
+    {"tokens": int32[B, S+1], "domain_id": int32[B], "domain_counts": int32[K]}
+
+Weights set with ``set_weights(w, step=t)`` apply from batch ``t + lag``
+(default lag 1). ``get_state()`` is a JSON-serialisable dict holding the
+composer state (step, pending weights, stratified remainder; the RNG is
+counter-based and needs none) and every per-domain grain iterator's state;
+``set_state`` restores it exactly, workers or not.
+
+Multi-host: with ``process_count = P`` the composition of the *global* batch
+(size ``B``) is computed identically on every process; process ``p`` returns
+rows ``[p B/P, (p+1) B/P)`` (``tokens`` and ``domain_id``), reading only its
+shard ``[p::P]`` of each domain's documents. ``domain_counts`` always counts
+the global batch.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Mapping
+
+import grain
+import numpy as np
+
+from mixjax.data import splits as splits_lib
+from mixjax.data import tokenizers
+from mixjax.data.composer import MODES, BatchComposer, resolve_weights  # noqa: F401 (re-export)
+from mixjax.data.packing import PackIterDataset, TokenizeDoc
+from mixjax.data.sources import DataError, DomainSource, as_domain_list
+
+STATE_VERSION = 1
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # grain's worker processes read absl flags; outside absl.app.run they are unparsed.
+    try:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def domain_seed(seed: int, domain: str) -> int:
+    """The shuffle seed of one domain's pipeline: a 31-bit hash of (seed, name)."""
+    return zlib.crc32(f"{int(seed)}/{domain}".encode()) & 0x7FFFFFFF
+
+
+class DomainSampler:
+    """Weighted, resumable batches of packed per-domain sequences.
+
+    Args:
+      sources: ``{domain: DomainSource}`` (order = domain ids) or a list of sources.
+      batch_size: global batch size ``B`` (``per_domain``: may be omitted).
+      seq_len: ``S``; sequences hold ``S + 1`` tokens.
+      weights: initial weights: None (uniform), ``{domain: w}`` or a vector.
+      tokenizer: a Tokenizer or a name for :func:`tokenizers.get` (default byte).
+      mode: ``multinomial`` | ``stratified`` | ``per_domain``.
+      per_domain_count: rows per domain in ``per_domain`` mode.
+      lag: batches between ``set_weights(w, step=t)`` and its first use (``t + lag``).
+      seed: seeds the composition RNG and each domain's shuffle.
+      split: ``"train"`` (default) uses each domain's train split (see
+        :mod:`mixjax.data.splits`); ``None`` uses every document.
+      split_seed, split_fractions: the split definition (shared with eval sets).
+      num_workers: grain worker processes per domain (0: tokenize in this process).
+      worker_buffer_size: packed sequences each worker prefetches.
+      bos: start every document with BOS.
+      process_index, process_count: this host's share (see module docstring).
+    """
+
+    def __init__(self, sources: Mapping[str, DomainSource] | list[DomainSource], *,
+                 seq_len: int, batch_size: int | None = None, weights: Any = None,
+                 tokenizer: Any = "byte", mode: str = "multinomial",
+                 per_domain_count: int | None = None, lag: int = 1, seed: int = 0,
+                 split: str | None = "train", split_seed: int = 0,
+                 split_fractions: Mapping[str, float] = splits_lib.DEFAULT_FRACTIONS,
+                 num_workers: int = 0, worker_buffer_size: int = 4, bos: bool = False,
+                 process_index: int = 0, process_count: int = 1):
+        names, srcs = as_domain_list(sources)
+        self.domains: tuple[str, ...] = tuple(names)
+        self.tokenizer = tokenizers.get(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
+        self.composer = BatchComposer(self.domains, batch_size=batch_size, weights=weights, mode=mode,
+                                      per_domain_count=per_domain_count, lag=lag, seed=seed)
+        self.batch_size = self.composer.batch_size
+        if self.batch_size % process_count:
+            raise ValueError(f"global batch_size {self.batch_size} is not divisible by "
+                             f"process_count {process_count}")
+        self.seq_len, self.seed, self.mode, self.lag = int(seq_len), int(seed), mode, int(lag)
+        self.split, self.num_workers, self.worker_buffer_size = split, int(num_workers), worker_buffer_size
+        self.bos = bool(bos)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        if split is not None:
+            srcs = [splits_lib.split_source(s, split, seed=split_seed, fractions=split_fractions, domain=n)
+                    for n, s in zip(names, srcs)]
+        for n, s in zip(names, srcs):
+            if len(s) < process_count:
+                raise DataError(f"domain {n!r}: {len(s)} documents cannot be shared by "
+                                f"{process_count} processes")
+        self.sources: tuple[DomainSource, ...] = tuple(srcs)
+        self._iters: list[grain.DatasetIterator | None] = [None] * len(self.domains)
+
+    # -- pipelines -------------------------------------------------------------
+    @property
+    def num_domains(self) -> int:
+        return len(self.domains)
+
+    @property
+    def step(self) -> int:
+        """Index of the next batch."""
+        return self.composer.step
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.process_count
+
+    def domain_dataset(self, d: int) -> grain.IterDataset:
+        """The grain pipeline of domain ``d`` (packed int32[S+1] sequences, infinite)."""
+        tok = self.tokenizer
+        ds = grain.MapDataset.source(self.sources[d])
+        if self.process_count > 1:
+            ds = ds[self.process_index::self.process_count]
+        ds = ds.seed(domain_seed(self.seed, self.domains[d])).shuffle().repeat()
+        ds = ds.map(TokenizeDoc(tok))
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        it = PackIterDataset(it, length=self.seq_len + 1, eos_id=tok.eos_id,
+                             bos_id=tok.bos_id if self.bos else None)
+        if self.num_workers > 0:
+            _ensure_absl_flags_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.num_workers, per_worker_buffer_size=self.worker_buffer_size))
+        return it
+
+    def _iterator(self, d: int) -> grain.DatasetIterator:
+        it = self._iters[d]
+        if it is None:   # created on first use: a domain never drawn costs nothing
+            it = self._iters[d] = iter(self.domain_dataset(d))
+        return it
+
+    # -- weights ---------------------------------------------------------------
+    def set_weights(self, weights: Any, step: int) -> None:
+        """Weights produced after train step ``step``; batches ``>= step + lag`` use them."""
+        self.composer.set_weights(weights, step)
+
+    def weights_for(self, step: int) -> np.ndarray:
+        """float64[K] weights batch ``step`` is drawn with (as known now)."""
+        return self.composer.weights_for(step)
+
+    # -- batches ---------------------------------------------------------------
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        ids, counts = self.composer.next_ids()
+        b = self.local_batch_size
+        ids = ids[self.process_index * b:(self.process_index + 1) * b]
+        tokens = np.empty((b, self.seq_len + 1), np.int32)
+        for row, d in enumerate(ids):
+            tokens[row] = next(self._iterator(int(d)))
+        return {"tokens": tokens, "domain_id": ids, "domain_counts": counts}
+
+    # -- checkpointing ---------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return {"domains": list(self.domains), "batch_size": self.batch_size, "seq_len": self.seq_len,
+                "mode": self.mode, "seed": self.seed, "lag": self.lag, "split": self.split,
+                "num_workers": self.num_workers, "bos": self.bos,
+                "process_index": self.process_index, "process_count": self.process_count}
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable state; ``set_state`` on an equal sampler resumes exactly."""
+        return {
+            "version": STATE_VERSION,
+            "config": self._config(),
+            "composer": self.composer.get_state(),
+            "domains": {n: (None if it is None else it.get_state())
+                        for n, it in zip(self.domains, self._iters)},
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"sampler state version {state.get('version')} != {STATE_VERSION}")
+        mine = self._config()
+        diff = {k: (state["config"].get(k), v) for k, v in mine.items() if state["config"].get(k) != v}
+        if diff:
+            raise ValueError("sampler state was saved with a different configuration: "
+                             + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        self.composer.set_state(state["composer"])
+        for d, name in enumerate(self.domains):
+            saved = state["domains"].get(name)
+            if saved is None:
+                self._close(d)
+            else:
+                self._iterator(d).set_state(saved)
+
+    def _close(self, d: int) -> None:
+        it, self._iters[d] = self._iters[d], None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+
+    def close(self) -> None:
+        """Stops worker processes (if any)."""
+        for d in range(len(self._iters)):
+            self._close(d)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def make_sampler(spec_or_sources: Any, **kwargs: Any) -> DomainSampler:
+    """:class:`DomainSampler` from a ``DatasetSpec``, a corpus name or ``{domain: source}``."""
+    from mixjax.data import spec as spec_lib
+    return DomainSampler(spec_lib.resolve_sources(spec_or_sources), **kwargs)

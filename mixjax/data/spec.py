@@ -1,0 +1,143 @@
+"""Dataset specs: which domains a run uses and where each comes from.
+
+A config names domains and their sources; domains may mix kinds in one run::
+
+    DatasetSpec(domains=(
+        DomainSpec(name="web", kind="jsonl", path="data/web.jsonl"),
+        DomainSpec(name="code", kind="textdir", path="data/code", pattern="*.py"),
+        DomainSpec(name="news", kind="tfds", path="lm1b", split="train"),
+        DomainSpec(name="books", kind="arrayrecord", path="data/books.array_record"),
+    )).sources()        # -> {"web": JsonlSource, "code": TextDirSource, ...}
+
+``DatasetSpec(corpus="mixpile-tiny")`` (or the string ``"mixpile-tiny"`` where a
+spec is accepted) means every domain of that corpus (``<domain>.jsonl`` files in
+``mixjax.data.corpus.corpus_dir(name)``; see :func:`corpus_sources`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Mapping
+
+from mixjax.data import sources as src_lib
+from mixjax.data.sources import DataError, DomainSource
+
+KINDS = ("jsonl", "textdir", "arrayrecord", "tfds")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DomainSpec:
+    """One domain: its name and source.
+
+    Fields by kind: ``jsonl`` (path: file, or several separated by ","),
+    ``textdir`` (path: directory; ``pattern``), ``arrayrecord`` (path: file(s);
+    ``record_format`` text|json|tokens), ``tfds`` (path: dataset name;
+    ``split``; ``data_dir``). ``text_field`` names the text in JSON/tfds records.
+    """
+
+    name: str
+    kind: str
+    path: str
+    text_field: str = "text"
+    split: str = "train"            # tfds split
+    data_dir: str | None = None     # tfds data_dir
+    pattern: str = "*.txt"          # textdir glob
+    record_format: str = "text"     # arrayrecord
+    on_error: str = "raise"         # bad lines: "raise" or "skip"
+    min_chars: int = 1              # shorter documents are filtered out
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("DomainSpec: name must be non-empty")
+        if self.kind not in KINDS:
+            raise ValueError(f"domain {self.name!r}: unknown source kind {self.kind!r}; known: {KINDS}")
+
+    def build(self) -> DomainSource:
+        paths = [p.strip() for p in str(self.path).split(",") if p.strip()]
+        if self.kind == "jsonl":
+            return src_lib.JsonlSource(paths, domain=self.name, text_field=self.text_field,
+                                       on_error=self.on_error, min_chars=self.min_chars)
+        if self.kind == "textdir":
+            return src_lib.TextDirSource(self.path, domain=self.name, pattern=self.pattern,
+                                         on_error=self.on_error, min_chars=self.min_chars)
+        if self.kind == "arrayrecord":
+            return src_lib.ArrayRecordSource(paths, domain=self.name, record_format=self.record_format,
+                                             text_field=self.text_field, on_error=self.on_error)
+        return src_lib.TfdsSource(self.path, split=self.split, domain=self.name,
+                                  text_field=self.text_field, data_dir=self.data_dir)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetSpec:
+    """The domains of a run: explicit ``domains`` or a whole ``corpus`` (not both)."""
+
+    domains: tuple[DomainSpec, ...] = ()
+    corpus: str | None = None
+
+    def __post_init__(self):
+        if bool(self.domains) == bool(self.corpus):
+            raise ValueError("DatasetSpec: give exactly one of `domains` or `corpus`")
+        names = [d.name for d in self.domains]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"DatasetSpec: duplicate domain names {dup}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSpec":
+        """From plain config data: ``{"domains": [{"name":..., "kind":..., ...}]}`` or ``{"corpus": ...}``."""
+        known = {f.name for f in dataclasses.fields(DomainSpec)}
+        doms = []
+        for i, item in enumerate(d.get("domains", ())):
+            bad = sorted(set(item) - known)
+            if bad:
+                raise ValueError(f"DatasetSpec domain #{i} ({item.get('name')!r}): unknown key(s) {bad}; "
+                                 f"known: {sorted(known)}")
+            doms.append(DomainSpec(**item))
+        return cls(domains=tuple(doms), corpus=d.get("corpus"))
+
+    def sources(self) -> dict[str, DomainSource]:
+        if self.corpus:
+            return corpus_sources(self.corpus)
+        return {d.name: d.build() for d in self.domains}
+
+
+def jsonl_dir_sources(directory: str | os.PathLike, **kwargs: Any) -> dict[str, src_lib.JsonlSource]:
+    """``{stem: JsonlSource}`` for every ``<domain>.jsonl`` in ``directory`` (sorted names)."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"data directory {str(directory)!r} not found")
+    files = sorted(directory.glob("*.jsonl"))
+    if not files:
+        raise DataError(f"data directory {str(directory)!r} holds no <domain>.jsonl files")
+    return {f.stem: src_lib.JsonlSource(f, domain=f.stem, **kwargs) for f in files}
+
+
+def corpus_sources(name: str, **kwargs: Any) -> dict[str, src_lib.JsonlSource]:
+    """Every domain of corpus ``name`` (``mixjax.data.corpus.corpus_dir(name)``), sorted by name.
+
+    ``name`` may also be a directory of ``<domain>.jsonl`` files.
+    """
+    if os.path.isdir(str(name)):
+        return jsonl_dir_sources(name, **kwargs)
+    try:
+        from mixjax.data.corpus import corpus_dir
+    except ImportError as e:
+        raise ImportError(f"corpus {name!r}: mixjax.data.corpus is not available ({e})") from e
+    return jsonl_dir_sources(corpus_dir(name), **kwargs)
+
+
+def resolve_sources(x: Any) -> dict[str, DomainSource]:
+    """``{domain: source}`` from a DatasetSpec, a dict spec, a corpus name/dir, or sources."""
+    if isinstance(x, DatasetSpec):
+        return x.sources()
+    if isinstance(x, (str, os.PathLike)):
+        return corpus_sources(str(x))
+    if isinstance(x, Mapping) and ("domains" in x or "corpus" in x) and not all(
+            isinstance(v, DomainSource) for v in x.values()):
+        return DatasetSpec.from_dict(x).sources()
+    if isinstance(x, Mapping):
+        return dict(x)
+    names, srcs = src_lib.as_domain_list(x)
+    return dict(zip(names, srcs))
