@@ -1,0 +1,84 @@
+"""The shipped corpus ``mixpile-tiny``: present, complete, well-formed, redistributable."""
+
+import hashlib
+import json
+
+import pytest
+
+from mixjax.data.corpus import CORPORA, DOMAINS, corpus_dir, load_manifest
+from mixjax.data.corpus.catalogue import SOURCES
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    path = corpus_dir("mixpile-tiny")
+    return path, load_manifest(path)
+
+
+def test_eight_domains_each_with_a_file(tiny):
+    path, manifest = tiny
+    assert list(manifest["domains"]) == list(DOMAINS)
+    assert sorted(p.stem for p in path.glob("*.jsonl")) == sorted(DOMAINS)
+    assert (path / "NOTICE").read_text().strip()
+
+
+def test_lines_are_wellformed_documents_matching_the_manifest(tiny):
+    path, manifest = tiny
+    for domain, entry in manifest["domains"].items():
+        ids, per_source = set(), {}
+        with open(path / entry["file"], "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                doc = json.loads(raw)
+                where = f"{entry['file']}:{n}"
+                assert set(doc) == {"domain", "source", "id", "text"}, where
+                assert doc["domain"] == domain, where
+                assert doc["text"].strip(), where
+                assert doc["id"].startswith(doc["source"] + ":"), where
+                assert doc["id"] not in ids, f"{where}: duplicate id {doc['id']}"
+                assert len(doc["text"].encode()) <= CORPORA["mixpile-tiny"].max_doc_bytes, where
+                ids.add(doc["id"])
+                c = per_source.setdefault(doc["source"], [0, 0])
+                c[0] += 1
+                c[1] += len(doc["text"].encode())
+        assert len(ids) == entry["documents"] > 0
+        assert sum(b for _, b in per_source.values()) == entry["bytes"]
+        for src, (docs, nbytes) in per_source.items():
+            assert entry["sources"][src]["documents"] == docs
+            assert entry["sources"][src]["bytes"] == nbytes
+
+
+def test_sizes_are_near_the_cap(tiny):
+    _, manifest = tiny
+    cap = CORPORA["mixpile-tiny"].cap_bytes
+    for domain, entry in manifest["domains"].items():
+        assert cap <= entry["bytes"] <= cap + CORPORA["mixpile-tiny"].max_doc_bytes, domain
+    assert manifest["short_domains"] == {} and manifest["missing_sources"] == {}
+
+
+def test_checksums_match_the_files(tiny):
+    path, manifest = tiny
+    for domain, entry in manifest["domains"].items():
+        data = (path / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], domain
+        assert len(data) == entry["file_bytes"], domain
+
+
+def test_only_redistributable_sources_are_shipped(tiny):
+    path, manifest = tiny
+    shipped = set(manifest["sources"])
+    assert "bbc-news" not in shipped
+    assert all(SOURCES[s].redistributable for s in shipped)
+    seen = set()
+    for f in path.glob("*.jsonl"):
+        for raw in open(f, "rb"):
+            seen.add(json.loads(raw)["source"])
+    assert seen <= shipped and "bbc-news" not in seen
+    notice = (path / "NOTICE").read_text()
+    for s in seen:  # every shipped source carries its attribution
+        assert f"[{s}]" in notice, s
+
+
+def test_total_shipped_size_is_small(tiny):
+    path, _ = tiny
+    total = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    assert total < 1.8e6, total
