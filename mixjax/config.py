@@ -1,0 +1,407 @@
+"""Typed, validated run configuration.
+
+A config file is a Python module with ``get_config() -> Config``::
+
+    def get_config():
+        cfg = Config()
+        cfg.train.steps = 200
+        cfg.mixing.name = "temperature"
+        return cfg
+
+Why Python modules (not YAML/JSON): a config can compute values (a model size
+from a width, a schedule from the step count), import constants, share a base
+with ``from configs.lm_tiny_uniform import get_config as base``, and carries
+its docstring (command + expected result) next to the values; the result is
+still a plain dataclass that is validated and written to ``config.json`` in the
+run directory, so what ran is always recorded as data.
+
+Overrides use dotted keys, values parsed as Python literals (strings may be
+bare)::
+
+    mixjax train configs/lm_tiny_uniform.py --set train.steps=200 \
+        --set mixing.name=temperature --set mixing.hparams.tau=3.0
+
+Every error (unknown key, wrong type, impossible value) raises
+:class:`ConfigError` naming the key, before anything is built or compiled.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, mistyped or has an impossible value."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class DataConfig:
+    corpus: str = "mixpile-tiny"       # a corpus name (mixjax.data.corpus) ...
+    spec: str | None = None            # ... or a dataset-spec file (overrides corpus)
+    domains: tuple[str, ...] | None = None  # a subset of the corpus' domains (None: all)
+    tokenizer: str = "byte"
+    seq_len: int = 128
+    batch_size: int = 16
+    sampler: str = "multinomial"       # multinomial | stratified | per_domain
+    lag: int = 1                       # new weights reach the sampler after `lag` steps
+    workers: int = 0                   # grain worker processes (0: in-process)
+    seed: int | None = None            # data seed (None: train.seed)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelConfig:
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    d_ff: int | None = None
+    mlp: str = "swiglu"                # swiglu | gelu
+    tie_embeddings: bool = True
+    dtype: str = "float32"             # compute dtype: float32 | bfloat16
+    param_dtype: str = "float32"
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+
+@dataclasses.dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 3e-3                   # peak learning rate
+    warmup_steps: int = 20
+    decay: str = "cosine"              # cosine | linear | constant
+    min_lr_ratio: float = 0.1          # final lr = min_lr_ratio * lr
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0      # global-norm clipping (None: off)
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig:
+    steps: int = 100
+    seed: int = 0
+    eval_every: int = 50               # 0: only at the end
+    ckpt_every: int = 50               # 0: only at the end (and on SIGTERM/SIGINT)
+    keep_ckpts: int = 2
+    log_every: int = 1
+    run_dir: str = "runs/default"
+    grad_accum: int = 1                # micro-batches per step
+    reference: str | None = None       # run dir of a frozen reference model (ref_loss)
+    progress: bool = True              # tqdm bar
+
+
+@dataclasses.dataclass(kw_only=True)
+class MixingConfig:
+    name: str = "uniform"
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    apply_to: str | None = None        # sampling | loss | both (None: the mixer's default)
+    # The sampler's own weights p when apply_to == "loss" (tokens get w_d / p_d).
+    sampling_weights: str = "natural"  # natural | uniform
+    sample_reweight: str | None = None  # per-sequence loss reweighting (mixing.sample_reweight)
+    sample_reweight_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(kw_only=True)
+class EvalConfig:
+    num_seqs: int = 16                 # validation sequences per domain
+    batch_size: int = 32
+    split: str = "validation"
+    target_mixture: dict[str, float] | None = None  # None: uniform over domains
+
+
+@dataclasses.dataclass(kw_only=True)
+class MeshConfig:
+    """Device mesh sizes; one of them may be -1: all remaining devices."""
+
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(kw_only=True)
+class GradsConfig:
+    strategy: str = "vmap"             # vmap | jvp | chunked
+    target: str | None = None          # target domain(s) for grad_dot (None: all domains)
+    chunk_size: int = 1
+
+
+@dataclasses.dataclass(kw_only=True)
+class Config:
+    name: str = "run"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mixing: MixingConfig = dataclasses.field(default_factory=MixingConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    grads: GradsConfig = dataclasses.field(default_factory=GradsConfig)
+
+
+# -- loading and overrides ---------------------------------------------------
+def load(path: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Runs ``get_config()`` of the file at ``path``, applies overrides, validates."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_mixjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {str(path)!r} defines no get_config()")
+    cfg = module.get_config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not Config")
+    for item in overrides:
+        apply_override(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal if ``text`` is one, else the bare string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Applies one ``a.b.c=value`` override in place."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, text = item.split("=", 1)
+    set_value(cfg, key.strip(), parse_value(text.strip()))
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        if dataclasses.is_dataclass(obj):
+            if part not in _field_names(obj):
+                raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}; "
+                                  f"known: {sorted(_field_names(obj))}")
+            nxt = getattr(obj, part)
+            if nxt is None and _is_dict_type(_field_type(type(obj), part)):
+                nxt = {}
+                setattr(obj, part, nxt)
+            obj = nxt
+        elif isinstance(obj, dict):
+            obj = obj.setdefault(part, {})
+        else:
+            raise ConfigError(f"config key {'.'.join(parts[:i + 1])!r} is not a section")
+    last = parts[-1]
+    if dataclasses.is_dataclass(obj):
+        if last not in _field_names(obj):
+            raise ConfigError(f"unknown config key {key!r}; known: {sorted(_field_names(obj))}")
+        ftype = _field_type(type(obj), last)
+        setattr(obj, last, _coerce(value, ftype, key))
+    elif isinstance(obj, dict):
+        obj[last] = value
+    else:
+        raise ConfigError(f"config key {key!r}: parent is not a section")
+
+
+def _field_names(obj) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}
+
+
+def _field_type(cls, name):
+    return typing.get_type_hints(cls)[name]
+
+
+def _is_dict_type(tp) -> bool:
+    return any(typing.get_origin(a) is dict or a is dict for a in _union_args(tp))
+
+
+def _union_args(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """``value`` converted to type ``tp`` where lossless (int -> float, list -> tuple)."""
+    args = _union_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"config key {key!r} may not be None")
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        origin = typing.get_origin(a) or a
+        if origin is bool:
+            if isinstance(value, bool):
+                return value
+        elif origin is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif origin is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif origin is str:
+            if isinstance(value, str):
+                return value
+        elif origin is tuple:
+            if isinstance(value, (list, tuple)):
+                item = typing.get_args(a)[0] if typing.get_args(a) else Any
+                return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+            if isinstance(value, str):  # `--set data.domains=web` -> ("web",)
+                return (value,)
+        elif origin is dict:
+            if isinstance(value, dict):
+                kt, vt = typing.get_args(a) or (Any, Any)
+                return {_coerce(k, kt, f"{key} key"): _coerce(v, vt, f"{key}[{k!r}]")
+                        for k, v in value.items()}
+        elif a is Any:
+            return value
+        errors.append(getattr(a, "__name__", str(a)))
+    raise ConfigError(f"config key {key!r}: expected {tp}, got {type(value).__name__} "
+                      f"{value!r}")
+
+
+def _check_types(obj, prefix: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_types(value, key + ".")
+        else:
+            setattr(obj, f.name, _coerce(value, _field_type(type(obj), f.name), key))
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key {key!r}: {msg}")
+
+
+def validate(cfg: Config) -> Config:
+    """Checks types and values; raises ConfigError naming the first bad key."""
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"expected a Config, got {type(cfg).__name__}")
+    _check_types(cfg)
+    d, m, o, t, x, e, g = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.mixing, cfg.eval, cfg.grads
+    _require(d.seq_len >= 2, "data.seq_len", f"must be >= 2, got {d.seq_len}")
+    _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
+    _require(d.sampler in ("multinomial", "stratified", "per_domain"), "data.sampler",
+             f"must be multinomial, stratified or per_domain, got {d.sampler!r}")
+    _require(d.lag >= 1, "data.lag", f"must be >= 1, got {d.lag}")
+    _require(d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    if d.domains is not None:
+        _require(len(d.domains) >= 1 and len(set(d.domains)) == len(d.domains), "data.domains",
+                 f"must be distinct and non-empty, got {d.domains}")
+    for key in ("d_model", "num_layers", "num_heads"):
+        _require(getattr(m, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(m, key)}")
+    _require(m.d_model % m.num_heads == 0, "model.num_heads",
+             f"d_model={m.d_model} is not divisible by num_heads={m.num_heads}")
+    _require((m.d_model // m.num_heads) % 2 == 0, "model.num_heads",
+             "head dimension d_model/num_heads must be even (RoPE)")
+    _require(m.d_ff is None or m.d_ff >= 1, "model.d_ff", f"must be >= 1, got {m.d_ff}")
+    _require(m.mlp in ("swiglu", "gelu"), "model.mlp", f"must be swiglu or gelu, got {m.mlp!r}")
+    for key in ("dtype", "param_dtype"):
+        _require(getattr(m, key) in ("float32", "bfloat16", "float16"), f"model.{key}",
+                 f"must be float32, bfloat16 or float16, got {getattr(m, key)!r}")
+    _require(m.norm_eps > 0, "model.norm_eps", f"must be > 0, got {m.norm_eps}")
+    _require(m.init_std > 0, "model.init_std", f"must be > 0, got {m.init_std}")
+    _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    _require(o.decay in ("cosine", "linear", "constant"), "optim.decay",
+             f"must be cosine, linear or constant, got {o.decay!r}")
+    _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
+    _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _require(0 <= o.b1 < 1, "optim.b1", f"must be in [0, 1), got {o.b1}")
+    _require(0 <= o.b2 < 1, "optim.b2", f"must be in [0, 1), got {o.b2}")
+    _require(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
+    _require(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip",
+             f"must be > 0 or None, got {o.grad_clip}")
+    _require(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    for key in ("eval_every", "ckpt_every"):
+        _require(getattr(t, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    _require(t.keep_ckpts >= 1, "train.keep_ckpts", f"must be >= 1, got {t.keep_ckpts}")
+    _require(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    _require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
+    _require(d.batch_size % t.grad_accum == 0, "train.grad_accum",
+             f"data.batch_size={d.batch_size} is not divisible by grad_accum={t.grad_accum}")
+    _require(bool(t.run_dir), "train.run_dir", "must not be empty")
+    _require(x.apply_to in (None, "sampling", "loss", "both"), "mixing.apply_to",
+             f"must be sampling, loss, both or None, got {x.apply_to!r}")
+    _require(x.sampling_weights in ("natural", "uniform"), "mixing.sampling_weights",
+             f"must be natural or uniform, got {x.sampling_weights!r}")
+    _require(e.num_seqs >= 1, "eval.num_seqs", f"must be >= 1, got {e.num_seqs}")
+    _require(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
+    _require(e.split in ("validation", "test"), "eval.split",
+             f"must be validation or test, got {e.split!r}")
+    if e.target_mixture is not None:
+        bad = {k: v for k, v in e.target_mixture.items() if not (v >= 0)}
+        _require(not bad and sum(e.target_mixture.values()) > 0, "eval.target_mixture",
+                 f"weights must be >= 0 and not all 0, got {e.target_mixture}")
+    for key in ("data", "fsdp", "tensor"):
+        _require(getattr(cfg.mesh, key) >= 1 or getattr(cfg.mesh, key) == -1, f"mesh.{key}",
+                 f"must be >= 1 or -1 (all remaining devices), got {getattr(cfg.mesh, key)}")
+    _require([cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) <= 1, "mesh",
+             "at most one of data/fsdp/tensor may be -1")
+    _require(g.strategy in ("vmap", "jvp", "chunked"), "grads.strategy",
+             f"must be vmap, jvp or chunked, got {g.strategy!r}")
+    _require(g.chunk_size >= 1, "grads.chunk_size", f"must be >= 1, got {g.chunk_size}")
+    _validate_mixer(cfg)
+    return cfg
+
+
+def _validate_mixer(cfg: Config) -> None:
+    from mixjax import mixing  # light: numpy/jax only, no model code
+
+    x = cfg.mixing
+    if x.name not in mixing.names():
+        raise ConfigError(f"config key 'mixing.name': unknown mixer {x.name!r}; "
+                          f"known: {', '.join(mixing.names())}")
+    from mixjax.mixing import base as mixing_base
+    known = set(mixing_base.hparam_names(x.name)) - {"apply_to_override", "domains", "token_counts"}
+    unknown = sorted(set(x.hparams) - known)
+    if unknown:
+        raise ConfigError(f"config key 'mixing.hparams': mixer {x.name!r} has no "
+                          f"hyperparameter(s) {unknown}; known: {sorted(known)}")
+
+
+def check_domains(cfg: Config, domains: tuple[str, ...]) -> None:
+    """Checks the domain-dependent keys once the data's domains are known."""
+    k = len(domains)
+    if cfg.data.sampler == "per_domain":
+        _require(cfg.data.batch_size >= k, "data.batch_size",
+                 f"per_domain sampling needs at least one sequence per domain: "
+                 f"batch_size={cfg.data.batch_size} < {k} domains")
+    if cfg.eval.target_mixture is not None:
+        unknown = sorted(set(cfg.eval.target_mixture) - set(domains))
+        _require(not unknown, "eval.target_mixture",
+                 f"unknown domain(s) {unknown}; known: {list(domains)}")
+
+
+# -- serialisation -------------------------------------------------------------
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of :func:`to_dict` (validated)."""
+    cfg = Config()
+    for section, values in d.items():
+        if isinstance(values, dict) and section in _field_names(cfg) and \
+                dataclasses.is_dataclass(getattr(cfg, section)):
+            for key, value in values.items():
+                set_value(cfg, f"{section}.{key}", value)
+        else:
+            set_value(cfg, section, values)
+    return validate(cfg)

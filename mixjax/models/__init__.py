@@ -1,0 +1,1 @@
+"""Models: the nnx transformer LM (``transformer``) and small DG featurisers."""

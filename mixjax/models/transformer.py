@@ -1,0 +1,257 @@
+"""Decoder-only transformer language model in Flax NNX.
+
+Pre-norm blocks (Llama-style)::
+
+    h   = x + Attn(RMSNorm(x))          causal multi-head attention with RoPE
+    out = h + MLP(RMSNorm(h))           SwiGLU: W_down (silu(x W_gate) * (x W_up))
+                                         or GELU: W_down gelu(x W_up)
+    logits = RMSNorm(out) E^T            (tied) or RMSNorm(out) W_out (untied)
+
+RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g  (Zhang & Sennrich 2019, arXiv 1910.07467).
+RoPE rotates each (even, odd) pair of query/key features by angle
+p * base^(-2i/d_head) (Su et al. 2021, arXiv 2104.09864). SwiGLU: Shazeer 2020,
+arXiv 2002.05202.
+
+Parameters are created in ``param_dtype`` (fp32 by default) and cast to
+``dtype`` (e.g. bf16) for the matmuls; logits are returned in fp32 so the loss
+is computed in fp32 whatever the compute dtype.
+
+Every parameter carries logical axis names (``nnx.with_partitioning``):
+``vocab``, ``embed``, ``heads``, ``head_dim``, ``mlp``, ``norm``. A mesh only
+needs rules mapping these names to mesh axes (see ``mixjax.parallel``).
+
+Pure-function API (what the train step uses)::
+
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = split(model)      # params: nested dict of arrays
+    apply = make_apply(graphdef, rest)
+    logits = apply(params, tokens)             # f32[B, T, V]
+
+``params`` is a plain nested dict, so ``jax.grad``, ``jax.vmap``, ``jax.jvp``
+and optax act on it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """Architecture hyperparameters (``d_ff`` defaults to 4 d_model, or 8/3 d_model for SwiGLU)."""
+
+    vocab_size: int
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    d_ff: int | None = None
+    mlp: str = "swiglu"          # "swiglu" | "gelu"
+    tie_embeddings: bool = True
+    dtype: str = "float32"       # compute dtype
+    param_dtype: str = "float32"
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.d_model % self.num_heads:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by "
+                             f"model.num_heads={self.num_heads}")
+        if (self.d_model // self.num_heads) % 2:
+            raise ValueError("model: head dimension d_model/num_heads must be even for RoPE")
+        if self.mlp not in ("swiglu", "gelu"):
+            raise ValueError(f"model.mlp must be 'swiglu' or 'gelu', got {self.mlp!r}")
+        for key in ("dtype", "param_dtype"):
+            if getattr(self, key) not in DTYPES:
+                raise ValueError(f"model.{key} must be one of {sorted(DTYPES)}, "
+                                 f"got {getattr(self, key)!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":  # keeps the parameter count of a 4x GELU MLP, rounded to 8
+            return max(8, int(8 * self.d_model / 3 + 7) // 8 * 8)
+        return 4 * self.d_model
+
+    def num_params(self) -> int:
+        """Exact parameter count (embeddings included)."""
+        d, f, v = self.d_model, self.ff_dim, self.vocab_size
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * f
+        block = 4 * d * d + mlp + 2 * d
+        return v * d * (1 if self.tie_embeddings else 2) + self.num_layers * block + d
+
+
+def _param(rngs: nnx.Rngs, shape, names, std, dtype):
+    init = nnx.with_partitioning(nnx.initializers.normal(std), names, eager_sharding=False)
+    return nnx.Param(init(rngs.params(), shape, dtype))
+
+
+def _ones(shape, names, dtype):
+    init = nnx.with_partitioning(nnx.initializers.ones, names, eager_sharding=False)
+    return nnx.Param(init(jax.random.key(0), shape, dtype))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.scale = _ones((dim,), ("norm",), param_dtype)
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x, base: float):
+    """Rotary position embedding of x: [B, T, N, H] (positions 0..T-1)."""
+    t, h = x.shape[1], x.shape[-1]
+    freq = base ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)          # [H/2]
+    angle = jnp.arange(t, dtype=jnp.float32)[:, None] * freq[None, :]     # [T, H/2]
+    sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., 0::2], x32[..., 1::2]
+    out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+        d, n, h = cfg.d_model, cfg.num_heads, cfg.head_dim
+        pd = DTYPES[cfg.param_dtype]
+        std_out = cfg.init_std / math.sqrt(2 * cfg.num_layers)  # GPT-2 residual scaling
+        self.wq = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg.init_std, pd)
+        self.wk = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg.init_std, pd)
+        self.wv = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg.init_std, pd)
+        self.wo = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), std_out, pd)
+        self.cfg = cfg
+
+    def __call__(self, x):
+        dt = x.dtype
+        q = rope(jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt)), self.cfg.rope_base)
+        k = rope(jnp.einsum("btd,dnh->btnh", x, self.wk[...].astype(dt)), self.cfg.rope_base)
+        v = jnp.einsum("btd,dnh->btnh", x, self.wv[...].astype(dt))
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+        return jnp.einsum("btnh,nhd->btd", o, self.wo[...].astype(dt))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.ff_dim
+        pd = DTYPES[cfg.param_dtype]
+        std_out = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+        self.kind = cfg.mlp
+        if cfg.mlp == "swiglu":
+            self.w_gate = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, pd)
+        self.w_up = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, pd)
+        self.w_down = _param(rngs, (f, d), ("mlp", "embed"), std_out, pd)
+
+    def __call__(self, x):
+        dt = x.dtype
+        up = x @ self.w_up[...].astype(dt)
+        if self.kind == "swiglu":
+            hidden = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * up
+        else:
+            hidden = jax.nn.gelu(up)
+        return hidden @ self.w_down[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+        pd = DTYPES[cfg.param_dtype]
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x):
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nnx.Module):
+    """The LM: ``model(tokens int32[B, T]) -> logits f32[B, T, V]``."""
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        pd = DTYPES[cfg.param_dtype]
+        self.cfg = cfg
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                            cfg.init_std, pd)
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+        if not cfg.tie_embeddings:
+            self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                                  cfg.init_std, pd)
+
+    def __call__(self, tokens):
+        dt = DTYPES[self.cfg.dtype]
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        for block in self.blocks:
+            x = block(x)
+        x = self.final_norm(x)
+        if self.cfg.tie_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt))
+        else:
+            logits = x @ self.unembed[...].astype(dt)
+        return logits.astype(jnp.float32)
+
+
+# -- the pure-function API ---------------------------------------------------
+Params = dict[str, Any]
+
+
+def split(model: nnx.Module):
+    """``(graphdef, params, rest)``: params as a plain nested dict of arrays."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params.to_pure_dict(), rest
+
+
+def make_apply(graphdef, rest) -> Callable[[Params, jax.Array], jax.Array]:
+    """Returns the pure ``apply(params, tokens) -> logits`` (params: nested dict)."""
+
+    def apply(params: Params, tokens: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, nnx.State(params), rest)(tokens)
+
+    return apply
+
+
+def init(cfg: TransformerConfig, seed: int):
+    """Builds the model and returns ``(apply, params, logical_axes)``.
+
+    ``logical_axes`` mirrors ``params`` with a tuple of logical axis names per leaf.
+    """
+    model = Transformer(cfg, rngs=nnx.Rngs(seed))
+    graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
+    params = param_state.to_pure_dict()
+    apply = make_apply(graphdef, rest)
+    return apply, params, logical_axes(param_state)
+
+
+def abstract_init(cfg: TransformerConfig):
+    """Like ``init`` without allocating: params are ``jax.ShapeDtypeStruct``s."""
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
+    return make_apply(graphdef, rest), param_state.to_pure_dict(), logical_axes(param_state)
+
+
+def logical_axes(param_state) -> dict:
+    """Pure dict of logical axis-name tuples (one per parameter)."""
+    specs = nnx.get_partition_spec(param_state).to_pure_dict()
+    return jax.tree.map(lambda s: tuple(s), specs,
+                        is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+
+
+def count_params(params: Params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))

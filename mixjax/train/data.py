@@ -1,0 +1,89 @@
+"""What the trainer needs from the data pipeline, built from a Config.
+
+``TrainData`` bundles the domains, their train token counts (for the
+``natural`` / ``temperature`` mixtures and the importance-sampling ``p``), the
+tokenizer's ids, the fixed eval sets and a factory for the sampler (its
+initial weights depend on the mixer, which is built after the data).
+
+A sampler is anything with ``__next__() -> {"tokens", "domain_id", ...}``,
+``set_weights(w, step)``, ``weights_for(step)``, ``get_state()``,
+``set_state(s)`` and ``lag``: :class:`mixjax.data.DomainSampler`, or a fake in
+tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from mixjax.config import Config, ConfigError
+
+
+@dataclasses.dataclass
+class TrainData:
+    domains: tuple[str, ...]
+    token_counts: tuple[float, ...]
+    vocab_size: int
+    pad_id: int
+    eval_sets: Mapping[str, np.ndarray]
+    make_sampler: Callable[[np.ndarray], Any]
+
+
+def _sources(cfg: Config):
+    from mixjax import data
+    if cfg.data.spec is not None:
+        import json
+        import pathlib
+        path = pathlib.Path(cfg.data.spec)
+        if not path.is_file():
+            raise ConfigError(f"config key 'data.spec': file {str(path)!r} does not exist")
+        sources = data.DatasetSpec.from_dict(json.loads(path.read_text())).sources()
+    else:
+        sources = data.corpus_sources(cfg.data.corpus)
+    if cfg.data.domains is not None:
+        unknown = sorted(set(cfg.data.domains) - set(sources))
+        if unknown:
+            raise ConfigError(f"config key 'data.domains': unknown domain(s) {unknown}; "
+                              f"known: {sorted(sources)}")
+        sources = {d: sources[d] for d in cfg.data.domains}
+    return sources
+
+
+def train_token_counts(sources, tokenizer, split_seed: int = 0) -> tuple[float, ...]:
+    """Tokens per domain in the train split (one tokenizer pass; cheap for small corpora).
+
+    Counts ``len(encode(doc)) + 1`` (EOS) per document, the number of tokens
+    the packer emits.
+    """
+    from mixjax.data import splits
+    out = []
+    for name, src in sources.items():
+        part = splits.split_source(src, "train", seed=split_seed, domain=name)
+        n = 0
+        for i in range(len(part)):
+            doc = part[i]
+            n += (len(doc) if isinstance(doc, np.ndarray) else len(tokenizer.encode_array(doc))) + 1
+        out.append(float(n))
+    return tuple(out)
+
+
+def build_data(cfg: Config) -> TrainData:
+    from mixjax import data
+    sources = _sources(cfg)
+    tok = data.tokenizers.get(cfg.data.tokenizer)
+    domains = tuple(sources)
+    counts = train_token_counts(sources, tok)
+    eval_sets = data.eval_arrays(sources, seq_len=cfg.data.seq_len, split=cfg.eval.split,
+                                 num_sequences=cfg.eval.num_seqs, tokenizer=tok)
+    seed = cfg.train.seed if cfg.data.seed is None else cfg.data.seed
+
+    def make_sampler(weights: np.ndarray):
+        return data.DomainSampler(sources, seq_len=cfg.data.seq_len,
+                                  batch_size=cfg.data.batch_size, weights=np.asarray(weights),
+                                  tokenizer=tok, mode=cfg.data.sampler, lag=cfg.data.lag,
+                                  seed=seed, num_workers=cfg.data.workers)
+
+    return TrainData(domains=domains, token_counts=counts, vocab_size=tok.vocab_size,
+                     pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler)

@@ -1,0 +1,382 @@
+"""The run loop: build everything from a Config, train, evaluate, checkpoint.
+
+Order of work in iteration t (batch t, producing weights w_t)::
+
+    flush metrics of steps <= t - lag     (so set_weights(w_s, s) precedes batch s + lag)
+    p_t   = sampler.weights_for(t);  batch_t = next(sampler)
+    state, m_t = train_step(state, batch_t)          # async dispatch
+    flush metrics of steps <= t - 1       (metrics reach the host one step late)
+    every eval_every:  flush all; evaluate; state.eval_loss <- per-domain val loss
+    every ckpt_every, at the end, or on SIGTERM/SIGINT: flush all; save
+
+"Flushing" step s fetches m_s, raises NonFiniteStatsError if the mixer saw a
+non-finite statistic, writes metrics.jsonl / TensorBoard, and, when the weights
+changed, appends to weights.jsonl and (apply_to sampling/both) calls
+``sampler.set_weights(w_s, step=s)``, which the sampler applies from batch
+``s + lag``. The data stream is a function of (seed, weight history) only, so
+*when* the host calls set_weights does not matter as long as it is before batch
+``s + lag`` is drawn; this is what makes a resumed run continue bit-for-bit:
+a checkpoint at step k holds the train state after k steps and the sampler
+state after k batches with every weight up to w_{k-1} handed over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax import config as config_lib
+from mixjax import mixing
+from mixjax.config import Config, ConfigError
+from mixjax.train import checkpoint as ckpt_lib
+from mixjax.train import evaluate as eval_lib
+from mixjax.train import metrics as metrics_lib
+from mixjax.train import state as state_lib
+from mixjax.train import step as step_lib
+from mixjax.train.data import TrainData, build_data
+
+# Keys that may differ between a run's saved config and the one it is resumed with.
+RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
+                     "train.ckpt_every", "train.keep_ckpts")
+
+
+class RunDirError(ValueError):
+    """The run directory already holds a run (resume it or pick another)."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: pathlib.Path
+    steps_done: int
+    interrupted: bool
+    signal: int | None
+    final_eval: dict | None
+    state: Any = None
+
+
+def model_config(cfg: Config, vocab_size: int):
+    from mixjax.models.transformer import TransformerConfig
+    return TransformerConfig(vocab_size=vocab_size, **dataclasses.asdict(cfg.model))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k not in ("hparams", "sample_reweight_hparams", "target_mixture"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def prepare_run_dir(cfg: Config, resume: bool) -> pathlib.Path:
+    """Creates the run dir, or checks that resuming it is consistent."""
+    run_dir = pathlib.Path(cfg.train.run_dir)
+    saved = run_dir / "config.json"
+    holds_run = saved.exists() or (run_dir / "checkpoints").exists()
+    if holds_run and not resume:
+        raise RunDirError(f"run dir {str(run_dir)!r} already holds a run; pass --resume to "
+                          "continue it or set train.run_dir to a new directory")
+    if holds_run:
+        old = _flatten(json.loads(saved.read_text())) if saved.exists() else {}
+        new = _flatten(config_lib.to_dict(cfg))
+        diff = sorted(k for k in set(old) | set(new)
+                      if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+        if diff:
+            raise RunDirError(f"cannot resume {str(run_dir)!r} with a different config: "
+                              + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(config_lib.to_json(cfg) + "\n")
+    return run_dir
+
+
+def load_run_config(run_dir: str | pathlib.Path) -> Config:
+    path = pathlib.Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no config.json)")
+    return config_lib.from_dict(json.loads(path.read_text()))
+
+
+class _StopOnSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and returns."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        try:
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: no handlers, nothing to restore
+            self._old = {}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def load_reference(run_dir: str, vocab_size: int):
+    """``(apply, params)`` of the latest checkpoint of a reference run."""
+    from mixjax.models import transformer
+    ref_cfg = load_run_config(run_dir)
+    mcfg = model_config(ref_cfg, vocab_size)
+    apply, abstract_params, _ = transformer.abstract_init(mcfg)
+    ck = ckpt_lib.Checkpointer(pathlib.Path(run_dir) / "checkpoints")
+    step = ck.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"reference run {run_dir!r} has no checkpoint")
+    got = ck.manager.restore(step, args=_params_only_args(abstract_params))
+    ck.close()
+    return apply, got["state"]["params"]
+
+
+def _params_only_args(abstract_params):
+    import orbax.checkpoint as ocp
+    return ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params}, partial_restore=True))
+
+
+def make_grad_stats(cfg: Config, num_domains: int, target_tokens: np.ndarray | None):
+    """The gradient-statistics hook of the train step (``mixjax.grads``).
+
+    ``grads.target``: None -> g_t is the gradient of the current batch's mean
+    loss; a domain name -> of that domain's first ``eval.num_seqs`` validation
+    sequences (fixed for the run).
+    """
+    from mixjax import grads
+
+    gcfg = grads.GradConfig(strategy=cfg.grads.strategy, chunk_size=cfg.grads.chunk_size)
+
+    def grad_stats(token_loss_fn, params, batch, keys):
+        target = None
+        if "grad_dot" in keys:
+            tb = batch if target_tokens is None else {
+                "tokens": jnp.asarray(target_tokens),
+                "domain_id": jnp.zeros((len(target_tokens),), jnp.int32)}
+            target = grads.target_grad(token_loss_fn, params, tb)
+        out = grads.domain_grads(token_loss_fn, params, batch, num_domains=num_domains,
+                                 needs=keys, config=gcfg, target=target)
+        return {k: out.stats[k] for k in keys}
+
+    return grad_stats
+
+
+def sample_weights_fn(cfg: Config):
+    if cfg.mixing.sample_reweight is None:
+        return None
+    from mixjax.mixing import sample_reweight
+    return sample_reweight.get(cfg.mixing.sample_reweight, **cfg.mixing.sample_reweight_hparams)
+
+
+class Trainer:
+    """Everything a run needs, built from a Config (before anything compiles)."""
+
+    def __init__(self, cfg: Config, data: TrainData | None = None):
+        config_lib.validate(cfg)
+        self.cfg = cfg
+        self.data = data if data is not None else build_data(cfg)
+        self.domains = tuple(self.data.domains)
+        config_lib.check_domains(cfg, self.domains)
+        k = len(self.domains)
+        self.mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=self.domains,
+                                  token_counts=self.data.token_counts,
+                                  apply_to=cfg.mixing.apply_to)
+        self.pad_id = self.data.pad_id
+        from mixjax.models import transformer
+        self.model_cfg = model_config(cfg, self.data.vocab_size)
+        self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
+        self.num_params = transformer.count_params(params)
+        ref_apply, ref_params = None, None
+        if self.mixer.requires & step_lib.REF_KEYS:
+            if cfg.train.reference is None:
+                raise ConfigError(f"config key 'train.reference': mixer {cfg.mixing.name!r} "
+                                  f"requires {sorted(self.mixer.requires & step_lib.REF_KEYS)}; "
+                                  "set it to the run dir of a trained reference model")
+            ref_apply, ref_params = load_reference(cfg.train.reference, self.data.vocab_size)
+        grad_stats = None
+        if self.mixer.requires & step_lib.GRAD_KEYS:
+            tgt = None
+            if cfg.grads.target is not None:
+                if cfg.grads.target not in self.domains:
+                    raise ConfigError(f"config key 'grads.target': unknown domain "
+                                      f"{cfg.grads.target!r}; known: {list(self.domains)}")
+                tgt = np.asarray(self.data.eval_sets[cfg.grads.target])[:cfg.eval.num_seqs]
+            grad_stats = make_grad_stats(cfg, k, tgt)
+        self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+        self.initial_state = state_lib.init_state(params, self.tx, self.mixer, k, cfg.train.seed,
+                                                  ref_params)
+        self.train_step = step_lib.make_train_step(
+            apply=self.apply, mixer=self.mixer, tx=self.tx, num_domains=k, pad_id=self.pad_id,
+            lr_schedule=self.schedule, grad_accum=cfg.train.grad_accum, ref_apply=ref_apply,
+            sample_weights=sample_weights_fn(cfg), grad_stats=grad_stats)
+        self.eval_fn = step_lib.make_eval_fn(self.apply, self.pad_id)
+        self.eval_batches = eval_lib.prepare_eval_sets(
+            self.data.eval_sets, self.domains, cfg.eval.num_seqs, cfg.eval.batch_size, self.pad_id)
+
+    def sampler_weights(self) -> np.ndarray:
+        """The sampler's initial weights: the mixer's (sampling/both) or the reference p (loss)."""
+        if self.mixer.apply_to == "loss":
+            if self.cfg.mixing.sampling_weights == "uniform":
+                return np.full(len(self.domains), 1.0 / len(self.domains))
+            n = np.asarray(self.data.token_counts, np.float64)
+            return n / n.sum()
+        return _normalised(self.mixer.weights(self.initial_state["mix_state"]))
+
+    def evaluate(self, params) -> dict:
+        return eval_lib.evaluate(self.eval_fn, params, self.eval_batches, self.domains,
+                                 self.cfg.eval.target_mixture)
+
+
+def _normalised(w) -> np.ndarray:
+    w = np.asarray(w, np.float64)
+    return w / w.sum()
+
+
+def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
+          on_step: Callable[[int], None] | None = None) -> RunResult:
+    """Runs (or resumes) the training run ``cfg`` describes; returns a RunResult."""
+    config_lib.validate(cfg)
+    run_dir = pathlib.Path(cfg.train.run_dir)
+    if (run_dir / "config.json").exists() and not resume:
+        prepare_run_dir(cfg, resume)  # raises before anything is built
+    trainer = Trainer(cfg, data)
+    run_dir = prepare_run_dir(cfg, resume)
+    t_cfg = cfg.train
+    domains, mixer = trainer.domains, trainer.mixer
+    to_sampler = mixer.apply_to in ("sampling", "both")
+    checkpointer = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=t_cfg.keep_ckpts)
+    sampler = trainer.data.make_sampler(trainer.sampler_weights())
+    state = trainer.initial_state
+    start = 0
+    last_weights = np.asarray(mixer.weights(state["mix_state"]), np.float32)
+    latest = checkpointer.latest_step() if resume else None
+    if latest is not None:
+        abstract = jax.eval_shape(lambda: state)
+        restored, host = checkpointer.restore(latest, abstract)
+        if "ref_params" in state:
+            restored["ref_params"] = state["ref_params"]
+        state = restored
+        start = int(host["step"])
+        sampler.set_state(host["sampler"])
+        last_weights = np.asarray(host["last_weights"], np.float32)
+        metrics_lib.truncate_after(run_dir, start)
+    else:
+        for name in metrics_lib.FILES:  # a fresh run starts with fresh logs
+            (run_dir / name).unlink(missing_ok=True)
+    writer = metrics_lib.MetricsWriter(run_dir, domains)
+    if start == 0:
+        writer.weights(0, last_weights)
+    with open(run_dir / "run_info.json", "w") as f:
+        json.dump({"num_params": trainer.num_params, "domains": list(domains),
+                   "model": dataclasses.asdict(trainer.model_cfg), "mixer": mixer.name,
+                   "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
+                   "devices": [str(d) for d in jax.devices()]}, f, indent=2)
+
+    pending: list[tuple[int, dict]] = []
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    timer = {"t0": time.perf_counter(), "steps": 0}
+
+    def flush(upto: int) -> None:
+        nonlocal last_weights
+        while pending and pending[0][0] <= upto:
+            s, m = pending.pop(0)
+            m = jax.device_get(m)
+            bad = int(m["nonfinite_domain"])
+            if bad >= 0:
+                raise mixing.NonFiniteStatsError(
+                    f"step {s}: non-finite statistics for domain {domains[bad]!r} (mixer "
+                    f"{mixer.name!r}); the weights were not updated. Check the data of "
+                    f"{domains[bad]!r} and the learning rate")
+            w = np.asarray(m["weights"], np.float32)
+            if not np.array_equal(w, last_weights):
+                writer.weights(s + 1, w)
+                if to_sampler:
+                    sampler.set_weights(_normalised(w), step=s)
+                last_weights = w
+            if (s + 1) % t_cfg.log_every == 0 or s + 1 == t_cfg.steps:
+                elapsed = time.perf_counter() - timer["t0"]
+                rec = {"step": s + 1, "loss": m["loss"], "objective": m["objective"],
+                       "grad_norm": m["grad_norm"], "lr": m.get("lr", 0.0), "tokens": m["tokens"],
+                       "tokens_per_s": tokens_per_step * timer["steps"] / max(elapsed, 1e-9)}
+                rec.update(writer.per_domain("loss", m["domain_loss"]))
+                rec.update(writer.per_domain("count", m["domain_count"]))
+                rec.update(writer.per_domain("weight", m["weights"]))
+                rec.update(writer.per_domain("sampling_weight", m["sampling_weights"]))
+                if "ref_domain_loss" in m:
+                    rec.update(writer.per_domain("ref_loss", m["ref_domain_loss"]))
+                writer.write("metrics.jsonl", rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(m['loss']):.3f}",
+                                    tok_s=f"{rec['tokens_per_s']:.0f}")
+
+    def save(step: int) -> None:
+        flush(step)
+        checkpointer.save(step, state, {"step": step, "sampler": sampler.get_state(),
+                                        "last_weights": [float(x) for x in last_weights]})
+
+    bar = None
+    if t_cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=t_cfg.steps, initial=start, desc=cfg.name, unit="step",
+                   dynamic_ncols=True)
+    final_eval = None
+    stopped = None
+    lag = getattr(sampler, "lag", cfg.data.lag)
+    try:
+        with _StopOnSignal() as stop:
+            t = start
+            for t in range(start, t_cfg.steps):
+                if stop.signum is not None:
+                    break
+                flush(t - lag)
+                p = np.asarray(sampler.weights_for(t), np.float32)
+                host_batch = next(sampler)
+                batch = {"tokens": jnp.asarray(host_batch["tokens"], jnp.int32),
+                         "domain_id": jnp.asarray(host_batch["domain_id"], jnp.int32),
+                         "sampling_weights": jnp.asarray(p)}
+                state, m = trainer.train_step(state, batch)
+                pending.append((t, m))
+                timer["steps"] += 1
+                flush(t - 1)
+                done = t + 1
+                if bar is not None:
+                    bar.update(1)
+                if on_step is not None:
+                    on_step(done)
+                if (t_cfg.eval_every and done % t_cfg.eval_every == 0) or done == t_cfg.steps:
+                    flush(t)
+                    ev = trainer.evaluate(state["params"])
+                    state["eval_loss"] = jnp.asarray(eval_lib.domain_losses(ev, domains))
+                    writer.write("eval.jsonl", {"step": done, **ev})
+                    final_eval = ev
+                if (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0) or done == t_cfg.steps \
+                        or stop.signum is not None:
+                    save(done)
+                if stop.signum is not None:
+                    break
+            stopped = stop.signum
+            done = int(jax.device_get(state["step"]))
+            if stopped is not None and checkpointer.latest_step() != done:
+                save(done)
+            flush(done)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+        checkpointer.close()
+    return RunResult(run_dir=run_dir, steps_done=done, interrupted=stopped is not None,
+                     signal=stopped, final_eval=final_eval, state=state)

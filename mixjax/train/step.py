@@ -1,0 +1,247 @@
+"""The train step: one pure, jit-compiled ``(state, batch) -> (state, metrics)``.
+
+What one step does (B sequences, S tokens, K domains, d = domain of a token)::
+
+    1. l[b,t] = CE(apply(params, x)[b,t], y[b,t])   one forward pass, kept as a VJP
+       m[b,t] = (y[b,t] != pad)
+    2. count_d = sum_{b: dom(b)=d} sum_t m[b,t]              (segment sums by domain_id)
+       loss_d  = sum_{b: dom(b)=d} sum_t m l / max(count_d, 1)  (0 for absent domains)
+       + what ``mixer.requires`` asks for: sample_loss, token_loss, ref_loss (a forward
+         pass of the frozen reference params), grad_dot/gram/grad_norm (``grad_stats``)
+    3. mix_state' = mixing.guarded_update(mixer, mix_state, stats, step)
+    4. token weights r_d from w = mixer.weights(mix_state') and the sampling weights p:
+         sampling:  r_d = 1
+         loss:      r_d = w_d / p_d            (importance correction; 0 if p_d = 0)
+         both:      r_d = w_d
+       optional per-sequence weights s_b = sample_weights(sample_loss, step)
+       objective  L = sum_{b,t} s_b r_d(b) m l / sum_{b,t} s_b r_d(b) m
+       (self-normalised importance weighting: for batches drawn with p it
+       estimates sum_d w_d E[loss_d] / sum_d w_d, and stays finite when a
+       domain is absent from a batch)
+    5. grads = VJP of step 1 pulled back with cotangent dL/dl = s r m / Z;
+       optax update; step += 1.
+
+Using the *updated* mixer weights in step 4 follows GroupDRO (Sagawa et al.
+2020, arXiv 1911.08731, Alg. 1) and DoReMi (Xie et al. 2023, arXiv 2305.10429,
+Alg. 1), which both reweight the loss with the weights just computed from the
+current batch. The VJP form gives that ordering without a second forward pass.
+
+Gradient accumulation (``grad_accum = M``): the batch is split into M
+micro-batches; a first scan computes the token losses (forward only), the
+statistics and cotangents are computed on the full batch, and a second scan
+pulls them back per micro-batch and sums the gradients. The result equals the
+M = 1 step up to float reordering; the cost is one extra forward pass.
+
+The state is ONE pytree (a dict): ``params``, ``opt_state``, ``mix_state``,
+``step`` (i32[]), ``rng`` (u32[2], per-step randomness is ``fold_in(rng,
+step)``), ``eval_loss`` (f32[K], the latest per-domain validation loss, set by
+the host after each evaluation) and, when a reference model is used,
+``ref_params`` (frozen: never updated).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mixjax import mixing
+
+State = dict[str, Any]
+Batch = Mapping[str, jax.Array]
+
+GRAD_KEYS = frozenset({"grad_dot", "gram", "grad_norm"})
+REF_KEYS = frozenset({"ref_loss", "ref_token_loss"})
+
+# grad_stats(token_loss_fn, params, batch, keys) -> {key: array} for keys in GRAD_KEYS,
+# where token_loss_fn(params, batch) -> (token_loss f32[B,S], token_mask f32[B,S]) and
+# batch holds "tokens" and "domain_id". Built by mixjax.grads (see make_grad_stats there).
+GradStatsFn = Callable[[Callable, Any, Batch, frozenset], dict[str, jax.Array]]
+# sample_weights(sample_loss f32[B], step i32[]) -> f32[B] (mixing.sample_reweight).
+SampleWeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int):
+    """Per-token cross-entropy ``l`` f32[B,S] and loss mask ``m`` f32[B,S]."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    logits = apply(params, inputs)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    mask = (targets != pad_id).astype(jnp.float32)
+    return loss * mask, mask
+
+
+def domain_sums(token_loss, token_mask, domain_id, num_domains: int):
+    """``(loss_d, count_d)``: per-domain mean token loss (0 if absent) and token count."""
+    count = jax.ops.segment_sum(token_mask.sum(axis=1), domain_id, num_segments=num_domains)
+    total = jax.ops.segment_sum((token_loss * token_mask).sum(axis=1), domain_id,
+                                num_segments=num_domains)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0), count
+
+
+def sequence_loss(token_loss, token_mask):
+    """Mean token loss per sequence f32[B] (0 for an all-pad sequence)."""
+    n = token_mask.sum(axis=1)
+    return (token_loss * token_mask).sum(axis=1) / jnp.maximum(n, 1.0)
+
+
+def domain_token_weights(apply_to: str, weights, sampling_weights):
+    """r_d of the module docstring (f32[K])."""
+    if apply_to == "sampling":
+        return jnp.ones_like(weights)
+    if apply_to == "loss":
+        p = sampling_weights
+        return jnp.where(p > 0, weights / jnp.where(p > 0, p, 1.0), 0.0)
+    if apply_to == "both":
+        return weights
+    raise ValueError(f"apply_to must be one of {mixing.APPLY_TO}, got {apply_to!r}")
+
+
+def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientTransformation,
+                    num_domains: int, pad_id: int, lr_schedule: Callable | None = None,
+                    grad_accum: int = 1, ref_apply: Callable | None = None,
+                    sample_weights: SampleWeightsFn | None = None,
+                    grad_stats: GradStatsFn | None = None, jit: bool = True,
+                    donate: bool = True) -> Callable[[State, Batch], tuple[State, dict]]:
+    """Builds the train step (see the module docstring).
+
+    ``batch``: ``tokens`` i32[B,S+1], ``domain_id`` i32[B] and
+    ``sampling_weights`` f32[K] (the weights the batch was drawn with; the loop
+    adds them). Statistics the mixer does not require are not computed.
+    """
+    requires = frozenset(mixer.requires)
+    unknown = requires - set(mixing.STATS)
+    if unknown:
+        raise ValueError(f"mixer {mixer.name!r} requires unknown statistics {sorted(unknown)}; "
+                         f"the train step provides {sorted(mixing.STATS)}")
+    if requires & REF_KEYS and ref_apply is None:
+        raise ValueError(f"mixer {mixer.name!r} requires {sorted(requires & REF_KEYS)}: "
+                         "set train.reference to the run dir of a reference model")
+    if requires & GRAD_KEYS and grad_stats is None:
+        raise ValueError(f"mixer {mixer.name!r} requires {sorted(requires & GRAD_KEYS)}: "
+                         "no gradient-statistics function (mixjax.grads) was given")
+    if grad_accum < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    k = num_domains
+    apply_to = mixer.apply_to
+
+    def loss_fn(params, batch):
+        return token_losses(apply, params, batch["tokens"], pad_id)
+
+    def forward(params, tokens):
+        """Token losses (and a pullback when M = 1)."""
+        if grad_accum == 1:
+            (tl, tm), pullback = jax.vjp(lambda p: token_losses(apply, p, tokens, pad_id), params)
+            return tl, tm, pullback
+        micro = _split(tokens, grad_accum)
+        _, (tl, tm) = jax.lax.scan(
+            lambda c, t: (c, token_losses(apply, params, t, pad_id)), None, micro)
+        return _merge(tl), _merge(tm), None
+
+    def backward(params, tokens, pullback, cotangent):
+        if grad_accum == 1:
+            return pullback((cotangent, jnp.zeros_like(cotangent)))[0]
+
+        def body(acc, xs):
+            t, ct = xs
+            _, pb = jax.vjp(lambda p: token_losses(apply, p, t, pad_id), params)
+            g = pb((ct, jnp.zeros_like(ct)))[0]
+            return jax.tree.map(jnp.add, acc, g), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, _ = jax.lax.scan(body, zeros, (_split(tokens, grad_accum),
+                                              _split(cotangent, grad_accum)))
+        return grads
+
+    def step_fn(state: State, batch: Batch):
+        params, step = state["params"], state["step"]
+        tokens, domain_id = batch["tokens"], batch["domain_id"]
+        p = batch["sampling_weights"].astype(jnp.float32)
+
+        # 1-2. forward pass and the statistics the mixer asks for.
+        tl, tm, pullback = forward(params, tokens)
+        tl_ng = jax.lax.stop_gradient(tl)
+        loss_d, count_d = domain_sums(tl_ng, tm, domain_id, k)
+        stats: dict[str, jax.Array] = {"loss": loss_d, "count": count_d}
+        need_sample_loss = "sample_loss" in requires or sample_weights is not None
+        seq_loss = sequence_loss(tl_ng, tm) if need_sample_loss else None
+        optional = {
+            "token_loss": lambda: tl_ng,
+            "token_mask": lambda: tm,
+            "domain_id": lambda: domain_id,
+            "sample_loss": lambda: seq_loss,
+            "sampling_weights": lambda: p,
+            "lr": lambda: jnp.asarray(lr_schedule(step) if lr_schedule else 0.0, jnp.float32),
+            "eval_loss": lambda: state["eval_loss"],
+        }
+        for key in requires & set(optional):
+            stats[key] = optional[key]()
+        if requires & REF_KEYS:
+            rtl, _ = token_losses(ref_apply, state["ref_params"], tokens, pad_id)
+            stats["ref_token_loss"] = rtl
+            stats["ref_loss"] = domain_sums(rtl, tm, domain_id, k)[0]
+        if requires & GRAD_KEYS:
+            stats.update(grad_stats(loss_fn, params, batch, requires & GRAD_KEYS))
+
+        # 3. mixer update inside the compiled step.
+        mix_state = mixing.guarded_update(mixer, state["mix_state"], stats, step)
+        weights = mixer.weights(mix_state)
+
+        # 4. token weights and the normalised objective.
+        r = domain_token_weights(apply_to, weights, p)[domain_id]            # [B]
+        if sample_weights is not None:
+            r = r * jax.lax.stop_gradient(sample_weights(seq_loss, step)).astype(jnp.float32)
+        tw = r[:, None] * tm                                                # [B, S]
+        z = jnp.sum(tw)
+        cotangent = tw / jnp.where(z > 0, z, 1.0)
+        objective = jnp.sum(cotangent * tl_ng)
+
+        # 5. gradient and optimiser update.
+        grads = backward(params, tokens, pullback, cotangent)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+
+        new_state = {**state, "params": new_params, "opt_state": opt_state,
+                     "mix_state": mix_state, "step": step + 1}
+        n_tok = jnp.sum(tm)
+        metrics = {
+            "step": step,
+            "objective": objective,
+            "loss": jnp.sum(tl_ng) / jnp.maximum(n_tok, 1.0),   # plain token mean
+            "tokens": n_tok,
+            "domain_loss": loss_d,
+            "domain_count": count_d,
+            "weights": weights,
+            "sampling_weights": p,
+            "grad_norm": optax.global_norm(grads),
+            "nonfinite_domain": mix_state["nonfinite_domain"],
+        }
+        if lr_schedule is not None:
+            metrics["lr"] = jnp.asarray(lr_schedule(step), jnp.float32)
+        if "ref_loss" in stats:
+            metrics["ref_domain_loss"] = stats["ref_loss"]
+        return new_state, metrics
+
+    if not jit:
+        return step_fn
+    return jax.jit(step_fn, donate_argnums=(0,) if donate else ())
+
+
+def _split(x, m):
+    return x.reshape((m, x.shape[0] // m) + x.shape[1:])
+
+
+def _merge(x):
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def make_eval_fn(apply: Callable, pad_id: int) -> Callable:
+    """Jitted ``(params, tokens i32[N,S+1]) -> (loss_sum f32[N], count f32[N])``."""
+
+    @jax.jit
+    def eval_fn(params, tokens):
+        tl, tm = token_losses(apply, params, tokens, pad_id)
+        return (tl * tm).sum(axis=1), tm.sum(axis=1)
+
+    return eval_fn
