@@ -1,0 +1,43 @@
+"""DG algorithms, one module each; ``get(name)`` returns the class.
+
+Each is a pure, jit-compilable step over per-environment batches
+``xs f32[K, b, ...], ys int32[K, b]`` (see ``base.Algorithm``). Update rules
+follow facebookresearch/DomainBed ``domainbed/algorithms.py`` (commit
+b93c22a) unless a module's docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+from mixjax.dg.algorithms.base import Algorithm
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    if not cls.name or cls.name in ALGORITHMS:
+        raise ValueError(f"cannot register DG algorithm {cls.__name__} under name {cls.name!r}")
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Algorithm]:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise KeyError(f"unknown DG algorithm {name!r}; known: {sorted(ALGORITHMS)}") from None
+
+
+from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effects)
+    andmask,
+    coral,
+    dann,
+    erm,
+    fish,
+    fishr,
+    groupdro,
+    irm,
+    mixup,
+    mmd,
+    sam,
+    vrex,
+)
