@@ -136,7 +136,8 @@ class BuildReport:
     domains: dict  # domain -> {"documents", "bytes"}
     missing: dict  # source -> reason (could not be fetched or extracted)
     skipped: dict  # optional source -> how to get it
-    short: dict  # domain -> message
+    short: dict  # domain -> message (below the cap, or empty)
+    incomplete: dict  # domain -> message (cap reached, but some of its sources missing)
     source_seconds: dict
 
 
@@ -263,7 +264,7 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
-        manifest_domains, short, used = {}, {}, {}
+        manifest_domains, short, incomplete, used = {}, {}, {}, {}
         for dom, names in recipe.domains.items():
             pools, avail = {}, {}
             for s in names:
@@ -310,6 +311,9 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
             if recipe.cap_bytes is not None and nbytes < recipe.cap_bytes:
                 why = f"missing sources: {', '.join(gone)}" if gone else "all its sources exhausted"
                 short[dom] = f"domain {dom!r} is short: {nbytes / 1e6:.2f} MB of {recipe.cap_bytes / 1e6:.2f} MB ({why})"
+            elif gone:
+                incomplete[dom] = (f"domain {dom!r} lacks sources {', '.join(gone)}: its size is fine but its "
+                                   "source mix differs from the recipe")
         if not manifest_domains:
             raise BuildError(f"corpus {recipe.name!r}: no source could be read; nothing written. Missing: {missing}")
         manifest = {
@@ -328,6 +332,7 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
             "missing_sources": {s: missing[s] for s in wanted if s in missing},
             "skipped_optional_sources": sorted(skipped),
             "short_domains": short,
+            "incomplete_domains": incomplete,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "NOTICE").write_text(_notice(recipe, used, archives), encoding="utf-8")
@@ -345,11 +350,11 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    for msg in short.values():
+    for msg in [*short.values(), *incomplete.values()]:
         _log(msg)
     for s, why in missing.items():
         _log(f"source {s!r} ({sources[s].domain}) was not included: {why}")
     seconds = time.perf_counter() - t0
     return BuildReport(recipe.name, dest, seconds,
                        {d: {"documents": v["documents"], "bytes": v["bytes"]} for d, v in manifest_domains.items()},
-                       missing, skipped, short, source_seconds)
+                       missing, skipped, short, incomplete, source_seconds)

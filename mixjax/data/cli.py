@@ -1,0 +1,140 @@
+"""``mixjax data``: build and describe corpora.
+
+    mixjax data build NAME [--overwrite] [--out DIR] [--cache-dir DIR] [--offline]
+    mixjax data info NAME|DIR [--sources] [--verify] [--split-seed S] [--json]
+    mixjax data mathgen [--cache-dir DIR] [--bytes N]   (optional generated math input)
+
+``info`` counts tokens under the byte tokenizer (UTF-8 bytes + 1 EOS per document) and
+documents per split with :mod:`mixjax.data.splits` (the split the sampler and eval sets use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    b = sub.add_parser("build", help="build a corpus into $MIXJAX_DATA_DIR/NAME (default ~/.cache/mixjax/corpora)")
+    b.add_argument("name", help="corpus name: mixpile-tiny | mixpile | mixpile-full")
+    b.add_argument("--overwrite", action="store_true", help="replace a finished corpus")
+    b.add_argument("--out", default=None, help="output directory (default $MIXJAX_DATA_DIR/NAME)")
+    b.add_argument("--cache-dir", default=None, help="download cache (default $MIXJAX_CACHE_DIR or ~/.cache/mixjax/downloads)")
+    b.add_argument("--offline", action="store_true", help="use only archives already in the cache")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i = sub.add_parser("info", help="documents, bytes, byte-tokenizer tokens and split sizes per domain")
+    i.add_argument("name", help="corpus name or a directory of <domain>.jsonl files")
+    i.add_argument("--sources", action="store_true", help="also list documents/bytes per source (from the manifest)")
+    i.add_argument("--verify", action="store_true", help="check the manifest's sha256 checksums")
+    i.add_argument("--split-seed", type=int, default=0, help="split seed (as in the data config; default 0)")
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    m = sub.add_parser("mathgen", help="generate the optional DeepMind-math input once into the download cache")
+    m.add_argument("--cache-dir", default=None)
+    m.add_argument("--bytes", type=int, default=None, help="text bytes to generate (default: enough for mixpile-full)")
+    m.add_argument("--seed", type=int, default=0)
+
+
+def _resolve(name: str) -> Path:
+    from mixjax.data.corpus import corpus_dir
+    p = Path(name).expanduser()
+    return p if p.is_dir() else corpus_dir(name)
+
+
+def corpus_stats(path: Path, split_seed: int = 0, verify: bool = False) -> dict:
+    """Per-domain documents, bytes, byte-tokenizer tokens and per-split document/token counts."""
+    from mixjax.data import splits
+
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+    files = ([path / e["file"] for e in manifest["domains"].values()] if manifest
+             else sorted(path.glob("*.jsonl")))
+    if not files:
+        raise FileNotFoundError(f"{path} holds no <domain>.jsonl files")
+    out = {}
+    for f in files:
+        domain = f.stem
+        lengths, h = [], hashlib.sha256()
+        with open(f, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                h.update(raw)
+                try:
+                    lengths.append(len(json.loads(raw)["text"].encode("utf-8")))
+                except (ValueError, KeyError) as exc:
+                    raise ValueError(f"{f}, line {n}: not a {{\"text\": ...}} JSON document ({exc})") from None
+        if verify and manifest and h.hexdigest() != manifest["domains"][domain]["sha256"]:
+            raise ValueError(f"{f}: sha256 does not match manifest.json (file changed or truncated)")
+        tokens = [b + 1 for b in lengths]  # byte tokenizer: UTF-8 bytes + 1 EOS per document
+        idx = splits.split_indices(len(lengths), seed=split_seed, domain=domain)
+        out[domain] = {
+            "documents": len(lengths), "bytes": sum(lengths), "tokens": sum(tokens),
+            "splits": {s: {"documents": int(len(idx[s])), "tokens": int(sum(tokens[j] for j in idx[s]))}
+                       for s in splits.SPLITS},
+        }
+        if manifest:
+            out[domain]["sources"] = manifest["domains"][domain]["sources"]
+    return {"path": str(path), "name": manifest["name"] if manifest else path.name, "domains": out,
+            "manifest": manifest is not None, "verified": bool(verify and manifest)}
+
+
+def _print_info(stats: dict, show_sources: bool) -> None:
+    print(f"corpus {stats['name']}  ({stats['path']})")
+    head = f"{'domain':<14}{'docs':>8}{'bytes':>12}{'tokens':>12}{'train':>8}{'valid':>7}{'test':>7}"
+    print(head)
+    print("-" * len(head))
+    tot = [0, 0, 0]
+    for d, v in stats["domains"].items():
+        sp = v["splits"]
+        print(f"{d:<14}{v['documents']:>8}{v['bytes']:>12}{v['tokens']:>12}"
+              f"{sp['train']['documents']:>8}{sp['validation']['documents']:>7}{sp['test']['documents']:>7}")
+        tot = [tot[0] + v["documents"], tot[1] + v["bytes"], tot[2] + v["tokens"]]
+        if show_sources and "sources" in v:
+            for s, c in v["sources"].items():
+                print(f"  {s:<20}{c['documents']:>8}{c['bytes']:>12}   of {c['available_documents']} docs / "
+                      f"{c['available_bytes'] / 1e6:.2f} MB available")
+    print("-" * len(head))
+    print(f"{'total':<14}{tot[0]:>8}{tot[1]:>12}{tot[2]:>12}")
+    print("tokens = UTF-8 bytes + 1 EOS per document (byte tokenizer); splits: mixjax.data.splits, "
+          f"default fractions{' ; checksums verified' if stats['verified'] else ''}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data_command == "build":
+        from mixjax.data.corpus import CorpusExistsError, build
+        try:
+            r = build(args.name, overwrite=args.overwrite, out_dir=args.out, cache_dir=args.cache_dir,
+                      download=not args.offline, progress=not args.no_progress)
+        except (CorpusExistsError, KeyError) as exc:
+            print(f"mixjax data build: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
+        mb = sum(v["bytes"] for v in r.domains.values()) / 1e6
+        docs = sum(v["documents"] for v in r.domains.values())
+        print(f"built {r.name}: {len(r.domains)} domains, {docs} documents, {mb:.2f} MB text -> {r.path} "
+              f"in {r.seconds:.1f} s")
+        for s, why in r.missing.items():
+            print(f"  MISSING source {s}: {why}")
+        for s in r.skipped:
+            print(f"  skipped optional source {s}")
+        for msg in [*r.short.values(), *r.incomplete.values()]:
+            print(f"  {msg}")
+        return 1 if r.missing else 0
+    if args.data_command == "info":
+        try:
+            stats = corpus_stats(_resolve(args.name), split_seed=args.split_seed, verify=args.verify)
+        except (FileNotFoundError, KeyError, ValueError) as exc:
+            print(f"mixjax data info: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(stats, indent=2))
+        else:
+            _print_info(stats, args.sources)
+        return 0
+    if args.data_command == "mathgen":
+        from mixjax.data.corpus import mathgen
+        path = mathgen.generate(cache_dir=args.cache_dir, nbytes=args.bytes, seed=args.seed)
+        print(f"generated {path}")
+        return 0
+    raise ValueError(f"unknown data command {args.data_command!r}")
