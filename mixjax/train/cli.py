@@ -1,0 +1,67 @@
+"""``mixjax train`` and ``mixjax eval``.
+
+    mixjax train CONFIG.py [--set key=value ...] [--resume]
+    mixjax eval RUN_DIR [--step N] [--split validation|test] [--num-seqs N]
+
+Exit codes: 0 done; 2 bad config / run dir; 128 + signal number when stopped
+by SIGTERM/SIGINT (a checkpoint was saved; ``--resume`` continues it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    if name == "train":
+        parser.add_argument("config", help="config file (a Python module with get_config())")
+        parser.add_argument("--set", dest="overrides", action="append", default=[],
+                            metavar="KEY=VALUE", help="dotted override, e.g. train.steps=200")
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in train.run_dir from its latest checkpoint")
+    elif name == "eval":
+        parser.add_argument("run_dir", help="a run directory written by `mixjax train`")
+        parser.add_argument("--step", type=int, default=None, help="checkpoint step (latest)")
+        parser.add_argument("--split", choices=("validation", "test"), default=None)
+        parser.add_argument("--num-seqs", type=int, default=None,
+                            help="eval sequences per domain (default: the run's eval.num_seqs)")
+    else:  # pragma: no cover
+        raise ValueError(f"mixjax.train.cli does not handle {name!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mixjax.config import ConfigError
+    from mixjax.train import loop
+    try:
+        if args.command == "train":
+            from mixjax import config as config_lib
+            cfg = config_lib.load(args.config, args.overrides)
+            result = loop.train(cfg, resume=args.resume)
+            if result.final_eval is not None:
+                print(loop.format_eval(result.final_eval, _domains(result.run_dir)))
+            if result.interrupted:
+                print(f"stopped by signal {result.signal} after {result.steps_done} steps; "
+                      f"checkpoint saved in {result.run_dir}/checkpoints (resume with --resume)",
+                      file=sys.stderr)
+                return 128 + int(result.signal)
+            print(f"done: {result.steps_done} steps, run dir {result.run_dir}")
+            return 0
+        result = loop.evaluate_run(args.run_dir, step=args.step, split=args.split,
+                                   num_seqs=args.num_seqs)
+        domains = _domains(pathlib.Path(args.run_dir))
+        print(f"step {result['step']}, split {result['split']}")
+        print(loop.format_eval(result, domains))
+        out = pathlib.Path(args.run_dir) / f"eval_step{result['step']}_{result['split']}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    except (ConfigError, loop.RunDirError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _domains(run_dir: pathlib.Path) -> tuple[str, ...]:
+    info = json.loads((pathlib.Path(run_dir) / "run_info.json").read_text())
+    return tuple(info["domains"])
