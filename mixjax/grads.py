@@ -240,7 +240,7 @@ def target_batch(batch: Mapping[str, Array]) -> dict[str, Array]:
     return out
 
 
-def _stratify(batch: Mapping[str, Array], num_domains: int) -> dict[str, Array]:
+def stratify(batch: Mapping[str, Array], num_domains: int) -> dict[str, Array]:
     """Regroups per-sequence arrays as [K, B/K, ...] by a stable sort on domain_id."""
     ex = _per_example(batch)
     b = batch["domain_id"].shape[0]
@@ -300,7 +300,7 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         combine = (lambda c: _weighted_sum(c, grads)) if full else backward_combine
         return DomainGrads(stats, combine)
 
-    sub = _stratify(batch, k)
+    sub = stratify(batch, k)
     sel, rest = _split(params, mask)
 
     def sub_loss(s, one):  # one domain's [B/K, ...] sub-batch
@@ -372,3 +372,42 @@ def direct_domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mappi
     """Reference: one ``jax.grad`` per domain on the masked full batch (tests, benchmarks)."""
     return [jax.grad(lambda p, d=d: domain_loss_vector(token_loss_fn, p, batch, num_domains)[0][d])(
         params) for d in range(num_domains)]
+
+
+# -- the train step's hook ------------------------------------------------------------------
+class GradStats(dict):
+    """The statistics dict the train step merges into its stats, plus ``combine``.
+
+    ``combine(c)`` gives ``sum_d c_d g_d`` over all parameters, reusing what the
+    engine already computed (for mixers that prescribe the model gradient, e.g.
+    DoGE's ``gradient_coeffs``).
+    """
+
+    combine: Callable[[Array], PyTree]
+
+
+def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradStats]:
+    """The train step's ``grad_stats(token_loss_fn, params, batch, keys) -> GradStats``.
+
+    ``grad_dot``/``target_grad_norm`` read the target batch from ``batch["target_tokens"]``
+    (the loop supplies it from the target domain's split).
+    """
+
+    def grad_stats(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
+                   keys: frozenset[str] | set[str]) -> GradStats:
+        keys = frozenset(keys) & frozenset(GRAD_STATS)
+        target = None
+        if keys & {"grad_dot", "target_grad_norm"}:
+            target = target_grad(token_loss_fn, params, target_batch(batch))
+        out = domain_grads(token_loss_fn, params, batch, num_domains=num_domains, needs=keys,
+                           config=config, target=target)
+        res = GradStats({k: v for k, v in out.stats.items() if k in keys})
+        res.combine = out.combine
+        return res
+
+    return grad_stats
+
+
+def uses_domain_gradient(mixer: Any) -> bool:
+    """Whether a mixer prescribes the model gradient ``sum_d c_d g_d`` (``gradient_coeffs``)."""
+    return callable(getattr(mixer, "gradient_coeffs", None))
