@@ -5,7 +5,10 @@ Design B of jax-stack.md B3. Every domain ``d`` has its own grain pipeline
     MapDataset.source(train split of d)[process_index::process_count]
       .seed(h(seed, d)).shuffle().repeat()       # reshuffled every epoch
       .map(TokenizeDoc(tokenizer))               # in grain; in workers if num_workers > 0
-      .to_iter_dataset() -> PackIterDataset(S + 1)  [-> mp_prefetch(num_workers)]
+      .to_iter_dataset() [-> mp_prefetch(num_workers)] -> PackIterDataset(S + 1)
+
+Worker processes only read and tokenize; packing runs in this process on the
+documents in index order, so the batches do not depend on ``num_workers``.
 
 and the main process assembles each global batch from the *current* weight
 vector (:class:`~mixjax.data.composer.BatchComposer`): the composer picks the
@@ -139,12 +142,15 @@ class DomainSampler:
         ds = ds.seed(domain_seed(self.seed, self.domains[d])).shuffle().repeat()
         ds = ds.map(TokenizeDoc(tok))
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-        it = PackIterDataset(it, length=self.seq_len + 1, eos_id=tok.eos_id,
-                             bos_id=tok.bos_id if self.bos else None)
         if self.num_workers > 0:
+            # Workers read + tokenize; grain hands their outputs back in index
+            # order, so packing below (in this process) sees the same document
+            # stream for any num_workers: the data do not depend on it.
             _ensure_absl_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=self.num_workers, per_worker_buffer_size=self.worker_buffer_size))
+        it = PackIterDataset(it, length=self.seq_len + 1, eos_id=tok.eos_id,
+                             bos_id=tok.bos_id if self.bos else None)
         return it
 
     def _iterator(self, d: int) -> grain.DatasetIterator:
@@ -179,7 +185,7 @@ class DomainSampler:
     def _config(self) -> dict[str, Any]:
         return {"domains": list(self.domains), "batch_size": self.batch_size, "seq_len": self.seq_len,
                 "mode": self.mode, "seed": self.seed, "lag": self.lag, "split": self.split,
-                "num_workers": self.num_workers, "bos": self.bos,
+        "bos": self.bos,
                 "process_index": self.process_index, "process_count": self.process_count}
 
     def get_state(self) -> dict[str, Any]:
@@ -187,6 +193,7 @@ class DomainSampler:
         return {
             "version": STATE_VERSION,
             "config": self._config(),
+            "num_workers": self.num_workers,    # iterator states differ with and without workers
             "composer": self.composer.get_state(),
             "domains": {n: (None if it is None else it.get_state())
                         for n, it in zip(self.domains, self._iters)},
@@ -195,6 +202,10 @@ class DomainSampler:
     def set_state(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"sampler state version {state.get('version')} != {STATE_VERSION}")
+        if state.get("num_workers", 0) != self.num_workers:
+            raise ValueError(f"sampler state was saved with num_workers={state.get('num_workers', 0)}; "
+                             f"grain iterator states restore only into the same number of workers "
+                             f"(now {self.num_workers}); the data stream itself does not depend on it")
         mine = self._config()
         diff = {k: (state["config"].get(k), v) for k, v in mine.items() if state["config"].get(k) != v}
         if diff:

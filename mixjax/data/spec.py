@@ -119,8 +119,9 @@ def corpus_sources(name: str, **kwargs: Any) -> dict[str, src_lib.JsonlSource]:
 
     ``name`` may also be a directory of ``<domain>.jsonl`` files.
     """
-    if os.path.isdir(str(name)):
-        return jsonl_dir_sources(name, **kwargs)
+    name = str(name)
+    if os.path.isdir(name) or os.sep in name or name.startswith((".", "~")):
+        return jsonl_dir_sources(os.path.expanduser(name), **kwargs)   # a path, not a corpus name
     try:
         from mixjax.data.corpus import corpus_dir
     except ImportError as e:
