@@ -25,7 +25,7 @@ Inputs are ``tokens[:, :-1]``, targets ``tokens[:, 1:]``, loss mask
 from mixjax.data import tokenizers
 from mixjax.data.composer import MODES, BatchComposer, resolve_weights
 from mixjax.data.eval_sets import eval_arrays, eval_token_counts
-from mixjax.data.packing import PackIterDataset, TokenizeDoc, pack_arrays
+from mixjax.data.packing import PackIterDataset, TokenizeChunk, TokenizeDoc, pack_arrays
 from mixjax.data.sampler import DomainSampler, make_sampler
 from mixjax.data.sources import (ArrayRecordSource, DataError, DomainSource, JsonlSource, ListSource,
                                  TextDirSource, TfdsSource, text_dir_sources)
@@ -35,7 +35,7 @@ from mixjax.data.splits import SPLITS, split_indices, split_source, split_source
 __all__ = [
     "ArrayRecordSource", "BatchComposer", "DataError", "DatasetSpec", "DomainSampler", "DomainSource",
     "DomainSpec", "JsonlSource", "ListSource", "MODES", "PackIterDataset", "SPLITS", "TextDirSource",
-    "TfdsSource", "TokenizeDoc", "corpus_sources", "eval_arrays", "eval_token_counts",
+    "TfdsSource", "TokenizeChunk", "TokenizeDoc", "corpus_sources", "eval_arrays", "eval_token_counts",
     "jsonl_dir_sources", "make_sampler", "pack_arrays", "resolve_sources", "resolve_weights",
     "split_indices", "split_source", "split_sources", "text_dir_sources", "tokenizers",
 ]

@@ -11,9 +11,11 @@ stream. Packing runs on one domain's stream, so a sequence never mixes two
 domains.
 
 :class:`PackIterDataset` is a grain ``IterDataset`` whose iterator state is
-``{"parent": <parent state before the first document still in the buffer>,
-"skip": <tokens of that document already emitted>}``: small, and exact on
-restore (the document is re-read and re-tokenized).
+``{"parent": <parent state before the first element still in the buffer>,
+"skip": <tokens of that element already emitted>}``: small, and exact on
+restore (that element is re-read and re-tokenized). The sampler feeds it
+chunks of documents (:class:`TokenizeChunk`) to amortise grain's per-element
+cost.
 :func:`pack_arrays` is the same packing over an in-memory list (eval sets).
 """
 
@@ -28,16 +30,36 @@ import numpy as np
 from mixjax.data.tokenizers import Tokenizer
 
 
-class TokenizeDoc(grain.transforms.Map):
+def tokenize(doc: Any, tokenizer: Tokenizer) -> np.ndarray:
     """Document -> int32 token array. Integer arrays (pre-tokenized) pass through."""
+    if isinstance(doc, np.ndarray):
+        return doc.astype(np.int32, copy=False).reshape(-1)
+    return tokenizer.encode_array(doc)
+
+
+class TokenizeDoc(grain.transforms.Map):
+    """grain transform: document -> int32 token array (see :func:`tokenize`)."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
     def map(self, doc: Any) -> np.ndarray:
-        if isinstance(doc, np.ndarray):
-            return doc.astype(np.int32, copy=False).reshape(-1)
-        return self.tokenizer.encode_array(doc)
+        return tokenize(doc, self.tokenizer)
+
+
+class TokenizeChunk(grain.transforms.Map):
+    """grain transform: list of documents -> one framed stream piece.
+
+    ``[d_1, ..., d_c] -> [BOS] t(d_1) EOS ... [BOS] t(d_c) EOS`` as int32.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, bos: bool = False):
+        self.tokenizer, self.bos = tokenizer, bool(bos)
+
+    def map(self, docs: list) -> np.ndarray:
+        bos = self.tokenizer.bos_id if self.bos else None
+        return np.concatenate([_frame(tokenize(d, self.tokenizer), self.tokenizer.eos_id, bos)
+                               for d in docs])
 
 
 def _frame(tokens: np.ndarray, eos_id: int, bos_id: int | None) -> np.ndarray:
@@ -49,7 +71,8 @@ def _frame(tokens: np.ndarray, eos_id: int, bos_id: int | None) -> np.ndarray:
 
 class _PackIterator(grain.DatasetIterator):
 
-    def __init__(self, parent: grain.DatasetIterator, length: int, eos_id: int, bos_id: int | None):
+    def __init__(self, parent: grain.DatasetIterator, length: int, eos_id: int | None,
+                 bos_id: int | None):
         super().__init__(parent)
         self._length, self._eos, self._bos = length, eos_id, bos_id
         self._docs: collections.deque = collections.deque()   # (parent state before doc, framed doc)
@@ -58,7 +81,9 @@ class _PackIterator(grain.DatasetIterator):
 
     def _read_doc(self) -> None:
         state = self._parent.get_state()
-        doc = _frame(next(self._parent), self._eos, self._bos)
+        doc = next(self._parent)
+        if self._eos is not None:
+            doc = _frame(doc, self._eos, self._bos)
         self._docs.append((state, doc))
         self._buffered += len(doc)
 
@@ -100,13 +125,19 @@ class _PackIterator(grain.DatasetIterator):
 
 
 class PackIterDataset(grain.IterDataset):
-    """Concat-then-split packing of token arrays into int32[length] sequences."""
+    """Concat-then-split packing of token arrays into int32[length] sequences.
 
-    def __init__(self, parent: grain.IterDataset, *, length: int, eos_id: int, bos_id: int | None = None):
+    With ``eos_id`` set, each parent element is one document and gets framed
+    (``[BOS] doc EOS``); with ``eos_id=None`` elements are already framed
+    stream pieces (see :class:`TokenizeChunk`) and are concatenated as they are.
+    """
+
+    def __init__(self, parent: grain.IterDataset, *, length: int, eos_id: int | None,
+                 bos_id: int | None = None):
         super().__init__(parent)
         if length < 2:
             raise ValueError(f"packed sequence length must be >= 2 (S + 1), got {length}")
-        self.length, self.eos_id, self.bos_id = int(length), int(eos_id), bos_id
+        self.length, self.eos_id, self.bos_id = int(length), eos_id, bos_id
 
     def __iter__(self) -> _PackIterator:
         return _PackIterator(self._parent.__iter__(), self.length, self.eos_id, self.bos_id)

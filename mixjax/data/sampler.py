@@ -2,9 +2,9 @@
 
 Design B of jax-stack.md B3. Every domain ``d`` has its own grain pipeline
 
-    MapDataset.source(train split of d)[process_index::process_count]
-      .seed(h(seed, d)).shuffle().repeat()       # reshuffled every epoch
-      .map(TokenizeDoc(tokenizer))               # in grain; in workers if num_workers > 0
+    ShuffledDocChunks(train split of d, seed=h(seed, d), chunk=c,
+                      shard=process_index::process_count)  # repeated, reshuffled every epoch
+      .map(TokenizeChunk(tokenizer))       # [BOS] doc EOS ...; in workers if num_workers > 0
       .to_iter_dataset() [-> mp_prefetch(num_workers)] -> PackIterDataset(S + 1)
 
 Worker processes only read and tokenize; packing runs in this process on the
@@ -41,7 +41,8 @@ import numpy as np
 from mixjax.data import splits as splits_lib
 from mixjax.data import tokenizers
 from mixjax.data.composer import MODES, BatchComposer, resolve_weights  # noqa: F401 (re-export)
-from mixjax.data.packing import PackIterDataset, TokenizeDoc
+from mixjax.data.packing import PackIterDataset, TokenizeChunk
+from mixjax.data.shuffling import ShuffledDocChunks
 from mixjax.data.sources import DataError, DomainSource, as_domain_list
 
 STATE_VERSION = 1
@@ -81,6 +82,8 @@ class DomainSampler:
       num_workers: grain worker processes per domain (0: tokenize in this process).
       worker_buffer_size: packed sequences each worker prefetches.
       bos: start every document with BOS.
+      chunk: documents per grain element (amortises grain's per-element cost;
+        part of the data definition, like ``seed``).
       process_index, process_count: this host's share (see module docstring).
     """
 
@@ -91,6 +94,7 @@ class DomainSampler:
                  split: str | None = "train", split_seed: int = 0,
                  split_fractions: Mapping[str, float] = splits_lib.DEFAULT_FRACTIONS,
                  num_workers: int = 0, worker_buffer_size: int = 4, bos: bool = False,
+                 chunk: int = 16,
                  process_index: int = 0, process_count: int = 1):
         names, srcs = as_domain_list(sources)
         self.domains: tuple[str, ...] = tuple(names)
@@ -107,7 +111,7 @@ class DomainSampler:
                              f"process_count {process_count}")
         self.seq_len, self.seed, self.mode, self.lag = int(seq_len), int(seed), mode, int(lag)
         self.split, self.num_workers, self.worker_buffer_size = split, int(num_workers), worker_buffer_size
-        self.bos = bool(bos)
+        self.bos, self.chunk = bool(bos), int(chunk)
         self.process_index, self.process_count = int(process_index), int(process_count)
         if split is not None:
             srcs = [splits_lib.split_source(s, split, seed=split_seed, fractions=split_fractions, domain=n)
@@ -136,11 +140,10 @@ class DomainSampler:
     def domain_dataset(self, d: int) -> grain.IterDataset:
         """The grain pipeline of domain ``d`` (packed int32[S+1] sequences, infinite)."""
         tok = self.tokenizer
-        ds = grain.MapDataset.source(self.sources[d])
-        if self.process_count > 1:
-            ds = ds[self.process_index::self.process_count]
-        ds = ds.seed(domain_seed(self.seed, self.domains[d])).shuffle().repeat()
-        ds = ds.map(TokenizeDoc(tok))
+        ds = ShuffledDocChunks(self.sources[d], seed=domain_seed(self.seed, self.domains[d]),
+                               chunk=self.chunk, process_index=self.process_index,
+                               process_count=self.process_count)
+        ds = ds.map(TokenizeChunk(tok, bos=self.bos))
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         if self.num_workers > 0:
             # Workers read + tokenize; grain hands their outputs back in index
@@ -149,8 +152,7 @@ class DomainSampler:
             _ensure_absl_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=self.num_workers, per_worker_buffer_size=self.worker_buffer_size))
-        it = PackIterDataset(it, length=self.seq_len + 1, eos_id=tok.eos_id,
-                             bos_id=tok.bos_id if self.bos else None)
+        it = PackIterDataset(it, length=self.seq_len + 1, eos_id=None)   # chunks come framed
         return it
 
     def _iterator(self, d: int) -> grain.DatasetIterator:
@@ -185,7 +187,7 @@ class DomainSampler:
     def _config(self) -> dict[str, Any]:
         return {"domains": list(self.domains), "batch_size": self.batch_size, "seq_len": self.seq_len,
                 "mode": self.mode, "seed": self.seed, "lag": self.lag, "split": self.split,
-        "bos": self.bos,
+        "bos": self.bos, "chunk": self.chunk,
                 "process_index": self.process_index, "process_count": self.process_count}
 
     def get_state(self) -> dict[str, Any]:
