@@ -1,6 +1,6 @@
 """``mixjax data``: build and describe corpora.
 
-    mixjax data build NAME [--overwrite] [--out DIR] [--cache-dir DIR] [--offline]
+    mixjax data build NAME [--overwrite] [--out DIR] [--cache-dir DIR] [--offline] [--mathgen]
     mixjax data info NAME|DIR [--sources] [--verify] [--split-seed S] [--json]
     mixjax data mathgen [--cache-dir DIR] [--bytes N]   (optional generated math input)
 
@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -
     b.add_argument("--cache-dir", default=None, help="download cache (default $MIXJAX_CACHE_DIR or ~/.cache/mixjax/downloads)")
     b.add_argument("--offline", action="store_true", help="use only archives already in the cache")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--mathgen", action="store_true",
+                   help="first generate the optional DeepMind-math input into the cache if it is absent")
     i = sub.add_parser("info", help="documents, bytes, byte-tokenizer tokens and split sizes per domain")
     i.add_argument("name", help="corpus name or a directory of <domain>.jsonl files")
     i.add_argument("--sources", action="store_true", help="also list documents/bytes per source (from the manifest)")
@@ -103,8 +105,11 @@ def _print_info(stats: dict, show_sources: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "build":
-        from mixjax.data.corpus import CorpusExistsError, build
+        from mixjax.data.corpus import CorpusExistsError, build, mathgen
+        from mixjax.data.corpus.fetch import cache_dir
         try:
+            if args.mathgen and not (cache_dir(args.cache_dir) / mathgen.ARTIFACT).is_file():
+                print(f"generated {mathgen.generate(cache_dir=args.cache_dir)}")
             r = build(args.name, overwrite=args.overwrite, out_dir=args.out, cache_dir=args.cache_dir,
                       download=not args.offline, progress=not args.no_progress)
         except (CorpusExistsError, KeyError) as exc:
@@ -114,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         docs = sum(v["documents"] for v in r.domains.values())
         print(f"built {r.name}: {len(r.domains)} domains, {docs} documents, {mb:.2f} MB text -> {r.path} "
               f"in {r.seconds:.1f} s")
+        slow = sorted(r.source_seconds.items(), key=lambda kv: -kv[1])[:5]
+        print("  slowest sources (fetch + extract, s): " + ", ".join(f"{s} {t:.1f}" for s, t in slow))
         for s, why in r.missing.items():
             print(f"  MISSING source {s}: {why}")
         for s in r.skipped:
