@@ -9,8 +9,8 @@ Prints tokens/s for (side by side, one run, same machine):
   2. ``jsonl+byte``: the same sizes read from JSONL files and byte-tokenized
      in the grain pipeline (in this process);
   3. ``pack_arrays`` (numpy packing only) as the ceiling of the packing step.
-``measure_throughput(sampler, num_batches)`` is the function a trainer
-benchmark calls to put the data rate next to its own tokens/s.
+``mixjax.data.throughput.measure_throughput(sampler, num_batches)`` is the
+function a trainer benchmark calls to put the data rate next to its own tokens/s.
 """
 
 from __future__ import annotations
@@ -19,22 +19,10 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 import numpy as np
 
-
-def measure_throughput(sampler, num_batches: int = 100, warmup: int = 5) -> dict:
-    """Draws ``warmup + num_batches`` batches; returns tokens/s and batches/s of the timed part."""
-    for _ in range(warmup):
-        next(sampler)
-    tokens = 0
-    t0 = time.perf_counter()
-    for _ in range(num_batches):
-        tokens += next(sampler)["tokens"].size
-    dt = time.perf_counter() - t0
-    return {"tokens_per_s": tokens / dt, "batches_per_s": num_batches / dt, "seconds": dt,
-            "tokens": tokens}
+from mixjax.data.throughput import measure_throughput
 
 
 def _docs(rng, n, mean_len):
@@ -72,6 +60,7 @@ def main(argv=None) -> None:
         results["jsonl+byte"] = measure_throughput(s, args.batches)
 
     flat = [d for a in arrays.values() for d in a]
+    import time
     t0 = time.perf_counter()
     out = data.pack_arrays(flat, length=args.seq_len + 1, eos_id=257, pad_id=256)
     dt = time.perf_counter() - t0

@@ -108,17 +108,25 @@ def test_array_record_source(tmp_path):
     np.testing.assert_array_equal(toks[0], np.arange(5))
 
 
-def test_tfds_mock_source():
+def test_tfds_mock_source(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    with tfds.testing.mock_data(num_examples=7):
-        src = data.TfdsSource("mnist", split="train", text_field="label", domain="digits")
-        assert len(src) == 7
-        doc = src[0]
-        assert isinstance(doc, (str, np.ndarray))
-        clone = pickle.loads(pickle.dumps(src))
-        assert len(clone) == 7
-        with pytest.raises(DataError, match="domain 'digits': tfds 'mnist' records have no field 'text'"):
-            data.TfdsSource("mnist", split="train", domain="digits")
+    write_domains(tmp_path, num_docs=(12,))
+    with tfds.testing.mock_data(num_examples=20):
+        src = data.TfdsSource("lm1b", split="train", domain="news")
+        assert len(src) == 20 and isinstance(src[0], str) and src[0]
+        assert pickle.loads(pickle.dumps(src))[3] == src[3]
+        with pytest.raises(DataError, match=r"domain 'news': tfds 'lm1b' records have no field 'body'"):
+            data.TfdsSource("lm1b", split="train", domain="news", text_field="body")
+        # a tfds domain and a JSONL domain in one run
+        spec = data.DatasetSpec(domains=(
+            data.DomainSpec(name="news", kind="tfds", path="lm1b", split="train"),
+            data.DomainSpec(name="alpha", kind="jsonl", path=str(tmp_path / "alpha.jsonl"))))
+        sampler = data.DomainSampler(spec.sources(), batch_size=8, seq_len=16, mode="per_domain")
+        batch = next(sampler)
+        assert batch["tokens"].shape == (8, 17)
+        np.testing.assert_array_equal(batch["domain_counts"], [4, 4])
+        news_rows = batch["tokens"][batch["domain_id"] == 0]
+        assert set(news_rows.ravel().tolist()) <= set(range(256)) | {257}
 
 
 def test_spec_mixes_kinds(tmp_path):
@@ -150,3 +158,18 @@ def test_shipped_corpus_sources():
     assert len(srcs) >= 2 and list(srcs) == sorted(srcs)
     for name, src in srcs.items():
         assert len(src) > 0 and isinstance(src[0], str), name
+
+
+def test_corpus_subset_and_token_counts(tmp_path):
+    root = write_domains(tmp_path / "c", num_docs=(10, 8, 6))
+    srcs = data.corpus_sources(str(root), ["gamma", "alpha"])
+    assert list(srcs) == ["gamma", "alpha"]
+    with pytest.raises(DataError, match=r"unknown domain 'omega'; known: \['alpha', 'beta', 'gamma'\]"):
+        data.corpus_sources(str(root), ["omega"])
+    spec = data.DatasetSpec.from_dict({"corpus": str(root), "corpus_domains": ["beta"]})
+    assert list(spec.sources()) == ["beta"]
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['corpus_domain'\]"):
+        data.DatasetSpec.from_dict({"corpus": str(root), "corpus_domain": ["beta"]})
+    counts = data.token_counts(srcs, split=None)
+    for name, src in srcs.items():   # byte tokens + one EOS per document
+        assert counts[name] == sum(len(src[i].encode()) + 1 for i in range(len(src)))

@@ -43,3 +43,32 @@ def test_missing_extra_names_it(monkeypatch, name, kw, module):
     monkeypatch.setitem(sys.modules, module, None)   # import fails as if not installed
     with pytest.raises(ImportError, match=r"mixjax\[tokenizers\]"):
         tokenizers.get(name, **kw)
+
+
+def test_sentencepiece_adapter(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    model = tmp_path / "t.model"
+    with open(model, "wb") as fh:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter([f"the quick brown fox jumps over the lazy dog {i}" for i in range(300)]),
+            model_writer=fh, vocab_size=60, model_type="bpe", minloglevel=2)
+    tok = tokenizers.get("sentencepiece", model_file=str(model))
+    assert tok.pad_id == 60 and tok.vocab_size == 61           # PAD added after the model's pieces
+    assert len({tok.pad_id, tok.eos_id, tok.bos_id}) == 3
+    ids = tok.encode("the lazy fox 12")
+    assert tok.decode(ids + [tok.eos_id, tok.pad_id]) == "the lazy fox 12"
+    assert pickle.loads(pickle.dumps(tok)).encode("the lazy fox 12") == ids
+    with pytest.raises(FileNotFoundError, match="model file 'missing.model' not found"):
+        tokenizers.get("sentencepiece", model_file="missing.model")
+
+
+def test_tiktoken_adapter():
+    tiktoken = pytest.importorskip("tiktoken")
+    enc = tiktoken.Encoding(name="bytes", pat_str=r"\S+|\s+",
+                            mergeable_ranks={bytes([i]): i for i in range(256)},
+                            special_tokens={"<|endoftext|>": 256})
+    tok = tokenizers.get("tiktoken", encoding=enc)
+    assert (tok.eos_id, tok.pad_id, tok.bos_id, tok.vocab_size) == (256, 257, 258, 259)
+    ids = tok.encode("héllo <|endoftext|>")                   # special text is not a special token
+    assert tok.eos_id not in ids and tok.decode(ids) == "héllo <|endoftext|>"
+    assert pickle.loads(pickle.dumps(tok)).encode("ab") == tok.encode("ab")

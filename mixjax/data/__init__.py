@@ -24,6 +24,7 @@ Inputs are ``tokens[:, :-1]``, targets ``tokens[:, 1:]``, loss mask
 
 from mixjax.data import tokenizers
 from mixjax.data.composer import MODES, BatchComposer, resolve_weights
+from mixjax.data.counts import token_counts
 from mixjax.data.eval_sets import eval_arrays, eval_token_counts
 from mixjax.data.packing import PackIterDataset, TokenizeChunk, TokenizeDoc, pack_arrays
 from mixjax.data.sampler import DomainSampler, make_sampler
@@ -37,5 +38,5 @@ __all__ = [
     "DomainSpec", "JsonlSource", "ListSource", "MODES", "PackIterDataset", "SPLITS", "TextDirSource",
     "TfdsSource", "TokenizeChunk", "TokenizeDoc", "corpus_sources", "eval_arrays", "eval_token_counts",
     "jsonl_dir_sources", "make_sampler", "pack_arrays", "resolve_sources", "resolve_weights",
-    "split_indices", "split_source", "split_sources", "text_dir_sources", "tokenizers",
+    "split_indices", "split_source", "split_sources", "text_dir_sources", "token_counts", "tokenizers",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from mixjax.data import sources as src_lib
 from mixjax.data.sources import DataError, DomainSource
@@ -75,10 +75,13 @@ class DatasetSpec:
 
     domains: tuple[DomainSpec, ...] = ()
     corpus: str | None = None
+    corpus_domains: tuple[str, ...] | None = None   # a subset of the corpus's domains
 
     def __post_init__(self):
         if bool(self.domains) == bool(self.corpus):
             raise ValueError("DatasetSpec: give exactly one of `domains` or `corpus`")
+        if self.corpus_domains is not None and not self.corpus:
+            raise ValueError("DatasetSpec: `corpus_domains` selects domains of a `corpus`; none given")
         names = [d.name for d in self.domains]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -95,11 +98,16 @@ class DatasetSpec:
                 raise ValueError(f"DatasetSpec domain #{i} ({item.get('name')!r}): unknown key(s) {bad}; "
                                  f"known: {sorted(known)}")
             doms.append(DomainSpec(**item))
-        return cls(domains=tuple(doms), corpus=d.get("corpus"))
+        unknown = sorted(set(d) - {"domains", "corpus", "corpus_domains"})
+        if unknown:
+            raise ValueError(f"DatasetSpec: unknown key(s) {unknown}; known: corpus, corpus_domains, domains")
+        sub = d.get("corpus_domains")
+        return cls(domains=tuple(doms), corpus=d.get("corpus"),
+                   corpus_domains=tuple(sub) if sub is not None else None)
 
     def sources(self) -> dict[str, DomainSource]:
         if self.corpus:
-            return corpus_sources(self.corpus)
+            return corpus_sources(self.corpus, self.corpus_domains)
         return {d.name: d.build() for d in self.domains}
 
 
@@ -114,19 +122,32 @@ def jsonl_dir_sources(directory: str | os.PathLike, **kwargs: Any) -> dict[str, 
     return {f.stem: src_lib.JsonlSource(f, domain=f.stem, **kwargs) for f in files}
 
 
-def corpus_sources(name: str, **kwargs: Any) -> dict[str, src_lib.JsonlSource]:
-    """Every domain of corpus ``name`` (``mixjax.data.corpus.corpus_dir(name)``), sorted by name.
+def corpus_sources(name: str, domains: Sequence[str] | None = None,
+                   **kwargs: Any) -> dict[str, src_lib.JsonlSource]:
+    """The domains of corpus ``name`` (``mixjax.data.corpus.corpus_dir(name)``), sorted by name.
 
-    ``name`` may also be a directory of ``<domain>.jsonl`` files.
+    ``name`` may also be a directory of ``<domain>.jsonl`` files. ``domains``
+    selects a subset (in the given order); an unknown name is an error naming it.
+    ``kwargs`` go to :class:`JsonlSource` (``on_error``, ``min_chars``, ...).
     """
     name = str(name)
     if os.path.isdir(name) or os.sep in name or name.startswith((".", "~")):
-        return jsonl_dir_sources(os.path.expanduser(name), **kwargs)   # a path, not a corpus name
-    try:
-        from mixjax.data.corpus import corpus_dir
-    except ImportError as e:
-        raise ImportError(f"corpus {name!r}: mixjax.data.corpus is not available ({e})") from e
-    return jsonl_dir_sources(corpus_dir(name), **kwargs)
+        directory = pathlib.Path(os.path.expanduser(name))     # a path, not a corpus name
+    else:
+        try:
+            from mixjax.data.corpus import corpus_dir
+        except ImportError as e:
+            raise ImportError(f"corpus {name!r}: mixjax.data.corpus is not available ({e})") from e
+        directory = corpus_dir(name)
+    if domains is None:
+        return jsonl_dir_sources(directory, **kwargs)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"data directory {str(directory)!r} not found")
+    known = sorted(f.stem for f in directory.glob("*.jsonl"))
+    for d in domains:
+        if d not in known:
+            raise DataError(f"corpus {name!r}: unknown domain {d!r}; known: {known}")
+    return {d: src_lib.JsonlSource(directory / f"{d}.jsonl", domain=d, **kwargs) for d in domains}
 
 
 def resolve_sources(x: Any) -> dict[str, DomainSource]:
