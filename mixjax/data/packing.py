@@ -22,6 +22,7 @@ cost.
 from __future__ import annotations
 
 import collections
+import copy
 from typing import Any, Iterable
 
 import grain
@@ -80,7 +81,7 @@ class _PackIterator(grain.DatasetIterator):
         self._buffered = 0      # tokens available = sum(len(doc)) - skip
 
     def _read_doc(self) -> None:
-        state = self._parent.get_state()
+        state = copy.deepcopy(self._parent.get_state())   # kept until the element is used up
         doc = next(self._parent)
         if self._eos is not None:
             doc = _frame(doc, self._eos, self._bos)

@@ -32,6 +32,7 @@ the global batch.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from typing import Any, Mapping
 
@@ -122,6 +123,9 @@ class DomainSampler:
                                 f"{process_count} processes")
         self.sources: tuple[DomainSource, ...] = tuple(srcs)
         self._iters: list[grain.DatasetIterator | None] = [None] * len(self.domains)
+        self.split_seed, self.split_fractions = int(split_seed), dict(split_fractions)
+        # A prefetch thread may call next() while the trainer calls set_weights().
+        self._lock = threading.RLock()
 
     # -- pipelines -------------------------------------------------------------
     @property
@@ -164,7 +168,8 @@ class DomainSampler:
     # -- weights ---------------------------------------------------------------
     def set_weights(self, weights: Any, step: int) -> None:
         """Weights produced after train step ``step``; batches ``>= step + lag`` use them."""
-        self.composer.set_weights(weights, step)
+        with self._lock:
+            self.composer.set_weights(weights, step)
 
     def weights_for(self, step: int) -> np.ndarray:
         """float64[K] weights batch ``step`` is drawn with (as known now)."""
@@ -175,23 +180,30 @@ class DomainSampler:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        ids, counts = self.composer.next_ids()
-        b = self.local_batch_size
-        ids = ids[self.process_index * b:(self.process_index + 1) * b]
-        tokens = np.empty((b, self.seq_len + 1), np.int32)
-        for row, d in enumerate(ids):
-            tokens[row] = next(self._iterator(int(d)))
+        with self._lock:
+            ids, counts = self.composer.next_ids()
+            b = self.local_batch_size
+            ids = ids[self.process_index * b:(self.process_index + 1) * b]
+            tokens = np.empty((b, self.seq_len + 1), np.int32)
+            for row, d in enumerate(ids):
+                tokens[row] = next(self._iterator(int(d)))
         return {"tokens": tokens, "domain_id": ids, "domain_counts": counts}
 
     # -- checkpointing ---------------------------------------------------------
     def _config(self) -> dict[str, Any]:
         return {"domains": list(self.domains), "batch_size": self.batch_size, "seq_len": self.seq_len,
                 "mode": self.mode, "seed": self.seed, "lag": self.lag, "split": self.split,
+                "split_seed": self.split_seed, "split_fractions": self.split_fractions,
+                "tokenizer": self.tokenizer.describe(),
         "bos": self.bos, "chunk": self.chunk,
                 "process_index": self.process_index, "process_count": self.process_count}
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable state; ``set_state`` on an equal sampler resumes exactly."""
+        with self._lock:
+            return self._get_state()
+
+    def _get_state(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "config": self._config(),
@@ -213,6 +225,10 @@ class DomainSampler:
         if diff:
             raise ValueError("sampler state was saved with a different configuration: "
                              + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        with self._lock:
+            self._set_state(state)
+
+    def _set_state(self, state: Mapping[str, Any]) -> None:
         self.composer.set_state(state["composer"])
         for d, name in enumerate(self.domains):
             saved = state["domains"].get(name)
