@@ -165,6 +165,7 @@ def _extract_cached(src: Source, paths: list[Path], cache_root: Path) -> list[di
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         for d in docs:
             fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, cached)
     return docs
 

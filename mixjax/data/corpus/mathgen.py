@@ -106,6 +106,7 @@ def generate(cache_dir=None, nbytes: int | None = None, seed: int = 0, python: s
     try:
         subprocess.run([str(vpy), "-c", _SCRIPT, tmp, str(nbytes or DEFAULT_BYTES), str(seed), str(PAIRS_PER_DOC)],
                        check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
