@@ -1,0 +1,123 @@
+"""Model selection, as DomainBed defines it (``domainbed/model_selection.py``).
+
+A *run* is one job (algorithm, test envs, hparams seed, trial seed); its
+records are its checkpoints. Each method reduces a run to
+``{"val_acc", "test_acc"}``; for one (trial, algorithm, test env) the run
+(hparams seed) with the best ``val_acc`` is chosen and its ``test_acc`` is the
+reported number. The test accuracy is always the test env's **in-split**
+accuracy.
+
+* ``training_domain`` (IID): val = mean out-split accuracy of the training envs
+  (single-test-env runs); the checkpoint with the best val (early stopping).
+* ``leave_one_out``: at each step, val = mean over v != test of env v's
+  in-split accuracy in the run that held out {test, v}; needs every pair run
+  (None otherwise, shown "X"); test acc from the single-test-env run at that
+  step; the best step wins.
+* ``oracle`` (test-domain validation): val = test env out-split accuracy of the
+  **last** checkpoint; no early stopping.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import numpy as np
+
+Record = dict
+
+
+def num_envs(record: Record) -> int:
+    n = 0
+    while f"env{n}_out_acc" in record:
+        n += 1
+    return n
+
+
+def _single(records: Sequence[Record]) -> list[Record]:
+    return [r for r in records if len(r["args"]["test_envs"]) == 1]
+
+
+def _argmax(items: list[dict]) -> dict | None:
+    items = [i for i in items if i is not None]
+    if not items:
+        return None
+    return max(items, key=lambda i: i["val_acc"])  # first maximum, as Python's max
+
+
+def training_domain_run_acc(run_records: Sequence[Record]) -> dict | None:
+    recs = _single(run_records)
+    if not recs:
+        return None
+
+    def step_acc(r):
+        test_env = r["args"]["test_envs"][0]
+        val = np.mean([r[f"env{i}_out_acc"] for i in range(num_envs(r)) if i != test_env])
+        return {"val_acc": float(val), "test_acc": r[f"env{test_env}_in_acc"], "step": r["step"]}
+
+    return _argmax([step_acc(r) for r in recs])
+
+
+def leave_one_out_run_acc(run_records: Sequence[Record]) -> dict | None:
+    by_step: dict[int, list[Record]] = defaultdict(list)
+    for r in run_records:
+        by_step[r["step"]].append(r)
+
+    def step_acc(recs):
+        tests = _single(recs)
+        if len(tests) != 1:
+            return None
+        test_env = tests[0]["args"]["test_envs"][0]
+        n = num_envs(recs[0])
+        val = -np.ones(n)
+        for r in recs:
+            if len(r["args"]["test_envs"]) == 2:
+                (v,) = set(r["args"]["test_envs"]) - {test_env}
+                val[v] = r[f"env{v}_in_acc"]
+        val = np.delete(val, test_env)
+        if np.any(val == -1):
+            return None
+        return {"val_acc": float(val.sum() / (n - 1)), "test_acc": tests[0][f"env{test_env}_in_acc"], "step": recs[0]["step"]}
+
+    return _argmax([step_acc(recs) for _, recs in sorted(by_step.items())])
+
+
+def oracle_run_acc(run_records: Sequence[Record]) -> dict | None:
+    recs = _single(run_records)
+    if not recs:
+        return None
+    last = max(recs, key=lambda r: r["step"])
+    test_env = last["args"]["test_envs"][0]
+    return {"val_acc": last[f"env{test_env}_out_acc"], "test_acc": last[f"env{test_env}_in_acc"], "step": last["step"]}
+
+
+METHODS: dict[str, tuple[str, Callable[[Sequence[Record]], dict | None]]] = {
+    "training_domain": ("training-domain validation set", training_domain_run_acc),
+    "leave_one_out": ("leave-one-domain-out cross-validation", leave_one_out_run_acc),
+    "oracle": ("test-domain validation set (oracle)", oracle_run_acc),
+}
+
+
+def group_records(records: Sequence[Record]) -> dict[tuple, list[Record]]:
+    """(trial_seed, dataset, algorithm, test_env) -> records; a pair run lands in both its envs' groups."""
+    out: dict[tuple, list[Record]] = defaultdict(list)
+    for r in records:
+        a = r["args"]
+        for te in a["test_envs"]:
+            out[(a["trial_seed"], a["dataset"], a["algorithm"], te)].append(r)
+    return out
+
+
+def sweep_acc(records: Sequence[Record], method: str) -> dict | None:
+    """Best hparams seed by val_acc among one group's runs -> its {val_acc, test_acc, step, hparams_seed}."""
+    run_acc = METHODS[method][1]
+    by_hp: dict[int, list[Record]] = defaultdict(list)
+    for r in records:
+        by_hp[r["args"]["hparams_seed"]].append(r)
+    best = None
+    for h in sorted(by_hp):
+        acc = run_acc(by_hp[h])
+        # ties go to the later seed, as DomainBed's reversed stable sort does
+        if acc is not None and (best is None or acc["val_acc"] >= best["val_acc"]):
+            best = {**acc, "hparams_seed": h}
+    return best
