@@ -213,3 +213,24 @@ def test_workers_restore_exactly_and_match_in_process(srcs):
         again = [next(s2) for _ in range(4)]
     assert _same(again, rest)
     assert _same(first + rest, expected)         # workers do not change the data
+
+
+def test_sampler_weight_errors_name_the_domain(srcs):
+    with pytest.raises(ValueError, match=r"initial weights: unknown domain 'web' \(known domains: "
+                                         r"\['alpha', 'beta', 'delta', 'gamma'\]\)"):
+        _sampler(srcs, weights={"web": 1.0})
+    with pytest.raises(ValueError, match="initial weights: got 3 weights for 4 domains"):
+        _sampler(srcs, weights=[0.2, 0.3, 0.5])
+    s = _sampler(srcs)
+    with pytest.raises(ValueError, match=r"set_weights\(step=0\): weight of domain 'gamma' is negative"):
+        s.set_weights([0.5, 0.5, 0.5, -0.5], step=0)
+
+
+def test_same_step_replaces_and_weights_for(srcs):
+    s = _sampler(srcs, lag=1)
+    s.set_weights({"alpha": 1.0}, step=0)
+    s.set_weights({"beta": 1.0}, step=0)           # replaces the first call
+    np.testing.assert_array_equal(s.weights_for(0), [0.25] * 4)
+    np.testing.assert_array_equal(s.weights_for(1), [0, 1, 0, 0])
+    next(s)
+    assert set(next(s)["domain_id"].tolist()) == {1}
