@@ -1,0 +1,41 @@
+"""DoReMi (Xie et al. 2023) proxy run on mixpile-tiny: learns domain weights against a reference.
+
+Commands (the reference is the tiny uniform run, same tokenizer):
+    mixjax train configs/lm_tiny_uniform.py                      # -> runs/lm_tiny_uniform
+    mixjax train configs/lm_tiny_doremi.py --set train.run_dir=runs/tiny_doremi
+The whole recipe (reference -> proxy -> base model vs baseline, weights.json,
+per-domain perplexity table, weight-trajectory plot) is one command:
+    mixjax mix doremi configs/lm_tiny_doremi.py --out runs/doremi_tiny
+
+The proxy samples uniformly (``mixing.sampling_weights = "uniform"``, as the
+reference implementation) and weights domain-d tokens by alpha_d / p_d. The
+weights to train a final model with are the time average of alpha
+(``mixer.average``; written by the workflow as weights.json). eta = 1 and
+smoothing 1e-3 are the paper's; vocab_size 264 (the byte tokenizer's padded
+vocabulary) gives the reference's initial score ln|V| for domains not yet seen.
+"""
+
+from mixjax.config import Config
+
+
+def get_config() -> Config:
+    cfg = Config(name="lm_tiny_doremi")
+    cfg.data.corpus = "mixpile-tiny"
+    cfg.data.tokenizer = "byte"
+    cfg.data.seq_len = 128
+    cfg.data.batch_size = 16
+    cfg.model.d_model = 128
+    cfg.model.num_layers = 2
+    cfg.model.num_heads = 4
+    cfg.optim.lr = 3e-3
+    cfg.optim.warmup_steps = 20
+    cfg.train.steps = 200
+    cfg.train.eval_every = 100
+    cfg.train.ckpt_every = 100
+    cfg.eval.num_seqs = 16
+    cfg.train.run_dir = "runs/lm_tiny_doremi"
+    cfg.train.reference = "runs/lm_tiny_uniform"
+    cfg.mixing.name = "doremi"
+    cfg.mixing.hparams = {"eta": 1.0, "smoothing": 1e-3, "vocab_size": 264}
+    cfg.mixing.sampling_weights = "uniform"
+    return cfg
