@@ -7,8 +7,10 @@ Prints tokens/s for (side by side, one run, same machine):
      (in memory): the sampler + packing + batch assembly cost alone
      (target: >= 2 M tokens/s);
   2. ``jsonl+byte``: the same sizes read from JSONL files and byte-tokenized
-     in the grain pipeline (in this process);
-  3. ``pack_arrays`` (numpy packing only) as the ceiling of the packing step.
+     in the grain pipeline (in this process; ``--workers N``: also in N grain
+     worker processes per domain);
+  3. ``mixpile-tiny``: the shipped corpus (8 domains, real documents);
+  4. ``pack_arrays`` (numpy packing only) as the ceiling of the packing step.
 ``mixjax.data.throughput.measure_throughput(sampler, num_batches)`` is the
 function a trainer benchmark calls to put the data rate next to its own tokens/s.
 """
@@ -38,6 +40,8 @@ def main(argv=None) -> None:
     p.add_argument("--domains", type=int, default=4)
     p.add_argument("--doc-len", type=int, default=2000, help="mean document length in tokens")
     p.add_argument("--mode", default="multinomial")
+    p.add_argument("--workers", type=int, default=0,
+                   help="also time JSONL+byte with this many grain workers per domain")
     args = p.parse_args(argv)
 
     from mixjax import data
@@ -58,6 +62,15 @@ def main(argv=None) -> None:
                     fh.write(json.dumps({"text": bytes((d % 95 + 32).astype(np.uint8)).decode()}) + "\n")
         s = data.DomainSampler(data.corpus_sources(tmp), **kw)
         results["jsonl+byte"] = measure_throughput(s, args.batches)
+        if args.workers:
+            with data.DomainSampler(data.corpus_sources(tmp), num_workers=args.workers, **kw) as s:
+                results[f"jsonl+byte w{args.workers}"] = measure_throughput(s, args.batches, warmup=20)
+
+    try:   # the shipped corpus: real documents of very different lengths
+        s = data.DomainSampler(data.corpus_sources("mixpile-tiny"), **kw)
+        results["mixpile-tiny"] = measure_throughput(s, args.batches)
+    except (FileNotFoundError, ImportError) as e:
+        print(f"(mixpile-tiny skipped: {e})")
 
     flat = [d for a in arrays.values() for d in a]
     import time

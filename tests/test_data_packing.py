@@ -1,6 +1,7 @@
 import grain
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mixjax import data
 from mixjax.data.packing import PackIterDataset, pack_arrays
@@ -50,3 +51,19 @@ def test_sampler_rows_never_mix_domains(tmp_path):
         for row, d in zip(batch["tokens"], batch["domain_id"]):
             allowed = {ord(c) for c in ALPHABETS[names[d]]} | {EOS}
             assert set(row.tolist()) <= allowed, names[d]
+
+
+@settings(max_examples=40, deadline=None)
+@given(lens=st.lists(st.integers(0, 30), min_size=1, max_size=25), length=st.integers(2, 17),
+       cut=st.integers(0, 10))
+def test_pack_iter_restore_property(lens, length, cut):
+    docs = [np.full(n, i % 250, np.int32) for i, n in enumerate(lens)]
+    ds = PackIterDataset(grain.MapDataset.source(docs).repeat().to_iter_dataset(), length=length, eos_id=EOS)
+    it = iter(ds)
+    for _ in range(cut):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(8)]
+    it2 = iter(ds)
+    it2.set_state(state)
+    np.testing.assert_array_equal(np.stack([next(it2) for _ in range(8)]), np.stack(expected))

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mixjax import data
 from mixjax.data import BatchComposer
@@ -234,3 +235,25 @@ def test_same_step_replaces_and_weights_for(srcs):
     np.testing.assert_array_equal(s.weights_for(1), [0, 1, 0, 0])
     next(s)
     assert set(next(s)["domain_id"].tolist()) == {1}
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.sampled_from(["multinomial", "stratified"]), lag=st.integers(1, 3),
+       cut=st.integers(0, 12), seed=st.integers(0, 2**20),
+       raw=st.lists(st.lists(st.integers(0, 5), min_size=3, max_size=3), min_size=14, max_size=14))
+def test_composer_restore_property(mode, lag, cut, seed, raw):
+    # weights produced after step t: raw[t] normalised (all-zero rows mean "no update")
+    def drive(comp, start, stop):
+        out = []
+        for t in range(start, stop):
+            out.append(comp.next_ids()[0])
+            if sum(raw[t]):
+                comp.set_weights(np.asarray(raw[t], float) / sum(raw[t]), step=t)
+        return out
+    a = BatchComposer(DOMS[:3], batch_size=7, mode=mode, lag=lag, seed=seed)
+    full = drive(a, 0, 14)
+    b = BatchComposer(DOMS[:3], batch_size=7, mode=mode, lag=lag, seed=seed)
+    drive(b, 0, cut)
+    c = BatchComposer(DOMS[:3], batch_size=7, mode=mode, lag=lag, seed=seed)
+    c.set_state(json.loads(json.dumps(b.get_state())))
+    assert all(np.array_equal(x, y) for x, y in zip(drive(c, cut, 14), full[cut:]))
