@@ -72,3 +72,9 @@ def test_tiktoken_adapter():
     ids = tok.encode("héllo <|endoftext|>")                   # special text is not a special token
     assert tok.eos_id not in ids and tok.decode(ids) == "héllo <|endoftext|>"
     assert pickle.loads(pickle.dumps(tok)).encode("ab") == tok.encode("ab")
+
+
+def test_tiktoken_unknown_encoding_is_clear():
+    pytest.importorskip("tiktoken")
+    with pytest.raises(ValueError, match="tokenizer 'tiktoken': cannot load encoding 'no_such_encoding'"):
+        tokenizers.get("tiktoken", encoding="no_such_encoding")

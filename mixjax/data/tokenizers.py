@@ -139,7 +139,15 @@ class TiktokenTokenizer(Tokenizer):
             import tiktoken
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError(f"tokenizer 'tiktoken' needs the optional extra: {EXTRA_HINT}") from e
-        self._enc = tiktoken.get_encoding(encoding) if isinstance(encoding, str) else encoding
+        if isinstance(encoding, str):
+            try:
+                encoding = tiktoken.get_encoding(encoding)
+            except Exception as e:   # unknown name, or the BPE file is not cached and cannot be fetched
+                raise ValueError(
+                    f"tokenizer 'tiktoken': cannot load encoding {encoding!r} ({type(e).__name__}: {e}). "
+                    f"tiktoken downloads encodings on first use; offline, point TIKTOKEN_CACHE_DIR at a "
+                    f"cache that holds it, or pass a tiktoken.Encoding object") from None
+        self._enc = encoding
         n = self._enc.n_vocab
         eot = getattr(self._enc, "eot_token", None)
         self.eos_id = int(eot) if eot is not None else n
