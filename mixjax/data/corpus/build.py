@@ -179,6 +179,33 @@ def _inputs(src: Source, cache_root: Path, download: bool) -> list[Path]:
     return [a.fetch(cache_root, download=download) for a in src.archives]
 
 
+def _pool(source: str, docs: list[dict], max_bytes: int) -> list[dict]:
+    """A source's documents cut into parts of <= max_bytes (ids ``id#k`` when cut)."""
+    pool = []
+    for d in docs:
+        parts = split_doc(d["text"], max_bytes)
+        for k, part in enumerate(parts):
+            pid = d["id"] if len(parts) == 1 else f"{d['id']}#{k}"
+            pool.append({"source": source, "id": pid, "text": part, "bytes": len(part.encode("utf-8"))})
+    return pool
+
+
+def _write_domain(path: Path, domain: str, chosen: list[dict], pools: dict[str, list[dict]]) -> tuple[str, dict]:
+    """Write ``chosen`` as JSON lines; return (sha256 of the file, per-source counts)."""
+    h = hashlib.sha256()
+    per_source = {s: {"documents": 0, "bytes": 0, "available_documents": len(pool),
+                      "available_bytes": sum(d["bytes"] for d in pool)} for s, pool in pools.items()}
+    with open(path, "wb") as fh:
+        for d in chosen:
+            line = json.dumps({"domain": domain, "source": d["source"], "id": d["id"], "text": d["text"]},
+                              ensure_ascii=False).encode("utf-8") + b"\n"
+            fh.write(line)
+            h.update(line)
+            per_source[d["source"]]["documents"] += 1
+            per_source[d["source"]]["bytes"] += d["bytes"]
+    return h.hexdigest(), per_source
+
+
 def _check_destination(dest: Path, overwrite: bool) -> None:
     if (dest / "manifest.json").exists() and not overwrite:
         raise CorpusExistsError(f"{dest} already holds a finished corpus; pass overwrite=True (`--overwrite`) to rebuild it")
@@ -267,46 +294,22 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
     try:
         manifest_domains, short, incomplete, used = {}, {}, {}, {}
         for dom, names in recipe.domains.items():
-            pools, avail = {}, {}
-            for s in names:
-                if s not in docs:
-                    continue
-                limit = min(recipe.max_doc_bytes, sources[s].max_doc_bytes or recipe.max_doc_bytes)
-                pool = []
-                for d in docs[s]:
-                    parts = split_doc(d["text"], limit)
-                    for k, part in enumerate(parts):
-                        pid = d["id"] if len(parts) == 1 else f"{d['id']}#{k}"
-                        pool.append({"id": pid, "text": part, "bytes": len(part.encode("utf-8"))})
-                pools[s] = pool
-                avail[s] = (len(pool), sum(d["bytes"] for d in pool))
+            pools = {s: _pool(s, docs[s], min(recipe.max_doc_bytes, sources[s].max_doc_bytes or recipe.max_doc_bytes))
+                     for s in names if s in docs}
             chosen = balance(pools, recipe.cap_bytes, recipe.seed, dom)
             gone = [s for s in names if s not in docs and s not in skipped]
             if not chosen:
                 short[dom] = f"domain {dom!r} is EMPTY (missing sources: {', '.join(gone) or 'none'}); no file written"
                 continue
-            h = hashlib.sha256()
-            per_source = {s: {"documents": 0, "bytes": 0} for s in pools}
-            with open(tmp / f"{dom}.jsonl", "wb") as fh:
-                for d in chosen:
-                    s = d["id"].split(":", 1)[0]
-                    line = json.dumps({"domain": dom, "source": s, "id": d["id"], "text": d["text"]},
-                                      ensure_ascii=False).encode("utf-8") + b"\n"
-                    fh.write(line)
-                    h.update(line)
-                    per_source[s]["documents"] += 1
-                    per_source[s]["bytes"] += d["bytes"]
-            for s in per_source:
-                per_source[s]["available_documents"], per_source[s]["available_bytes"] = avail[s]
-                if per_source[s]["documents"]:
-                    used[s] = sources[s]
+            digest, per_source = _write_domain(tmp / f"{dom}.jsonl", dom, chosen, pools)
+            used.update({s: sources[s] for s, c in per_source.items() if c["documents"]})
             nbytes = sum(d["bytes"] for d in chosen)
             manifest_domains[dom] = {
                 "file": f"{dom}.jsonl",
                 "documents": len(chosen),
                 "bytes": nbytes,
                 "file_bytes": (tmp / f"{dom}.jsonl").stat().st_size,
-                "sha256": h.hexdigest(),
+                "sha256": digest,
                 "sources": per_source,
             }
             if recipe.cap_bytes is not None and nbytes < recipe.cap_bytes:
