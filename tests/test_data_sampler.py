@@ -257,3 +257,23 @@ def test_composer_restore_property(mode, lag, cut, seed, raw):
     c = BatchComposer(DOMS[:3], batch_size=7, mode=mode, lag=lag, seed=seed)
     c.set_state(json.loads(json.dumps(b.get_state())))
     assert all(np.array_equal(x, y) for x, y in zip(drive(c, cut, 14), full[cut:]))
+
+
+@pytest.mark.slow
+def test_mixpile_tiny_workers_restore_all_domains():
+    """All shipped domains, 2 workers each (16 processes): exact restore, same data as in-process."""
+    try:
+        srcs = data.corpus_sources("mixpile-tiny")
+    except (FileNotFoundError, ImportError) as e:
+        pytest.skip(str(e))
+    kw = dict(batch_size=16, seq_len=256, mode="stratified", seed=11)
+    ref = data.DomainSampler(srcs, **kw)
+    expected = [next(ref) for _ in range(30)]
+    with data.DomainSampler(srcs, num_workers=2, **kw) as s:
+        got = [next(s) for _ in range(12)]
+        state = json.loads(json.dumps(s.get_state()))
+        got += [next(s) for _ in range(18)]
+    with data.DomainSampler(srcs, num_workers=2, **kw) as s2:
+        s2.set_state(state)
+        again = [next(s2) for _ in range(18)]
+    assert _same(got, expected) and _same(again, expected[12:])

@@ -81,7 +81,7 @@ class DomainSampler:
         :mod:`mixjax.data.splits`); ``None`` uses every document.
       split_seed, split_fractions: the split definition (shared with eval sets).
       num_workers: grain worker processes per domain (0: tokenize in this process).
-      worker_buffer_size: packed sequences each worker prefetches.
+      worker_buffer_size: document chunks each worker prefetches.
       bos: start every document with BOS.
       chunk: documents per grain element (amortises grain's per-element cost;
         part of the data definition, like ``seed``).
@@ -164,6 +164,13 @@ class DomainSampler:
         if it is None:   # created on first use: a domain never drawn costs nothing
             it = self._iters[d] = iter(self.domain_dataset(d))
         return it
+
+    def start(self) -> "DomainSampler":
+        """Builds every domain's pipeline now (and starts its workers) instead of on first draw."""
+        with self._lock:
+            for d in range(self.num_domains):
+                self._iterator(d)
+        return self
 
     # -- weights ---------------------------------------------------------------
     def set_weights(self, weights: Any, step: int) -> None:
