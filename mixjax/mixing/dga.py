@@ -26,7 +26,11 @@ Choices (the paper leaves them open or we could not confirm them):
 * EMA on the sampling weights, the raw weights keep the exponentiated update
   (the paper uses an EMA of alpha in token-limited regimes); ``ema=0`` turns it off.
 * ``eta``, ``update_every``, ``ema`` defaults (1.0, 1, 0.5) are ours; the
-  paper's values are unknown. A domain absent from the batch has
+  paper's values are unknown. ``start_step`` (default 0) holds the weights
+  fixed for the first steps: at initialisation every domain's gradient points
+  along the shared "learn the byte/unigram statistics" direction, and large
+  raw inner products there say little about the target (measured on
+  mixpile-tiny, docs/gradients.md); ODM and ADO wait in the same way. A domain absent from the batch has
   ``<g_i, g_spe> = 0`` and keeps its relative weight.
 * DIDS' re-implementation flips the sign and drops the prior alpha; we follow
   the paper.
@@ -54,6 +58,7 @@ class DGA(Mixer):
     ema: float = 0.5
     eps: float = 0.0
     scale_by_lr: bool = False
+    start_step: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -65,6 +70,8 @@ class DGA(Mixer):
             raise ValueError(f"mixer 'dga': ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.eps <= 1.0:
             raise ValueError(f"mixer 'dga': eps must be in [0, 1], got {self.eps}")
+        if self.start_step < 0:
+            raise ValueError(f"mixer 'dga': start_step must be >= 0, got {self.start_step}")
 
     @property
     def requires(self) -> frozenset[str]:  # type: ignore[override]
@@ -79,7 +86,7 @@ class DGA(Mixer):
         alpha = jax.nn.softmax(jnp.log(state["alpha"]) + self.eta * score)
         w = self.ema * state["weights"] + (1.0 - self.ema) * alpha
         w = (1.0 - self.eps) * w + self.eps / w.shape[0]
-        due = (step % self.update_every) == 0
+        due = ((step % self.update_every) == 0) & (step >= self.start_step)
         new = record_weights(state, w, alpha=alpha)
         # Off-schedule steps keep the weights but still count in the running mean.
         return jax.tree.map(lambda n, o: jnp.where(due, n, o), new,
