@@ -67,3 +67,14 @@ def test_pack_iter_restore_property(lens, length, cut):
     it2 = iter(ds)
     it2.set_state(state)
     np.testing.assert_array_equal(np.stack([next(it2) for _ in range(8)]), np.stack(expected))
+
+
+def test_sampler_bos_frames_every_document(tmp_path):
+    srcs = data.corpus_sources(str(write_domains(tmp_path / "c", num_docs=(20,))))
+    s = data.DomainSampler(srcs, batch_size=4, seq_len=64, bos=True, split=None)
+    flat = np.concatenate([next(s)["tokens"].reshape(-1) for _ in range(10)])
+    eos_at = np.flatnonzero(flat == EOS)
+    assert len(eos_at) > 3
+    # after every EOS (except at the very end) the next document starts with BOS
+    assert np.all(flat[eos_at[eos_at + 1 < len(flat)] + 1] == 258)
+    assert flat[0] == 258 and np.count_nonzero(flat == 258) == len(eos_at) + (flat[-1] != EOS)
