@@ -17,7 +17,7 @@ from mixjax.dg.algorithms.base import Algorithm, apply_updates
 
 
 def sam_perturbation(grads, rho):
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     return jax.tree.map(lambda g: rho * g / (norm + 1e-12), grads)
 
 
