@@ -127,9 +127,13 @@ class MeshConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class GradsConfig:
+    """Per-domain gradient statistics (mixjax.grads); used only if the mixer needs them."""
+
     strategy: str = "vmap"             # vmap | jvp | chunked
-    target: str | None = None          # target domain(s) for grad_dot (None: all domains)
-    chunk_size: int = 1
+    layout: str = "stratified"         # vmap: stratified (B/K rows per domain) | rows (any batch)
+    chunk_size: int = 1                # chunked: domains per group
+    param_filter: str | None = None    # regex on parameter paths for the statistics
+    target: str | None = None          # domain whose validation split gives g_target (grad_dot)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -353,6 +357,8 @@ def validate(cfg: Config) -> Config:
     _require(g.strategy in ("vmap", "jvp", "chunked"), "grads.strategy",
              f"must be vmap, jvp or chunked, got {g.strategy!r}")
     _require(g.chunk_size >= 1, "grads.chunk_size", f"must be >= 1, got {g.chunk_size}")
+    _require(g.layout in ("stratified", "rows"), "grads.layout",
+             f"must be stratified or rows, got {g.layout!r}")
     _validate_mixer(cfg)
     return cfg
 

@@ -215,14 +215,14 @@ Params = dict[str, Any]
 def split(model: nnx.Module):
     """``(graphdef, params, rest)``: params as a plain nested dict of arrays."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params.to_pure_dict(), rest
+    return graphdef, nnx.to_pure_dict(params), rest
 
 
 def make_apply(graphdef, rest) -> Callable[[Params, jax.Array], jax.Array]:
     """Returns the pure ``apply(params, tokens) -> logits`` (params: nested dict)."""
 
     def apply(params: Params, tokens: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, nnx.State(params), rest)(tokens)
+        return nnx.merge(graphdef, params, rest)(tokens)
 
     return apply
 
@@ -234,7 +234,7 @@ def init(cfg: TransformerConfig, seed: int):
     """
     model = Transformer(cfg, rngs=nnx.Rngs(seed))
     graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
-    params = param_state.to_pure_dict()
+    params = nnx.to_pure_dict(param_state)
     apply = make_apply(graphdef, rest)
     return apply, params, logical_axes(param_state)
 
@@ -243,12 +243,12 @@ def abstract_init(cfg: TransformerConfig):
     """Like ``init`` without allocating: params are ``jax.ShapeDtypeStruct``s."""
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
-    return make_apply(graphdef, rest), param_state.to_pure_dict(), logical_axes(param_state)
+    return make_apply(graphdef, rest), nnx.to_pure_dict(param_state), logical_axes(param_state)
 
 
 def logical_axes(param_state) -> dict:
     """Pure dict of logical axis-name tuples (one per parameter)."""
-    specs = nnx.get_partition_spec(param_state).to_pure_dict()
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(param_state))
     return jax.tree.map(lambda s: tuple(s), specs,
                         is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
 

@@ -150,31 +150,6 @@ def _params_only_args(abstract_params):
         item={"params": abstract_params}, partial_restore=True))
 
 
-def make_grad_stats(cfg: Config, num_domains: int, target_tokens: np.ndarray | None):
-    """The gradient-statistics hook of the train step (``mixjax.grads``).
-
-    ``grads.target``: None -> g_t is the gradient of the current batch's mean
-    loss; a domain name -> of that domain's first ``eval.num_seqs`` validation
-    sequences (fixed for the run).
-    """
-    from mixjax import grads
-
-    gcfg = grads.GradConfig(strategy=cfg.grads.strategy, chunk_size=cfg.grads.chunk_size)
-
-    def grad_stats(token_loss_fn, params, batch, keys):
-        target = None
-        if "grad_dot" in keys:
-            tb = batch if target_tokens is None else {
-                "tokens": jnp.asarray(target_tokens),
-                "domain_id": jnp.zeros((len(target_tokens),), jnp.int32)}
-            target = grads.target_grad(token_loss_fn, params, tb)
-        out = grads.domain_grads(token_loss_fn, params, batch, num_domains=num_domains,
-                                 needs=keys, config=gcfg, target=target)
-        return {k: out.stats[k] for k in keys}
-
-    return grad_stats
-
-
 def sample_weights_fn(cfg: Config):
     if cfg.mixing.sample_reweight is None:
         return None
@@ -207,15 +182,10 @@ class Trainer:
                                   f"requires {sorted(self.mixer.requires & step_lib.REF_KEYS)}; "
                                   "set it to the run dir of a trained reference model")
             ref_apply, ref_params = load_reference(cfg.train.reference, self.data.vocab_size)
-        grad_stats = None
-        if self.mixer.requires & step_lib.GRAD_KEYS:
-            tgt = None
-            if cfg.grads.target is not None:
-                if cfg.grads.target not in self.domains:
-                    raise ConfigError(f"config key 'grads.target': unknown domain "
-                                      f"{cfg.grads.target!r}; known: {list(self.domains)}")
-                tgt = np.asarray(self.data.eval_sets[cfg.grads.target])[:cfg.eval.num_seqs]
-            grad_stats = make_grad_stats(cfg, k, tgt)
+        grad_stats, self.target_tokens, self.check_stratified = None, None, False
+        needs = self.mixer.requires & step_lib.GRAD_KEYS
+        if needs:
+            grad_stats = self._grad_stats(needs)
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
         self.initial_state = state_lib.init_state(params, self.tx, self.mixer, k, cfg.train.seed,
                                                   ref_params)
@@ -226,6 +196,33 @@ class Trainer:
         self.eval_fn = step_lib.make_eval_fn(self.apply, self.pad_id)
         self.eval_batches = eval_lib.prepare_eval_sets(
             self.data.eval_sets, self.domains, cfg.eval.num_seqs, cfg.eval.batch_size, self.pad_id)
+
+    def _grad_stats(self, needs):
+        """The gradient-statistics hook (mixjax.grads), checked before anything compiles."""
+        from mixjax import grads
+        cfg, k = self.cfg, len(self.domains)
+        try:
+            gcfg = grads.GradConfig(strategy=cfg.grads.strategy, layout=cfg.grads.layout,
+                                    chunk_size=cfg.grads.chunk_size,
+                                    param_filter=cfg.grads.param_filter)
+            grads.check_request(gcfg, needs, who=f"mixer {self.mixer.name!r}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        if gcfg.stratified:
+            if cfg.data.sampler != "per_domain":
+                raise ConfigError(
+                    f"config key 'data.sampler': grads.layout={gcfg.layout!r} with strategy "
+                    f"{gcfg.strategy!r} needs exactly B/K sequences per domain; use "
+                    "data.sampler=per_domain (or grads.layout=rows / grads.strategy=jvp)")
+            self.check_stratified = True
+        if needs & {"grad_dot", "target_grad_norm"}:
+            target = cfg.grads.target
+            if target not in self.domains:
+                raise ConfigError(f"config key 'grads.target': mixer {self.mixer.name!r} needs "
+                                  f"a target domain for g_target; got {target!r}, known: "
+                                  f"{list(self.domains)}")
+            self.target_tokens = np.asarray(self.data.eval_sets[target])[:cfg.eval.num_seqs]
+        return grads.make_grad_stats(gcfg, k)
 
     def sampler_weights(self) -> np.ndarray:
         """The sampler's initial weights: the mixer's (sampling/both) or the reference p (loss)."""
@@ -286,6 +283,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                    "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
                    "devices": [str(d) for d in jax.devices()]}, f, indent=2)
 
+    target_tokens = None if trainer.target_tokens is None else jnp.asarray(trainer.target_tokens)
     pending: list[tuple[int, dict]] = []
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     timer = {"t0": time.perf_counter(), "steps": 0}
@@ -348,6 +346,12 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                 batch = {"tokens": jnp.asarray(host_batch["tokens"], jnp.int32),
                          "domain_id": jnp.asarray(host_batch["domain_id"], jnp.int32),
                          "sampling_weights": jnp.asarray(p)}
+                if trainer.check_stratified:
+                    from mixjax import grads
+                    grads.check_stratified(host_batch["domain_counts"], cfg.data.batch_size,
+                                           step=t, domains=domains)
+                if trainer.target_tokens is not None:
+                    batch["target_tokens"] = target_tokens
                 state, m = trainer.train_step(state, batch)
                 pending.append((t, m))
                 timer["steps"] += 1

@@ -52,12 +52,14 @@ from mixjax import mixing
 State = dict[str, Any]
 Batch = Mapping[str, jax.Array]
 
-GRAD_KEYS = frozenset({"grad_dot", "gram", "grad_norm"})
+GRAD_KEYS = frozenset({"grad_dot", "gram", "grad_norm", "target_grad_norm"})
 REF_KEYS = frozenset({"ref_loss", "ref_token_loss"})
 
 # grad_stats(token_loss_fn, params, batch, keys) -> {key: array} for keys in GRAD_KEYS,
 # where token_loss_fn(params, batch) -> (token_loss f32[B,S], token_mask f32[B,S]) and
-# batch holds "tokens" and "domain_id". Built by mixjax.grads (see make_grad_stats there).
+# batch holds "tokens", "domain_id" and, for grad_dot, "target_tokens". Built by
+# mixjax.grads.make_grad_stats; its result may carry ``combine(c) -> sum_d c_d g_d``,
+# used as the model gradient for mixers with ``gradient_coeffs`` (DoGE).
 GradStatsFn = Callable[[Callable, Any, Batch, frozenset], dict[str, jax.Array]]
 # sample_weights(sample_loss f32[B], step i32[]) -> f32[B] (mixing.sample_reweight).
 SampleWeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -121,6 +123,10 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
     if requires & GRAD_KEYS and grad_stats is None:
         raise ValueError(f"mixer {mixer.name!r} requires {sorted(requires & GRAD_KEYS)}: "
                          "no gradient-statistics function (mixjax.grads) was given")
+    domain_gradient = callable(getattr(mixer, "gradient_coeffs", None))
+    if domain_gradient and not requires & GRAD_KEYS:
+        raise ValueError(f"mixer {mixer.name!r} prescribes the model gradient "
+                         "(gradient_coeffs) but requires no gradient statistics")
     if grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
     k = num_domains
@@ -179,10 +185,18 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             stats[key] = optional[key]()
         if requires & REF_KEYS:
             rtl, _ = token_losses(ref_apply, state["ref_params"], tokens, pad_id)
-            stats["ref_token_loss"] = rtl
-            stats["ref_loss"] = domain_sums(rtl, tm, domain_id, k)[0]
+            if "ref_token_loss" in requires:
+                stats["ref_token_loss"] = rtl
+            ref_loss = domain_sums(rtl, tm, domain_id, k)[0]
+            if "ref_loss" in requires:
+                stats["ref_loss"] = ref_loss
+        combine = None
         if requires & GRAD_KEYS:
-            stats.update(grad_stats(loss_fn, params, batch, requires & GRAD_KEYS))
+            gbatch = {key: v for key, v in batch.items()
+                      if key in ("tokens", "domain_id") or key.startswith("target_")}
+            gs = grad_stats(loss_fn, params, gbatch, requires & GRAD_KEYS)
+            combine = getattr(gs, "combine", None)
+            stats.update({key: gs[key] for key in requires & GRAD_KEYS if key in gs})
 
         # 3. mixer update inside the compiled step.
         mix_state = mixing.guarded_update(mixer, state["mix_state"], stats, step)
@@ -198,7 +212,13 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         objective = jnp.sum(cotangent * tl_ng)
 
         # 5. gradient and optimiser update.
-        grads = backward(params, tokens, pullback, cotangent)
+        if domain_gradient:
+            # The mixer prescribes the model gradient sum_d c_d g_d (e.g. DoGE).
+            coeffs = mixer.gradient_coeffs(mix_state, stats)
+            grads = combine(coeffs)
+            objective = jnp.sum(coeffs * loss_d)
+        else:
+            grads = backward(params, tokens, pullback, cotangent)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
 
@@ -214,13 +234,13 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             "domain_count": count_d,
             "weights": weights,
             "sampling_weights": p,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "nonfinite_domain": mix_state["nonfinite_domain"],
         }
         if lr_schedule is not None:
             metrics["lr"] = jnp.asarray(lr_schedule(step), jnp.float32)
-        if "ref_loss" in stats:
-            metrics["ref_domain_loss"] = stats["ref_loss"]
+        if requires & REF_KEYS:
+            metrics["ref_domain_loss"] = ref_loss
         return new_state, metrics
 
     if not jit:
