@@ -307,7 +307,13 @@ def from_tfds(
     if (env_key is None) == (splits is None):
         raise ValueError(f"tfds:{name}: give exactly one of env_key= or splits=")
 
+    declared = []  # num_classes from the dataset's ClassLabel feature, when it has one
+
     def read(source) -> list[dict]:
+        try:
+            declared.append(int(source.dataset_info.features[label_key].num_classes))
+        except (AttributeError, KeyError, TypeError):
+            pass
         return [source[i] for i in range(len(source))]
 
     if splits is not None:
@@ -334,7 +340,7 @@ def from_tfds(
         envs.append((x, y))
         names.append(env)
         num_classes = max(num_classes, int(y.max()) + 1)
-    return EnvDataset(f"tfds:{name}", tuple(names), tuple(envs), num_classes)
+    return EnvDataset(f"tfds:{name}", tuple(names), tuple(envs), max([num_classes, *declared]))
 
 
 DATASETS: dict[str, Callable[..., EnvDataset]] = {
