@@ -16,6 +16,24 @@ mlp        tensor       Megatron-style MLP split
 head_dim   (none)
 norm       (none)
 =========  ===========  ======================================
+
+Scale-out (how a run uses it, ``mixjax.train.loop``)::
+
+    mesh = mesh_from_config(cfg.mesh)            # sizes from config, -1 = the rest
+    shardings = train_state_shardings(state, logical_axes, mesh)
+    state = place(state, shardings)               # params/opt sharded, the rest replicated
+    step = jit_sharded_step(make_train_step(..., jit=False), shardings)
+    batch = shard_batch(host_batch, mesh, global_batch_size)   # rows on (data, fsdp)
+    state, metrics = step(state, batch)
+
+Everything else is GSPMD: the step is written for the global batch, so
+per-domain losses, counts, reference losses and gradient statistics are
+global-batch quantities whatever the mesh (``tests/test_sharded_step.py``
+checks weights and losses against one device). Rules are resolved per array
+shape (``spec_for_shape``): a mesh axis that does not divide a dimension is
+dropped for that dimension (replicated) rather than failing, so one rule
+table serves a 2-layer test model on 8 fake CPU devices and a 1B model on a
+TPU slice.
 """
 
 from __future__ import annotations
@@ -41,30 +59,52 @@ RULES: tuple[tuple[str, Any], ...] = (
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> jax.sharding.Mesh:
     """A ``(data, fsdp, tensor)`` mesh with Auto axes (GSPMD propagation).
 
-    One size may be -1: it takes all devices the other two leave.
+    One size may be ``-1``: all devices left over (``make_mesh(-1)`` uses every
+    device for data parallelism). A mesh smaller than the device list uses the
+    first devices. ``data`` is the outermost axis, so on a multi-host job each
+    process owns a contiguous block of batch rows (``distributed.process_rows``)
+    and ``tensor`` (innermost) stays within a host's fast interconnect.
     """
     devices = list(devices if devices is not None else jax.devices())
-    data, fsdp, tensor = resolve_sizes(data, fsdp, tensor, len(devices))
+    data, fsdp, tensor = resolve_mesh_shape(data, fsdp, tensor, len(devices))
     n = data * fsdp * tensor
-    if n > len(devices):
-        raise ValueError(f"mesh data*fsdp*tensor = {data}*{fsdp}*{tensor} = {n} needs {n} "
-                         f"devices; {len(devices)} available")
     return jax.make_mesh((data, fsdp, tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                          devices=devices[:n])
 
 
-def resolve_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
-    sizes = [data, fsdp, tensor]
-    if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got {sizes}")
-    if -1 in sizes:
-        rest = 1
-        for s in sizes:
-            rest *= s if s != -1 else 1
-        if num_devices % rest:
-            raise ValueError(f"mesh {sizes}: {num_devices} devices are not divisible by {rest}")
-        sizes[sizes.index(-1)] = num_devices // rest
-    return tuple(sizes)
+def resolve_mesh_shape(data: int = 1, fsdp: int = 1, tensor: int = 1,
+                       num_devices: int | None = None) -> tuple[int, int, int]:
+    """Mesh axis sizes with at most one ``-1`` replaced by "all remaining devices".
+
+    ``(-1, 1, 1)`` on 8 devices -> ``(8, 1, 1)``; ``(2, -1, 1)`` -> ``(2, 4, 1)``.
+    """
+    n = len(jax.devices()) if num_devices is None else num_devices
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    bad = {k: v for k, v in sizes.items()
+           if v != -1 and (isinstance(v, bool) or not isinstance(v, int) or v < 1)}
+    if bad:
+        raise ValueError(f"mesh sizes must be positive integers or -1 (the rest), got {bad}")
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ValueError(f"at most one mesh axis may be -1 (the rest), got -1 for {free}")
+    fixed = 1
+    for v in sizes.values():
+        fixed *= v if v != -1 else 1
+    if free:
+        if n % fixed:
+            raise ValueError(f"mesh {sizes}: {n} devices are not divisible by the product "
+                             f"{fixed} of the fixed axes")
+        sizes[free[0]] = n // fixed
+    total = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    if total > n:
+        raise ValueError(f"mesh data*fsdp*tensor = {sizes['data']}*{sizes['fsdp']}*"
+                         f"{sizes['tensor']} = {total} needs {total} devices; {n} available")
+    return sizes["data"], sizes["fsdp"], sizes["tensor"]
+
+
+def mesh_from_config(mesh_cfg, devices=None) -> jax.sharding.Mesh:
+    """The mesh of a config's ``mesh`` section (anything with ``data``/``fsdp``/``tensor``)."""
+    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices=devices)
 
 
 def logical_to_spec(names: tuple[str | None, ...], rules=RULES) -> P:
@@ -93,3 +133,156 @@ def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
 
 def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+# -- shape-aware rules, state placement, sharded step (scale-out) ---------------
+def spec_for_shape(names: tuple[str | None, ...], shape: tuple[int, ...], mesh,
+                   rules=RULES) -> P:
+    """``logical_to_spec`` that never produces an impossible or uneven layout.
+
+    A mesh axis is dropped from a dimension (the dimension is replicated over it)
+    when the dimension is not divisible by the axis size or the axis was already
+    used by an earlier dimension of the same array; size-1 axes are dropped. So a
+    rule table written for a big model still places a tiny test model, and 5 KV
+    heads on tensor=4 fall back to replication instead of failing to compile.
+    """
+    if len(names) != len(shape):
+        raise ValueError(f"logical axes {names} do not match the array shape {shape}")
+    spec = logical_to_spec(names, rules)
+    used: set[str] = set()
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+        kept = []
+        for axis in axes:
+            size = mesh.shape[axis]
+            if size == 1 or axis in used:
+                continue
+            prod = size
+            for k in kept:
+                prod *= mesh.shape[k]
+            if dim % prod == 0:
+                kept.append(axis)
+        used.update(kept)
+        out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return P(*out)
+
+
+def shape_aware_param_shardings(params, logical_axes, mesh, rules=RULES):
+    """NamedShardings for ``params`` (arrays or ShapeDtypeStructs) via ``spec_for_shape``."""
+    return jax.tree.map(
+        lambda x, names: NamedSharding(mesh, spec_for_shape(tuple(names), x.shape, mesh, rules)),
+        params, logical_axes)
+
+
+def mirror_shardings(tree, params, param_sharding, mesh):
+    """Shardings for a pytree that embeds copies of the params tree (optimizer state).
+
+    Every subtree with exactly the params' tree structure (Adam's ``mu``/``nu``,
+    momentum, ...) gets the params' shardings; every other leaf (step counts,
+    scalars) is replicated.
+    """
+    pdef = jax.tree.structure(params)
+    rep = NamedSharding(mesh, P())
+
+    def is_params_like(x):
+        return jax.tree.structure(x) == pdef and not (
+            pdef.num_leaves == 1 and jax.tree.structure(x).num_nodes == 1)
+
+    return jax.tree.map(lambda sub: param_sharding if is_params_like(sub) else rep,
+                        tree, is_leaf=is_params_like)
+
+
+def train_state_shardings(state, logical_axes, mesh, rules=RULES):
+    """Shardings of the train state dict of ``mixjax.train.step``.
+
+    ``params`` and ``ref_params`` follow the logical rules; ``opt_state`` mirrors
+    ``params``; ``mix_state``, ``step``, ``rng``, ``eval_loss`` and anything else
+    (small per-domain vectors) are replicated on every device.
+    """
+    psh = shape_aware_param_shardings(state["params"], logical_axes, mesh, rules)
+    rep = NamedSharding(mesh, P())
+    out = {}
+    for key, value in state.items():
+        if key in ("params", "ref_params"):
+            out[key] = psh
+        elif key == "opt_state":
+            out[key] = mirror_shardings(value, state["params"], psh, mesh)
+        else:
+            out[key] = jax.tree.map(lambda _: rep, value)
+    return out
+
+
+def place(tree, shardings):
+    """``tree`` copied onto ``shardings`` (host arrays must be identical on every process).
+
+    Always copies (a jitted copy): the state may hold one buffer twice (a
+    mixer's ``weights`` and ``weight_sum`` start as the same array), and a donated
+    step must not receive the same buffer in two places.
+    """
+    import jax.numpy as jnp
+
+    return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
+
+
+def batch_axes(mesh) -> tuple[str, ...]:
+    """Mesh axes the batch dimension is split over (the ``batch`` rule)."""
+    entry = dict(RULES)["batch"]
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+# Batch keys that hold one value for the whole batch (per domain, or a fixed target set that
+# every process holds identically), not one row per sequence: placed replicated.
+REPLICATED_BATCH_KEYS = ("domain_counts", "sampling_weights", "target_tokens")
+
+
+def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
+    """Places a host batch: per-sequence arrays split over the batch axes, the rest replicated.
+
+    Single process: ``batch`` is the whole global batch. Multi-process: each process
+    passes only its rows ``distributed.process_rows(...)`` of the global batch and
+    ``global_batch_size`` (required then); the job-wide arrays are assembled with
+    ``jax.make_array_from_process_local_data``.
+    """
+    import numpy as np
+
+    from mixjax import distributed
+
+    rows = int(np.shape(batch["domain_id"])[0])
+    if global_batch_size is None:
+        if jax.process_count() > 1:
+            raise ValueError("shard_batch: pass global_batch_size in a multi-process run "
+                             "(each process holds only its rows)")
+        global_batch_size = rows
+    axes = batch_axes(mesh)
+    distributed.check_batch_divides(global_batch_size, mesh, axes)
+    per_example = {k: np.asarray(v) for k, v in batch.items() if k not in REPLICATED_BATCH_KEYS}
+    out = distributed.global_batch(per_example, mesh, axes, global_batch_size, replicated=())
+    rep = NamedSharding(mesh, P())
+    for k in REPLICATED_BATCH_KEYS:
+        if k in batch:
+            v = np.asarray(batch[k])
+            out[k] = jax.make_array_from_process_local_data(rep, v, v.shape)
+    return out
+
+
+def jit_sharded_step(step_fn, state_shardings, *, donate: bool = True):
+    """``jax.jit`` of an unjitted ``(state, batch) -> (state, metrics)`` step.
+
+    The state keeps ``state_shardings`` in and out, so a later step never sees a
+    new layout (no recompilation after the first step); metrics come back
+    replicated, so every process can read them; the batch keeps the layout
+    ``shard_batch`` gave it.
+    """
+    mesh = jax.tree.leaves(state_shardings)[0].mesh
+    return jax.jit(step_fn, in_shardings=(state_shardings, None),
+                   out_shardings=(state_shardings, NamedSharding(mesh, P())),
+                   donate_argnums=(0,) if donate else ())
+
+
+def replicate_value(value, mesh) -> jax.Array:
+    """A host value every process holds identically, as a replicated global array."""
+    import numpy as np
+
+    value = np.asarray(value)
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), value, value.shape)

@@ -1,0 +1,155 @@
+"""Builds the real train step for many mixers at once, on any mesh (sharding tests only).
+
+Used by ``tests/test_sharded_step.py`` (in-process, 8 fake CPU devices) and by
+``tests/multiprocess_worker.py`` (2 processes x 4 fake devices). Every registered
+mixer gets the real ``make_train_step`` with everything it can require: a frozen
+reference model (``ref_*``), the gradient engine (``grad_dot``/``gram``/...), a
+target batch, an eval-loss vector, a learning-rate schedule, non-uniform sampling
+weights. All mixers run inside ONE jitted function per mesh: on 2 CPU cores XLA
+compilation dominates, and one compile of N steps is far cheaper than N compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mixjax import grads, mixing, parallel
+from mixjax.models import transformer
+from mixjax.train import state as state_lib
+from mixjax.train import step as step_lib
+
+DOMAINS = ("code", "math", "prose", "web")
+K = len(DOMAINS)
+TOKEN_COUNTS = (4000.0, 1000.0, 2500.0, 500.0)
+VOCAB, PAD = 32, 0
+SEQ = 8                      # tokens per sequence (S); rows hold S + 1
+BATCH = 16                   # global batch: divisible by every 8-device batch split
+MODEL = transformer.TransformerConfig(vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2,
+                                      d_ff=32)
+SAMPLING_WEIGHTS = np.array([0.4, 0.1, 0.3, 0.2], np.float32)
+
+# Hyperparameters that make each method act within a few steps (defaults are sized
+# for thousands of steps) or that have no default. Unknown mixers use their defaults.
+HPARAMS = {
+    "manual": {"weights_by_domain": {"code": 3.0, "math": 1.0, "prose": 2.0, "web": 2.0}},
+    "odm": {"warmup_steps": 0},
+    "odm_smoothed": {"warmup_steps": 0},
+    "ado": {"start_step": 0, "ignore_steps": 0, "refit_every": 1, "min_fit_points": 2},
+}
+
+
+def bigram_init(seed: int):
+    """A two-matrix LM, ``logits = E[x] W``: compiles in a fraction of the transformer's
+    time and still has parameters sharded over fsdp (``embed``) and tensor (``vocab``)."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    params = {"embed": 0.5 * jax.random.normal(k1, (VOCAB, 16), jnp.float32),
+              "out": 0.5 * jax.random.normal(k2, (16, VOCAB), jnp.float32)}
+    return params, {"embed": ("vocab", "embed"), "out": ("embed", "vocab")}
+
+
+def bigram_apply(params, tokens):
+    return jnp.take(params["embed"], tokens, axis=0) @ params["out"]
+
+
+def model(kind: str):
+    """``(apply, params, ref_params, logical_axes)`` of the ``bigram`` or ``transformer`` LM."""
+    if kind == "bigram":
+        params, axes = bigram_init(0)
+        return bigram_apply, params, bigram_init(1)[0], axes
+    apply, params, axes = transformer.init(MODEL, 0)
+    return apply, params, transformer.init(MODEL, 1)[1], axes
+
+
+@dataclasses.dataclass
+class Built:
+    names: list[str]
+    skipped: dict[str, str]       # mixer -> why it cannot run here
+    step_fns: dict
+    states: dict                  # host-side initial states
+    logical_axes: dict
+
+
+def build_mixer(name: str):
+    """``mixing.build`` with the test's domains/hyperparameters (raises if impossible)."""
+    hp = dict(HPARAMS.get(name, {}))
+    known = {f.name for f in dataclasses.fields(mixing.mixer_class(name))}
+    hp = {k: v for k, v in hp.items() if k in known}
+    return mixing.build(name, hp, domains=DOMAINS, token_counts=TOKEN_COUNTS)
+
+
+def build(names=None, kind: str = "bigram") -> Built:
+    """Step functions (unjitted) and initial states for ``names`` (all registered mixers)."""
+    names = list(mixing.names() if names is None else names)
+    apply, params, ref_params, axes = model(kind)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-2, weight_decay=0.1))
+    schedule = optax.constant_schedule(3e-2)
+    grad_stats = grads.make_grad_stats(grads.GradConfig(), K)
+    ok, skipped, fns, states = [], {}, {}, {}
+    for name in names:
+        try:
+            mixer = build_mixer(name)
+        except (TypeError, ValueError) as e:
+            skipped[name] = f"cannot build with the test's domains/hyperparameters: {e}"
+            continue
+        needs_ref = bool(mixer.requires & step_lib.REF_KEYS)
+        fns[name] = step_lib.make_train_step(
+            apply=apply, mixer=mixer, tx=tx, num_domains=K, pad_id=PAD, lr_schedule=schedule,
+            ref_apply=apply if needs_ref else None, grad_stats=grad_stats, jit=False)
+        st = state_lib.init_state(params, tx, mixer, K, seed=0,
+                                  ref_params=ref_params if needs_ref else None)
+        st["eval_loss"] = jnp.asarray([3.2, 2.9, 3.4, 3.0], jnp.float32)
+        states[name] = st
+        ok.append(name)
+    return Built(ok, skipped, fns, states, axes)
+
+
+def global_batches(num_steps: int, seed: int = 0) -> list[dict]:
+    """Host batches: B/K rows per domain in shuffled order (the gradient engine's
+    stratified layout), random tokens with pad tails, a fixed target batch."""
+    rng = np.random.default_rng(seed)
+    target = rng.integers(1, VOCAB, (4, SEQ + 1)).astype(np.int32)
+    out = []
+    for _ in range(num_steps):
+        ids = rng.permutation(np.repeat(np.arange(K), BATCH // K)).astype(np.int32)
+        tokens = rng.integers(1, VOCAB, (BATCH, SEQ + 1)).astype(np.int32)
+        tokens[rng.random(BATCH) < 0.3, -3:] = PAD      # some rows end in padding
+        out.append({"tokens": tokens, "domain_id": ids, "sampling_weights": SAMPLING_WEIGHTS,
+                    "target_tokens": target})
+    return out
+
+
+def run(built: Built, mesh, batches, *, rows=None, global_batch_size=BATCH):
+    """Runs every mixer for ``len(batches)`` steps on ``mesh``.
+
+    ``rows``: (start, stop) of the global batch this process feeds (multi-process);
+    None feeds whole batches. Returns ``(per-mixer list of host metrics per step,
+    final states, the jitted function)``.
+    """
+    shardings = {n: parallel.train_state_shardings(built.states[n], built.logical_axes, mesh)
+                 for n in built.names}
+    states = parallel.place({n: built.states[n] for n in built.names}, shardings)
+    fns = built.step_fns
+
+    def multi(states, batch):
+        outs = {n: fns[n](states[n], batch) for n in built.names}
+        return {n: o[0] for n, o in outs.items()}, {n: o[1] for n, o in outs.items()}
+
+    step = parallel.jit_sharded_step(multi, shardings)
+    history = {n: [] for n in built.names}
+    with jax.set_mesh(mesh):
+        for b in batches:
+            if rows is not None:
+                b = {k: (v[rows[0]:rows[1]] if k not in parallel.REPLICATED_BATCH_KEYS else v)
+                     for k, v in b.items()}
+            states, metrics = step(states, parallel.shard_batch(b, mesh, global_batch_size))
+            for n in built.names:
+                history[n].append(jax.device_get(metrics[n]))
+    return history, states, step
+
+
+COMPARED = ("weights", "domain_loss", "domain_count", "loss", "objective", "grad_norm")
