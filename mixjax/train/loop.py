@@ -361,10 +361,14 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                     bar.update(1)
                 if on_step is not None:
                     on_step(done)
-                if (t_cfg.eval_every and done % t_cfg.eval_every == 0) or done == t_cfg.steps:
+                on_grid = bool(t_cfg.eval_every) and done % t_cfg.eval_every == 0
+                if on_grid or done == t_cfg.steps:
                     flush(t)
                     ev = trainer.evaluate(state["params"])
-                    state["eval_loss"] = jnp.asarray(eval_lib.domain_losses(ev, domains))
+                    if on_grid:
+                        # Only evaluations on the eval_every grid feed the mixer (eval_loss):
+                        # the final one of a shorter run must not change a later resume.
+                        state["eval_loss"] = jnp.asarray(eval_lib.domain_losses(ev, domains))
                     writer.write("eval.jsonl", {"step": done, **ev})
                     final_eval = ev
                 if (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0) or done == t_cfg.steps \
