@@ -1,0 +1,104 @@
+"""Configs: loading, dotted overrides, and one clear error per bad key."""
+
+import json
+import pathlib
+
+import pytest
+
+from mixjax import config as C
+from mixjax.config import ConfigError
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def test_shipped_configs_load_and_validate():
+    files = sorted((ROOT / "configs").glob("lm_*.py"))   # the LM training configs
+    assert files
+    for f in files:
+        cfg = C.load(f)
+        assert isinstance(cfg, C.Config), f
+
+
+def test_dotted_overrides_with_types():
+    cfg = C.load(ROOT / "configs" / "lm_tiny_uniform.py",
+                 ["train.steps=7", "mixing.name=temperature", "mixing.hparams.tau=3",
+                  "optim.lr=1e-3", "model.tie_embeddings=False", "data.domains=['code', 'news']",
+                  "eval.target_mixture={'code': 1.0}", "train.reference=None"])
+    assert cfg.train.steps == 7 and cfg.mixing.name == "temperature"
+    assert cfg.mixing.hparams == {"tau": 3}
+    assert cfg.optim.lr == 1e-3 and cfg.model.tie_embeddings is False
+    assert cfg.data.domains == ("code", "news")
+    assert cfg.eval.target_mixture == {"code": 1.0}
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse():
+    cfg = C.Config()
+    C.apply_override(cfg, "optim.lr=1")
+    assert isinstance(cfg.optim.lr, float)
+    with pytest.raises(ConfigError, match="'train.steps'"):
+        C.apply_override(cfg, "train.steps=1.5")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.stepz=3", "train.stepz"),
+    ("nosection.x=1", "nosection"),
+    ("train.steps=abc", "train.steps"),
+    ("model.tie_embeddings=1", "model.tie_embeddings"),
+    ("optim.lr=-0.1", "optim.lr"),
+    ("train.steps=0", "train.steps"),
+    ("data.sampler=random", "data.sampler"),
+    ("mixing.apply_to=everything", "mixing.apply_to"),
+    ("mixing.name=nope", "mixing.name"),
+    ("mixing.hparams.nope=1", "mixing.hparams"),
+    ("model.num_heads=3", "model.num_heads"),
+    ("train.grad_accum=5", "train.grad_accum"),
+    ("optim.decay=step", "optim.decay"),
+    ("grads.strategy=magic", "grads.strategy"),
+    ("mesh.data=0", "mesh.data"),
+    ("eval.target_mixture={'a': -1.0}", "eval.target_mixture"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        cfg = C.load(ROOT / "configs" / "lm_tiny_uniform.py", [override])
+    assert repr(key) in str(e.value) or key in str(e.value), str(e.value)
+
+
+def test_domain_dependent_checks():
+    cfg = C.Config()
+    cfg.data.sampler = "per_domain"
+    cfg.data.batch_size = 4
+    with pytest.raises(ConfigError, match="'data.batch_size'.*8 domains"):
+        C.check_domains(cfg, tuple("abcdefgh"))
+    cfg.data.batch_size = 8
+    C.check_domains(cfg, tuple("abcdefgh"))
+    cfg.eval.target_mixture = {"zzz": 1.0}
+    with pytest.raises(ConfigError, match="'eval.target_mixture'.*zzz"):
+        C.check_domains(cfg, tuple("abcdefgh"))
+
+
+def test_missing_file_and_missing_get_config(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        C.load(tmp_path / "nope.py")
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="get_config"):
+        C.load(bad)
+
+
+def test_json_round_trip():
+    cfg = C.load(ROOT / "configs" / "lm_tiny_uniform.py", ["mixing.hparams.tau=2.5",
+                                                         "mixing.name=temperature"])
+    back = C.from_dict(json.loads(C.to_json(cfg)))
+    assert back == cfg
+
+
+def test_cli_errors_before_compiling(tmp_path, capsys):
+    from mixjax.cli import main
+    rc = main(["train", str(ROOT / "configs" / "lm_tiny_uniform.py"), "--set", "optim.lr=-1"])
+    assert rc == 2 and "'optim.lr'" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    rc = main(["train", str(ROOT / "configs" / "lm_tiny_uniform.py"),
+               "--set", f"train.run_dir={run_dir}"])
+    assert rc == 2 and "already holds a run" in capsys.readouterr().err
