@@ -85,6 +85,13 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """All processes wait here (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def process_rows(sharding: jax.sharding.Sharding, global_batch_size: int) -> tuple[int, int]:
     """The contiguous block ``[start, stop)`` of global batch rows this process holds.
 

@@ -286,3 +286,9 @@ def replicate_value(value, mesh) -> jax.Array:
 
     value = np.asarray(value)
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), value, value.shape)
+
+
+def replicated_outputs(fn, mesh):
+    """``fn`` jitted so that every output is replicated over ``mesh`` (readable by every
+    process of a multi-host run, e.g. the eval function's per-sequence sums)."""
+    return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
 
 from mixjax.config import Config, ConfigError
@@ -83,7 +84,11 @@ def build_data(cfg: Config) -> TrainData:
         return data.DomainSampler(sources, seq_len=cfg.data.seq_len,
                                   batch_size=cfg.data.batch_size, weights=np.asarray(weights),
                                   tokenizer=tok, mode=cfg.data.sampler, lag=cfg.data.lag,
-                                  seed=seed, num_workers=cfg.data.workers)
+                                  seed=seed, num_workers=cfg.data.workers,
+                                  # multi-host: this process reads only its share of each
+                                  # domain and returns its rows of the global batch
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
 
     return TrainData(domains=domains, token_counts=counts, vocab_size=tok.vocab_size,
                      pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler)

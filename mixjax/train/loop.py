@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import signal
 import time
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import mixing
+from mixjax import distributed, mixing, parallel
 from mixjax.config import Config, ConfigError
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import evaluate as eval_lib
@@ -189,11 +190,21 @@ class Trainer:
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
         self.initial_state = state_lib.init_state(params, self.tx, self.mixer, k, cfg.train.seed,
                                                   ref_params)
-        self.train_step = step_lib.make_train_step(
+        self.step_fn = step_lib.make_train_step(
             apply=self.apply, mixer=self.mixer, tx=self.tx, num_domains=k, pad_id=self.pad_id,
             lr_schedule=self.schedule, grad_accum=cfg.train.grad_accum, ref_apply=ref_apply,
-            sample_weights=sample_weights_fn(cfg), grad_stats=grad_stats)
-        self.eval_fn = step_lib.make_eval_fn(self.apply, self.pad_id)
+            sample_weights=sample_weights_fn(cfg), grad_stats=grad_stats, jit=False)
+        # Mesh (mixjax.parallel): params and optimizer state sharded by the logical rules,
+        # everything else replicated; the jitted step keeps that layout in and out.
+        self.mesh = parallel.mesh_from_config(cfg.mesh)
+        distributed.check_batch_divides(cfg.data.batch_size, self.mesh,
+                                        parallel.batch_axes(self.mesh))
+        self.state_shardings = parallel.train_state_shardings(
+            self.initial_state, self.logical_axes, self.mesh)
+        self.initial_state = parallel.place(self.initial_state, self.state_shardings)
+        self.train_step = parallel.jit_sharded_step(self.step_fn, self.state_shardings)
+        self.eval_fn = parallel.replicated_outputs(
+            step_lib.make_eval_fn(self.apply, self.pad_id), self.mesh)
         self.eval_batches = eval_lib.prepare_eval_sets(
             self.data.eval_sets, self.domains, cfg.eval.num_seqs, cfg.eval.batch_size, self.pad_id)
 
@@ -251,37 +262,47 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     if (run_dir / "config.json").exists() and not resume:
         prepare_run_dir(cfg, resume)  # raises before anything is built
     trainer = Trainer(cfg, data)
-    run_dir = prepare_run_dir(cfg, resume)
+    main = distributed.is_main_process()   # multi-host: process 0 writes the run files
+    distributed.barrier("run_dir_checked")  # every process checked before process 0 writes
+    if main:
+        run_dir = prepare_run_dir(cfg, resume)
+    distributed.barrier("run_dir_ready")
     t_cfg = cfg.train
     domains, mixer = trainer.domains, trainer.mixer
     to_sampler = mixer.apply_to in ("sampling", "both")
-    checkpointer = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=t_cfg.keep_ckpts)
+    checkpointer = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=t_cfg.keep_ckpts,
+                                         async_save=True)
     sampler = trainer.data.make_sampler(trainer.sampler_weights())
     state = trainer.initial_state
     start = 0
     last_weights = np.asarray(mixer.weights(state["mix_state"]), np.float32)
     latest = checkpointer.latest_step() if resume else None
     if latest is not None:
-        abstract = jax.eval_shape(lambda: state)
+        abstract = jax.tree.map(ckpt_lib._abstract, state)   # keeps each array's sharding
         restored, host = checkpointer.restore(latest, abstract)
         if "ref_params" in state:
             restored["ref_params"] = state["ref_params"]
         state = restored
         start = int(host["step"])
-        sampler.set_state(host["sampler"])
+        own = checkpointer.restore_process(latest)   # this process's sampler state
+        sampler.set_state((own or host)["sampler"])
         last_weights = np.asarray(host["last_weights"], np.float32)
-        metrics_lib.truncate_after(run_dir, start)
-    else:
+        if main:
+            metrics_lib.truncate_after(run_dir, start)
+    elif main:
         for name in metrics_lib.FILES:  # a fresh run starts with fresh logs
             (run_dir / name).unlink(missing_ok=True)
-    writer = metrics_lib.MetricsWriter(run_dir, domains)
+    writer = (metrics_lib.MetricsWriter(run_dir, domains) if main
+              else metrics_lib.NullWriter(run_dir, domains))
     if start == 0:
         writer.weights(0, last_weights)
-    with open(run_dir / "run_info.json", "w") as f:
+    with open(run_dir / "run_info.json" if main else os.devnull, "w") as f:
         json.dump({"num_params": trainer.num_params, "domains": list(domains),
                    "model": dataclasses.asdict(trainer.model_cfg), "mixer": mixer.name,
                    "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
-                   "devices": [str(d) for d in jax.devices()]}, f, indent=2)
+                   "devices": [str(d) for d in jax.devices()],
+                   "mesh": dict(trainer.mesh.shape), "processes": jax.process_count()},
+                  f, indent=2)
 
     target_tokens = None if trainer.target_tokens is None else jnp.asarray(trainer.target_tokens)
     pending: list[tuple[int, dict]] = []
@@ -323,8 +344,12 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
 
     def save(step: int) -> None:
         flush(step)
-        checkpointer.save(step, state, {"step": step, "sampler": sampler.get_state(),
-                                        "last_weights": [float(x) for x in last_weights]})
+        sampler_state = sampler.get_state()
+        # Async: returns once the arrays are off the devices; every process writes its own
+        # shards and its own sampler state (process item), process 0 the host JSON.
+        checkpointer.save(step, state, {"step": step, "sampler": sampler_state,
+                                        "last_weights": [float(x) for x in last_weights]},
+                          process={"sampler": sampler_state}, wait=False)
 
     bar = None
     if t_cfg.progress:
@@ -352,6 +377,8 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                                            step=t, domains=domains)
                 if trainer.target_tokens is not None:
                     batch["target_tokens"] = target_tokens
+                # This process's rows -> global arrays on the mesh's batch axes.
+                batch = parallel.shard_batch(batch, trainer.mesh, cfg.data.batch_size)
                 state, m = trainer.train_step(state, batch)
                 pending.append((t, m))
                 timer["steps"] += 1
@@ -368,7 +395,8 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                     if on_grid:
                         # Only evaluations on the eval_every grid feed the mixer (eval_loss):
                         # the final one of a shorter run must not change a later resume.
-                        state["eval_loss"] = jnp.asarray(eval_lib.domain_losses(ev, domains))
+                        state["eval_loss"] = parallel.replicate_value(
+                            eval_lib.domain_losses(ev, domains), trainer.mesh)
                     writer.write("eval.jsonl", {"step": done, **ev})
                     final_eval = ev
                 if (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0) or done == t_cfg.steps \

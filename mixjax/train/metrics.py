@@ -100,3 +100,18 @@ class MetricsWriter:
             f.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class NullWriter(MetricsWriter):
+    """The writer of processes other than 0 on a multi-host run: computes, writes nothing."""
+
+    def __init__(self, run_dir: str | pathlib.Path, domains: tuple[str, ...]):
+        self.run_dir = pathlib.Path(run_dir)
+        self.domains = tuple(domains)
+        self._files, self._tb = {}, None
+
+    def write(self, name: str, record: Mapping[str, Any]) -> None:
+        pass
+
+    def weights(self, step: int, weights) -> None:
+        pass
