@@ -352,6 +352,9 @@ def validate(cfg: Config) -> Config:
     for key in ("data", "fsdp", "tensor"):
         _require(getattr(cfg.mesh, key) >= 1 or getattr(cfg.mesh, key) == -1, f"mesh.{key}",
                  f"must be >= 1 or -1 (all remaining devices), got {getattr(cfg.mesh, key)}")
+    free = [k for k in ("data", "fsdp", "tensor") if getattr(cfg.mesh, k) == -1]
+    _require(len(free) <= 1, f"mesh.{free[-1] if free else 'data'}",
+             f"at most one mesh axis may be -1 (the rest), got -1 for {free}")
     _require([cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) <= 1, "mesh",
              "at most one of data/fsdp/tensor may be -1")
     _require(g.strategy in ("vmap", "jvp", "chunked"), "grads.strategy",
@@ -371,7 +374,7 @@ def _validate_mixer(cfg: Config) -> None:
         raise ConfigError(f"config key 'mixing.name': unknown mixer {x.name!r}; "
                           f"known: {', '.join(mixing.names())}")
     from mixjax.mixing import base as mixing_base
-    known = set(mixing_base.hparam_names(x.name)) - {"apply_to_override", "domains", "token_counts"}
+    known = set(mixing_base.hparam_names(x.name)) - {"apply_to_override"}
     unknown = sorted(set(x.hparams) - known)
     if unknown:
         raise ConfigError(f"config key 'mixing.hparams': mixer {x.name!r} has no "

@@ -1,0 +1,54 @@
+"""GPT-2-small-sized LM (124M parameters with the GPT-2 vocabulary) on a GPU node or cluster.
+
+bf16 compute with fp32 parameters and optimizer state; 0.5M tokens per step
+(512 sequences x 1024 tokens, 4 micro-batches), data-parallel over every GPU
+(``mesh.data=-1``). The mixer is a static one so the config loads anywhere; pick
+another with ``--set mixing.name=doremi`` (see docs/mixing.md).
+
+Needs: the ``mixpile`` corpus (``mixjax data build mixpile``) and the tiktoken
+``gpt2`` encoding in tiktoken's local cache (``pip install mixjax[tokenizers]``).
+
+Commands (docs/scaling.md):
+    # one node, 8 GPUs, one process:
+    mixjax train configs/lm_124m_gpu.py --set train.run_dir=runs/gpt124m
+    # a SLURM cluster, 2 nodes x 8 GPUs, one process per GPU:
+    scripts/launch_slurm.sh --nodes 2 --gpus-per-node 8 -- \
+        mixjax train configs/lm_124m_gpu.py --set train.run_dir=/shared/runs/gpt124m   # a filesystem all nodes see
+
+Expected: not yet measured on GPUs (no GPU was available when this was written);
+``benchmarks/bench_gpu_mfu.py`` reports its tokens/s and MFU.
+"""
+
+from mixjax.config import Config
+
+
+def get_config() -> Config:
+    cfg = Config(name="lm_124m_gpu")
+    cfg.data.corpus = "mixpile"
+    cfg.data.tokenizer = "tiktoken"        # GPT-2 BPE (50257 tokens)
+    cfg.data.seq_len = 1024
+    cfg.data.batch_size = 512              # global batch, over all processes
+    cfg.data.workers = 4
+    cfg.model.d_model = 768
+    cfg.model.num_layers = 12
+    cfg.model.num_heads = 12
+    cfg.model.mlp = "gelu"                 # GPT-2 MLP: d_ff = 4 d_model
+    cfg.model.tie_embeddings = True
+    cfg.model.dtype = "bfloat16"           # matmuls in bf16; logits and loss in fp32
+    cfg.model.param_dtype = "float32"
+    cfg.optim.lr = 6e-4
+    cfg.optim.warmup_steps = 700
+    cfg.optim.min_lr_ratio = 0.1
+    cfg.optim.weight_decay = 0.1
+    cfg.train.steps = 20000                # ~10B tokens
+    cfg.train.grad_accum = 4               # 128 sequences per micro-step
+    cfg.train.eval_every = 500
+    cfg.train.ckpt_every = 500
+    cfg.train.log_every = 10
+    cfg.train.run_dir = "runs/lm_124m_gpu"
+    cfg.train.progress = False
+    cfg.mixing.name = "natural"
+    cfg.mesh.data = -1                     # every GPU of every process
+    cfg.mesh.fsdp = 1
+    cfg.mesh.tensor = 1
+    return cfg
