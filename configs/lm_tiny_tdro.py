@@ -32,4 +32,5 @@ def get_config() -> Config:
     cfg.mixing.name = "tdro"
     cfg.mixing.hparams = {"step_size": 0.02, "max_grad_norm": 1.0}
     cfg.mixing.sampling_weights = "uniform"
+    cfg.data.sampler = "stratified"              # every domain in every batch (2 rows each)
     return cfg
