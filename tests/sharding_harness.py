@@ -43,12 +43,12 @@ HPARAMS = {
 }
 
 
-def bigram_init(seed: int):
+def bigram_init(seed: int, vocab: int = VOCAB):
     """A two-matrix LM, ``logits = E[x] W``: compiles in a fraction of the transformer's
     time and still has parameters sharded over fsdp (``embed``) and tensor (``vocab``)."""
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    params = {"embed": 0.5 * jax.random.normal(k1, (VOCAB, 16), jnp.float32),
-              "out": 0.5 * jax.random.normal(k2, (16, VOCAB), jnp.float32)}
+    params = {"embed": 0.5 * jax.random.normal(k1, (vocab, 16), jnp.float32),
+              "out": 0.5 * jax.random.normal(k2, (16, vocab), jnp.float32)}
     return params, {"embed": ("vocab", "embed"), "out": ("embed", "vocab")}
 
 
@@ -56,13 +56,14 @@ def bigram_apply(params, tokens):
     return jnp.take(params["embed"], tokens, axis=0) @ params["out"]
 
 
-def model(kind: str):
+def model(kind: str, vocab: int = VOCAB):
     """``(apply, params, ref_params, logical_axes)`` of the ``bigram`` or ``transformer`` LM."""
     if kind == "bigram":
-        params, axes = bigram_init(0)
-        return bigram_apply, params, bigram_init(1)[0], axes
-    apply, params, axes = transformer.init(MODEL, 0)
-    return apply, params, transformer.init(MODEL, 1)[1], axes
+        params, axes = bigram_init(0, vocab)
+        return bigram_apply, params, bigram_init(1, vocab)[0], axes
+    cfg = dataclasses.replace(MODEL, vocab_size=vocab)
+    apply, params, axes = transformer.init(cfg, 0)
+    return apply, params, transformer.init(cfg, 1)[1], axes
 
 
 @dataclasses.dataclass
@@ -82,10 +83,10 @@ def build_mixer(name: str):
     return mixing.build(name, hp, domains=DOMAINS, token_counts=TOKEN_COUNTS)
 
 
-def build(names=None, kind: str = "bigram") -> Built:
+def build(names=None, kind: str = "bigram", vocab: int = VOCAB, pad: int = PAD) -> Built:
     """Step functions (unjitted) and initial states for ``names`` (all registered mixers)."""
     names = list(mixing.names() if names is None else names)
-    apply, params, ref_params, axes = model(kind)
+    apply, params, ref_params, axes = model(kind, vocab)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-2, weight_decay=0.1))
     schedule = optax.constant_schedule(3e-2)
     grad_stats = grads.make_grad_stats(grads.GradConfig(), K)
@@ -98,7 +99,7 @@ def build(names=None, kind: str = "bigram") -> Built:
             continue
         needs_ref = bool(mixer.requires & step_lib.REF_KEYS)
         fns[name] = step_lib.make_train_step(
-            apply=apply, mixer=mixer, tx=tx, num_domains=K, pad_id=PAD, lr_schedule=schedule,
+            apply=apply, mixer=mixer, tx=tx, num_domains=K, pad_id=pad, lr_schedule=schedule,
             ref_apply=apply if needs_ref else None, grad_stats=grad_stats, jit=False)
         st = state_lib.init_state(params, tx, mixer, K, seed=0,
                                   ref_params=ref_params if needs_ref else None)
@@ -123,12 +124,12 @@ def global_batches(num_steps: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def run(built: Built, mesh, batches, *, rows=None, global_batch_size=BATCH):
+def run(built: Built, mesh, batches, *, global_batch_size=BATCH):
     """Runs every mixer for ``len(batches)`` steps on ``mesh``.
 
-    ``rows``: (start, stop) of the global batch this process feeds (multi-process);
-    None feeds whole batches. Returns ``(per-mixer list of host metrics per step,
-    final states, the jitted function)``.
+    ``batches``: whole global batches, or on a multi-process run this process's rows of
+    them. Returns ``(per-mixer list of host metrics per step, final states, the jitted
+    function)``.
     """
     shardings = {n: parallel.train_state_shardings(built.states[n], built.logical_axes, mesh)
                  for n in built.names}
@@ -143,13 +144,40 @@ def run(built: Built, mesh, batches, *, rows=None, global_batch_size=BATCH):
     history = {n: [] for n in built.names}
     with jax.set_mesh(mesh):
         for b in batches:
-            if rows is not None:
-                b = {k: (v[rows[0]:rows[1]] if k not in parallel.REPLICATED_BATCH_KEYS else v)
-                     for k, v in b.items()}
             states, metrics = step(states, parallel.shard_batch(b, mesh, global_batch_size))
             for n in built.names:
                 history[n].append(jax.device_get(metrics[n]))
     return history, states, step
+
+
+def sampler_batches(process_index: int, process_count: int, num_steps: int, seed: int = 3):
+    """Batches of the real ``DomainSampler`` on 4 mixpile-tiny domains: this process's rows
+    (it reads only its share of each domain) plus the replicated per-batch values."""
+    from mixjax import data
+    sources = data.corpus_sources("mixpile-tiny")
+    sources = {d: sources[d] for d in ("code", "math", "science", "conversation")}
+    sampler = data.DomainSampler(sources, seq_len=SEQ, batch_size=BATCH, mode="stratified",
+                                 seed=seed, process_index=process_index,
+                                 process_count=process_count)
+    target = np.random.default_rng(seed).integers(0, 256, (4, SEQ + 1)).astype(np.int32)
+    out = []
+    for t in range(num_steps):
+        p = np.asarray(sampler.weights_for(t), np.float32)
+        b = next(sampler)
+        out.append({"tokens": b["tokens"], "domain_id": b["domain_id"], "sampling_weights": p,
+                    "target_tokens": target})
+    return sampler, out
+
+
+def concat_processes(per_process: list[list[dict]]) -> list[dict]:
+    """Global batches from every process's rows (what a multi-process job trains on)."""
+    out = []
+    for parts in zip(*per_process):
+        glob = dict(parts[0])
+        for k in ("tokens", "domain_id"):
+            glob[k] = np.concatenate([p[k] for p in parts])
+        out.append(glob)
+    return out
 
 
 COMPARED = ("weights", "domain_loss", "domain_count", "loss", "objective", "grad_norm")
