@@ -3,20 +3,26 @@
 Same model, same batch (B sequences, K domains, B/K per domain), in one run:
 
 * ``plain``      value_and_grad of the mean token loss + AdamW (the baseline step);
-* ``vmap``       stratified vmap(grad): gram + grad_norm + grad_dot, model gradient
-                 sum_d w_d g_d from the materialised per-domain gradients (DoGE's step);
+* ``plain+tgt``  plain + the target gradient g_t (the floor for DoGE-OOD / DGA);
+* ``vmap-univ``  stratified vmap(grad): gram + grad_norm, model gradient sum_d w_d g_d
+                 from the materialised per-domain gradients (DoGE universal's step; no
+                 target batch);
+* ``vmap``       the same plus grad_dot with a target gradient (DoGE-OOD's step);
 * ``vmap-rows``  one forward, vmap of the VJP over K one-hot rows (any composition);
 * ``chunked``    lax.map over groups of ``--chunk`` domains: grad_dot + grad_norm,
                  then one weighted backward;
-* ``jvp``        linearize once: grad_dot by the tangent pass, the model gradient by its
-                 transpose (DGA's step);
+* ``jvp``        jax.jvp for grad_dot, then one VJP for the model gradient (DGA's step);
+* ``jvp-lin``    jvp_mode="linearize": one linearisation, tangent pass + its transpose;
 * ``reference``  the reference-code way (DoGE's trainer): one jitted backward per
                  domain in a Python loop, each gradient flattened into a K x P host
                  numpy matrix, scores and the weighted gradient on the host, then AdamW.
 
-Every step except ``plain`` also computes the target gradient g_t on a target batch
-of ``--target-seqs`` sequences (DoGE-OOD / DGA need it; ``plain`` does not).
-Memory: XLA's compiled memory analysis (``jitted.lower(...).compile().memory_analysis()``),
+Every step except ``plain`` and ``vmap-univ`` also computes the target gradient g_t on a
+target batch of ``--target-seqs`` sequences (DoGE-OOD / DGA need it; ``plain`` does not),
+a fixed extra cost of about target-seqs / batch of a plain step.
+Times are medians of ``--reps`` runs alternating with the plain step (the ratio
+column divides by the plain step's median over the same window), since shared
+machines drift. Memory: XLA's compiled memory analysis (``jitted.lower(...).compile().memory_analysis()``),
 temp + output + argument - alias bytes; "extra" is that minus the plain step's,
 in units of the parameter bytes. The reference's host matrix is K x P x 4 bytes of
 host RAM on top of its device memory.
@@ -70,24 +76,38 @@ def make_steps(tlf, k, tx, chunk):
 
     def engine(cfg, needs):
         def step(params, opt, batch):
-            gt = G.target_grad(tlf, params, G.target_batch(batch))
+            gt = None
+            if "grad_dot" in needs:
+                gt = G.target_grad(tlf, params, G.target_batch(batch))
             out = G.domain_grads(tlf, params, batch, num_domains=k, needs=needs, config=cfg,
                                  target=gt)
             # a DoGE/DGA-like weight from the statistics, then the weighted gradient
-            w = jax.nn.softmax(out.stats["grad_dot"])
+            score = out.stats["grad_dot"] if "grad_dot" in needs else out.stats["gram"].sum(1)
+            w = jax.nn.softmax(score)
             g = out.combine(w)
             u, opt = tx.update(g, opt, params)
             return optax.apply_updates(params, u), opt, out.stats
         return step
 
+    def plain_target(params, opt, batch):
+        """plain + the target gradient: the floor for methods that need g_t."""
+        g = jax.grad(lambda p: G.mean_loss(tlf, p, {"tokens": batch["tokens"]}))(params)
+        gt = G.target_grad(tlf, params, G.target_batch(batch))
+        g = jax.tree.map(lambda a, b: a + 1e-3 * b, g, gt)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), opt
+
     full = {"grad_dot", "gram", "grad_norm"}
     return {
         "plain": plain,
+        "plain+tgt": plain_target,
+        "vmap-univ": engine(G.GradConfig(strategy="vmap"), {"gram", "grad_norm"}),
         "vmap": engine(G.GradConfig(strategy="vmap"), full),
         "vmap-rows": engine(G.GradConfig(strategy="vmap", layout="rows"), full),
         "chunked": engine(G.GradConfig(strategy="chunked", chunk_size=chunk),
                           {"grad_dot", "grad_norm"}),
         "jvp": engine(G.GradConfig(strategy="jvp"), {"grad_dot"}),
+        "jvp-lin": engine(G.GradConfig(strategy="jvp", jvp_mode="linearize"), {"grad_dot"}),
     }
 
 
@@ -99,14 +119,16 @@ def mem_bytes(compiled):
             - m.alias_size_in_bytes)
 
 
-def timeit(fn, reps):
-    fn()  # warm
-    ts = []
+def timeit_pair(fn, base, reps):
+    """Median times of ``fn`` and ``base``, run alternately (shared machines drift)."""
+    fn(), base()  # warm
+    ts, bs = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+        for f, out in ((base, bs), (fn, ts)):
+            t0 = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t0)
+    return float(np.median(ts)), float(np.median(bs))
 
 
 def reference_step(tlf, params, opt, batch, k, tx):
@@ -174,20 +196,20 @@ def main(argv=None):
     for k in [int(x) for x in args.ks.split(",")]:
         batch = batch_for(k, args)
         steps = make_steps(tlf, k, tx, min(args.chunk, k))
-        base_t = base_m = None
-        for name, fn in steps.items():
-            jitted = jax.jit(fn)
-            compiled = jitted.lower(params, opt, batch).compile()
-            mem = mem_bytes(compiled)
-            t = timeit(lambda: jax.block_until_ready(compiled(params, opt, batch)), args.reps)
-            if name == "plain":
-                base_t, base_m = t, mem
-            print(f"{k:>3} {name:<10} {t * 1e3:>9.1f} {t / base_t:>8.2f} {mem / 2**20:>9.1f} "
+        compiled = {name: jax.jit(fn).lower(params, opt, batch).compile()
+                    for name, fn in steps.items()}
+        runner = {name: (lambda c=c: jax.block_until_ready(c(params, opt, batch)))
+                  for name, c in compiled.items()}
+        base_m = mem_bytes(compiled["plain"])
+        for name in steps:
+            mem = mem_bytes(compiled[name])
+            t, tb = timeit_pair(runner[name], runner["plain"], args.reps)
+            print(f"{k:>3} {name:<10} {t * 1e3:>9.1f} {t / tb:>8.2f} {mem / 2**20:>9.1f} "
                   f"{(mem - base_m) / p_bytes:>13.2f}", flush=True)
         if not args.skip_reference:
             run, host = reference_step(tlf, params, opt, batch, k, tx)
-            t = timeit(run, max(2, args.reps // 2))
-            print(f"{k:>3} {'reference':<10} {t * 1e3:>9.1f} {t / base_t:>8.2f} "
+            t, tb = timeit_pair(run, runner["plain"], max(2, args.reps // 2))
+            print(f"{k:>3} {'reference':<10} {t * 1e3:>9.1f} {t / tb:>8.2f} "
                   f"{'host +' + format(host / 2**20, '.1f'):>9} {'(K x P host)':>13}", flush=True)
 
 

@@ -30,11 +30,15 @@ Strategies (``GradConfig.strategy``):
     batch composition: one forward, then ``vmap`` of the VJP over the K
     one-hot domain-indicator rows (K backward passes; jax-stack.md B6).
 ``jvp``
-    One ``jax.linearize`` of the per-domain loss vector ``L(theta) in R^K``;
-    ``grad_dot = J_L g_t`` is the tangent pass, ``combine(c) = J_L^T c`` its
-    transpose (a single backward). Any batch composition; extra memory
-    O(1) x params (g_t and one tangent). Supplies inner products with one
-    direction only: asking it for ``gram`` or ``grad_norm`` is a config error.
+    Forward mode on the per-domain loss vector ``L(theta) in R^K``:
+    ``grad_dot = J_L g_t`` by one ``jax.jvp`` (primal and tangent together,
+    nothing stored for a backward pass), then ``combine(c) = J_L^T c`` by one
+    VJP (a plain forward + backward). Any batch composition; extra memory
+    O(1) x params (g_t and the tangents), whatever K. ``jvp_mode="linearize"``
+    instead linearises once and transposes the same linearisation (one forward
+    pass fewer, but the residuals stay alive through the tangent pass: more
+    activation memory). Supplies inner products with one direction only:
+    asking it for ``gram`` or ``grad_norm`` is a config error.
 ``chunked``
     ``jax.lax.map`` over groups of ``chunk_size`` domains of the stratified
     layout: memory ``chunk_size`` x params. ``grad_dot``/``grad_norm`` cost one
@@ -84,12 +88,16 @@ class GradConfig:
     layout: str = "stratified"        # vmap only: "stratified" or "rows"
     chunk_size: int = 1               # chunked only: domains per group (must divide K)
     param_filter: str | None = None   # regex on keystr(path); None = all parameters
+    jvp_mode: str = "separate"        # jvp only: "separate" (jvp, then a VJP) or "linearize"
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"grads.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"grads.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.jvp_mode not in ("separate", "linearize"):
+            raise ValueError(f"grads.jvp_mode must be 'separate' or 'linearize', "
+                             f"got {self.jvp_mode!r}")
         if self.chunk_size < 1:
             raise ValueError(f"grads.chunk_size must be >= 1, got {self.chunk_size}")
         if self.param_filter is not None:
@@ -283,13 +291,22 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         return pull(c.astype(jnp.float32))[0]
 
     if config.strategy == "jvp":
-        losses, lin, counts = jax.linearize(loss_vec, params, has_aux=True)
-        stats["loss"], stats["count"] = losses, counts
         if "grad_dot" in needs:
             direction = _merge(t_sel, jax.tree.map(jnp.zeros_like, _split(params, mask)[1]))
-            stats["grad_dot"] = lin(direction)
-        transpose = jax.linear_transpose(lin, params)
-        return DomainGrads(stats, lambda c: transpose(c.astype(jnp.float32))[0])
+        else:
+            direction = jax.tree.map(jnp.zeros_like, params)
+        if config.jvp_mode == "linearize":
+            losses, lin, counts = jax.linearize(loss_vec, params, has_aux=True)
+            dots = lin(direction)
+            transpose = jax.linear_transpose(lin, params)
+            combine = lambda c: transpose(c.astype(jnp.float32))[0]   # noqa: E731
+        else:
+            (losses, counts), (dots, _) = jax.jvp(loss_vec, (params,), (direction,))
+            combine = backward_combine
+        stats["loss"], stats["count"] = losses, counts
+        if "grad_dot" in needs:
+            stats["grad_dot"] = dots
+        return DomainGrads(stats, combine)
 
     if config.strategy == "vmap" and config.layout == "rows":
         sel, rest = _split(params, mask)

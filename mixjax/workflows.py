@@ -64,6 +64,9 @@ RECIPES: dict[str, Recipe] = {
     "doremi": Recipe(
         name="doremi", mixer="doremi", needs_reference=True,
         help="DoReMi (Xie et al. 2023): reference -> DRO proxy -> base model vs baseline"),
+    "doge": Recipe(
+        name="doge", mixer="doge", needs_reference=False,
+        help="DoGE (Fan et al. 2024): gradient-alignment proxy -> base model vs baseline"),
 }
 
 
@@ -180,6 +183,8 @@ def _phase_config(cfg, run_dir: pathlib.Path, seed: int, name: str, *,
         c.mixing.apply_to = None
         c.mixing.sample_reweight = None
         c.mixing.sample_reweight_hparams = {}
+        if c.data.sampler == "per_domain":   # per_domain ignores weights (a DoGE proxy's)
+            c.data.sampler = "stratified"
         if mixture is not None:
             c.mixing.name, c.mixing.hparams = "manual", {"weights_by_domain": dict(mixture)}
         else:
