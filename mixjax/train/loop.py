@@ -46,7 +46,9 @@ from mixjax.train.data import TrainData, build_data
 
 # Keys that may differ between a run's saved config and the one it is resumed with.
 RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
-                     "train.ckpt_every", "train.keep_ckpts")
+                     "train.ckpt_every", "train.keep_ckpts",
+                     # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
+                     "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
 class RunDirError(ValueError):
