@@ -1,0 +1,133 @@
+"""Step time of the loss-signal mixers relative to plain training, measured side by side.
+
+    python benchmarks/bench_mixers.py [--d-model 128 --layers 2 --seq 128 --batch 16
+                                       --domains 8 --steps 20 --rounds 5]
+
+Every method compiles the same train step (``mixjax.train.step.make_train_step``)
+for the same model, optimiser and batch; only the mixer (and for DoReMi/tDRO
+the frozen reference forward pass) differs. Methods run in interleaved rounds
+(a shuffled order each round) so machine-load drift hits them alike; the
+reported time is the median over rounds of the mean step time.
+
+ADO refits its power law every ``refit_every`` (1000) steps inside the step
+(``lax.cond``): ``ado`` is the ordinary step, ``ado[refit]`` a step that refits
+every time, and the ``ado amortised`` line adds (refit - ordinary) / 1000.
+
+Targets (issue): <= 1.05x plain for GroupDRO, ODM, ADO, sample reweighting;
+<= 1.45x for DoReMi (one extra forward pass of the reference model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax import mixing
+from mixjax.config import OptimConfig
+from mixjax.mixing import sample_reweight
+from mixjax.models import transformer
+from mixjax.train import state as state_lib
+from mixjax.train import step as step_lib
+
+TARGETS = {"groupdro": 1.05, "odm": 1.05, "odm_smoothed": 1.05, "ado": 1.05,
+           "ado amortised": 1.05, "quadratic reweight": 1.05, "doremi": 1.45, "tdro": 1.45}
+
+
+def methods(refit_every: int):
+    """name -> (mixer name, hparams, sample reweighting shape or None)."""
+    return {
+        "plain": ("uniform", {}, None),
+        "groupdro": ("groupdro", {}, None),
+        "doremi": ("doremi", {"vocab_size": 264}, None),
+        "tdro": ("tdro", {}, None),
+        "odm": ("odm", {"warmup_steps": 0}, None),
+        "odm_smoothed": ("odm_smoothed", {"warmup_steps": 0}, None),
+        "ado": ("ado", {"start_step": 0, "ignore_steps": 0, "refit_every": refit_every}, None),
+        "ado[refit]": ("ado", {"start_step": 0, "ignore_steps": 0, "refit_every": 1,
+                               "min_fit_points": 1}, None),
+        "quadratic reweight": ("uniform", {}, "quadratic"),
+    }
+
+
+def build(args, name, spec, params, apply, k):
+    mixer_name, hp, shape = spec
+    mixer = mixing.get(mixer_name, **hp)
+    tx, schedule = state_lib.make_optimizer(OptimConfig(), 10_000)
+    needs_ref = bool(mixer.requires & step_lib.REF_KEYS)
+    sw = sample_reweight.get(shape, burn_in=0) if shape else None
+    step = step_lib.make_train_step(apply=apply, mixer=mixer, tx=tx, num_domains=k, pad_id=256,
+                                    lr_schedule=schedule, ref_apply=apply if needs_ref else None,
+                                    sample_weights=sw)
+    ref = jax.tree.map(jnp.copy, params) if needs_ref else None
+    state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mixer, k, 0, ref)
+    return step, state
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--domains", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20, help="steps per timing")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--refit-every", type=int, default=1000)
+    p.add_argument("--only", default=None, help="comma-separated subset of methods")
+    args = p.parse_args(argv)
+
+    k = args.domains
+    cfg = transformer.TransformerConfig(vocab_size=264, d_model=args.d_model,
+                                        num_layers=args.layers, num_heads=args.heads)
+    apply, params, _ = transformer.init(cfg, 0)
+    rng = np.random.default_rng(0)
+    batch = {"tokens": jnp.asarray(rng.integers(0, 256, (args.batch, args.seq + 1)), jnp.int32),
+             "domain_id": jnp.asarray(np.arange(args.batch) % k, jnp.int32),
+             "sampling_weights": jnp.full((k,), 1.0 / k, jnp.float32)}
+    specs = methods(args.refit_every)
+    if args.only:
+        wanted = ["plain"] + [m for m in args.only.split(",") if m != "plain"]
+        specs = {m: specs[m] for m in wanted}
+    runs = {}
+    for name, spec in specs.items():
+        step, state = build(args, name, spec, params, apply, k)
+        state, m = step(state, batch)                       # compile + first step
+        jax.block_until_ready(m["objective"])
+        runs[name] = [step, state]
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    for _ in range(args.rounds):
+        random.Random(len(times["plain"])).shuffle(order)
+        for name in order:
+            step, state = runs[name]
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                state, m = step(state, batch)
+            jax.block_until_ready(m["objective"])
+            times[name].append((time.perf_counter() - t0) / args.steps)
+            runs[name][1] = state
+
+    med = {name: statistics.median(v) for name, v in times.items()}
+    if "ado" in med and "ado[refit]" in med:
+        med["ado amortised"] = med["ado"] + (med["ado[refit]"] - med["ado"]) / args.refit_every
+    plain = med["plain"]
+    print(f"device {jax.devices()[0].platform}, model d={args.d_model} L={args.layers}, "
+          f"batch {args.batch}x{args.seq}, K={k}, {args.rounds} rounds x {args.steps} steps")
+    print(f"{'method':<20}{'ms/step':>10}{'ratio':>8}{'target':>8}")
+    for name, t in med.items():
+        target = TARGETS.get(name)
+        flag = "" if target is None else ("  ok" if t / plain <= target else "  OVER")
+        tgt = f"{target:.2f}" if target else "-"
+        print(f"{name:<20}{1e3 * t:>10.2f}{t / plain:>8.3f}{tgt:>8}{flag}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
