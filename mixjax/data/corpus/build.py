@@ -145,11 +145,29 @@ def _log(msg: str) -> None:
     print(f"[mixjax data build] {msg}", file=sys.stderr, flush=True)
 
 
+_SHA256_MEMO: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) within the process (inputs are shared)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    _memo = _SHA256_MEMO
+    if key not in _memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _memo[key] = h.hexdigest()
+    return _memo[key]
+
+
 def _extract_cached(src: Source, paths: list[Path], cache_root: Path) -> list[dict]:
     """The normalised documents of a source, from the extraction cache when possible.
 
-    Cache key = sha256(source, EXTRACT_VERSION, input file names and sizes)."""
-    key_src = json.dumps([src.name, EXTRACT_VERSION, [(p.name, p.stat().st_size) for p in paths]])
+    Cache key = sha256(source, EXTRACT_VERSION, input file names and their sha256), so a
+    regenerated or re-downloaded input with other content is extracted again."""
+    key_src = json.dumps([src.name, EXTRACT_VERSION, [(p.name, file_sha256(p)) for p in paths]])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cached = cache_root / "extracted" / f"{src.name}-{key}.jsonl"
     if cached.is_file():
@@ -262,6 +280,7 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
     # ---- fetch + extract, source by source
     docs: dict[str, list[dict]] = {}
     archives: dict[str, list[str]] = {}
+    input_sha: dict[str, dict[str, str]] = {}
     missing, skipped, source_seconds = {}, {}, {}
     wanted = list(dict.fromkeys(recipe.sources))
     bar = tqdm(wanted, desc=f"build {recipe.name}", unit="source", disable=not progress, file=sys.stderr)
@@ -285,6 +304,7 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
             bar.write(f"[mixjax data build] SOURCE NOT AVAILABLE: {s!r} ({src.domain}): {missing[s]}")
             continue
         archives[s] = [p.name for p in paths]
+        input_sha[s] = {p.name: file_sha256(p) for p in paths}
         source_seconds[s] = round(time.perf_counter() - ts, 2)
     bar.close()
 
@@ -331,7 +351,8 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
             "documents": sum(d["documents"] for d in manifest_domains.values()),
             "bytes": sum(d["bytes"] for d in manifest_domains.values()),
             "domains": manifest_domains,
-            "sources": {s: {"domain": sources[s].domain, "licence": sources[s].licence, "inputs": archives[s]}
+            "sources": {s: {"domain": sources[s].domain, "licence": sources[s].licence, "inputs": archives[s],
+                            "input_sha256": input_sha[s]}
                         for s in wanted if s in archives},
             "missing_sources": {s: missing[s] for s in wanted if s in missing},
             "skipped_optional_sources": sorted(skipped),
