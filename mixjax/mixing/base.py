@@ -141,8 +141,9 @@ def guarded_update(mixer: Mixer, state: State, stats: Mapping[str, Array], step:
 
     If any required per-domain statistic of a domain is non-finite (per-token
     and per-sequence statistics are attributed to domains through
-    ``domain_id``), or the new weights are, the previous state is kept and ``nonfinite_domain`` names the
-    first culprit (the weights' index if the statistics looked fine).
+    ``domain_id``), or the new weights are, the previous state is kept and
+    ``nonfinite_domain`` names the first culprit (the weights' index if the
+    statistics looked fine).
     """
     new = mixer.update(state, stats, step)
     k = state["weights"].shape[0]
