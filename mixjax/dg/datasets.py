@@ -235,9 +235,16 @@ def _mnist_float(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images[perm].astype(np.float32) / 255.0, labels[perm]
 
 
-def colored_mnist(seed: int = 0, env_probs: Sequence[float] = (0.1, 0.2, 0.9), label_noise: float = 0.25) -> EnvDataset:
-    """DomainBed ColoredMNIST (envs '+90%', '+80%', '-90%') from MNIST-5k; x: f32[N, 28, 28, 2]."""
+def colored_mnist(
+    seed: int = 0, env_probs: Sequence[float] = (0.1, 0.2, 0.9), label_noise: float = 0.25, downsample: int = 1
+) -> EnvDataset:
+    """DomainBed ColoredMNIST (envs '+90%', '+80%', '-90%') from MNIST-5k; x: f32[N, 28, 28, 2].
+
+    ``downsample=2`` keeps every second pixel (14x14), as the original IRM code
+    (``images[:, ::2, ::2]``); DomainBed keeps 28x28 (its subsampling is commented out).
+    """
     images, digits = _mnist_float(seed)
+    images = images[:, ::downsample, ::downsample]
     rng = np.random.default_rng([seed, 1])
     envs, names = [], []
     for i, e in enumerate(env_probs):
@@ -251,12 +258,15 @@ def colored_mnist(seed: int = 0, env_probs: Sequence[float] = (0.1, 0.2, 0.9), l
     return EnvDataset("colored_mnist", tuple(names), tuple(envs), num_classes=2)
 
 
-def rotated_mnist(seed: int = 0, angles: Sequence[float] = (0, 15, 30, 45, 60, 75)) -> EnvDataset:
-    """DomainBed RotatedMNIST from MNIST-5k (~833 images per env); x: f32[N, 28, 28, 1]."""
+def rotated_mnist(seed: int = 0, angles: Sequence[float] = (0, 15, 30, 45, 60, 75), downsample: int = 1) -> EnvDataset:
+    """DomainBed RotatedMNIST from MNIST-5k (~833 images per env); x: f32[N, 28, 28, 1].
+
+    ``downsample=2`` keeps every second pixel of the rotated image (14x14; CPU-sized runs).
+    """
     images, digits = _mnist_float(seed)
     envs = []
     for i, angle in enumerate(angles):
-        img = rotate_images(images[i :: len(angles)], angle)
+        img = rotate_images(images[i :: len(angles)], angle)[:, ::downsample, ::downsample]
         envs.append((img[..., None], digits[i :: len(angles)]))
     return EnvDataset("rotated_mnist", tuple(str(a) for a in angles), tuple(envs), num_classes=10)
 
