@@ -6,6 +6,7 @@ Each extractor takes the source's archive paths (in catalogue order) and yields
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import subprocess
@@ -49,11 +50,12 @@ def python_docs(paths: list[Path]) -> Iterator[tuple[str, str]]:
             yield name.split("/_sources/", 1)[1], decode(raw)
 
 
-def _render_man(raw_gz: bytes) -> str:
+def _render_man(raw_gz: bytes, groff: str) -> str:
     # -P-cbou: grotty without SGR escapes, overstriking bold or underline -> plain text.
+    # A minimal environment (no GROFF_* or locale variables) keeps the rendering reproducible.
     src = zlib.decompress(raw_gz, 16 + zlib.MAX_WBITS)
-    proc = subprocess.run(["groff", "-man", "-Tutf8", "-P-cbou"], input=src, capture_output=True,
-                          env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin:/usr/local/bin"}, timeout=120)
+    proc = subprocess.run([groff, "-man", "-Tutf8", "-P-cbou"], input=src, capture_output=True,
+                          env={"LC_ALL": "C.UTF-8", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, timeout=120)
     return proc.stdout.decode("utf-8", "replace")
 
 
@@ -61,13 +63,14 @@ def man_pages(paths: list[Path]) -> Iterator[tuple[str, str]]:
     """Linux man pages rendered to plain text with groff (manpages, manpages-dev).
 
     ``.so`` redirect stubs and symlinks are skipped (rendered text under 1,000 chars)."""
-    if which("groff") is None:
+    groff = which("groff")
+    if groff is None:
         raise FetchError("man pages need `groff` (Debian package groff-base) to render; it is not installed")
     pages = []
     for path in paths:
         pages += list(tar_files(deb_data_tar(path), r"^usr/share/man/man[1-8]/[^/]+\.gz$"))
     with ThreadPoolExecutor(max_workers=2) as pool:  # groff is the slow part of every cold build
-        rendered = list(pool.map(lambda p: _render_man(p[1]), pages))
+        rendered = list(pool.map(lambda p: _render_man(p[1], groff), pages))
     for (name, _), text in zip(pages, rendered):
         if len(text) >= 1000:
             yield name[len("usr/share/man/"):-3], text
