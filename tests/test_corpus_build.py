@@ -152,8 +152,13 @@ def test_refuses_a_foreign_nonempty_directory(fake, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(CorpusExistsError, match="not a finished corpus"):
+    with pytest.raises(CorpusExistsError, match="not a corpus directory"):
         _build(fake, out)
+    with pytest.raises(CorpusExistsError, match="even with overwrite"):  # e.g. `--out ~ --overwrite`
+        _build(fake, out, overwrite=True)
+    (out / "manifest.json").write_text("{}")  # a manifest does not make a user's folder a corpus
+    with pytest.raises(CorpusExistsError, match="even with overwrite"):
+        _build(fake, out, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
 
 

@@ -224,11 +224,24 @@ def _write_domain(path: Path, domain: str, chosen: list[dict], pools: dict[str, 
     return h.hexdigest(), per_source
 
 
+def _is_corpus_dir(path: Path) -> bool:
+    """A finished corpus: manifest.json present and nothing but <domain>.jsonl, manifest.json, NOTICE."""
+    if not (path / "manifest.json").is_file():
+        return False
+    return all(p.is_file() and (p.suffix == ".jsonl" or p.name in ("manifest.json", "NOTICE")) for p in path.iterdir())
+
+
 def _check_destination(dest: Path, overwrite: bool) -> None:
-    if (dest / "manifest.json").exists() and not overwrite:
-        raise CorpusExistsError(f"{dest} already holds a finished corpus; pass overwrite=True (`--overwrite`) to rebuild it")
-    if dest.exists() and not overwrite and (not dest.is_dir() or any(dest.iterdir())):
-        raise CorpusExistsError(f"{dest} exists and is not a finished corpus; remove it or pass overwrite=True (`--overwrite`)")
+    """Refuse to replace a finished corpus without ``overwrite``, and anything else always
+    (``--out ~ --overwrite`` must never delete a home directory)."""
+    if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+        return
+    if _is_corpus_dir(dest):
+        if not overwrite:
+            raise CorpusExistsError(f"{dest} already holds a finished corpus; pass overwrite=True (`--overwrite`) to rebuild it")
+        return
+    raise CorpusExistsError(f"{dest} exists and is not a corpus directory (only <domain>.jsonl, manifest.json, NOTICE); "
+                            "refusing to replace it, even with overwrite: remove it or choose another output directory")
 
 
 def _notice(recipe: Recipe, used: dict[str, Source], archives: dict[str, list[str]]) -> str:
