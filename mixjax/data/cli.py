@@ -106,6 +106,7 @@ def _print_info(stats: dict, show_sources: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "build":
         from mixjax.data.corpus import CorpusExistsError, build, mathgen
+        from mixjax.data.corpus.build import BuildError
         from mixjax.data.corpus.fetch import cache_dir
         try:
             if args.mathgen and not (cache_dir(args.cache_dir) / mathgen.ARTIFACT).is_file():
@@ -115,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         except (CorpusExistsError, KeyError) as exc:
             print(f"mixjax data build: {exc.args[0] if exc.args else exc}", file=sys.stderr)
             return 2
+        except BuildError as exc:
+            print(f"mixjax data build: {exc}", file=sys.stderr)
+            return 1
         mb = sum(v["bytes"] for v in r.domains.values()) / 1e6
         docs = sum(v["documents"] for v in r.domains.values())
         print(f"built {r.name}: {len(r.domains)} domains, {docs} documents, {mb:.2f} MB text -> {r.path} "

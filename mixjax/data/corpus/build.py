@@ -352,7 +352,8 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
                 incomplete[dom] = (f"domain {dom!r} lacks sources {', '.join(gone)}: its size is fine but its "
                                    "source mix differs from the recipe")
         if not manifest_domains:
-            raise BuildError(f"corpus {recipe.name!r}: no source could be read; nothing written. Missing: {missing}")
+            raise BuildError(f"corpus {recipe.name!r}: none of its {len(wanted)} sources could be read, nothing written "
+                             f"(first: {next(iter(missing.items()), ('-', '-'))[0]}: {next(iter(missing.values()), '-')})")
         manifest = {
             "name": recipe.name,
             "format_version": FORMAT_VERSION,
