@@ -10,10 +10,10 @@ Needs: the ``mixpile`` corpus (``mixjax data build mixpile``) and the tiktoken
 
 Commands (docs/scaling.md):
     # one node, 8 GPUs, one process:
-    mixjax train configs/lm_124m_gpu.py --set train.run_dir=runs/gpt124m
+    mixjax train configs/lm_124m_gpu.py --resume --set train.run_dir=runs/gpt124m
     # a SLURM cluster, 2 nodes x 8 GPUs, one process per GPU:
     scripts/launch_slurm.sh --nodes 2 --gpus-per-node 8 -- \
-        mixjax train configs/lm_124m_gpu.py --set train.run_dir=/shared/runs/gpt124m   # a filesystem all nodes see
+        mixjax train configs/lm_124m_gpu.py --resume --set train.run_dir=/shared/runs/gpt124m
 
 Expected: not yet measured on GPUs (no GPU was available when this was written);
 ``benchmarks/bench_gpu_mfu.py`` reports its tokens/s and MFU.

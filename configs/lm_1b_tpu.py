@@ -14,7 +14,7 @@ all hosts).
 
 Command (docs/scaling.md), on a v4-32 slice (16 chips, 4 hosts):
     scripts/launch_tpu.sh --name mix-v4-32 --zone us-central2-b --accelerator v4-32 --spot -- \
-        mixjax train configs/lm_1b_tpu.py --set train.run_dir=/gcs/BUCKET/runs/lm_1b
+        mixjax train configs/lm_1b_tpu.py --resume --set train.run_dir=/gcs/BUCKET/runs/lm_1b
 
 Expected: not measured (no TPU was available when this was written).
 """

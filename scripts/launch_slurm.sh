@@ -12,7 +12,8 @@
 #   per-gpu : CUDA_VISIBLE_DEVICES=$SLURM_LOCALID, JAX_LOCAL_DEVICE_IDS=0
 #   per-node: JAX_LOCAL_DEVICE_IDS=0,...,G-1  (JAX's SLURM default would be [SLURM_LOCALID]=[0])
 # Preemption: the job is submitted with --requeue; COMMAND must resume from its latest
-# checkpoint (mixjax train does when its workdir holds one).
+# checkpoint (`mixjax train ... --resume` does; the run dir must be on a filesystem all
+# nodes see).
 #
 # Options:
 #   --nodes N            nodes (default 1)
@@ -26,7 +27,7 @@
 #
 # Example (2 nodes x 8 GPUs, GPT-2 124M config; see docs/scaling.md):
 #   scripts/launch_slurm.sh --nodes 2 --gpus-per-node 8 --partition gpu -- \
-#     mixjax train --config configs/lm_124m_gpu.py --set train.workdir=/shared/runs/gpt124m
+#     mixjax train configs/lm_124m_gpu.py --resume --set train.run_dir=/shared/runs/gpt124m
 set -euo pipefail
 
 NODES=1 GPN=8 MODE="per-gpu" PARTITION="" ACCOUNT="" TIME="24:00:00" JOB_NAME="mixjax"

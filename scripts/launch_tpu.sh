@@ -14,7 +14,8 @@
 #      ~/mixjax-logs/run.log;
 #   5. preemption-friendly: if COMMAND fails and the slice is PREEMPTED (or gone), delete and
 #      recreate it, reinstall and rerun the same COMMAND, up to --max-restarts times. COMMAND
-#      must resume from its latest checkpoint, so give it a workdir on GCS (gs://...).
+#      must resume from its latest checkpoint (`mixjax train ... --resume`), so its run dir
+#      must outlive the VM and be seen by every worker: a gcsfuse mount of a bucket.
 #
 # Options:
 #   --name NAME            TPU VM name (required)
@@ -34,7 +35,8 @@
 #
 # Example (pod slice, 1B config, checkpoints on GCS; see docs/scaling.md):
 #   scripts/launch_tpu.sh --name mix-v4-32 --zone us-central2-b --accelerator v4-32 --spot -- \
-#     mixjax train --config configs/lm_1b_tpu.py --set train.workdir=gs://BUCKET/runs/lm1b
+#     mixjax train configs/lm_1b_tpu.py --resume --set train.run_dir=/gcs/BUCKET/runs/lm1b
+# (/gcs/BUCKET: a gcsfuse mount on every worker; --resume also starts a fresh run)
 set -euo pipefail
 
 NAME="" ZONE="" ACCEL="" VERSION="tpu-ubuntu2204-base" PROJECT="" SPOT=0 CODE="copy" REPO=""

@@ -72,7 +72,8 @@ def _printed(stdout):
 
 
 TPU_ARGS = ["--name", "mix-v4", "--log-dir", "LOGDIR", "--zone", "us-central2-b", "--accelerator", "v4-32", "--spot"]
-USER_CMD = ["mixjax", "train", "--config", "configs/lm_1b_tpu.py", "--set", "train.workdir=gs://b/r x"]
+USER_CMD = ["mixjax", "train", "configs/lm_1b_tpu.py", "--resume", "--set",
+            "train.run_dir=/gcs/b/run x"]
 
 
 def test_tpu_dry_run_prints_every_step_and_calls_nothing(fake_path):

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        # Multi-host (MIXJAX_DISTRIBUTED=1, set by scripts/launch_*.sh): join the job before
+        # any other JAX call; a no-op otherwise.
+        from mixjax import distributed
+        distributed.initialize()
     from mixjax.config import ConfigError
     from mixjax.train import loop
     try:
