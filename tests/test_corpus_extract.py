@@ -62,8 +62,9 @@ def test_rdb_reader_and_austen_chapters():
 
 def test_brown_detokenize():
     tagged = ("\n\n\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' ,/, and/cc "
-              "Atlanta's/np$ (/( city/nn )/) won/vbd ./.\n\n\n\tNext/ap one/cd ./.\n")
-    assert brown_detokenize(tagged) == 'The jury said "no evidence", and Atlanta\'s (city) won.\n\nNext one.'
+              "Atlanta's/np$ (/( city/nn )/) won/vbd ;/. ;/.\nit/pps did/dod ./.\n\n\n\tNext/ap one/cd ?/. ?/.\n")
+    assert brown_detokenize(tagged) == ('The jury said "no evidence", and Atlanta\'s (city) won; it did.\n\n'
+                                        'Next one?')
 
 
 def test_chatterbot_yaml_reader_matches_pyyaml():

