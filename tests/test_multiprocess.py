@@ -115,3 +115,40 @@ def test_async_multi_process_checkpoint_restores_state_and_each_sampler(workers)
         assert w["host_step"] == 3
         assert w["sampler_process"] == r       # its own sampler state, not process 0's
         assert w["sampler_resumes_exactly"], f"process {r}: sampler did not resume exactly"
+
+
+@pytest.mark.slow
+def test_mixjax_train_cli_on_two_processes_resumes(tmp_path):
+    """``mixjax train`` end to end as the launch scripts run it (MIXJAX_* variables): a
+    data=8 mesh over 2 processes, async checkpoints with per-process sampler states,
+    then ``--resume`` to more steps; process 0 alone writes the logs (~3 min)."""
+    run_dir = tmp_path / "run"
+    sets = ["--set", "train.eval_every=2", "--set", "train.ckpt_every=2",
+            "--set", f"train.run_dir={run_dir}", "--set", "data.seq_len=32",
+            "--set", "model.d_model=32", "--set", "mesh.data=-1", "--set", "train.progress=False"]
+    config = str(pathlib.Path(__file__).parents[1] / "configs" / "lm_tiny_uniform.py")
+
+    def launch(steps):
+        port = _free_port()
+        procs = []
+        for r in range(NPROC):
+            env = dict(os.environ, JAX_PLATFORMS="cpu", MIXJAX_COORDINATOR=f"127.0.0.1:{port}",
+                       MIXJAX_NUM_PROCESSES=str(NPROC), MIXJAX_PROCESS_ID=str(r),
+                       XLA_FLAGS="--xla_force_host_platform_device_count=4")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "mixjax.cli", "train", config, "--resume",
+                 "--set", f"train.steps={steps}", *sets],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for p in procs:
+            out = p.communicate(timeout=TIMEOUT_S)[0]
+            assert p.returncode == 0, out[-4000:]
+
+    launch(4)
+    ck = run_dir / "checkpoints" / "4" / "process"
+    assert sorted(x.name for x in ck.glob("process_*.json")) == \
+        ["process_0-of-2.json", "process_1-of-2.json"]
+    launch(6)
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]        # one writer, no duplicated or lost records
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["processes"] == 2 and info["mesh"]["data"] == 8
