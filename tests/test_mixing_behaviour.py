@@ -12,8 +12,8 @@ known to move the weights:
 * ADO: between a domain whose loss stopped falling (random bytes) and one still
   learning, weight moves to the one still learning.
 
-Each run pays ~15 s of start-up (compiles) on a loaded 2-core machine, so only
-the GroupDRO test runs by default; the others are ``slow`` (MIXJAX_SLOW=1).
+Each run pays 15-45 s of start-up (compiles, final eval, checkpoint) on a
+loaded 2-core machine, so all of them are ``slow`` (MIXJAX_SLOW=1).
 """
 
 import json
@@ -25,7 +25,7 @@ from mixjax import data as data_lib
 from mixjax.config import Config
 from mixjax.data.sources import ListSource
 from mixjax.train import loop
-from mixjax.train.data import TrainData, train_token_counts
+from mixjax.train.data import TrainData
 
 RANDOM = "random_bytes"
 
@@ -68,7 +68,8 @@ def _data(cfg: Config, domains=None) -> TrainData:
                                       tokenizer=tok, mode=cfg.data.sampler, lag=cfg.data.lag,
                                       seed=0)
 
-    return TrainData(domains=tuple(sources), token_counts=train_token_counts(sources, tok),
+    n = data_lib.token_counts(sources, tokenizer=tok, split="train")
+    return TrainData(domains=tuple(sources), token_counts=tuple(float(n[d]) for d in sources),
                      vocab_size=tok.vocab_size, pad_id=tok.pad_id, eval_sets=eval_sets,
                      make_sampler=make_sampler)
 
@@ -119,6 +120,7 @@ def test_tdro_downweights_random_bytes(nine, reference):
     assert final[-1] < 1 / len(final) and final[-1] == final.min(), final
 
 
+@pytest.mark.slow
 def test_groupdro_upweights_random_bytes(nine):
     root, data = nine
     cfg = _tiny_config(root, "groupdro", 100)
