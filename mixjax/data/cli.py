@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     m = sub.add_parser("mathgen", help="generate the optional DeepMind-math input once into the download cache")
     m.add_argument("--cache-dir", default=None)
-    m.add_argument("--bytes", type=int, default=None, help="text bytes to generate (default: enough for mixpile-full)")
+    m.add_argument("--bytes", type=int, default=None, help="text bytes to generate (default 2,000,000: ~3,000 documents)")
     m.add_argument("--seed", type=int, default=0)
 
 
