@@ -24,7 +24,9 @@ draws one domain per batch, so q_i = pi_i (the classic EXP3 importance
 weight). mixjax batches draw each of D sequences independently from pi, so the
 unbiased estimate uses q_i = 1 - (1 - pi_i)^D, which is pi_i when D = 1.
 ``draws_per_batch`` sets D (0: the number of sequences in the batch; 1: the
-reference's one-domain-per-batch sampling).
+reference's one-domain-per-batch sampling). The formula assumes i.i.d. draws
+(``data.sampler = "multinomial"``); the stratified sampler makes presence
+nearly certain, so use multinomial sampling with ODM.
 
 ``odm_smoothed`` (the README's SmoothedMean variant with the reference's
 mixed-minibatch ``group_update``, which is linear rather than a softmax)::
