@@ -52,30 +52,13 @@ def _sources(cfg: Config):
     return sources
 
 
-def train_token_counts(sources, tokenizer, split_seed: int = 0) -> tuple[float, ...]:
-    """Tokens per domain in the train split (one tokenizer pass; cheap for small corpora).
-
-    Counts ``len(encode(doc)) + 1`` (EOS) per document, the number of tokens
-    the packer emits.
-    """
-    from mixjax.data import splits
-    out = []
-    for name, src in sources.items():
-        part = splits.split_source(src, "train", seed=split_seed, domain=name)
-        n = 0
-        for i in range(len(part)):
-            doc = part[i]
-            n += (len(doc) if isinstance(doc, np.ndarray) else len(tokenizer.encode_array(doc))) + 1
-        out.append(float(n))
-    return tuple(out)
-
-
 def build_data(cfg: Config) -> TrainData:
     from mixjax import data
     sources = _sources(cfg)
     tok = data.tokenizers.get(cfg.data.tokenizer)
     domains = tuple(sources)
-    counts = train_token_counts(sources, tok)
+    n = data.token_counts(sources, tokenizer=tok, split="train")   # incl. one EOS per doc
+    counts = tuple(float(n[d]) for d in domains)
     eval_sets = data.eval_arrays(sources, seq_len=cfg.data.seq_len, split=cfg.eval.split,
                                  num_sequences=cfg.eval.num_seqs, tokenizer=tok)
     seed = cfg.train.seed if cfg.data.seed is None else cfg.data.seed
