@@ -53,3 +53,37 @@ def test_empty_split_and_bad_fractions():
         splits.split_sizes(10, {"valid": 0.1})
     with pytest.raises(ValueError, match="leave no training documents"):
         splits.split_sizes(3, {"validation": 0.5, "test": 0.4})
+
+
+def test_parts_of_one_document_share_a_split(tmp_path):
+    # 60 documents cut into 1-4 parts each ("doc#k"), plus lines without an id.
+    import json
+    rng = np.random.default_rng(0)
+    lines, owner = [], []
+    for d in range(60):
+        for k in range(int(rng.integers(1, 5))):
+            lines.append({"id": f"src:doc{d}#{k}", "text": f"doc {d} part {k}"})
+            owner.append(d)
+    for j in range(5):
+        lines.append({"text": f"loose {j}"})
+        owner.append(1000 + j)
+    path = tmp_path / "web.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    src = data.JsonlSource(path, domain="web", group_field="id")
+    where = {}
+    for s in splits.SPLITS:
+        for i in splits.split_source(src, s, seed=3, fractions={"validation": 0.1, "test": 0.1}).indices:
+            assert where.setdefault(owner[i], s) == s, f"document {owner[i]} in two splits"
+    assert set(where.values()) == set(splits.SPLITS)
+    assert len(where) == 65  # ungrouped lines are their own groups
+
+
+def test_shipped_corpus_splits_keep_document_parts_together():
+    srcs = data.corpus_sources("mixpile-tiny")
+    for name, src in srcs.items():
+        keys = src.group_keys()
+        assert keys is not None and len(keys) == len(src)
+        seen = {}
+        for s in splits.SPLITS:
+            for k in splits.split_source(src, s, domain=name).group_keys().tolist():
+                assert seen.setdefault(k, s) == s, f"domain {name}: a document spans two splits"

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -> None:
     sub = parser.add_subparsers(dest="data_command", required=True)
@@ -49,6 +51,7 @@ def _resolve(name: str) -> Path:
 def corpus_stats(path: Path, split_seed: int = 0, verify: bool = False) -> dict:
     """Per-domain documents, bytes, byte-tokenizer tokens and per-split document/token counts."""
     from mixjax.data import splits
+    from mixjax.data.sources import group_hash
 
     manifest_path = path / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
@@ -59,18 +62,21 @@ def corpus_stats(path: Path, split_seed: int = 0, verify: bool = False) -> dict:
     out = {}
     for f in files:
         domain = f.stem
-        lengths, h = [], hashlib.sha256()
+        lengths, groups, h = [], [], hashlib.sha256()
         with open(f, "rb") as fh:
             for n, raw in enumerate(fh, 1):
                 h.update(raw)
                 try:
-                    lengths.append(len(json.loads(raw)["text"].encode("utf-8")))
+                    doc = json.loads(raw)
+                    lengths.append(len(doc["text"].encode("utf-8")))
+                    groups.append(group_hash(doc.get("id"), f"{f}:{n}"))
                 except (ValueError, KeyError) as exc:
                     raise ValueError(f"{f}, line {n}: not a {{\"text\": ...}} JSON document ({exc})") from None
         if verify and manifest and h.hexdigest() != manifest["domains"][domain]["sha256"]:
             raise ValueError(f"{f}: sha256 does not match manifest.json (file changed or truncated)")
         tokens = [b + 1 for b in lengths]  # byte tokenizer: UTF-8 bytes + 1 EOS per document
-        idx = splits.split_indices(len(lengths), seed=split_seed, domain=domain)
+        idx = splits.split_indices(len(lengths), seed=split_seed, domain=domain,
+                                   groups=np.asarray(groups, np.uint64))
         out[domain] = {
             "documents": len(lengths), "bytes": sum(lengths), "tokens": sum(tokens),
             "splits": {s: {"documents": int(len(idx[s])), "tokens": int(sum(tokens[j] for j in idx[s]))}

@@ -27,6 +27,7 @@ A domain with zero usable documents is an error naming the domain.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import pathlib
@@ -51,6 +52,14 @@ class DomainSource:
 
     def __getitem__(self, index: int) -> str | np.ndarray:
         raise NotImplementedError
+
+    def group_keys(self) -> np.ndarray | None:
+        """uint64[len] keys of documents that must share a split, or None.
+
+        Parts cut from one long document (ids ``doc#0``, ``doc#1``, ...) share a
+        key, so splits never leak a document's text between train and test.
+        """
+        return None
 
     def describe(self) -> str:
         return f"{type(self).__name__}(domain={self.domain!r}, docs={len(self)})"
@@ -85,6 +94,18 @@ class ListSource(DomainSource):
         return self.docs[index]
 
 
+def group_hash(doc_id: Any, fallback: str) -> int:
+    """64-bit hash of a document id without its ``#<k>`` part suffix.
+
+    A document without an id is its own group (``fallback`` must be unique).
+    """
+    base = "\0" + fallback if doc_id is None else str(doc_id)
+    head, sep, tail = base.rpartition("#")
+    if sep and tail.isdigit():
+        base = head
+    return int.from_bytes(hashlib.blake2b(base.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 class JsonlSource(DomainSource):
     """One document per JSONL line (see the module docstring).
 
@@ -94,29 +115,36 @@ class JsonlSource(DomainSource):
       text_field: key of the document text in each JSON object.
       on_error: ``"raise"`` or ``"skip"`` bad lines.
       min_chars: lines whose text is shorter are filtered out (not errors).
+      group_field: optional key of a document id; documents whose ids differ
+        only by a ``#<k>`` part suffix share a split (see ``group_keys``).
     """
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, domain: str = "",
-                 text_field: str = "text", on_error: str = "raise", min_chars: int = 1):
+                 text_field: str = "text", on_error: str = "raise", min_chars: int = 1,
+                 group_field: str | None = None):
         _check_on_error(on_error, domain)
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = [str(p) for p in paths]
         self.domain = domain or pathlib.Path(self.paths[0]).stem
         self.text_field, self.on_error, self.min_chars = text_field, on_error, int(min_chars)
+        self.group_field = group_field
+        groups: list[int] = []
         self.skipped: list[tuple[str, int, str]] = []   # (file, line number, reason)
         self.filtered = 0                               # lines dropped by min_chars
         files, offsets, lengths = [], [], []
         for f, path in enumerate(self.paths):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"domain {self.domain!r}: JSONL file {path!r} not found")
-            for off, length in self._scan(path):
+            for off, length, group in self._scan(path):
                 files.append(f)
                 offsets.append(off)
                 lengths.append(length)
+                groups.append(group)
         self._file = np.asarray(files, np.int32)
         self._offset = np.asarray(offsets, np.int64)
         self._length = np.asarray(lengths, np.int64)
+        self._groups = np.asarray(groups, np.uint64) if group_field else None
         self._fds: dict[int, int] = {}
         _require_docs(len(self._offset), self.domain, ", ".join(self.paths), len(self.skipped))
 
@@ -128,7 +156,7 @@ class JsonlSource(DomainSource):
                 if not raw.strip():
                     continue
                 try:
-                    text = self._parse(raw)
+                    text, group = self._parse(raw, f"{path}:{lineno}")
                 except ValueError as e:
                     msg = f"domain {self.domain!r}: {path}:{lineno}: {e}"
                     if self.on_error == "raise":
@@ -138,9 +166,9 @@ class JsonlSource(DomainSource):
                 if len(text) < self.min_chars:
                     self.filtered += 1
                     continue
-                yield start, len(raw)
+                yield start, len(raw), group
 
-    def _parse(self, raw: bytes) -> str:
+    def _parse(self, raw: bytes, where: str) -> tuple[str, int]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -156,7 +184,10 @@ class JsonlSource(DomainSource):
         text = obj[self.text_field]
         if not isinstance(text, str):
             raise ValueError(f"field {self.text_field!r} is {type(text).__name__}, not a string")
-        return text
+        return text, (group_hash(obj.get(self.group_field), where) if self.group_field else 0)
+
+    def group_keys(self):
+        return self._groups
 
     def __len__(self):
         return len(self._offset)

@@ -129,7 +129,10 @@ def corpus_sources(name: str, domains: Sequence[str] | None = None,
     ``name`` may also be a directory of ``<domain>.jsonl`` files. ``domains``
     selects a subset (in the given order); an unknown name is an error naming it.
     ``kwargs`` go to :class:`JsonlSource` (``on_error``, ``min_chars``, ...).
+    Corpus documents are grouped by their ``id`` (parts of one document share
+    a split).
     """
+    kwargs.setdefault("group_field", "id")
     name = str(name)
     if os.path.isdir(name) or os.sep in name or name.startswith((".", "~")):
         directory = pathlib.Path(os.path.expanduser(name))     # a path, not a corpus name

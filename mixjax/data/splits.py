@@ -12,6 +12,12 @@ test document and at least one training document. The split is a function of
 (seed, domain name, number of documents) only: identical across runs and
 machines, and no document is in two splits (the three index sets partition
 ``range(n)``). Indices inside each split are sorted (file order).
+
+Grouped documents (``groups``, e.g. the parts ``doc#0``, ``doc#1`` of one long
+document; see ``DomainSource.group_keys``) hash their group instead of their
+index, so a group's members sit next to each other in the ranking; each split
+boundary then moves forward to the end of the group it cuts, and no group
+spans two splits.
 """
 
 from __future__ import annotations
@@ -38,12 +44,14 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def doc_keys(num_docs: int, *, seed: int, domain: str) -> np.ndarray:
-    """uint64 hash keys ``h(seed, domain, i)`` for ``i < num_docs``."""
+def doc_keys(num_docs: int, *, seed: int, domain: str,
+             groups: np.ndarray | None = None) -> np.ndarray:
+    """uint64 hash keys ``h(seed, domain, i)`` for ``i < num_docs`` (``groups[i]`` if given)."""
     base = _splitmix64(np.asarray([(int(seed) & 0xFFFFFFFF) << 32 | zlib.crc32(domain.encode())],
                                   dtype=np.uint64))[0]
+    ids = np.arange(num_docs, dtype=np.uint64) if groups is None else np.asarray(groups, np.uint64)
     with np.errstate(over="ignore"):
-        return _splitmix64(np.arange(num_docs, dtype=np.uint64) ^ base)
+        return _splitmix64(ids ^ base)
 
 
 def split_sizes(n: int, fractions: Mapping[str, float] = DEFAULT_FRACTIONS) -> dict[str, int]:
@@ -63,15 +71,29 @@ def split_sizes(n: int, fractions: Mapping[str, float] = DEFAULT_FRACTIONS) -> d
 
 
 def split_indices(num_docs: int, *, seed: int, domain: str,
-                  fractions: Mapping[str, float] = DEFAULT_FRACTIONS) -> dict[str, np.ndarray]:
+                  fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+                  groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``{"train", "validation", "test"} -> sorted int64 document indices``."""
     sizes = split_sizes(num_docs, fractions)
-    order = np.argsort(doc_keys(num_docs, seed=seed, domain=domain), kind="stable")
-    nv, nt = sizes["validation"], sizes["test"]
+    if groups is not None and len(groups) != num_docs:
+        raise ValueError(f"domain {domain!r}: {len(groups)} group keys for {num_docs} documents")
+    keys = doc_keys(num_docs, seed=seed, domain=domain, groups=groups)
+    order = np.argsort(keys, kind="stable")
+    cuts = [sizes["validation"], sizes["validation"] + sizes["test"]]
+    if groups is not None:  # never cut through a group
+        sorted_keys = keys[order]
+        start = 0
+        for j, size in enumerate((sizes["validation"], sizes["test"])):
+            b = start + size
+            while 0 < b < num_docs and sorted_keys[b] == sorted_keys[b - 1]:
+                b += 1
+            cuts[j] = start = b
+        if num_docs and cuts[1] >= num_docs:
+            raise ValueError(f"domain {domain!r}: document groups leave no training documents")
     return {
-        "validation": np.sort(order[:nv]),
-        "test": np.sort(order[nv:nv + nt]),
-        "train": np.sort(order[nv + nt:]),
+        "validation": np.sort(order[:cuts[0]]),
+        "test": np.sort(order[cuts[0]:cuts[1]]),
+        "train": np.sort(order[cuts[1]:]),
     }
 
 
@@ -91,6 +113,10 @@ class SplitSource(DomainSource):
     def __getitem__(self, index):
         return self.source[int(self.indices[index])]
 
+    def group_keys(self):
+        keys = self.source.group_keys()
+        return None if keys is None else keys[self.indices]
+
     def describe(self):
         return f"{self.source.describe()}[{self.split}: {len(self)} docs]"
 
@@ -102,7 +128,8 @@ def split_source(source: DomainSource, split: str, *, seed: int = 0,
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
     domain = domain or source.domain
-    idx = split_indices(len(source), seed=seed, domain=domain, fractions=fractions)
+    idx = split_indices(len(source), seed=seed, domain=domain, fractions=fractions,
+                        groups=source.group_keys())
     return SplitSource(source, idx[split], split, domain)
 
 
