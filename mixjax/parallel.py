@@ -68,6 +68,11 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> ja
     devices = list(devices if devices is not None else jax.devices())
     data, fsdp, tensor = resolve_mesh_shape(data, fsdp, tensor, len(devices))
     n = data * fsdp * tensor
+    if jax.process_count() > 1 and n < len(devices):
+        raise ValueError(
+            f"mesh data*fsdp*tensor = {data}*{fsdp}*{tensor} = {n} uses {n} of the "
+            f"{len(devices)} devices of a {jax.process_count()}-process job; a multi-host mesh "
+            "must span every process (set one of mesh.data/fsdp/tensor to -1)")
     return jax.make_mesh((data, fsdp, tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                          devices=devices[:n])
 
@@ -211,6 +216,28 @@ def train_state_shardings(state, logical_axes, mesh, rules=RULES):
         else:
             out[key] = jax.tree.map(lambda _: rep, value)
     return out
+
+
+def init_state_sharded(init_fn, params, logical_axes, mesh, *, ref_params=None,
+                       rules=RULES):
+    """``(state, shardings)``: ``init_fn(params)`` (the train-state dict) built by one
+    jitted call whose outputs are born sharded.
+
+    ``params`` are placed by the rules first; optimizer moments and the rest are then
+    created directly in their shards (a 1B model's Adam state never sits on one
+    device). ``ref_params`` (a frozen reference model) are placed like ``params``.
+    Values equal an eager ``init_fn(params)``: it only copies and fills.
+    """
+    abstract = jax.eval_shape(init_fn, params)
+    if ref_params is not None:
+        abstract["ref_params"] = params
+    shardings = train_state_shardings(abstract, logical_axes, mesh, rules)
+    own = {k: v for k, v in shardings.items() if k != "ref_params"}
+    placed = place(params, shardings["params"])
+    state = jax.jit(init_fn, in_shardings=(shardings["params"],), out_shardings=own)(placed)
+    if ref_params is not None:
+        state["ref_params"] = place(ref_params, shardings["ref_params"])
+    return state, shardings
 
 
 def place(tree, shardings):

@@ -190,8 +190,6 @@ class Trainer:
         if needs:
             grad_stats = self._grad_stats(needs)
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
-        self.initial_state = state_lib.init_state(params, self.tx, self.mixer, k, cfg.train.seed,
-                                                  ref_params)
         self.step_fn = step_lib.make_train_step(
             apply=self.apply, mixer=self.mixer, tx=self.tx, num_domains=k, pad_id=self.pad_id,
             lr_schedule=self.schedule, grad_accum=cfg.train.grad_accum, ref_apply=ref_apply,
@@ -201,9 +199,11 @@ class Trainer:
         self.mesh = parallel.mesh_from_config(cfg.mesh)
         distributed.check_batch_divides(cfg.data.batch_size, self.mesh,
                                         parallel.batch_axes(self.mesh))
-        self.state_shardings = parallel.train_state_shardings(
-            self.initial_state, self.logical_axes, self.mesh)
-        self.initial_state = parallel.place(self.initial_state, self.state_shardings)
+        # The optimizer and mixer state are created sharded (one jitted init), so no
+        # device ever holds the whole optimizer state; same values as an eager init.
+        self.initial_state, self.state_shardings = parallel.init_state_sharded(
+            lambda p: state_lib.init_state(p, self.tx, self.mixer, k, cfg.train.seed),
+            params, self.logical_axes, self.mesh, ref_params=ref_params)
         self.train_step = parallel.jit_sharded_step(self.step_fn, self.state_shardings)
         self.eval_fn = parallel.replicated_outputs(
             step_lib.make_eval_fn(self.apply, self.pad_id), self.mesh)
