@@ -223,3 +223,31 @@ def test_golden_one_step_metrics():
     abs_sum = sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(new_state["params"]))
     np.testing.assert_allclose(abs_sum, GOLDEN_PARAM_ABS_SUM, rtol=1e-6)
     assert int(new_state["step"]) == 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GradRecorder(mixing.Mixer):
+    """Test mixer: stores the per-domain gradient norms it receives."""
+    name = "_test_grad_recorder"
+    requires = frozenset({"grad_norm"})
+
+    def init(self, k):
+        return mixing.init_state(jnp.full((k,), 1.0 / k), grad_norm=jnp.zeros((k,)))
+
+    def update(self, state, stats, step):
+        return {**state, "grad_norm": stats["grad_norm"]}
+
+
+def test_gradient_statistics_hook_calls_the_grad_engine():
+    from mixjax import grads
+    hook = grads.make_grad_stats(grads.GradConfig(strategy="vmap", layout="rows"), K)
+    batch = make_batch()
+    new_state, _ = run_step(GradRecorder(), batch, grad_stats=hook)
+
+    def tlf(p, b):
+        return step_lib.token_losses(APPLY, p, b["tokens"], PAD)
+
+    direct = grads.direct_domain_grads(tlf, PARAMS, {"tokens": batch["tokens"],
+                                                     "domain_id": batch["domain_id"]}, K)
+    want = [np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(g))) for g in direct]
+    np.testing.assert_allclose(np.asarray(new_state["mix_state"]["grad_norm"]), want, rtol=1e-4)
