@@ -66,6 +66,12 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
     eb = metrics_lib.read_jsonl(tmp_path / "split" / "eval.jsonl")
     assert [r["step"] for r in ea] == [2, 4, 6] and [r["step"] for r in eb] == [2, 3, 4, 6]
     assert ea == [r for r in eb if r["step"] != 3]
+    # `mixjax eval RUN_DIR` path: the latest checkpoint reproduces the final evaluation
+    cfg_full = _groupdro_config(tmp_path / "full", 6)
+    ev = loop.evaluate_run(tmp_path / "full", data=fake_data(cfg_full))
+    assert ev["step"] == 6
+    for key, value in full.final_eval.items():
+        np.testing.assert_allclose(ev[key], value, rtol=1e-6, err_msg=key)
 
 
 SIGTERM_SCRIPT = """
