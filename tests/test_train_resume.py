@@ -130,3 +130,27 @@ def test_nonfinite_stats_raise_naming_domain_and_step(tmp_path):
     cfg.mixing.name = "_test_nan_at_step"
     with pytest.raises(mixing.NonFiniteStatsError, match=r"step 2: .*domain 'b'"):
         loop.train(cfg, data=fake_data(cfg))
+
+
+@mixing.register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalLossRecorder(mixing.Mixer):
+    """Test mixer: stores the eval_loss statistic it received."""
+    name = "_test_eval_loss_recorder"
+    requires = frozenset({"eval_loss"})
+
+    def init(self, k):
+        return mixing.init_state(jnp.full((k,), 1.0 / k), seen=jnp.zeros((k,)))
+
+    def update(self, state, stats, step):
+        return {**state, "seen": stats["eval_loss"]}
+
+
+def test_mixer_reading_eval_loss_gets_the_step0_evaluation(tmp_path):
+    cfg = tiny_config(tmp_path / "ev", steps=1, eval_every=0, ckpt_every=0)
+    cfg.mixing.name = "_test_eval_loss_recorder"
+    result = loop.train(cfg, data=fake_data(cfg))
+    ev0 = metrics_lib.read_jsonl(tmp_path / "ev" / "eval.jsonl")[0]
+    assert ev0["step"] == 0
+    np.testing.assert_allclose(np.asarray(result.state["mix_state"]["seen"]),
+                               [ev0[f"loss/{d}"] for d in ("a", "b", "c")], rtol=1e-6)

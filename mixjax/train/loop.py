@@ -353,6 +353,13 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                                         "last_weights": [float(x) for x in last_weights]},
                           process={"sampler": sampler_state}, wait=False)
 
+    if start == 0 and "eval_loss" in mixer.requires:
+        # A mixer that reads validation losses sees real ones from its first update.
+        ev = trainer.evaluate(state["params"])
+        state["eval_loss"] = parallel.replicate_value(eval_lib.domain_losses(ev, domains),
+                                                      trainer.mesh)
+        writer.write("eval.jsonl", {"step": 0, **ev})
+
     bar = None
     if t_cfg.progress:
         from tqdm import tqdm
