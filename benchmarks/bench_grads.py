@@ -181,6 +181,7 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="compile and report memory only")
     args = ap.parse_args(argv)
 
     tlf, params = build(args)
@@ -203,10 +204,14 @@ def main(argv=None):
         base_m = mem_bytes(compiled["plain"])
         for name in steps:
             mem = mem_bytes(compiled[name])
+            if args.memory_only:
+                print(f"{k:>3} {name:<10} {'-':>9} {'-':>8} {mem / 2**20:>9.1f} "
+                      f"{(mem - base_m) / p_bytes:>13.2f}", flush=True)
+                continue
             t, tb = timeit_pair(runner[name], runner["plain"], args.reps)
             print(f"{k:>3} {name:<10} {t * 1e3:>9.1f} {t / tb:>8.2f} {mem / 2**20:>9.1f} "
                   f"{(mem - base_m) / p_bytes:>13.2f}", flush=True)
-        if not args.skip_reference:
+        if not (args.skip_reference or args.memory_only):
             run, host = reference_step(tlf, params, opt, batch, k, tx)
             t, tb = timeit_pair(run, runner["plain"], max(2, args.reps // 2))
             print(f"{k:>3} {'reference':<10} {t * 1e3:>9.1f} {t / tb:>8.2f} "

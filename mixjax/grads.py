@@ -286,8 +286,9 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         return domain_loss_vector(token_loss_fn, p, batch, k)
 
     def backward_combine(c):
-        # One weighted backward: grad of sum_d c_d L_d over all parameters.
-        _, pull = jax.vjp(lambda p: loss_vec(p)[0], params)
+        # One weighted backward: grad of sum_d c_d L_d over all parameters. (Tying its
+        # forward to c with an optimization_barrier raised XLA's peak memory; not used.)
+        _, pull = jax.vjp(lambda q: loss_vec(q)[0], params)
         return pull(c.astype(jnp.float32))[0]
 
     if config.strategy == "jvp":
