@@ -2,9 +2,10 @@
 
 The real train step (``mixjax.train.step``) runs for 3 steps for every registered
 mixer (``mixing.names()``, so mixers added later are covered without editing this
-file) on a 1-device mesh and on 8 fake CPU devices, and per-step weights,
-per-domain losses/counts, loss, objective, gradient norm and the final parameters
-must agree within 1e-4 relative (fp32). Per-domain statistics, reference losses
+file) on a 1-device mesh and on 8 fake CPU devices. Per-step weights, per-domain
+losses and counts, loss, objective and gradient norm must agree within 1e-4
+relative (fp32); the final parameters within 2e-3 in relative L2 norm per leaf
+(AdamW is scale-free: see the comment at that check). Per-domain statistics, reference losses
 and gradient-engine outputs are computed by the step on the *global* batch, so a
 mesh that splits the batch must not change them.
 
@@ -66,9 +67,18 @@ def test_mixer_matches_one_device(name, kind, shape):
             np.testing.assert_allclose(
                 np.asarray(b[key]), np.asarray(a[key]), rtol=1e-4, atol=1e-7,
                 err_msg=f"mixer {name!r}, mesh {shape}, step {t}: {key} differs from 1 device")
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(
-        b, a, rtol=1e-4, atol=1e-6, err_msg=f"mixer {name!r}, mesh {shape}: final params"),
-        ref_params[name], params[name])
+    # Final parameters, per leaf in relative L2 norm. Not elementwise at 1e-4: AdamW's
+    # update lr * m / sqrt(v) is scale-free, so a coordinate whose gradient is at fp32
+    # rounding level (|g| ~ 1e-5 next to terms ~ 1e-2) moves by ~lr whatever its
+    # rounding, and a 0.4% rounding difference there becomes ~1e-4 in the parameter
+    # (measured: transformer, 3 steps, worst leaf 5.9e-4 relative). A layout bug (a
+    # missing cross-shard reduction, a double count) moves parameters by O(lr), i.e. a
+    # relative difference of order 1; the per-step gradient norm above is held to 1e-4.
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref_params[name]),
+                            jax.tree.leaves(params[name])):
+        rel = np.linalg.norm(np.asarray(b) - a) / max(np.linalg.norm(a), 1e-12)
+        assert rel < 2e-3, (f"mixer {name!r}, mesh {shape}: final params "
+                            f"{jax.tree_util.keystr(path)} differ by {rel:.2e} (relative L2)")
 
 
 def test_the_8_device_run_is_really_sharded():
