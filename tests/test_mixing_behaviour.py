@@ -89,17 +89,34 @@ def nine(tmp_path_factory):
     return root, _data(base)
 
 
+def _stratified(cfg: Config) -> Config:
+    """2 rows of each of the 9 domains per batch: no domain is ever absent."""
+    cfg.data.batch_size = 18
+    cfg.data.sampler = "stratified"
+    return cfg
+
+
 @pytest.fixture(scope="module")
-def reference(nine):
-    root, data = nine
-    cfg = _tiny_config(root, "uniform", 150)
+def nine_stratified(nine):
+    root, _ = nine
+    return root, _data(_stratified(_tiny_config(root, "uniform", 1)))
+
+
+@pytest.fixture(scope="module")
+def reference(nine_stratified):
+    # Long enough to predict ~uniform bytes on the random domain; a shorter
+    # reference (150 steps) leaves the two models with different English-like
+    # byte priors there, and the per-token clipped excess max(l - l_ref, 0) of
+    # that disagreement can make DoReMi upweight the random domain.
+    root, data = nine_stratified
+    cfg = _stratified(_tiny_config(root, "uniform", 300))
     loop.train(cfg, data=data)
     return cfg.train.run_dir
 
 
-def _train_with_reference(name, nine, reference, steps, **hp):
-    root, data = nine
-    cfg = _tiny_config(root, name, steps, **hp)
+def _train_with_reference(name, nine_stratified, reference, steps, **hp):
+    root, data = nine_stratified
+    cfg = _stratified(_tiny_config(root, name, steps, **hp))
     cfg.train.reference = reference
     cfg.mixing.sampling_weights = "uniform"          # the DoReMi proxy samples uniformly
     loop.train(cfg, data=data)
@@ -107,16 +124,19 @@ def _train_with_reference(name, nine, reference, steps, **hp):
 
 
 @pytest.mark.slow
-def test_doremi_downweights_random_bytes(nine, reference):
-    final, avg = _train_with_reference("doremi", nine, reference, 100)
+def test_doremi_downweights_random_bytes(nine_stratified, reference):
+    # eta 0.1 (the fix users report for noisy, near one-hot weights, doremi
+    # issue #5): with 2 sequences per domain per batch, eta 1 makes the
+    # weights swing between domains from one step to the next.
+    final, avg = _train_with_reference("doremi", nine_stratified, reference, 150, eta=0.1)
     k = len(final)
-    assert nine[1].domains[-1] == RANDOM
+    assert nine_stratified[1].domains[-1] == RANDOM
     assert final[-1] < 1 / k and avg[-1] < 1 / k, (final, avg)
 
 
 @pytest.mark.slow
-def test_tdro_downweights_random_bytes(nine, reference):
-    final, _ = _train_with_reference("tdro", nine, reference, 60, step_size=0.5)
+def test_tdro_downweights_random_bytes(nine_stratified, reference):
+    final, _ = _train_with_reference("tdro", nine_stratified, reference, 100, step_size=0.5)
     assert final[-1] < 1 / len(final) and final[-1] == final.min(), final
 
 
