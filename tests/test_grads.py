@@ -30,7 +30,6 @@ def direct_stats(params, batch, k, target, mask=None):
 CONFIGS = {
     "vmap": grads.GradConfig(strategy="vmap"),
     "vmap-rows": grads.GradConfig(strategy="vmap", layout="rows"),
-    "chunked1": grads.GradConfig(strategy="chunked", chunk_size=1),
     "chunked2": grads.GradConfig(strategy="chunked", chunk_size=2),
     "jvp": grads.GradConfig(strategy="jvp"),
     "jvp-linearize": grads.GradConfig(strategy="jvp", jvp_mode="linearize"),
