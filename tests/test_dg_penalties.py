@@ -3,13 +3,13 @@
 import numpy as np
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
 from mixjax.dg.algorithms.andmask import and_mask
 from mixjax.dg.algorithms.base import adam
 from mixjax.dg.algorithms.coral import coral_distance, pairwise_penalty
 from mixjax.dg.algorithms.dann import class_balance_weights, discriminator_loss
-from mixjax.dg.algorithms.fish import fish_meta_update
 from mixjax.dg.algorithms.fishr import fishr_penalty, grad_variance, per_sample_head_grads
 from mixjax.dg.algorithms.groupdro import groupdro_weights
 from mixjax.dg.algorithms.irm import irm_penalty
@@ -17,6 +17,7 @@ from mixjax.dg.algorithms.mixup import mixup_loss
 from mixjax.dg.algorithms.mmd import GAMMAS, mmd_distance
 from mixjax.dg.algorithms.sam import sam_perturbation
 from mixjax.dg.algorithms.vrex import vrex_penalty
+from mixjax.fish import fish_step
 
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(size=(6, 3)).astype(np.float32)
@@ -113,9 +114,16 @@ def test_and_mask_keeps_only_sign_consistent_coordinates():
     np.testing.assert_allclose(and_mask({"w": g}, 1.0 / 3)["w"], mean, rtol=1e-6)
 
 
-def test_fish_meta_update_interpolates():
-    p, q = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, -2.0])}
-    np.testing.assert_allclose(fish_meta_update(p, q, 0.5)["w"], [2.0, 0.0])
+def test_fish_meta_step_domainbed_form():
+    # loss 0.5 ||p - b_e||^2 with inner SGD(lr=1): the clone jumps to b_1 then b_2 (env order);
+    # DomainBed's meta step: p + meta_lr * (b_2 - p), no division by the number of envs
+    loss = lambda p, b: 0.5 * jnp.sum((p["w"] - b) ** 2)  # noqa: E731
+    p = {"w": jnp.array([1.0, 2.0])}
+    envs = jnp.array([[5.0, 5.0], [3.0, -2.0]])
+    tx = optax.sgd(1.0)
+    new, _, losses = fish_step(loss, p, tx.init(p), tx, envs, meta_lr=0.5, divide_by_meta_steps=False)
+    np.testing.assert_allclose(new["w"], [2.0, 0.0])
+    np.testing.assert_allclose(losses, [0.5 * (16 + 9), 0.5 * (4 + 49)])
 
 
 def test_fishr_per_sample_grads_match_autodiff_and_penalty():

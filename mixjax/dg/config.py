@@ -52,7 +52,9 @@ class SweepConfig:
     checkpoint_freq: int = 100  # DomainBed CHECKPOINT_FREQ for MNIST datasets
     holdout_fraction: float = 0.2
     hparam_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # fixed for every draw
-    vmap: bool = True  # train runs of one shape together in one vmapped step
+    # train runs of one shape together in one vmapped step; None = auto (sweep.use_vmap): on for
+    # GPU/TPU; on CPU only for MLP featurisers (benchmarks/bench_dg.py: vmapped convs are slower)
+    vmap: bool | None = None
     max_group: int = 64  # most runs in one vmapped group
     eval_batch: int = 1024  # images per forward during evaluation
     output_dir: str = "runs/dg/sweep"

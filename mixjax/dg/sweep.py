@@ -18,8 +18,8 @@ keeps data on the device and the step pure.
 Speed: jobs that share an algorithm, the static hyperparameters (batch size,
 MLP widths) and the number of training envs form a *group*; one compiled
 ``vmap``-ed step trains the whole group (different trials, test envs and
-continuous hyperparameters), a ``fori_loop`` runs ``checkpoint_freq`` steps per
-call, and evaluation is vmapped too. ``vmap=False`` runs the same jobs one by
+continuous hyperparameters); minibatches are sampled on the device inside the
+step, and evaluation is vmapped too. ``vmap=False`` runs the same jobs one by
 one with the unbatched step (the baseline of ``benchmarks/bench_dg.py``).
 
 Output (``RUN_DIR``): ``config.json``; ``results.jsonl`` with one record per
@@ -191,30 +191,36 @@ class GroupRunner:
         te = jd["train_envs"]
         k = te.shape[0]
         u = jax.random.randint(key, (k, self.b), 0, jd["in_len"][te][:, None])
-        idx = jd["in_idx"][te[:, None], u]
-        return X[te[:, None], idx], Y[te[:, None], idx]
+        # one row gather from the flattened [E * N, ...] images: under vmap the index array
+        # just grows a batch axis, and the images (shared by all jobs) are never batched
+        flat = te[:, None] * X.shape[1] + jd["in_idx"][te[:, None], u]
+        xs = jnp.take(X.reshape(-1, *X.shape[2:]), flat, axis=0)
+        return xs, jnp.take(Y.reshape(-1), flat, axis=0)
 
-    def _train_fn(self):
-        def train(hp, state, key, jd, X, Y, n_steps):
-            def one(state, key):
-                key, kb, ku = jax.random.split(key, 3)
-                xs, ys = self._sample(kb, jd, X, Y)
-                state, metrics = self.alg.update(hp, state, xs, ys, ku)
-                return state, key, metrics
-
-            shapes = jax.eval_shape(one, state, key)[2]
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            # n_steps is traced: one compiled loop serves every checkpoint interval
-            return jax.lax.fori_loop(0, n_steps, lambda i, c: one(c[0], c[1]), (state, key, zeros))
+    def _step_fn(self):
+        def step(hp, state, key, jd, X, Y):
+            key, kb, ku = jax.random.split(key, 3)
+            xs, ys = self._sample(kb, jd, X, Y)
+            state, metrics = self.alg.update(hp, state, xs, ys, ku)
+            return state, key, metrics
 
         if self.batched:
-            train = jax.vmap(train, in_axes=(0, 0, 0, 0, None, None, None))
-        return jax.jit(train, donate_argnums=(1,))
+            step = jax.vmap(step, in_axes=(0, 0, 0, 0, None, None))
+        return jax.jit(step, donate_argnums=(1,))
 
     def train(self, n_steps: int, hp, state, key, jd, X, Y):
+        """``n_steps`` compiled steps, dispatched from Python (asynchronously; nothing syncs).
+
+        Not a ``fori_loop``/``scan``: XLA:CPU runs convolutions inside a rolled loop about 5x
+        slower than the same step called from Python (measured on MNIST_CNN), and the
+        per-call dispatch is cheap next to a step.
+        """
         if self._train is None:
-            self._train = self._train_fn()
-        return self._train(hp, state, key, jd, X, Y, jnp.int32(n_steps))
+            self._train = self._step_fn()
+        metrics = None
+        for _ in range(n_steps):
+            state, key, metrics = self._train(hp, state, key, jd, X, Y)
+        return state, key, metrics
 
     def init(self, keys, hp):
         if self._init is None:
@@ -297,6 +303,15 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
     return records
 
 
+def use_vmap(cfg: SweepConfig, data: D.EnvDataset) -> bool:
+    """``cfg.vmap``, or (None) the measured choice: vmap on GPU/TPU, and on CPU only for MLP
+    featurisers - XLA:CPU runs a vmapped convolution (a grouped conv) about 2x slower than the
+    same jobs one by one (benchmarks/bench_dg.py), while vmapped MLPs are 1.7-4x faster."""
+    if cfg.vmap is not None:
+        return cfg.vmap
+    return jax.default_backend() != "cpu" or net_spec(cfg, data).kind == "mlp"
+
+
 def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Callable[[str], None] = print) -> pathlib.Path:
     """Run (or resume) the sweep described by ``cfg``; returns the run directory."""
     run_dir = pathlib.Path(run_dir or cfg.output_dir)
@@ -313,14 +328,15 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
             done.add(Job(r["args"]["dataset"], r["args"]["algorithm"], tuple(r["args"]["test_envs"]),
                          r["args"]["hparams_seed"], r["args"]["trial_seed"], tuple(sorted(r["args"]["hparams"].items()))).id)
     jobs = [j for j in make_jobs(cfg, data.num_envs) if j.id not in done]
-    groups = make_groups(jobs, cfg.max_group, cfg.vmap)
-    log(f"{len(jobs)} jobs to run ({len(done)} done) in {len(groups)} group(s); vmap={cfg.vmap}")
+    batched = use_vmap(cfg, data)
+    groups = make_groups(jobs, cfg.max_group, batched)
+    log(f"{len(jobs)} jobs to run ({len(done)} done) in {len(groups)} group(s); vmap={batched}")
     dev = DeviceData(data)
     cache: dict = {}
     t_all = time.perf_counter()
     for gi, group in enumerate(groups):
         t0 = time.perf_counter()
-        records = run_group(cfg, data, dev, group, cfg.vmap, cache)
+        records = run_group(cfg, data, dev, group, batched, cache)
         dt = time.perf_counter() - t0
         with results.open("a") as f:
             for r in records:

@@ -7,18 +7,15 @@ with the inner Adam state carried across outer steps; then
 
 It approximates maximising the inner product of per-env gradients (IDGM).
 DomainBed omits the official ``/ meta_steps`` factor and the ERM warm-up
-(reference section 4); we follow DomainBed. Default meta_lr 0.5 ({0.05, 0.1, 0.5}).
+(reference section 4); we follow DomainBed (``divide_by_meta_steps=False``).
+The meta step itself is the shared ``mixjax.fish.fish_step`` (also used for
+text domains). Default meta_lr 0.5 ({0.05, 0.1, 0.5}).
 """
-
-import jax
 
 from mixjax.dg import hparams as H
 from mixjax.dg.algorithms import register
-from mixjax.dg.algorithms.base import Algorithm, apply_updates, cross_entropy
-
-
-def fish_meta_update(params, inner_params, meta_lr):
-    return jax.tree.map(lambda p, q: p + meta_lr * (q - p), params, inner_params)
+from mixjax.dg.algorithms.base import Algorithm, cross_entropy
+from mixjax.fish import fish_step
 
 
 @register
@@ -30,15 +27,7 @@ class Fish(Algorithm):
         return {"meta_lr": H.HParam(0.5, lambda r: float(r.choice([0.05, 0.1, 0.5])))}
 
     def update(self, hp, state, xs, ys, key):
-        tx = self.tx(hp)
-
-        def inner(carry, batch):
-            p, opt = carry
-            x, y = batch
-            loss, g = jax.value_and_grad(lambda q: cross_entropy(self.logits(q, x), y))(p)
-            p, opt = apply_updates(tx, g, opt, p)
-            return (p, opt), loss
-
-        (inner_params, opt), losses = jax.lax.scan(inner, (state["params"], state["opt"]), (xs, ys))
-        params = fish_meta_update(state["params"], inner_params, hp["meta_lr"])
+        loss_fn = lambda p, batch: cross_entropy(self.logits(p, batch[0]), batch[1])  # noqa: E731
+        params, opt, losses = fish_step(loss_fn, state["params"], state["opt"], self.tx(hp), (xs, ys),
+                                        meta_lr=hp["meta_lr"], divide_by_meta_steps=False)
         return {**state, "params": params, "opt": opt, "step": state["step"] + 1}, {"loss": losses.mean()}
