@@ -115,7 +115,7 @@ def data_rate(batches: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--reps", type=int, default=20)
     p.add_argument("--models", default="tiny,10m")
     p.add_argument("--data-batches", type=int, default=200)
     args = p.parse_args(argv)

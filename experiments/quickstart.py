@@ -19,11 +19,17 @@ tokenizer) as ``token_counts``: w_d = n_d^(1/tau) / sum_j n_j^(1/tau). With tau
 = 2 this gives news 0.04 and science 0.06 of the batches versus 0.125 each under
 uniform, and code / tech_docs / legal about 0.16.
 
-Expected (what to look for, not a fixed number): the domains that temperature
-sampling draws less often (news, science) end with a higher perplexity than
-under uniform, the up-weighted ones (code, tech_docs, legal) with a lower one;
-the uniform average favours the uniform mixture. Runtime: see docs/training.md
-(measured with ``/usr/bin/time`` on 2 CPU cores).
+Measured (one run each, seed 0, 300 steps, jax 0.10.2 CPU, 2026-11-27):
+uniform-average validation ppl 14.44 (uniform) vs 14.70 (temperature);
+temperature is lower on the up-weighted code (22.9 vs 24.2) and tech_docs
+(16.1 vs 16.8) and higher on the down-weighted news (11.9 vs 11.2) and science
+(12.1 vs 11.7). Caveat: the seed-to-seed spread at this scale is as large as
+these differences (uniform with seed 1: average 15.16, code 25.2, legal 11.7
+vs 10.7 with seed 0), and some validation sets hold only ~1.3k tokens, so the
+quickstart shows the pipeline end to end, not a significant mixture effect.
+Runtime: 240 s wall for both runs (user 107 s + sys 30 s) on the 2-core
+development machine while other jobs were running (load average 4-9),
+measured with ``/usr/bin/time`` excluding installation.
 """
 
 from __future__ import annotations
