@@ -379,6 +379,17 @@ def _validate_mixer(cfg: Config) -> None:
     if unknown:
         raise ConfigError(f"config key 'mixing.hparams': mixer {x.name!r} has no "
                           f"hyperparameter(s) {unknown}; known: {sorted(known)}")
+    if x.sample_reweight is None and x.sample_reweight_hparams:
+        raise ConfigError("config key 'mixing.sample_reweight_hparams' is set but "
+                          "mixing.sample_reweight is None (the hyperparameters would be ignored)")
+    if x.sample_reweight is not None:
+        from mixjax.mixing import sample_reweight
+        try:
+            sample_reweight.get(x.sample_reweight, **x.sample_reweight_hparams)
+        except (KeyError, TypeError, ValueError) as e:
+            key = "mixing.sample_reweight" if x.sample_reweight not in sample_reweight.names() \
+                else "mixing.sample_reweight_hparams"
+            raise ConfigError(f"config key {key!r}: {e}") from e
 
 
 def check_domains(cfg: Config, domains: tuple[str, ...]) -> None:

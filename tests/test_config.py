@@ -56,11 +56,23 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ("grads.strategy=magic", "grads.strategy"),
     ("mesh.data=0", "mesh.data"),
     ("eval.target_mixture={'a': -1.0}", "eval.target_mixture"),
+    ("mixing.sample_reweight=nope", "mixing.sample_reweight"),
+    ("mixing.sample_reweight_hparams={'temperature': 2.0}", "mixing.sample_reweight_hparams"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         cfg = C.load(ROOT / "configs" / "lm_tiny_uniform.py", [override])
     assert repr(key) in str(e.value) or key in str(e.value), str(e.value)
+
+
+def test_sample_reweight_hparams_are_checked():
+    base = ROOT / "configs" / "lm_tiny_uniform.py"
+    cfg = C.load(base, ["mixing.sample_reweight=quadratic",
+                        "mixing.sample_reweight_hparams={'burn_in': 10}"])
+    assert cfg.mixing.sample_reweight == "quadratic"
+    with pytest.raises(ConfigError, match="'mixing.sample_reweight_hparams'.*temperature"):
+        C.load(base, ["mixing.sample_reweight=quadratic",
+                      "mixing.sample_reweight_hparams={'temperature': -1.0}"])
 
 
 def test_domain_dependent_checks():
@@ -102,3 +114,16 @@ def test_cli_errors_before_compiling(tmp_path, capsys):
     rc = main(["train", str(ROOT / "configs" / "lm_tiny_uniform.py"),
                "--set", f"train.run_dir={run_dir}"])
     assert rc == 2 and "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_with_a_different_config_names_the_keys(tmp_path):
+    from mixjax.train import loop
+    cfg = C.load(ROOT / "configs" / "lm_tiny_uniform.py", [f"train.run_dir={tmp_path / 'r'}"])
+    loop.prepare_run_dir(cfg, resume=False)
+    with pytest.raises(loop.RunDirError, match="already holds a run"):
+        loop.prepare_run_dir(cfg, resume=False)
+    cfg.train.steps = 999                       # allowed: train longer
+    loop.prepare_run_dir(cfg, resume=True)
+    cfg.optim.lr = 0.5                          # not allowed: a different run
+    with pytest.raises(loop.RunDirError, match="optim.lr"):
+        loop.prepare_run_dir(cfg, resume=True)
