@@ -31,7 +31,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mixjax import config as config_lib
@@ -306,7 +305,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                    "mesh": dict(trainer.mesh.shape), "processes": jax.process_count()},
                   f, indent=2)
 
-    target_tokens = None if trainer.target_tokens is None else jnp.asarray(trainer.target_tokens)
+    target_tokens = None if trainer.target_tokens is None else np.asarray(trainer.target_tokens)
     pending: list[tuple[int, dict]] = []
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     timer = {"t0": time.perf_counter(), "steps": 0}
@@ -377,9 +376,10 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                 flush(t - lag)
                 p = np.asarray(sampler.weights_for(t), np.float32)
                 host_batch = next(sampler)
-                batch = {"tokens": jnp.asarray(host_batch["tokens"], jnp.int32),
-                         "domain_id": jnp.asarray(host_batch["domain_id"], jnp.int32),
-                         "sampling_weights": jnp.asarray(p)}
+                # host arrays: parallel.shard_batch places them on the mesh below
+                batch = {"tokens": np.asarray(host_batch["tokens"], np.int32),
+                         "domain_id": np.asarray(host_batch["domain_id"], np.int32),
+                         "sampling_weights": p}
                 if trainer.check_stratified:
                     from mixjax import grads
                     grads.check_stratified(host_batch["domain_counts"], cfg.data.batch_size,
