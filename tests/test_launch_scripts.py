@@ -193,3 +193,18 @@ def test_slurm_bad_mode_is_rejected(fake_path):
     tmp, env = fake_path
     proc = _run(SLURM, ["--mode", "per-rack", "--dry-run", "--", "x"], env, check=False)
     assert proc.returncode == 2 and "--mode must be per-gpu or per-node" in proc.stderr
+
+
+def test_tpu_git_mode_clones_or_pulls_on_every_worker(fake_path):
+    tmp, env = fake_path
+    proc = _run(TPU, [*TPU_ARGS, "--code", "git", "--repo", "https://example.org/mixjax.git",
+                      "--branch", "dev", "--skip-install", "--dry-run", "--", "echo", "hi"], env)
+    assert _calls(tmp) == []
+    cmds = _printed(proc.stdout)
+    assert not any(c[0] == "git" for c in cmds)          # no local archive in git mode
+    fetch = next(c for c in cmds if "--command" in c and "clone" in c[c.index("--command") + 1])
+    remote = fetch[fetch.index("--command") + 1]
+    assert "--worker=all" in fetch
+    assert "git clone -q --branch dev https://example.org/mixjax.git mixjax" in remote
+    assert "fetch -q origin dev" in remote
+    assert "# --skip-install" in proc.stdout
