@@ -33,7 +33,8 @@ def build(name, **override):
 def test_algorithm_steps_are_finite_and_reduce_loss(name):
     alg, hp = build(name)
     xs, ys = tiny_batches()
-    state = alg.init(jax.random.key(0), hp)
+    init = jax.jit(alg.init)
+    state = init(jax.random.key(0), hp)
     update = jax.jit(alg.update)
     for i in range(4):
         state, metrics = update(hp, state, xs, ys, jax.random.key(i))
@@ -42,7 +43,7 @@ def test_algorithm_steps_are_finite_and_reduce_loss(name):
     logits = alg.predict(state, xs[0])
     assert logits.shape == (B, 2) and np.isfinite(np.asarray(logits)).all()
     ce = lambda s: float(optax_ce(alg.predict(s, xs.reshape(K * B, 4, 4, 1)), ys.reshape(-1)))  # noqa: E731
-    assert ce(state) < ce(alg.init(jax.random.key(0), hp)), f"{name}: 4 steps did not lower the training CE"
+    assert ce(state) < ce(init(jax.random.key(0), hp)), f"{name}: 4 steps did not lower the training CE"
 
 
 def optax_ce(logits, y):
@@ -55,14 +56,16 @@ def test_vmapped_update_equals_separate_updates():
     xs, ys = tiny_batches()
     hps = {k: jnp.stack([v, v * 2]) for k, v in hp.items()}
     keys = jax.random.split(jax.random.key(1), 2)
-    states = jax.vmap(alg.init)(keys, hps)
+    states = jax.jit(jax.vmap(alg.init))(keys, hps)
     upd = jax.jit(jax.vmap(alg.update, in_axes=(0, 0, None, None, None)))
     for i in range(2):
         states, m = upd(hps, states, xs, ys, jax.random.key(i))
+    init1, upd1 = jax.jit(alg.init), jax.jit(alg.update)
     for r in range(2):
-        s = alg.init(keys[r], {k: v[r] for k, v in hps.items()})
+        hp_r = {k: v[r] for k, v in hps.items()}
+        s = init1(keys[r], hp_r)
         for i in range(2):
-            s, m1 = jax.jit(alg.update)({k: v[r] for k, v in hps.items()}, s, xs, ys, jax.random.key(i))
+            s, m1 = upd1(hp_r, s, xs, ys, jax.random.key(i))
         for a, b in zip(jax.tree.leaves(s["params"]), jax.tree.leaves(jax.tree.map(lambda v: v[r], states["params"]))):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
