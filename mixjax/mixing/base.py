@@ -118,7 +118,7 @@ def init_state(weights: Array, **extra: Any) -> State:
     weights = jnp.asarray(weights, jnp.float32)
     return {
         "weights": weights,
-        "weight_sum": weights,
+        "weight_sum": jnp.array(weights),  # a copy: donation needs distinct buffers
         "num_weights": jnp.ones((), jnp.float32),
         "nonfinite_domain": -jnp.ones((), jnp.int32),
         **extra,
