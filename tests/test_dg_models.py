@@ -22,6 +22,13 @@ def test_mnist_cnn_matches_domainbed_parameter_count_and_shapes():
     assert h.shape == (1, 14, 14, 128)  # stride 2 with PyTorch's padding=1
 
 
+def test_mnist_cnn_rejects_input_independent_features():
+    import pytest
+
+    with pytest.raises(ValueError, match="last width 8"):
+        MNISTCNN(1, widths=(8, 8, 8, 8), rngs=nnx.Rngs(0))
+
+
 def test_mlp_and_resnet_featurisers():
     assert MLP(12, 5, width=8, depth=4, rngs=nnx.Rngs(0))(jnp.ones((2, 3, 4))).shape == (2, 5)
     r = ResNet(1, widths=(8, 16), blocks=2, rngs=nnx.Rngs(0))

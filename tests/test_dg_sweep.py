@@ -56,8 +56,10 @@ def test_bad_config_override_names_the_key(capsys, tmp_path):
     assert "stepz" in capsys.readouterr().err
     with pytest.raises(C.ConfigError, match="hparam_overrides.rho"):
         C.load(TINY, ["hparam_overrides.rho=0.1"])  # erm has no rho
-    with pytest.raises(C.ConfigError, match="algorithms"):
+    with pytest.raises(C.ConfigError, match="'irn'"):
         C.load(TINY, ["algorithms=[erm,irn]"])
+    assert C.load(TINY, ["algorithms=[erm,irm]"]).algorithms == ("erm", "irm")  # bare-word lists
+    assert C.load(TINY, ["algorithms=erm,vrex", "model.cnn_widths=[8,8,8,8]"]).algorithms == ("erm", "vrex")
     assert not (tmp_path / "results.jsonl").exists()
 
 

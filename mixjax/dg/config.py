@@ -102,8 +102,16 @@ def load(path: str | pathlib.Path, overrides: tuple[str, ...] | list[str] = ()) 
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        set_value(cfg, key.strip(), parse_value(text.strip()))
+        set_value(cfg, key.strip(), _parse(text.strip()))
     return validate(cfg)
+
+
+def _parse(text: str):
+    """``mixjax.config.parse_value``, plus bare-word lists: ``[erm,irm]`` or ``erm,irm``."""
+    value = parse_value(text)
+    if isinstance(value, str) and ("," in value or (value.startswith("[") and value.endswith("]"))):
+        return [w.strip().strip("'\"") for w in value.strip("[]").split(",") if w.strip()]
+    return value
 
 
 def to_dict(cfg: SweepConfig) -> dict:

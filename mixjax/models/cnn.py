@@ -29,6 +29,10 @@ class MNISTCNN(nnx.Module):
         for w in widths:
             if w % groups:
                 raise ValueError(f"MNISTCNN width {w} is not divisible by groups={groups}")
+        if widths[-1] < 2 * groups:
+            # one channel per group: GroupNorm makes every channel's spatial mean exactly 0 (plus
+            # its bias), so the pooled features would not depend on the input at all
+            raise ValueError(f"MNISTCNN last width {widths[-1]} must be >= 2 * groups ({2 * groups})")
         strides = (1, 2, 1, 1)
         chans = (in_channels, *widths)
         self.convs = nnx.List(
