@@ -57,6 +57,46 @@ def init_bilevel_state(params: PyTree, *, num_domains: int, tx_u: optax.Gradient
             "num_weights": jnp.ones((), jnp.float32), "step": jnp.zeros((), jnp.int32)}
 
 
+UWP_KEYS = ("u", "w", "p", "opt_u", "opt_w", "opt_p")
+
+
+def bilevel_update(token_loss_fn: G.TokenLossFn, uwp: Mapping[str, Any],
+                   batch: Mapping[str, jax.Array], *, num_domains: int,
+                   tx_u: optax.GradientTransformation, tx_w: optax.GradientTransformation,
+                   tx_p: optax.GradientTransformation, penalty: float):
+    """One ScaleBiO step on ``uwp = {u, w, p, opt_u, opt_w, opt_p}`` (pure; see the module
+    docstring). Returns ``(new uwp, metrics)``; ``metrics["weights"]`` = softmax(new p).
+
+    Used by :func:`make_bilevel_step` and by the run loop's ``bilevel`` objective
+    (``mixjax.train.objectives``), which keeps u, w and p in its own state layout.
+    """
+    k = num_domains
+    lam = jax.nn.softmax(uwp["p"])
+    val = G.target_batch(batch)
+
+    def loss_vec(params):
+        return G.domain_loss_vector(token_loss_fn, params, batch, k)
+
+    lu, pull_u, count = jax.vjp(loss_vec, uwp["u"], has_aux=True)
+    lw, pull_w, _ = jax.vjp(loss_vec, uwp["w"], has_aux=True)
+    l1, g1 = jax.value_and_grad(lambda w: G.mean_loss(token_loss_fn, w, val))(uwp["w"])
+    gu = pull_u(penalty * lam)[0]
+    gw = jax.tree.map(jnp.add, pull_w(penalty * lam)[0], g1)
+    gap = jax.lax.stop_gradient(lw - lu)
+    gp = jax.grad(lambda p: penalty * jnp.dot(jax.nn.softmax(p), gap))(uwp["p"])
+
+    upd_u, opt_u = tx_u.update(gu, uwp["opt_u"], uwp["u"])
+    upd_w, opt_w = tx_w.update(gw, uwp["opt_w"], uwp["w"])
+    upd_p, opt_p = tx_p.update(gp, uwp["opt_p"], uwp["p"])
+    p = optax.apply_updates(uwp["p"], upd_p)
+    new = {"u": optax.apply_updates(uwp["u"], upd_u), "w": optax.apply_updates(uwp["w"], upd_w),
+           "p": p, "opt_u": opt_u, "opt_w": opt_w, "opt_p": opt_p}
+    metrics = {"val_loss": l1, "L2_w": jnp.dot(lam, lw), "L2_u": jnp.dot(lam, lu),
+               "domain_loss": lw, "domain_loss_u": lu, "domain_count": count,
+               "weights": jax.nn.softmax(p), "grad_p": gp, "grad_norm_w": optax.tree.norm(gw)}
+    return new, metrics
+
+
 def make_bilevel_step(token_loss_fn: G.TokenLossFn, *, num_domains: int,
                       tx_u: optax.GradientTransformation, tx_w: optax.GradientTransformation,
                       tx_p: optax.GradientTransformation, penalty: float = 10.0, jit: bool = True):
@@ -67,33 +107,13 @@ def make_bilevel_step(token_loss_fn: G.TokenLossFn, *, num_domains: int,
         raise ValueError(f"bilevel penalty a must be > 0, got {penalty}")
 
     def step(state, batch):
-        lam = jax.nn.softmax(state["p"])
-        val = G.target_batch(batch)
-
-        def loss_vec(params):
-            return G.domain_loss_vector(token_loss_fn, params, batch, k)
-
-        lu, pull_u, count = jax.vjp(loss_vec, state["u"], has_aux=True)
-        lw, pull_w, _ = jax.vjp(loss_vec, state["w"], has_aux=True)
-        l1, g1 = jax.value_and_grad(lambda w: G.mean_loss(token_loss_fn, w, val))(state["w"])
-        gu = pull_u(penalty * lam)[0]
-        gw = jax.tree.map(jnp.add, pull_w(penalty * lam)[0], g1)
-        gap = jax.lax.stop_gradient(lw - lu)
-        gp = jax.grad(lambda p: penalty * jnp.dot(jax.nn.softmax(p), gap))(state["p"])
-
-        upd_u, opt_u = tx_u.update(gu, state["opt_u"], state["u"])
-        upd_w, opt_w = tx_w.update(gw, state["opt_w"], state["w"])
-        upd_p, opt_p = tx_p.update(gp, state["opt_p"], state["p"])
-        p = optax.apply_updates(state["p"], upd_p)
-        new_lam = jax.nn.softmax(p)
-        new = {**state, "u": optax.apply_updates(state["u"], upd_u),
-               "w": optax.apply_updates(state["w"], upd_w), "p": p, "opt_u": opt_u,
-               "opt_w": opt_w, "opt_p": opt_p, "weight_sum": state["weight_sum"] + new_lam,
+        new_uwp, metrics = bilevel_update(
+            token_loss_fn, {key: state[key] for key in UWP_KEYS}, batch, num_domains=k,
+            tx_u=tx_u, tx_w=tx_w, tx_p=tx_p, penalty=penalty)
+        new_lam = metrics["weights"]
+        new = {**state, **new_uwp, "weight_sum": state["weight_sum"] + new_lam,
                "num_weights": state["num_weights"] + 1.0, "step": state["step"] + 1}
-        metrics = {"step": state["step"], "val_loss": l1, "L2_w": jnp.dot(lam, lw),
-                   "L2_u": jnp.dot(lam, lu), "domain_loss": lw, "domain_count": count,
-                   "weights": new_lam, "grad_p": gp}
-        return new, metrics
+        return new, {"step": state["step"], **metrics}
 
     return jax.jit(step, donate_argnums=(0,)) if jit else step
 

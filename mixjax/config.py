@@ -95,6 +95,10 @@ class TrainConfig:
     grad_accum: int = 1                # micro-batches per step
     reference: str | None = None       # run dir of a frozen reference model (ref_loss)
     progress: bool = True              # tqdm bar
+    # The train-step factory (mixjax.train.objectives): "mixer" (one model, the mixing
+    # section's weights act on sampling/loss), "bilevel" (ScaleBiO), "fish" (Fish meta step).
+    objective: str = "mixer"
+    objective_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -363,7 +367,38 @@ def validate(cfg: Config) -> Config:
     _require(g.layout in ("stratified", "rows"), "grads.layout",
              f"must be stratified or rows, got {g.layout!r}")
     _validate_mixer(cfg)
+    _validate_objective(cfg)
     return cfg
+
+
+def _validate_objective(cfg: Config) -> None:
+    from mixjax.train import objectives  # light: registry + hyperparameter names
+
+    t = cfg.train
+    if t.objective not in objectives.names():
+        raise ConfigError(f"config key 'train.objective': unknown objective {t.objective!r}; "
+                          f"known: {', '.join(objectives.names())}")
+    known = objectives.hparam_names(t.objective)
+    unknown = sorted(set(t.objective_hparams) - set(known))
+    if unknown:
+        raise ConfigError(f"config key 'train.objective_hparams': objective {t.objective!r} has "
+                          f"no hyperparameter(s) {unknown}; known: {sorted(known)}")
+    if t.objective == "mixer":
+        return
+    # A custom step owns the weights and the model update: the mixing section must be empty.
+    x = cfg.mixing
+    _require(x.name == "uniform" and not x.hparams and x.apply_to is None
+             and x.sample_reweight is None, "mixing.name",
+             f"train.objective={t.objective!r} computes its own domain weights; leave the "
+             f"mixing section at its defaults (got mixing.name={x.name!r})")
+    _require(t.grad_accum == 1, "train.grad_accum",
+             f"train.objective={t.objective!r} does not support gradient accumulation")
+    _require(t.reference is None, "train.reference",
+             f"train.objective={t.objective!r} uses no reference model")
+    try:
+        objectives.check_hparams(t.objective, t.objective_hparams)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key 'train.objective_hparams': {e}") from e
 
 
 def _validate_mixer(cfg: Config) -> None:

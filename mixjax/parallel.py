@@ -201,17 +201,19 @@ def mirror_shardings(tree, params, param_sharding, mesh):
 def train_state_shardings(state, logical_axes, mesh, rules=RULES):
     """Shardings of the train state dict of ``mixjax.train.step``.
 
-    ``params`` and ``ref_params`` follow the logical rules; ``opt_state`` mirrors
-    ``params``; ``mix_state``, ``step``, ``rng``, ``eval_loss`` and anything else
+    ``params``, ``ref_params`` (and any ``*params`` key of a custom objective) follow the
+    logical rules; ``opt_state`` (and ``*opt_state``) mirrors ``params``; ``mix_state``, ``step``, ``rng``, ``eval_loss`` and anything else
     (small per-domain vectors) are replicated on every device.
     """
     psh = shape_aware_param_shardings(state["params"], logical_axes, mesh, rules)
     rep = NamedSharding(mesh, P())
     out = {}
     for key, value in state.items():
-        if key in ("params", "ref_params"):
+        # "*params" (params, ref_params, a custom objective's lower_params) have the
+        # model's structure; "*opt_state" mirror it (mixjax.train.objectives).
+        if key.endswith("params"):
             out[key] = psh
-        elif key == "opt_state":
+        elif key.endswith("opt_state"):
             out[key] = mirror_shardings(value, state["params"], psh, mesh)
         else:
             out[key] = jax.tree.map(lambda _: rep, value)

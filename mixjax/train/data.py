@@ -30,9 +30,15 @@ class TrainData:
     pad_id: int
     eval_sets: Mapping[str, np.ndarray]
     make_sampler: Callable[[np.ndarray], Any]
+    # Domains that are evaluated but never trained on (an out-of-domain grads.target);
+    # their eval sets are in eval_sets.
+    heldout_domains: tuple[str, ...] = ()
+    # {grads.target: int32[N, S+1]}: the target batch, always from the validation split
+    # (whatever eval.split is), so an evaluation on the test split stays unseen.
+    target_sets: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-def _sources(cfg: Config):
+def _all_sources(cfg: Config):
     from mixjax import data
     if cfg.data.spec is not None:
         import json
@@ -43,24 +49,46 @@ def _sources(cfg: Config):
         sources = data.DatasetSpec.from_dict(json.loads(path.read_text())).sources()
     else:
         sources = data.corpus_sources(cfg.data.corpus)
+    return sources
+
+
+def _sources(cfg: Config):
+    """``(training sources, held-out target sources)``."""
+    sources = _all_sources(cfg)
+    everything = dict(sources)
     if cfg.data.domains is not None:
         unknown = sorted(set(cfg.data.domains) - set(sources))
         if unknown:
             raise ConfigError(f"config key 'data.domains': unknown domain(s) {unknown}; "
                               f"known: {sorted(sources)}")
         sources = {d: sources[d] for d in cfg.data.domains}
-    return sources
+    target, heldout = cfg.grads.target, {}
+    if target is not None and target not in sources:
+        if target not in everything:
+            raise ConfigError(f"config key 'grads.target': unknown domain {target!r}; "
+                              f"training domains: {sorted(sources)}, held-out candidates: "
+                              f"{sorted(set(everything) - set(sources))}")
+        heldout = {target: everything[target]}   # out-of-domain target: never trained on
+    return sources, heldout
 
 
 def build_data(cfg: Config) -> TrainData:
     from mixjax import data
-    sources = _sources(cfg)
+    sources, heldout = _sources(cfg)
     tok = data.tokenizers.get(cfg.data.tokenizer)
     domains = tuple(sources)
     n = data.token_counts(sources, tokenizer=tok, split="train")   # incl. one EOS per doc
     counts = tuple(float(n[d]) for d in domains)
-    eval_sets = data.eval_arrays(sources, seq_len=cfg.data.seq_len, split=cfg.eval.split,
-                                 num_sequences=cfg.eval.num_seqs, tokenizer=tok)
+    eval_sets = data.eval_arrays({**sources, **heldout}, seq_len=cfg.data.seq_len,
+                                 split=cfg.eval.split, num_sequences=cfg.eval.num_seqs,
+                                 tokenizer=tok)
+    target_sets = {}
+    if cfg.grads.target is not None:
+        t = cfg.grads.target
+        target_sets = (eval_sets if cfg.eval.split == "validation" else data.eval_arrays(
+            {t: {**sources, **heldout}[t]}, seq_len=cfg.data.seq_len, split="validation",
+            num_sequences=cfg.eval.num_seqs, tokenizer=tok))
+        target_sets = {t: target_sets[t]}
     seed = cfg.train.seed if cfg.data.seed is None else cfg.data.seed
 
     def make_sampler(weights: np.ndarray):
@@ -74,4 +102,5 @@ def build_data(cfg: Config) -> TrainData:
                                   process_count=jax.process_count())
 
     return TrainData(domains=domains, token_counts=counts, vocab_size=tok.vocab_size,
-                     pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler)
+                     pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler,
+                     heldout_domains=tuple(heldout), target_sets=target_sets)

@@ -76,3 +76,18 @@ def evaluate(eval_fn: Callable, params, batches: Mapping[str, list[np.ndarray]],
 
 def domain_losses(result: Mapping[str, float], domains: tuple[str, ...]) -> np.ndarray:
     return np.array([result[f"loss/{d}"] for d in domains], np.float32)
+
+
+def evaluate_with_heldout(eval_fn: Callable, params, batches: Mapping[str, list[np.ndarray]],
+                          domains: tuple[str, ...], heldout: tuple[str, ...] = (),
+                          target: Mapping[str, float] | None = None) -> dict:
+    """:func:`evaluate` over the training ``domains`` (the averages and ``ppl_worst`` are
+    theirs), plus ``loss/<d>``, ``ppl/<d>``, ``tokens/<d>`` for each held-out domain d
+    (evaluated, never trained on)."""
+    out = evaluate(eval_fn, params, batches, domains, target)
+    if heldout:
+        extra = evaluate(eval_fn, params, batches, tuple(heldout))
+        for d in heldout:
+            for key in ("loss", "ppl", "tokens"):
+                out[f"{key}/{d}"] = extra[f"{key}/{d}"]
+    return out

@@ -73,7 +73,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and k not in ("hparams", "sample_reweight_hparams", "target_mixture"):
+        if isinstance(v, dict) and k not in ("hparams", "sample_reweight_hparams", "target_mixture",
+                                              "objective_hparams"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -177,22 +178,15 @@ class Trainer:
         self.model_cfg = model_config(cfg, self.data.vocab_size)
         self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
         self.num_params = transformer.count_params(params)
-        ref_apply, ref_params = None, None
-        if self.mixer.requires & step_lib.REF_KEYS:
-            if cfg.train.reference is None:
-                raise ConfigError(f"config key 'train.reference': mixer {cfg.mixing.name!r} "
-                                  f"requires {sorted(self.mixer.requires & step_lib.REF_KEYS)}; "
-                                  "set it to the run dir of a trained reference model")
-            ref_apply, ref_params = load_reference(cfg.train.reference, self.data.vocab_size)
-        grad_stats, self.target_tokens, self.check_stratified = None, None, False
-        needs = self.mixer.requires & step_lib.GRAD_KEYS
-        if needs:
-            grad_stats = self._grad_stats(needs)
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
-        self.step_fn = step_lib.make_train_step(
-            apply=self.apply, mixer=self.mixer, tx=self.tx, num_domains=k, pad_id=self.pad_id,
-            lr_schedule=self.schedule, grad_accum=cfg.train.grad_accum, ref_apply=ref_apply,
-            sample_weights=sample_weights_fn(cfg), grad_stats=grad_stats, jit=False)
+        # The step and its state come from the objective's factory (train.objective):
+        # the default one-model mixer step, or a custom one (bilevel, fish).
+        from mixjax.train import objectives
+        parts = objectives.build(cfg.train.objective, self)
+        self.mixer = parts.mixer
+        self.step_fn = parts.step_fn
+        self.check_stratified = parts.stratified
+        self.target_tokens = self._target_tokens() if parts.needs_target else None
         # Mesh (mixjax.parallel): params and optimizer state sharded by the logical rules,
         # everything else replicated; the jitted step keeps that layout in and out.
         self.mesh = parallel.mesh_from_config(cfg.mesh)
@@ -201,40 +195,33 @@ class Trainer:
         # The optimizer and mixer state are created sharded (one jitted init), so no
         # device ever holds the whole optimizer state; same values as an eager init.
         self.initial_state, self.state_shardings = parallel.init_state_sharded(
-            lambda p: state_lib.init_state(p, self.tx, self.mixer, k, cfg.train.seed),
-            params, self.logical_axes, self.mesh, ref_params=ref_params)
+            parts.init_fn, params, self.logical_axes, self.mesh, ref_params=parts.ref_params)
         self.train_step = parallel.jit_sharded_step(self.step_fn, self.state_shardings)
         self.eval_fn = parallel.replicated_outputs(
             step_lib.make_eval_fn(self.apply, self.pad_id), self.mesh)
+        # Held-out domains (an out-of-domain grads.target) are evaluated, never trained on.
+        self.heldout = tuple(getattr(self.data, "heldout_domains", ()))
         self.eval_batches = eval_lib.prepare_eval_sets(
-            self.data.eval_sets, self.domains, cfg.eval.num_seqs, cfg.eval.batch_size, self.pad_id)
+            self.data.eval_sets, self.domains + self.heldout, cfg.eval.num_seqs,
+            cfg.eval.batch_size, self.pad_id)
 
-    def _grad_stats(self, needs):
-        """The gradient-statistics hook (mixjax.grads), checked before anything compiles."""
-        from mixjax import grads
-        cfg, k = self.cfg, len(self.domains)
-        try:
-            gcfg = grads.GradConfig(strategy=cfg.grads.strategy, layout=cfg.grads.layout,
-                                    chunk_size=cfg.grads.chunk_size,
-                                    param_filter=cfg.grads.param_filter)
-            grads.check_request(gcfg, needs, who=f"mixer {self.mixer.name!r}")
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-        if gcfg.stratified:
-            if cfg.data.sampler != "per_domain":
-                raise ConfigError(
-                    f"config key 'data.sampler': grads.layout={gcfg.layout!r} with strategy "
-                    f"{gcfg.strategy!r} needs exactly B/K sequences per domain; use "
-                    "data.sampler=per_domain (or grads.layout=rows / grads.strategy=jvp)")
-            self.check_stratified = True
-        if needs & {"grad_dot", "target_grad_norm"}:
-            target = cfg.grads.target
-            if target not in self.domains:
-                raise ConfigError(f"config key 'grads.target': mixer {self.mixer.name!r} needs "
-                                  f"a target domain for g_target; got {target!r}, known: "
-                                  f"{list(self.domains)}")
-            self.target_tokens = np.asarray(self.data.eval_sets[target])[:cfg.eval.num_seqs]
-        return grads.make_grad_stats(gcfg, k)
+    def _target_tokens(self) -> np.ndarray:
+        """The target batch (``batch["target_tokens"]``): grads.target's validation split.
+
+        The target may be a training domain or a held-out one (``TrainData.heldout_domains``:
+        evaluated, never sampled for training; the DoGE out-of-domain setting).
+        """
+        cfg = self.cfg
+        target = cfg.grads.target
+        heldout = tuple(getattr(self.data, "heldout_domains", ()))
+        if target is None or target not in self.domains + heldout:
+            raise ConfigError(f"config key 'grads.target': {self.mixer.name!r} needs a target "
+                              f"domain (its validation split gives the target batch); got "
+                              f"{target!r}; training domains: {list(self.domains)}")
+        target_sets = getattr(self.data, "target_sets", None) or {}
+        if target in target_sets:
+            return np.asarray(target_sets[target])[:cfg.eval.num_seqs]
+        return np.asarray(self.data.eval_sets[target])[:cfg.eval.num_seqs]
 
     def sampler_weights(self) -> np.ndarray:
         """The sampler's initial weights: the mixer's (sampling/both) or the reference p (loss)."""
@@ -246,8 +233,9 @@ class Trainer:
         return _normalised(self.mixer.weights(self.initial_state["mix_state"]))
 
     def evaluate(self, params) -> dict:
-        return eval_lib.evaluate(self.eval_fn, params, self.eval_batches, self.domains,
-                                 self.cfg.eval.target_mixture)
+        return eval_lib.evaluate_with_heldout(self.eval_fn, params, self.eval_batches,
+                                              self.domains, self.heldout,
+                                              self.cfg.eval.target_mixture)
 
 
 def _normalised(w) -> np.ndarray:
@@ -301,6 +289,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         json.dump({"num_params": trainer.num_params, "domains": list(domains),
                    "model": dataclasses.asdict(trainer.model_cfg), "mixer": mixer.name,
                    "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
+                   "objective": cfg.train.objective, "heldout_domains": list(trainer.heldout),
                    "devices": [str(d) for d in jax.devices()],
                    "mesh": dict(trainer.mesh.shape), "processes": jax.process_count()},
                   f, indent=2)
@@ -336,6 +325,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                 rec.update(writer.per_domain("count", m["domain_count"]))
                 rec.update(writer.per_domain("weight", m["weights"]))
                 rec.update(writer.per_domain("sampling_weight", m["sampling_weights"]))
+                rec.update({k: float(v) for k, v in m.get("extra", {}).items()})
                 if "ref_domain_loss" in m:
                     rec.update(writer.per_domain("ref_loss", m["ref_domain_loss"]))
                 writer.write("metrics.jsonl", rec)
@@ -448,10 +438,12 @@ def evaluate_run(run_dir: str | pathlib.Path, *, step: int | None = None,
         raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
     params = ck.manager.restore(step, args=_params_only_args(abstract_params))["state"]["params"]
     ck.close()
-    batches = eval_lib.prepare_eval_sets(data.eval_sets, domains, cfg.eval.num_seqs,
+    heldout = tuple(getattr(data, "heldout_domains", ()))
+    batches = eval_lib.prepare_eval_sets(data.eval_sets, domains + heldout, cfg.eval.num_seqs,
                                          cfg.eval.batch_size, data.pad_id)
-    result = eval_lib.evaluate(step_lib.make_eval_fn(apply, data.pad_id), params, batches,
-                               domains, cfg.eval.target_mixture)
+    result = eval_lib.evaluate_with_heldout(step_lib.make_eval_fn(apply, data.pad_id), params,
+                                            batches, domains, heldout,
+                                            cfg.eval.target_mixture)
     return {"step": step, "split": cfg.eval.split, **result}
 
 
@@ -463,4 +455,8 @@ def format_eval(result: dict, domains: tuple[str, ...]) -> str:
     lines.append(f"{'uniform avg':<16} {result['loss_avg']:>8.4f} {result['ppl_avg']:>10.3f}")
     lines.append(f"{'target avg':<16} {result['loss_target']:>8.4f} {result['ppl_target']:>10.3f}")
     lines.append(f"{'worst':<16} {'':>8} {result['ppl_worst']:>10.3f}")
+    for d in sorted(k[len("loss/"):] for k in result if k.startswith("loss/")):
+        if d not in domains:   # held out: evaluated, not trained on, not in the averages
+            lines.append(f"{d + ' (held out)':<16} {result[f'loss/{d}']:>8.4f} "
+                         f"{result[f'ppl/{d}']:>10.3f}")
     return "\n".join(lines)

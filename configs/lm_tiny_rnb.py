@@ -1,0 +1,44 @@
+"""R&B domain reweighting (Ge et al. 2025, arXiv 2505.00358) on mixpile-tiny.
+
+Command:
+    mixjax train configs/lm_tiny_rnb.py --set train.run_dir=runs/tiny_rnb
+Runtime: R&B reads the K x K Gram matrix of the per-domain gradients of each
+batch. The sampler draws with the R&B weights (apply_to=sampling), so batch
+composition varies and the gradients come from grads.layout=rows: one forward,
+K = 8 backward passes (~4x a plain step at K = 8 in benchmarks/bench_grads.py),
+so 200 steps take several minutes on the shared 2-core dev machine; the
+3-step CLI test takes ~15 s including compiles.
+
+Update every step: p <- softmax(lam * G p / |G p|), lam = 1 (weights stay
+within e^2 of each other); eps = 0.05 keeps every domain sampled (an absent
+domain keeps its share and has no gradient in that batch).
+Variant: bounded cost with a fixed stratified sampler and the weights on the
+loss: --set data.sampler=per_domain --set grads.layout=stratified
+       --set mixing.apply_to=loss --set mixing.sampling_weights=uniform
+"""
+
+from mixjax.config import Config
+
+
+def get_config() -> Config:
+    cfg = Config(name="lm_tiny_rnb")
+    cfg.data.corpus = "mixpile-tiny"
+    cfg.data.tokenizer = "byte"
+    cfg.data.seq_len = 128
+    cfg.data.batch_size = 16
+    cfg.data.sampler = "multinomial"
+    cfg.model.d_model = 128
+    cfg.model.num_layers = 2
+    cfg.model.num_heads = 4
+    cfg.optim.lr = 3e-3
+    cfg.optim.warmup_steps = 20
+    cfg.train.steps = 200
+    cfg.train.eval_every = 100
+    cfg.train.ckpt_every = 100
+    cfg.train.run_dir = "runs/lm_tiny_rnb"
+    cfg.mixing.name = "rnb"
+    cfg.mixing.hparams = {"lam": 1.0, "update_every": 1, "eps": 0.05}
+    cfg.grads.strategy = "vmap"
+    cfg.grads.layout = "rows"
+    cfg.eval.num_seqs = 16
+    return cfg
