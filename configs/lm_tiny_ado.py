@@ -10,24 +10,13 @@ reference's schedule (ignore 1000, start 1000, refit every 1000 of 60k steps)
 is scaled to a 200-step run.
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_ado")
-    cfg.data.corpus = "mixpile-tiny"
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
-    cfg.eval.num_seqs = 16
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_ado"
     cfg.train.run_dir = "runs/lm_tiny_ado"
     cfg.mixing.name = "ado"
     cfg.mixing.hparams = {"ignore_steps": 20, "start_step": 50, "refit_every": 25,

@@ -15,26 +15,15 @@ stratified (B/K sequences per domain) for the vmap gradient engine.
 mu = 0.01 is the reference's shipped universal setting (0.05 for OOD).
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_doge")
-    cfg.data.corpus = "mixpile-tiny"
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_doge"
     cfg.data.sampler = "per_domain"
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
     cfg.train.run_dir = "runs/lm_tiny_doge"
-    cfg.eval.num_seqs = 16
     cfg.mixing.name = "doge"
     cfg.mixing.hparams = {"target": "universal", "mu": 0.01}
     cfg.mixing.sampling_weights = "uniform"

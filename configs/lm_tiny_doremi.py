@@ -19,24 +19,13 @@ smoothing 1e-3 are the paper's; vocab_size 264 (the byte tokenizer's padded
 vocabulary) gives the reference's initial score ln|V| for domains not yet seen.
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_doremi")
-    cfg.data.corpus = "mixpile-tiny"
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
-    cfg.eval.num_seqs = 16
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_doremi"
     cfg.train.run_dir = "runs/lm_tiny_doremi"
     cfg.train.reference = "runs/lm_tiny_uniform"
     cfg.mixing.name = "doremi"

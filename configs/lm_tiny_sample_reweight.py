@@ -11,26 +11,14 @@ shipped choice) and turned into weights by a softmax with temperature 1, after
 a burn-in (reference: 1000 of 20k steps; here 50 of 200).
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_sample_reweight")
-    cfg.data.corpus = "mixpile-tiny"
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
-    cfg.eval.num_seqs = 16
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_sample_reweight"
     cfg.train.run_dir = "runs/lm_tiny_sample_reweight"
-    cfg.mixing.name = "uniform"
     cfg.mixing.sample_reweight = "quadratic"
     cfg.mixing.sample_reweight_hparams = {"temperature": 1.0, "burn_in": 50}
     return cfg

@@ -32,6 +32,7 @@ import dataclasses
 import importlib.util
 import json
 import pathlib
+import sys
 import types
 import typing
 from typing import Any
@@ -161,7 +162,15 @@ def load(path: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) 
         raise ConfigError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_mixjax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # The folder above configs/ goes on sys.path while the file runs, so a config
+    # can extend another (`from configs.lm_tiny_uniform import get_config`)
+    # whatever the working directory of the `mixjax` command.
+    root = str(path.resolve().parent.parent)
+    sys.path.insert(0, root)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(root)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {str(path)!r} defines no get_config()")
     cfg = module.get_config()
