@@ -13,6 +13,8 @@ Same model, same batch (B sequences, K domains, B/K per domain), in one run:
                  then one weighted backward;
 * ``jvp``        jax.jvp for grad_dot, then one VJP for the model gradient (DGA's step);
 * ``jvp-lin``    jvp_mode="linearize": one linearisation, tangent pass + its transpose;
+* ``jvp-m1``     ``jvp`` with the tangent pass over the whole batch (``jvp_microbatches=1``;
+                 ``jvp`` itself uses 4 micro-batches when B allows);
 * ``reference``  the reference-code way (DoGE's trainer): one jitted backward per
                  domain in a Python loop, each gradient flattened into a K x P host
                  numpy matrix, scores and the weighted gradient on the host, then AdamW.
@@ -108,6 +110,8 @@ def make_steps(tlf, k, tx, chunk):
                           {"grad_dot", "grad_norm"}),
         "jvp": engine(G.GradConfig(strategy="jvp"), {"grad_dot"}),
         "jvp-lin": engine(G.GradConfig(strategy="jvp", jvp_mode="linearize"), {"grad_dot"}),
+        # the tangent pass over the whole batch at once (before jvp_microbatches)
+        "jvp-m1": engine(G.GradConfig(strategy="jvp", jvp_microbatches=1), {"grad_dot"}),
     }
 
 
@@ -182,6 +186,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="compile and report memory only")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated subset of the steps (plain is always included)")
     args = ap.parse_args(argv)
 
     tlf, params = build(args)
@@ -197,6 +203,9 @@ def main(argv=None):
     for k in [int(x) for x in args.ks.split(",")]:
         batch = batch_for(k, args)
         steps = make_steps(tlf, k, tx, min(args.chunk, k))
+        if args.only:
+            keep = {"plain", *args.only.split(",")}
+            steps = {n: f for n, f in steps.items() if n in keep}
         compiled = {name: jax.jit(fn).lower(params, opt, batch).compile()
                     for name, fn in steps.items()}
         runner = {name: (lambda c=c: jax.block_until_ready(c(params, opt, batch)))

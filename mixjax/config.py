@@ -139,6 +139,7 @@ class GradsConfig:
     chunk_size: int = 1                # chunked: domains per group
     param_filter: str | None = None    # regex on parameter paths for the statistics
     target: str | None = None          # domain whose validation split gives g_target (grad_dot)
+    jvp_microbatches: int | None = None  # jvp: tangent pass in M micro-batches (None: 4/2/1)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -373,6 +374,11 @@ def validate(cfg: Config) -> Config:
     _require(g.strategy in ("vmap", "jvp", "chunked"), "grads.strategy",
              f"must be vmap, jvp or chunked, got {g.strategy!r}")
     _require(g.chunk_size >= 1, "grads.chunk_size", f"must be >= 1, got {g.chunk_size}")
+    _require(g.jvp_microbatches is None or g.jvp_microbatches >= 1, "grads.jvp_microbatches",
+             f"must be >= 1 or None, got {g.jvp_microbatches}")
+    _require(g.jvp_microbatches is None or d.batch_size % g.jvp_microbatches == 0,
+             "grads.jvp_microbatches", f"data.batch_size={d.batch_size} is not divisible by "
+             f"{g.jvp_microbatches}")
     _require(g.layout in ("stratified", "rows"), "grads.layout",
              f"must be stratified or rows, got {g.layout!r}")
     _validate_mixer(cfg)

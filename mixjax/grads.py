@@ -32,8 +32,9 @@ Strategies (``GradConfig.strategy``):
 ``jvp``
     Forward mode on the per-domain loss vector ``L(theta) in R^K``:
     ``grad_dot = J_L g_t`` by one ``jax.jvp`` (primal and tangent together,
-    nothing stored for a backward pass), then ``combine(c) = J_L^T c`` by one
-    VJP (a plain forward + backward). Any batch composition; extra memory
+    nothing stored for a backward pass; run over ``jvp_microbatches`` micro-batches
+    so its activations are a fraction of the batch's), then ``combine(c) = J_L^T c``
+    by one VJP (a plain forward + backward). Any batch composition; extra memory
     O(1) x params (g_t and the tangents), whatever K. ``jvp_mode="linearize"``
     instead linearises once and transposes the same linearisation (one forward
     pass fewer, but the residuals stay alive through the tangent pass: more
@@ -89,6 +90,10 @@ class GradConfig:
     chunk_size: int = 1               # chunked only: domains per group (must divide K)
     param_filter: str | None = None   # regex on keystr(path); None = all parameters
     jvp_mode: str = "separate"        # jvp only: "separate" (jvp, then a VJP) or "linearize"
+    # jvp "separate" only: the tangent pass runs over this many micro-batches (lax.map), so
+    # its primal+tangent activations are 1/M of the batch's. None: the largest of 4, 2, 1
+    # that divides the batch size.
+    jvp_microbatches: int | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -100,6 +105,9 @@ class GradConfig:
                              f"got {self.jvp_mode!r}")
         if self.chunk_size < 1:
             raise ValueError(f"grads.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.jvp_microbatches is not None and self.jvp_microbatches < 1:
+            raise ValueError(f"grads.jvp_microbatches must be >= 1 or None, "
+                             f"got {self.jvp_microbatches}")
         if self.param_filter is not None:
             try:
                 re.compile(self.param_filter)
@@ -220,6 +228,44 @@ def _masked_mean(token_loss: Array, token_mask: Array) -> tuple[Array, Array]:
     return (token_loss * token_mask).sum() / jnp.maximum(n, 1.0), n
 
 
+def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatches):
+    """``(L f32[K], count f32[K], J_L direction f32[K])`` with the tangent pass over M
+    micro-batches (``lax.map``).
+
+    L_d = S_d / n_d with S_d the domain's token-loss sum and n_d its token count
+    (constant in theta), so ``J_L v = (sum_m J_{S^(m)} v) / n``: the micro-batch
+    tangents add. Why: a whole-batch ``jax.jvp`` keeps B x S x d_ff primal and
+    tangent activations live next to the weighted backward's residuals (XLA's
+    buffer assignment: +6.1 P at 12.7M params, B 64 x 32; growing with B);
+    with M = 4 the step's extra memory over a plain step is ~0 P
+    (benchmarks/bench_grads.py --memory-only).
+    """
+    ex = _per_example(batch)
+    b = batch["domain_id"].shape[0]
+    m = microbatches or next(c for c in (4, 2, 1) if b % c == 0)
+    if b % m:
+        raise ValueError(f"grads.jvp_microbatches={m} does not divide the batch size {b}")
+
+    def sums(p, one):
+        tl, tm = token_loss_fn(p, one)     # the per-sequence arrays, as domain_loss_vector
+        tm = tm.astype(jnp.float32)
+        dom = one["domain_id"]
+        return (jax.ops.segment_sum((tl.astype(jnp.float32) * tm).sum(axis=1), dom,
+                                    num_segments=k),
+                jax.ops.segment_sum(tm.sum(axis=1), dom, num_segments=k))
+
+    micro = jax.tree.map(lambda v: v.reshape((m, b // m) + v.shape[1:]), ex)
+
+    def one(mb):
+        (tot, cnt), (dtot, _) = jax.jvp(lambda p: sums(p, mb), (params,), (direction,))
+        return tot, cnt, dtot
+
+    tot, cnt, dtot = jax.lax.map(one, micro)
+    cnt = cnt.sum(axis=0)
+    denom = jnp.maximum(cnt, 1.0)
+    return tot.sum(axis=0) / denom, cnt, dtot.sum(axis=0) / denom
+
+
 def domain_loss_vector(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
                        num_domains: int) -> tuple[Array, Array]:
     """(L f32[K], count f32[K]): per-domain mean token loss and token count; any composition."""
@@ -302,7 +348,8 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
             transpose = jax.linear_transpose(lin, params)
             combine = lambda c: transpose(c.astype(jnp.float32))[0]   # noqa: E731
         else:
-            (losses, counts), (dots, _) = jax.jvp(loss_vec, (params,), (direction,))
+            losses, counts, dots = _microbatched_jvp(token_loss_fn, params, batch, k, direction,
+                                                     config.jvp_microbatches)
             combine = backward_combine
         stats["loss"], stats["count"] = losses, counts
         if "grad_dot" in needs:

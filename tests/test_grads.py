@@ -31,7 +31,9 @@ CONFIGS = {
     "vmap": grads.GradConfig(strategy="vmap"),
     "vmap-rows": grads.GradConfig(strategy="vmap", layout="rows"),
     "chunked2": grads.GradConfig(strategy="chunked", chunk_size=2),
-    "jvp": grads.GradConfig(strategy="jvp"),
+    "jvp": grads.GradConfig(strategy="jvp"),                     # 4 micro-batches (B = 12)
+    "jvp-whole-batch": grads.GradConfig(strategy="jvp", jvp_microbatches=1),
+    "jvp-3-micro": grads.GradConfig(strategy="jvp", jvp_microbatches=3),
     "jvp-linearize": grads.GradConfig(strategy="jvp", jvp_mode="linearize"),
 }
 

@@ -159,7 +159,8 @@ def _grad_stats(trainer, needs):
     try:
         gcfg = grads.GradConfig(strategy=cfg.grads.strategy, layout=cfg.grads.layout,
                                 chunk_size=cfg.grads.chunk_size,
-                                param_filter=cfg.grads.param_filter)
+                                param_filter=cfg.grads.param_filter,
+                                jvp_microbatches=cfg.grads.jvp_microbatches)
         grads.check_request(gcfg, needs, who=f"mixer {trainer.mixer.name!r}")
     except ValueError as e:
         raise ConfigError(str(e)) from e
