@@ -146,3 +146,15 @@ def test_unknown_target_domain_is_a_config_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "grads.target" in err and "'kode'" in err
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_dga_config_holds_code_out_and_moves_weights(tmp_path):
+    assert _train("lm_tiny_dga.py", tmp_path / "dga", "train.steps=2",
+                  "mixing.hparams.start_step=0") == 0
+    info = json.loads((tmp_path / "dga" / "run_info.json").read_text())
+    assert "code" not in info["domains"] and info["heldout_domains"] == ["code"]
+    rows = [json.loads(x) for x in (tmp_path / "dga" / "weights.jsonl").read_text().splitlines()]
+    w = np.array(list(rows[-1]["weights"].values()))
+    assert len(w) == 7 and w.sum() == pytest.approx(1.0, abs=1e-5)
+    assert not np.allclose(w, 1 / 7)
+    assert "loss/code" in metrics_lib.read_jsonl(tmp_path / "dga" / "eval.jsonl")[-1]
