@@ -158,3 +158,16 @@ def test_dga_config_holds_code_out_and_moves_weights(tmp_path):
     assert len(w) == 7 and w.sum() == pytest.approx(1.0, abs=1e-5)
     assert not np.allclose(w, 1 / 7)
     assert "loss/code" in metrics_lib.read_jsonl(tmp_path / "dga" / "eval.jsonl")[-1]
+
+
+@pytest.mark.parametrize("sets, key", [
+    (["train.objective=nope"], "train.objective"),
+    (["train.objective_hparams.alpha=1.0"], "train.objective_hparams"),
+    (["train.objective_hparams.penalty=-1.0"], "train.objective_hparams"),
+    (["mixing.name=doge"], "mixing.name"),
+    (["train.grad_accum=2"], "train.grad_accum"),
+])
+def test_objective_config_errors_name_the_key(tmp_path, capsys, sets, key):
+    assert _train("lm_tiny_bilevel.py", tmp_path / "bad", *sets) == 2
+    assert f"'{key}'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
