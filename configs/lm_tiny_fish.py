@@ -5,9 +5,9 @@ Command:
 Runtime: each train step is one meta step = K = 8 inner AdamW steps on
 B/K = 2 sequences of one domain each (random order), then
 theta += meta_lr (theta~ - theta) (DomainBed's form; meta_lr 0.5, the
-DG reference default). 200 meta steps are ~8x the forward/backward work of a
-plain 200-step run on the same batches split by domain (a few minutes on the
-shared 2-core dev machine; the 3-step CLI test takes ~15 s including compiles).
+DG reference default). Measured: 200 meta steps in 28 s wall on the shared
+2-core dev machine (validation loss_avg 2.28 at step 200, one seed); the
+2-step CLI test takes ~4 s.
 
 The sampler is per_domain (exactly B/K sequences of every domain per batch);
 the weights stay uniform (Fish reweights nothing; it aligns domain gradients).
