@@ -3,8 +3,12 @@
 Command:
     mixjax train configs/lm_tiny_dga.py --set train.run_dir=runs/tiny_dga
 Runtime: the jvp strategy costs ~1.7-1.8x a plain step
-(benchmarks/bench_grads.py), so 200 steps take a few minutes on the shared
+(benchmarks/bench_grads.py). Measured: 200 steps in 63 s wall on the shared
 2-core dev machine; the 2-step CLI test takes ~10 s including compiles.
+One run (seed 0): the weights collapse onto legal (0.92; the other six sit at
+the eps floor 0.0136); held-out code loss 4.00 vs 2.79 averaged over the
+training domains at step 200 (validation). One seed, no baseline run: this
+says the pipeline runs, not that DGA helps code here.
 
 Target: code is held out. It is never sampled for training (K = 7 training
 domains), its validation split gives the target gradient g_spe every step,

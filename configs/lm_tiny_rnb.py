@@ -5,9 +5,10 @@ Command:
 Runtime: R&B reads the K x K Gram matrix of the per-domain gradients of each
 batch. The sampler draws with the R&B weights (apply_to=sampling), so batch
 composition varies and the gradients come from grads.layout=rows: one forward,
-K = 8 backward passes (~4x a plain step at K = 8 in benchmarks/bench_grads.py),
-so 200 steps take several minutes on the shared 2-core dev machine; the
-3-step CLI test takes ~15 s including compiles.
+K = 8 backward passes (~4x a plain step at K = 8 in benchmarks/bench_grads.py).
+Measured: 200 steps in 2 min 5 s wall on the shared 2-core dev machine; the
+2-step CLI test takes ~4 s. One run (seed 0) ends with weights between 0.09
+(code) and 0.16 (legal).
 
 Update every step: p <- softmax(lam * G p / |G p|), lam = 1 (weights stay
 within e^2 of each other); eps = 0.05 keeps every domain sampled (an absent
