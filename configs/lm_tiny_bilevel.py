@@ -26,24 +26,14 @@ Variants:
                                --set train.objective_hparams.lr_p=0.05
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_bilevel")
-    cfg.data.corpus = "mixpile-tiny"
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_bilevel"
     cfg.data.sampler = "per_domain"      # every domain in every batch: L2's L_d all defined
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
     cfg.train.run_dir = "runs/lm_tiny_bilevel"
     cfg.mixing.sampling_weights = "uniform"   # what the sampler logs; per_domain draws B/K each
     cfg.train.objective = "bilevel"
@@ -51,6 +41,5 @@ def get_config() -> Config:
     # experiments/grad_mixers_tiny.py (a 200-step run moves p little at 1e-2).
     cfg.train.objective_hparams = {"penalty": 10.0, "lr_p": 0.05}
     cfg.grads.target = "code"
-    cfg.eval.num_seqs = 16
     cfg.eval.split = "test"
     return cfg

@@ -21,31 +21,20 @@ eps 0.05 keeps every domain sampled (an absent domain can never come back).
 Variant: code as a training domain too: --set data.domains=None
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 TRAIN_DOMAINS = ("conversation", "legal", "literature", "math", "news", "science", "tech_docs")
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_dga")
-    cfg.data.corpus = "mixpile-tiny"
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_dga"
     cfg.data.domains = TRAIN_DOMAINS
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
     cfg.data.sampler = "multinomial"
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
     cfg.train.run_dir = "runs/lm_tiny_dga"
     cfg.mixing.name = "dga"
     cfg.mixing.hparams = {"eta": 1.0, "ema": 0.5, "eps": 0.05, "start_step": 20}
     cfg.grads.strategy = "jvp"
     cfg.grads.target = "code"
-    cfg.eval.num_seqs = 16
     return cfg

@@ -19,26 +19,16 @@ Variant: the official code's theta += (meta_lr / K)(theta~ - theta):
     --set train.objective_hparams.divide_by_meta_steps=True
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_fish")
-    cfg.data.corpus = "mixpile-tiny"
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_fish"
     cfg.data.sampler = "per_domain"
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
     cfg.optim.warmup_steps = 160          # inner updates (K = 8 per meta step)
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
     cfg.train.run_dir = "runs/lm_tiny_fish"
     cfg.train.objective = "fish"
     cfg.train.objective_hparams = {"meta_lr": 0.5, "divide_by_meta_steps": False}
-    cfg.eval.num_seqs = 16
     return cfg

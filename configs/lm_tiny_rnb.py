@@ -18,28 +18,17 @@ loss: --set data.sampler=per_domain --set grads.layout=stratified
        --set mixing.apply_to=loss --set mixing.sampling_weights=uniform
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_rnb")
-    cfg.data.corpus = "mixpile-tiny"
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_rnb"
     cfg.data.sampler = "multinomial"
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
     cfg.train.run_dir = "runs/lm_tiny_rnb"
     cfg.mixing.name = "rnb"
     cfg.mixing.hparams = {"lam": 1.0, "update_every": 1, "eps": 0.05}
     cfg.grads.strategy = "vmap"
     cfg.grads.layout = "rows"
-    cfg.eval.num_seqs = 16
     return cfg
