@@ -12,24 +12,13 @@ hardest domains (highest loss) gain weight. Same model as lm_tiny_uniform.py
 (2 layers, d_model 128, byte vocabulary), about a minute on a laptop CPU.
 """
 
+from configs.lm_tiny_uniform import get_config as tiny_uniform
 from mixjax.config import Config
 
 
 def get_config() -> Config:
-    cfg = Config(name="lm_tiny_groupdro")
-    cfg.data.corpus = "mixpile-tiny"
-    cfg.data.tokenizer = "byte"
-    cfg.data.seq_len = 128
-    cfg.data.batch_size = 16
-    cfg.model.d_model = 128
-    cfg.model.num_layers = 2
-    cfg.model.num_heads = 4
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.train.steps = 200
-    cfg.train.eval_every = 100
-    cfg.train.ckpt_every = 100
-    cfg.eval.num_seqs = 16
+    cfg = tiny_uniform()
+    cfg.name = "lm_tiny_groupdro"
     cfg.train.run_dir = "runs/lm_tiny_groupdro"
     cfg.mixing.name = "groupdro"
     cfg.mixing.hparams = {"step_size": 0.01}      # the reference's robust_step_size
