@@ -156,8 +156,8 @@ class Config:
 
 
 # -- loading and overrides ---------------------------------------------------
-def load(path: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Runs ``get_config()`` of the file at ``path``, applies overrides, validates."""
+def run_config_file(path: str | pathlib.Path, expected: type) -> Any:
+    """Runs ``get_config()`` of the Python file at ``path``; it must return an ``expected``."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -175,8 +175,15 @@ def load(path: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) 
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {str(path)!r} defines no get_config()")
     cfg = module.get_config()
-    if not isinstance(cfg, Config):
-        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not Config")
+    if not isinstance(cfg, expected):
+        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, "
+                          f"not {expected.__module__}.{expected.__qualname__}")
+    return cfg
+
+
+def load(path: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Runs ``get_config()`` of the file at ``path``, applies overrides, validates."""
+    cfg = run_config_file(path, Config)
     for item in overrides:
         apply_override(cfg, item)
     validate(cfg)

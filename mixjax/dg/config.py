@@ -13,12 +13,11 @@ Every error names the key before anything is built or compiled.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 from typing import Any
 
-from mixjax.config import ConfigError, parse_value, set_value
+from mixjax.config import ConfigError, parse_value, run_config_file, set_value
 
 TEST_ENV_MODES = ("single", "single+pairs")
 
@@ -87,17 +86,7 @@ def validate(cfg: SweepConfig) -> SweepConfig:
 
 
 def load(path: str | pathlib.Path, overrides: tuple[str, ...] | list[str] = ()) -> SweepConfig:
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_mixjax_dg_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {str(path)!r} defines no get_config()")
-    cfg = module.get_config()
-    if not isinstance(cfg, SweepConfig):
-        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not mixjax.dg.config.SweepConfig")
+    cfg = run_config_file(path, SweepConfig)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
