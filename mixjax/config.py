@@ -394,7 +394,8 @@ def validate(cfg: Config) -> Config:
 
 
 def _validate_objective(cfg: Config) -> None:
-    from mixjax.train import objectives  # light: registry + hyperparameter names
+    # names/hparams/checks only: config never imports the train package (no import circle)
+    from mixjax.train import objective_specs as objectives
 
     t = cfg.train
     if t.objective not in objectives.names():

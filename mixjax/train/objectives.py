@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import optax
 
 from mixjax import mixing
+from mixjax.train import objective_specs
+from mixjax.train.objective_specs import BILEVEL_HPARAMS, FISH_HPARAMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,44 +60,27 @@ class StepParts:
     ref_params: Any = None             # frozen reference model (mixer objective)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    factory: Callable[[Any], StepParts]
-    hparams: Mapping[str, Any]
-    check: Callable[[Mapping[str, Any]], None] | None
+# Factories by name; names, hyperparameters and checks live in objective_specs (what config
+# validation reads without importing the train package).
+_FACTORIES: dict[str, Callable[[Any], StepParts]] = {}
 
-
-_REGISTRY: dict[str, _Entry] = {}
+names = objective_specs.names
+hparam_names = objective_specs.hparam_names
+resolved_hparams = objective_specs.resolved_hparams
+check_hparams = objective_specs.check_hparams
 
 
 def register(name: str, factory: Callable[[Any], StepParts], *,
              hparams: Mapping[str, Any] = (), check=None) -> None:
     """Adds an objective; ``hparams`` are its hyperparameters with their defaults."""
-    _REGISTRY[name] = _Entry(factory, dict(hparams), check)
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def hparam_names(name: str) -> list[str]:
-    return sorted(_REGISTRY[name].hparams)
-
-
-def resolved_hparams(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    return {**_REGISTRY[name].hparams, **given}
-
-
-def check_hparams(name: str, given: Mapping[str, Any]) -> None:
-    entry = _REGISTRY[name]
-    if entry.check is not None:
-        entry.check(resolved_hparams(name, given))
+    objective_specs.declare(name, hparams=hparams, check=check)
+    _FACTORIES[name] = factory
 
 
 def build(name: str, trainer) -> StepParts:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown train.objective {name!r}; known: {names()}")
-    return _REGISTRY[name].factory(trainer)
+    if name not in _FACTORIES:
+        raise KeyError(f"unknown train.objective {name!r}; known: {sorted(_FACTORIES)}")
+    return _FACTORIES[name](trainer)
 
 
 def _token_loss_fn(trainer):
@@ -130,7 +115,7 @@ def _mixer_objective(trainer) -> StepParts:
     ref_apply, ref_params = None, None
     if mixer.requires & step_lib.REF_KEYS:
         from mixjax.config import ConfigError
-        from mixjax.train.loop import load_reference
+        from mixjax.train.reference import load_reference
         if cfg.train.reference is None:
             raise ConfigError(f"config key 'train.reference': mixer {cfg.mixing.name!r} "
                               f"requires {sorted(mixer.requires & step_lib.REF_KEYS)}; "
@@ -141,14 +126,21 @@ def _mixer_objective(trainer) -> StepParts:
     if needs:
         grad_stats, stratified = _grad_stats(trainer, needs)
         needs_target = bool(needs & {"grad_dot", "target_grad_norm"})
-    from mixjax.train.loop import sample_weights_fn
     step_fn = step_lib.make_train_step(
         apply=trainer.apply, mixer=mixer, tx=trainer.tx, num_domains=k, pad_id=trainer.pad_id,
         lr_schedule=trainer.schedule, grad_accum=cfg.train.grad_accum, ref_apply=ref_apply,
-        sample_weights=sample_weights_fn(cfg), grad_stats=grad_stats, jit=False)
+        sample_weights=_sample_weights_fn(cfg), grad_stats=grad_stats, jit=False)
     init_fn = lambda p: state_lib.init_state(p, trainer.tx, mixer, k, cfg.train.seed)  # noqa: E731
     return StepParts(step_fn=step_fn, init_fn=init_fn, mixer=mixer, needs_target=needs_target,
                      stratified=stratified, ref_params=ref_params)
+
+
+def _sample_weights_fn(cfg):
+    """Per-sequence weights ``s_b`` of ``mixing.sample_reweight`` (None: all 1)."""
+    if cfg.mixing.sample_reweight is None:
+        return None
+    from mixjax.mixing import sample_reweight
+    return sample_reweight.get(cfg.mixing.sample_reweight, **cfg.mixing.sample_reweight_hparams)
 
 
 def _grad_stats(trainer, needs):
@@ -203,18 +195,6 @@ class SoftmaxWeights:
 
     def average(self, state):
         return state["weight_sum"] / state["num_weights"]
-
-
-BILEVEL_HPARAMS = {"penalty": 10.0, "lr_p": 1e-2, "lower_lr": None}
-
-
-def _check_bilevel(hp) -> None:
-    if not hp["penalty"] > 0:
-        raise ValueError(f"bilevel penalty must be > 0, got {hp['penalty']}")
-    if not hp["lr_p"] > 0:
-        raise ValueError(f"bilevel lr_p must be > 0, got {hp['lr_p']}")
-    if hp["lower_lr"] is not None and not hp["lower_lr"] > 0:
-        raise ValueError(f"bilevel lower_lr must be > 0 or None, got {hp['lower_lr']}")
 
 
 def _bilevel_objective(trainer) -> StepParts:
@@ -292,21 +272,11 @@ def _bilevel_objective(trainer) -> StepParts:
     return StepParts(step_fn=step_fn, init_fn=init_fn, mixer=view, needs_target=True)
 
 
-register("bilevel", _bilevel_objective, hparams=BILEVEL_HPARAMS, check=_check_bilevel)
+register("bilevel", _bilevel_objective, hparams=BILEVEL_HPARAMS,
+         check=objective_specs.check_bilevel)
 
 
 # -- Fish --------------------------------------------------------------------------------------
-FISH_HPARAMS = {"meta_lr": 0.5, "divide_by_meta_steps": False}
-
-
-def _check_fish(hp) -> None:
-    if not hp["meta_lr"] > 0:
-        raise ValueError(f"fish meta_lr must be > 0, got {hp['meta_lr']}")
-    if not isinstance(hp["divide_by_meta_steps"], bool):
-        raise ValueError("fish divide_by_meta_steps must be True or False, got "
-                         f"{hp['divide_by_meta_steps']!r}")
-
-
 def _fish_objective(trainer) -> StepParts:
     """Fish (Shi et al. 2022, arXiv 2104.09937) on the K text domains of each batch.
 
@@ -364,4 +334,4 @@ def _fish_objective(trainer) -> StepParts:
     return StepParts(step_fn=step_fn, init_fn=init_fn, mixer=view, stratified=True)
 
 
-register("fish", _fish_objective, hparams=FISH_HPARAMS, check=_check_fish)
+register("fish", _fish_objective, hparams=FISH_HPARAMS, check=objective_specs.check_fish)

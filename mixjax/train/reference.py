@@ -1,0 +1,41 @@
+"""Loading a trained reference model (``train.reference``) for mixers that need one.
+
+DoReMi's excess loss and similar rules read ``ref_loss`` from a frozen model:
+the latest checkpoint of another run dir, restored params-only onto the
+abstract shapes of that run's own model config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+from mixjax import config as config_lib
+from mixjax.train import checkpoint as ckpt_lib
+
+
+def run_model_config(run_dir: str | pathlib.Path, vocab_size: int):
+    """The ``TransformerConfig`` a run dir's ``config.json`` describes."""
+    from mixjax.models.transformer import TransformerConfig
+    path = pathlib.Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no config.json)")
+    cfg = config_lib.from_dict(json.loads(path.read_text()))
+    return TransformerConfig(vocab_size=vocab_size, **dataclasses.asdict(cfg.model))
+
+
+def load_reference(run_dir: str, vocab_size: int):
+    """``(apply, params)`` of the latest checkpoint of a reference run."""
+    import orbax.checkpoint as ocp
+
+    from mixjax.models import transformer
+    apply, abstract_params, _ = transformer.abstract_init(run_model_config(run_dir, vocab_size))
+    ck = ckpt_lib.Checkpointer(pathlib.Path(run_dir) / "checkpoints")
+    step = ck.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"reference run {run_dir!r} has no checkpoint")
+    got = ck.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params}, partial_restore=True)))
+    ck.close()
+    return apply, got["state"]["params"]
