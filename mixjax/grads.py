@@ -449,6 +449,11 @@ class GradStats(dict):
     """
 
     combine: Callable[[Array], PyTree]
+    # The engine's own per-domain mean loss and token count f32[K] (row d = domain d), from
+    # the forward pass it runs anyway: a step whose model gradient is ``combine`` (DoGE)
+    # reads its loss statistics from here and runs no separate full-batch forward.
+    domain_loss: Array
+    domain_count: Array
 
 
 def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradStats]:
@@ -468,6 +473,7 @@ def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradS
                            config=config, target=target)
         res = GradStats({k: v for k, v in out.stats.items() if k in keys})
         res.combine = out.combine
+        res.domain_loss, res.domain_count = out.stats["loss"], out.stats["count"]
         return res
 
     return grad_stats

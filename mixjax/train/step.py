@@ -160,17 +160,34 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                                               _split(cotangent, grad_accum)))
         return grads
 
+    need_sample_loss = "sample_loss" in requires or sample_weights is not None
+    # A mixer that prescribes the model gradient (DoGE) needs no full-batch pullback: when it
+    # also needs no per-token/per-sequence loss, the per-domain loss and count come from the
+    # gradient engine's own forward pass and the step runs one forward, not two.
+    engine_losses = domain_gradient and not need_sample_loss and not (
+        requires & {"token_loss", "token_mask"})
+
+    def grad_statistics(params, batch):
+        gbatch = {key: v for key, v in batch.items()
+                  if key in ("tokens", "domain_id") or key.startswith("target_")}
+        return grad_stats(loss_fn, params, gbatch, requires & GRAD_KEYS)
+
     def step_fn(state: State, batch: Batch):
         params, step = state["params"], state["step"]
         tokens, domain_id = batch["tokens"], batch["domain_id"]
         p = batch["sampling_weights"].astype(jnp.float32)
 
         # 1-2. forward pass and the statistics the mixer asks for.
-        tl, tm, pullback = forward(params, tokens)
-        tl_ng = jax.lax.stop_gradient(tl)
-        loss_d, count_d = domain_sums(tl_ng, tm, domain_id, k)
+        gs = grad_statistics(params, batch) if engine_losses else None
+        if gs is not None and getattr(gs, "domain_loss", None) is not None:
+            tl_ng = pullback = None
+            tm = (tokens[:, 1:] != pad_id).astype(jnp.float32)
+            loss_d, count_d = gs.domain_loss, gs.domain_count
+        else:
+            tl, tm, pullback = forward(params, tokens)
+            tl_ng = jax.lax.stop_gradient(tl)
+            loss_d, count_d = domain_sums(tl_ng, tm, domain_id, k)
         stats: dict[str, jax.Array] = {"loss": loss_d, "count": count_d}
-        need_sample_loss = "sample_loss" in requires or sample_weights is not None
         seq_loss = sequence_loss(tl_ng, tm) if need_sample_loss else None
         optional = {
             "token_loss": lambda: tl_ng,
@@ -192,9 +209,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                 stats["ref_loss"] = ref_loss
         combine = None
         if requires & GRAD_KEYS:
-            gbatch = {key: v for key, v in batch.items()
-                      if key in ("tokens", "domain_id") or key.startswith("target_")}
-            gs = grad_stats(loss_fn, params, gbatch, requires & GRAD_KEYS)
+            gs = grad_statistics(params, batch) if gs is None else gs
             combine = getattr(gs, "combine", None)
             stats.update({key: gs[key] for key in requires & GRAD_KEYS if key in gs})
 
@@ -209,7 +224,6 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         tw = r[:, None] * tm                                                # [B, S]
         z = jnp.sum(tw)
         cotangent = tw / jnp.where(z > 0, z, 1.0)
-        objective = jnp.sum(cotangent * tl_ng)
 
         # 5. gradient and optimiser update.
         if domain_gradient:
@@ -218,6 +232,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             grads = combine(coeffs)
             objective = jnp.sum(coeffs * loss_d)
         else:
+            objective = jnp.sum(cotangent * tl_ng)
             grads = backward(params, tokens, pullback, cotangent)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
@@ -228,7 +243,9 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         metrics = {
             "step": step,
             "objective": objective,
-            "loss": jnp.sum(tl_ng) / jnp.maximum(n_tok, 1.0),   # plain token mean
+            # plain token mean (from the per-domain means when the engine did the forward)
+            "loss": (jnp.sum(tl_ng) if tl_ng is not None else jnp.sum(loss_d * count_d))
+            / jnp.maximum(n_tok, 1.0),
             "tokens": n_tok,
             "domain_loss": loss_d,
             "domain_count": count_d,
