@@ -38,12 +38,19 @@ TPU slice.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import threading
+import warnings
+from typing import Any, Callable
 
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+
+
+class ShardingFallbackWarning(UserWarning):
+    """A rule's mesh axis does not divide a parameter dimension: that dimension is replicated."""
 
 RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
@@ -53,6 +60,20 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),         # the stacked-blocks axis of model.scan_layers (scanned over)
+)
+
+# Activations (MaxText-style logical names, set in the model by ``constrain``): the batch on
+# the data axes, heads / MLP hidden / logits on tensor; the residual stream is replicated
+# over tensor (Megatron), sequence unsplit.
+ACTIVATION_RULES: tuple[tuple[str, Any], ...] = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_head_dim", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
 )
 
 
@@ -142,7 +163,7 @@ def replicated(mesh) -> NamedSharding:
 
 # -- shape-aware rules, state placement, sharded step (scale-out) ---------------
 def spec_for_shape(names: tuple[str | None, ...], shape: tuple[int, ...], mesh,
-                   rules=RULES) -> P:
+                   rules=RULES, *, what: str | None = None) -> P:
     """``logical_to_spec`` that never produces an impossible or uneven layout.
 
     A mesh axis is dropped from a dimension (the dimension is replicated over it)
@@ -150,13 +171,18 @@ def spec_for_shape(names: tuple[str | None, ...], shape: tuple[int, ...], mesh,
     used by an earlier dimension of the same array; size-1 axes are dropped. So a
     rule table written for a big model still places a tiny test model, and 5 KV
     heads on tensor=4 fall back to replication instead of failing to compile.
+    When ``what`` names the array (a parameter path), every divisibility fallback
+    is reported as a :class:`ShardingFallbackWarning` naming the array, the
+    dimension, its logical name and the mesh axis: a replicated dimension of a
+    large model costs memory on every device and should be seen.
     """
     if len(names) != len(shape):
         raise ValueError(f"logical axes {names} do not match the array shape {shape}")
     spec = logical_to_spec(names, rules)
     used: set[str] = set()
     out = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    entries = tuple(spec) + (None,) * (len(shape) - len(spec))
+    for i, (dim, entry) in enumerate(zip(shape, entries)):
         axes = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
         kept = []
         for axis in axes:
@@ -168,15 +194,23 @@ def spec_for_shape(names: tuple[str | None, ...], shape: tuple[int, ...], mesh,
                 prod *= mesh.shape[k]
             if dim % prod == 0:
                 kept.append(axis)
+            elif what is not None:
+                warnings.warn(
+                    f"sharding fallback: {what} dimension {i} ({names[i]!r}, size {dim}) is "
+                    f"not divisible by {prod} (mesh axis {axis!r} of size {size}"
+                    + (f" after {kept}" if kept else "") + f"); replicated over {axis!r}",
+                    ShardingFallbackWarning, stacklevel=3)
         used.update(kept)
         out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
     return P(*out)
 
 
 def shape_aware_param_shardings(params, logical_axes, mesh, rules=RULES):
-    """NamedShardings for ``params`` (arrays or ShapeDtypeStructs) via ``spec_for_shape``."""
-    return jax.tree.map(
-        lambda x, names: NamedSharding(mesh, spec_for_shape(tuple(names), x.shape, mesh, rules)),
+    """NamedShardings for ``params`` (arrays or ShapeDtypeStructs) via ``spec_for_shape``;
+    a rule that falls back to replication warns, naming the parameter (``params['embed']``)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x, names: NamedSharding(mesh, spec_for_shape(
+            tuple(names), x.shape, mesh, rules, what="params" + jax.tree_util.keystr(path))),
         params, logical_axes)
 
 
@@ -220,16 +254,42 @@ def train_state_shardings(state, logical_axes, mesh, rules=RULES):
     return out
 
 
+def init_params_sharded(params_fn: Callable[[], Any], logical_axes, mesh, rules=RULES):
+    """``(params, shardings)``: ``params_fn()`` (e.g. ``lambda:
+    transformer.init_params(cfg, seed)``) run as ONE jitted call whose outputs are born
+    in their shards (``out_shardings`` from the abstract shapes, ``jax.eval_shape``): no
+    device ever holds an unsharded parameter, whatever the model size. Random values
+    equal an eager ``params_fn()`` (``tests/test_pod_init.py``).
+    """
+    abstract = jax.eval_shape(params_fn)
+    shardings = shape_aware_param_shardings(abstract, logical_axes, mesh, rules)
+    return jax.jit(params_fn, out_shardings=shardings)(), shardings
+
+
 def init_state_sharded(init_fn, params, logical_axes, mesh, *, ref_params=None,
                        rules=RULES):
     """``(state, shardings)``: ``init_fn(params)`` (the train-state dict) built by one
     jitted call whose outputs are born sharded.
 
-    ``params`` are placed by the rules first; optimizer moments and the rest are then
-    created directly in their shards (a 1B model's Adam state never sits on one
-    device). ``ref_params`` (a frozen reference model) are placed like ``params``.
+    ``params``: arrays, placed by the rules first; or a zero-argument function that
+    creates them (``lambda: transformer.init_params(cfg, seed)``), run inside the same
+    jitted call so the parameters, too, are born in their shards (pod-scale init: no
+    device ever holds the whole model). Optimizer moments and the rest are created
+    directly in their shards (a 1B model's Adam state never sits on one device).
+    ``ref_params`` (a frozen reference model) are placed like ``params``.
     Values equal an eager ``init_fn(params)``: it only copies and fills.
     """
+    if callable(params):
+        params_fn = params
+        abstract = jax.eval_shape(lambda: init_fn(params_fn()))
+        if ref_params is not None:
+            abstract["ref_params"] = abstract["params"]
+        shardings = train_state_shardings(abstract, logical_axes, mesh, rules)
+        own = {k: v for k, v in shardings.items() if k != "ref_params"}
+        state = jax.jit(lambda: init_fn(params_fn()), out_shardings=own)()
+        if ref_params is not None:
+            state["ref_params"] = place(ref_params, shardings["ref_params"])
+        return state, shardings
     abstract = jax.eval_shape(init_fn, params)
     if ref_params is not None:
         abstract["ref_params"] = params
@@ -295,15 +355,24 @@ def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
     return out
 
 
-def jit_sharded_step(step_fn, state_shardings, *, donate: bool = True):
+def jit_sharded_step(step_fn, state_shardings, *, donate: bool = True,
+                     activation_rules=ACTIVATION_RULES):
     """``jax.jit`` of an unjitted ``(state, batch) -> (state, metrics)`` step.
 
     The state keeps ``state_shardings`` in and out, so a later step never sees a
     new layout (no recompilation after the first step); metrics come back
     replicated, so every process can read them; the batch keeps the layout
-    ``shard_batch`` gave it.
+    ``shard_batch`` gave it. The step is traced inside :func:`activation_sharding`,
+    so the model's logical activation constraints apply (``activation_rules=None``:
+    none, GSPMD propagation only).
     """
     mesh = jax.tree.leaves(state_shardings)[0].mesh
+    if activation_rules is not None:
+        inner = step_fn
+
+        def step_fn(state, batch):
+            with activation_sharding(mesh, activation_rules):
+                return inner(state, batch)
     return jax.jit(step_fn, in_shardings=(state_shardings, None),
                    out_shardings=(state_shardings, NamedSharding(mesh, P())),
                    donate_argnums=(0,) if donate else ())
@@ -321,3 +390,38 @@ def replicated_outputs(fn, mesh):
     """``fn`` jitted so that every output is replicated over ``mesh`` (readable by every
     process of a multi-host run, e.g. the eval function's per-sequence sums)."""
     return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
+
+
+# -- activation sharding constraints (logical names in the model) --------------------------------
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh, rules=ACTIVATION_RULES):
+    """While active (on this thread), :func:`constrain` places activations on ``mesh``.
+
+    Enter it around the *tracing* of a step (``jit_sharded_step`` does): the
+    constraints are recorded in the jaxpr, so the compiled step keeps them.
+    """
+    previous = getattr(_ACTIVE, "ctx", None)
+    _ACTIVE.ctx = (mesh, rules)
+    try:
+        yield
+    finally:
+        _ACTIVE.ctx = previous
+
+
+def constrain(x, names: tuple[str | None, ...]):
+    """``x`` with the sharding its logical activation ``names`` give under the active
+    :func:`activation_sharding`; ``x`` unchanged when none is active (one device, eager
+    use, tests). A mesh axis that does not divide a dimension is dropped for it (e.g. the
+    B/K rows of one domain inside the gradient engine's vmap): activations are transient,
+    so this is not warned about, unlike parameters."""
+    ctx = getattr(_ACTIVE, "ctx", None)
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    if x.ndim != len(names):
+        raise ValueError(f"constrain: activation of shape {x.shape} got logical names {names}")
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, spec_for_shape(tuple(names), x.shape, mesh, rules)))

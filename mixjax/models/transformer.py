@@ -20,6 +20,15 @@ Every parameter carries logical axis names (``nnx.with_partitioning``):
 ``vocab``, ``embed``, ``heads``, ``head_dim``, ``mlp``, ``norm``. A mesh only
 needs rules mapping these names to mesh axes (see ``mixjax.parallel``).
 
+Scale (``docs/scaling.md``): ``scan_layers=True`` stores the blocks as one module
+whose parameters have a leading ``layers`` axis and runs them with ``nnx.scan``
+(compile time independent of depth); ``remat`` = ``none`` | ``dots`` | ``full``
+rematerialises each block in the backward pass (``nnx.remat``). Activations carry
+logical names too (``act_batch``, ``act_length``, ``act_embed``, ``act_heads``,
+``act_mlp``, ``act_vocab``; MaxText-style): ``mixjax.parallel.constrain`` turns
+them into sharding constraints while a sharded step is traced and is a no-op
+otherwise.
+
 Pure-function API (what the train step uses)::
 
     model = Transformer(cfg, rngs=nnx.Rngs(0))
@@ -41,7 +50,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mixjax.parallel import constrain   # a no-op unless a sharded step is being traced
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Rematerialisation (jax.checkpoint) of each block: which intermediates the forward keeps for
+# the backward pass. "dots" keeps the matmul outputs without batch dimensions (the weight
+# projections; attention scores and elementwise ops are recomputed, MaxText's "minimal");
+# "full" keeps only the block inputs and recomputes the whole block.
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,6 +81,10 @@ class TransformerConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    # Blocks as one module with a leading "layers" axis, run by nnx.scan (one compiled block
+    # instead of num_layers). False keeps the per-block layout (params["blocks"][i]).
+    scan_layers: bool = False
+    remat: str = "none"          # "none" | "dots" | "full": what the backward pass recomputes
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
@@ -69,6 +94,9 @@ class TransformerConfig:
             raise ValueError("model: head dimension d_model/num_heads must be even for RoPE")
         if self.mlp not in ("swiglu", "gelu"):
             raise ValueError(f"model.mlp must be 'swiglu' or 'gelu', got {self.mlp!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, "
+                             f"got {self.remat!r}")
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ValueError(f"model.{key} must be one of {sorted(DTYPES)}, "
@@ -140,11 +168,13 @@ class Attention(nnx.Module):
 
     def __call__(self, x):
         dt = x.dtype
+        heads = ("act_batch", "act_length", "act_heads", "act_head_dim")
         q = rope(jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt)), self.cfg.rope_base)
         k = rope(jnp.einsum("btd,dnh->btnh", x, self.wk[...].astype(dt)), self.cfg.rope_base)
         v = jnp.einsum("btd,dnh->btnh", x, self.wv[...].astype(dt))
+        q, k, v = (constrain(a, heads) for a in (q, k, v))
         o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
-        return jnp.einsum("btnh,nhd->btd", o, self.wo[...].astype(dt))
+        return jnp.einsum("btnh,nhd->btd", constrain(o, heads), self.wo[...].astype(dt))
 
 
 class MLP(nnx.Module):
@@ -165,6 +195,7 @@ class MLP(nnx.Module):
             hidden = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * up
         else:
             hidden = jax.nn.gelu(up)
+        hidden = constrain(hidden, ("act_batch", "act_length", "act_mlp"))
         return hidden @ self.w_down[...].astype(dt)
 
 
@@ -178,7 +209,21 @@ class Block(nnx.Module):
 
     def __call__(self, x):
         x = x + self.attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
+        return constrain(x + self.mlp(self.mlp_norm(x)), RESIDUAL)
+
+
+RESIDUAL = ("act_batch", "act_length", "act_embed")
+
+
+def _run_block(block: Block, x):
+    return block(x)
+
+
+def _block_fn(remat: str):
+    """``(block, x) -> block(x)``, rematerialised by the ``remat`` policy."""
+    if remat == "none":
+        return _run_block
+    return nnx.remat(_run_block, policy=REMAT_POLICIES[remat])
 
 
 class Transformer(nnx.Module):
@@ -189,7 +234,17 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
                             cfg.init_std, pd)
-        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        if cfg.scan_layers:
+            # One Block whose parameters carry a leading [num_layers] axis (logical name
+            # "layers"); layer i's init key is the i-th split of the params stream.
+            @nnx.split_rngs(splits=cfg.num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def stacked(r):
+                return Block(cfg, r)
+
+            self.layers = stacked(rngs)
+        else:
+            self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
         if not cfg.tie_embeddings:
             self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
@@ -197,15 +252,19 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens):
         dt = DTYPES[self.cfg.dtype]
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
-        for block in self.blocks:
-            x = block(x)
+        x = constrain(jnp.take(self.embed[...], tokens, axis=0).astype(dt), RESIDUAL)
+        block_fn = _block_fn(self.cfg.remat)
+        if self.cfg.scan_layers:
+            x = nnx.scan(block_fn, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(self.layers, x)
+        else:
+            for block in self.blocks:
+                x = block_fn(block, x)
         x = self.final_norm(x)
         if self.cfg.tie_embeddings:
             logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt))
         else:
             logits = x @ self.unembed[...].astype(dt)
-        return logits.astype(jnp.float32)
+        return constrain(logits, ("act_batch", "act_length", "act_vocab")).astype(jnp.float32)
 
 
 # -- the pure-function API ---------------------------------------------------
@@ -237,6 +296,28 @@ def init(cfg: TransformerConfig, seed: int):
     params = nnx.to_pure_dict(param_state)
     apply = make_apply(graphdef, rest)
     return apply, params, logical_axes(param_state)
+
+
+def init_params(cfg: TransformerConfig, seed: int) -> Params:
+    """The parameters ``init`` creates, as a pure function of ``seed`` (for ``jax.jit`` with
+    ``out_shardings``: ``mixjax.parallel.init_params_sharded``)."""
+    return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)), nnx.Param))
+
+
+def stack_blocks(params: Params) -> Params:
+    """Per-block params (``scan_layers=False``) -> the scanned layout (``layers``: [L, ...])."""
+    out = {k: v for k, v in params.items() if k != "blocks"}
+    blocks = [params["blocks"][i] for i in sorted(params["blocks"])]
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+    return out
+
+
+def unstack_blocks(params: Params) -> Params:
+    """The scanned layout -> per-block params (inverse of :func:`stack_blocks`)."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    out["blocks"] = {i: jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(n)}
+    return out
 
 
 def abstract_init(cfg: TransformerConfig):
