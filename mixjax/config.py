@@ -69,6 +69,8 @@ class ModelConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    scan_layers: bool = False          # blocks stacked on a "layers" axis, run by nnx.scan
+    remat: str = "none"                # none | dots | full (docs/scaling.md)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -333,6 +335,8 @@ def validate(cfg: Config) -> Config:
              "head dimension d_model/num_heads must be even (RoPE)")
     _require(m.d_ff is None or m.d_ff >= 1, "model.d_ff", f"must be >= 1, got {m.d_ff}")
     _require(m.mlp in ("swiglu", "gelu"), "model.mlp", f"must be swiglu or gelu, got {m.mlp!r}")
+    _require(m.remat in ("none", "dots", "full"), "model.remat",
+             f"must be none, dots or full, got {m.remat!r}")
     for key in ("dtype", "param_dtype"):
         _require(getattr(m, key) in ("float32", "bfloat16", "float16"), f"model.{key}",
                  f"must be float32, bfloat16 or float16, got {getattr(m, key)!r}")
