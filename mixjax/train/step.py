@@ -26,6 +26,13 @@ Using the *updated* mixer weights in step 4 follows GroupDRO (Sagawa et al.
 Alg. 1), which both reweight the loss with the weights just computed from the
 current batch. The VJP form gives that ordering without a second forward pass.
 
+A mixer that prescribes the model gradient (``gradient_coeffs``, DoGE) gets
+``grads = combine(c) = sum_d c_d g_d`` from the gradient engine instead of step
+5's pullback. Then step 1 is skipped too when nothing needs per-token or
+per-sequence losses: ``loss_d``/``count_d`` come from the engine's own forward
+pass (``GradStats.domain_loss``), so the step runs one forward, not two
+(docs/gradients.md, benchmarks/bench_doge_step.py).
+
 Gradient accumulation (``grad_accum = M``): the batch is split into M
 micro-batches; a first scan computes the token losses (forward only), the
 statistics and cotangents are computed on the full batch, and a second scan
