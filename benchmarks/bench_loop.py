@@ -113,9 +113,9 @@ def main(argv=None):
                     times["loop"].append(run_loop(cfg, data, args.warmup))
                 bare, full = (statistics.median(times[k]) for k in ("bare", "loop"))
                 ratios = sorted(lp / b - 1 for lp, b in zip(times["loop"], times["bare"]))
+                per_rep = ", ".join(f"{100 * r:.1f}%" for r in ratios)
                 print(f"{model:5s} {mixer:8s} {lag:3d} {bare * 1e3:9.2f} {full * 1e3:9.2f} "
-                      f"{100 * (full / bare - 1):8.1f}%   (per-rep {', '.join(f'{100 * r:.1f}%' for r in ratios)})",
-                      flush=True)
+                      f"{100 * (full / bare - 1):8.1f}%   (per-rep {per_rep})", flush=True)
 
 
 if __name__ == "__main__":

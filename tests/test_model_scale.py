@@ -35,7 +35,8 @@ def test_scan_layout_stacks_blocks_with_a_layers_axis():
 
 def test_default_layout_is_unchanged():
     _, params, _ = T.init(T.TransformerConfig(**BASE), 0)
-    assert sorted(params) == ["blocks", "embed", "final_norm"] and sorted(params["blocks"]) == [0, 1, 2]
+    assert sorted(params) == ["blocks", "embed", "final_norm"]
+    assert sorted(params["blocks"]) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("remat", ["none", "full"])
