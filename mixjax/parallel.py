@@ -364,10 +364,11 @@ def jit_sharded_step(step_fn, state_shardings, *, donate: bool = True,
     replicated, so every process can read them; the batch keeps the layout
     ``shard_batch`` gave it. The step is traced inside :func:`activation_sharding`,
     so the model's logical activation constraints apply (``activation_rules=None``:
-    none, GSPMD propagation only).
+    none, GSPMD propagation only; a one-device mesh adds none, so single-device
+    programs are exactly what they were).
     """
     mesh = jax.tree.leaves(state_shardings)[0].mesh
-    if activation_rules is not None:
+    if activation_rules is not None and mesh.size > 1:
         inner = step_fn
 
         def step_fn(state, batch):
