@@ -160,3 +160,30 @@ def test_300m_real_init_under_fsdp8():
         axes, mesh8())
     check_every_array_sharded(state["params"], axes)
     check_every_array_sharded(state["opt_state"][0].mu, axes)
+
+
+def test_activation_constraints_apply_only_while_a_sharded_step_is_traced():
+    cfg = T.TransformerConfig(vocab_size=32, d_model=16, num_layers=2, num_heads=2)
+    apply, params, _ = T.init(cfg, 0)
+    toks = jnp.zeros((8, 8), jnp.int32)
+
+    def constraints(fn):
+        eqns = jax.make_jaxpr(fn)(params, toks).jaxpr.eqns
+        return [e.params["sharding"].spec for e in eqns if e.primitive.name == "sharding_constraint"]
+
+    assert constraints(apply) == []                      # no mesh: no-op
+    mesh = parallel.make_mesh(2, 2, 2)
+
+    def sharded(p, t):
+        with parallel.activation_sharding(mesh):
+            return apply(p, t)
+
+    specs = constraints(sharded)
+    P = jax.sharding.PartitionSpec
+    # embedding + 2 blocks x (q, k, v, attention out, mlp hidden, residual) + logits
+    assert len(specs) == 1 + 2 * 6 + 1
+    assert specs[0] == P(("data", "fsdp"), None, None)            # residual stream
+    assert P(("data", "fsdp"), None, "tensor", None) in specs     # heads
+    assert specs[-1] == P(("data", "fsdp"), None, "tensor")       # logits over vocab
+    np.testing.assert_allclose(np.asarray(jax.jit(sharded)(params, toks)),
+                               np.asarray(apply(params, toks)), rtol=1e-5, atol=1e-6)
