@@ -55,6 +55,15 @@ class RunDirError(ValueError):
     """The run directory already holds a run (resume it or pick another)."""
 
 
+class NonFiniteLossError(mixing.NonFiniteStatsError):
+    """The training loss or gradient norm became non-finite: the run stops there.
+
+    Raised for every mixer (static ones included) before the step's record is
+    written or a checkpoint of its state is saved, so the run's files and its
+    latest checkpoint end at the last finite step.
+    """
+
+
 @dataclasses.dataclass
 class RunResult:
     run_dir: pathlib.Path
@@ -239,6 +248,30 @@ class Trainer:
                                               self.cfg.eval.target_mixture)
 
 
+def _check_finite_step(s: int, m: dict, domains: tuple[str, ...], latest: int | None) -> None:
+    """Raises NonFiniteLossError if step ``s`` (0-based) had a non-finite loss or gradient norm.
+
+    The message names the step as the files do (``s + 1`` completed steps) and, when
+    a domain's own loss is non-finite, the first such domain.
+    """
+    loss, gnorm = float(m["loss"]), float(m["grad_norm"])
+    if np.isfinite(loss) and np.isfinite(gnorm):
+        return
+    dl = np.asarray(m.get("domain_loss", ()), np.float64)
+    counts = np.asarray(m.get("domain_count", np.ones_like(dl)), np.float64)
+    culprits = [d for d, v, c in zip(domains, dl, counts) if c > 0 and not np.isfinite(v)]
+    where = f" (domain {culprits[0]!r})" if culprits else ""
+    raise NonFiniteLossError(
+        f"step {s + 1}: non-finite training loss {loss} / gradient norm {gnorm}{where}; "
+        f"stopped before writing this step; latest checkpoint: {latest}. Lower optim.lr "
+        "or check the data")
+
+
+def _all_finite(tree) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    return bool(all(jax.device_get(jax.numpy.all(jax.numpy.isfinite(x))) for x in leaves))
+
+
 def _normalised(w) -> np.ndarray:
     w = np.asarray(w, np.float64)
     return w / w.sum()
@@ -311,6 +344,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                     f"step {s}: non-finite statistics for domain {domains[bad]!r} (mixer "
                     f"{mixer.name!r}); the weights were not updated. Check the data of "
                     f"{domains[bad]!r} and the learning rate")
+            _check_finite_step(s, m, domains, checkpointer.latest_step())
             w = np.asarray(m["weights"], np.float32)
             if not np.array_equal(w, last_weights):
                 writer.weights(s + 1, w)
@@ -336,6 +370,11 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
 
     def save(step: int) -> None:
         flush(step)
+        if not _all_finite(state["params"]):   # e.g. a finite gradient times a huge LR
+            raise NonFiniteLossError(
+                f"step {step}: the parameters became non-finite; not saving a checkpoint "
+                f"of them (latest checkpoint: {checkpointer.latest_step()}). "
+                "Lower optim.lr or check the data")
         sampler_state = sampler.get_state()
         # Async: returns once the arrays are off the devices; every process writes its own
         # shards and its own sampler state (process item), process 0 the host JSON.
