@@ -40,6 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mixjax.train import atomic
+
 BASELINES = ("natural", "uniform")
 
 
@@ -160,7 +162,7 @@ def run_recipe(recipe: Recipe, cfg, out: pathlib.Path, *, rounds: int = 1, seeds
     domains = tuple(per_seed[0]["base"]["domains"])
     summary = _write_outputs(recipe, out, domains, per_seed, baseline)
     summary["seconds"] = time.perf_counter() - t0
-    (out / "timing.json").write_text(json.dumps({"seconds": summary["seconds"]}) + "\n")
+    atomic.write_text(out / "timing.json", json.dumps({"seconds": summary["seconds"]}) + "\n")
     return summary
 
 
@@ -235,7 +237,7 @@ def _train(cfg, data_cache: dict, log, phase: str, rnd: int, seed: int,
         mixing.check_weight_vector(final / final.sum(), tuple(domains), f"{phase} final weights")
         rec["weights_final"] = dict(zip(domains, (final / final.sum()).tolist()))
         rec["weights_average"] = dict(zip(domains, (avg / avg.sum()).tolist()))
-    marker.write_text(json.dumps(rec, indent=2) + "\n")
+    atomic.write_text(marker, json.dumps(rec, indent=2) + "\n")
     return rec
 
 
@@ -292,12 +294,12 @@ def _write_outputs(recipe: Recipe, out: pathlib.Path, domains, per_seed, baselin
                "final": rounds[-1]["final"], "average": rounds[-1]["average"],
                "rounds": rounds,
                "note": "train the final model with 'average' (DoReMi's output mixture)"}
-    (out / "weights.json").write_text(json.dumps(weights, indent=2) + "\n")
+    atomic.write_text(out / "weights.json", json.dumps(weights, indent=2) + "\n")
     table, data = perplexity_table(domains, [s["base"]["eval"] for s in per_seed],
                                    [s["baseline"]["eval"] for s in per_seed],
                                    recipe.name, baseline)
-    (out / "perplexity.md").write_text(table + "\n")
-    (out / "perplexity.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
+    atomic.write_text(out / "perplexity.md", table + "\n")
+    atomic.write_text(out / "perplexity.json", json.dumps(data, indent=2, default=float) + "\n")
     plot_weight_trajectory(out / "weights.png", domains,
                            [pathlib.Path(s["rounds"][-1]["run_dir"]) for s in per_seed],
                            recipe.name)
@@ -306,7 +308,8 @@ def _write_outputs(recipe: Recipe, out: pathlib.Path, domains, per_seed, baselin
 
 def read_weight_history(run_dir: pathlib.Path, domains) -> tuple[np.ndarray, np.ndarray]:
     """(steps, weights[T, K]) from a run's weights.jsonl."""
-    rows = [json.loads(line) for line in open(run_dir / "weights.jsonl")]
+    from mixjax.train import metrics as metrics_lib
+    rows = metrics_lib.read_jsonl(run_dir / "weights.jsonl")
     steps = np.array([r["step"] for r in rows])
     w = np.array([[r["weights"][d] for d in domains] for r in rows])
     return steps, w

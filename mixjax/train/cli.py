@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"step {result['step']}, split {result['split']}")
         print(loop.format_eval(result, domains))
         out = pathlib.Path(args.run_dir) / f"eval_step{result['step']}_{result['split']}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        from mixjax.train import atomic
+        atomic.write_text(out, json.dumps(result, indent=2) + "\n")
         return 0
     except (ConfigError, loop.RunDirError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -37,6 +37,7 @@ import numpy as np
 from mixjax import config as config_lib
 from mixjax import distributed, mixing, parallel
 from mixjax.config import Config, ConfigError
+from mixjax.train import atomic
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import evaluate as eval_lib
 from mixjax.train import metrics as metrics_lib
@@ -108,7 +109,7 @@ def prepare_run_dir(cfg: Config, resume: bool) -> pathlib.Path:
             raise RunDirError(f"cannot resume {str(run_dir)!r} with a different config: "
                               + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff))
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(config_lib.to_json(cfg) + "\n")
+    atomic.write_text(saved, config_lib.to_json(cfg) + "\n")
     return run_dir
 
 
