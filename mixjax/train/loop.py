@@ -290,6 +290,16 @@ class Trainer:
                                               self.cfg.eval.target_mixture)
 
 
+def _check_stratified(host_batch: dict, cfg: Config, step: int, domains) -> None:
+    """The stratified gradient layout's per-batch check, as a ConfigError naming data.sampler."""
+    from mixjax import grads
+    try:
+        grads.check_stratified(host_batch["domain_counts"], cfg.data.batch_size, step=step,
+                               domains=domains)
+    except ValueError as e:
+        raise ConfigError(f"config key 'data.sampler' ({cfg.data.sampler!r}): {e}") from e
+
+
 def _restore_good_checkpoint(checkpointer: ckpt_lib.Checkpointer, abstract: dict,
                              resume_from: int | None, log: Callable[[str], None]):
     """``(step, state, host, process)`` of the newest intact checkpoint (or ``resume_from``).
@@ -506,9 +516,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                          "domain_id": np.asarray(host_batch["domain_id"], np.int32),
                          "sampling_weights": p}
                 if trainer.check_stratified:
-                    from mixjax import grads
-                    grads.check_stratified(host_batch["domain_counts"], cfg.data.batch_size,
-                                           step=t, domains=domains)
+                    _check_stratified(host_batch, cfg, t, domains)
                 if trainer.target_tokens is not None:
                     batch["target_tokens"] = target_tokens
                 # This process's rows -> global arrays on the mesh's batch axes.
