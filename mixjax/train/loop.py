@@ -187,9 +187,21 @@ def load_reference(run_dir: str, vocab_size: int):
     step = ck.latest_step()
     if step is None:
         raise FileNotFoundError(f"reference run {run_dir!r} has no checkpoint")
-    got = ck.manager.restore(step, args=_params_only_args(abstract_params))
+    params = _restore_params(ck.manager, step, abstract_params)
     ck.close()
-    return apply, got["state"]["params"]
+    return apply, params
+
+
+def _restore_params(manager, step: int, abstract_params):
+    """The params of checkpoint ``step``, on the sharding they were saved with.
+
+    orbax warns on every such restore that it reads the sharding from the file;
+    that is what is wanted here, so the warning is not shown.
+    """
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sharding info not provided")
+        return manager.restore(step, args=_params_only_args(abstract_params))["state"]["params"]
 
 
 def _params_only_args(abstract_params):
@@ -469,8 +481,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                     rec.update(writer.per_domain("ref_loss", m["ref_domain_loss"]))
                 writer.write("metrics.jsonl", rec)
                 if bar is not None:
+                    # refresh=False: drawn with the next update, at most every mininterval
                     bar.set_postfix(loss=f"{float(m['loss']):.3f}",
-                                    tok_s=f"{rec['tokens_per_s']:.0f}")
+                                    tok_s=f"{rec['tokens_per_s']:.0f}", refresh=False)
 
     def save(step: int) -> None:
         flush(step)
@@ -579,7 +592,12 @@ def evaluate_run(run_dir: str | pathlib.Path, *, step: int | None = None,
     step = ck.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
-    params = ck.manager.restore(step, args=_params_only_args(abstract_params))["state"]["params"]
+    try:
+        params = _restore_params(ck.manager, step, abstract_params)
+    except Exception as e:   # a missing or damaged checkpoint: one line naming it
+        ck.close()
+        raise ckpt_lib.CheckpointError(f"run dir {str(run_dir)!r}: checkpoint {step} cannot be "
+                                       f"read: {ckpt_lib._first_line(e)}") from e
     ck.close()
     heldout = tuple(getattr(data, "heldout_domains", ()))
     batches = eval_lib.prepare_eval_sets(data.eval_sets, domains + heldout, cfg.eval.num_seqs,

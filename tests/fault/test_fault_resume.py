@@ -57,3 +57,10 @@ def test_longer_resume_keeps_the_lr_schedule_unless_rebuilt(tmp_path, capsys):
     assert loop.check_run_dir(rebuilt, resume=True, rebuild_schedule=True) == [
         "LR schedule rebuilt over train.steps=9 (was 3 steps; --rebuild-schedule)"]
     assert rebuilt.optim.schedule_steps is None
+
+
+def test_evaluating_a_run_prints_no_orbax_sharding_warning(tmp_path, recwarn):
+    cfg = tiny_config(tmp_path / "run", steps=1, eval_every=0, ckpt_every=1)
+    loop.train(cfg, data=fake_data(cfg))
+    loop.evaluate_run(tmp_path / "run", data=fake_data(cfg))
+    assert not [w for w in recwarn if "Sharding info not provided" in str(w.message)]
