@@ -121,11 +121,12 @@ class Checkpointer:
         """Moves checkpoint ``step`` to ``checkpoints_damaged/<step>[.n]``; returns where."""
         self.wait()
         aside = self.directory.parent / f"{self.directory.name}_damaged"
-        aside.mkdir(exist_ok=True)
         target, n = aside / str(int(step)), 1
         while target.exists():
             target, n = aside / f"{int(step)}.{n}", n + 1
-        os.rename(self.directory / str(int(step)), target)
+        if jax.process_index() == 0:   # one mover on a shared file system
+            aside.mkdir(exist_ok=True)
+            os.rename(self.directory / str(int(step)), target)
         # the manager caches the step list: reopen it on what is left
         self.manager.close()
         self.manager = ocp.CheckpointManager(self.directory, options=self._options)

@@ -219,3 +219,24 @@ def test_a_failed_start_writes_nothing(tmp_path):
         loop.train(cfg, data=data)
     assert not (tmp_path / "run").exists()
     loop.train(cfg, data=fake_data(cfg))     # the same run dir then starts normally
+
+
+@pytest.mark.parametrize("error", ["nan", "checkpoint", "log"])
+def test_run_time_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch, error):
+    """A diverged run, an unusable checkpoint or log: one line, exit 2 (the messages are
+    the loop's own, tested in test_fault_nan/test_fault_checkpoints/test_fault_logs)."""
+    from mixjax.train import checkpoint as ckpt_lib
+    from mixjax.train import loop
+    from mixjax.train import metrics as metrics_lib
+    exc = {"nan": loop.NonFiniteLossError("step 4: non-finite training loss nan / gradient "
+                                          "norm nan; stopped before writing this step"),
+           "checkpoint": ckpt_lib.CheckpointError("checkpoint 4 is damaged: x; no earlier "
+                                                  "checkpoint to resume from"),
+           "log": metrics_lib.LogFileError("run/metrics.jsonl:2: malformed log record")}[error]
+
+    def train(cfg, **kwargs):
+        raise exc
+    monkeypatch.setattr(loop, "train", train)
+    rc = cli.main(["train", str(_config(tmp_path)), "--set", f"train.run_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: {exc}"
