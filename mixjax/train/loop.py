@@ -487,6 +487,10 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
 
     def save(step: int) -> None:
         flush(step)
+        # Every record up to `step` is on disk before its checkpoint exists: a resume from
+        # it replays only later steps, so nothing buffered (tensorboardX queues events
+        # for up to 2 min) may be lost to a kill.
+        writer.flush()
         if not _all_finite(state["params"]):   # e.g. a finite gradient times a huge LR
             raise NonFiniteLossError(
                 f"step {step}: the parameters became non-finite; not saving a checkpoint "

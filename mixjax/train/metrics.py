@@ -137,6 +137,38 @@ def _framed_size(records: list[bytes]) -> int:
     return sum(16 + len(r) for r in records)
 
 
+class EventWriter:
+    """TensorBoard scalars, written synchronously (``add_scalar``/``flush``/``close``).
+
+    tensorboardX's ``SummaryWriter`` hands events to a background thread through a
+    queue that its ``flush`` does not drain, so a kill loses events that the JSONL
+    files already hold, even of steps before the checkpoint a resume starts from.
+    This writer uses tensorboardX's own pieces (``EventsWriter``: TFRecord framing,
+    CRCs, fsync on flush; ``summary.scalar``) in the calling thread, so ``flush``
+    makes every event durable. The file name ends with the process id: two writers
+    started in the same second (a quick resume) never share a file.
+    """
+
+    def __init__(self, logdir: str | pathlib.Path):
+        from tensorboardX.event_file_writer import EventsWriter
+        os.makedirs(logdir, exist_ok=True)
+        self._writer = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}")
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        import time
+
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.summary import scalar
+        self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                 summary=scalar(tag, value)))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class MetricsWriter:
     def __init__(self, run_dir: str | pathlib.Path, domains: tuple[str, ...],
                  tensorboard: bool = True):
@@ -145,8 +177,7 @@ class MetricsWriter:
         self._files = {name: open(self.run_dir / name, "a") for name in FILES}
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            self._tb = EventWriter(self.run_dir / "tb")
 
     def per_domain(self, prefix: str, values) -> dict[str, float]:
         return {f"{prefix}/{d}": float(v) for d, v in zip(self.domains, np.asarray(values))}
@@ -169,8 +200,10 @@ class MetricsWriter:
                 self._tb.add_scalar(f"weights/{d}", x, step)
 
     def flush(self) -> None:
+        """Writes every buffered record and event through to the disk (fsync)."""
         for f in self._files.values():
             f.flush()
+            os.fsync(f.fileno())
         if self._tb is not None:
             self._tb.flush()
 

@@ -20,6 +20,8 @@ def _config(run_dir, steps):
     cfg.mixing.name = "groupdro"
     cfg.mixing.apply_to = "sampling"
     cfg.data.sampler = "stratified"
+    # a schedule independent of train.steps: a 5-step run resumed to 6 is the 6-step run
+    cfg.optim.decay, cfg.optim.warmup_steps = "constant", 0
     return cfg
 
 
