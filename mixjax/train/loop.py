@@ -429,8 +429,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
             metrics_lib.truncate_after(run_dir, start)
             log(f"resumed from step {start} ({checkpointer.directory / str(latest)})")
     elif main:
-        for name in metrics_lib.FILES:  # a fresh run starts with fresh logs
-            (run_dir / name).unlink(missing_ok=True)
+        # A fresh run starts with fresh logs (a --resume that found no finished checkpoint
+        # replaces what its killed predecessor logged, TensorBoard included).
+        metrics_lib.clear_logs(run_dir)
     writer = (metrics_lib.MetricsWriter(run_dir, domains) if main
               else metrics_lib.NullWriter(run_dir, domains))
     if start == 0:

@@ -89,6 +89,15 @@ def truncate_after(run_dir: pathlib.Path, step: int) -> None:
     trim_tensorboard(run_dir / "tb", step)
 
 
+def clear_logs(run_dir: pathlib.Path) -> None:
+    """Removes the run's JSONL logs and TensorBoard event files (a fresh start)."""
+    for name in FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / "tb").is_dir():
+        for path in _event_files(run_dir / "tb"):
+            path.unlink()
+
+
 def _event_files(tb_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in tb_dir.glob("events.out.tfevents.*") if p.is_file())
 

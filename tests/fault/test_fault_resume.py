@@ -11,7 +11,7 @@ from mixjax.train import state as state_lib
 from train_fakes import fake_data, tiny_config
 
 
-def test_moved_run_dir_resumes_under_a_relative_path(tmp_path, monkeypatch, capsys):
+def test_moved_run_dir_resumes_under_a_relative_path(tmp_path, monkeypatch, capsys, recwarn):
     cfg = tiny_config(tmp_path / "first", steps=2, eval_every=0, ckpt_every=2)
     loop.train(cfg, data=fake_data(cfg))
     shutil.copytree(tmp_path / "first", tmp_path / "moved")     # moved or copied elsewhere
@@ -22,6 +22,10 @@ def test_moved_run_dir_resumes_under_a_relative_path(tmp_path, monkeypatch, caps
     assert "resumed from step 2 (" in capsys.readouterr().err
     assert [r["step"] for r in metrics_lib.read_jsonl(tmp_path / "moved" / "metrics.jsonl")] \
         == [1, 2, 3]
+    # `mixjax eval` of it: no orbax "Sharding info not provided" warning on the load
+    recwarn.clear()
+    assert loop.evaluate_run(tmp_path / "moved", data=fake_data(cfg))["step"] == 3
+    assert not [w for w in recwarn if "Sharding info not provided" in str(w.message)]
 
 
 def test_resume_of_a_missing_run_dir_says_so(tmp_path):
@@ -58,9 +62,3 @@ def test_longer_resume_keeps_the_lr_schedule_unless_rebuilt(tmp_path, capsys):
         "LR schedule rebuilt over train.steps=9 (was 3 steps; --rebuild-schedule)"]
     assert rebuilt.optim.schedule_steps is None
 
-
-def test_evaluating_a_run_prints_no_orbax_sharding_warning(tmp_path, recwarn):
-    cfg = tiny_config(tmp_path / "run", steps=1, eval_every=0, ckpt_every=1)
-    loop.train(cfg, data=fake_data(cfg))
-    loop.evaluate_run(tmp_path / "run", data=fake_data(cfg))
-    assert not [w for w in recwarn if "Sharding info not provided" in str(w.message)]
