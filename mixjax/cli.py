@@ -8,12 +8,17 @@ Each command group lives in the module that owns it and exposes
     mixjax data {build,info} ...                mixjax.data.cli
     mixjax mix {doremi,doge} CONFIG ...         mixjax.workflows
     mixjax dg {sweep,table} ...                 mixjax.dg.cli
+
+Errors in what the user gave (config, data, run dir, checkpoints, a run that
+diverged) print one ``error: ...`` line and exit with status 2; ``--debug``
+(anywhere on the command line) or ``MIXJAX_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (module, help). Modules are imported only when their command runs,
@@ -27,8 +32,35 @@ COMMANDS = {
 }
 
 
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that report a problem with the user's input, not a bug in mixjax."""
+    from mixjax.config import ConfigError
+    from mixjax.data.sources import DataError
+    from mixjax.mixing.base import NonFiniteStatsError
+    from mixjax.train.checkpoint import CheckpointError
+    from mixjax.train.loop import RunDirError
+    from mixjax.train.metrics import LogFileError
+    # KeyError: unknown names (corpus, mixer, tokenizer, objective) raise it with a
+    # message listing the known ones; FileNotFoundError/FileExistsError: paths given.
+    return (ConfigError, DataError, NonFiniteStatsError, CheckpointError, RunDirError,
+            LogFileError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            SyntaxError, UnicodeDecodeError)
+
+
+def error_line(e: BaseException) -> str:
+    """``error: <message>`` on one line (a KeyError's message without its quotes)."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) \
+        else str(e)
+    if isinstance(e, SyntaxError) and e.filename:
+        msg = f"{e.filename}:{e.lineno}: syntax error: {e.msg}"
+    msg = " ".join((msg or type(e).__name__).split())
+    return f"error: {msg}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MIXJAX_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="mixjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
@@ -36,9 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         if name == wanted:  # only the chosen command's module is imported
             importlib.import_module(module).add_arguments(p, name)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also MIXJAX_DEBUG=1)")
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except Exception as e:
+        if debug or not isinstance(e, user_error_types()):
+            raise
+        print(error_line(e), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

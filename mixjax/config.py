@@ -84,6 +84,10 @@ class OptimConfig:
     b2: float = 0.95
     eps: float = 1e-8
     grad_clip: float | None = 1.0      # global-norm clipping (None: off)
+    # Length of the LR schedule (None: train.steps). A resume that extends train.steps
+    # sets it to the original length, so the LR keeps its course (--rebuild-schedule:
+    # None, the schedule stretched over the new train.steps).
+    schedule_steps: int | None = None
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -172,6 +176,8 @@ def run_config_file(path: str | pathlib.Path, expected: type) -> Any:
     sys.path.insert(0, root)
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{e.filename or path}:{e.lineno}: syntax error: {e.msg}") from None
     finally:
         sys.path.remove(root)
     if not hasattr(module, "get_config"):
@@ -351,6 +357,8 @@ def validate(cfg: Config) -> Config:
     _require(0 <= o.b1 < 1, "optim.b1", f"must be in [0, 1), got {o.b1}")
     _require(0 <= o.b2 < 1, "optim.b2", f"must be in [0, 1), got {o.b2}")
     _require(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
+    _require(o.schedule_steps is None or o.schedule_steps >= 1, "optim.schedule_steps",
+             f"must be None or >= 1, got {o.schedule_steps}")
     _require(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip",
              f"must be > 0 or None, got {o.grad_clip}")
     _require(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")

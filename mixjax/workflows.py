@@ -20,7 +20,10 @@ round, mean and std over seeds, and per seed), ``perplexity.md`` /
 ``perplexity.json`` (per-domain validation perplexity of base vs baseline,
 mean ± std over seeds), ``weights.png`` (the proxy's weight trajectory, last
 round, every seed), and one run directory per phase
-(``round<r>/seed<s>/<phase>``). A phase whose run finished (``result.json``
+(``round<r>/seed<s>/<phase>``; the baseline's is ``../mix_baselines/<mixer>-<hash>``
+beside ``--out``, keyed by :func:`config_hash`, so every recipe with the same
+config and seed reuses one finished baseline run). Each phase shows its progress
+bar (``train.progress``). A phase whose run finished (``result.json``
 in its run dir) is reused when the command is repeated with the same
 ``--out``, so an interrupted recipe continues where it stopped.
 
@@ -39,6 +42,8 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+
+from mixjax.train import atomic
 
 BASELINES = ("natural", "uniform")
 
@@ -153,6 +158,9 @@ def run_recipe(recipe: Recipe, cfg, out: pathlib.Path, *, rounds: int = 1, seeds
                              mixture=final_mixture)
         ref = _phase_config(base_cfg, where / "baseline", seed, f"{cfg.name}_baseline",
                             mixture=None, baseline=baseline)
+        # The baseline depends on none of the recipe: one run per config hash, shared by
+        # every recipe (and --out) beside this one, so `mix doge` reuses `mix doremi`'s.
+        ref.train.run_dir = str(baseline_dir(out, ref))
         per_seed.append({"seed": seed, "rounds": round_weights,
                          "base": _train(base, data_cache, log, "base", rounds, seed),
                          "baseline": _train(ref, data_cache, log, "baseline", rounds, seed)})
@@ -160,8 +168,40 @@ def run_recipe(recipe: Recipe, cfg, out: pathlib.Path, *, rounds: int = 1, seeds
     domains = tuple(per_seed[0]["base"]["domains"])
     summary = _write_outputs(recipe, out, domains, per_seed, baseline)
     summary["seconds"] = time.perf_counter() - t0
-    (out / "timing.json").write_text(json.dumps({"seconds": summary["seconds"]}) + "\n")
+    atomic.write_text(out / "timing.json", json.dumps({"seconds": summary["seconds"]}) + "\n")
     return summary
+
+
+# Keys that do not change what a run computes (names, where it writes, how it reports).
+_NOT_HASHED = ("name", "train.run_dir", "train.progress", "train.log_every", "train.ckpt_every",
+               "train.keep_ckpts")
+
+
+def config_hash(cfg) -> str:
+    """SHA-256 of the resolved config without the keys that do not change the result.
+
+    A static-mixer run with the default objective reads no ``grads.*`` key, so that
+    section is left out too (a DoGE and a DoReMi config then share their baseline).
+    """
+    import hashlib
+
+    from mixjax import config as config_lib
+    d = config_lib.to_dict(cfg)
+    for key in _NOT_HASHED:
+        *parents, last = key.split(".")
+        node = d
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    if cfg.mixing.name in BASELINES + ("manual", "temperature") and \
+            cfg.train.objective == type(cfg.train)().objective:
+        d.pop("grads", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def baseline_dir(out: pathlib.Path, cfg) -> pathlib.Path:
+    """``<out>/../mix_baselines/<baseline>-<hash>``: the baseline run of config ``cfg``."""
+    return out.absolute().parent / "mix_baselines" / f"{cfg.mixing.name}-{config_hash(cfg)[:16]}"
 
 
 def _copy(cfg):
@@ -177,7 +217,6 @@ def _phase_config(cfg, run_dir: pathlib.Path, seed: int, name: str, *,
     c.train.run_dir = str(run_dir)
     c.train.seed = seed
     c.data.seed = seed
-    c.train.progress = False
     if mixture is not None or baseline is not None:
         c.train.reference = None
         c.mixing.apply_to = None
@@ -211,7 +250,7 @@ def _train(cfg, data_cache: dict, log, phase: str, rnd: int, seed: int,
     run_dir = pathlib.Path(cfg.train.run_dir)
     marker = run_dir / "result.json"
     if marker.exists():
-        log(f"[round {rnd} seed {seed}] {phase}: reusing {run_dir}")
+        log(f"[round {rnd} seed {seed}] {phase}: reusing {run_dir} (finished run, same config)")
         return json.loads(marker.read_text())
     log(f"[round {rnd} seed {seed}] {phase}: {cfg.mixing.name}, {cfg.train.steps} steps "
         f"-> {run_dir}")
@@ -235,7 +274,7 @@ def _train(cfg, data_cache: dict, log, phase: str, rnd: int, seed: int,
         mixing.check_weight_vector(final / final.sum(), tuple(domains), f"{phase} final weights")
         rec["weights_final"] = dict(zip(domains, (final / final.sum()).tolist()))
         rec["weights_average"] = dict(zip(domains, (avg / avg.sum()).tolist()))
-    marker.write_text(json.dumps(rec, indent=2) + "\n")
+    atomic.write_text(marker, json.dumps(rec, indent=2) + "\n")
     return rec
 
 
@@ -292,12 +331,12 @@ def _write_outputs(recipe: Recipe, out: pathlib.Path, domains, per_seed, baselin
                "final": rounds[-1]["final"], "average": rounds[-1]["average"],
                "rounds": rounds,
                "note": "train the final model with 'average' (DoReMi's output mixture)"}
-    (out / "weights.json").write_text(json.dumps(weights, indent=2) + "\n")
+    atomic.write_text(out / "weights.json", json.dumps(weights, indent=2) + "\n")
     table, data = perplexity_table(domains, [s["base"]["eval"] for s in per_seed],
                                    [s["baseline"]["eval"] for s in per_seed],
                                    recipe.name, baseline)
-    (out / "perplexity.md").write_text(table + "\n")
-    (out / "perplexity.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
+    atomic.write_text(out / "perplexity.md", table + "\n")
+    atomic.write_text(out / "perplexity.json", json.dumps(data, indent=2, default=float) + "\n")
     plot_weight_trajectory(out / "weights.png", domains,
                            [pathlib.Path(s["rounds"][-1]["run_dir"]) for s in per_seed],
                            recipe.name)
@@ -306,7 +345,8 @@ def _write_outputs(recipe: Recipe, out: pathlib.Path, domains, per_seed, baselin
 
 def read_weight_history(run_dir: pathlib.Path, domains) -> tuple[np.ndarray, np.ndarray]:
     """(steps, weights[T, K]) from a run's weights.jsonl."""
-    rows = [json.loads(line) for line in open(run_dir / "weights.jsonl")]
+    from mixjax.train import metrics as metrics_lib
+    rows = metrics_lib.read_jsonl(run_dir / "weights.jsonl")
     steps = np.array([r["step"] for r in rows])
     w = np.array([[r["weights"][d] for d in domains] for r in rows])
     return steps, w

@@ -47,7 +47,9 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
     cfg6 = _groupdro_config(tmp_path / "split", 6)
     with pytest.raises(loop.RunDirError, match="--resume"):
         loop.train(cfg6, data=fake_data(cfg6))              # never silently overwritten
-    resumed = loop.train(cfg6, data=fake_data(cfg6), resume=True)
+    # The 6-step schedule's first 3 LRs equal the 3-step one's (warmup 2), so the
+    # schedule rebuilt over 6 steps reproduces the uninterrupted run.
+    resumed = loop.train(cfg6, data=fake_data(cfg6), resume=True, rebuild_schedule=True)
     assert resumed.steps_done == full.steps_done == 6
     assert _leaves_equal(resumed.state["params"], full.state["params"])
     assert _leaves_equal(resumed.state["opt_state"], full.state["opt_state"])

@@ -362,19 +362,25 @@ class TfdsSource(DomainSource):
     """``tfds.data_source(name, split=split)``; the document is ``record[text_field]``.
 
     Byte strings are decoded as UTF-8; integer arrays count as tokens. Needs
-    prepared ArrayRecord files (or ``tfds.testing.mock_data`` in tests).
+    prepared ArrayRecord files (or ``tfds.testing.mock_data`` in tests): a run never
+    downloads (``download=False``, unlike tfds' default), an unprepared dataset is
+    an error that says how to prepare it (``tfds build NAME --file_format=array_record``).
     """
 
     def __init__(self, name: str, *, split: str = "train", domain: str = "", text_field: str = "text",
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, download: bool = False):
         import tensorflow_datasets as tfds
         self.name, self.split, self.text_field, self.data_dir = name, split, text_field, data_dir
         self.domain = domain or f"{name}:{split}"
         try:
-            self._ds = tfds.data_source(name, split=split, data_dir=data_dir)
+            self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
         except Exception as e:  # tfds raises many kinds; name the domain and dataset
+            how = "" if download else (
+                f"; datasets are not downloaded at run time: prepare it first with `tfds build "
+                f"{name} --file_format=array_record"
+                + (f" --data_dir={data_dir}" if data_dir else "") + "`")
             raise DataError(f"domain {self.domain!r}: cannot open tfds dataset {name!r} split "
-                            f"{split!r}: {type(e).__name__}: {e}") from e
+                            f"{split!r}: {type(e).__name__}: {e}{how}") from e
         _require_docs(len(self._ds), self.domain, f"tfds {name!r} split {split!r}")
         first = self._ds[0]
         if not isinstance(first, dict) or text_field not in first:

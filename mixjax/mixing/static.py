@@ -70,8 +70,18 @@ class Manual(Mixer):
     domains: tuple[str, ...] | None = None
 
     def init(self, num_domains: int):
+        if not isinstance(self.weights_by_domain, Mapping):
+            raise ValueError(f"mixer 'manual': weights_by_domain must be a dict "
+                             f"{{domain: weight}} of numbers, got "
+                             f"{type(self.weights_by_domain).__name__} {self.weights_by_domain!r}"
+                             " (a --set value must be a Python literal, e.g. "
+                             "{'web': 0.7, 'code': 0.3})")
         if not self.weights_by_domain:
             raise ValueError("mixer 'manual' needs weights_by_domain={domain: weight}")
+        odd = {d: x for d, x in self.weights_by_domain.items()
+               if isinstance(x, bool) or not isinstance(x, (int, float, np.number))}
+        if odd:
+            raise ValueError(f"mixer 'manual': weights must be numbers, got {odd}")
         if self.domains is None or len(self.domains) != num_domains:
             raise ValueError(f"mixer 'manual' needs the {num_domains} domain names")
         unknown = sorted(set(self.weights_by_domain) - set(self.domains))

@@ -20,10 +20,20 @@ the last save is complete.
 
 ``<step>`` is the number of completed train steps. Restoring needs an abstract
 target (``jax.ShapeDtypeStruct``s) so optimiser namedtuples come back intact.
+
+``restore_verified`` checks what it restores: every item readable (a truncated
+or missing data file, a deleted ``_METADATA``, ``host/`` or ``state/`` or OCDBT
+manifest fails the read), the state's tree structure, shapes and dtypes equal to
+the target's, and the host JSON's SHA-256 (saved in it as ``checksum``) and step.
+A damaged checkpoint is moved aside to ``checkpoints_damaged/`` (``move_aside``),
+never deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import pathlib
 from typing import Any
 
@@ -33,14 +43,18 @@ import orbax.checkpoint as ocp
 from mixjax.train import process_json
 
 
+class CheckpointError(ValueError):
+    """A checkpoint is missing, damaged or does not fit the run."""
+
+
 class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, keep: int = 2, async_save: bool = False):
         self.directory = pathlib.Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
+        self._options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             # sync (default): a save is complete when save() returns
             enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -53,6 +67,7 @@ class Checkpointer:
         """Saves; ``process``: this process's own JSON values; ``wait=False`` returns
         before an async save is on disk (call ``wait()`` before reading it)."""
         state = {k: v for k, v in state.items() if k != "ref_params"}
+        host = {**host, "checksum": host_checksum(host)}
         items = dict(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host))
         if process is not None:
             items["process"] = process_json.ProcessJsonSave(process)
@@ -85,8 +100,79 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target), host=ocp.args.JsonRestore()))
         return got["state"], got["host"]
 
+    def restore_verified(self, step: int, abstract_state: dict) -> tuple[dict, dict, Any]:
+        """``(state, host, process)`` of checkpoint ``step``, checked; CheckpointError if damaged."""
+        self.wait()
+        step = int(step)
+        if not (self.directory / str(step)).is_dir():
+            raise CheckpointError(f"checkpoint {step} does not exist in {self.directory} "
+                                  f"(have {self.all_steps()})")
+        try:
+            state, host = self.restore(step, abstract_state)
+            own = self.restore_process(step)
+        except Exception as e:   # orbax/tensorstore raise many kinds; name the first line
+            raise CheckpointError(f"checkpoint {step} is damaged: {_first_line(e)}") from e
+        problem = _host_problem(host, step) or _tree_problem(state, abstract_state)
+        if problem:
+            raise CheckpointError(f"checkpoint {step} is damaged: {problem}")
+        return state, host, own
+
+    def move_aside(self, step: int) -> pathlib.Path:
+        """Moves checkpoint ``step`` to ``checkpoints_damaged/<step>[.n]``; returns where."""
+        self.wait()
+        aside = self.directory.parent / f"{self.directory.name}_damaged"
+        target, n = aside / str(int(step)), 1
+        while target.exists():
+            target, n = aside / f"{int(step)}.{n}", n + 1
+        if jax.process_index() == 0:   # one mover on a shared file system
+            aside.mkdir(exist_ok=True)
+            os.rename(self.directory / str(int(step)), target)
+        # the manager caches the step list: reopen it on what is left
+        self.manager.close()
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+        return target
+
     def close(self) -> None:
         self.manager.close()
+
+
+def host_checksum(host: dict[str, Any]) -> str:
+    """SHA-256 of the host JSON (without its ``checksum`` key), keys sorted."""
+    body = {k: v for k, v in host.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _host_problem(host: Any, step: int) -> str | None:
+    if not isinstance(host, dict):
+        return f"host JSON is {type(host).__name__}, not an object"
+    missing = sorted({"step", "sampler", "last_weights"} - set(host))
+    if missing:
+        return f"host JSON lacks {missing}"
+    if "checksum" in host and host["checksum"] != host_checksum(host):
+        return "host JSON checksum mismatch"
+    if int(host["step"]) != step:
+        return f"host JSON says step {host['step']}"
+    return None
+
+
+def _tree_problem(state: dict, abstract_state: dict) -> str | None:
+    target = {k: v for k, v in abstract_state.items() if k != "ref_params"}
+    got_def, want_def = jax.tree.structure(state), jax.tree.structure(target)
+    if got_def != want_def:
+        return "state tree structure differs from the run's"
+    for path_, (a, b) in zip(jax.tree_util.tree_leaves_with_path(state),
+                             zip(jax.tree.leaves(state), jax.tree.leaves(target))):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return (f"state leaf {jax.tree_util.keystr(path_[0])}: {a.dtype}{list(a.shape)}, "
+                    f"expected {b.dtype}{list(b.shape)}")
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else ""
+    line = line if len(line) <= 200 else line[:197] + "..."
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
 def _abstract(x):

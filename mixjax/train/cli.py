@@ -1,10 +1,13 @@
 """``mixjax train`` and ``mixjax eval``.
 
-    mixjax train CONFIG.py [--set key=value ...] [--resume]
+    mixjax train CONFIG.py [--set key=value ...] [--resume | --resume-from STEP]
+                           [--rebuild-schedule]
     mixjax eval RUN_DIR [--step N] [--split validation|test] [--num-seqs N]
 
-Exit codes: 0 done; 2 bad config / run dir; 128 + signal number when stopped
-by SIGTERM/SIGINT (a checkpoint was saved; ``--resume`` continues it).
+Exit codes: 0 done; 2 bad config, data, run dir or checkpoint, or a run stopped
+by a non-finite loss (one ``error:`` line, :func:`mixjax.cli.main`); 128 + signal
+number when stopped by SIGTERM/SIGINT (a checkpoint was saved; ``--resume``
+continues it).
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--set", dest="overrides", action="append", default=[],
                             metavar="KEY=VALUE", help="dotted override, e.g. train.steps=200")
         parser.add_argument("--resume", action="store_true",
-                            help="continue the run in train.run_dir from its latest checkpoint")
+                            help="continue the run in train.run_dir from its latest intact "
+                                 "checkpoint (a damaged one is moved aside)")
+        parser.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                            help="continue from checkpoint STEP (newer ones are moved aside)")
+        parser.add_argument("--rebuild-schedule", action="store_true",
+                            help="on a resume with a new train.steps, stretch the LR schedule "
+                                 "over it (default: keep the original schedule)")
     elif name == "eval":
         parser.add_argument("run_dir", help="a run directory written by `mixjax train`")
         parser.add_argument("--step", type=int, default=None, help="checkpoint step (latest)")
@@ -38,33 +47,30 @@ def run(args: argparse.Namespace) -> int:
         # any other JAX call; a no-op otherwise.
         from mixjax import distributed
         distributed.initialize()
-    from mixjax.config import ConfigError
     from mixjax.train import loop
-    try:
-        if args.command == "train":
-            from mixjax import config as config_lib
-            cfg = config_lib.load(args.config, args.overrides)
-            result = loop.train(cfg, resume=args.resume)
-            if result.final_eval is not None:
-                print(loop.format_eval(result.final_eval, _domains(result.run_dir)))
-            if result.interrupted:
-                print(f"stopped by signal {result.signal} after {result.steps_done} steps; "
-                      f"checkpoint saved in {result.run_dir}/checkpoints (resume with --resume)",
-                      file=sys.stderr)
-                return 128 + int(result.signal)
-            print(f"done: {result.steps_done} steps, run dir {result.run_dir}")
-            return 0
-        result = loop.evaluate_run(args.run_dir, step=args.step, split=args.split,
-                                   num_seqs=args.num_seqs)
-        domains = _domains(pathlib.Path(args.run_dir))
-        print(f"step {result['step']}, split {result['split']}")
-        print(loop.format_eval(result, domains))
-        out = pathlib.Path(args.run_dir) / f"eval_step{result['step']}_{result['split']}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.command == "train":
+        from mixjax import config as config_lib
+        cfg = config_lib.load(args.config, args.overrides)
+        result = loop.train(cfg, resume=args.resume, resume_from=args.resume_from,
+                            rebuild_schedule=args.rebuild_schedule)
+        if result.final_eval is not None:
+            print(loop.format_eval(result.final_eval, _domains(result.run_dir)))
+        if result.interrupted:
+            print(f"stopped by signal {result.signal} after {result.steps_done} steps; "
+                  f"checkpoint saved in {result.run_dir}/checkpoints (resume with --resume)",
+                  file=sys.stderr)
+            return 128 + int(result.signal)
+        print(f"done: {result.steps_done} steps, run dir {result.run_dir}")
         return 0
-    except (ConfigError, loop.RunDirError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = loop.evaluate_run(args.run_dir, step=args.step, split=args.split,
+                               num_seqs=args.num_seqs)
+    domains = _domains(pathlib.Path(args.run_dir))
+    print(f"step {result['step']}, split {result['split']}")
+    print(loop.format_eval(result, domains))
+    out = pathlib.Path(args.run_dir) / f"eval_step{result['step']}_{result['split']}.json"
+    from mixjax.train import atomic
+    atomic.write_text(out, json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 def _domains(run_dir: pathlib.Path) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ import numpy as np
 from mixjax import config as config_lib
 from mixjax import distributed, mixing, parallel
 from mixjax.config import Config, ConfigError
+from mixjax.train import atomic
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import evaluate as eval_lib
 from mixjax.train import metrics as metrics_lib
@@ -47,12 +48,25 @@ from mixjax.train.data import TrainData, build_data
 # Keys that may differ between a run's saved config and the one it is resumed with.
 RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
                      "train.ckpt_every", "train.keep_ckpts",
+                     # the saved config is read from the dir, whatever its path is now
+                     "train.run_dir",
+                     # set on resume to keep the LR schedule (check_run_dir)
+                     "optim.schedule_steps",
                      # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
                      "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
 class RunDirError(ValueError):
     """The run directory already holds a run (resume it or pick another)."""
+
+
+class NonFiniteLossError(mixing.NonFiniteStatsError):
+    """The training loss or gradient norm became non-finite: the run stops there.
+
+    Raised for every mixer (static ones included) before the step's record is
+    written or a checkpoint of its state is saved, so the run's files and its
+    latest checkpoint end at the last finite step.
+    """
 
 
 @dataclasses.dataclass
@@ -82,24 +96,54 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_run_dir(cfg: Config, resume: bool) -> pathlib.Path:
-    """Creates the run dir, or checks that resuming it is consistent."""
+def check_run_dir(cfg: Config, resume: bool, *, rebuild_schedule: bool = False) -> list[str]:
+    """Checks (writes nothing) that ``cfg`` may start or resume its run dir; returns notes.
+
+    On resume, ``train.run_dir`` itself is not compared (the saved config is read from
+    the directory, wherever it now lives or however its path is spelled), and a longer
+    or shorter ``train.steps`` keeps the original LR schedule (``optim.schedule_steps``
+    is set to its length) unless ``rebuild_schedule``.
+    """
     run_dir = pathlib.Path(cfg.train.run_dir)
     saved = run_dir / "config.json"
     holds_run = saved.exists() or (run_dir / "checkpoints").exists()
+    notes = []
     if holds_run and not resume:
         raise RunDirError(f"run dir {str(run_dir)!r} already holds a run; pass --resume to "
                           "continue it or set train.run_dir to a new directory")
+    if resume and not holds_run:
+        what = "does not exist" if not run_dir.exists() else "holds no run (no config.json)"
+        notes.append(f"--resume: run dir {str(run_dir)!r} {what}; starting a new run")
     if holds_run:
         old = _flatten(json.loads(saved.read_text())) if saved.exists() else {}
         new = _flatten(config_lib.to_dict(cfg))
+        if old and cfg.optim.schedule_steps is None:
+            length = old.get("optim.schedule_steps") or old.get("train.steps")
+            if rebuild_schedule:
+                if length != cfg.train.steps:
+                    notes.append(f"LR schedule rebuilt over train.steps={cfg.train.steps} "
+                                 f"(was {length} steps; --rebuild-schedule)")
+            elif length != cfg.train.steps:
+                cfg.optim.schedule_steps = int(length)
+                new["optim.schedule_steps"] = int(length)
+                if old.get("train.steps") != cfg.train.steps:
+                    notes.append(f"train.steps {old.get('train.steps')} -> {cfg.train.steps}: "
+                                 f"the LR schedule keeps its original length ({length} steps; "
+                                 "pass --rebuild-schedule to stretch it over the new steps)")
         diff = sorted(k for k in set(old) | set(new)
                       if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
         if diff:
             raise RunDirError(f"cannot resume {str(run_dir)!r} with a different config: "
                               + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff))
+    return notes
+
+
+def prepare_run_dir(cfg: Config, resume: bool, *, rebuild_schedule: bool = False) -> pathlib.Path:
+    """Creates the run dir (or checks that resuming it is consistent) and saves config.json."""
+    check_run_dir(cfg, resume, rebuild_schedule=rebuild_schedule)
+    run_dir = pathlib.Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(config_lib.to_json(cfg) + "\n")
+    atomic.write_text(run_dir / "config.json", config_lib.to_json(cfg) + "\n")
     return run_dir
 
 
@@ -143,9 +187,21 @@ def load_reference(run_dir: str, vocab_size: int):
     step = ck.latest_step()
     if step is None:
         raise FileNotFoundError(f"reference run {run_dir!r} has no checkpoint")
-    got = ck.manager.restore(step, args=_params_only_args(abstract_params))
+    params = _restore_params(ck.manager, step, abstract_params)
     ck.close()
-    return apply, got["state"]["params"]
+    return apply, params
+
+
+def _restore_params(manager, step: int, abstract_params):
+    """The params of checkpoint ``step``, on the sharding they were saved with.
+
+    orbax warns on every such restore that it reads the sharding from the file;
+    that is what is wanted here, so the warning is not shown.
+    """
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sharding info not provided")
+        return manager.restore(step, args=_params_only_args(abstract_params))["state"]["params"]
 
 
 def _params_only_args(abstract_params):
@@ -171,15 +227,22 @@ class Trainer:
         self.domains = tuple(self.data.domains)
         config_lib.check_domains(cfg, self.domains)
         k = len(self.domains)
-        self.mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=self.domains,
-                                  token_counts=self.data.token_counts,
-                                  apply_to=cfg.mixing.apply_to)
+        try:   # the mixer's own checks (names, hyperparameters, weights) before any compile
+            self.mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=self.domains,
+                                      token_counts=self.data.token_counts,
+                                      apply_to=cfg.mixing.apply_to)
+            self.mixer.init(k)
+        except (ValueError, TypeError, KeyError) as e:
+            msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+            raise ConfigError(f"config key 'mixing': {msg}") from e
         self.pad_id = self.data.pad_id
         from mixjax.models import transformer
         self.model_cfg = model_config(cfg, self.data.vocab_size)
         self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
         self.num_params = transformer.count_params(params)
-        self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+        # The LR schedule's length: train.steps, or the original run's on an extended resume.
+        self.schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
+        self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, self.schedule_steps)
         # The step and its state come from the objective's factory (train.objective):
         # the default one-model mixer step, or a custom one (bilevel, fish).
         from mixjax.train import objectives
@@ -239,49 +302,136 @@ class Trainer:
                                               self.cfg.eval.target_mixture)
 
 
+def _check_stratified(host_batch: dict, cfg: Config, step: int, domains) -> None:
+    """The stratified gradient layout's per-batch check, as a ConfigError naming data.sampler."""
+    from mixjax import grads
+    try:
+        grads.check_stratified(host_batch["domain_counts"], cfg.data.batch_size, step=step,
+                               domains=domains)
+    except ValueError as e:
+        raise ConfigError(f"config key 'data.sampler' ({cfg.data.sampler!r}): {e}") from e
+
+
+def _restore_good_checkpoint(checkpointer: ckpt_lib.Checkpointer, abstract: dict,
+                             resume_from: int | None, log: Callable[[str], None]):
+    """``(step, state, host, process)`` of the newest intact checkpoint (or ``resume_from``).
+
+    A damaged checkpoint is reported in one line and moved aside (never deleted), and
+    the previous one is tried; with ``resume_from`` that checkpoint must be intact and
+    newer ones are moved aside so the resumed run can write its own.
+    """
+    steps = sorted(checkpointer.all_steps(), reverse=True)
+    if resume_from is not None:
+        if resume_from not in steps:
+            raise ckpt_lib.CheckpointError(
+                f"--resume-from {resume_from}: no checkpoint {resume_from} in "
+                f"{checkpointer.directory}; have {sorted(steps)}")
+        state, host, own = checkpointer.restore_verified(resume_from, abstract)
+        for s in steps:
+            if s > resume_from:
+                where = checkpointer.move_aside(s)
+                log(f"checkpoint {s} is newer than --resume-from {resume_from}: moved to {where}")
+        return resume_from, state, host, own
+    for i, s in enumerate(steps):
+        try:
+            state, host, own = checkpointer.restore_verified(s, abstract)
+        except ckpt_lib.CheckpointError as e:
+            where = checkpointer.move_aside(s)
+            nxt = steps[i + 1] if i + 1 < len(steps) else None
+            if nxt is None:
+                raise ckpt_lib.CheckpointError(
+                    f"{e}; no earlier checkpoint to resume from (moved to {where}); "
+                    "start a new run in another run dir") from e
+            log(f"{e}; resuming from {nxt} (moved to {where})")
+            continue
+        return s, state, host, own
+    return None
+
+
+def _check_finite_step(s: int, m: dict, domains: tuple[str, ...], latest: int | None) -> None:
+    """Raises NonFiniteLossError if step ``s`` (0-based) had a non-finite loss or gradient norm.
+
+    The message names the step as the files do (``s + 1`` completed steps) and, when
+    a domain's own loss is non-finite, the first such domain.
+    """
+    loss, gnorm = float(m["loss"]), float(m["grad_norm"])
+    if np.isfinite(loss) and np.isfinite(gnorm):
+        return
+    dl = np.asarray(m.get("domain_loss", ()), np.float64)
+    counts = np.asarray(m.get("domain_count", np.ones_like(dl)), np.float64)
+    culprits = [d for d, v, c in zip(domains, dl, counts) if c > 0 and not np.isfinite(v)]
+    where = f" (domain {culprits[0]!r})" if culprits else ""
+    raise NonFiniteLossError(
+        f"step {s + 1}: non-finite training loss {loss} / gradient norm {gnorm}{where}; "
+        f"stopped before writing this step; latest checkpoint: {latest}. Lower optim.lr "
+        "or check the data")
+
+
+def _all_finite(tree) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    return bool(all(jax.device_get(jax.numpy.all(jax.numpy.isfinite(x))) for x in leaves))
+
+
 def _normalised(w) -> np.ndarray:
     w = np.asarray(w, np.float64)
     return w / w.sum()
 
 
 def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
-          on_step: Callable[[int], None] | None = None) -> RunResult:
-    """Runs (or resumes) the training run ``cfg`` describes; returns a RunResult."""
+          on_step: Callable[[int], None] | None = None, resume_from: int | None = None,
+          rebuild_schedule: bool = False, log: Callable[[str], None] | None = None) -> RunResult:
+    """Runs (or resumes) the training run ``cfg`` describes; returns a RunResult.
+
+    Nothing is written to the run dir before the config, the run dir, the data, the
+    mixer and the sampler are checked and built. ``resume_from``: resume from that
+    checkpoint (implies ``resume``; newer checkpoints are moved aside, never deleted).
+    ``log``: where one-line notes go (resume point, damaged checkpoints; stderr).
+    """
     config_lib.validate(cfg)
-    run_dir = pathlib.Path(cfg.train.run_dir)
-    if (run_dir / "config.json").exists() and not resume:
-        prepare_run_dir(cfg, resume)  # raises before anything is built
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    resume = resume or resume_from is not None
+    if resume_from is not None and not (pathlib.Path(cfg.train.run_dir) / "checkpoints").is_dir():
+        raise ckpt_lib.CheckpointError(f"--resume-from {resume_from}: run dir "
+                                       f"{cfg.train.run_dir!r} has no checkpoints")
+    notes = check_run_dir(cfg, resume, rebuild_schedule=rebuild_schedule)  # before building
     trainer = Trainer(cfg, data)
     main = distributed.is_main_process()   # multi-host: process 0 writes the run files
+    # The sampler is built (and checks its data) before anything is written.
+    sampler = trainer.data.make_sampler(trainer.sampler_weights())
     distributed.barrier("run_dir_checked")  # every process checked before process 0 writes
     if main:
-        run_dir = prepare_run_dir(cfg, resume)
+        run_dir = prepare_run_dir(cfg, resume, rebuild_schedule=rebuild_schedule)
+        for line in notes:
+            log(line)
+    run_dir = pathlib.Path(cfg.train.run_dir)
     distributed.barrier("run_dir_ready")
     t_cfg = cfg.train
     domains, mixer = trainer.domains, trainer.mixer
     to_sampler = mixer.apply_to in ("sampling", "both")
     checkpointer = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=t_cfg.keep_ckpts,
                                          async_save=True)
-    sampler = trainer.data.make_sampler(trainer.sampler_weights())
     state = trainer.initial_state
     start = 0
     last_weights = np.asarray(mixer.weights(state["mix_state"]), np.float32)
-    latest = checkpointer.latest_step() if resume else None
-    if latest is not None:
+    got = None
+    if resume and checkpointer.all_steps():
         abstract = jax.tree.map(ckpt_lib._abstract, state)   # keeps each array's sharding
-        restored, host = checkpointer.restore(latest, abstract)
+        got = _restore_good_checkpoint(checkpointer, abstract, resume_from, log)
+    if got is not None:
+        latest, restored, host, own = got
         if "ref_params" in state:
             restored["ref_params"] = state["ref_params"]
         state = restored
         start = int(host["step"])
-        own = checkpointer.restore_process(latest)   # this process's sampler state
-        sampler.set_state((own or host)["sampler"])
+        sampler.set_state((own or host)["sampler"])   # this process's sampler state
         last_weights = np.asarray(host["last_weights"], np.float32)
         if main:
             metrics_lib.truncate_after(run_dir, start)
+            log(f"resumed from step {start} ({checkpointer.directory / str(latest)})")
     elif main:
-        for name in metrics_lib.FILES:  # a fresh run starts with fresh logs
-            (run_dir / name).unlink(missing_ok=True)
+        # A fresh run starts with fresh logs (a --resume that found no finished checkpoint
+        # replaces what its killed predecessor logged, TensorBoard included).
+        metrics_lib.clear_logs(run_dir)
     writer = (metrics_lib.MetricsWriter(run_dir, domains) if main
               else metrics_lib.NullWriter(run_dir, domains))
     if start == 0:
@@ -311,6 +461,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                     f"step {s}: non-finite statistics for domain {domains[bad]!r} (mixer "
                     f"{mixer.name!r}); the weights were not updated. Check the data of "
                     f"{domains[bad]!r} and the learning rate")
+            _check_finite_step(s, m, domains, checkpointer.latest_step())
             w = np.asarray(m["weights"], np.float32)
             if not np.array_equal(w, last_weights):
                 writer.weights(s + 1, w)
@@ -331,11 +482,21 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                     rec.update(writer.per_domain("ref_loss", m["ref_domain_loss"]))
                 writer.write("metrics.jsonl", rec)
                 if bar is not None:
+                    # refresh=False: drawn with the next update, at most every mininterval
                     bar.set_postfix(loss=f"{float(m['loss']):.3f}",
-                                    tok_s=f"{rec['tokens_per_s']:.0f}")
+                                    tok_s=f"{rec['tokens_per_s']:.0f}", refresh=False)
 
     def save(step: int) -> None:
         flush(step)
+        # Every record up to `step` is on disk before its checkpoint exists: a resume from
+        # it replays only later steps, so nothing buffered (tensorboardX queues events
+        # for up to 2 min) may be lost to a kill.
+        writer.flush()
+        if not _all_finite(state["params"]):   # e.g. a finite gradient times a huge LR
+            raise NonFiniteLossError(
+                f"step {step}: the parameters became non-finite; not saving a checkpoint "
+                f"of them (latest checkpoint: {checkpointer.latest_step()}). "
+                "Lower optim.lr or check the data")
         sampler_state = sampler.get_state()
         # Async: returns once the arrays are off the devices; every process writes its own
         # shards and its own sampler state (process item), process 0 the host JSON.
@@ -373,9 +534,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                          "domain_id": np.asarray(host_batch["domain_id"], np.int32),
                          "sampling_weights": p}
                 if trainer.check_stratified:
-                    from mixjax import grads
-                    grads.check_stratified(host_batch["domain_counts"], cfg.data.batch_size,
-                                           step=t, domains=domains)
+                    _check_stratified(host_batch, cfg, t, domains)
                 if trainer.target_tokens is not None:
                     batch["target_tokens"] = target_tokens
                 # This process's rows -> global arrays on the mesh's batch axes.
@@ -438,7 +597,12 @@ def evaluate_run(run_dir: str | pathlib.Path, *, step: int | None = None,
     step = ck.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
-    params = ck.manager.restore(step, args=_params_only_args(abstract_params))["state"]["params"]
+    try:
+        params = _restore_params(ck.manager, step, abstract_params)
+    except Exception as e:   # a missing or damaged checkpoint: one line naming it
+        ck.close()
+        raise ckpt_lib.CheckpointError(f"run dir {str(run_dir)!r}: checkpoint {step} cannot be "
+                                       f"read: {ckpt_lib._first_line(e)}") from e
     ck.close()
     heldout = tuple(getattr(data, "heldout_domains", ()))
     batches = eval_lib.prepare_eval_sets(data.eval_sets, domains + heldout, cfg.eval.num_seqs,

@@ -11,18 +11,24 @@ Files in the run directory:
 * ``tb/``: TensorBoard event files (tensorboardX) with the same scalars.
 
 On resume from step ``k`` the records of steps after ``k`` (written by the
-interrupted run after its last checkpoint) are dropped first, so every file
-reads as one uninterrupted run.
+interrupted run after its last checkpoint) are dropped first, from the JSONL
+files and the TensorBoard event files alike, so every file reads as one
+uninterrupted run. Each such rewrite is atomic (:mod:`mixjax.train.atomic`), and
+an unfinished last line (what a crash in the middle of a write leaves) is
+ignored by the readers and dropped by the rewrite.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 from typing import Any, Mapping
 
 import numpy as np
+
+from mixjax.train import atomic
 
 FILES = ("metrics.jsonl", "eval.jsonl", "weights.jsonl")
 
@@ -42,20 +48,134 @@ def _plain(x: Any) -> Any:
     return x
 
 
+class LogFileError(ValueError):
+    """A run log holds a malformed line that is not an unfinished last one."""
+
+
 def read_jsonl(path: str | pathlib.Path) -> list[dict]:
+    """The records of a JSONL log; an unfinished last line (no newline) is ignored.
+
+    Records are appended as ``json + "\\n"``, so a write cut short leaves a last
+    line without its newline; any other malformed line is an error naming it.
+    """
     path = pathlib.Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):   # the last piece had no newline: a torn write
+                break
+            raise LogFileError(f"{path}:{i}: malformed log record ({e.msg})") from None
+    return records
 
 
 def truncate_after(run_dir: pathlib.Path, step: int) -> None:
-    """Drops records with ``step > step`` from the run's JSONL files."""
+    """Drops records with ``step > step`` from the run's logs (JSONL and TensorBoard).
+
+    Each file is replaced atomically; a torn last line is dropped.
+    """
     for name in FILES:
         path = run_dir / name
         if path.exists():
             keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    trim_tensorboard(run_dir / "tb", step)
+
+
+def clear_logs(run_dir: pathlib.Path) -> None:
+    """Removes the run's JSONL logs and TensorBoard event files (a fresh start)."""
+    for name in FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / "tb").is_dir():
+        for path in _event_files(run_dir / "tb"):
+            path.unlink()
+
+
+def _event_files(tb_dir: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in tb_dir.glob("events.out.tfevents.*") if p.is_file())
+
+
+def read_tensorboard_scalars(tb_dir: str | pathlib.Path) -> list[tuple[str, int, float]]:
+    """Every scalar ``(tag, step, value)`` in a TensorBoard dir, file by file, in order."""
+    from tensorboard.backend.event_processing import event_file_loader
+    out = []
+    for path in _event_files(pathlib.Path(tb_dir)):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            for v in event.summary.value:   # the loader gives scalars as 0-d tensors
+                value = v.simple_value if v.HasField("simple_value") else v.tensor.float_val[0]
+                out.append((v.tag, int(event.step), float(value)))
+    return out
+
+
+def trim_tensorboard(tb_dir: pathlib.Path, step: int) -> None:
+    """Drops events with ``step > step`` from every event file (each replaced atomically).
+
+    Read with TensorBoard's raw reader (which stops at a torn last record); the kept
+    records are written back byte for byte with tensorboardX's record framing, under
+    the same file name.
+    """
+    if not tb_dir.is_dir():
+        return
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboardX.record_writer import RecordWriter
+    for path in _event_files(tb_dir):
+        records = list(event_file_loader.RawEventFileLoader(str(path)).Load())
+        keep = [r for r in records if event_pb2.Event.FromString(r).step <= step]
+        if len(keep) == len(records) and path.stat().st_size == _framed_size(records):
+            continue
+        tmp = path.with_name(f".{path.name}.tmp")   # outside the events.out.* pattern
+        writer = RecordWriter(str(tmp))
+        for r in keep:
+            writer.write(r)
+        writer.flush()   # flushes and fsyncs
+        writer.close()
+        os.replace(tmp, path)
+        atomic.fsync_dir(tb_dir)
+
+
+def _framed_size(records: list[bytes]) -> int:
+    """Bytes of the records in TFRecord framing (8-byte length, 4-byte CRC, data, 4-byte CRC)."""
+    return sum(16 + len(r) for r in records)
+
+
+class EventWriter:
+    """TensorBoard scalars, written synchronously (``add_scalar``/``flush``/``close``).
+
+    tensorboardX's ``SummaryWriter`` hands events to a background thread through a
+    queue that its ``flush`` does not drain, so a kill loses events that the JSONL
+    files already hold, even of steps before the checkpoint a resume starts from.
+    This writer uses tensorboardX's own pieces (``EventsWriter``: TFRecord framing,
+    CRCs, fsync on flush; ``summary.scalar``) in the calling thread, so ``flush``
+    makes every event durable. The file name ends with the process id: two writers
+    started in the same second (a quick resume) never share a file.
+    """
+
+    def __init__(self, logdir: str | pathlib.Path):
+        from tensorboardX.event_file_writer import EventsWriter
+        os.makedirs(logdir, exist_ok=True)
+        self._writer = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}")
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        import time
+
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.summary import scalar
+        self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                 summary=scalar(tag, value)))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class MetricsWriter:
@@ -66,8 +186,7 @@ class MetricsWriter:
         self._files = {name: open(self.run_dir / name, "a") for name in FILES}
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            self._tb = EventWriter(self.run_dir / "tb")
 
     def per_domain(self, prefix: str, values) -> dict[str, float]:
         return {f"{prefix}/{d}": float(v) for d, v in zip(self.domains, np.asarray(values))}
@@ -90,8 +209,10 @@ class MetricsWriter:
                 self._tb.add_scalar(f"weights/{d}", x, step)
 
     def flush(self) -> None:
+        """Writes every buffered record and event through to the disk (fsync)."""
         for f in self._files.values():
             f.flush()
+            os.fsync(f.fileno())
         if self._tb is not None:
             self._tb.flush()
 

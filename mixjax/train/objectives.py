@@ -220,7 +220,7 @@ def _bilevel_objective(trainer) -> StepParts:
         tx_u = tx_w
     else:
         tx_u, _ = state_lib.make_optimizer(
-            dataclasses.replace(cfg.optim, lr=float(hp["lower_lr"])), cfg.train.steps)
+            dataclasses.replace(cfg.optim, lr=float(hp["lower_lr"])), trainer.schedule_steps)
     tx_p = optax.adam(float(hp["lr_p"]))
     view = SoftmaxWeights(name="bilevel")
     loss_fn = _token_loss_fn(trainer)
@@ -295,7 +295,7 @@ def _fish_objective(trainer) -> StepParts:
     cfg, k = trainer.cfg, len(trainer.domains)
     _require_per_domain(cfg, "train.objective='fish'")
     hp = resolved_hparams("fish", cfg.train.objective_hparams)
-    tx, schedule = state_lib.make_optimizer(cfg.optim, k * cfg.train.steps)
+    tx, schedule = state_lib.make_optimizer(cfg.optim, k * trainer.schedule_steps)
     view = trainer.mixer   # uniform: the sampler's stratified batches, every domain equal
     loss_fn = _token_loss_fn(trainer)
     meta_lr, divide = float(hp["meta_lr"]), bool(hp["divide_by_meta_steps"])
