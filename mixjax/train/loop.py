@@ -292,7 +292,12 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                    "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
                    "objective": cfg.train.objective, "heldout_domains": list(trainer.heldout),
                    "devices": [str(d) for d in jax.devices()],
-                   "mesh": dict(trainer.mesh.shape), "processes": jax.process_count()},
+                   "mesh": dict(trainer.mesh.shape), "processes": jax.process_count(),
+                   # fingerprint of the eval sets (mixjax.data.eval_sets.eval_checksum):
+                   # runs are comparable only when it agrees (mixjax compare checks it)
+                   "eval_sets": {"sha256": getattr(trainer.data, "eval_checksum", None),
+                                 "split": cfg.eval.split, "num_seqs": cfg.eval.num_seqs,
+                                 "tokenizer": cfg.data.tokenizer, "seq_len": cfg.data.seq_len}},
                   f, indent=2)
 
     target_tokens = None if trainer.target_tokens is None else np.asarray(trainer.target_tokens)
@@ -322,13 +327,16 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                 rec = {"step": s + 1, "loss": m["loss"], "objective": m["objective"],
                        "grad_norm": m["grad_norm"], "lr": m.get("lr", 0.0), "tokens": m["tokens"],
                        "tokens_per_s": tokens_per_step * timer["steps"] / max(elapsed, 1e-9)}
-                rec.update(writer.per_domain("loss", m["domain_loss"]))
+                # a domain absent from the batch has no loss: NaN, never 0 (metrics docstring)
+                rec.update(writer.per_domain("loss", metrics_lib.absent_as_nan(
+                    m["domain_loss"], m["domain_count"])))
                 rec.update(writer.per_domain("count", m["domain_count"]))
                 rec.update(writer.per_domain("weight", m["weights"]))
                 rec.update(writer.per_domain("sampling_weight", m["sampling_weights"]))
                 rec.update({k: float(v) for k, v in m.get("extra", {}).items()})
                 if "ref_domain_loss" in m:
-                    rec.update(writer.per_domain("ref_loss", m["ref_domain_loss"]))
+                    rec.update(writer.per_domain("ref_loss", metrics_lib.absent_as_nan(
+                        m["ref_domain_loss"], m["domain_count"])))
                 writer.write("metrics.jsonl", rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(m['loss']):.3f}",
