@@ -59,8 +59,8 @@ class GridRun:
         return pathlib.Path(self.cfg.train.run_dir)
 
 
-def plan_grid(config_paths: Sequence[str], seeds: int, overrides: Sequence[str], out: pathlib.Path) -> list[GridRun]:
-    """Resolve every (config, seed) and check the grid is a fair comparison."""
+def plan_grid(config_paths: Sequence[Any], seeds: int, overrides: Sequence[str], out: pathlib.Path) -> list[GridRun]:
+    """Resolve every (config file or :class:`Config`, seed) and check the grid is a fair comparison."""
     if seeds < 1:
         raise CompareError(f"--seeds must be >= 1, got {seeds}")
     if not config_paths:
@@ -68,7 +68,14 @@ def plan_grid(config_paths: Sequence[str], seeds: int, overrides: Sequence[str],
     grid, names = [], {}
     for path in config_paths:
         try:
-            base = config_lib.load(path, list(overrides))
+            if isinstance(path, Config):    # a Config built in Python (experiments/leaderboard_mixpile.py)
+                base = config_lib.from_dict(config_lib.to_dict(path))
+                for item in overrides:
+                    config_lib.apply_override(base, item)
+                config_lib.validate(base)
+                path = base.name
+            else:
+                base = config_lib.load(path, list(overrides))
         except ConfigError as e:
             raise CompareError(f"config {path}: {e}") from None
         name = base.name
