@@ -11,7 +11,7 @@ Sizes (every method gets the same model, data order per seed, eval sets and toke
   mixpile  mixpile (27 MB), 2 layers d_model 128 (~0.5M parameters), 16 x 128 tokens x 500 steps
            = 1,024,000 training tokens per run; 64 eval sequences of 129 tokens per domain (~8 KB of
            each domain's 128 KB+ validation split). Sized for ~2 h of an unloaded 2-core CPU for
-           14 methods x 3 seeds (an estimate from the tiny runs' steps/s, not a measured total).
+           15 methods x 3 seeds (an estimate from the tiny runs' steps/s, not a measured total).
 
 DoReMi and tDRO read a frozen reference model: the baseline's seed-0 run of the same grid
 (trained first; its budget is not counted in theirs, as in the DoReMi paper).
@@ -71,6 +71,8 @@ def _method(cfg: Config, name: str) -> Config:
         m.sampling_weights = "uniform"
     elif name == "odm":
         d.sampler, m.name, m.hparams = "multinomial", "odm", {"warmup_steps": 20}
+    elif name == "odm_smoothed":
+        d.sampler, m.name, m.hparams = "multinomial", "odm_smoothed", {"warmup_steps": 20}
     elif name == "ado":
         d.sampler, m.name = "multinomial", "ado"
         m.hparams = {"ignore_steps": 20, "start_step": cfg.train.steps // 4, "refit_every": 25,
@@ -99,8 +101,8 @@ def _method(cfg: Config, name: str) -> Config:
     return cfg
 
 
-METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", "tdro", "odm", "ado",
-           "doge", "dga", "rnb", "bilevel", "sample_reweight")
+METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", "tdro", "odm", "odm_smoothed",
+           "ado", "doge", "dga", "rnb", "bilevel", "sample_reweight")
 
 
 def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:

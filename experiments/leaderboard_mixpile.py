@@ -26,16 +26,16 @@ from mixjax.compare.cli import compare  # noqa: E402
 
 
 def run(size: str, seeds: int, out: pathlib.Path, methods=board.METHODS, progress: bool = True,
-        compile_cache: bool = True) -> dict:
+        compile_cache: bool = True, overrides=()) -> dict:
     t0 = time.perf_counter()
     methods = list(dict.fromkeys([board.BASELINE, *methods]))
     reference = None
     if any(m in board.NEEDS_REFERENCE for m in methods):
-        grid = runs_lib.plan_grid([board.base(size)], seeds, [], out)
+        grid = runs_lib.plan_grid([board.base(size)], seeds, list(overrides), out)
         reference = str(grid[0].run_dir)      # the baseline's seed-0 run
     cfgs = board.configs(size, methods, reference=reference)
     res = compare(cfgs, seeds=seeds, out=out, baseline=board.BASELINE, progress=progress,
-                  compile_cache=compile_cache)
+                  compile_cache=compile_cache, overrides=list(overrides))
     res["wall_s"] = time.perf_counter() - t0
     return res
 
@@ -47,10 +47,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--methods", nargs="+", default=list(board.METHODS), choices=board.METHODS)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override for every method (e.g. train.steps=20 for a smoke run)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out or f"runs/leaderboard_{args.size}")
     try:
-        res = run(args.size, args.seeds, out, args.methods, progress=not args.no_progress)
+        res = run(args.size, args.seeds, out, args.methods, progress=not args.no_progress,
+                  overrides=args.overrides)
     except runs_lib.CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
