@@ -175,3 +175,36 @@ def test_runs_with_different_eval_sets_are_refused(grid_result, tmp_path, capsys
     assert mixjax_main(["compare", "--runs", str(a), str(b), "--out", str(dest), "--no-test",
                         "--no-progress"]) == 0
     assert (dest / "results.md").is_file()
+
+
+# ---------------------------------------------------------------- absent domains: NaN, not 0
+
+def test_absent_domain_is_nan_in_jsonl_and_has_no_tensorboard_point(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mixjax.train import metrics
+    loss = metrics.absent_as_nan([2.5, 0.0, 3.0], [10, 0, 4])
+    assert loss[0] == 2.5 and math.isnan(loss[1]) and loss[2] == 3.0
+    w = metrics.MetricsWriter(tmp_path, ("a", "b", "c"))
+    for step in (1, 2):
+        rec = {"step": step, "loss": 1.0}
+        rec.update(w.per_domain("loss", loss))
+        rec.update(w.per_domain("count", [10, 0, 4]))
+        w.write("metrics.jsonl", rec)
+    w.close()
+    rows = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows[0]["loss/b"] == "nan" and math.isnan(float(rows[0]["loss/b"])) and rows[0]["count/b"] == 0.0
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "metrics/loss/a" in tags and "metrics/count/b" in tags
+    assert "metrics/loss/b" not in tags       # no point at all, never a 0
+
+
+def test_grid_runs_log_absent_domains_as_nan(grid_result):
+    from mixjax.train import metrics
+    out, res = grid_result
+    for r in res["records"]:
+        for row in metrics.read_jsonl(r.run_dir / "metrics.jsonl"):
+            for d in r.domains:
+                assert (row[f"count/{d}"] == 0) == (row[f"loss/{d}"] == "nan"), (r.run_dir, row)
