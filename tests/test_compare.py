@@ -175,6 +175,8 @@ def test_runs_with_different_eval_sets_are_refused(grid_result, tmp_path, capsys
     assert mixjax_main(["compare", "--runs", str(a), str(b), "--out", str(dest), "--no-test",
                         "--no-progress"]) == 0
     assert (dest / "results.md").is_file()
+    assert mixjax_main(["compare", "--runs", str(a), str(b), "--out", str(tmp_path / "t2"), "--baseline", "x"]) == 2
+    assert "unknown baseline 'x'; methods in these runs: lm_tiny_uniform" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- absent domains: NaN, not 0

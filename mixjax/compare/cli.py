@@ -69,6 +69,9 @@ def compare(configs=(), *, runs=None, seeds: int = 3, overrides=(), out="runs/co
         counts = {"reused": len(run_dirs), "trained": 0, "resumed": 0}
         for r in run_dirs:   # every dir checked before anything is evaluated
             _check_run_dir(r)
+        names = list(dict.fromkeys(json.loads((r / "config.json").read_text()).get("name") for r in run_dirs))
+        if baseline is not None and baseline not in names:
+            raise runs_lib.CompareError(f"unknown baseline {baseline!r}; methods in these runs: {', '.join(map(str, names))}")
     else:
         grid = runs_lib.plan_grid(list(configs), seeds, list(overrides), out)
         # a baseline name must be known before hours of training
