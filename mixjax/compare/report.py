@@ -174,8 +174,13 @@ def write_plots(summary: dict, records: Sequence[RunRecord], out: pathlib.Path) 
         fig.savefig(p, dpi=110)
         plt.close(fig)
         paths.append(p)
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3), squeeze=False, sharey=True)
-    for ax, m in zip(axes[0], methods):
+    ncol = min(5, len(methods))
+    nrow = -(-len(methods) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.8 * nrow), squeeze=False, sharey=True)
+    for k in range(len(methods), nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    for k, m in enumerate(methods):
+        ax = axes[k // ncol][k % ncol]
         rs = groups[m]
         total = rs[0].cfg.train.steps
         grid = np.arange(total + 1)
@@ -189,7 +194,7 @@ def write_plots(summary: dict, records: Sequence[RunRecord], out: pathlib.Path) 
         ax.set_title(m, fontsize=9)
         ax.set_xlabel("step")
     axes[0][0].set_ylabel("domain weight (mean over seeds)")
-    axes[0][-1].legend(fontsize=6)
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     p = out / "weights.png"
     fig.savefig(p, dpi=110)
