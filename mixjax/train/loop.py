@@ -247,6 +247,7 @@ def _normalised(w) -> np.ndarray:
 def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
           on_step: Callable[[int], None] | None = None) -> RunResult:
     """Runs (or resumes) the training run ``cfg`` describes; returns a RunResult."""
+    from mixjax.data.eval_sets import eval_checksum
     config_lib.validate(cfg)
     run_dir = pathlib.Path(cfg.train.run_dir)
     if (run_dir / "config.json").exists() and not resume:
@@ -295,7 +296,8 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                    "mesh": dict(trainer.mesh.shape), "processes": jax.process_count(),
                    # fingerprint of the eval sets (mixjax.data.eval_sets.eval_checksum):
                    # runs are comparable only when it agrees (mixjax compare checks it)
-                   "eval_sets": {"sha256": getattr(trainer.data, "eval_checksum", None),
+                   "eval_sets": {"sha256": getattr(trainer.data, "eval_checksum", None)
+                                 or eval_checksum(trainer.data.eval_sets, cfg.data.tokenizer),
                                  "split": cfg.eval.split, "num_seqs": cfg.eval.num_seqs,
                                  "tokenizer": cfg.data.tokenizer, "seq_len": cfg.data.seq_len}},
                   f, indent=2)
