@@ -24,6 +24,10 @@ Variants:
         --set "data.domains=['conversation','legal','literature','math','news','science','tech_docs']"
     penalty / p learning rate: --set train.objective_hparams.penalty=5
                                --set train.objective_hparams.lr_p=0.05
+
+Note: the measured numbers above come from the earlier mixpile-tiny (8 kB documents, 1-2
+validation documents per domain) and earlier eval sets (first sequences of the split); the
+corpus was rebuilt with evaluation floors (docs/data_corpus.md) and they need re-measuring.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

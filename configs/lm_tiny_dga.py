@@ -19,6 +19,10 @@ independent of K). start_step 20: on mixpile-tiny every domain's early
 gradient points along the shared byte statistics (docs/gradients.md);
 eps 0.05 keeps every domain sampled (an absent domain can never come back).
 Variant: code as a training domain too: --set data.domains=None
+
+Note: the measured numbers above come from the earlier mixpile-tiny (8 kB documents, 1-2
+validation documents per domain) and earlier eval sets (first sequences of the split); the
+corpus was rebuilt with evaluation floors (docs/data_corpus.md) and they need re-measuring.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

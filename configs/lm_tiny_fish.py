@@ -17,6 +17,10 @@ Logged: loss/<d> = each domain's inner loss, grad_norm = |theta~ - theta|.
 
 Variant: the official code's theta += (meta_lr / K)(theta~ - theta):
     --set train.objective_hparams.divide_by_meta_steps=True
+
+Note: the measured numbers above come from the earlier mixpile-tiny (8 kB documents, 1-2
+validation documents per domain) and earlier eval sets (first sequences of the split); the
+corpus was rebuilt with evaluation floors (docs/data_corpus.md) and they need re-measuring.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

@@ -16,6 +16,10 @@ domain keeps its share and has no gradient in that batch).
 Variant: bounded cost with a fixed stratified sampler and the weights on the
 loss: --set data.sampler=per_domain --set grads.layout=stratified
        --set mixing.apply_to=loss --set mixing.sampling_weights=uniform
+
+Note: the measured numbers above come from the earlier mixpile-tiny (8 kB documents, 1-2
+validation documents per domain) and earlier eval sets (first sequences of the split); the
+corpus was rebuilt with evaluation floors (docs/data_corpus.md) and they need re-measuring.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

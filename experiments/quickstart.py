@@ -30,6 +30,10 @@ quickstart shows the pipeline end to end, not a significant mixture effect.
 Runtime: 240 s wall for both runs (user 107 s + sys 30 s) on the 2-core
 development machine while other jobs were running (load average 4-9),
 measured with ``/usr/bin/time`` excluding installation.
+
+Note: the measured numbers above come from the earlier mixpile-tiny (8 kB documents, 1-2
+validation documents per domain) and earlier eval sets (first sequences of the split); the
+corpus was rebuilt with evaluation floors (docs/data_corpus.md) and they need re-measuring.
 """
 
 from __future__ import annotations

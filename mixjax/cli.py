@@ -8,6 +8,7 @@ Each command group lives in the module that owns it and exposes
     mixjax data {build,info} ...                mixjax.data.cli
     mixjax mix {doremi,doge} CONFIG ...         mixjax.workflows
     mixjax dg {sweep,table} ...                 mixjax.dg.cli
+    mixjax compare CONFIG... --seeds N          mixjax.compare.cli
 
 Errors in what the user gave (config, data, run dir, checkpoints, a run that
 diverged) print one ``error: ...`` line and exit with status 2; ``--debug``
@@ -29,6 +30,7 @@ COMMANDS = {
     "data": ("mixjax.data.cli", "build or describe corpora"),
     "mix": ("mixjax.workflows", "multi-run mixture searches (DoReMi, DoGE)"),
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
+    "compare": ("mixjax.compare.cli", "several methods x seeds on one budget: table with intervals"),
 }
 
 

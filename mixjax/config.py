@@ -54,6 +54,14 @@ class DataConfig:
     lag: int = 1                       # new weights reach the sampler after `lag` steps
     workers: int = 0                   # grain worker processes (0: in-process)
     seed: int | None = None            # data seed (None: train.seed)
+    # Splits (mixjax.data.splits): validation/test fractions (None: 0.02 each) and floors per
+    # evaluation split (None: the corpus's own, e.g. mixpile-tiny 16 units / 16 KB; a lower
+    # value is logged). Both enter the eval sets and their checksum.
+    split_fractions: dict[str, float] | None = None
+    split_min_docs: int | None = None
+    split_min_bytes: int | None = None
+    text_field: str = "text"           # JSON key of the text (corpus dirs, spec domains without one)
+    on_error: str = "raise"            # bad JSONL lines: raise | skip
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -330,6 +338,17 @@ def validate(cfg: Config) -> Config:
              f"must be multinomial, stratified or per_domain, got {d.sampler!r}")
     _require(d.lag >= 1, "data.lag", f"must be >= 1, got {d.lag}")
     _require(d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    if d.split_fractions is not None:
+        bad = sorted(set(d.split_fractions) - {"validation", "test"})
+        _require(not bad, "data.split_fractions", f"unknown split(s) {bad}; use validation/test")
+        _require(all(0 <= float(v) < 1 for v in d.split_fractions.values())
+                 and sum(float(v) for v in d.split_fractions.values()) < 1, "data.split_fractions",
+                 f"fractions must be in [0, 1) and sum to < 1, got {d.split_fractions}")
+    for key in ("split_min_docs", "split_min_bytes"):
+        v = getattr(d, key)
+        _require(v is None or v >= 0, f"data.{key}", f"must be >= 0, got {v}")
+    _require(d.on_error in ("raise", "skip"), "data.on_error", f"must be raise or skip, got {d.on_error!r}")
+    _require(bool(d.text_field), "data.text_field", "must not be empty")
     if d.domains is not None:
         _require(len(d.domains) >= 1 and len(set(d.domains)) == len(d.domains), "data.domains",
                  f"must be distinct and non-empty, got {d.domains}")

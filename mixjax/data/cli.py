@@ -52,6 +52,7 @@ def corpus_stats(path: Path, split_seed: int = 0, verify: bool = False) -> dict:
     """Per-domain documents, bytes, byte-tokenizer tokens and per-split document/token counts."""
     from mixjax.data import splits
     from mixjax.data.sources import group_hash
+    from mixjax.data.spec import corpus_floors
 
     manifest_path = path / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
@@ -60,6 +61,7 @@ def corpus_stats(path: Path, split_seed: int = 0, verify: bool = False) -> dict:
     if not files:
         raise FileNotFoundError(f"{path} holds no <domain>.jsonl files")
     out = {}
+    floors = corpus_floors(str(path))
     for f in files:
         domain = f.stem
         lengths, groups, h = [], [], hashlib.sha256()
@@ -75,29 +77,36 @@ def corpus_stats(path: Path, split_seed: int = 0, verify: bool = False) -> dict:
         if verify and manifest and h.hexdigest() != manifest["domains"][domain]["sha256"]:
             raise ValueError(f"{f}: sha256 does not match manifest.json (file changed or truncated)")
         tokens = [b + 1 for b in lengths]  # byte tokenizer: UTF-8 bytes + 1 EOS per document
-        idx = splits.split_indices(len(lengths), seed=split_seed, domain=domain,
-                                   groups=np.asarray(groups, np.uint64))
+        groups = np.asarray(groups, np.uint64)
+        idx = splits.split_indices(len(lengths), seed=split_seed, domain=domain, groups=groups,
+                                   floors=floors, size_of=lambda i: lengths[i])
         out[domain] = {
             "documents": len(lengths), "bytes": sum(lengths), "tokens": sum(tokens),
-            "splits": {s: {"documents": int(len(idx[s])), "tokens": int(sum(tokens[j] for j in idx[s]))}
+            "splits": {s: {"documents": int(len(idx[s])), "units": len(set(groups[idx[s]].tolist())),
+                           "bytes": int(sum(lengths[j] for j in idx[s])),
+                           "tokens": int(sum(tokens[j] for j in idx[s]))}
                        for s in splits.SPLITS},
         }
         if manifest:
             out[domain]["sources"] = manifest["domains"][domain]["sources"]
     return {"path": str(path), "name": manifest["name"] if manifest else path.name, "domains": out,
+            "split_floors": None if floors is None else {"min_docs": floors.min_docs, "min_bytes": floors.min_bytes},
             "manifest": manifest is not None, "verified": bool(verify and manifest)}
 
 
 def _print_info(stats: dict, show_sources: bool) -> None:
     print(f"corpus {stats['name']}  ({stats['path']})")
-    head = f"{'domain':<14}{'docs':>8}{'bytes':>12}{'tokens':>12}{'train':>8}{'valid':>7}{'test':>7}"
+    head = (f"{'domain':<14}{'docs':>8}{'bytes':>12}{'tokens':>12}{'train':>8}{'valid':>7}{'test':>7}"
+            f"{'valid KB':>10}{'test KB':>9}{'train %':>9}")
     print(head)
     print("-" * len(head))
     tot = [0, 0, 0]
     for d, v in stats["domains"].items():
         sp = v["splits"]
         print(f"{d:<14}{v['documents']:>8}{v['bytes']:>12}{v['tokens']:>12}"
-              f"{sp['train']['documents']:>8}{sp['validation']['documents']:>7}{sp['test']['documents']:>7}")
+              f"{sp['train']['documents']:>8}{sp['validation']['documents']:>7}{sp['test']['documents']:>7}"
+              f"{sp['validation']['bytes'] / 1024:>10.1f}{sp['test']['bytes'] / 1024:>9.1f}"
+              f"{100 * sp['train']['bytes'] / max(v['bytes'], 1):>9.1f}")
         tot = [tot[0] + v["documents"], tot[1] + v["bytes"], tot[2] + v["tokens"]]
         if show_sources and "sources" in v:
             for s, c in v["sources"].items():
@@ -107,6 +116,10 @@ def _print_info(stats: dict, show_sources: bool) -> None:
     print(f"{'total':<14}{tot[0]:>8}{tot[1]:>12}{tot[2]:>12}")
     print("tokens = UTF-8 bytes + 1 EOS per document (byte tokenizer); splits: mixjax.data.splits, "
           f"default fractions{' ; checksums verified' if stats['verified'] else ''}")
+    fl = stats.get("split_floors")
+    if fl:
+        print(f"split floors: validation and test each >= {fl['min_docs']} source-grouped units and "
+              f">= {fl['min_bytes'] / 1024:.0f} KB per domain; train % = share of the domain's bytes")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -130,9 +130,49 @@ def corpus_sources(name: str, domains: Sequence[str] | None = None,
     selects a subset (in the given order); an unknown name is an error naming it.
     ``kwargs`` go to :class:`JsonlSource` (``on_error``, ``min_chars``, ...).
     Corpus documents are grouped by their ``id`` (parts of one document share
-    a split).
+    a split). A corpus's split floors (manifest ``split_floors``, else its
+    recipe's; see :mod:`mixjax.data.splits`) are attached to every source.
     """
     kwargs.setdefault("group_field", "id")
+    out = _corpus_sources(name, domains, **kwargs)
+    floors = corpus_floors(name)
+    if floors is not None:
+        for src in out.values():
+            src.split_floors = floors
+    return out
+
+
+def corpus_floors(name: str):
+    """The split floors of corpus ``name`` (a name or a directory): its manifest's
+    ``split_floors``, else its recipe's; None for a directory without them."""
+    from mixjax.data.splits import Floors
+    name = str(name)
+    path = pathlib.Path(os.path.expanduser(name))
+    manifest = None
+    if path.is_dir():
+        mpath = path / "manifest.json"
+    else:
+        try:
+            from mixjax.data.corpus import corpus_dir
+            mpath = corpus_dir(name) / "manifest.json"
+        except (ImportError, KeyError, FileNotFoundError):
+            mpath = None
+    if mpath is not None and mpath.is_file():
+        import json
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        if manifest.get("split_floors"):
+            return Floors(**manifest["split_floors"])
+        name = manifest.get("name", name)
+    try:
+        from mixjax.data.corpus.recipes import CORPORA
+    except ImportError:
+        return None
+    recipe = CORPORA.get(name)
+    return None if recipe is None or recipe.split_floors is None else Floors(**recipe.split_floors)
+
+
+def _corpus_sources(name: str, domains: Sequence[str] | None = None,
+                    **kwargs: Any) -> dict[str, src_lib.JsonlSource]:
     name = str(name)
     if os.path.isdir(name) or os.sep in name or name.startswith((".", "~")):
         directory = pathlib.Path(os.path.expanduser(name))     # a path, not a corpus name

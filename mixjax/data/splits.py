@@ -18,12 +18,30 @@ document; see ``DomainSource.group_keys``) hash their group instead of their
 index, so a group's members sit next to each other in the ranking; each split
 boundary then moves forward to the end of the group it cuts, and no group
 spans two splits.
+
+Floors (:class:`Floors`): a validation or test split that is a handful of
+documents measures those documents, not the domain. With floors
+``(min_docs, min_bytes)`` each evaluation split takes whole units (a group, or
+one document when ungrouped) in ranking order until it holds
+
+    >= max(n_val, min_docs) units   and   >= min_bytes bytes of text
+
+whatever the fractions (validation first, then test, from where validation
+stopped). The training split must keep at least as many units as validation
+and test together; otherwise :class:`SplitFloorError` names the domain and the
+numbers. Corpora carry their floors in their manifest (``split_floors``,
+see :mod:`mixjax.data.corpus.recipes`); ``data.split_min_docs`` /
+``data.split_min_bytes`` override them (a floor below the corpus's is logged).
+The floors only move split boundaries along the same hash ranking, so the split
+stays a pure function of (seed, domain, documents, fractions, floors).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import zlib
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -31,6 +49,36 @@ from mixjax.data.sources import DataError, DomainSource
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = {"validation": 0.02, "test": 0.02}
+
+DEFAULT_FLOORS = None   # no floors unless the data (a corpus manifest) or the config sets them
+
+
+class SplitFloorError(DataError):
+    """A domain cannot give its validation/test splits their floors and keep most units for training."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Floors:
+    """Minimum size of each evaluation split (validation and test separately)."""
+
+    min_docs: int = 0     # units: groups of parts of one source, or single documents
+    min_bytes: int = 0    # UTF-8 bytes of text (tokens for pre-tokenized documents)
+
+    def __post_init__(self):
+        if self.min_docs < 0 or self.min_bytes < 0:
+            raise ValueError(f"split floors must be >= 0, got {self}")
+
+    @property
+    def active(self) -> bool:
+        return self.min_docs > 0 or self.min_bytes > 0
+
+
+def doc_size(doc) -> int:
+    """Size of a document for the byte floor: UTF-8 bytes of text, or number of tokens."""
+    if isinstance(doc, str):
+        return len(doc.encode("utf-8"))
+    return int(np.asarray(doc).size)
+
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -72,13 +120,19 @@ def split_sizes(n: int, fractions: Mapping[str, float] = DEFAULT_FRACTIONS) -> d
 
 def split_indices(num_docs: int, *, seed: int, domain: str,
                   fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
-                  groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """``{"train", "validation", "test"} -> sorted int64 document indices``."""
+                  groups: np.ndarray | None = None, floors: Floors | None = None,
+                  size_of: Callable[[int], int] | None = None) -> dict[str, np.ndarray]:
+    """``{"train", "validation", "test"} -> sorted int64 document indices``.
+
+    ``floors`` (with ``size_of(i)``: the size of document ``i``, needed for
+    ``min_bytes``) grows the evaluation splits to their floors (module docstring)."""
     sizes = split_sizes(num_docs, fractions)
     if groups is not None and len(groups) != num_docs:
         raise ValueError(f"domain {domain!r}: {len(groups)} group keys for {num_docs} documents")
     keys = doc_keys(num_docs, seed=seed, domain=domain, groups=groups)
     order = np.argsort(keys, kind="stable")
+    if floors is not None and floors.active:
+        return _floored_split(order, keys, sizes, floors, size_of, domain, fractions)
     cuts = [sizes["validation"], sizes["validation"] + sizes["test"]]
     if groups is not None:  # never cut through a group
         sorted_keys = keys[order]
@@ -95,6 +149,53 @@ def split_indices(num_docs: int, *, seed: int, domain: str,
         "test": np.sort(order[cuts[0]:cuts[1]]),
         "train": np.sort(order[cuts[1]:]),
     }
+
+
+def _floored_split(order, keys, sizes, floors: Floors, size_of, domain, fractions) -> dict[str, np.ndarray]:
+    """Walk the ranking unit by unit (a unit: a run of equal keys) filling validation, then test."""
+    if floors.min_bytes and size_of is None:
+        raise ValueError(f"domain {domain!r}: a byte floor needs document sizes (size_of)")
+    n = len(order)
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if n else np.zeros(0, int)
+    ends = np.r_[starts[1:], n].astype(int)
+    num_units = len(starts)
+    cuts, u = [], 0
+    got = {}
+    for name in ("validation", "test"):
+        want_docs, units, docs, nbytes = sizes[name], 0, 0, 0
+        while u < num_units and (docs < want_docs or units < floors.min_docs or nbytes < floors.min_bytes):
+            a, b = int(starts[u]), int(ends[u])
+            if floors.min_bytes:
+                nbytes += sum(size_of(int(i)) for i in order[a:b])
+            docs += b - a
+            units += 1
+            u += 1
+        got[name] = (units, docs, nbytes)
+        cuts.append(int(ends[u - 1]) if u else 0)
+        if units < floors.min_docs or nbytes < floors.min_bytes:
+            break
+    train_units = num_units - u
+    eval_units = sum(g[0] for g in got.values())
+    short = [k for k, (un, _, nb) in got.items() if un < floors.min_docs or nb < floors.min_bytes]
+    if short or len(got) < 2 or train_units < eval_units:
+        detail = "; ".join(f"{k}: {un} units / {nb} bytes" for k, (un, _, nb) in got.items())
+        raise SplitFloorError(
+            f"domain {domain!r}: cannot give validation and test each >= {floors.min_docs} documents "
+            f"(source-grouped units) and >= {floors.min_bytes} bytes while training keeps at least as many "
+            f"units as both: the domain has {num_units} units ({n} documents); walking the split ranking gave "
+            f"{detail}, leaving {train_units} units for training (fractions {dict(fractions)}). Add documents, "
+            f"or set a smaller floor explicitly: --set data.split_min_docs=N --set data.split_min_bytes=B")
+    return {
+        "validation": np.sort(order[:cuts[0]]),
+        "test": np.sort(order[cuts[0]:cuts[1]]),
+        "train": np.sort(order[cuts[1]:]),
+    }
+
+
+def source_floors(source: DomainSource) -> Floors | None:
+    """The floors attached to a source (``source.split_floors``; set from a corpus manifest or the config)."""
+    return getattr(source, "split_floors", None)
 
 
 class SplitSource(DomainSource):
@@ -128,9 +229,36 @@ def split_source(source: DomainSource, split: str, *, seed: int = 0,
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
     domain = domain or source.domain
-    idx = split_indices(len(source), seed=seed, domain=domain, fractions=fractions,
-                        groups=source.group_keys())
-    return SplitSource(source, idx[split], split, domain)
+    return SplitSource(source, cached_split_indices(source, seed=seed, fractions=fractions,
+                                                    domain=domain)[split], split, domain)
+
+
+def cached_split_indices(source: DomainSource, *, seed: int, fractions: Mapping[str, float],
+                         domain: str) -> dict[str, np.ndarray]:
+    """:func:`split_indices` of ``source`` with its own floors, memoised on the source
+    (a byte floor reads documents; the sampler, token counts and eval sets all ask)."""
+    floors = source_floors(source)
+    fractions = dict(fractions)
+    key = (int(seed), tuple(sorted(fractions.items())), domain, floors, len(source))
+    memo = source.__dict__.setdefault("_split_memo", {}) if hasattr(source, "__dict__") else {}
+    if key not in memo:
+        memo[key] = split_indices(len(source), seed=seed, domain=domain, fractions=fractions,
+                                  groups=source.group_keys(), floors=floors,
+                                  size_of=lambda i: doc_size(source[i]))
+    return memo[key]
+
+
+def set_floors(sources: Mapping[str, DomainSource], floors: Floors | None, *, reason: str = "") -> None:
+    """Attach ``floors`` to every source (``None`` keeps the sources' own)."""
+    if floors is None:
+        return
+    for name, src in sources.items():
+        own = source_floors(src)
+        if own is not None and (floors.min_docs < own.min_docs or floors.min_bytes < own.min_bytes):
+            print(f"[mixjax data] domain {name!r}: split floor lowered from {own.min_docs} documents / "
+                  f"{own.min_bytes} bytes to {floors.min_docs} / {floors.min_bytes}{reason}: its validation "
+                  "and test sets are smaller than the corpus's default", file=sys.stderr, flush=True)
+        src.split_floors = floors
 
 
 def split_sources(sources: Mapping[str, DomainSource], split: str, *, seed: int = 0,

@@ -36,6 +36,8 @@ class TrainData:
     # {grads.target: int32[N, S+1]}: the target batch, always from the validation split
     # (whatever eval.split is), so an evaluation on the test split stays unseen.
     target_sets: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # sha256 of the eval sets (mixjax.data.eval_sets.eval_checksum), recorded in run_info.json
+    eval_checksum: str | None = None
 
 
 def _all_sources(cfg: Config):
@@ -46,10 +48,36 @@ def _all_sources(cfg: Config):
         path = pathlib.Path(cfg.data.spec)
         if not path.is_file():
             raise ConfigError(f"config key 'data.spec': file {str(path)!r} does not exist")
-        sources = data.DatasetSpec.from_dict(json.loads(path.read_text())).sources()
+        spec = json.loads(path.read_text())
+        for item in spec.get("domains", ()):   # data.text_field / data.on_error: defaults per domain
+            item.setdefault("text_field", cfg.data.text_field)
+            item.setdefault("on_error", cfg.data.on_error)
+        sources = data.DatasetSpec.from_dict(spec).sources()
     else:
-        sources = data.corpus_sources(cfg.data.corpus)
+        sources = data.corpus_sources(cfg.data.corpus, text_field=cfg.data.text_field,
+                                      on_error=cfg.data.on_error)
+    floors = split_floors(cfg, sources)
+    if floors is not None:
+        from mixjax.data import splits
+        splits.set_floors(sources, floors, reason=" by data.split_min_docs/split_min_bytes")
     return sources
+
+
+def split_fractions(cfg: Config) -> dict[str, float]:
+    from mixjax.data import splits
+    return dict(splits.DEFAULT_FRACTIONS if cfg.data.split_fractions is None else cfg.data.split_fractions)
+
+
+def split_floors(cfg: Config, sources) -> Any:
+    """The floors the config sets (None: keep each source's own, e.g. a corpus's)."""
+    from mixjax.data import splits
+    d = cfg.data
+    if d.split_min_docs is None and d.split_min_bytes is None:
+        return None
+    own = [splits.source_floors(s) for s in sources.values()]
+    base = next((f for f in own if f is not None), splits.Floors())
+    return splits.Floors(base.min_docs if d.split_min_docs is None else int(d.split_min_docs),
+                         base.min_bytes if d.split_min_bytes is None else int(d.split_min_bytes))
 
 
 def _sources(cfg: Config):
@@ -77,17 +105,19 @@ def build_data(cfg: Config) -> TrainData:
     sources, heldout = _sources(cfg)
     tok = data.tokenizers.get(cfg.data.tokenizer)
     domains = tuple(sources)
-    n = data.token_counts(sources, tokenizer=tok, split="train")   # incl. one EOS per doc
+    fractions = split_fractions(cfg)
+    n = data.token_counts(sources, tokenizer=tok, split="train",   # incl. one EOS per doc
+                          split_fractions=fractions)
     counts = tuple(float(n[d]) for d in domains)
     eval_sets = data.eval_arrays({**sources, **heldout}, seq_len=cfg.data.seq_len,
                                  split=cfg.eval.split, num_sequences=cfg.eval.num_seqs,
-                                 tokenizer=tok)
+                                 tokenizer=tok, split_fractions=fractions)
     target_sets = {}
     if cfg.grads.target is not None:
         t = cfg.grads.target
         target_sets = (eval_sets if cfg.eval.split == "validation" else data.eval_arrays(
             {t: {**sources, **heldout}[t]}, seq_len=cfg.data.seq_len, split="validation",
-            num_sequences=cfg.eval.num_seqs, tokenizer=tok))
+            num_sequences=cfg.eval.num_seqs, tokenizer=tok, split_fractions=fractions))
         target_sets = {t: target_sets[t]}
     seed = cfg.train.seed if cfg.data.seed is None else cfg.data.seed
 
@@ -96,6 +126,7 @@ def build_data(cfg: Config) -> TrainData:
                                   batch_size=cfg.data.batch_size, weights=np.asarray(weights),
                                   tokenizer=tok, mode=cfg.data.sampler, lag=cfg.data.lag,
                                   seed=seed, num_workers=cfg.data.workers,
+                                  split_fractions=fractions,
                                   # multi-host: this process reads only its share of each
                                   # domain and returns its rows of the global batch
                                   process_index=jax.process_index(),
@@ -103,4 +134,5 @@ def build_data(cfg: Config) -> TrainData:
 
     return TrainData(domains=domains, token_counts=counts, vocab_size=tok.vocab_size,
                      pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler,
-                     heldout_domains=tuple(heldout), target_sets=target_sets)
+                     heldout_domains=tuple(heldout), target_sets=target_sets,
+                     eval_checksum=data.eval_sets.eval_checksum(eval_sets, cfg.data.tokenizer))

@@ -387,6 +387,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     checkpoint (implies ``resume``; newer checkpoints are moved aside, never deleted).
     ``log``: where one-line notes go (resume point, damaged checkpoints; stderr).
     """
+    from mixjax.data.eval_sets import eval_checksum
     config_lib.validate(cfg)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     resume = resume or resume_from is not None
@@ -442,7 +443,13 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                    "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
                    "objective": cfg.train.objective, "heldout_domains": list(trainer.heldout),
                    "devices": [str(d) for d in jax.devices()],
-                   "mesh": dict(trainer.mesh.shape), "processes": jax.process_count()},
+                   "mesh": dict(trainer.mesh.shape), "processes": jax.process_count(),
+                   # fingerprint of the eval sets (mixjax.data.eval_sets.eval_checksum):
+                   # runs are comparable only when it agrees (mixjax compare checks it)
+                   "eval_sets": {"sha256": getattr(trainer.data, "eval_checksum", None)
+                                 or eval_checksum(trainer.data.eval_sets, cfg.data.tokenizer),
+                                 "split": cfg.eval.split, "num_seqs": cfg.eval.num_seqs,
+                                 "tokenizer": cfg.data.tokenizer, "seq_len": cfg.data.seq_len}},
                   f, indent=2)
 
     target_tokens = None if trainer.target_tokens is None else np.asarray(trainer.target_tokens)
@@ -473,13 +480,16 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                 rec = {"step": s + 1, "loss": m["loss"], "objective": m["objective"],
                        "grad_norm": m["grad_norm"], "lr": m.get("lr", 0.0), "tokens": m["tokens"],
                        "tokens_per_s": tokens_per_step * timer["steps"] / max(elapsed, 1e-9)}
-                rec.update(writer.per_domain("loss", m["domain_loss"]))
+                # a domain absent from the batch has no loss: NaN, never 0 (metrics docstring)
+                rec.update(writer.per_domain("loss", metrics_lib.absent_as_nan(
+                    m["domain_loss"], m["domain_count"])))
                 rec.update(writer.per_domain("count", m["domain_count"]))
                 rec.update(writer.per_domain("weight", m["weights"]))
                 rec.update(writer.per_domain("sampling_weight", m["sampling_weights"]))
                 rec.update({k: float(v) for k, v in m.get("extra", {}).items()})
                 if "ref_domain_loss" in m:
-                    rec.update(writer.per_domain("ref_loss", m["ref_domain_loss"]))
+                    rec.update(writer.per_domain("ref_loss", metrics_lib.absent_as_nan(
+                        m["ref_domain_loss"], m["domain_count"])))
                 writer.write("metrics.jsonl", rec)
                 if bar is not None:
                     # refresh=False: drawn with the next update, at most every mininterval

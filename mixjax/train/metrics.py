@@ -4,6 +4,11 @@ Files in the run directory:
 
 * ``metrics.jsonl``: one record per logged train step (``step`` = number of
   completed steps), per-domain values as ``loss/<domain>``, ``weight/<domain>``...
+  A domain with no tokens in the step's batch (``count/<domain>`` 0) has no
+  loss: ``loss/<domain>`` (and ``ref_loss/<domain>``) is then ``"nan"`` (the
+  string, as every non-finite value is written; ``float()`` reads it back as
+  NaN) meaning *absent*, never 0, and no TensorBoard point is written. Readers
+  averaging curves must skip these (``numpy.nanmean``).
 * ``eval.jsonl``: one record per evaluation (per-domain loss and perplexity,
   averages).
 * ``weights.jsonl``: ``{"step", "weights": {domain: w}}`` every step the
@@ -50,6 +55,13 @@ def _plain(x: Any) -> Any:
 
 class LogFileError(ValueError):
     """A run log holds a malformed line that is not an unfinished last one."""
+
+
+def absent_as_nan(values, counts) -> np.ndarray:
+    """``values`` with NaN where ``counts`` is 0 (a domain absent from the batch has no loss)."""
+    v = np.asarray(values, np.float64).copy()
+    v[np.asarray(counts) == 0] = np.nan
+    return v
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict]:

@@ -363,6 +363,7 @@ def build(name: str, overwrite: bool = False, *, out_dir: str | os.PathLike | No
             "seed": recipe.seed,
             "cap_bytes_per_domain": recipe.cap_bytes,
             "max_doc_bytes": recipe.max_doc_bytes,
+            "split_floors": recipe.split_floors,
             "documents": sum(d["documents"] for d in manifest_domains.values()),
             "bytes": sum(d["bytes"] for d in manifest_domains.values()),
             "domains": manifest_domains,

@@ -1,0 +1,123 @@
+"""The method leaderboard: every registered mixing method on one corpus, one model, one budget.
+
+Command (the table of docs/leaderboard.md):
+    python experiments/leaderboard_mixpile.py --size tiny --seeds 3 --out runs/leaderboard_tiny
+    python experiments/leaderboard_mixpile.py --size mixpile --seeds 3 --out runs/leaderboard_mixpile
+(the second needs `mixjax data build mixpile` first; resumable: rerun the same command.)
+
+Sizes (every method gets the same model, data order per seed, eval sets and token budget):
+  tiny     mixpile-tiny, 2 layers d_model 64 (~0.1M parameters, byte vocabulary), 16 x 64 tokens x 150 steps
+           = 153,600 training tokens per run; 32 eval sequences of 65 tokens per domain. CI slow tier.
+  mixpile  mixpile (27 MB), 2 layers d_model 128 (~0.5M parameters), 16 x 128 tokens x 500 steps
+           = 1,024,000 training tokens per run; 64 eval sequences of 129 tokens per domain (~8 KB of
+           each domain's 128 KB+ validation split). Sized for ~2 h of an unloaded 2-core CPU for
+           15 methods x 3 seeds (an estimate from the tiny runs' steps/s, not a measured total).
+
+DoReMi and tDRO read a frozen reference model: the baseline's seed-0 run of the same grid
+(trained first; its budget is not counted in theirs, as in the DoReMi paper).
+Runtime and results: docs/leaderboard.md.
+"""
+
+from __future__ import annotations
+
+from mixjax.config import Config
+
+BASELINE = "stratified_uniform"
+NEEDS_REFERENCE = ("doremi", "tdro")
+
+
+def base(size: str = "tiny") -> Config:
+    cfg = Config(name=BASELINE)
+    if size == "tiny":
+        cfg.data.corpus = "mixpile-tiny"
+        cfg.data.seq_len, cfg.data.batch_size = 64, 16
+        cfg.model.d_model, cfg.model.num_layers, cfg.model.num_heads = 64, 2, 4
+        cfg.train.steps, cfg.eval.num_seqs = 150, 32
+    elif size == "mixpile":
+        cfg.data.corpus = "mixpile"
+        cfg.data.seq_len, cfg.data.batch_size = 128, 16
+        cfg.model.d_model, cfg.model.num_layers, cfg.model.num_heads = 128, 2, 4
+        cfg.train.steps, cfg.eval.num_seqs = 500, 64
+    else:
+        raise ValueError(f"unknown leaderboard size {size!r}; known: tiny, mixpile")
+    cfg.data.tokenizer = "byte"
+    cfg.data.sampler = "stratified"     # the baseline: every domain equally often in every batch
+    cfg.optim.lr, cfg.optim.warmup_steps = 3e-3, 20
+    cfg.train.eval_every = cfg.train.steps // 2
+    cfg.train.ckpt_every = cfg.train.steps // 2
+    cfg.mixing.name = "uniform"
+    return cfg
+
+
+def _method(cfg: Config, name: str) -> Config:
+    """``cfg`` (the baseline) turned into method ``name`` (hyperparameters of configs/lm_tiny_*.py)."""
+    cfg.name = name
+    m, d, g = cfg.mixing, cfg.data, cfg.grads
+    if name == BASELINE:
+        pass
+    elif name == "uniform":
+        d.sampler = "multinomial"
+    elif name == "natural":
+        d.sampler, m.name = "multinomial", "natural"
+    elif name == "temperature":
+        d.sampler, m.name, m.hparams = "multinomial", "temperature", {"tau": 3.0}
+    elif name == "groupdro":
+        d.sampler, m.name, m.hparams = "multinomial", "groupdro", {"step_size": 0.01}
+    elif name == "doremi":
+        m.name, m.hparams = "doremi", {"eta": 1.0, "smoothing": 1e-3, "vocab_size": 264}
+        m.sampling_weights = "uniform"
+    elif name == "tdro":
+        m.name, m.hparams = "tdro", {"step_size": 0.02, "max_grad_norm": 1.0}
+        m.sampling_weights = "uniform"
+    elif name == "odm":
+        d.sampler, m.name, m.hparams = "multinomial", "odm", {"warmup_steps": 20}
+    elif name == "odm_smoothed":
+        d.sampler, m.name, m.hparams = "multinomial", "odm_smoothed", {"warmup_steps": 20}
+    elif name == "ado":
+        d.sampler, m.name = "multinomial", "ado"
+        m.hparams = {"ignore_steps": 20, "start_step": cfg.train.steps // 4, "refit_every": 25,
+                     "record_every": 2, "history": 128}
+    elif name == "doge":
+        d.sampler, m.name, m.sampling_weights = "per_domain", "doge", "uniform"
+        m.hparams = {"target": "universal", "mu": 0.01}
+        g.strategy = "vmap"
+    elif name == "dga":   # target: code, here one of the training domains (same eval sets for all)
+        d.sampler, m.name = "multinomial", "dga"
+        m.hparams = {"eta": 1.0, "ema": 0.5, "eps": 0.05, "start_step": 20}
+        g.strategy, g.target = "jvp", "code"
+    elif name == "rnb":
+        d.sampler, m.name = "multinomial", "rnb"
+        m.hparams = {"lam": 1.0, "update_every": 1, "eps": 0.05}
+        g.strategy, g.layout = "vmap", "rows"
+    elif name == "bilevel":
+        d.sampler, m.sampling_weights = "per_domain", "uniform"
+        cfg.train.objective, cfg.train.objective_hparams = "bilevel", {"penalty": 10.0, "lr_p": 0.05}
+        g.target = "code"
+    elif name == "sample_reweight":
+        d.sampler = "multinomial"
+        m.sample_reweight, m.sample_reweight_hparams = "quadratic", {"temperature": 1.0, "burn_in": 50}
+    else:
+        raise ValueError(f"unknown leaderboard method {name!r}; known: {', '.join(METHODS)}")
+    return cfg
+
+
+METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", "tdro", "odm", "odm_smoothed",
+           "ado", "doge", "dga", "rnb", "bilevel", "sample_reweight")
+
+
+def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:
+    """One Config per method; ``reference`` (a run dir) for the methods that need one."""
+    out = []
+    for name in methods:
+        cfg = _method(base(size), name)
+        if name in NEEDS_REFERENCE:
+            if reference is None:
+                raise ValueError(f"method {name!r} needs a reference run (train.reference)")
+            cfg.train.reference = reference
+        out.append(cfg)
+    return out
+
+
+def get_config() -> Config:
+    """The baseline of the tiny leaderboard (so `mixjax train configs/leaderboard_mixpile.py` works)."""
+    return base("tiny")
