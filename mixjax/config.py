@@ -43,11 +43,34 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(kw_only=True)
+class TokenizerConfig:
+    """``data.tokenizer``: which tokenizer (mixjax.data.tokenizers.from_config).
+
+    ``--set data.tokenizer=hf`` sets ``kind`` alone; ``path`` is the model file
+    (sentencepiece ``.model``, tiktoken ``.tiktoken`` BPE file, HF
+    ``tokenizer.json`` or a directory holding one); ``args`` go to the
+    tokenizer (e.g. ``{"encoding": "gpt2", "allow_download": True}``).
+    The model's vocabulary is the tokenizer's rounded up to ``vocab_multiple``
+    (None: 128, or 1 for ``byte`` whose 264 ids are already padded), unless
+    ``model.vocab_size`` fixes it.
+    """
+
+    kind: str = "byte"                 # byte | sentencepiece | tiktoken | hf
+    path: str | None = None
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    vocab_multiple: int | None = None
+
+
+@dataclasses.dataclass(kw_only=True)
 class DataConfig:
     corpus: str = "mixpile-tiny"       # a corpus name (mixjax.data.corpus) ...
     spec: str | None = None            # ... or a dataset-spec file (overrides corpus)
     domains: tuple[str, ...] | None = None  # a subset of the corpus' domains (None: all)
-    tokenizer: str = "byte"
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    # Tokenized token counts and eval sets of non-byte tokenizers are cached here, keyed by
+    # the tokenizer's checksum and the files' sizes/mtimes (None: $MIXJAX_CACHE_DIR or
+    # ~/.cache/mixjax; "": no cache).
+    cache_dir: str | None = None
     seq_len: int = 128
     batch_size: int = 16
     sampler: str = "multinomial"       # multinomial | stratified | per_domain
@@ -58,6 +81,10 @@ class DataConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class ModelConfig:
+    vocab_size: int | None = None      # None: from the tokenizer (data.tokenizer.vocab_multiple)
+    # Start from these parameters: a mixjax run dir (its latest checkpoint) or a
+    # safetensors file / HF Llama directory (mixjax.models.hf_io).
+    init_from: str | None = None
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -215,7 +242,12 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
                 raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}; "
                                   f"known: {sorted(_field_names(obj))}")
             nxt = getattr(obj, part)
-            if nxt is None and _is_dict_type(_field_type(type(obj), part)):
+            ftype = _field_type(type(obj), part)
+            if isinstance(ftype, type) and dataclasses.is_dataclass(ftype) \
+                    and not dataclasses.is_dataclass(nxt):   # `cfg.data.tokenizer = "hf"` in a file
+                nxt = _coerce(nxt, ftype, ".".join(parts[:i + 1]))
+                setattr(obj, part, nxt)
+            if nxt is None and _is_dict_type(ftype):
                 nxt = {}
                 setattr(obj, part, nxt)
             obj = nxt
@@ -263,6 +295,21 @@ def _coerce(value: Any, tp, key: str) -> Any:
     errors = []
     for a in args:
         if a is type(None):
+            continue
+        if isinstance(a, type) and dataclasses.is_dataclass(a):   # a section
+            if isinstance(value, a):
+                return value
+            if isinstance(value, str):   # `--set data.tokenizer=byte`: its first field
+                return a(**{dataclasses.fields(a)[0].name: value})
+            if isinstance(value, dict):
+                section = a()
+                for k, v in value.items():
+                    if k not in _field_names(section):
+                        raise ConfigError(f"unknown config key {key + '.' + str(k)!r}; "
+                                          f"known: {sorted(_field_names(section))}")
+                    setattr(section, k, _coerce(v, _field_type(a, k), f"{key}.{k}"))
+                return section
+            errors.append(a.__name__)
             continue
         origin = typing.get_origin(a) or a
         if origin is bool:
@@ -322,6 +369,17 @@ def validate(cfg: Config) -> Config:
              f"must be multinomial, stratified or per_domain, got {d.sampler!r}")
     _require(d.lag >= 1, "data.lag", f"must be >= 1, got {d.lag}")
     _require(d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    tk = d.tokenizer
+    _require(tk.kind in ("byte", "sentencepiece", "tiktoken", "hf"), "data.tokenizer.kind",
+             f"must be byte, sentencepiece, tiktoken or hf, got {tk.kind!r}")
+    _require(tk.kind != "byte" or not tk.path, "data.tokenizer.path",
+             f"the byte tokenizer takes no file, got {tk.path!r}")
+    _require(tk.kind not in ("sentencepiece", "hf") or bool(tk.path), "data.tokenizer.path",
+             f"tokenizer {tk.kind!r} needs a file: set data.tokenizer.path")
+    _require(tk.vocab_multiple is None or tk.vocab_multiple >= 1, "data.tokenizer.vocab_multiple",
+             f"must be >= 1 or None, got {tk.vocab_multiple}")
+    _require(m.vocab_size is None or m.vocab_size >= 1, "model.vocab_size",
+             f"must be >= 1 or None, got {m.vocab_size}")
     if d.domains is not None:
         _require(len(d.domains) >= 1 and len(set(d.domains)) == len(d.domains), "data.domains",
                  f"must be distinct and non-empty, got {d.domains}")

@@ -61,11 +61,28 @@ class DomainSource:
         """
         return None
 
+    def fingerprint(self) -> dict | None:
+        """What identifies this source's contents (files, sizes, mtimes, options), or None.
+
+        Caches of tokenized data (mixjax.data.token_cache) are keyed by it; None
+        means "do not cache".
+        """
+        return None
+
     def describe(self) -> str:
         return f"{type(self).__name__}(domain={self.domain!r}, docs={len(self)})"
 
     def __repr__(self) -> str:
         return self.describe()
+
+
+def file_stats(paths: Sequence[str]) -> list[list]:
+    """``[[abs path, size, mtime_ns], ...]``: what a file-backed fingerprint holds."""
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+    return out
 
 
 def _check_on_error(on_error: str, domain: str) -> None:
@@ -188,6 +205,11 @@ class JsonlSource(DomainSource):
 
     def group_keys(self):
         return self._groups
+
+    def fingerprint(self):
+        return {"kind": "jsonl", "files": file_stats(self.paths), "text_field": self.text_field,
+                "on_error": self.on_error, "min_chars": self.min_chars,
+                "group_field": self.group_field, "docs": len(self)}
 
     def __len__(self):
         return len(self._offset)

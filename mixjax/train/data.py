@@ -72,16 +72,44 @@ def _sources(cfg: Config):
     return sources, heldout
 
 
+def build_tokenizer(cfg: Config):
+    """``(tokenizer, model vocabulary size)`` from ``data.tokenizer`` and ``model.vocab_size``."""
+    from mixjax.data import tokenizers
+    tc = cfg.data.tokenizer
+    try:
+        tok = tokenizers.from_config(tc.kind, tc.path, tc.args)
+    except (KeyError, FileNotFoundError, tokenizers.TokenizerError) as e:
+        key = "data.tokenizer.path" if isinstance(e, FileNotFoundError) or tc.path else \
+            "data.tokenizer"
+        raise ConfigError(f"config key {key!r}: {e.args[0] if e.args else e}") from None
+    vocab = tokenizers.model_vocab_size(tok, tc.vocab_multiple)
+    if cfg.model.vocab_size is not None:
+        if cfg.model.vocab_size < tok.vocab_size:
+            raise ConfigError(f"config key 'model.vocab_size': {cfg.model.vocab_size} is smaller "
+                              f"than tokenizer {tc.kind!r}'s {tok.vocab_size} ids (specials "
+                              f"included); raise it or leave it None")
+        vocab = cfg.model.vocab_size
+    return tok, vocab
+
+
 def build_data(cfg: Config) -> TrainData:
     from mixjax import data
+    from mixjax.data import token_cache
+    tok, vocab = build_tokenizer(cfg)
     sources, heldout = _sources(cfg)
-    tok = data.tokenizers.get(cfg.data.tokenizer)
     domains = tuple(sources)
-    n = data.token_counts(sources, tokenizer=tok, split="train")   # incl. one EOS per doc
-    counts = tuple(float(n[d]) for d in domains)
-    eval_sets = data.eval_arrays({**sources, **heldout}, seq_len=cfg.data.seq_len,
-                                 split=cfg.eval.split, num_sequences=cfg.eval.num_seqs,
-                                 tokenizer=tok)
+    cache = token_cache.resolve_dir(cfg.data.cache_dir)
+    key = token_cache.cache_key("token_counts", tok, sources, split="train")
+    n, _ = token_cache.cached_arrays(cache, key, lambda: {
+        d: np.asarray(c, np.int64)
+        for d, c in data.token_counts(sources, tokenizer=tok, split="train").items()})
+    counts = tuple(float(n[d]) for d in domains)   # incl. one EOS per doc
+    everything = {**sources, **heldout}
+    key = token_cache.cache_key("eval_sets", tok, everything, seq_len=cfg.data.seq_len,
+                                split=cfg.eval.split, num_sequences=cfg.eval.num_seqs)
+    eval_sets, _ = token_cache.cached_arrays(cache, key, lambda: data.eval_arrays(
+        everything, seq_len=cfg.data.seq_len, split=cfg.eval.split,
+        num_sequences=cfg.eval.num_seqs, tokenizer=tok))
     target_sets = {}
     if cfg.grads.target is not None:
         t = cfg.grads.target
@@ -101,6 +129,6 @@ def build_data(cfg: Config) -> TrainData:
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())
 
-    return TrainData(domains=domains, token_counts=counts, vocab_size=tok.vocab_size,
+    return TrainData(domains=domains, token_counts=counts, vocab_size=vocab,
                      pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler,
                      heldout_domains=tuple(heldout), target_sets=target_sets)

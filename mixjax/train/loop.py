@@ -48,7 +48,9 @@ from mixjax.train.data import TrainData, build_data
 RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
                      "train.ckpt_every", "train.keep_ckpts",
                      # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
-                     "mesh.data", "mesh.fsdp", "mesh.tensor")
+                     "mesh.data", "mesh.fsdp", "mesh.tensor",
+                     # where tokenized data is cached does not change the data
+                     "data.cache_dir")
 
 
 class RunDirError(ValueError):
@@ -67,7 +69,9 @@ class RunResult:
 
 def model_config(cfg: Config, vocab_size: int):
     from mixjax.models.transformer import TransformerConfig
-    return TransformerConfig(vocab_size=vocab_size, **dataclasses.asdict(cfg.model))
+    arch = {k: v for k, v in dataclasses.asdict(cfg.model).items()
+            if k not in ("vocab_size", "init_from")}   # the vocabulary comes from the data
+    return TransformerConfig(vocab_size=vocab_size, **arch)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -91,7 +95,7 @@ def prepare_run_dir(cfg: Config, resume: bool) -> pathlib.Path:
         raise RunDirError(f"run dir {str(run_dir)!r} already holds a run; pass --resume to "
                           "continue it or set train.run_dir to a new directory")
     if holds_run:
-        old = _flatten(json.loads(saved.read_text())) if saved.exists() else {}
+        old = _flatten(_current_schema(json.loads(saved.read_text()))) if saved.exists() else {}
         new = _flatten(config_lib.to_dict(cfg))
         diff = sorted(k for k in set(old) | set(new)
                       if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
@@ -101,6 +105,14 @@ def prepare_run_dir(cfg: Config, resume: bool) -> pathlib.Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(config_lib.to_json(cfg) + "\n")
     return run_dir
+
+
+def _current_schema(saved: dict) -> dict:
+    """A saved config in today's layout (e.g. ``data.tokenizer: "byte"`` -> its section)."""
+    try:
+        return config_lib.to_dict(config_lib.from_dict(saved))
+    except ConfigError:
+        return saved
 
 
 def load_run_config(run_dir: str | pathlib.Path) -> Config:
