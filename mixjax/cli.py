@@ -8,6 +8,11 @@ Each command group lives in the module that owns it and exposes
     mixjax data {build,info} ...                mixjax.data.cli
     mixjax mix {doremi,doge} CONFIG ...         mixjax.workflows
     mixjax dg {sweep,table} ...                 mixjax.dg.cli
+    mixjax export RUN_DIR --format hf|safetensors   mixjax.models.hf_io
+    mixjax --version                            (also: python -m mixjax)
+
+Every command that writes a directory takes it as ``--out DIR`` (older
+spellings stay as aliases: ``dg sweep --run-dir``).
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ COMMANDS = {
     "data": ("mixjax.data.cli", "build or describe corpora"),
     "mix": ("mixjax.workflows", "multi-run mixture searches (DoReMi, DoGE)"),
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
+    "export": ("mixjax.models.hf_io", "write a run's parameters as safetensors or an HF Llama dir"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="mixjax", description=__doc__.splitlines()[0])
+    from mixjax import __version__
+    parser.add_argument("--version", action="version", version=f"mixjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
     for name, (module, help_) in COMMANDS.items():

@@ -1,6 +1,6 @@
 """``mixjax train`` and ``mixjax eval``.
 
-    mixjax train CONFIG.py [--set key=value ...] [--resume]
+    mixjax train CONFIG.py [--set key=value ...] [--out RUN_DIR] [--resume]
     mixjax eval RUN_DIR [--step N] [--split validation|test] [--num-seqs N]
 
 Exit codes: 0 done; 2 bad config / run dir; 128 + signal number when stopped
@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("config", help="config file (a Python module with get_config())")
         parser.add_argument("--set", dest="overrides", action="append", default=[],
                             metavar="KEY=VALUE", help="dotted override, e.g. train.steps=200")
+        parser.add_argument("--out", default=None, metavar="RUN_DIR",
+                            help="the run directory (same as --set train.run_dir=RUN_DIR)")
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in train.run_dir from its latest checkpoint")
     elif name == "eval":
@@ -39,11 +41,15 @@ def run(args: argparse.Namespace) -> int:
         from mixjax import distributed
         distributed.initialize()
     from mixjax.config import ConfigError
+    from mixjax.data.sources import DataError
     from mixjax.train import loop
     try:
         if args.command == "train":
             from mixjax import config as config_lib
             cfg = config_lib.load(args.config, args.overrides)
+            if getattr(args, "out", None):   # a path, never parsed as a literal
+                cfg.train.run_dir = str(args.out)
+                config_lib.validate(cfg)
             result = loop.train(cfg, resume=args.resume)
             if result.final_eval is not None:
                 print(loop.format_eval(result.final_eval, _domains(result.run_dir)))
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         out = pathlib.Path(args.run_dir) / f"eval_step{result['step']}_{result['split']}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         return 0
-    except (ConfigError, loop.RunDirError, FileNotFoundError) as e:
+    except (ConfigError, loop.RunDirError, FileNotFoundError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
