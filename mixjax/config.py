@@ -123,6 +123,10 @@ class TrainConfig:
     grad_accum: int = 1                # micro-batches per step
     reference: str | None = None       # run dir of a frozen reference model (ref_loss)
     progress: bool = True              # tqdm bar
+    # Where metrics are mirrored besides the JSONL files (mixjax.train.tracking):
+    # tensorboard, wandb; tracker_args[name] configures one, e.g. {"wandb": {"project": "p"}}.
+    trackers: tuple[str, ...] = ("tensorboard",)
+    tracker_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The train-step factory (mixjax.train.objectives): "mixer" (one model, the mixing
     # section's weights act on sampling/loss), "bilevel" (ScaleBiO), "fish" (Fish meta step).
     objective: str = "mixer"
@@ -416,6 +420,10 @@ def validate(cfg: Config) -> Config:
     _require(d.batch_size % t.grad_accum == 0, "train.grad_accum",
              f"data.batch_size={d.batch_size} is not divisible by grad_accum={t.grad_accum}")
     _require(bool(t.run_dir), "train.run_dir", "must not be empty")
+    from mixjax.train import tracking   # light: no tracker is imported here
+    bad = tracking.check(t.trackers, t.tracker_args)
+    _require(bad is None, "train.tracker_args" if bad and "tracker_args" in bad else "train.trackers",
+             str(bad))
     _require(x.apply_to in (None, "sampling", "loss", "both"), "mixing.apply_to",
              f"must be sampling, loss, both or None, got {x.apply_to!r}")
     _require(x.sampling_weights in ("natural", "uniform"), "mixing.sampling_weights",

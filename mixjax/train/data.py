@@ -36,6 +36,8 @@ class TrainData:
     # {grads.target: int32[N, S+1]}: the target batch, always from the validation split
     # (whatever eval.split is), so an evaluation on the test split stays unseen.
     target_sets: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # The tokenizer's describe() plus its checksum (recorded in run_info.json).
+    tokenizer: dict | None = None
 
 
 def _all_sources(cfg: Config):
@@ -131,4 +133,5 @@ def build_data(cfg: Config) -> TrainData:
 
     return TrainData(domains=domains, token_counts=counts, vocab_size=vocab,
                      pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler,
-                     heldout_domains=tuple(heldout), target_sets=target_sets)
+                     heldout_domains=tuple(heldout), target_sets=target_sets,
+                     tokenizer={**tok.describe(), "checksum": tok.checksum()})

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import distributed, mixing, parallel
+from mixjax import distributed, mixing, parallel, provenance
 from mixjax.config import Config, ConfigError
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import evaluate as eval_lib
@@ -50,7 +50,7 @@ RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.
                      # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
                      "mesh.data", "mesh.fsdp", "mesh.tensor",
                      # where tokenized data is cached does not change the data
-                     "data.cache_dir")
+                     "data.cache_dir", "train.trackers", "train.tracker_args")
 
 
 class RunDirError(ValueError):
@@ -79,7 +79,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k not in ("hparams", "sample_reweight_hparams", "target_mixture",
-                                              "objective_hparams"):
+                                              "objective_hparams", "tracker_args"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -294,8 +294,12 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     elif main:
         for name in metrics_lib.FILES:  # a fresh run starts with fresh logs
             (run_dir / name).unlink(missing_ok=True)
-    writer = (metrics_lib.MetricsWriter(run_dir, domains) if main
-              else metrics_lib.NullWriter(run_dir, domains))
+    if main:
+        from mixjax.train import tracking
+        writer = metrics_lib.MetricsWriter(run_dir, domains, trackers=tracking.build(
+            t_cfg.trackers, t_cfg.tracker_args, run_dir, config_lib.to_dict(cfg), domains))
+    else:
+        writer = metrics_lib.NullWriter(run_dir, domains)
     if start == 0:
         writer.weights(0, last_weights)
     with open(run_dir / "run_info.json" if main else os.devnull, "w") as f:
@@ -304,7 +308,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                    "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
                    "objective": cfg.train.objective, "heldout_domains": list(trainer.heldout),
                    "devices": [str(d) for d in jax.devices()],
-                   "mesh": dict(trainer.mesh.shape), "processes": jax.process_count()},
+                   "mesh": dict(trainer.mesh.shape), "processes": jax.process_count(),
+                   "tokenizer": getattr(trainer.data, "tokenizer", None),
+                   "init_from": getattr(trainer, "init_from", None), **provenance.collect()},
                   f, indent=2)
 
     target_tokens = None if trainer.target_tokens is None else np.asarray(trainer.target_tokens)
