@@ -222,10 +222,12 @@ def load(path: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def parse_value(text: str) -> Any:
-    """A Python literal if ``text`` is one, else the bare string."""
+    """A Python literal if ``text`` is one, a bare-word list ``[a,b]``, else the bare string."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        if text.startswith("[") and text.endswith("]"):   # `--set train.trackers=[tensorboard,wandb]`
+            return [parse_value(w.strip()) for w in text[1:-1].split(",") if w.strip()]
         return text
 
 
@@ -384,6 +386,8 @@ def validate(cfg: Config) -> Config:
              f"must be >= 1 or None, got {tk.vocab_multiple}")
     _require(m.vocab_size is None or m.vocab_size >= 1, "model.vocab_size",
              f"must be >= 1 or None, got {m.vocab_size}")
+    _require(m.init_from is None or pathlib.Path(m.init_from).exists(), "model.init_from",
+             f"no such file or directory: {m.init_from!r}")
     if d.domains is not None:
         _require(len(d.domains) >= 1 and len(set(d.domains)) == len(d.domains), "data.domains",
                  f"must be distinct and non-empty, got {d.domains}")

@@ -189,7 +189,18 @@ class Trainer:
         self.pad_id = self.data.pad_id
         from mixjax.models import transformer
         self.model_cfg = model_config(cfg, self.data.vocab_size)
-        self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
+        self.init_from = None
+        if cfg.model.init_from:   # pretrained parameters (mixjax.models.hf_io)
+            from mixjax.models import hf_io
+            self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
+            try:
+                params, self.init_from = hf_io.load_init_params(cfg.model.init_from,
+                                                                self.model_cfg, abstract)
+            except (hf_io.ExportError, FileNotFoundError) as e:
+                raise ConfigError(f"config key 'model.init_from': {e}") from None
+            params = jax.tree.map(jax.numpy.asarray, params)
+        else:
+            self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
         self.num_params = transformer.count_params(params)
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
         # The step and its state come from the objective's factory (train.objective):

@@ -24,6 +24,7 @@ and ``close()``; :data:`TRACKERS` maps names to factories
 from __future__ import annotations
 
 import importlib.util
+import secrets
 import pathlib
 from typing import Any, Callable, Mapping
 
@@ -81,7 +82,7 @@ class WandbTracker(Tracker):
         run_dir = pathlib.Path(run_dir)
         self.domains = tuple(domains)
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
         default_name = f"{(cfg or {}).get('name', 'run')}:{run_dir.name}"
         self._wandb = wandb
