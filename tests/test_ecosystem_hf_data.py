@@ -11,11 +11,10 @@ pq = pytest.importorskip("pyarrow.parquet")
 datasets = pytest.importorskip("datasets")
 
 from mixjax import data  # noqa: E402
-from mixjax import cli  # noqa: E402
 from mixjax.data import sources as src_lib  # noqa: E402
 from mixjax.data import splits as splits_lib  # noqa: E402
 
-from ecosystem_fixtures import WORDS, documents, tiny_lm_config  # noqa: E402
+from ecosystem_fixtures import WORDS, documents  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -129,22 +128,4 @@ def test_sampler_over_hf_sources_resumes_exactly(tmp_path):
             text = bytes(int(t) for t in row if t < 256).decode()
             assert set(text) <= letters[names[d]]
 
-
-def test_train_on_parquet_corpus_with_hf_tokenizer_from_cli(tmp_path, capsys):
-    from ecosystem_fixtures import train_hf_bpe
-    pdir = write_parquet_dir(tmp_path / "pq")
-    tok = train_hf_bpe(tmp_path / "tokenizer.json")
-    cfg_file = tmp_path / "cfg.py"
-    cfg_file.write_text(
-        "import sys\nsys.path.insert(0, %r)\nfrom ecosystem_fixtures import tiny_lm_config\n"
-        "def get_config():\n    return tiny_lm_config('unused', 'unused', steps=2)\n"
-        % str(__import__("pathlib").Path(__file__).parent))
-    code = cli.main(["train", str(cfg_file), "--set", f"data.corpus={pdir}", "--set",
-                     "data.tokenizer.kind=hf", "--set", f"data.tokenizer.path={tok}",
-                     "--set", f"data.cache_dir={tmp_path / 'cache'}",
-                     "--out", str(tmp_path / "run")])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
-    assert info["domains"] == sorted(WORDS) and info["model"]["vocab_size"] == 384
-    assert len(list((tmp_path / "run").glob("metrics.jsonl"))) == 1
+# Training on a Parquet corpus with an HF tokenizer from the CLI: tests/test_ecosystem_run.py.

@@ -85,6 +85,7 @@ def test_version_and_python_m():
 
 
 def test_tensorboard_and_wandb_outputs(run):
+    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run["dir"] / "tb"))
     acc.Reload()

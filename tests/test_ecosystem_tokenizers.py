@@ -90,9 +90,9 @@ def test_tiktoken_from_local_bpe_file_never_downloads(tmp_path, monkeypatch):
         tokenizers.from_config("tiktoken", args={"encoding": "gpt2"})
 
 
-@pytest.mark.parametrize("kind", ["hf", "sentencepiece"])
-def test_train_three_steps_with_a_real_tokenizer(assets, tmp_path, kind, capsys):
-    path = assets["bpe"] if kind == "hf" else assets["spm"]
+def test_train_three_steps_with_sentencepiece_and_cache(assets, tmp_path):
+    """(Three steps with the HF tokenizer.json: tests/test_ecosystem_run.py's shared run.)"""
+    kind, path = "sentencepiece", assets["spm"]
     cfg = tiny_lm_config(tmp_path / "run", assets["corpus"])
     cache = tmp_path / "cache"
     args = ["train", "-", "--set", f"data.tokenizer.kind={kind}", "--set",
