@@ -109,8 +109,10 @@ def test_tensorboard_and_wandb_outputs(run):
     assert len(tables) == 1                       # one evaluation (the final one) -> one table
     table = json.loads(tables[0].read_text())
     last = [json.loads(l) for l in (run["dir"] / "eval.jsonl").read_text().splitlines()][-1]
-    assert table["columns"] == ["domain", "loss", "ppl"]
-    assert [[d, last[f"loss/{d}"], last[f"ppl/{d}"]] for d in sorted(WORDS)] == table["data"]
+    w = [json.loads(l) for l in (run["dir"] / "weights.jsonl").read_text().splitlines()][-1]
+    assert table["columns"] == ["domain", "loss", "ppl", "weight"]
+    assert [[d, last[f"loss/{d}"], last[f"ppl/{d}"], w["weights"][d]] for d in sorted(WORDS)] \
+        == table["data"]
 
 
 def _params(run_dir):
@@ -199,7 +201,13 @@ def test_init_from_mismatch_and_bad_trackers_exit_2(run, tmp_path, capsys):
             "--set", f"data.tokenizer.path={run['tok']}",
             "--set", f"data.cache_dir={run['tmp'] / 'cache'}"]
     assert cli.main(["export", str(run["dir"]), "--out", str(tmp_path / "hf")]) == 0
+    import pyarrow as pa
+    pq.write_table(pa.table({"content": ["a b c"] * 5}), tmp_path / "x.parquet")
+    (tmp_path / "spec.json").write_text(json.dumps({"domains": [
+        {"name": "x", "kind": "hf", "path": str(tmp_path / "x.parquet")}]}))
     cases = [
+        (["--set", f"data.spec={tmp_path / 'spec.json'}"],
+         r"domain 'x': the HF dataset has no column 'text' \(columns: \['content'\]\)"),
         (["--set", f"model.init_from={tmp_path / 'hf'}", "--set", "model.d_model=64"],
          "model.init_from.*hidden_size=32 but model.d_model gives 64"),
         (["--set", "model.init_from=/no/such/dir"], "model.init_from.*no such file"),

@@ -81,6 +81,7 @@ class WandbTracker(Tracker):
         import wandb
         run_dir = pathlib.Path(run_dir)
         self.domains = tuple(domains)
+        self._weights: dict[str, float] = {}    # the latest weights, for the eval table
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
@@ -94,15 +95,16 @@ class WandbTracker(Tracker):
     def log(self, group, step, record):
         self.run.log({f"{group}/{k}": v for k, v in _scalars(record)}, step=int(step))
         if group == "eval":
-            table = self._wandb.Table(columns=["domain", "loss", "ppl"])
+            table = self._wandb.Table(columns=["domain", "loss", "ppl", "weight"])
             for key in record:
                 if key.startswith("loss/"):
                     d = key[len("loss/"):]
-                    table.add_data(d, record[key], record.get(f"ppl/{d}"))
+                    table.add_data(d, record[key], record.get(f"ppl/{d}"), self._weights.get(d))
             self.run.log({"eval/table": table}, step=int(step))
 
     def weights(self, step, weights):
-        self.run.log({f"weights/{d}": float(x) for d, x in weights.items()}, step=int(step))
+        self._weights = {d: float(x) for d, x in weights.items()}
+        self.run.log({f"weights/{d}": x for d, x in self._weights.items()}, step=int(step))
 
     def close(self):
         self.run.finish()
