@@ -386,8 +386,6 @@ def validate(cfg: Config) -> Config:
              f"must be >= 1 or None, got {tk.vocab_multiple}")
     _require(m.vocab_size is None or m.vocab_size >= 1, "model.vocab_size",
              f"must be >= 1 or None, got {m.vocab_size}")
-    _require(m.init_from is None or pathlib.Path(m.init_from).exists(), "model.init_from",
-             f"no such file or directory: {m.init_from!r}")
     if d.domains is not None:
         _require(len(d.domains) >= 1 and len(set(d.domains)) == len(d.domains), "data.domains",
                  f"must be distinct and non-empty, got {d.domains}")
@@ -517,6 +515,17 @@ def _validate_mixer(cfg: Config) -> None:
             key = "mixing.sample_reweight" if x.sample_reweight not in sample_reweight.names() \
                 else "mixing.sample_reweight_hparams"
             raise ConfigError(f"config key {key!r}: {e}") from e
+
+
+def check_runnable(cfg: Config) -> None:
+    """What a training run needs from this machine (``validate`` checks only the values, so a
+    saved config still loads for eval/export elsewhere): tracker packages, ``model.init_from``."""
+    from mixjax.train import tracking
+    bad = tracking.check(cfg.train.trackers, cfg.train.tracker_args, installed=True)
+    _require(bad is None, "train.trackers", str(bad))
+    m = cfg.model
+    _require(m.init_from is None or pathlib.Path(m.init_from).exists(), "model.init_from",
+             f"no such file or directory: {m.init_from!r}")
 
 
 def check_domains(cfg: Config, domains: tuple[str, ...]) -> None:

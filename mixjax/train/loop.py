@@ -271,6 +271,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
           on_step: Callable[[int], None] | None = None) -> RunResult:
     """Runs (or resumes) the training run ``cfg`` describes; returns a RunResult."""
     config_lib.validate(cfg)
+    config_lib.check_runnable(cfg)
     run_dir = pathlib.Path(cfg.train.run_dir)
     if (run_dir / "config.json").exists() and not resume:
         prepare_run_dir(cfg, resume)  # raises before anything is built

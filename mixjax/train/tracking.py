@@ -114,13 +114,14 @@ TRACKERS: dict[str, Callable[..., Tracker]] = {"tensorboard": TensorBoardTracker
                                                "wandb": WandbTracker}
 
 
-def check(names, args: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """An error message for unknown/missing trackers or bad args, or None (before anything runs)."""
+def check(names, args: Mapping[str, Mapping[str, Any]], installed: bool = False) -> str | None:
+    """An error message for unknown trackers or bad args (and, with ``installed``, trackers
+    whose package is missing), or None. Runs before anything is built."""
     for name in names:
         if name not in TRACKERS:
             return f"unknown tracker {name!r}; known: {sorted(TRACKERS)}"
         module, hint = TRACKER_EXTRAS[name]
-        if importlib.util.find_spec(module) is None:
+        if installed and importlib.util.find_spec(module) is None:
             return f"tracker {name!r} needs the {module!r} package: {hint}"
     for name, a in args.items():
         if name not in names:
