@@ -21,7 +21,9 @@ from ecosystem_fixtures import WORDS, documents  # noqa: E402
 def _local_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    # the test's own cache must hold the converted Arrow files
+    yield
+    assert any((tmp_path / "hf_cache").rglob("*.arrow"))
 
 
 def write_parquet_dir(root, n=40):
@@ -81,7 +83,8 @@ def test_domain_per_column_value_nested_and_save_to_disk(tmp_path):
         want = [r["text"] for r in rows if r["meta"]["pile_set_name"] == d]
         assert [src[i] for i in range(len(src))] == want          # file order within the domain
     # one value only, and a save_to_disk directory
-    ds = datasets.load_dataset("json", data_files=str(tmp_path / "pile.jsonl"), split="train")
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "pile.jsonl"), split="train",
+                               cache_dir=str(tmp_path / "hf_cache"))
     ds.save_to_disk(str(tmp_path / "saved"))
     one = data.DomainSpec(name="code", kind="hf", path=str(tmp_path / "saved"),
                           domain_field="meta.pile_set_name", domain_value="code").build()

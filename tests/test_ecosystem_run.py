@@ -41,9 +41,9 @@ def _config_file(tmp, steps=3):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eco_run")
-    import os
-    os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf_cache")
-    os.environ["WANDB_SILENT"] = "true"
+    mp = pytest.MonkeyPatch()   # the datasets cache in tmp, for this module only
+    mp.setenv("HF_DATASETS_CACHE", str(tmp / "hf_cache"))
+    mp.setenv("WANDB_SILENT", "true")
     pdir = write_parquet_dir(tmp / "pq")
     tok = train_hf_bpe(tmp / "tokenizer.json")
     args = ["train", str(_config_file(tmp)), "--out", str(tmp / "run"),
@@ -54,7 +54,8 @@ def run(tmp_path_factory):
                  "--set", "train.tracker_args={'wandb': {'mode': 'offline', 'project': 'eco'}}"]
     code = cli.main(args)
     assert code == 0
-    return {"tmp": tmp, "dir": tmp / "run", "tok": tok, "corpus": pdir, "cfg": _config_file(tmp)}
+    yield {"tmp": tmp, "dir": tmp / "run", "tok": tok, "corpus": pdir, "cfg": _config_file(tmp)}
+    mp.undo()
 
 
 def test_run_info_provenance(run):

@@ -483,6 +483,8 @@ def load_hf_dataset(path: str | Sequence[str], *, domain: str = "", split: str =
                 raise FileNotFoundError(f"domain {domain!r}: no file matches {p!r}")
             files.extend(hits)
     builder = _hf_builder(files, domain)
+    # HF_DATASETS_CACHE read now, not when `datasets` was imported
+    cache_dir = cache_dir or os.environ.get("HF_DATASETS_CACHE") or None
     try:
         return datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir)
     except Exception as e:   # a corrupt file: name it
