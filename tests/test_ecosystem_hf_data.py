@@ -107,6 +107,9 @@ def test_missing_text_column_and_unknown_value_are_clear(tmp_path):
 
 def test_sampler_over_hf_sources_resumes_exactly(tmp_path):
     srcs = data.corpus_sources(str(write_parquet_dir(tmp_path / "pq")))
+    import pickle   # grain worker processes receive pickled sources
+    copy = pickle.loads(pickle.dumps(srcs["code"]))
+    assert [copy[i] for i in range(len(copy))] == [srcs["code"][i] for i in range(len(copy))]
 
     def sampler():
         return data.DomainSampler(srcs, batch_size=6, seq_len=16, seed=3, mode="stratified",
