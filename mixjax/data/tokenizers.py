@@ -359,7 +359,7 @@ class HFTokenizer(Tokenizer):
         return self._tok.decode(ids)
 
     def describe(self):
-        return {**super().describe(), "path": self.path}
+        return {**super().describe(), "path": os.path.abspath(self.path)}   # export copies it
 
     def _identity(self):
         return _file_bytes(self.file)
