@@ -127,7 +127,8 @@ def main() -> None:
     config_lib.validate(cfg)
     k, b, s = args.domains, cfg.data.batch_size, cfg.data.seq_len
     mcfg = transformer.TransformerConfig(vocab_size=args.vocab, **{
-        f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model)})
+        f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model)
+        if f.name not in ("vocab_size", "init_from")})
     mesh = parallel.mesh_from_config(cfg.mesh)
     dev = jax.devices()[0]
     peak = peak_flops(dev, args.peak_tflops)

@@ -25,7 +25,7 @@ from mixjax.config import Config
 def get_config() -> Config:
     cfg = Config(name="lm_124m_gpu")
     cfg.data.corpus = "mixpile"
-    cfg.data.tokenizer = "tiktoken"        # GPT-2 BPE (50257 tokens)
+    cfg.data.tokenizer.kind = "tiktoken"   # GPT-2 BPE (50257 tokens + PAD/BOS; model vocab 50304)
     cfg.data.seq_len = 1024
     cfg.data.batch_size = 512              # global batch, over all processes
     cfg.data.workers = 4

@@ -25,7 +25,7 @@ from mixjax.config import Config
 def get_config() -> Config:
     cfg = Config(name="lm_1b_tpu")
     cfg.data.corpus = "mixpile"
-    cfg.data.tokenizer = "tiktoken"
+    cfg.data.tokenizer.kind = "tiktoken"   # gpt2 encoding; model vocab 50304 (padded to 128)
     cfg.data.seq_len = 2048
     cfg.data.batch_size = 512              # global batch, over all hosts
     cfg.data.workers = 8

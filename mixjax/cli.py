@@ -9,6 +9,11 @@ Each command group lives in the module that owns it and exposes
     mixjax mix {doremi,doge} CONFIG ...         mixjax.workflows
     mixjax dg {sweep,table} ...                 mixjax.dg.cli
     mixjax compare CONFIG... --seeds N          mixjax.compare.cli
+    mixjax export RUN_DIR --format hf|safetensors   mixjax.models.hf_io
+    mixjax --version                            (also: python -m mixjax)
+
+Every command that writes a directory takes it as ``--out DIR`` (older
+spellings stay as aliases: ``dg sweep --run-dir``).
 
 Errors in what the user gave (config, data, run dir, checkpoints, a run that
 diverged) print one ``error: ...`` line and exit with status 2; ``--debug``
@@ -31,6 +36,7 @@ COMMANDS = {
     "mix": ("mixjax.workflows", "multi-run mixture searches (DoReMi, DoGE)"),
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
     "compare": ("mixjax.compare.cli", "several methods x seeds on one budget: table with intervals"),
+    "export": ("mixjax.models.hf_io", "write a run's parameters as safetensors or an HF Llama dir"),
 }
 
 
@@ -64,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("MIXJAX_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="mixjax", description=__doc__.splitlines()[0])
+    from mixjax import __version__
+    parser.add_argument("--version", action="version", version=f"mixjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
     for name, (module, help_) in COMMANDS.items():

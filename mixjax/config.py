@@ -43,11 +43,34 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(kw_only=True)
+class TokenizerConfig:
+    """``data.tokenizer``: which tokenizer (mixjax.data.tokenizers.from_config).
+
+    ``--set data.tokenizer=hf`` sets ``kind`` alone; ``path`` is the model file
+    (sentencepiece ``.model``, tiktoken ``.tiktoken`` BPE file, HF
+    ``tokenizer.json`` or a directory holding one); ``args`` go to the
+    tokenizer (e.g. ``{"encoding": "gpt2", "allow_download": True}``).
+    The model's vocabulary is the tokenizer's rounded up to ``vocab_multiple``
+    (None: 128, or 1 for ``byte`` whose 264 ids are already padded), unless
+    ``model.vocab_size`` fixes it.
+    """
+
+    kind: str = "byte"                 # byte | sentencepiece | tiktoken | hf
+    path: str | None = None
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    vocab_multiple: int | None = None
+
+
+@dataclasses.dataclass(kw_only=True)
 class DataConfig:
     corpus: str = "mixpile-tiny"       # a corpus name (mixjax.data.corpus) ...
     spec: str | None = None            # ... or a dataset-spec file (overrides corpus)
     domains: tuple[str, ...] | None = None  # a subset of the corpus' domains (None: all)
-    tokenizer: str = "byte"
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    # Tokenized token counts and eval sets of non-byte tokenizers are cached here, keyed by
+    # the tokenizer's checksum and the files' sizes/mtimes (None: $MIXJAX_CACHE_DIR or
+    # ~/.cache/mixjax; "": no cache).
+    cache_dir: str | None = None
     seq_len: int = 128
     batch_size: int = 16
     sampler: str = "multinomial"       # multinomial | stratified | per_domain
@@ -66,6 +89,10 @@ class DataConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class ModelConfig:
+    vocab_size: int | None = None      # None: from the tokenizer (data.tokenizer.vocab_multiple)
+    # Start from these parameters: a mixjax run dir (its latest checkpoint) or a
+    # safetensors file / HF Llama directory (mixjax.models.hf_io).
+    init_from: str | None = None
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -110,6 +137,10 @@ class TrainConfig:
     grad_accum: int = 1                # micro-batches per step
     reference: str | None = None       # run dir of a frozen reference model (ref_loss)
     progress: bool = True              # tqdm bar
+    # Where metrics are mirrored besides the JSONL files (mixjax.train.tracking):
+    # tensorboard, wandb; tracker_args[name] configures one, e.g. {"wandb": {"project": "p"}}.
+    trackers: tuple[str, ...] = ("tensorboard",)
+    tracker_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The train-step factory (mixjax.train.objectives): "mixer" (one model, the mixing
     # section's weights act on sampling/loss), "bilevel" (ScaleBiO), "fish" (Fish meta step).
     objective: str = "mixer"
@@ -207,10 +238,12 @@ def load(path: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def parse_value(text: str) -> Any:
-    """A Python literal if ``text`` is one, else the bare string."""
+    """A Python literal if ``text`` is one, a bare-word list ``[a,b]``, else the bare string."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        if text.startswith("[") and text.endswith("]"):   # `--set train.trackers=[tensorboard,wandb]`
+            return [parse_value(w.strip()) for w in text[1:-1].split(",") if w.strip()]
         return text
 
 
@@ -231,7 +264,12 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
                 raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}; "
                                   f"known: {sorted(_field_names(obj))}")
             nxt = getattr(obj, part)
-            if nxt is None and _is_dict_type(_field_type(type(obj), part)):
+            ftype = _field_type(type(obj), part)
+            if isinstance(ftype, type) and dataclasses.is_dataclass(ftype) \
+                    and not dataclasses.is_dataclass(nxt):   # `cfg.data.tokenizer = "hf"` in a file
+                nxt = _coerce(nxt, ftype, ".".join(parts[:i + 1]))
+                setattr(obj, part, nxt)
+            if nxt is None and _is_dict_type(ftype):
                 nxt = {}
                 setattr(obj, part, nxt)
             obj = nxt
@@ -279,6 +317,21 @@ def _coerce(value: Any, tp, key: str) -> Any:
     errors = []
     for a in args:
         if a is type(None):
+            continue
+        if isinstance(a, type) and dataclasses.is_dataclass(a):   # a section
+            if isinstance(value, a):
+                return value
+            if isinstance(value, str):   # `--set data.tokenizer=byte`: its first field
+                return a(**{dataclasses.fields(a)[0].name: value})
+            if isinstance(value, dict):
+                section = a()
+                for k, v in value.items():
+                    if k not in _field_names(section):
+                        raise ConfigError(f"unknown config key {key + '.' + str(k)!r}; "
+                                          f"known: {sorted(_field_names(section))}")
+                    setattr(section, k, _coerce(v, _field_type(a, k), f"{key}.{k}"))
+                return section
+            errors.append(a.__name__)
             continue
         origin = typing.get_origin(a) or a
         if origin is bool:
@@ -349,6 +402,17 @@ def validate(cfg: Config) -> Config:
         _require(v is None or v >= 0, f"data.{key}", f"must be >= 0, got {v}")
     _require(d.on_error in ("raise", "skip"), "data.on_error", f"must be raise or skip, got {d.on_error!r}")
     _require(bool(d.text_field), "data.text_field", "must not be empty")
+    tk = d.tokenizer
+    _require(tk.kind in ("byte", "sentencepiece", "tiktoken", "hf"), "data.tokenizer.kind",
+             f"must be byte, sentencepiece, tiktoken or hf, got {tk.kind!r}")
+    _require(tk.kind != "byte" or not tk.path, "data.tokenizer.path",
+             f"the byte tokenizer takes no file, got {tk.path!r}")
+    _require(tk.kind not in ("sentencepiece", "hf") or bool(tk.path), "data.tokenizer.path",
+             f"tokenizer {tk.kind!r} needs a file: set data.tokenizer.path")
+    _require(tk.vocab_multiple is None or tk.vocab_multiple >= 1, "data.tokenizer.vocab_multiple",
+             f"must be >= 1 or None, got {tk.vocab_multiple}")
+    _require(m.vocab_size is None or m.vocab_size >= 1, "model.vocab_size",
+             f"must be >= 1 or None, got {m.vocab_size}")
     if d.domains is not None:
         _require(len(d.domains) >= 1 and len(set(d.domains)) == len(d.domains), "data.domains",
                  f"must be distinct and non-empty, got {d.domains}")
@@ -389,6 +453,10 @@ def validate(cfg: Config) -> Config:
     _require(d.batch_size % t.grad_accum == 0, "train.grad_accum",
              f"data.batch_size={d.batch_size} is not divisible by grad_accum={t.grad_accum}")
     _require(bool(t.run_dir), "train.run_dir", "must not be empty")
+    from mixjax.train import tracking   # light: no tracker is imported here
+    bad = tracking.check(t.trackers, t.tracker_args)
+    _require(bad is None, "train.tracker_args" if bad and "tracker_args" in bad else "train.trackers",
+             str(bad))
     _require(x.apply_to in (None, "sampling", "loss", "both"), "mixing.apply_to",
              f"must be sampling, loss, both or None, got {x.apply_to!r}")
     _require(x.sampling_weights in ("natural", "uniform"), "mixing.sampling_weights",
@@ -479,6 +547,17 @@ def _validate_mixer(cfg: Config) -> None:
             key = "mixing.sample_reweight" if x.sample_reweight not in sample_reweight.names() \
                 else "mixing.sample_reweight_hparams"
             raise ConfigError(f"config key {key!r}: {e}") from e
+
+
+def check_runnable(cfg: Config) -> None:
+    """What a training run needs from this machine (``validate`` checks only the values, so a
+    saved config still loads for eval/export elsewhere): tracker packages, ``model.init_from``."""
+    from mixjax.train import tracking
+    bad = tracking.check(cfg.train.trackers, cfg.train.tracker_args, installed=True)
+    _require(bad is None, "train.trackers", str(bad))
+    m = cfg.model
+    _require(m.init_from is None or pathlib.Path(m.init_from).exists(), "model.init_from",
+             f"no such file or directory: {m.init_from!r}")
 
 
 def check_domains(cfg: Config, domains: tuple[str, ...]) -> None:

@@ -28,14 +28,16 @@ from mixjax.data.counts import token_counts
 from mixjax.data.eval_sets import eval_arrays, eval_token_counts
 from mixjax.data.packing import PackIterDataset, TokenizeChunk, TokenizeDoc, pack_arrays
 from mixjax.data.sampler import DomainSampler, make_sampler
-from mixjax.data.sources import (ArrayRecordSource, DataError, DomainSource, JsonlSource, ListSource,
-                                 TextDirSource, TfdsSource, text_dir_sources)
-from mixjax.data.spec import DatasetSpec, DomainSpec, corpus_sources, jsonl_dir_sources, resolve_sources
+from mixjax.data.sources import (ArrayRecordSource, DataError, DomainSource, HFSource, JsonlSource,
+                                 ListSource, TextDirSource, TfdsSource, hf_column_sources,
+                                 text_dir_sources)
+from mixjax.data.spec import (DatasetSpec, DomainSpec, corpus_sources, jsonl_dir_sources,
+                              parquet_dir_sources, resolve_sources)
 from mixjax.data.splits import SPLITS, split_indices, split_source, split_sources
 
 __all__ = [
     "ArrayRecordSource", "BatchComposer", "DataError", "DatasetSpec", "DomainSampler", "DomainSource",
-    "DomainSpec", "JsonlSource", "ListSource", "MODES", "PackIterDataset", "SPLITS", "TextDirSource",
+    "DomainSpec", "HFSource", "JsonlSource", "hf_column_sources", "parquet_dir_sources", "ListSource", "MODES", "PackIterDataset", "SPLITS", "TextDirSource",
     "TfdsSource", "TokenizeChunk", "TokenizeDoc", "corpus_sources", "eval_arrays", "eval_token_counts",
     "jsonl_dir_sources", "make_sampler", "pack_arrays", "resolve_sources", "resolve_weights",
     "split_indices", "split_source", "split_sources", "text_dir_sources", "token_counts", "tokenizers",

@@ -7,11 +7,16 @@ A config names domains and their sources; domains may mix kinds in one run::
         DomainSpec(name="code", kind="textdir", path="data/code", pattern="*.py"),
         DomainSpec(name="news", kind="tfds", path="lm1b", split="train"),
         DomainSpec(name="books", kind="arrayrecord", path="data/books.array_record"),
+        DomainSpec(name="wiki", kind="hf", path="data/wiki/*.parquet"),
+        # one domain per value of a column (names = the values):
+        DomainSpec(name="pile", kind="hf", path="pile/*.jsonl", domain_field="meta.pile_set_name"),
     )).sources()        # -> {"web": JsonlSource, "code": TextDirSource, ...}
 
 ``DatasetSpec(corpus="mixpile-tiny")`` (or the string ``"mixpile-tiny"`` where a
 spec is accepted) means every domain of that corpus (``<domain>.jsonl`` files in
-``mixjax.data.corpus.corpus_dir(name)``; see :func:`corpus_sources`).
+``mixjax.data.corpus.corpus_dir(name)``; see :func:`corpus_sources`). A
+directory of ``<domain>.parquet`` files works the same way (one
+:class:`~mixjax.data.sources.HFSource` per file).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any, Mapping, Sequence
 from mixjax.data import sources as src_lib
 from mixjax.data.sources import DataError, DomainSource
 
-KINDS = ("jsonl", "textdir", "arrayrecord", "tfds")
+KINDS = ("jsonl", "textdir", "arrayrecord", "tfds", "hf")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,7 +39,11 @@ class DomainSpec:
     Fields by kind: ``jsonl`` (path: file, or several separated by ","),
     ``textdir`` (path: directory; ``pattern``), ``arrayrecord`` (path: file(s);
     ``record_format`` text|json|tokens), ``tfds`` (path: dataset name;
-    ``split``; ``data_dir``). ``text_field`` names the text in JSON/tfds records.
+    ``split``; ``data_dir``), ``hf`` (path: data files separated by "," with
+    globs, a directory of them, or a ``save_to_disk`` directory; ``split``;
+    ``domain_field``/``domain_value``: keep the rows of one value of a column;
+    ``domain_field`` without ``domain_value`` makes one domain per value).
+    ``text_field`` names the text in JSON/tfds/hf records.
     """
 
     name: str
@@ -47,6 +56,9 @@ class DomainSpec:
     record_format: str = "text"     # arrayrecord
     on_error: str = "raise"         # bad lines: "raise" or "skip"
     min_chars: int = 1              # shorter documents are filtered out
+    domain_field: str | None = None  # hf: column (dotted if nested) whose value is the domain
+    domain_value: Any = None         # hf: keep rows with this value (None: one domain per value)
+    group_field: str | None = None   # hf: column of document ids sharing a split
 
     def __post_init__(self):
         if not self.name:
@@ -65,8 +77,31 @@ class DomainSpec:
         if self.kind == "arrayrecord":
             return src_lib.ArrayRecordSource(paths, domain=self.name, record_format=self.record_format,
                                              text_field=self.text_field, on_error=self.on_error)
+        if self.kind == "hf":
+            return src_lib.HFSource(self._hf_paths(), domain=self.name, text_field=self.text_field,
+                                    domain_field=self.domain_field, domain_value=self.domain_value,
+                                    split=self.split, min_chars=self.min_chars,
+                                    group_field=self.group_field)
         return src_lib.TfdsSource(self.path, split=self.split, domain=self.name,
                                   text_field=self.text_field, data_dir=self.data_dir)
+
+
+    def _hf_paths(self):
+        paths = [p.strip() for p in str(self.path).split(",") if p.strip()]
+        return paths[0] if len(paths) == 1 else paths
+
+    @property
+    def expands(self) -> bool:
+        """An ``hf`` spec with ``domain_field`` and no ``domain_value``: one domain per value."""
+        return self.kind == "hf" and self.domain_field is not None and self.domain_value is None
+
+    def build_all(self) -> dict[str, DomainSource]:
+        """``{name: source}``: this domain, or one per value of ``domain_field``."""
+        if not self.expands:
+            return {self.name: self.build()}
+        return src_lib.hf_column_sources(self._hf_paths(), self.domain_field,
+                                         text_field=self.text_field, split=self.split,
+                                         min_chars=self.min_chars, group_field=self.group_field)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -108,7 +143,14 @@ class DatasetSpec:
     def sources(self) -> dict[str, DomainSource]:
         if self.corpus:
             return corpus_sources(self.corpus, self.corpus_domains)
-        return {d.name: d.build() for d in self.domains}
+        out: dict[str, DomainSource] = {}
+        for d in self.domains:
+            for name, src in d.build_all().items():
+                if name in out:
+                    raise DataError(f"DatasetSpec: domain {name!r} is defined twice "
+                                    f"(second time by spec {d.name!r})")
+                out[name] = src
+        return out
 
 
 def jsonl_dir_sources(directory: str | os.PathLike, **kwargs: Any) -> dict[str, src_lib.JsonlSource]:
@@ -120,6 +162,31 @@ def jsonl_dir_sources(directory: str | os.PathLike, **kwargs: Any) -> dict[str, 
     if not files:
         raise DataError(f"data directory {str(directory)!r} holds no <domain>.jsonl files")
     return {f.stem: src_lib.JsonlSource(f, domain=f.stem, **kwargs) for f in files}
+
+
+def parquet_dir_sources(directory: str | os.PathLike, domains: Sequence[str] | None = None,
+                        **kwargs: Any) -> dict[str, src_lib.HFSource]:
+    """``{stem: HFSource}`` for every ``<domain>.parquet`` in ``directory`` (sorted names).
+
+    Like a directory of ``<domain>.jsonl`` files: text under ``text``; an ``id``
+    column, when present, groups document parts into one split.
+    """
+    directory = pathlib.Path(directory)
+    files = {f.stem: f for f in sorted(directory.glob("*.parquet"))}
+    if not files:
+        raise DataError(f"data directory {str(directory)!r} holds no <domain>.parquet files")
+    names = list(files) if domains is None else list(domains)
+    unknown = [d for d in names if d not in files]
+    if unknown:
+        raise DataError(f"corpus {str(directory)!r}: unknown domain(s) {unknown}; known: {sorted(files)}")
+    out = {}
+    for d in names:
+        import pyarrow.parquet as pq
+        cols = pq.read_schema(files[d]).names
+        group = kwargs.get("group_field", "id" if "id" in cols else None)
+        out[d] = src_lib.HFSource(str(files[d]), domain=d, group_field=group,
+                                  **{k: v for k, v in kwargs.items() if k != "group_field"})
+    return out
 
 
 def corpus_sources(name: str, domains: Sequence[str] | None = None,
@@ -182,6 +249,8 @@ def _corpus_sources(name: str, domains: Sequence[str] | None = None,
         except ImportError as e:
             raise ImportError(f"corpus {name!r}: mixjax.data.corpus is not available ({e})") from e
         directory = corpus_dir(name)
+    if directory.is_dir() and not any(directory.glob("*.jsonl")) and any(directory.glob("*.parquet")):
+        return parquet_dir_sources(directory, domains)
     if domains is None:
         return jsonl_dir_sources(directory, **kwargs)
     if not directory.is_dir():

@@ -1,4 +1,4 @@
-"""``mixjax dg sweep CONFIG [--set k=v ...] [--run-dir DIR]`` and ``mixjax dg table RUN_DIR``."""
+"""``mixjax dg sweep CONFIG [--set k=v ...] [--out DIR]`` and ``mixjax dg table RUN_DIR``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "dg") -> 
     sw.add_argument("config", help="configs/dg_*.py with get_config() -> SweepConfig")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted override, e.g. --set steps=300 --set algorithms=[erm,irm]")
-    sw.add_argument("--run-dir", default=None, help="output directory (default: the config's output_dir)")
+    sw.add_argument("--out", "--run-dir", dest="run_dir", default=None,
+                    help="output directory (default: the config's output_dir)")
     sw.add_argument("--no-table", action="store_true", help="do not write results.md/.csv at the end")
     tb = sub.add_parser("table", help="results tables (markdown + CSV) for a sweep's run directory")
     tb.add_argument("run_dir")

@@ -1,7 +1,7 @@
 """``mixjax train`` and ``mixjax eval``.
 
     mixjax train CONFIG.py [--set key=value ...] [--resume | --resume-from STEP]
-                           [--rebuild-schedule]
+                           [--rebuild-schedule]  [--out RUN_DIR]
     mixjax eval RUN_DIR [--step N] [--split validation|test] [--num-seqs N]
 
 Exit codes: 0 done; 2 bad config, data, run dir or checkpoint, or a run stopped
@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("config", help="config file (a Python module with get_config())")
         parser.add_argument("--set", dest="overrides", action="append", default=[],
                             metavar="KEY=VALUE", help="dotted override, e.g. train.steps=200")
+        parser.add_argument("--out", default=None, metavar="RUN_DIR",
+                            help="the run directory (same as --set train.run_dir=RUN_DIR)")
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in train.run_dir from its latest intact "
                                  "checkpoint (a damaged one is moved aside)")
@@ -51,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from mixjax import config as config_lib
         cfg = config_lib.load(args.config, args.overrides)
+        if getattr(args, "out", None):   # a path, never parsed as a literal
+            cfg.train.run_dir = str(args.out)
+            config_lib.validate(cfg)
         result = loop.train(cfg, resume=args.resume, resume_from=args.resume_from,
                             rebuild_schedule=args.rebuild_schedule)
         if result.final_eval is not None:

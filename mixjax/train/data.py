@@ -38,6 +38,8 @@ class TrainData:
     target_sets: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     # sha256 of the eval sets (mixjax.data.eval_sets.eval_checksum), recorded in run_info.json
     eval_checksum: str | None = None
+    # The tokenizer's describe() plus its checksum (recorded in run_info.json).
+    tokenizer: dict | None = None
 
 
 def _all_sources(cfg: Config):
@@ -100,18 +102,50 @@ def _sources(cfg: Config):
     return sources, heldout
 
 
+def build_tokenizer(cfg: Config):
+    """``(tokenizer, model vocabulary size)`` from ``data.tokenizer`` and ``model.vocab_size``."""
+    from mixjax.data import tokenizers
+    tc = cfg.data.tokenizer
+    try:
+        tok = tokenizers.from_config(tc.kind, tc.path, tc.args)
+    except (KeyError, FileNotFoundError, tokenizers.TokenizerError) as e:
+        key = "data.tokenizer.path" if isinstance(e, FileNotFoundError) or tc.path else \
+            "data.tokenizer"
+        raise ConfigError(f"config key {key!r}: {e.args[0] if e.args else e}") from None
+    vocab = tokenizers.model_vocab_size(tok, tc.vocab_multiple)
+    if cfg.model.vocab_size is not None:
+        if cfg.model.vocab_size < tok.vocab_size:
+            raise ConfigError(f"config key 'model.vocab_size': {cfg.model.vocab_size} is smaller "
+                              f"than tokenizer {tc.kind!r}'s {tok.vocab_size} ids (specials "
+                              f"included); raise it or leave it None")
+        vocab = cfg.model.vocab_size
+    return tok, vocab
+
+
 def build_data(cfg: Config) -> TrainData:
     from mixjax import data
+    from mixjax.data import token_cache
+    tok, vocab = build_tokenizer(cfg)
     sources, heldout = _sources(cfg)
-    tok = data.tokenizers.get(cfg.data.tokenizer)
     domains = tuple(sources)
     fractions = split_fractions(cfg)
-    n = data.token_counts(sources, tokenizer=tok, split="train",   # incl. one EOS per doc
-                          split_fractions=fractions)
-    counts = tuple(float(n[d]) for d in domains)
-    eval_sets = data.eval_arrays({**sources, **heldout}, seq_len=cfg.data.seq_len,
-                                 split=cfg.eval.split, num_sequences=cfg.eval.num_seqs,
-                                 tokenizer=tok, split_fractions=fractions)
+    # The splits depend on the fractions and on each source's floors: both are in the key.
+    floors = {d: repr(getattr(s, "split_floors", None)) for d, s in {**sources, **heldout}.items()}
+    cache = token_cache.resolve_dir(cfg.data.cache_dir)
+    key = token_cache.cache_key("token_counts", tok, sources, split="train",
+                                split_fractions=fractions, floors=floors)
+    n, _ = token_cache.cached_arrays(cache, key, lambda: {
+        d: np.asarray(c, np.int64)
+        for d, c in data.token_counts(sources, tokenizer=tok, split="train",
+                                      split_fractions=fractions).items()})
+    counts = tuple(float(n[d]) for d in domains)   # incl. one EOS per doc
+    everything = {**sources, **heldout}
+    key = token_cache.cache_key("eval_sets", tok, everything, seq_len=cfg.data.seq_len,
+                                split=cfg.eval.split, num_sequences=cfg.eval.num_seqs,
+                                split_fractions=fractions, floors=floors)
+    eval_sets, _ = token_cache.cached_arrays(cache, key, lambda: data.eval_arrays(
+        everything, seq_len=cfg.data.seq_len, split=cfg.eval.split,
+        num_sequences=cfg.eval.num_seqs, tokenizer=tok, split_fractions=fractions))
     target_sets = {}
     if cfg.grads.target is not None:
         t = cfg.grads.target
@@ -132,7 +166,8 @@ def build_data(cfg: Config) -> TrainData:
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())
 
-    return TrainData(domains=domains, token_counts=counts, vocab_size=tok.vocab_size,
+    return TrainData(domains=domains, token_counts=counts, vocab_size=vocab,
                      pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler,
                      heldout_domains=tuple(heldout), target_sets=target_sets,
-                     eval_checksum=data.eval_sets.eval_checksum(eval_sets, cfg.data.tokenizer))
+                     eval_checksum=data.eval_sets.eval_checksum(eval_sets, tok.checksum()),
+                     tokenizer={**tok.describe(), "checksum": tok.checksum()})

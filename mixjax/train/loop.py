@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import distributed, mixing, parallel
+from mixjax import distributed, mixing, parallel, provenance
 from mixjax.config import Config, ConfigError
 from mixjax.train import atomic
 from mixjax.train import checkpoint as ckpt_lib
@@ -53,7 +53,9 @@ RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.
                      # set on resume to keep the LR schedule (check_run_dir)
                      "optim.schedule_steps",
                      # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
-                     "mesh.data", "mesh.fsdp", "mesh.tensor")
+                     "mesh.data", "mesh.fsdp", "mesh.tensor",
+                     # where tokenized data is cached does not change the data
+                     "data.cache_dir", "train.trackers", "train.tracker_args")
 
 
 class RunDirError(ValueError):
@@ -81,7 +83,9 @@ class RunResult:
 
 def model_config(cfg: Config, vocab_size: int):
     from mixjax.models.transformer import TransformerConfig
-    return TransformerConfig(vocab_size=vocab_size, **dataclasses.asdict(cfg.model))
+    arch = {k: v for k, v in dataclasses.asdict(cfg.model).items()
+            if k not in ("vocab_size", "init_from")}   # the vocabulary comes from the data
+    return TransformerConfig(vocab_size=vocab_size, **arch)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -89,7 +93,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k not in ("hparams", "sample_reweight_hparams", "target_mixture",
-                                              "objective_hparams"):
+                                              "objective_hparams", "tracker_args"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -115,7 +119,7 @@ def check_run_dir(cfg: Config, resume: bool, *, rebuild_schedule: bool = False) 
         what = "does not exist" if not run_dir.exists() else "holds no run (no config.json)"
         notes.append(f"--resume: run dir {str(run_dir)!r} {what}; starting a new run")
     if holds_run:
-        old = _flatten(json.loads(saved.read_text())) if saved.exists() else {}
+        old = _flatten(_current_schema(json.loads(saved.read_text()))) if saved.exists() else {}
         new = _flatten(config_lib.to_dict(cfg))
         if old and cfg.optim.schedule_steps is None:
             length = old.get("optim.schedule_steps") or old.get("train.steps")
@@ -145,6 +149,14 @@ def prepare_run_dir(cfg: Config, resume: bool, *, rebuild_schedule: bool = False
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.json", config_lib.to_json(cfg) + "\n")
     return run_dir
+
+
+def _current_schema(saved: dict) -> dict:
+    """A saved config in today's layout (e.g. ``data.tokenizer: "byte"`` -> its section)."""
+    try:
+        return config_lib.to_dict(config_lib.from_dict(saved))
+    except ConfigError:
+        return saved
 
 
 def load_run_config(run_dir: str | pathlib.Path) -> Config:
@@ -238,7 +250,18 @@ class Trainer:
         self.pad_id = self.data.pad_id
         from mixjax.models import transformer
         self.model_cfg = model_config(cfg, self.data.vocab_size)
-        self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
+        self.init_from = None
+        if cfg.model.init_from:   # pretrained parameters (mixjax.models.hf_io)
+            from mixjax.models import hf_io
+            self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
+            try:
+                params, self.init_from = hf_io.load_init_params(cfg.model.init_from,
+                                                                self.model_cfg, abstract)
+            except (hf_io.ExportError, FileNotFoundError) as e:
+                raise ConfigError(f"config key 'model.init_from': {e}") from None
+            params = jax.tree.map(jax.numpy.asarray, params)
+        else:
+            self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
         self.num_params = transformer.count_params(params)
         # The LR schedule's length: train.steps, or the original run's on an extended resume.
         self.schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
@@ -389,6 +412,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     """
     from mixjax.data.eval_sets import eval_checksum
     config_lib.validate(cfg)
+    config_lib.check_runnable(cfg)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     resume = resume or resume_from is not None
     if resume_from is not None and not (pathlib.Path(cfg.train.run_dir) / "checkpoints").is_dir():
@@ -433,8 +457,12 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         # A fresh run starts with fresh logs (a --resume that found no finished checkpoint
         # replaces what its killed predecessor logged, TensorBoard included).
         metrics_lib.clear_logs(run_dir)
-    writer = (metrics_lib.MetricsWriter(run_dir, domains) if main
-              else metrics_lib.NullWriter(run_dir, domains))
+    if main:
+        from mixjax.train import tracking
+        writer = metrics_lib.MetricsWriter(run_dir, domains, trackers=tracking.build(
+            t_cfg.trackers, t_cfg.tracker_args, run_dir, config_lib.to_dict(cfg), domains))
+    else:
+        writer = metrics_lib.NullWriter(run_dir, domains)
     if start == 0:
         writer.weights(0, last_weights)
     with open(run_dir / "run_info.json" if main else os.devnull, "w") as f:
@@ -447,9 +475,14 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                    # fingerprint of the eval sets (mixjax.data.eval_sets.eval_checksum):
                    # runs are comparable only when it agrees (mixjax compare checks it)
                    "eval_sets": {"sha256": getattr(trainer.data, "eval_checksum", None)
-                                 or eval_checksum(trainer.data.eval_sets, cfg.data.tokenizer),
+                                 or eval_checksum(trainer.data.eval_sets,
+                                                  (getattr(trainer.data, "tokenizer", None)
+                                                   or {}).get("checksum", cfg.data.tokenizer.kind)),
                                  "split": cfg.eval.split, "num_seqs": cfg.eval.num_seqs,
-                                 "tokenizer": cfg.data.tokenizer, "seq_len": cfg.data.seq_len}},
+                                 "tokenizer": config_lib.to_dict(cfg)["data"]["tokenizer"],
+                                 "seq_len": cfg.data.seq_len},
+                   "tokenizer": getattr(trainer.data, "tokenizer", None),
+                   "init_from": getattr(trainer, "init_from", None), **provenance.collect()},
                   f, indent=2)
 
     target_tokens = None if trainer.target_tokens is None else np.asarray(trainer.target_tokens)

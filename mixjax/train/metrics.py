@@ -13,7 +13,8 @@ Files in the run directory:
   averages).
 * ``weights.jsonl``: ``{"step", "weights": {domain: w}}`` every step the
   mixer's weights change (and at step 0), i.e. the weight trajectory.
-* ``tb/``: TensorBoard event files (tensorboardX) with the same scalars.
+* ``tb/``: TensorBoard event files (tensorboardX) with the same scalars, and
+  whatever other trackers ``train.trackers`` names (mixjax.train.tracking).
 
 On resume from step ``k`` the records of steps after ``k`` (written by the
 interrupted run after its last checkpoint) are dropped first, from the JSONL
@@ -192,13 +193,15 @@ class EventWriter:
 
 class MetricsWriter:
     def __init__(self, run_dir: str | pathlib.Path, domains: tuple[str, ...],
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, trackers=None):
         self.run_dir = pathlib.Path(run_dir)
         self.domains = tuple(domains)
         self._files = {name: open(self.run_dir / name, "a") for name in FILES}
-        self._tb = None
-        if tensorboard:
-            self._tb = EventWriter(self.run_dir / "tb")
+        # trackers=None: TensorBoard only (if `tensorboard`); else exactly the given ones
+        if trackers is None and tensorboard:
+            from mixjax.train.tracking import TensorBoardTracker
+            trackers = [TensorBoardTracker(self.run_dir)]
+        self._trackers = list(trackers or [])
 
     def per_domain(self, prefix: str, values) -> dict[str, float]:
         return {f"{prefix}/{d}": float(v) for d, v in zip(self.domains, np.asarray(values))}
@@ -207,32 +210,29 @@ class MetricsWriter:
         record = _plain(dict(record))
         self._files[name].write(json.dumps(record) + "\n")
         self._files[name].flush()
-        if self._tb is not None and name != "weights.jsonl":
-            group = name.split(".")[0]
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(f"{group}/{key}", value, record["step"])
+        if name != "weights.jsonl":
+            for t in self._trackers:
+                t.log(name.split(".")[0], record["step"], record)
 
     def weights(self, step: int, weights) -> None:
         w = {d: float(x) for d, x in zip(self.domains, np.asarray(weights))}
         self.write("weights.jsonl", {"step": step, "weights": w})
-        if self._tb is not None:
-            for d, x in w.items():
-                self._tb.add_scalar(f"weights/{d}", x, step)
+        for t in self._trackers:
+            t.weights(step, w)
 
     def flush(self) -> None:
         """Writes every buffered record and event through to the disk (fsync)."""
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
-        if self._tb is not None:
-            self._tb.flush()
+        for t in self._trackers:
+            getattr(t, "flush", lambda: None)()
 
     def close(self) -> None:
         for f in self._files.values():
             f.close()
-        if self._tb is not None:
-            self._tb.close()
+        for t in self._trackers:
+            t.close()
 
 
 class NullWriter(MetricsWriter):
@@ -241,7 +241,7 @@ class NullWriter(MetricsWriter):
     def __init__(self, run_dir: str | pathlib.Path, domains: tuple[str, ...]):
         self.run_dir = pathlib.Path(run_dir)
         self.domains = tuple(domains)
-        self._files, self._tb = {}, None
+        self._files, self._trackers = {}, []
 
     def write(self, name: str, record: Mapping[str, Any]) -> None:
         pass

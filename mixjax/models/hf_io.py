@@ -1,0 +1,341 @@
+"""Pretrained weights in and out: Hugging Face Llama naming, safetensors files, ``mixjax export``.
+
+mixjax's transformer (mixjax.models.transformer) is a Llama: pre-norm RMSNorm
+blocks, RoPE, SwiGLU MLP, no biases, tied or untied embeddings. Its parameters
+map one-to-one onto ``transformers``' ``LlamaForCausalLM`` state dict
+(``modeling_llama.py`` in huggingface/transformers; the reverse of
+``convert_llama_weights_to_hf.py``)::
+
+    embed        [V, d]       model.embed_tokens.weight        [V, d]
+    attn_norm    [d]          model.layers.{i}.input_layernorm.weight
+    attn.wq      [d, n, h]    model.layers.{i}.self_attn.q_proj.weight  [n*h, d]  (RoPE permuted)
+    attn.wk      [d, n, h]    model.layers.{i}.self_attn.k_proj.weight  [n*h, d]  (RoPE permuted)
+    attn.wv      [d, n, h]    model.layers.{i}.self_attn.v_proj.weight  [n*h, d]
+    attn.wo      [n, h, d]    model.layers.{i}.self_attn.o_proj.weight  [d, n*h]
+    mlp_norm     [d]          model.layers.{i}.post_attention_layernorm.weight
+    mlp.w_gate   [d, f]       model.layers.{i}.mlp.gate_proj.weight     [f, d]
+    mlp.w_up     [d, f]       model.layers.{i}.mlp.up_proj.weight       [f, d]
+    mlp.w_down   [f, d]       model.layers.{i}.mlp.down_proj.weight     [d, f]
+    final_norm   [d]          model.norm.weight
+    unembed      [d, V]       lm_head.weight                            [V, d]  (untied only)
+
+RoPE layout: mixjax rotates the interleaved pairs ``(x_{2i}, x_{2i+1})`` of a
+head by ``p * base^(-2i/h)``; HF Llama rotates ``(x_i, x_{i+h/2})``
+(``rotate_half``) by the same angle. So the head dimension of the query and key
+projections is permuted, ``hf[..., j] = mixjax[..., perm[j]]`` with
+``perm = [0, 2, 4, ..., h-2, 1, 3, ..., h-1]``; attention scores are unchanged
+because q and k get the same permutation. Everything else is a reshape and a
+transpose (torch ``Linear`` stores ``[out, in]``), so export followed by import
+gives back the parameters bit for bit.
+
+Not expressible as HF Llama (export refuses, naming the feature): the plain
+GELU MLP (``model.mlp=gelu``; Llama's MLP is always gated). Importing refuses
+grouped-query attention (``num_key_value_heads != num_attention_heads``),
+biases, ``rope_scaling`` and an activation other than SiLU.
+
+    mixjax export RUN_DIR --format hf [--out DIR] [--step N]
+        -> DIR/config.json, model.safetensors, generation_config.json
+           (+ tokenizer.json, tokenizer_config.json, special_tokens_map.json
+            when the run used an ``hf`` tokenizer)
+    mixjax export RUN_DIR --format safetensors [--out FILE]
+        -> one safetensors file in the Llama naming (metadata: the mixjax model config)
+
+``model.init_from`` (mixjax.train.loop) accepts a mixjax run dir, such a
+safetensors file or an HF Llama directory (see :func:`load_init_params`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import shutil
+import sys
+from typing import Any
+
+import numpy as np
+
+from mixjax.models.transformer import TransformerConfig
+
+
+class ExportError(ValueError):
+    """The model cannot be written (or read) in the requested format; names the feature."""
+
+
+def _perm(h: int) -> np.ndarray:
+    return np.concatenate([np.arange(0, h, 2), np.arange(1, h, 2)])
+
+
+def check_expressible(cfg: TransformerConfig) -> None:
+    if cfg.mlp != "swiglu":
+        raise ExportError(f"model.mlp={cfg.mlp!r}: HF Llama's MLP is always gated "
+                          f"(SiLU(x W_gate) * x W_up); only model.mlp='swiglu' can be exported")
+
+
+def to_llama(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
+    """mixjax params -> ``{HF Llama name: array}`` (see the module docstring)."""
+    check_expressible(cfg)
+    n, h, d = cfg.num_heads, cfg.head_dim, cfg.d_model
+    perm = _perm(h)
+    a = lambda x: np.asarray(x)
+    out = {"model.embed_tokens.weight": a(params["embed"]),
+           "model.norm.weight": a(params["final_norm"]["scale"])}
+    for i in range(cfg.num_layers):
+        b, p = params["blocks"][i], f"model.layers.{i}."
+        out[p + "input_layernorm.weight"] = a(b["attn_norm"]["scale"])
+        out[p + "post_attention_layernorm.weight"] = a(b["mlp_norm"]["scale"])
+        for name, key in (("q_proj", "wq"), ("k_proj", "wk"), ("v_proj", "wv")):
+            w = a(b["attn"][key])
+            if key != "wv":
+                w = w[:, :, perm]
+            out[p + f"self_attn.{name}.weight"] = np.ascontiguousarray(w.reshape(d, n * h).T)
+        out[p + "self_attn.o_proj.weight"] = np.ascontiguousarray(a(b["attn"]["wo"]).reshape(n * h, d).T)
+        for name, key in (("gate_proj", "w_gate"), ("up_proj", "w_up"), ("down_proj", "w_down")):
+            out[p + f"mlp.{name}.weight"] = np.ascontiguousarray(a(b["mlp"][key]).T)
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = np.ascontiguousarray(a(params["unembed"]).T)
+    return out
+
+
+def from_llama(tensors: dict[str, Any], cfg: TransformerConfig, where: str = "") -> dict:
+    """``{HF Llama name: array}`` -> mixjax params for ``cfg`` (inverse of :func:`to_llama`).
+
+    Every expected tensor must be present with the expected shape; unexpected
+    ones (other than ``rotary_emb`` buffers) are errors, each naming the tensor.
+    """
+    check_expressible(cfg)
+    n, h, d, f, v = cfg.num_heads, cfg.head_dim, cfg.d_model, cfg.ff_dim, cfg.vocab_size
+    inv = np.argsort(_perm(h))
+    used = set()
+
+    def get(name, shape):
+        if name not in tensors:
+            raise ExportError(f"{where}: no tensor {name!r} (a Llama model with "
+                              f"{cfg.num_layers} layers, d_model {d}, vocab {v} was expected)")
+        x = np.asarray(tensors[name])
+        if tuple(x.shape) != tuple(shape):
+            raise ExportError(f"{where}: tensor {name!r} has shape {tuple(x.shape)}, the model "
+                              f"config needs {tuple(shape)}")
+        used.add(name)
+        return x
+
+    params: dict[str, Any] = {"embed": get("model.embed_tokens.weight", (v, d)),
+                              "final_norm": {"scale": get("model.norm.weight", (d,))},
+                              "blocks": {}}
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        attn = {}
+        for name, key in (("q_proj", "wq"), ("k_proj", "wk"), ("v_proj", "wv")):
+            w = get(p + f"self_attn.{name}.weight", (n * h, d)).T.reshape(d, n, h)
+            attn[key] = np.ascontiguousarray(w[:, :, inv] if key != "wv" else w)
+        attn["wo"] = np.ascontiguousarray(get(p + "self_attn.o_proj.weight", (d, n * h)).T.reshape(n, h, d))
+        mlp = {"w_gate": get(p + "mlp.gate_proj.weight", (f, d)).T,
+               "w_up": get(p + "mlp.up_proj.weight", (f, d)).T,
+               "w_down": get(p + "mlp.down_proj.weight", (d, f)).T}
+        params["blocks"][i] = {
+            "attn": attn, "mlp": {k: np.ascontiguousarray(x) for k, x in mlp.items()},
+            "attn_norm": {"scale": get(p + "input_layernorm.weight", (d,))},
+            "mlp_norm": {"scale": get(p + "post_attention_layernorm.weight", (d,))}}
+    if not cfg.tie_embeddings:
+        params["unembed"] = np.ascontiguousarray(get("lm_head.weight", (v, d)).T)
+    extra = sorted(k for k in set(tensors) - used if "rotary_emb" not in k
+                   and not (cfg.tie_embeddings and k == "lm_head.weight"))
+    if extra:
+        raise ExportError(f"{where}: tensors the model has no place for: {extra[:6]}"
+                          f"{' ...' if len(extra) > 6 else ''} (model.num_layers / "
+                          f"model.tie_embeddings may not match)")
+    return params
+
+
+def hf_config(cfg: TransformerConfig, *, max_positions: int, tokenizer: dict | None = None) -> dict:
+    """``config.json`` of the HF ``LlamaForCausalLM`` equivalent to ``cfg``."""
+    check_expressible(cfg)
+    tok = tokenizer or {}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.ff_dim, "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_heads,
+            "head_dim": cfg.head_dim, "hidden_act": "silu", "max_position_embeddings": max_positions,
+            "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_base, "rope_scaling": None,
+            "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+            "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std,
+            "torch_dtype": cfg.param_dtype, "pad_token_id": tok.get("pad_id"),
+            "eos_token_id": tok.get("eos_id"), "bos_token_id": tok.get("bos_id")}
+
+
+def _check_hf_config(hc: dict, cfg: TransformerConfig, where: str) -> None:
+    """An HF config.json the mixjax model can load (or an error naming the mismatch)."""
+    if hc.get("model_type") not in (None, "llama"):
+        raise ExportError(f"{where}: model_type {hc.get('model_type')!r} is not 'llama'")
+    unsupported = [
+        ("num_key_value_heads", hc.get("num_key_value_heads", hc.get("num_attention_heads")),
+         hc.get("num_attention_heads"), "grouped-query attention"),
+        ("hidden_act", hc.get("hidden_act", "silu"), "silu", "an MLP activation other than SiLU"),
+        ("attention_bias", bool(hc.get("attention_bias", False)), False, "attention biases"),
+        ("mlp_bias", bool(hc.get("mlp_bias", False)), False, "MLP biases"),
+        ("rope_scaling", hc.get("rope_scaling"), None, "RoPE scaling")]
+    for key, got, want, feature in unsupported:
+        if got != want:
+            raise ExportError(f"{where}: config.json {key}={got!r}: mixjax's transformer has no "
+                              f"{feature}")
+    mine = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.ff_dim, "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "tie_word_embeddings": cfg.tie_embeddings}
+    names = {"vocab_size": "model.vocab_size", "hidden_size": "model.d_model",
+             "intermediate_size": "model.d_ff", "num_hidden_layers": "model.num_layers",
+             "num_attention_heads": "model.num_heads", "tie_word_embeddings": "model.tie_embeddings"}
+    for key, want in mine.items():
+        got = hc.get(key, True if key == "tie_word_embeddings" else None)
+        if got != want:
+            raise ExportError(f"{where}: config.json {key}={got!r} but {names[key]} gives {want!r}; "
+                              f"set {names[key]}={got!r}")
+    if "rope_theta" in hc and float(hc["rope_theta"]) != float(cfg.rope_base):
+        raise ExportError(f"{where}: config.json rope_theta={hc['rope_theta']} but "
+                          f"model.rope_base={cfg.rope_base}")
+
+
+def save_safetensors(tensors: dict[str, np.ndarray], path: pathlib.Path,
+                     metadata: dict[str, str] | None = None) -> None:
+    from safetensors.flax import save_file
+    import jax.numpy as jnp
+    save_file({k: jnp.asarray(v) for k, v in tensors.items()}, str(path),
+              metadata={"format": "pt", **(metadata or {})})
+
+
+def load_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    from safetensors.flax import load_file
+    return {k: np.asarray(v) for k, v in load_file(str(path)).items()}
+
+
+def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict) -> tuple[dict, dict]:
+    """``(params, info)`` for ``model.init_from``: a mixjax run dir, a safetensors file, an HF dir.
+
+    The parameters get ``abstract_params``' dtypes; shapes must match exactly.
+    """
+    import jax
+    path = pathlib.Path(source)
+    where = f"model.init_from={source!r}"
+    if path.is_dir() and (path / "config.json").exists() and (path / "checkpoints").exists():
+        from mixjax.train import checkpoint as ckpt_lib
+        from mixjax.train import loop
+        ck = ckpt_lib.Checkpointer(path / "checkpoints")
+        step = ck.latest_step()
+        if step is None:
+            ck.close()
+            raise ExportError(f"{where}: the run has no checkpoint")
+        try:
+            got = ck.manager.restore(step, args=loop._params_only_args(abstract_params))
+        except Exception as e:   # orbax: shape/structure mismatch
+            raise ExportError(f"{where}: checkpoint step {step} does not fit this model "
+                              f"({type(e).__name__}: {str(e)[:300]})") from None
+        finally:
+            ck.close()
+        params, info = got["state"]["params"], {"kind": "mixjax", "path": str(path), "step": step}
+    elif path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not (path / "config.json").exists() or not files:
+            raise ExportError(f"{where}: directory is neither a mixjax run dir nor an HF Llama "
+                              f"dir (config.json + *.safetensors)")
+        _check_hf_config(json.loads((path / "config.json").read_text()), cfg, where)
+        tensors = {}
+        for f in files:
+            tensors.update(load_safetensors(f))
+        params = from_llama(tensors, cfg, where)
+        info = {"kind": "hf", "path": str(path), "files": [f.name for f in files]}
+    elif path.is_file():
+        try:
+            tensors = load_safetensors(path)
+        except Exception as e:
+            raise ExportError(f"{where}: not a safetensors file ({type(e).__name__}: {e})") from None
+        params = from_llama(tensors, cfg, where)
+        info = {"kind": "safetensors", "path": str(path)}
+    else:
+        raise FileNotFoundError(f"{where}: no such file or directory")
+    params = jax.tree.map(lambda x, a: np.asarray(x).astype(a.dtype), params, abstract_params)
+    return params, info
+
+
+# -- mixjax export -------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("run_dir", help="a run directory written by `mixjax train`")
+    parser.add_argument("--format", choices=("hf", "safetensors"), default="hf",
+                        help="hf: a Hugging Face Llama directory; safetensors: one file")
+    parser.add_argument("--out", default=None,
+                        help="output directory (hf) or file (safetensors); default: "
+                             "RUN_DIR/export_hf or RUN_DIR/model.safetensors")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (latest)")
+
+
+def export_run(run_dir: str | pathlib.Path, fmt: str = "hf", out: str | None = None,
+               step: int | None = None) -> pathlib.Path:
+    """Writes the run's parameters (checkpoint ``step``, latest when None); returns the path."""
+    from mixjax.models import transformer
+    from mixjax.train import checkpoint as ckpt_lib
+    from mixjax.train import loop
+    run_dir = pathlib.Path(run_dir)
+    info_path = run_dir / "run_info.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no run_info.json)")
+    info = json.loads(info_path.read_text())
+    cfg = loop.load_run_config(run_dir)
+    mcfg = TransformerConfig(**info["model"])
+    check_expressible(mcfg)     # before reading any checkpoint
+    target = pathlib.Path(out) if out else (run_dir / ("export_hf" if fmt == "hf"
+                                                       else "model.safetensors"))
+    if target.exists() and (target.is_file() or any(target.iterdir())):
+        raise ExportError(f"output {str(target)!r} already exists; pick another --out")
+    _, abstract, _ = transformer.abstract_init(mcfg)
+    ck = ckpt_lib.Checkpointer(run_dir / "checkpoints")
+    step = ck.latest_step() if step is None else step
+    if step is None:
+        ck.close()
+        raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
+    try:
+        params = ck.manager.restore(step, args=loop._params_only_args(abstract))["state"]["params"]
+    finally:
+        ck.close()
+    tensors = to_llama(params, mcfg)
+    meta = {"mixjax_model": json.dumps(dataclasses.asdict(mcfg)), "mixjax_step": str(step),
+            "mixjax_run": str(run_dir)}
+    tok = info.get("tokenizer") or {}
+    if fmt == "safetensors":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors(tensors, target, meta)
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    save_safetensors(tensors, target / "model.safetensors", meta)
+    hc = hf_config(mcfg, max_positions=cfg.data.seq_len, tokenizer=tok)
+    (target / "config.json").write_text(json.dumps(hc, indent=2) + "\n")
+    gen = {k: hc[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    (target / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    if tok.get("name") == "hf":
+        _write_hf_tokenizer(tok, target)
+    return target
+
+
+def _write_hf_tokenizer(tok: dict, target: pathlib.Path) -> None:
+    src = pathlib.Path(tok["path"])
+    src = src / "tokenizer.json" if src.is_dir() else src
+    if not src.exists():
+        raise FileNotFoundError(f"the run's tokenizer file {str(src)!r} is gone; cannot copy it")
+    shutil.copyfile(src, target / "tokenizer.json")
+    from tokenizers import Tokenizer
+    t = Tokenizer.from_file(str(src))
+    names = {k: t.id_to_token(tok[f"{k}_id"]) for k in ("eos", "pad", "bos")}
+    special = {f"{k}_token": v for k, v in names.items() if v is not None}
+    (target / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    (target / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False,
+         "add_eos_token": False, **special}, indent=2) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = export_run(args.run_dir, args.format, args.out, args.step)
+    except (ExportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,145 @@
+"""Experiment trackers: where a run's metrics are mirrored besides its JSONL files.
+
+The JSONL files (mixjax.train.metrics) stay the source of truth; a tracker
+receives the same records and shows them in its UI. ``train.trackers`` picks
+them (default ``("tensorboard",)``); ``train.tracker_args[name]`` configures one.
+
+* ``tensorboard``: event files under ``<run_dir>/tb`` (tensorboardX); view with
+  ``tensorboard --logdir <run_dir>/tb`` (``pip install 'mixjax[tensorboard]'``).
+* ``wandb``: Weights & Biases (``pip install 'mixjax[wandb]'``). Args:
+  ``project`` (default ``mixjax``), ``entity``, ``name`` (default: the config
+  name and run dir), ``mode`` (default ``offline``: files under
+  ``<run_dir>/wandb``, upload later with ``wandb sync``; ``online`` needs
+  ``wandb login``), ``tags``. The run's config is the W&B config, per-domain
+  metrics are ``train/loss/<domain>``..., domain weights ``weights/<domain>``
+  (line plots) and every evaluation also logs a table ``eval/table``
+  (domain, loss, ppl, weight). A resumed run continues the same W&B run (its
+  id is kept in ``<run_dir>/wandb_id.txt``).
+
+A tracker implements ``log(group, step, record)``, ``weights(step, {domain: w})``
+and ``close()``; :data:`TRACKERS` maps names to factories
+``(run_dir, cfg_dict, domains, **args) -> Tracker``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import secrets
+import pathlib
+from typing import Any, Callable, Mapping
+
+TRACKER_EXTRAS = {"tensorboard": ("tensorboardX", "pip install 'mixjax[tensorboard]'"),
+                  "wandb": ("wandb", "pip install 'mixjax[wandb]'")}
+WANDB_ARGS = ("project", "entity", "name", "mode", "tags")
+
+
+class Tracker:
+    def log(self, group: str, step: int, record: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def weights(self, step: int, weights: Mapping[str, float]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _scalars(record: Mapping[str, Any]):
+    for key, value in record.items():
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+
+
+class TensorBoardTracker(Tracker):
+    """Scalars ``<group>/<key>`` and ``weights/<domain>`` in ``<run_dir>/tb``."""
+
+    def __init__(self, run_dir, cfg: Mapping | None = None, domains=()):
+        # Synchronous writer: flush makes every event durable and a resume can trim it.
+        from mixjax.train.metrics import EventWriter
+        self._tb = EventWriter(pathlib.Path(run_dir) / "tb")
+
+    def log(self, group, step, record):
+        for key, value in _scalars(record):
+            self._tb.add_scalar(f"{group}/{key}", value, step)
+
+    def weights(self, step, weights):
+        for d, x in weights.items():
+            self._tb.add_scalar(f"weights/{d}", x, step)
+
+    def flush(self):
+        self._tb.flush()
+
+    def close(self):
+        self._tb.close()
+
+
+class WandbTracker(Tracker):
+    """A W&B run (see the module docstring)."""
+
+    def __init__(self, run_dir, cfg: Mapping | None = None, domains=(), *, project: str = "mixjax",
+                 entity: str | None = None, name: str | None = None, mode: str = "offline",
+                 tags=None):
+        import wandb
+        run_dir = pathlib.Path(run_dir)
+        self.domains = tuple(domains)
+        self._weights: dict[str, float] = {}    # the latest weights, for the eval table
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+        id_file.write_text(run_id + "\n")
+        default_name = f"{(cfg or {}).get('name', 'run')}:{run_dir.name}"
+        self._wandb = wandb
+        self.run = wandb.init(project=project, entity=entity, name=name or default_name,
+                              config=dict(cfg or {}), dir=str(run_dir), mode=mode, id=run_id,
+                              resume="allow", tags=list(tags) if tags else None,
+                              settings=wandb.Settings(console="off", silent=True))
+
+    def log(self, group, step, record):
+        self.run.log({f"{group}/{k}": v for k, v in _scalars(record)}, step=int(step))
+        if group == "eval":
+            table = self._wandb.Table(columns=["domain", "loss", "ppl", "weight"])
+            for key in record:
+                if key.startswith("loss/"):
+                    d = key[len("loss/"):]
+                    table.add_data(d, record[key], record.get(f"ppl/{d}"), self._weights.get(d))
+            self.run.log({"eval/table": table}, step=int(step))
+
+    def weights(self, step, weights):
+        self._weights = {d: float(x) for d, x in weights.items()}
+        self.run.log({f"weights/{d}": x for d, x in self._weights.items()}, step=int(step))
+
+    def close(self):
+        self.run.finish()
+
+
+TRACKERS: dict[str, Callable[..., Tracker]] = {"tensorboard": TensorBoardTracker,
+                                               "wandb": WandbTracker}
+
+
+def check(names, args: Mapping[str, Mapping[str, Any]], installed: bool = False) -> str | None:
+    """An error message for unknown trackers or bad args (and, with ``installed``, trackers
+    whose package is missing), or None. Runs before anything is built."""
+    for name in names:
+        if name not in TRACKERS:
+            return f"unknown tracker {name!r}; known: {sorted(TRACKERS)}"
+        module, hint = TRACKER_EXTRAS[name]
+        if installed and importlib.util.find_spec(module) is None:
+            return f"tracker {name!r} needs the {module!r} package: {hint}"
+    for name, a in args.items():
+        if name not in names:
+            return f"train.tracker_args has {name!r}, which is not in train.trackers {list(names)}"
+        if not isinstance(a, Mapping):
+            return f"train.tracker_args[{name!r}] must be a dict, got {a!r}"
+        if name == "tensorboard" and a:
+            return f"train.tracker_args['tensorboard'] takes no arguments, got {sorted(a)}"
+        if name == "wandb":
+            bad = sorted(set(a) - set(WANDB_ARGS))
+            if bad:
+                return f"train.tracker_args['wandb']: unknown key(s) {bad}; known: {list(WANDB_ARGS)}"
+            if a.get("mode", "offline") not in ("offline", "online", "disabled"):
+                return f"train.tracker_args['wandb']['mode'] must be offline, online or disabled"
+    return None
+
+
+def build(names, args: Mapping[str, Mapping[str, Any]], run_dir, cfg: Mapping,
+          domains) -> list[Tracker]:
+    return [TRACKERS[n](run_dir, cfg, domains, **dict(args.get(n, {}))) for n in names]
