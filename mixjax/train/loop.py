@@ -308,7 +308,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
             bad = int(m["nonfinite_domain"])
             if bad >= 0:
                 raise mixing.NonFiniteStatsError(
-                    f"step {s}: non-finite statistics for domain {domains[bad]!r} (mixer "
+                    f"step {s + 1}: non-finite statistics for domain {domains[bad]!r} (mixer "
                     f"{mixer.name!r}); the weights were not updated. Check the data of "
                     f"{domains[bad]!r} and the learning rate")
             w = np.asarray(m["weights"], np.float32)
