@@ -266,11 +266,13 @@ def get(name: str, **hparams: Any) -> Mixer:
 
 def build(name: str, hparams: Mapping[str, Any], *, domains: tuple[str, ...],
           token_counts: tuple[float, ...] | None = None,
-          apply_to: str | None = None) -> Mixer:
-    """``get`` plus what the trainer knows: domain names and token counts.
+          apply_to: str | None = None, total_steps: int | None = None,
+          tokens_per_step: int | None = None) -> Mixer:
+    """``get`` plus what the trainer knows: domain names, token counts, the run's length.
 
-    ``domains`` / ``token_counts`` are passed only to mixers that declare those
-    fields (``manual``, ``natural``, ``temperature``, ...).
+    ``domains`` / ``token_counts`` / ``total_steps`` / ``tokens_per_step`` are
+    passed only to mixers that declare those fields (``manual``, ``natural``,
+    ``temperature``, the schedules, ...).
     """
     fields = set(hparam_names(name))
     extra: dict[str, Any] = {}
@@ -278,6 +280,9 @@ def build(name: str, hparams: Mapping[str, Any], *, domains: tuple[str, ...],
         extra["domains"] = tuple(domains)
     if "token_counts" in fields and "token_counts" not in hparams and token_counts is not None:
         extra["token_counts"] = tuple(float(c) for c in token_counts)
+    for key, value in (("total_steps", total_steps), ("tokens_per_step", tokens_per_step)):
+        if key in fields and key not in hparams and value is not None:
+            extra[key] = int(value)
     if apply_to is not None:
         extra["apply_to_override"] = apply_to
     return get(name, **dict(hparams), **extra)

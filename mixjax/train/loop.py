@@ -171,9 +171,13 @@ class Trainer:
         self.domains = tuple(self.data.domains)
         config_lib.check_domains(cfg, self.domains)
         k = len(self.domains)
-        self.mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=self.domains,
-                                  token_counts=self.data.token_counts,
-                                  apply_to=cfg.mixing.apply_to)
+        try:
+            self.mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=self.domains,
+                                      token_counts=self.data.token_counts,
+                                      apply_to=cfg.mixing.apply_to, total_steps=cfg.train.steps,
+                                      tokens_per_step=cfg.data.batch_size * cfg.data.seq_len)
+        except (ValueError, TypeError) as e:   # a mixer's own checks of its hyperparameters
+            raise ConfigError(f"config key 'mixing.hparams': {e}") from e
         self.pad_id = self.data.pad_id
         from mixjax.models import transformer
         self.model_cfg = model_config(cfg, self.data.vocab_size)
