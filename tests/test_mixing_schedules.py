@@ -106,7 +106,12 @@ def _split_and_full(tmp_path, name, hparams):
     pytest.param("staged", {"stages": [{"start": 0, "end": 4, "weights": {"a": 1.0, "b": 1.0}},
                                        {"start": 4, "end": 6, "weights": {"c": 1.0, "b": 0.5}}]},
                  marks=pytest.mark.slow),   # the upsample_end case covers a boundary in CI
-    ("upsample_end", {"base": "groupdro", "factors": {"c": 5.0}, "fraction": 1 / 3}),
+    # around Aioli: 3 probes of 1 step, 2 steps on p, a new round at step 5; the split at
+    # step 3 falls between the last probe's evaluation and the p update, and the final
+    # phase (from batch 4) crosses the restart
+    ("upsample_end", {"base": "aioli", "base_hparams": {"update_steps": 5, "lp_steps": 1,
+                                                        "eta": 5.0},
+                      "factors": {"c": 5.0}, "fraction": 1 / 3}),
 ])
 def test_resume_across_a_stage_boundary_is_exact(tmp_path, name, hparams):
     full, resumed = _split_and_full(tmp_path, name, hparams)
@@ -116,6 +121,11 @@ def test_resume_across_a_stage_boundary_is_exact(tmp_path, name, hparams):
     wa = metrics_lib.read_jsonl(tmp_path / "full" / "weights.jsonl")
     wb = metrics_lib.read_jsonl(tmp_path / "split" / "weights.jsonl")
     assert wa == wb
+    ea = metrics_lib.read_jsonl(tmp_path / "full" / "eval.jsonl")
+    eb = metrics_lib.read_jsonl(tmp_path / "split" / "eval.jsonl")
+    if name == "upsample_end":   # Aioli's evaluations: round starts and after each probe
+        assert [r["step"] for r in ea] == [0, 1, 2, 3, 5, 6]
+    assert ea == eb
     recs = metrics_lib.read_jsonl(tmp_path / "full" / "metrics.jsonl")
     # the sampler switched at the boundary (batch 4 = the 5th step, lag 1)
     p_c = [r["sampling_weight/c"] for r in recs]

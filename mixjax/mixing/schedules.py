@@ -300,6 +300,11 @@ class UpsampleEnd(Mixer):
         return bool(getattr(self.inner, "needs_target_batch", False))
 
     @property
+    def wants_eval(self):
+        """The base mixer's on-demand evaluations (Aioli, Skill-it), or None."""
+        return getattr(self.inner, "wants_eval", None)
+
+    @property
     def average_includes_initial(self) -> bool:  # type: ignore[override]
         return self.inner.average_includes_initial
 
