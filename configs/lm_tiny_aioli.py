@@ -13,7 +13,12 @@ on a one-hot mixture, each followed by a validation evaluation (the loop
 evaluates when the mixer asks; 9 evaluations per round), then 34 steps on
 p = exp(eta * column sums of the estimated A). Acts on sampling.
 
-Runtime and expected result: see MEASURED below.
+Measured (1 seed, shared 2-core CPU with load ~13): 728 s wall, 63 s CPU
+(user + sys; 4 rounds x 9 evaluations). Final validation loss averaged over the
+8 domains 2.925 vs 2.787 for the natural mixture (same seed, steps): at 200
+steps the 64 one-hot probe steps cost more than the learned mixture gains (a
+negative result at this scale). The learned p of the last round gives code
+0.023 and conversation/news ~0.2 (code's loss falls slowest per probe step).
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform
