@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from mixjax.train import loop
-from test_mixing_behaviour import RANDOM, _data, _tiny_config, nine  # noqa: F401
+from test_mixing_behaviour import RANDOM, _tiny_config, nine  # noqa: F401
 
 
 def test_aioli_moves_weight_away_from_random_bytes(nine):  # noqa: F811
