@@ -12,6 +12,16 @@ in the same round). Two clocks: wall time, and process CPU time (all threads),
 which is far less disturbed when other jobs share the cores; on a shared
 machine read the CPU-time column.
 
+Gradient aggregators (``pcgrad``, ``mgda``, ``upgrad``) run on the vmap gradient
+engine (K per-domain gradients, their Gram matrix, one weighted combine); their
+ratio to plain training includes that engine. ``gram[mean]`` is the same engine
+with constant coefficients 1/K, so aggregator / gram[mean] is the cost of the
+K x K solve itself. Aioli and Skill-it read ``eval_loss``: their rows are the
+ordinary step (the update runs every step, branch-free); the evaluations they
+request (Aioli: K lp_rounds + 1 per round; Skill-it: one per ``eval_every``) are
+timed separately with the eval set of ``--eval-seqs`` sequences per domain and
+reported as an amortised cost per round.
+
 ADO refits its power law every ``refit_every`` (1000) steps inside the step
 (``lax.cond``): ``ado`` is the ordinary step, ``ado[refit]`` a step that refits
 every time, and the ``ado amortised`` line adds (refit - ordinary) / 1000.
@@ -23,6 +33,7 @@ Targets (issue): <= 1.05x plain for GroupDRO, ODM, ADO, sample reweighting;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import time
@@ -38,7 +49,8 @@ from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 
-TARGETS = {"groupdro": 1.05, "odm": 1.05, "odm_smoothed": 1.05, "ado": 1.05,
+TARGETS = {"aioli": 1.05, "skillit": 1.05, "pcgrad": 1.25, "mgda": 1.25, "upgrad": 1.25,
+           "groupdro": 1.05, "odm": 1.05, "odm_smoothed": 1.05, "ado": 1.05,
            "ado amortised": 1.05, "quadratic reweight": 1.05, "doremi": 1.45, "tdro": 1.45}
 
 
@@ -55,7 +67,26 @@ def methods(refit_every: int):
         "ado[refit]": ("ado", {"start_step": 0, "ignore_steps": 0, "refit_every": 1,
                                "min_fit_points": 1}, None),
         "quadratic reweight": ("uniform", {}, "quadratic"),
+        "aioli": ("aioli", {"update_steps": 250, "lp_rounds": 1, "lp_steps": 5,
+                            "one_hot_factor": 0.5, "ema": 0.5, "normalize_A": True}, None),
+        "skillit": ("skillit", {"update_steps": 250}, None),
+        "gram[mean]": ("_bench_gram_mean", {}, None),
+        "pcgrad": ("pcgrad", {}, None),
+        "mgda": ("mgda", {}, None),
+        "upgrad": ("upgrad", {}, None),
     }
+
+
+@mixing.register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _GramMean(mixing.Mixer):
+    """Bench baseline: the vmap engine's Gram matrix with constant coefficients 1/K."""
+    name = "_bench_gram_mean"
+    requires = frozenset({"gram", "count"})
+    default_apply_to = "loss"
+
+    def gradient_coeffs(self, state, stats):
+        return jnp.full_like(stats["count"], 1.0 / stats["count"].shape[0])
 
 
 def build(args, name, spec, params, apply, k):
@@ -64,9 +95,13 @@ def build(args, name, spec, params, apply, k):
     tx, schedule = state_lib.make_optimizer(OptimConfig(), 10_000)
     needs_ref = bool(mixer.requires & step_lib.REF_KEYS)
     sw = sample_reweight.get(shape, burn_in=0) if shape else None
+    gs = None
+    if mixer.requires & step_lib.GRAD_KEYS:
+        from mixjax import grads
+        gs = grads.make_grad_stats(grads.GradConfig(strategy="vmap"), k)
     step = step_lib.make_train_step(apply=apply, mixer=mixer, tx=tx, num_domains=k, pad_id=256,
                                     lr_schedule=schedule, ref_apply=apply if needs_ref else None,
-                                    sample_weights=sw)
+                                    sample_weights=sw, grad_stats=gs)
     ref = jax.tree.map(jnp.copy, params) if needs_ref else None
     state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mixer, k, 0, ref)
     return step, state
@@ -84,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--refit-every", type=int, default=1000)
     p.add_argument("--only", default=None, help="comma-separated subset of methods")
+    p.add_argument("--eval-seqs", type=int, default=16, help="eval sequences per domain")
     args = p.parse_args(argv)
 
     k = args.domains
@@ -127,6 +163,32 @@ def main(argv=None) -> int:
         return out
 
     wall_r, cpu_r = ratios(wall), ratios(cpu)
+    amortised = {}
+    if "aioli" in runs or "skillit" in runs:
+        # one validation pass over K x eval_seqs sequences, in plain-step units
+        eval_fn = step_lib.make_eval_fn(apply, 256)
+        toks = jnp.asarray(rng.integers(0, 256, (k * args.eval_seqs, args.seq + 1)), jnp.int32)
+        jax.block_until_ready(eval_fn(params, toks))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(args.steps):
+            out = eval_fn(params, toks)
+        jax.block_until_ready(out)
+        ev_cpu = (time.process_time() - c0) / args.steps / statistics.median(cpu["plain"])
+        ev_wall = (time.perf_counter() - t0) / args.steps / statistics.median(wall["plain"])
+        print(f"one evaluation ({k} x {args.eval_seqs} seqs) = {ev_wall:.2f} plain steps wall, "
+              f"{ev_cpu:.2f} CPU")
+        for name, n_eval in (("aioli", k + 1), ("skillit", 1)):
+            if name in runs:
+                amortised[name] = n_eval * ev_cpu / 250
+                print(f"{name}: {n_eval} evaluations per 250-step round: +{amortised[name]:.3f} "
+                      f"plain steps per step (CPU); amortised CPU ratio "
+                      f"{cpu_r[name] + amortised[name]:.3f}")
+    if "gram[mean]" in runs:
+        for name in ("pcgrad", "mgda", "upgrad"):
+            if name in runs:
+                print(f"{name} / gram[mean] (the K x K solve alone): wall "
+                      f"{wall_r[name] / wall_r['gram[mean]']:.3f}, CPU "
+                      f"{cpu_r[name] / cpu_r['gram[mean]']:.3f}")
     print(f"device {jax.devices()[0].platform}, model d={args.d_model} L={args.layers}, "
           f"batch {args.batch}x{args.seq}, K={k}, {args.rounds} rounds x {args.steps} steps")
     print(f"plain: {1e3 * statistics.median(wall['plain']):.1f} ms/step wall, "

@@ -130,7 +130,8 @@ class NanAtStep(mixing.Mixer):
 def test_nonfinite_stats_raise_naming_domain_and_step(tmp_path):
     cfg = tiny_config(tmp_path / "nan", steps=5, eval_every=0, ckpt_every=0)
     cfg.mixing.name = "_test_nan_at_step"
-    with pytest.raises(mixing.NonFiniteStatsError, match=r"step 2: .*domain 'b'"):
+    # step 3 in the files' convention (completed steps): the third step (index 2) saw it
+    with pytest.raises(mixing.NonFiniteStatsError, match=r"step 3: .*domain 'b'"):
         loop.train(cfg, data=fake_data(cfg))
 
 

@@ -24,8 +24,11 @@ frozen dataclass whose fields are its hyperparameters::
 
 State convention: a dict holding at least ``weights`` (f32[K]),
 ``weight_sum`` (f32[K]) and ``num_weights`` (f32[]); ``average`` is
-``weight_sum / num_weights``. ``init`` counts the initial weights once, as the
-DoReMi reference does (its running mean starts with alpha_0).
+``weight_sum / num_weights`` (the current weights while nothing is counted).
+Whether the initial weights alpha_0 count in that mean is a per-mixer property,
+``average_includes_initial``, following each reference: True for DoReMi (its
+running mean starts with alpha_0), False for DoGE (its running sum and count
+start at 0, so the average is the mean of alpha_1..alpha_T).
 
 Non-finite statistics: :func:`guarded_update` runs ``update`` and, if the new
 weights are not finite (a NaN or inf in a present domain's statistics), keeps
@@ -84,6 +87,8 @@ class Mixer:
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset()
     default_apply_to: ClassVar[str] = "sampling"
+    # Whether ``average`` counts the initial weights alpha_0 (see the module docstring).
+    average_includes_initial: ClassVar[bool] = True
 
     # Overrides ``default_apply_to`` when set (the config's "upsample or upweight").
     apply_to_override: str | None = None
@@ -100,7 +105,8 @@ class Mixer:
 
     # -- protocol -----------------------------------------------------------
     def init(self, num_domains: int) -> State:
-        return init_state(jnp.full((num_domains,), 1.0 / num_domains, jnp.float32))
+        return init_state(jnp.full((num_domains,), 1.0 / num_domains, jnp.float32),
+                          count_initial=self.average_includes_initial)
 
     def update(self, state: State, stats: Mapping[str, Array], step: Array) -> State:
         del stats, step
@@ -110,16 +116,26 @@ class Mixer:
         return state["weights"]
 
     def average(self, state: State) -> Array:
-        return state["weight_sum"] / state["num_weights"]
+        return average_weights(state)
 
 
-def init_state(weights: Array, **extra: Any) -> State:
-    """The common state: current weights, their running sum and count."""
+def average_weights(state: State) -> Array:
+    """``weight_sum / num_weights``; the current weights while nothing is counted yet."""
+    n = state["num_weights"]
+    return jnp.where(n > 0, state["weight_sum"] / jnp.maximum(n, 1.0), state["weights"])
+
+
+def init_state(weights: Array, *, count_initial: bool = True, **extra: Any) -> State:
+    """The common state: current weights, their running sum and count.
+
+    ``count_initial``: whether ``weights`` (alpha_0) enter the running mean.
+    """
     weights = jnp.asarray(weights, jnp.float32)
     return {
         "weights": weights,
-        "weight_sum": jnp.array(weights),  # a copy: donation needs distinct buffers
-        "num_weights": jnp.ones((), jnp.float32),
+        # a copy: donation needs distinct buffers
+        "weight_sum": jnp.array(weights) if count_initial else jnp.zeros_like(weights),
+        "num_weights": jnp.full((), 1.0 if count_initial else 0.0, jnp.float32),
         "nonfinite_domain": -jnp.ones((), jnp.int32),
         **extra,
     }
@@ -250,11 +266,13 @@ def get(name: str, **hparams: Any) -> Mixer:
 
 def build(name: str, hparams: Mapping[str, Any], *, domains: tuple[str, ...],
           token_counts: tuple[float, ...] | None = None,
-          apply_to: str | None = None) -> Mixer:
-    """``get`` plus what the trainer knows: domain names and token counts.
+          apply_to: str | None = None, total_steps: int | None = None,
+          tokens_per_step: int | None = None) -> Mixer:
+    """``get`` plus what the trainer knows: domain names, token counts, the run's length.
 
-    ``domains`` / ``token_counts`` are passed only to mixers that declare those
-    fields (``manual``, ``natural``, ``temperature``, ...).
+    ``domains`` / ``token_counts`` / ``total_steps`` / ``tokens_per_step`` are
+    passed only to mixers that declare those fields (``manual``, ``natural``,
+    ``temperature``, the schedules, ...).
     """
     fields = set(hparam_names(name))
     extra: dict[str, Any] = {}
@@ -262,6 +280,9 @@ def build(name: str, hparams: Mapping[str, Any], *, domains: tuple[str, ...],
         extra["domains"] = tuple(domains)
     if "token_counts" in fields and "token_counts" not in hparams and token_counts is not None:
         extra["token_counts"] = tuple(float(c) for c in token_counts)
+    for key, value in (("total_steps", total_steps), ("tokens_per_step", tokens_per_step)):
+        if key in fields and key not in hparams and value is not None:
+            extra[key] = int(value)
     if apply_to is not None:
         extra["apply_to_override"] = apply_to
     return get(name, **dict(hparams), **extra)

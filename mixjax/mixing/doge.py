@@ -24,7 +24,10 @@ then the learning-rate-scaled, clipped score and a mirror-descent step::
 
 The model update uses the reweighted gradient ``sum_i alpha_i g_i`` with the
 *new* alpha (:meth:`DoGE.gradient_coeffs`, consumed by the train step through
-``mixjax.grads``). Output: the time-averaged alpha.
+``mixjax.grads``). Output: the time-averaged alpha, the mean of alpha_1..alpha_T
+(the reference's ``avg_dw`` running sum and its count start at 0 and add each
+updated alpha, so the initial alpha_0 is not in the mean:
+``average_includes_initial = False``).
 
 Defaults are the reference's argument defaults (mu 0.05, dw_max 5, dw_min 0,
 eps 0); its shipped universal config uses mu 0.01, ``max_grad_norm`` 5.
@@ -64,6 +67,7 @@ def clip_scale(norm: jax.Array, max_norm: float) -> jax.Array:
 class DoGE(Mixer):
     name = "doge"
     default_apply_to = "loss"   # sampling stays at the reference weights; alpha acts on gradients
+    average_includes_initial = False
 
     target: str = "universal"
     mu: float = 0.05

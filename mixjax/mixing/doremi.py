@@ -24,6 +24,12 @@ Defaults: ``eta`` = 1.0 (reference ``reweight_eta``), ``smoothing`` c = 1e-3
 (paper and the shipped Pile scripts; the argparse default ``reweight_eps`` is
 1e-4), alpha_0 = uniform.
 
+Initial alpha: the reference reads alpha_0 from its domain config
+(``train_domain_weights`` of ``configs/*.json``, normalised; ``doremi/train.py``).
+``initial_weights`` gives it here, either ``{domain: weight}`` (every training
+domain named) or a sequence in domain order; it is normalised to sum 1. The
+smoothing still mixes towards the uniform u, as the reference does.
+
 Initial score: the reference starts lambda at ln|V| (``train.py``), which
 matters only for domains absent from the first batches (they are upweighted
 until they appear). Set ``vocab_size`` to get that; with ``vocab_size=None``
@@ -39,11 +45,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mixjax.mixing.base import Mixer, init_state, record_weights, register
+from mixjax.mixing.base import Mixer, check_weight_vector, init_state, record_weights, register
 from mixjax.mixing.domain_stats import LOGIT_STEP_CAP, VALUE_CAP, domain_token_mean
 
 
@@ -57,6 +65,8 @@ class DoReMi(Mixer):
     eta: float = 1.0
     smoothing: float = 1e-3
     vocab_size: int | None = None
+    initial_weights: Mapping[str, float] | Sequence[float] | None = None
+    domains: tuple[str, ...] | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -66,9 +76,34 @@ class DoReMi(Mixer):
             raise ValueError(f"mixer 'doremi': smoothing must be in [0, 1], got {self.smoothing}")
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ValueError(f"mixer 'doremi': vocab_size must be >= 2, got {self.vocab_size}")
+        if self.initial_weights is not None and self.domains is not None:
+            self.initial_alpha(len(self.domains))   # a clear error before anything compiles
+
+    def initial_alpha(self, num_domains: int) -> np.ndarray:
+        """alpha_0 (f64[K], sums to 1): ``initial_weights`` normalised, else uniform."""
+        iw = self.initial_weights
+        if iw is None:
+            return np.full(num_domains, 1.0 / num_domains)
+        what = "mixer 'doremi': hyperparameter 'initial_weights'"
+        if isinstance(iw, Mapping):
+            if self.domains is None:
+                raise ValueError(f"{what}: a {{domain: weight}} mapping needs the domain names")
+            unknown = sorted(set(iw) - set(self.domains))
+            missing = [d for d in self.domains if d not in iw]
+            if unknown or missing:
+                raise ValueError(f"{what}: unknown domains {unknown}, missing domains {missing}; "
+                                 f"training domains: {list(self.domains)}")
+            raw = np.asarray([float(iw[d]) for d in self.domains], np.float64)
+        else:
+            raw = np.asarray([float(x) for x in iw], np.float64)
+        if raw.shape != (num_domains,) or not np.all(np.isfinite(raw)) or np.any(raw < 0) \
+                or raw.sum() <= 0:
+            raise ValueError(f"{what}: need {num_domains} finite weights >= 0, not all 0; "
+                             f"got {iw}")
+        return check_weight_vector(raw / raw.sum(), self.domains, what)
 
     def init(self, num_domains: int):
-        w = jnp.full((num_domains,), 1.0 / num_domains, jnp.float32)
+        w = jnp.asarray(self.initial_alpha(num_domains), jnp.float32)
         score0 = math.log(self.vocab_size) if self.vocab_size else 0.0
         return init_state(w, scores=jnp.full((num_domains,), score0, jnp.float32))
 

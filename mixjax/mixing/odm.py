@@ -8,7 +8,8 @@ Pre-Training" (arXiv 2312.02406); reference code
 
 ``odm`` (EXP3, the method of the paper's scripts). With K domains, pi the
 probabilities the batch was drawn with, L_i the batch's mean token loss of
-domain i and t the step::
+domain i and t the 1-based iteration (the reference's ``iteration``; step t
+trains on the t-th batch, so the train step's 0-based ``step`` is t - 1)::
 
     R_i   <- R_i + (L_i / 10) / q_i            for every domain i present in the batch
     eps_t  = min(1/K, sqrt(ln K / (K t)))
@@ -103,9 +104,11 @@ class _Bandit(Mixer):
     def update(self, state, stats, step):
         k = state["weights"].shape[0]
         present = stats["count"] > 0
-        active = (step > self.warmup_steps) & (step % self.update_every == 0)
+        # The reference's iteration counter is 1-based (the train step's is 0-based).
+        t = step + 1
+        active = (t > self.warmup_steps) & (t % self.update_every == 0)
         reward = self._accumulate(state, stats, present)
-        eps = exploration_rate(k, step)
+        eps = exploration_rate(k, t)
         w = (1.0 - k * eps) * self._mix(reward, state["eps"], k) + eps
         w = w / jnp.sum(w)
         return record_weights(

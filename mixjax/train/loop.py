@@ -6,7 +6,8 @@ Order of work in iteration t (batch t, producing weights w_t)::
     p_t   = sampler.weights_for(t);  batch_t = next(sampler)
     state, m_t = train_step(state, batch_t)          # async dispatch
     flush metrics of steps <= t - 1       (metrics reach the host one step late)
-    every eval_every:  flush all; evaluate; state.eval_loss <- per-domain val loss
+    every eval_every, and after the steps where mixer.wants_eval(done) is true:
+                       flush all; evaluate; state.eval_loss <- per-domain val loss
     every ckpt_every, at the end, or on SIGTERM/SIGINT: flush all; save
 
 "Flushing" step s fetches m_s, raises NonFiniteStatsError if the mixer saw a
@@ -242,7 +243,8 @@ class Trainer:
         try:   # the mixer's own checks (names, hyperparameters, weights) before any compile
             self.mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=self.domains,
                                       token_counts=self.data.token_counts,
-                                      apply_to=cfg.mixing.apply_to)
+                                      apply_to=cfg.mixing.apply_to, total_steps=cfg.train.steps,
+                                      tokens_per_step=cfg.data.batch_size * cfg.data.seq_len)
             self.mixer.init(k)
         except (ValueError, TypeError, KeyError) as e:
             msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
@@ -498,7 +500,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
             bad = int(m["nonfinite_domain"])
             if bad >= 0:
                 raise mixing.NonFiniteStatsError(
-                    f"step {s}: non-finite statistics for domain {domains[bad]!r} (mixer "
+                    f"step {s + 1}: non-finite statistics for domain {domains[bad]!r} (mixer "
                     f"{mixer.name!r}); the weights were not updated. Check the data of "
                     f"{domains[bad]!r} and the learning rate")
             _check_finite_step(s, m, domains, checkpointer.latest_step())
@@ -563,6 +565,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     final_eval = None
     stopped = None
     lag = getattr(sampler, "lag", cfg.data.lag)
+    mixer_eval = getattr(mixer, "wants_eval", None)   # done-steps -> bool, or None
     try:
         with _StopOnSignal() as stop:
             t = start
@@ -592,6 +595,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                 if on_step is not None:
                     on_step(done)
                 on_grid = bool(t_cfg.eval_every) and done % t_cfg.eval_every == 0
+                # A mixer may ask for validation losses at its own steps (Aioli's probes,
+                # Skill-it's rounds): eval_loss is state, so nothing recompiles.
+                on_grid = on_grid or (mixer_eval is not None and bool(mixer_eval(done)))
                 if on_grid or done == t_cfg.steps:
                     flush(t)
                     ev = trainer.evaluate(state["params"])
