@@ -8,6 +8,7 @@ Each command group lives in the module that owns it and exposes
     mixjax data {build,info} ...                mixjax.data.cli
     mixjax mix {doremi,doge} CONFIG ...         mixjax.workflows
     mixjax dg {sweep,table} ...                 mixjax.dg.cli
+    mixjax search {regmix,law} CONFIG ...       mixjax.search.pipeline
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COMMANDS = {
     "data": ("mixjax.data.cli", "build or describe corpora"),
     "mix": ("mixjax.workflows", "multi-run mixture searches (DoReMi, DoGE)"),
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
+    "search": ("mixjax.search.pipeline", "offline mixture search: proxy swarm -> fit -> search"),
 }
 
 

@@ -204,7 +204,7 @@ def make_design(name: str, num: int, domains: Sequence[str], *, prior: Sequence[
     if num < 1:
         raise DesignError(f"the number of proxies must be >= 1, got {num}")
     if name == "regmix":
-        return regmix(num, prior, constraints=constraints, **kwargs)
+        return regmix(num, prior, seed=seed, constraints=constraints, **kwargs)
     if name == "dirichlet":
         return dirichlet(num, k, seed=seed, constraints=constraints, **kwargs)
     if name == "lhs":
