@@ -120,9 +120,14 @@ def check_settings(s: dict, method: str, k: int) -> None:
     if method == "regmix" and s["proxies"] < max(s["folds"], 4) * 2:
         raise SearchError(f"RegMix needs at least {max(s['folds'], 4) * 2} proxies for its "
                           f"{s['folds']}-fold held-out check, got {s['proxies']}")
-    if method == "law" and s["proxies"] < k + 2:
-        raise SearchError(f"the mixing law has {k + 1} identifiable parameters per target for "
-                          f"{k} domains: it needs at least {k + 2} proxies, got {s['proxies']}")
+    if method == "law":
+        # every training fold of the held-out check must determine the law too
+        f = max(int(s["folds"]), 2)
+        need = next(p for p in range(k + 2, 100 * (k + 2)) if p - -(-p // f) >= k + 2)
+        if s["proxies"] < need:
+            raise SearchError(f"the mixing law has {k + 1} identifiable parameters per target "
+                              f"for {k} domains: with its {f}-fold held-out check it needs at "
+                              f"least {need} proxies, got {s['proxies']}")
     for b in s["baselines"]:
         if b not in ("uniform", "natural"):
             raise SearchError(f"search setting 'baselines': unknown {b!r} (uniform, natural)")
