@@ -210,3 +210,20 @@ def test_scaling_law_needs_enough_runs():
     with pytest.raises(regmix.FitError, match="needs at least 12"):
         laws.fit_scaling_law("additive", np.ones(5), np.ones(5), np.ones((5, 3)) / 3,
                              np.ones(5))
+
+
+def test_step_law_nesting_extrapolates_each_proxy_history():
+    from mixjax.search import pipeline, swarm
+    steps = [50, 100, 150, 200, 250]
+    truth = {(p, j): np.array([np.log(1.5 + 0.1 * p), np.log(20.0 + j), 0.5])
+             for p in range(2) for j in range(2)}
+    table = np.array([[[laws.power_predict(truth[p, j], s) for j in range(2)] for p in range(2)]
+                      for s in steps])
+    res = swarm.SwarmResult(losses=table[-1], eval_domains=("a", "b"),
+                            alive=np.array([True, True]), died_at=np.array([-1, -1]),
+                            steps=250, seconds=0.0,
+                            history=[(s, table[i]) for i, s in enumerate(steps[:-1])])
+    got = pipeline.extrapolate_losses(res, res.alive, 5000.0, restarts=8)
+    want = np.array([[laws.power_predict(truth[p, j], 5000.0) for j in range(2)]
+                     for p in range(2)])
+    np.testing.assert_allclose(got, want, rtol=1e-4)

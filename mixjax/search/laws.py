@@ -60,7 +60,7 @@ class LawFit:
 
 
 def _fit(residual_fn, init_fn, n_params: int, *, restarts: int, seed: int, delta: float,
-         what: str, max_nfev: int = 2000) -> tuple[np.ndarray, float, float, bool]:
+         what: str, max_nfev: int = 2000, tol: float = 1e-8) -> tuple[np.ndarray, float, float, bool]:
     rng = np.random.default_rng(seed)
     best = None
     for _ in range(restarts):
@@ -68,7 +68,8 @@ def _fit(residual_fn, init_fn, n_params: int, *, restarts: int, seed: int, delta
         try:
             with np.errstate(all="ignore"):   # a bad init may overflow; it then loses
                 r = least_squares(residual_fn, x0, loss="huber", f_scale=delta,
-                                  max_nfev=max_nfev, x_scale="jac")
+                                  max_nfev=max_nfev, x_scale="jac", ftol=tol, xtol=tol,
+                                  gtol=tol)
         except (ValueError, FloatingPointError):
             continue
         if not np.all(np.isfinite(r.x)) or not np.isfinite(r.cost):
@@ -151,8 +152,9 @@ def fit_power(x: np.ndarray, y: np.ndarray, *, restarts: int = 32, seed: int = 0
         return np.array([np.log(max(float(y.min()) * rng.uniform(0.3, 0.95), 1e-6)),
                          rng.uniform(lx.min() - 2, lx.max() + 2), rng.uniform(0.2, 1.0)])
 
+    # three parameters: tight tolerances are cheap and extrapolation needs them
     p, cost, rms, ok = _fit(lambda q: power_predict(q, x) - y, init, 3, restarts=restarts,
-                            seed=seed, delta=delta, what="step/size law")
+                            seed=seed, delta=delta, what="step/size law", tol=1e-12)
     return LawFit(p, cost, rms, ok, lambda q, p=p: power_predict(p, q))
 
 

@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     "max_weight": {},
     "max_epochs": None,            # at most E epochs of each domain in the target run
     "law_restarts": 16,
+    "extrapolate_step": None,      # law: fit each proxy's step law on its eval history
+                                   # (train.eval_every) and fit the mixture law to the
+                                   # losses it predicts at this step (Ye et al.'s nesting)
     "baselines": ["uniform", "natural"],
 }
 METHODS = ("regmix", "law")
@@ -160,6 +163,12 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
     domains = tuple(data.domains)
     k = len(domains)
     check_settings(settings, method, k)
+    if settings["extrapolate_step"] is not None:
+        every, steps = proxy_cfg.train.eval_every, proxy_cfg.train.steps
+        if method != "law" or not every or steps // every < 4:
+            raise SearchError("search setting 'extrapolate_step' (law only) needs >= 4 proxy "
+                              f"evaluations: the proxy config has train.steps={steps}, "
+                              f"train.eval_every={every}")
     eval_domains = domains + tuple(getattr(data, "heldout_domains", ()))
     # the target is checked now (a dummy loss table), not after the swarm
     regmix.target_values(np.zeros((1, len(eval_domains))), eval_domains, domains,
@@ -220,7 +229,12 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
         log(f"swarm: dropping {int((~alive).sum())} diverged proxies from the fit: "
             f"{np.flatnonzero(~alive).tolist()}")
     x = mixtures[alive]
-    y = regmix.target_values(res.losses[alive], res.eval_domains, domains, settings["target"])
+    losses = res.losses[alive]
+    if settings["extrapolate_step"] is not None:
+        losses = extrapolate_losses(res, alive, float(settings["extrapolate_step"]),
+                                    settings["law_restarts"])
+        log(f"step laws: per-proxy losses extrapolated to step {settings['extrapolate_step']}")
+    y = regmix.target_values(losses, res.eval_domains, domains, settings["target"])
 
     # 3-4. fit and search
     fit_path = out / "fit.json"
@@ -234,7 +248,7 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
                              constraints=cons, params=settings["lgbm_params"])
         else:
             pi = regmix.target_weights(res.eval_domains, domains, settings["target"])
-            fit = laws.run_mixture_law(x, res.losses[alive], pi, cons,
+            fit = laws.run_mixture_law(x, losses, pi, cons,
                                        restarts=settings["law_restarts"],
                                        boot=min(settings["bootstrap"], 16),
                                        folds=settings["folds"])
@@ -271,6 +285,23 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
     (out / "results.md").write_text(text)
     summary["table"] = text
     return summary
+
+
+def extrapolate_losses(res, alive: np.ndarray, step: float, restarts: int) -> np.ndarray:
+    """float[P_alive, K'] losses at ``step`` from a step law L(s) = e^c + (k/s)^alpha
+    fitted to each proxy's and domain's eval history (``laws.fit_power``)."""
+    from mixjax.search import laws
+    steps = np.array([s for s, _ in res.history] + [res.steps], np.float64)
+    table = np.stack([np.asarray(v) for _, v in res.history] + [res.losses])  # [T, P, K']
+    if len(steps) < 4:
+        raise SearchError(f"extrapolate_step needs >= 4 evaluations per proxy (set "
+                          f"train.eval_every in the proxy config); the swarm has {len(steps)}")
+    out = np.zeros((int(alive.sum()), table.shape[2]))
+    for row, p in enumerate(np.flatnonzero(alive)):
+        for j in range(table.shape[2]):
+            fit = laws.fit_power(steps, table[:, p, j], restarts=max(restarts, 8), seed=p)
+            out[row, j] = fit.predict(np.array([step]))[0]
+    return out
 
 
 def _cfg_dict(cfg) -> dict:

@@ -379,19 +379,27 @@ def estimate_memory(model_cfg, params_per_proxy: int, num_proxies: int, batch: i
                     seq_len: int, strategy: str, route: str) -> dict:
     """A config-only estimate of the swarm step's device memory (bytes, fp32).
 
-    state:  P x params x 4 B x 4 (params, Adam mu and nu, the donated output copy is
-            aliased so not counted twice; + 1 for the gradient)
-    acts:   per proxy, per token: the logits and their gradient (2 V), and per layer
-            about 16 d + 3 d_ff values kept for the backward pass; times the proxies
-            alive at once (P for vmap, 1 for map)
-    batch:  tokens (P or 1 copies)
+    state:  vmap: P x params x 4 B x 4 (params, Adam mu and nu, gradient; the donated
+            state is updated in place); map: P x params x 4 B x 6 (the loop's stacked
+            output is a second copy of params, mu, nu) + one proxy's gradient
+    acts:   per proxy, per token, the values kept for the backward pass: 3 V (logits,
+            softmax, their gradient) + per layer 20 d + 6 d_ff (SwiGLU; 4 d_ff for GELU);
+            times the proxies alive at once (P for vmap, 1 for map)
+    batch:  tokens (P copies for upsample, 1 for upweight)
+
+    The per-token constants were read off XLA's compiled memory analysis of the tiny
+    proxies (benchmarks/bench_swarm.py prints both side by side for every P and strategy).
     """
     b4 = 4
     d, layers, v = model_cfg.d_model, model_cfg.num_layers, model_cfg.vocab_size
-    d_ff = model_cfg.d_ff or 4 * d
+    d_ff = getattr(model_cfg, "ff_dim", None) or model_cfg.d_ff or 4 * d
+    ff_values = 6 if getattr(model_cfg, "mlp", "swiglu") == "swiglu" else 4
     tokens = batch * seq_len
-    state = num_proxies * params_per_proxy * b4 * 4
-    per_proxy_acts = tokens * b4 * (2 * v + layers * (16 * d + 3 * d_ff))
+    if strategy == "vmap":
+        state = num_proxies * params_per_proxy * b4 * 4
+    else:
+        state = num_proxies * params_per_proxy * b4 * 6 + params_per_proxy * b4
+    per_proxy_acts = tokens * b4 * (3 * v + layers * (20 * d + ff_values * d_ff))
     live = num_proxies if strategy == "vmap" else 1
     acts = live * per_proxy_acts
     data = (num_proxies if route == "upsample" else 1) * batch * (seq_len + 1) * 4
