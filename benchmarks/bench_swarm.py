@@ -62,6 +62,10 @@ def bench_step(cfg, data, p: int, strategy: str, route: str, steps: int) -> dict
     batches = sw.make_batches()
     est = sw.memory_estimate()["total"]
     xla = xla_bytes(sw, state, sw.device_batch(next(batches)))
+    if steps == 0:   # memory only
+        return {"P": p, "strategy": strategy, "proxy_steps_per_s": float("nan"),
+                "compile_s": float("nan"), "est_MiB": est / 2**20, "xla_MiB": xla / 2**20,
+                "est_over_xla": est / max(xla, 1)}
     step = sw.train_step()
     t = time.perf_counter()
     state, m = step(state, sw.device_batch(next(batches)))
@@ -96,7 +100,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs/search_tiny_regmix.py"))
     ap.add_argument("--proxies", default="1,8,32")
     ap.add_argument("--strategies", default="vmap,map")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps (0: memory only)")
     ap.add_argument("--separate", type=int, default=4)
     ap.add_argument("--skip-separate", action="store_true")
     args = ap.parse_args()

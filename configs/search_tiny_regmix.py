@@ -37,6 +37,9 @@ def get_search():
         "strategy": "auto",
         "target": "average",
         "regressor": "auto",
+        # 32 proxies: LightGBM's default min_data_in_leaf (20) allows no split at all
+        # (a flat model, see docs/search.md); RegMix fitted 512 proxies
+        "lgbm_params": {"min_data_in_leaf": 3},
         "proxy_overrides": ["model.d_model=64", "model.num_layers=2", "model.num_heads=4",
                             "data.seq_len=64", "train.steps=150", "train.eval_every=0",
                             "train.ckpt_every=50", "train.log_every=10"],

@@ -227,3 +227,15 @@ def test_step_law_nesting_extrapolates_each_proxy_history():
     want = np.array([[laws.power_predict(truth[p, j], 5000.0) for j in range(2)]
                      for p in range(2)])
     np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_regmix_warns_when_the_regressor_is_flat():
+    # 16 proxies: LightGBM's default min_data_in_leaf (20) allows no split -> constant model
+    x = designs.dirichlet(16, 4, seed=4)
+    y, _ = synthetic_losses(x)
+    out = regmix.run(x, y, prior=[0.25] * 4, regressor="lightgbm", num_samples=2000, boot=0,
+                     folds=2)
+    assert out["ties_beyond_top_k"] > 0 and "flat" in out["warning"]
+    out = regmix.run(x, y, prior=[0.25] * 4, regressor="linear", num_samples=2000, boot=0,
+                     folds=2)
+    assert out["ties_beyond_top_k"] == 0 and "warning" not in out

@@ -269,6 +269,8 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
         wrec["weights_std"] = dict(zip(domains, fit["bootstrap"]["weights_std"]))
     _write_json(out / "weights.json", wrec)
     log("found mixture: " + ", ".join(f"{d} {w:.3f}" for d, w in weights_by_domain.items()))
+    if fit.get("warning"):
+        log(f"warning: {fit['warning']}")
 
     # 5. target models
     evals: dict[str, list[dict]] = {}
@@ -316,8 +318,12 @@ def _train_target(cfg, run_dir: pathlib.Path, seed: int, mixture, log, name) -> 
     from mixjax.train import loop
     marker = run_dir / "result.json"
     if marker.exists():
+        done = json.loads(marker.read_text())
+        if done["mixture"] != mixture:
+            raise SearchError(f"{run_dir} was trained on another mixture ({done['mixture']}); "
+                              "remove it or pick another --out")
         log(f"target {name} seed {seed}: reusing {run_dir}")
-        return json.loads(marker.read_text())["eval"]
+        return done["eval"]
     c = config_lib.from_dict(config_lib.to_dict(cfg))
     c.name, c.train.run_dir, c.train.seed, c.data.seed = f"{cfg.name}_{name}", str(run_dir), \
         seed, seed
@@ -355,6 +361,8 @@ def results_markdown(summary: dict, settings: dict) -> str:
                      f"MAE {fit['cv']['mae']:.4f}; train residual RMS "
                      f"{fit['residual_rms']:.4g}; converged: {fit['converged']}")
     lines.append("")
+    if fit.get("warning"):
+        lines += [f"**Warning:** {fit['warning']}", ""]
     pred = f"{fit['predicted']:.4f}"
     if "bootstrap" in fit:
         lo, hi = fit["bootstrap"]["pred_found_interval90"]

@@ -175,12 +175,22 @@ def candidates(prior: Sequence[float], *, num_samples: int = 100_000, seed: int 
 
 def search(reg: Regressor, cands: np.ndarray, *, top_k: int = 128) -> tuple[np.ndarray, float]:
     """Mean of the ``top_k`` candidates with the lowest prediction; (weights, prediction)."""
+    w, pred, _ = search_with_ties(reg, cands, top_k=top_k)
+    return w, pred
+
+
+def search_with_ties(reg: Regressor, cands: np.ndarray, *, top_k: int = 128):
+    """:func:`search` plus the number of candidates tied with the k-th lowest prediction
+    beyond the top k: a regressor that is flat near its minimum (e.g. LightGBM that could
+    make no split) then picks the top k by candidate order, not by prediction."""
     pred = reg.predict(cands)
     k = min(top_k, len(cands))
-    best = np.argsort(pred, kind="stable")[:k]
+    order = np.argsort(pred, kind="stable")
+    best = order[:k]
+    ties = int(np.sum(pred[order[k:]] <= pred[best[-1]]))
     w = cands[best].mean(axis=0)
     w = w / w.sum()
-    return w, float(reg.predict(w[None])[0])
+    return w, float(reg.predict(w[None])[0]), ties
 
 
 def bootstrap(x: np.ndarray, y: np.ndarray, kind: str, cands: np.ndarray, found: np.ndarray, *,
@@ -220,12 +230,18 @@ def run(x: np.ndarray, y: np.ndarray, prior: Sequence[float], *, regressor: str 
         chosen = regressor
     reg = fit(x, y, chosen, cv=cvs[chosen], params=params)
     cands = candidates(prior, num_samples=num_samples, constraints=constraints)
-    w, pred = search(reg, cands, top_k=top_k)
+    w, pred, ties = search_with_ties(reg, cands, top_k=top_k)
     if not np.all(np.isfinite(w)):
         raise FitError("the search returned non-finite weights")
     out = {"regressor": chosen, "weights": w, "predicted": pred, "num_candidates": len(cands),
+           "ties_beyond_top_k": ties,
            "cv": {k: {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv)
                       for kk, vv in v.items()} for k, v in cvs.items()}}
+    if ties:
+        out["warning"] = (f"the {chosen} regressor is flat at its minimum: {ties} more "
+                          f"candidates tie with the top {top_k}, so the found mixture is the "
+                          "mean of candidates taken in sampling order (for LightGBM on few "
+                          "proxies: lower lgbm_params.min_data_in_leaf, default 20)")
     if boot:
         out["bootstrap"] = bootstrap(x, y, chosen, cands, w, num=boot, top_k=top_k, seed=seed,
                                      cv=cvs[chosen], params=params)
