@@ -11,6 +11,7 @@ Each command group lives in the module that owns it and exposes
     mixjax compare CONFIG... --seeds N          mixjax.compare.cli
     mixjax export RUN_DIR --format hf|safetensors   mixjax.models.hf_io
     mixjax --version                            (also: python -m mixjax)
+    mixjax search {regmix,law} CONFIG ...       mixjax.search.pipeline
 
 Every command that writes a directory takes it as ``--out DIR`` (older
 spellings stay as aliases: ``dg sweep --run-dir``).
@@ -37,6 +38,7 @@ COMMANDS = {
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
     "compare": ("mixjax.compare.cli", "several methods x seeds on one budget: table with intervals"),
     "export": ("mixjax.models.hf_io", "write a run's parameters as safetensors or an HF Llama dir"),
+    "search": ("mixjax.search.pipeline", "offline mixture search: proxy swarm -> fit -> search"),
 }
 
 

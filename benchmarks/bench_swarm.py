@@ -1,0 +1,141 @@
+"""Proxy swarm throughput (vmap vs lax.map), memory estimate vs XLA, swarm vs separate runs.
+
+    python benchmarks/bench_swarm.py [--proxies 1,8,32] [--steps 10] [--separate 4]
+                                     [--config configs/search_tiny_regmix.py] [--skip-separate]
+
+1. Step throughput: proxies x steps / s of the compiled swarm step (compile excluded, the
+   data pipeline included: the route's host batches are drawn every step), for each P and
+   each strategy (vmap, map), with the search config's proxy model and route.
+2. Memory: the swarm's config-only estimate (``Swarm.memory_estimate``) next to XLA's
+   compiled memory analysis (arguments + outputs - aliased + temporaries) of the same step;
+   ratio estimate / XLA.
+3. Swarm vs separate processes: wall time of ``--separate`` separate ``mixjax train``
+   processes (the same proxy config, each its own mixture, run one after another as a
+   sweep would on this machine) against a swarm of the same proxies and steps, both timed
+   end to end here (process start, data, compile, train, eval). The per-proxy cost of the
+   separate runs is then multiplied by 32 for the 32-proxy comparison (printed as such).
+
+On a GPU the same script runs P up to 512 (``--proxies 1,8,32,128,512``).
+Every number printed comes from this run; note the machine's load (printed) when
+comparing runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixjax.search import designs, pipeline, swarm as S  # noqa: E402
+from mixjax.train.data import build_data  # noqa: E402
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def xla_bytes(sw: S.Swarm, state, batch) -> int:
+    compiled = jax.jit(sw.swarm_step_fn(), donate_argnums=(0,)).lower(state, batch).compile()
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+               + m.temp_size_in_bytes)
+
+
+def bench_step(cfg, data, p: int, strategy: str, route: str, steps: int) -> dict:
+    mix = designs.dirichlet(p, len(data.domains), seed=0)
+    sw = S.Swarm(cfg, mix, route=route, strategy=strategy, data=data)
+    state = sw.init_state()
+    batches = sw.make_batches()
+    est = sw.memory_estimate()["total"]
+    xla = xla_bytes(sw, state, sw.device_batch(next(batches)))
+    if steps == 0:   # memory only
+        return {"P": p, "strategy": strategy, "proxy_steps_per_s": float("nan"),
+                "compile_s": float("nan"), "est_MiB": est / 2**20, "xla_MiB": xla / 2**20,
+                "est_over_xla": est / max(xla, 1)}
+    step = sw.train_step()
+    t = time.perf_counter()
+    state, m = step(state, sw.device_batch(next(batches)))
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, sw.device_batch(next(batches)))
+    jax.block_until_ready(m)
+    dt = time.perf_counter() - t
+    return {"P": p, "strategy": strategy, "proxy_steps_per_s": p * steps / dt,
+            "compile_s": compile_s, "est_MiB": est / 2**20, "xla_MiB": xla / 2**20,
+            "est_over_xla": est / max(xla, 1)}
+
+
+def separate_runs(config: str, proxy_overrides, mixtures, domains, steps: int, work) -> float:
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for i, h in enumerate(mixtures):
+        w = {d: float(x) for d, x in zip(domains, h)}
+        cmd = [sys.executable, "-c", "import sys; from mixjax.cli import main; sys.exit(main())",
+               "train", config, *sum((["--set", o] for o in proxy_overrides), []),
+               "--set", f"train.steps={steps}", "--set", "train.progress=False",
+               "--set", f"train.run_dir={work}/sep{i}", "--set", "mixing.name=manual",
+               "--set", f"mixing.hparams={json.dumps({'weights_by_domain': w})}"]
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs/search_tiny_regmix.py"))
+    ap.add_argument("--proxies", default="1,8,32")
+    ap.add_argument("--strategies", default="vmap,map")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps (0: memory only)")
+    ap.add_argument("--separate", type=int, default=4)
+    ap.add_argument("--skip-separate", action="store_true")
+    args = ap.parse_args()
+    target, proxy, settings = pipeline.load_search_config(args.config)
+    proxy.train.progress = False
+    data = build_data(proxy)
+    print(f"backend {jax.default_backend()}, devices {len(jax.devices())}, load {loadavg()}; "
+          f"proxy d_model {proxy.model.d_model} x {proxy.model.num_layers} layers, batch "
+          f"{proxy.data.batch_size} x {proxy.data.seq_len}, route {settings['route']}")
+    print(f"{'P':>4} {'strategy':>8} {'proxy*steps/s':>14} {'compile s':>10} "
+          f"{'est MiB':>8} {'XLA MiB':>8} {'est/XLA':>8}")
+    for p in (int(x) for x in args.proxies.split(",")):
+        for strategy in args.strategies.split(","):
+            r = bench_step(proxy, data, p, strategy, settings["route"], args.steps)
+            print(f"{r['P']:>4} {r['strategy']:>8} {r['proxy_steps_per_s']:>14.2f} "
+                  f"{r['compile_s']:>10.1f} {r['est_MiB']:>8.1f} {r['xla_MiB']:>8.1f} "
+                  f"{r['est_over_xla']:>8.2f}", flush=True)
+    print(f"load {loadavg()}")
+    if args.skip_separate:
+        return
+    n, steps = args.separate, proxy.train.steps
+    mix = designs.dirichlet(n, len(data.domains), seed=1)
+    with tempfile.TemporaryDirectory() as work:
+        sep = separate_runs(args.config, settings["proxy_overrides"], mix, data.domains, steps,
+                            work)
+        t = time.perf_counter()
+        sw = S.Swarm(proxy, mix, route=settings["route"], strategy=settings["strategy"],
+                     data=build_data(proxy))
+        S.train_swarm(sw, pathlib.Path(work) / "swarm")
+        swarm_s = time.perf_counter() - t
+    print(f"{n} proxies x {steps} steps: separate `mixjax train` processes {sep:.1f} s, "
+          f"swarm {swarm_s:.1f} s (data + compile + train + eval), ratio {sep / swarm_s:.2f}x; "
+          f"load {loadavg()}")
+    print(f"32 proxies, separate runs extrapolated from the {n} above: {32 * sep / n:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,562 @@
+"""A swarm of P proxy models with identical shapes, trained together in one compiled step.
+
+Every proxy p has a mixture h_p (float[K]) and a seed. Its train state is the
+ordinary train-step state of :mod:`mixjax.train.step` (params, AdamW state, a
+static ``uniform`` mixer whose weights are set to h_p, step, rng); the swarm
+stacks the P states on a leading axis and runs the *unchanged* step
+(``make_train_step(..., jit=False)``) for every proxy inside one ``jax.jit``:
+
+* ``vmap``: ``jax.vmap(step)`` over the proxy axis (one batched program);
+* ``map``:  ``jax.lax.map(step)`` over the proxy axis (a loop inside the program:
+  one proxy's activations live at a time).
+
+Which is faster depends on the backend and on the proxy size; ``strategy="auto"``
+takes the measured default of :data:`FASTER_ON` (benchmarks/bench_swarm.py
+measures both; docs/search.md gives the figures).
+
+Two data routes ("upsample or upweight", Li et al. 2025, arXiv 2410.04579):
+
+* ``upweight``: every proxy sees the same stratified batch drawn with the
+  uniform mixture (one data pipeline). The step runs with ``apply_to="loss"``
+  and ``sampling_weights = c / B`` (c = the batch's rows per domain), so its
+  token weight for domain d is ``r_d = h_p[d] / (c_d / B)`` and its
+  self-normalised objective is exactly ``sum_d h_p[d] loss_d`` when every row
+  has the same number of loss tokens (packed sequences do).
+* ``upsample``: proxy p gets its own batch of B rows whose domains are drawn with
+  h_p (``stratified``: exact largest-remainder counts; ``multinomial``: i.i.d.)
+  by one :class:`~mixjax.data.composer.BatchComposer` per proxy; the rows are
+  read from one shared set of per-domain pipelines (one
+  :class:`~mixjax.data.DomainSampler`'s iterators), so tokens are [P, B, S+1].
+  The step runs with ``apply_to="sampling"`` (r_d = 1).
+
+Both have the same expected gradient; under SGD the upsampled gradient has the
+lower variance for the domains a proxy weights highly, while upweighting spends
+the batch on domains that a proxy weights at 0 and reuses one pipeline (cheap
+host side); upweighting a domain by a large h/share also amplifies its noise.
+
+Per-proxy NaN isolation: a proxy whose loss or gradient norm is non-finite keeps
+its previous state and is marked dead (``alive[p] = False``, ``died_at[p] =
+step``); it never takes another update and is dropped from the fit. The
+swarm never raises for it.
+
+Sharding: the proxy axis can be split over a ``models`` mesh axis
+(:func:`models_mesh`): every stacked leaf (and the upsample batch) is sharded
+on axis 0, the upweight batch is replicated. Each device then runs P / M
+proxies; there is no communication between proxies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+import zlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mixjax import mixing
+from mixjax.config import Config, ConfigError
+from mixjax.train import state as state_lib
+from mixjax.train import step as step_lib
+
+ROUTES = ("upsample", "upweight")
+STRATEGIES = ("vmap", "map", "auto")
+# Measured default per backend (benchmarks/bench_swarm.py; docs/search.md).
+FASTER_ON = {"cpu": "map", "gpu": "vmap", "tpu": "vmap"}
+
+
+class SwarmError(ValueError):
+    """A swarm that cannot be built as asked (bad mixture, route, memory, mesh)."""
+
+
+def resolve_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise SwarmError(f"swarm strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "auto":
+        return FASTER_ON.get(jax.default_backend(), "vmap")
+    return strategy
+
+
+def models_mesh(num_devices: int, devices=None) -> jax.sharding.Mesh:
+    """A 1-axis mesh ``("models",)`` over the first ``num_devices`` devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    if num_devices > len(devices):
+        raise SwarmError(f"models={num_devices} needs {num_devices} devices; "
+                         f"{len(devices)} available")
+    return jax.sharding.Mesh(np.array(devices[:num_devices]), ("models",))
+
+
+def proxy_seed(seed: int, p: int) -> int:
+    """The seed of proxy p (model init and composition RNG)."""
+    return zlib.crc32(f"{int(seed)}/proxy/{int(p)}".encode()) & 0x7FFFFFFF
+
+
+# ---------------------------------------------------------------------------- data
+class UpweightBatches:
+    """One stratified uniform batch per step, shared by every proxy."""
+
+    route = "upweight"
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        b = next(self.sampler)
+        counts = np.asarray(b["domain_counts"], np.float64)
+        return {"tokens": np.asarray(b["tokens"], np.int32),
+                "domain_id": np.asarray(b["domain_id"], np.int32),
+                "sampling_weights": (counts / counts.sum()).astype(np.float32)}
+
+    def get_state(self) -> dict:
+        return {"sampler": self.sampler.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.sampler.set_state(state["sampler"])
+
+
+class UpsampleBatches:
+    """Per-proxy batches [P, B, S+1]: one composer per proxy, shared domain pipelines."""
+
+    route = "upsample"
+
+    def __init__(self, sampler, mixtures: np.ndarray, *, mode: str, seed: int):
+        from mixjax.data.composer import BatchComposer
+        self.sampler = sampler          # its per-domain iterators supply every proxy's rows
+        self.mixtures = np.asarray(mixtures, np.float64)
+        self.composers = [BatchComposer(sampler.domains, batch_size=sampler.batch_size,
+                                        weights=h, mode=mode, seed=proxy_seed(seed, p))
+                          for p, h in enumerate(self.mixtures)]
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        n, b, s = len(self.composers), self.sampler.batch_size, self.sampler.seq_len + 1
+        tokens = np.empty((n, b, s), np.int32)
+        ids = np.empty((n, b), np.int32)
+        counts = np.empty((n, len(self.sampler.domains)), np.int32)
+        with self.sampler._lock:
+            for p, comp in enumerate(self.composers):
+                ids[p], counts[p] = comp.next_ids()
+                for row, d in enumerate(ids[p]):
+                    tokens[p, row] = next(self.sampler._iterator(int(d)))
+        return {"tokens": tokens, "domain_id": ids, "domain_counts": counts,
+                "sampling_weights": self.mixtures.astype(np.float32)}
+
+    def get_state(self) -> dict:
+        return {"sampler": self.sampler.get_state(),
+                "composers": [c.get_state() for c in self.composers]}
+
+    def set_state(self, state: dict) -> None:
+        self.sampler.set_state(state["sampler"])
+        for c, s in zip(self.composers, state["composers"]):
+            c.set_state(s)
+
+
+# --------------------------------------------------------------------------- swarm
+@dataclasses.dataclass
+class SwarmResult:
+    losses: np.ndarray          # float64[P, K'] final per-domain eval loss (K' incl. held out)
+    eval_domains: tuple[str, ...]
+    alive: np.ndarray           # bool[P]
+    died_at: np.ndarray         # int[P] (-1: alive)
+    steps: int
+    seconds: float
+    history: list               # [(step, float[P, K'])] evaluations on the eval_every grid
+
+
+class Swarm:
+    """P proxies of the LM ``cfg`` describes, one per row of ``mixtures``.
+
+    Args:
+      cfg: the proxy config (model, optimiser, steps, data, eval); its mixer is ignored.
+      mixtures: float[P, K] rows on the simplex, in the data's domain order.
+      route: ``upsample`` | ``upweight`` (module docstring).
+      strategy: ``vmap`` | ``map`` | ``auto``.
+      models: devices of the ``models`` mesh axis (1: no sharding); must divide P.
+      data: a prebuilt :class:`mixjax.train.data.TrainData` (built from cfg when None).
+      tx: an optax optimiser replacing the config's (tests use SGD to read gradients).
+    """
+
+    def __init__(self, cfg: Config, mixtures: np.ndarray, *, route: str = "upsample",
+                 strategy: str = "vmap", models: int = 1, data=None, tx=None,
+                 devices=None):
+        from mixjax.models import transformer
+        from mixjax.train import evaluate as eval_lib
+        from mixjax.train.data import build_data
+        from mixjax.train.loop import model_config
+        if route not in ROUTES:
+            raise SwarmError(f"swarm route must be one of {ROUTES}, got {route!r}")
+        self.cfg, self.route = cfg, route
+        self.strategy = resolve_strategy(strategy)
+        self.data = data if data is not None else build_data(cfg)
+        self.domains = tuple(self.data.domains)
+        k = len(self.domains)
+        mixtures = np.asarray(mixtures, np.float64)
+        if mixtures.ndim != 2 or mixtures.shape[1] != k:
+            raise SwarmError(f"mixtures must be [P, {k}] (domains {list(self.domains)}), "
+                             f"got shape {mixtures.shape}")
+        for p, h in enumerate(mixtures):
+            try:
+                mixing.check_weight_vector(h, self.domains, f"mixture of proxy {p}")
+            except ValueError as e:
+                raise SwarmError(str(e)) from None
+        self.mixtures = mixtures
+        self.num_proxies = n = len(mixtures)
+        if n % models:
+            raise SwarmError(f"mesh models={models} does not divide the {n} proxies")
+        self.mesh = models_mesh(models, devices) if models > 1 else None
+        self.model_cfg = model_config(cfg, self.data.vocab_size)
+        self.apply, abstract, _ = transformer.abstract_init(self.model_cfg)
+        self.params_per_proxy = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract)))
+        if tx is None:
+            tx, schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+        else:
+            schedule = None
+        self.tx = tx
+        apply_to = "loss" if route == "upweight" else "sampling"
+        self.mixer = mixing.build("uniform", {}, domains=self.domains,
+                                  token_counts=self.data.token_counts, apply_to=apply_to)
+        self.step_fn = step_lib.make_train_step(
+            apply=self.apply, mixer=self.mixer, tx=tx, num_domains=k, pad_id=self.data.pad_id,
+            lr_schedule=schedule, jit=False)
+        self.seeds = [proxy_seed(cfg.train.seed, p) for p in range(n)]
+        self._eval_one = lambda params, tokens: _eval_sums(self.apply, self.data.pad_id,
+                                                           params, tokens)
+        self.heldout = tuple(getattr(self.data, "heldout_domains", ()))
+        self.eval_domains = self.domains + self.heldout
+        self.eval_batches = eval_lib.prepare_eval_sets(
+            self.data.eval_sets, self.eval_domains, cfg.eval.num_seqs, cfg.eval.batch_size,
+            self.data.pad_id)
+        self._train_step = None
+        self._eval_fn = None
+
+    # -- state ----------------------------------------------------------------
+    def init_state(self) -> dict:
+        """Stacked per-proxy train states (+ ``alive``, ``died_at``), placed on the mesh."""
+        from mixjax.models import transformer
+        k = len(self.domains)
+        states = []
+        for p, seed in enumerate(self.seeds):
+            _, params, _ = transformer.init(self.model_cfg, seed)
+            s = state_lib.init_state(params, self.tx, self.mixer, k, seed)
+            w = jnp.asarray(self.mixtures[p], jnp.float32)
+            s["mix_state"] = {**s["mix_state"], "weights": w, "weight_sum": jnp.array(w)}
+            states.append(s)
+        proxy = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        state = {"proxy": proxy, "alive": jnp.ones((self.num_proxies,), bool),
+                 "died_at": jnp.full((self.num_proxies,), -1, jnp.int32)}
+        return self.place(state)
+
+    def state_shardings(self, state):
+        if self.mesh is None:
+            return None
+        return jax.tree.map(lambda x: NamedSharding(self.mesh, P("models")), state)
+
+    def place(self, state):
+        if self.mesh is None:
+            return state
+        return jax.device_put(state, self.state_shardings(state))
+
+    # -- data -----------------------------------------------------------------
+    def make_batches(self, sampler_mode: str | None = None):
+        """The route's batch stream (host numpy batches)."""
+        mode = sampler_mode or ("stratified" if self.cfg.data.sampler == "per_domain"
+                                else self.cfg.data.sampler)
+        seed = self.cfg.train.seed if self.cfg.data.seed is None else self.cfg.data.seed
+        k = len(self.domains)
+        if self.route == "upweight":
+            sampler = self.data.make_sampler(np.full(k, 1.0 / k))
+            if getattr(sampler, "mode", "stratified") != "stratified":
+                # one shared stratified batch: every domain present in fixed proportions
+                from mixjax import data as data_lib
+                sampler = _stratified_copy(sampler, data_lib)
+            return UpweightBatches(sampler)
+        sampler = self.data.make_sampler(np.full(k, 1.0 / k))
+        return UpsampleBatches(sampler, self.mixtures, mode=mode, seed=seed)
+
+    def device_batch(self, batch: dict) -> dict:
+        keep = {k: jnp.asarray(batch[k]) for k in ("tokens", "domain_id", "sampling_weights")}
+        if self.mesh is None:
+            return keep
+        if self.route == "upweight":
+            rep = NamedSharding(self.mesh, P())
+            return jax.device_put(keep, {k: rep for k in keep})
+        shard = NamedSharding(self.mesh, P("models"))
+        return jax.device_put(keep, {k: shard for k in keep})
+
+    # -- the compiled step ------------------------------------------------------
+    def _proxy_step(self, state_p, batch_p, alive_p, died_p):
+        new, m = self.step_fn(state_p, batch_p)
+        ok = jnp.isfinite(m["loss"]) & jnp.isfinite(m["grad_norm"]) & alive_p
+        new = jax.tree.map(lambda o, x: jnp.where(ok, x, o), state_p, new)
+        died = jnp.where(alive_p & ~ok, state_p["step"], died_p)
+        out = {"loss": m["loss"], "domain_loss": m["domain_loss"],
+               "domain_count": m["domain_count"], "grad_norm": m["grad_norm"]}
+        return new, ok, died, out
+
+    def swarm_step_fn(self) -> Callable:
+        """Unjitted ``(swarm_state, batch) -> (swarm_state, metrics[P])``."""
+        shared = self.route == "upweight"
+
+        def step(state, batch):
+            proxy, alive, died = state["proxy"], state["alive"], state["died_at"]
+            if self.strategy == "vmap":
+                f = jax.vmap(self._proxy_step, in_axes=(0, None if shared else 0, 0, 0))
+                new, ok, died, out = f(proxy, batch, alive, died)
+            else:
+                if shared:
+                    xs = (proxy, alive, died)
+                    body = lambda x: self._proxy_step(x[0], batch, x[1], x[2])  # noqa: E731
+                else:
+                    xs = (proxy, batch, alive, died)
+                    body = lambda x: self._proxy_step(*x)  # noqa: E731
+                new, ok, died, out = jax.lax.map(body, xs)
+            return {"proxy": new, "alive": ok, "died_at": died}, out
+
+        return step
+
+    def train_step(self, abstract_state=None):
+        if self._train_step is None:
+            fn = self.swarm_step_fn()
+            if self.mesh is None:
+                self._train_step = jax.jit(fn, donate_argnums=(0,))
+            else:
+                sh = NamedSharding(self.mesh, P("models"))
+                self._train_step = jax.jit(fn, out_shardings=(sh, sh), donate_argnums=(0,))
+        return self._train_step
+
+    # -- evaluation -------------------------------------------------------------
+    def eval_fn(self):
+        if self._eval_fn is None:
+            if self.strategy == "vmap":
+                f = jax.vmap(self._eval_one, in_axes=(0, None))
+            else:
+                def f(params, tokens):
+                    return jax.lax.map(lambda p: self._eval_one(p, tokens), params)
+            self._eval_fn = jax.jit(f)
+        return self._eval_fn
+
+    def evaluate(self, state) -> np.ndarray:
+        """float64[P, K'] per-domain eval loss of every proxy (K' = domains + held out)."""
+        fn = self.eval_fn()
+        params = state["proxy"]["params"]
+        out = np.zeros((self.num_proxies, len(self.eval_domains)))
+        for j, d in enumerate(self.eval_domains):
+            res = [fn(params, jnp.asarray(b)) for b in self.eval_batches[d]]
+            loss = sum(np.asarray(r[0], np.float64).sum(axis=1) for r in res)
+            count = sum(np.asarray(r[1], np.float64).sum(axis=1) for r in res)
+            out[:, j] = loss / np.maximum(count, 1.0)
+        return out
+
+    # -- memory -------------------------------------------------------------------
+    def memory_estimate(self) -> dict:
+        """Bytes the compiled swarm step needs, from the config alone (see docs/search.md)."""
+        return estimate_memory(self.model_cfg, self.params_per_proxy, self.num_proxies,
+                               self.cfg.data.batch_size, self.cfg.data.seq_len,
+                               self.strategy, self.route)
+
+
+def _stratified_copy(sampler, data_lib):
+    """The same sampler in stratified mode (the upweight route needs fixed proportions)."""
+    return data_lib.DomainSampler(
+        dict(zip(sampler.domains, sampler.sources)), seq_len=sampler.seq_len,
+        batch_size=sampler.batch_size, weights=None, tokenizer=sampler.tokenizer,
+        mode="stratified", lag=sampler.lag, seed=sampler.seed, split=None,
+        num_workers=sampler.num_workers, bos=sampler.bos, chunk=sampler.chunk,
+        process_index=sampler.process_index, process_count=sampler.process_count)
+
+
+def _eval_sums(apply, pad_id, params, tokens):
+    tl, tm = step_lib.token_losses(apply, params, tokens, pad_id)
+    return (tl * tm).sum(axis=1), tm.sum(axis=1)
+
+
+def estimate_memory(model_cfg, params_per_proxy: int, num_proxies: int, batch: int,
+                    seq_len: int, strategy: str, route: str) -> dict:
+    """A config-only estimate of the swarm step's device memory (bytes, fp32).
+
+    state:  vmap: P x params x 4 B x 4 (params, Adam mu and nu, gradient; the donated
+            state is updated in place); map: P x params x 4 B x 6 (the loop's stacked
+            output is a second copy of params, mu, nu) + one proxy's gradient
+    acts:   per proxy, per token, the values kept for the backward pass: 3 V (logits,
+            softmax, their gradient) + per layer 20 d + 6 d_ff (SwiGLU; 4 d_ff for GELU);
+            times the proxies alive at once (P for vmap, 1 for map)
+    batch:  tokens (P copies for upsample, 1 for upweight)
+
+    The per-token constants were read off XLA's compiled memory analysis of the tiny
+    proxies (benchmarks/bench_swarm.py prints both side by side for every P and strategy).
+    """
+    b4 = 4
+    d, layers, v = model_cfg.d_model, model_cfg.num_layers, model_cfg.vocab_size
+    d_ff = getattr(model_cfg, "ff_dim", None) or model_cfg.d_ff or 4 * d
+    ff_values = 6 if getattr(model_cfg, "mlp", "swiglu") == "swiglu" else 4
+    tokens = batch * seq_len
+    if strategy == "vmap":
+        state = num_proxies * params_per_proxy * b4 * 4
+    else:
+        state = num_proxies * params_per_proxy * b4 * 6 + params_per_proxy * b4
+    per_proxy_acts = tokens * b4 * (3 * v + layers * (20 * d + ff_values * d_ff))
+    live = num_proxies if strategy == "vmap" else 1
+    acts = live * per_proxy_acts
+    data = (num_proxies if route == "upsample" else 1) * batch * (seq_len + 1) * 4
+    return {"state": state, "activations": acts, "batch": data, "total": state + acts + data}
+
+
+def available_memory_bytes() -> int | None:
+    """Free memory of the first device (accelerator stats, else the host's MemAvailable)."""
+    dev = jax.devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except Exception:   # noqa: BLE001 - not every backend reports stats
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(swarm: Swarm, fraction: float = 0.8) -> dict:
+    """Refuses (SwarmError, with the estimate) a swarm whose estimate exceeds ``fraction``
+    of the free memory of one device; returns the estimate."""
+    est = swarm.memory_estimate()
+    models = 1 if swarm.mesh is None else swarm.mesh.shape["models"]
+    per_device = est["total"] / models
+    free = available_memory_bytes()
+    if free is not None and per_device > fraction * free:
+        raise SwarmError(
+            f"a swarm of {swarm.num_proxies} proxies ({swarm.params_per_proxy} parameters each, "
+            f"strategy {swarm.strategy}) needs about {per_device / 2**30:.2f} GiB per device "
+            f"(state {est['state'] / 2**30:.2f} GiB, activations "
+            f"{est['activations'] / 2**30:.2f} GiB); {free / 2**30:.2f} GiB are free. Use "
+            "--strategy map, fewer proxies, or more devices (--models)")
+    return est
+
+
+# ----------------------------------------------------------------------- the loop
+def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None = None,
+                ckpt_every: int | None = None, eval_every: int | None = None,
+                progress: bool = False, log: Callable[[str], None] | None = None,
+                stop_after: int | None = None) -> SwarmResult:
+    """Trains the swarm for ``steps`` (cfg.train.steps), resuming from ``out_dir``'s
+    latest checkpoint if there is one; evaluates every proxy at the end.
+
+    ``out_dir`` holds ``checkpoints/`` (orbax: the stacked state + the data stream's
+    state, so a resumed swarm continues bit for bit), ``metrics.jsonl`` (mean and
+    per-proxy train loss every ``log_every`` steps) and ``result.json``.
+    ``stop_after``: return after that many steps of this call (tests of resume).
+    """
+    from mixjax.train import checkpoint as ckpt_lib
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = swarm.cfg
+    steps = cfg.train.steps if steps is None else steps
+    ckpt_every = cfg.train.ckpt_every if ckpt_every is None else ckpt_every
+    eval_every = cfg.train.eval_every if eval_every is None else eval_every
+    t0 = time.perf_counter()
+    state = swarm.init_state()
+    batches = swarm.make_batches()
+    ck = ckpt_lib.Checkpointer(out / "checkpoints", keep=1)
+    start = 0
+    history: list = []
+    latest = ck.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(ckpt_lib._abstract, state)
+        state, host = ck.restore(latest, abstract)
+        state = swarm.place(state)
+        batches.set_state(host["data"])
+        start = int(host["step"])
+        history = [(s, np.asarray(v)) for s, v in host.get("history", [])]
+        if log:
+            log(f"swarm: resumed at step {start} from {out / 'checkpoints'}")
+    step = swarm.train_step()
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+        bar = tqdm(total=steps, initial=start, desc=f"swarm x{swarm.num_proxies}", unit="step",
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    metrics_path = out / "metrics.jsonl"
+    if start == 0:
+        metrics_path.unlink(missing_ok=True)
+    log_every = max(cfg.train.log_every, 1)
+
+    def save(done: int) -> None:
+        ck.save(done, state, {"step": done, "data": batches.get_state(),
+                              "history": [(s, v.tolist()) for s, v in history]})
+
+    done = start
+    try:
+        with open(metrics_path, "a") as mf:
+            for t in range(start, steps):
+                if stop_after is not None and t - start >= stop_after:
+                    break
+                batch = swarm.device_batch(next(batches))
+                state, m = step(state, batch)
+                done = t + 1
+                if done % log_every == 0 or done == steps:
+                    loss = np.asarray(m["loss"], np.float64)
+                    alive = np.asarray(state["alive"])
+                    mf.write(json.dumps({"step": done, "loss_mean_alive": float(
+                        loss[alive].mean()) if alive.any() else None,
+                        "alive": int(alive.sum()),
+                        "loss": [None if not np.isfinite(x) else float(x) for x in loss]}) + "\n")
+                if eval_every and done % eval_every == 0 and done != steps:
+                    history.append((done, swarm.evaluate(state)))
+                if (ckpt_every and done % ckpt_every == 0) or done == steps:
+                    save(done)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        ck.close()
+    losses = swarm.evaluate(state)
+    alive = np.asarray(state["alive"])
+    died = np.asarray(state["died_at"])
+    # A proxy alive whose eval loss is not finite is treated as diverged too.
+    alive = alive & np.all(np.isfinite(losses), axis=1)
+    result = SwarmResult(losses=losses, eval_domains=swarm.eval_domains, alive=alive,
+                         died_at=died, steps=done, seconds=time.perf_counter() - t0,
+                         history=history)
+    result.state = state
+    return result
+
+
+def save_result(result: SwarmResult, mixtures: np.ndarray, domains, path) -> None:
+    rec = {"domains": list(domains), "eval_domains": list(result.eval_domains),
+           "mixtures": np.asarray(mixtures).tolist(),
+           "losses": [[None if not np.isfinite(x) else float(x) for x in row]
+                      for row in result.losses],
+           "alive": result.alive.tolist(), "died_at": result.died_at.tolist(),
+           "steps": result.steps, "seconds": result.seconds,
+           "history": [(s, np.asarray(v).tolist()) for s, v in result.history]}
+    pathlib.Path(path).write_text(json.dumps(rec) + "\n")
+
+
+def load_result(path) -> tuple[SwarmResult, np.ndarray, tuple[str, ...]]:
+    rec = json.loads(pathlib.Path(path).read_text())
+    losses = np.array([[np.nan if x is None else x for x in row] for row in rec["losses"]])
+    res = SwarmResult(losses=losses, eval_domains=tuple(rec["eval_domains"]),
+                      alive=np.array(rec["alive"], bool), died_at=np.array(rec["died_at"]),
+                      steps=rec["steps"], seconds=rec["seconds"],
+                      history=[(s, np.array(v)) for s, v in rec.get("history", [])])
+    return res, np.array(rec["mixtures"]), tuple(rec["domains"])
+
+
+def check_config(cfg: Config) -> None:
+    """Swarm-specific config checks (the rest is config.validate's)."""
+    if cfg.train.objective != "mixer":
+        raise ConfigError(f"config key 'train.objective': a swarm trains plain proxies "
+                          f"(objective 'mixer'), got {cfg.train.objective!r}")
+    if cfg.train.grad_accum != 1:
+        raise ConfigError("config key 'train.grad_accum': the swarm runs grad_accum = 1")
