@@ -11,9 +11,12 @@ Protocol (facebookresearch/DomainBed ``scripts/train.py``, ``scripts/sweep.py``)
   out-split accuracy of every env is recorded;
 * job seed = ``seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)``.
 
-Deviation: minibatches are drawn with replacement inside the compiled step
-(DomainBed shuffles each env's in-split without replacement per epoch); this
-keeps data on the device and the step pure.
+Minibatches are drawn uniformly with replacement inside the compiled step, as
+DomainBed's ``InfiniteDataLoader`` does (``lib/fast_data_loader.py``:
+``RandomSampler(dataset, replacement=True)`` under a ``BatchSampler``); drawing
+on the device keeps data there and the step pure. (Only DomainBed's evaluation
+loader, ``FastDataLoader``, samples without replacement; evaluation here visits
+every example once, which gives the same accuracies.)
 
 Speed: jobs that share an algorithm, the static hyperparameters (batch size,
 MLP widths) and the number of training envs form a *group*; one compiled
