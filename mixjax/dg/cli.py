@@ -1,4 +1,4 @@
-"""``mixjax dg sweep CONFIG [--set k=v ...] [--run-dir DIR]`` and ``mixjax dg table RUN_DIR``."""
+"""``mixjax dg sweep CONFIG [--set k=v ...] [--run-dir DIR]`` and ``mixjax dg table RUN_DIR [--latex]``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "dg") -> 
     sw.add_argument("--no-table", action="store_true", help="do not write results.md/.csv at the end")
     tb = sub.add_parser("table", help="results tables (markdown + CSV) for a sweep's run directory")
     tb.add_argument("run_dir")
+    tb.add_argument("--latex", action="store_true",
+                    help="also write results.tex (DomainBed's collect_results.py --latex layout)")
 
 
 def _env_names(run_dir: pathlib.Path) -> dict | None:
@@ -37,23 +39,27 @@ def run(args: argparse.Namespace) -> int:
         except (ConfigError, KeyError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        run_dir = sweep(cfg, args.run_dir)
+        try:
+            run_dir = sweep(cfg, args.run_dir)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if not args.no_table:
             return _table(run_dir)
         return 0
     if args.dg_command == "table":
-        return _table(pathlib.Path(args.run_dir))
+        return _table(pathlib.Path(args.run_dir), latex=args.latex)
     raise ValueError(f"unknown dg command {args.dg_command!r}")
 
 
-def _table(run_dir: pathlib.Path) -> int:
+def _table(run_dir: pathlib.Path, latex: bool = False) -> int:
     from mixjax.dg.report import write_tables
 
     try:
-        md, cs = write_tables(run_dir, _env_names(run_dir))
+        paths = write_tables(run_dir, _env_names(run_dir), latex_table=latex)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(md.read_text())
-    print(f"wrote {md} and {cs}")
+    print(paths[0].read_text())
+    print("wrote " + ", ".join(map(str, paths)))
     return 0
