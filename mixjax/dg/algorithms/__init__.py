@@ -29,15 +29,22 @@ def get(name: str) -> type[Algorithm]:
 
 from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effects)
     andmask,
+    cad,
+    causirl,
     coral,
     dann,
+    eqrm,
     erm,
     fish,
     fishr,
     groupdro,
+    ib,
     irm,
     mixup,
+    mldg,
     mmd,
+    rsc,
     sam,
+    selfreg,
     vrex,
 )
