@@ -220,3 +220,36 @@ def test_ib_irm_and_eqrm_schedules():
     assert lr_of(h, 3) == pytest.approx(1e-3, rel=1e-3) and lr_of(h, 4) == pytest.approx(1e-6, rel=1e-3)
     # a non-integer burn-in (DomainBed's random draws) never equals the step: no switch
     assert lr_of({**h, "eqrm_burnin_iters": 4.5}, 9) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_sagnet_randomisation_and_separate_optimisers():
+    from mixjax.dg.algorithms.sagnet import SagNet, randomize
+    from mixjax.dg.networks import NetSpec
+
+    z = RNG.normal(size=(5, 6)).astype(np.float32)
+    alpha = RNG.uniform(size=(5, 1)).astype(np.float32)
+    perm = np.array([3, 0, 4, 1, 2])
+    mean, var = z.mean(-1, keepdims=True), z.var(-1, ddof=1, keepdims=True)
+    zhat = (z - mean) / np.sqrt(var + 1e-5)
+    m2, v2 = alpha * mean + (1 - alpha) * mean[perm], alpha * var + (1 - alpha) * var[perm]
+    np.testing.assert_allclose(randomize(jnp.asarray(z), alpha, perm, "style"), zhat * np.sqrt(v2 + 1e-5) + m2,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(randomize(jnp.asarray(z), alpha, perm, "content"),
+                               zhat[perm] * np.sqrt(var + 1e-5) + mean, rtol=1e-5, atol=1e-5)
+    # content randomisation passes gradient only through the example's own mean and variance
+    g = jax.grad(lambda zz: randomize(zz, alpha, perm, "content")[0].sum())(jnp.asarray(z))
+    assert np.all(np.asarray(g)[1:] == 0)
+
+    net = NetSpec(input_shape=(4,), num_classes=2, featurizer="mlp", mlp_width=8)
+    alg = SagNet(net=net, num_envs=2)
+    hp = {"lr": 1e-3, "weight_decay": 0.0, "sag_w_adv": 0.1}
+    state = alg.init(jax.random.key(0), hp)
+    xs = jnp.asarray(RNG.normal(size=(2, 4, 4)).astype(np.float32))
+    ys = jnp.asarray(RNG.integers(0, 2, (2, 4)).astype(np.int32))
+    new, metrics = alg.update(hp, state, xs, ys, jax.random.key(1))
+    counts = lambda opt: sorted({int(c) for c in jax.tree.leaves(opt) if jnp.ndim(c) == 0 and c.dtype == jnp.int32})  # noqa: E731
+    assert counts(new["opt"]) == [2] and counts(new["opt_c"]) == [1] and counts(new["opt_s"]) == [1]
+    changed = lambda a, b: [not np.allclose(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]  # noqa: E731
+    assert all(changed(new["params"]["featurizer"], state["params"]["featurizer"]))
+    assert all(changed(new["params"]["classifier"], state["params"]["classifier"]))
+    assert all(changed(new["style"], state["style"])) and np.isfinite(float(metrics["loss_adv"]))
