@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "dg") -> 
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted override, e.g. --set steps=300 --set algorithms=[erm,irm]")
     sw.add_argument("--run-dir", default=None, help="output directory (default: the config's output_dir)")
+    sw.add_argument("--data-dir", default=None,
+                    help="folder holding DomainBed's image datasets (DIR/PACS/<domain>/<class>/*.jpg, ...)")
     sw.add_argument("--no-table", action="store_true", help="do not write results.md/.csv at the end")
     tb = sub.add_parser("table", help="results tables (markdown + CSV) for a sweep's run directory")
     tb.add_argument("run_dir")
@@ -35,13 +37,15 @@ def run(args: argparse.Namespace) -> int:
         from mixjax.dg.sweep import sweep
 
         try:
-            cfg = C.load(args.config, args.overrides)
+            cfg = C.load(args.config, args.overrides, data_dir=args.data_dir)
         except (ConfigError, KeyError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        from mixjax.dg.image_folder import ImageFolderError
+
         try:
             run_dir = sweep(cfg, args.run_dir)
-        except ConfigError as e:
+        except (ConfigError, ImageFolderError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         if not args.no_table:

@@ -80,7 +80,15 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     for a in cfg.algorithms:
         need(a in algorithms.ALGORITHMS, "algorithms", f"unknown algorithm {a!r}; known {sorted(algorithms.ALGORITHMS)}")
     name = cfg.dataset.name
-    need(name in datasets.DATASETS or name.startswith("tfds:"), "dataset.name", f"unknown dataset {name!r}")
+    need(name in datasets.DATASETS or name.startswith("tfds:") or datasets.is_image_folder(name), "dataset.name",
+         f"unknown dataset {name!r}")
+    if datasets.is_image_folder(name):
+        from mixjax.dg.image_folder import ImageFolderError, scan
+
+        try:  # cheap: lists directories, decodes nothing
+            scan(name, cfg.dataset.kwargs.get("root"))
+        except ImageFolderError as e:
+            raise ConfigError(f"config key 'dataset.kwargs.root' (--data-dir): {e}") from None
     need(cfg.model.featurizer in ("auto", "cnn", "mlp", "resnet"), "model.featurizer", "auto|cnn|mlp|resnet")
     need(cfg.dataset.seeds in DATA_SEED_MODES, "dataset.seeds", f"one of {DATA_SEED_MODES}")
     need(cfg.n_hparams >= 1, "n_hparams", "must be >= 1")
@@ -96,13 +104,17 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     return cfg
 
 
-def load(path: str | pathlib.Path, overrides: tuple[str, ...] | list[str] = ()) -> SweepConfig:
+def load(path: str | pathlib.Path, overrides: tuple[str, ...] | list[str] = (), data_dir: str | None = None) -> SweepConfig:
+    """The config file's ``SweepConfig`` with ``--set`` overrides; ``data_dir`` (``--data-dir``)
+    sets ``dataset.kwargs.root`` (image-folder datasets)."""
     cfg = run_config_file(path, SweepConfig)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
         set_value(cfg, key.strip(), _parse(text.strip()))
+    if data_dir is not None:
+        cfg.dataset.kwargs = {**cfg.dataset.kwargs, "root": str(pathlib.Path(data_dir).expanduser().resolve())}
     return validate(cfg)
 
 
