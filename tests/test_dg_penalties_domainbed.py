@@ -253,3 +253,27 @@ def test_sagnet_randomisation_and_separate_optimisers():
     assert all(changed(new["params"]["featurizer"], state["params"]["featurizer"]))
     assert all(changed(new["params"]["classifier"], state["params"]["classifier"]))
     assert all(changed(new["style"], state["style"])) and np.isfinite(float(metrics["loss_adv"]))
+
+
+def test_ridg_rationale_bank_and_loss():
+    from mixjax.dg.algorithms.ridg import rationales, ridg_loss_and_bank
+
+    n, c, d, m = 6, 3, 4, 0.1
+    f = RNG.normal(size=(n, d)).astype(np.float32)
+    w = RNG.normal(size=(c, d)).astype(np.float32)
+    y = np.array([0, 2, 0, 2, 2, 0])  # class 1 absent
+    bank = RNG.normal(size=(c, c, d)).astype(np.float32)
+    fresh = np.array([True, False, False])
+    # numpy statement of liangchen527/RIDG's update loop
+    rat = np.stack([w[i] * f for i in range(c)])  # [C(i), N, D]
+    nb, loss = bank.copy(), 0.0
+    for cls in np.unique(y):
+        mean = rat[:, y == cls].mean(1)
+        nb[cls] = mean if fresh[cls] else (1 - m) * nb[cls] + m * mean
+        loss += ((rat[:, y == cls] - nb[cls][:, None]) ** 2).sum(2).mean()
+    r = rationales(jnp.asarray(f), jnp.asarray(w))
+    got, got_bank, got_fresh = ridg_loss_and_bank(r, jnp.asarray(y), jnp.asarray(bank), jnp.asarray(fresh), m)
+    assert float(got) == pytest.approx(loss, rel=1e-5)
+    np.testing.assert_allclose(got_bank, nb, rtol=1e-5, atol=1e-6)
+    assert list(np.asarray(got_fresh)) == [False, False, False]
+    np.testing.assert_array_equal(np.asarray(got_bank)[1], bank[1])  # an absent class keeps its bank

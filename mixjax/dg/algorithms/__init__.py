@@ -43,6 +43,7 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     mixup,
     mldg,
     mmd,
+    ridg,
     rsc,
     sagnet,
     sam,
