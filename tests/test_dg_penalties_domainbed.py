@@ -277,3 +277,45 @@ def test_ridg_rationale_bank_and_loss():
     np.testing.assert_allclose(got_bank, nb, rtol=1e-5, atol=1e-6)
     assert list(np.asarray(got_fresh)) == [False, False, False]
     np.testing.assert_array_equal(np.asarray(got_bank)[1], bank[1])  # an absent class keeps its bank
+
+
+def test_sd_penalty_is_mean_squared_logit():
+    from mixjax.dg.algorithms.sd import sd_penalty
+
+    logits = RNG.normal(size=(2, 5, 3)).astype(np.float32)
+    assert float(sd_penalty(jnp.asarray(logits))) == pytest.approx((logits**2).mean(), rel=1e-6)
+
+
+def test_iga_penalty_value_and_second_order_gradient():
+    from mixjax.dg.algorithms.iga import iga_penalty
+
+    k, b, dim, c = 3, 5, 3, 2
+    xs = RNG.normal(size=(k, b, dim))
+    ys = RNG.integers(0, c, (k, b))
+    w0 = RNG.normal(size=(dim, c))
+
+    def np_grad(w, x, y):
+        p = softmax(x @ w)
+        p[np.arange(len(y)), y] -= 1
+        return x.T @ p / len(y)
+
+    def np_penalty(w, gbar):
+        return sum(((np_grad(w, xs[e], ys[e]) - gbar) ** 2).sum() for e in range(k))
+
+    gbar0 = np.mean([np_grad(w0, xs[e], ys[e]) for e in range(k)], 0)
+    risk = lambda w, x, y: -jnp.take_along_axis(jax.nn.log_softmax(x @ w), y[:, None], 1).mean()  # noqa: E731
+
+    def penalty(w):
+        grads = jax.vmap(jax.grad(risk), in_axes=(None, 0, 0))(w, jnp.asarray(xs, jnp.float32), jnp.asarray(ys))
+        return iga_penalty(grads, grads.mean(0))
+
+    w = jnp.asarray(w0, jnp.float32)
+    assert float(penalty(w)) == pytest.approx(np_penalty(w0, gbar0), rel=1e-4)
+    # d/dw by central differences with gbar held at its current value (DomainBed computes it
+    # without a graph; since sum_e (g_e - gbar) = 0 this equals the gradient with gbar varying)
+    eps, fd = 1e-5, np.zeros_like(w0)
+    for idx in np.ndindex(*w0.shape):
+        d = np.zeros_like(w0)
+        d[idx] = eps
+        fd[idx] = (np_penalty(w0 + d, gbar0) - np_penalty(w0 - d, gbar0)) / (2 * eps)
+    np.testing.assert_allclose(jax.grad(penalty)(w), fd, rtol=2e-3, atol=1e-5)

@@ -39,6 +39,7 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     fishr,
     groupdro,
     ib,
+    iga,
     irm,
     mixup,
     mldg,
@@ -47,6 +48,7 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     rsc,
     sagnet,
     sam,
+    sd,
     selfreg,
     vrex,
 )
