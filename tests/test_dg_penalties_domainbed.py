@@ -319,3 +319,24 @@ def test_iga_penalty_value_and_second_order_gradient():
         d[idx] = eps
         fd[idx] = (np_penalty(w0 + d, gbar0) - np_penalty(w0 - d, gbar0)) / (2 * eps)
     np.testing.assert_allclose(jax.grad(penalty)(w), fd, rtol=2e-3, atol=1e-5)
+
+
+def test_sand_mask_soft_agreement():
+    from mixjax.dg.algorithms.sandmask import sand_mask
+
+    g = RNG.normal(size=(3, 4, 5)).astype(np.float32)
+    g[:, 0, 0] = [0.5, 0.5, 0.5]  # zero variance, full agreement: tanh(+inf) = 1
+    tau, k = 0.4, 2.0
+    # numpy statement of DomainBed's mask_grads for one tensor
+    var = g.var(0, ddof=1)
+    with np.errstate(divide="ignore"):
+        mask = np.tanh(k * (1 / var) * (np.abs(np.sign(g).mean(0)) - tau))
+    mask = np.maximum(mask, 0)
+    mask[np.isnan(mask)] = 1e-17
+    expected = mask * g.mean(0) / (1e-10 + mask.mean())
+    got = sand_mask({"w": jnp.asarray(g)}, tau, k)["w"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert float(got[0, 0]) == pytest.approx(0.5 / (1e-10 + mask.mean()), rel=1e-5)
+    # DomainBed's default tau = 1: tanh(k (a - 1) / v) <= 0 everywhere, so the mask is 0 and the
+    # step is (numerically) zero - its hparams seed 0 does not train
+    assert np.abs(np.asarray(sand_mask({"w": jnp.asarray(g)}, 1.0, 10.0)["w"])).max() < 1e-6

@@ -48,6 +48,7 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     rsc,
     sagnet,
     sam,
+    sandmask,
     sd,
     selfreg,
     vrex,
