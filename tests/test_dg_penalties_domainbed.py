@@ -340,3 +340,21 @@ def test_sand_mask_soft_agreement():
     # DomainBed's default tau = 1: tanh(k (a - 1) / v) <= 0 everywhere, so the mask is 0 and the
     # step is (numerically) zero - its hparams seed 0 does not train
     assert np.abs(np.asarray(sand_mask({"w": jnp.asarray(g)}, 1.0, 10.0)["w"])).max() < 1e-6
+
+
+def test_rdm_penalties_match_domainbed():
+    from mixjax.dg.algorithms.rdm import rdm_penalties
+
+    nll = RNG.exponential(size=(3, 5)).astype(np.float32)
+    worst = nll[np.argmax(nll.mean(1))]
+    flat = nll.reshape(-1)
+
+    def k(u, v):
+        d = np.maximum((u[:, None] - v[None, :]) ** 2, 1e-30)
+        return sum(np.exp(-g * d) for g in (1e-4, 1e-3, 1e-2, 1e-1, 1, 10, 100, 1000))
+
+    mmd = k(worst, worst).mean() + k(flat, flat).mean() - 2 * k(worst, flat).mean()
+    var = flat.var(ddof=1) + worst.var(ddof=1)
+    got_mmd, got_var = rdm_penalties(jnp.asarray(nll))
+    assert float(got_mmd) == pytest.approx(mmd, rel=1e-4, abs=1e-6)
+    assert float(got_var) == pytest.approx(var, rel=1e-5)

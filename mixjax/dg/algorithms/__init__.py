@@ -44,6 +44,7 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     mixup,
     mldg,
     mmd,
+    rdm,
     ridg,
     rsc,
     sagnet,
