@@ -90,7 +90,7 @@ class Job:
         """The seed of this job's data realisation: the job seed ("per_job", DomainBed) or the config's."""
         return self.seed if cfg.dataset.seeds == "per_job" else cfg.dataset.seed
 
-    def args(self, cfg: SweepConfig | None = None) -> dict:
+    def args(self, cfg: SweepConfig) -> dict:
         """DomainBed's ``vars(args)`` of ``scripts/train.py`` for this job, without ``output_dir``.
 
         ``hparams`` is, as in DomainBed, the JSON of the explicit overrides (or None); the
@@ -106,8 +106,6 @@ class Job:
             "trial_seed": self.trial_seed,
             "seed": self.seed,
         }
-        if cfg is None:
-            return {**out, "hparams": dict(self.hparams)}
         overrides = {k: v for k, v in cfg.hparam_overrides.items() if k in dict(self.hparams)}
         out.update({
             "data_dir": cfg.dataset.kwargs.get("root"),
