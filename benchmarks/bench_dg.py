@@ -14,6 +14,7 @@ produce the same final losses.
 
     .venv/bin/python benchmarks/bench_dg.py            # a few minutes on 2 idle CPU cores
     .venv/bin/python benchmarks/bench_dg.py --quick    # fewer steps
+    .venv/bin/python benchmarks/bench_dg.py --folder   # image-folder decode vs ResNet step, images/s
 
 Prints one line per setting with both times and the ratio
 (sequential / vmapped; > 1 means the vmapped sweep is faster).
@@ -129,12 +130,80 @@ def bench_setting(cfg, repeats: int):
     return t, best, len(hps), diff
 
 
+def bench_folder(repeats: int, size: int = 64, per_class: int = 25) -> None:
+    """Images/s of the image-folder loader (JPEG decode + resize + normalise) with 1 and 2
+    decoding threads, next to the images/s a ResNet training step consumes at the same size.
+
+    The folder is a generated PACS-shaped miniature (4 domains x 3 classes x ``per_class``
+    random 227x227 JPEGs, PACS's own size). Images are decoded once per sweep and then kept in
+    memory, so the decode rate bounds only the sweep's start-up, not each step.
+    """
+    import tempfile
+
+    import jax.numpy as jnp
+    from PIL import Image
+
+    from mixjax.dg import algorithms as A
+    from mixjax.dg import hparams as H
+    from mixjax.dg import image_folder as F
+    from mixjax.dg.networks import NetSpec
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in ("art_painting", "cartoon", "photo", "sketch"):
+            for c in ("dog", "elephant", "giraffe"):
+                os.makedirs(f"{tmp}/PACS/{d}/{c}")
+                for i in range(per_class):
+                    Image.fromarray(rng.integers(0, 256, (227, 227, 3), dtype=np.uint8)).save(f"{tmp}/PACS/{d}/{c}/{i}.jpg")
+        n = 4 * 3 * per_class
+        rates = {}
+        for workers in (1, 2):
+            best = min(_timed(lambda: F.image_folder("PACS", root=tmp, image_size=size, workers=workers))
+                       for _ in range(repeats))
+            rates[workers] = n / best
+    net = NetSpec(input_shape=(size, size, 3), num_classes=3, featurizer="resnet", resnet_widths=(32, 64, 128, 256))
+    hp = H.draw(A.get("erm").hparam_space(False), 0, 0)
+    hp["batch_size"] = 32
+    static, traced = H.split_static(hp)
+    alg = A.get("erm")(net=net, num_envs=3, static=static)
+    hp = {k: jnp.float32(v) for k, v in traced.items()}
+    state = alg.init(jax.random.key(0), hp)
+    xs = jnp.asarray(rng.normal(size=(3, 32, size, size, 3)).astype(np.float32))
+    ys = jnp.asarray(rng.integers(0, 3, (3, 32)).astype(np.int32))
+    step = jax.jit(alg.update)
+    state, _ = step(hp, state, xs, ys, jax.random.key(0))
+    jax.block_until_ready(state)
+    steps = 5
+
+    def run():
+        nonlocal state
+        for i in range(steps):
+            state, _ = step(hp, state, xs, ys, jax.random.key(i))
+        jax.block_until_ready(state)
+
+    step_rate = steps * 3 * 32 / min(_timed(run) for _ in range(repeats))
+    print(f"image folder at {size}px ({n} JPEGs 227x227): decode {rates[1]:.0f} img/s with 1 thread, "
+          f"{rates[2]:.0f} img/s with 2 (x{rates[2] / rates[1]:.2f}); "
+          f"ResNet(32,64,128,256) ERM step, 3 envs x 32: {step_rate:.0f} img/s "
+          f"(decode / step consumption: x{rates[2] / step_rate:.2f})", flush=True)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--folder", action="store_true", help="only the image-folder loader vs ResNet step benchmark")
     args = ap.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU(s) visible", flush=True)
+    if args.folder:
+        bench_folder(args.repeats)
+        return
     for name, cfg in settings(args.quick):
         t, best, n, diff = bench_setting(cfg, args.repeats)
         print(f"{name}, {n} jobs x {cfg.steps} steps (best of {args.repeats}, arms interleaved):\n"

@@ -1,4 +1,4 @@
-"""``mixjax dg sweep CONFIG [--set k=v ...] [--out DIR]`` and ``mixjax dg table RUN_DIR``."""
+"""``mixjax dg sweep CONFIG [--set k=v ...] [--out DIR] [--data-dir DIR]`` and ``mixjax dg table RUN_DIR [--latex]``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "dg") -> 
                     help="dotted override, e.g. --set steps=300 --set algorithms=[erm,irm]")
     sw.add_argument("--out", "--run-dir", dest="run_dir", default=None,
                     help="output directory (default: the config's output_dir)")
+    sw.add_argument("--data-dir", default=None,
+                    help="folder holding DomainBed's image datasets (DIR/PACS/<domain>/<class>/*.jpg, ...)")
     sw.add_argument("--no-table", action="store_true", help="do not write results.md/.csv at the end")
     tb = sub.add_parser("table", help="results tables (markdown + CSV) for a sweep's run directory")
     tb.add_argument("run_dir")
+    tb.add_argument("--latex", action="store_true",
+                    help="also write results.tex (DomainBed's collect_results.py --latex layout)")
 
 
 def _env_names(run_dir: pathlib.Path) -> dict | None:
@@ -34,27 +38,33 @@ def run(args: argparse.Namespace) -> int:
         from mixjax.dg.sweep import sweep
 
         try:
-            cfg = C.load(args.config, args.overrides)
+            cfg = C.load(args.config, args.overrides, data_dir=args.data_dir)
         except (ConfigError, KeyError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        run_dir = sweep(cfg, args.run_dir)
+        from mixjax.dg.image_folder import ImageFolderError
+
+        try:
+            run_dir = sweep(cfg, args.run_dir)
+        except (ConfigError, ImageFolderError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if not args.no_table:
             return _table(run_dir)
         return 0
     if args.dg_command == "table":
-        return _table(pathlib.Path(args.run_dir))
+        return _table(pathlib.Path(args.run_dir), latex=args.latex)
     raise ValueError(f"unknown dg command {args.dg_command!r}")
 
 
-def _table(run_dir: pathlib.Path) -> int:
+def _table(run_dir: pathlib.Path, latex: bool = False) -> int:
     from mixjax.dg.report import write_tables
 
     try:
-        md, cs = write_tables(run_dir, _env_names(run_dir))
+        paths = write_tables(run_dir, _env_names(run_dir), latex_table=latex)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(md.read_text())
-    print(f"wrote {md} and {cs}")
+    print(paths[0].read_text())
+    print("wrote " + ", ".join(map(str, paths)))
     return 0

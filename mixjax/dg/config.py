@@ -20,6 +20,11 @@ from typing import Any
 from mixjax.config import ConfigError, parse_value, run_config_file, set_value
 
 TEST_ENV_MODES = ("single", "single+pairs")
+DATA_SEED_MODES = ("shared", "per_job")
+# keys that only choose which jobs a sweep holds (a rerun may extend them) or how they are
+# scheduled (never part of a job's arguments); every other key changes what a job computes
+JOB_SET_KEYS = ("algorithms", "n_hparams", "n_trials", "test_envs")
+SCHEDULE_KEYS = ("vmap", "max_group", "eval_batch", "output_dir")
 
 
 @dataclasses.dataclass
@@ -27,6 +32,11 @@ class DatasetConfig:
     name: str = "colored_mnist"  # see mixjax.dg.datasets.DATASETS, or "tfds:<name>"
     seed: int = 0  # DomainBed: the dataset (colours, permutation) depends on the sweep seed
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # "shared": one realisation (built from ``seed``) for every job, for controlled comparisons;
+    # "per_job": each job builds its own from its job seed, as DomainBed (its datasets draw from
+    # the torch RNG seeded with ``args.seed``), so trial-to-trial standard errors include
+    # data-realisation variance
+    seeds: str = "shared"
 
 
 @dataclasses.dataclass
@@ -70,8 +80,17 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     for a in cfg.algorithms:
         need(a in algorithms.ALGORITHMS, "algorithms", f"unknown algorithm {a!r}; known {sorted(algorithms.ALGORITHMS)}")
     name = cfg.dataset.name
-    need(name in datasets.DATASETS or name.startswith("tfds:"), "dataset.name", f"unknown dataset {name!r}")
+    need(name in datasets.DATASETS or name.startswith("tfds:") or datasets.is_image_folder(name), "dataset.name",
+         f"unknown dataset {name!r}")
+    if datasets.is_image_folder(name):
+        from mixjax.dg.image_folder import ImageFolderError, scan
+
+        try:  # cheap: lists directories, decodes nothing
+            scan(name, cfg.dataset.kwargs.get("root"))
+        except ImageFolderError as e:
+            raise ConfigError(f"config key 'dataset.kwargs.root' (--data-dir): {e}") from None
     need(cfg.model.featurizer in ("auto", "cnn", "mlp", "resnet"), "model.featurizer", "auto|cnn|mlp|resnet")
+    need(cfg.dataset.seeds in DATA_SEED_MODES, "dataset.seeds", f"one of {DATA_SEED_MODES}")
     need(cfg.n_hparams >= 1, "n_hparams", "must be >= 1")
     need(cfg.n_trials >= 1, "n_trials", "must be >= 1")
     need(cfg.test_envs in TEST_ENV_MODES, "test_envs", f"one of {TEST_ENV_MODES}")
@@ -85,13 +104,17 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     return cfg
 
 
-def load(path: str | pathlib.Path, overrides: tuple[str, ...] | list[str] = ()) -> SweepConfig:
+def load(path: str | pathlib.Path, overrides: tuple[str, ...] | list[str] = (), data_dir: str | None = None) -> SweepConfig:
+    """The config file's ``SweepConfig`` with ``--set`` overrides; ``data_dir`` (``--data-dir``)
+    sets ``dataset.kwargs.root`` (image-folder datasets)."""
     cfg = run_config_file(path, SweepConfig)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
         set_value(cfg, key.strip(), _parse(text.strip()))
+    if data_dir is not None:
+        cfg.dataset.kwargs = {**cfg.dataset.kwargs, "root": str(pathlib.Path(data_dir).expanduser().resolve())}
     return validate(cfg)
 
 
@@ -117,3 +140,46 @@ def from_dict(d: dict) -> SweepConfig:
 
 def to_json(cfg: SweepConfig) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "hparam_overrides" and k != "kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def merge_into_existing(existing: dict, cfg: SweepConfig) -> tuple[SweepConfig, list[str]]:
+    """The sweep a run directory holds after running ``cfg`` in it.
+
+    A run directory holds one sweep: every key that changes what a job computes (steps,
+    dataset, model, hparam_overrides, ...) must equal the one in its ``config.json``, else
+    ``ConfigError`` names the key and both values (results made under other settings would be
+    mixed into one table). The job-set keys may differ: the sweep is extended to the union
+    (algorithms in order of first appearance, the larger ``n_hparams``/``n_trials``, pairs if
+    either asked for them), so ``config.json`` always describes every job in the directory.
+    Returns the merged config and one line per extension.
+    """
+    old = from_dict(existing)
+    a, b = _flat(to_dict(old)), _flat(to_dict(cfg))
+    for key in sorted(set(a) | set(b)):
+        if key in JOB_SET_KEYS or key in SCHEDULE_KEYS:
+            continue
+        if a.get(key) != b.get(key):
+            raise ConfigError(
+                f"config key {key!r}: this run directory holds a sweep made with {key}={a.get(key)!r}, "
+                f"the command asks {key}={b.get(key)!r}; its results would be mixed with stale ones - "
+                "use another --run-dir (or the same value)")
+    merged = dataclasses.replace(
+        cfg,
+        algorithms=tuple(dict.fromkeys((*old.algorithms, *cfg.algorithms))),
+        n_hparams=max(old.n_hparams, cfg.n_hparams),
+        n_trials=max(old.n_trials, cfg.n_trials),
+        test_envs="single+pairs" if "single+pairs" in (old.test_envs, cfg.test_envs) else "single",
+    )
+    notes = [f"{k}: {getattr(old, k)!r} -> {getattr(merged, k)!r}"
+             for k in JOB_SET_KEYS if getattr(old, k) != getattr(merged, k)]
+    return merged, notes

@@ -361,17 +361,36 @@ DATASETS: dict[str, Callable[..., EnvDataset]] = {
 }
 
 
+def _image_folder_names() -> tuple[str, ...]:
+    from mixjax.dg.image_folder import BENCHMARKS
+
+    return tuple(BENCHMARKS)
+
+
+def is_image_folder(name: str) -> bool:
+    """DomainBed's image benchmarks (PACS, VLCS, ...), read from ``kwargs["root"]``."""
+    return name in _image_folder_names()
+
+
 @functools.lru_cache(maxsize=8)
 def _cached(name: str, seed: int, frozen_kwargs: tuple) -> EnvDataset:
     kwargs = dict(frozen_kwargs)
     if name.startswith("tfds:"):
         return from_tfds(name[5:], seed=seed, **kwargs)
+    if is_image_folder(name):
+        from mixjax.dg.image_folder import image_folder
+
+        return image_folder(name, seed=seed, **kwargs)
     return DATASETS[name](seed=seed, **kwargs)
 
 
 def get(name: str, seed: int = 0, **kwargs) -> EnvDataset:
-    """Build (or fetch from the in-process cache) dataset ``name``; ``tfds:NAME`` reads TFDS."""
-    if name not in DATASETS and not name.startswith("tfds:"):
-        raise KeyError(f"unknown DG dataset {name!r}; known: {sorted(DATASETS)} or 'tfds:<name>'")
+    """Build (or fetch from the in-process cache) dataset ``name``; ``tfds:NAME`` reads TFDS;
+    PACS, VLCS, OfficeHome, TerraIncognita, DomainNet read a local folder (``root=``)."""
+    if name not in DATASETS and not name.startswith("tfds:") and not is_image_folder(name):
+        raise KeyError(f"unknown DG dataset {name!r}; known: {sorted(DATASETS)}, "
+                       f"{list(_image_folder_names())} (local folders) or 'tfds:<name>'")
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+    if is_image_folder(name):
+        seed = 0  # the images are the data: one decoded copy serves every seed
     return _cached(name, int(seed), frozen)

@@ -23,7 +23,7 @@ import numpy as np
 
 # datasets whose hyperparameter ranges follow DomainBed's "small images" branch
 SMALL_DATASETS = ("colored_mnist", "rotated_mnist", "digits_style", "synthetic")
-STATIC = frozenset({"batch_size", "mlp_width", "mlp_depth"})
+STATIC = frozenset({"batch_size", "mlp_width", "mlp_depth", "n_meta_test"})
 
 
 def seed_hash(*args: Any) -> int:

@@ -3,9 +3,13 @@
 For each selection method, dataset and algorithm: one column per test env with
 ``mean +/- s.e.`` over trials in percent (DomainBed's ``format_mean``:
 ``100 * mean`` and ``100 * std(accs / sqrt(n))``, i.e. the standard error), and
-``Avg`` = mean of the per-env means ("X" if any env has no result). Written as
-markdown (``results.md``) and CSV (``results.csv``, one row per
-method/dataset/algorithm/env with mean, s.e., n and the per-trial values).
+``Avg`` = mean of the per-env means ("X" if any env has no result). Then
+DomainBed's "Averages" table: per algorithm and dataset, each trial's mean over
+the test envs it has, reported as ``format_mean`` over trials, and ``Avg`` =
+mean over datasets. Written as markdown (``results.md``), CSV (``results.csv``,
+one row per method/dataset/algorithm/env with mean, s.e., n and the per-trial
+values) and, with ``latex=True``, ``results.tex`` in the booktabs layout of
+DomainBed's ``collect_results.py --latex``.
 """
 
 from __future__ import annotations
@@ -21,10 +25,7 @@ import numpy as np
 from mixjax.dg import selection
 
 
-def load_records(run_dir: str | pathlib.Path) -> list[dict]:
-    path = pathlib.Path(run_dir) / "results.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run `mixjax dg sweep CONFIG` first")
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
     records = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
@@ -35,17 +36,32 @@ def load_records(run_dir: str | pathlib.Path) -> list[dict]:
     return records
 
 
-def format_mean(data) -> tuple[float | None, float | None, str]:
+def load_records(run_dir: str | pathlib.Path) -> list[dict]:
+    """Every record of a sweep: ``RUN_DIR/*/results.jsonl`` (DomainBed's layout, as its
+    ``reporting.load_records``), or the single ``RUN_DIR/results.jsonl`` of earlier sweeps."""
+    run_dir = pathlib.Path(run_dir)
+    legacy = run_dir / "results.jsonl"
+    paths = sorted(run_dir.glob("*/results.jsonl")) if run_dir.is_dir() else []
+    if legacy.exists():
+        paths.append(legacy)
+    if not paths:
+        raise FileNotFoundError(f"{run_dir} has no results.jsonl (neither per job nor at the top); "
+                                "run `mixjax dg sweep CONFIG` first")
+    return [r for p in paths for r in _read_jsonl(p)]
+
+
+def format_mean(data, latex: bool = False) -> tuple[float | None, float | None, str]:
     """DomainBed ``format_mean``: format_mean([.1, .2, .3]) -> (20.0, 4.71, '20.0 +/- 4.7')."""
     if len(data) == 0:
         return None, None, "X"
     data = np.asarray(data, np.float64)
     mean = 100 * np.mean(data)
     err = 100 * np.std(data / np.sqrt(len(data)))
-    return float(mean), float(err), f"{mean:.1f} +/- {err:.1f}"
+    pm = "$\\pm$" if latex else "+/-"
+    return float(mean), float(err), f"{mean:.1f} {pm} {err:.1f}"
 
 
-def collect(records: list[dict], env_names: dict[str, list[str]] | None = None) -> list[dict]:
+def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, latex: bool = False) -> list[dict]:
     """Rows {method, dataset, algorithm, env, test_env, trial_accs, mean, se, text}."""
     grouped = selection.group_records(records)
     datasets = sorted({r["args"]["dataset"] for r in records})
@@ -63,29 +79,91 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None) 
                             best = selection.sweep_acc(recs, method)
                             if best is not None:
                                 accs.append(best["test_acc"])
-                    mean, se, text = format_mean(accs)
+                    mean, se, text = format_mean(accs, latex)
                     rows.append({"method": method, "dataset": ds, "algorithm": alg, "env": names[te], "test_env": te,
                                  "trial_accs": accs, "mean": mean, "se": se, "text": text})
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def averages(records: list[dict], latex: bool = False) -> list[dict]:
+    """DomainBed's "Averages" rows {method, algorithm, dataset, trial_accs, mean, se, text}."""
+    grouped = selection.group_records(records)
+    datasets = sorted({r["args"]["dataset"] for r in records})
+    algorithms = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
+    rows = []
+    for method in selection.METHODS:
+        accs: dict[tuple, list[float]] = defaultdict(list)  # (alg, dataset, trial) -> sweep accs over test envs
+        for (trial, d, a, _te), recs in sorted(grouped.items()):
+            best = selection.sweep_acc(recs, method)
+            if best is not None:
+                accs[(a, d, trial)].append(best["test_acc"])
+        for alg in algorithms:
+            for ds in datasets:
+                trial_avgs = [float(np.mean(v)) for (a, d, _t), v in sorted(accs.items()) if (a, d) == (alg, ds)]
+                mean, se, text = format_mean(trial_avgs, latex)
+                rows.append({"method": method, "algorithm": alg, "dataset": ds, "trial_accs": trial_avgs,
+                             "mean": mean, "se": se, "text": text})
+    return rows
+
+
+def _tables(rows: list[dict], avg_rows: list[dict]):
+    """(method, title, column labels, [(algorithm, cells, avg)]) per table, DomainBed's order."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for method in methods:
+        for ds in dict.fromkeys(r["dataset"] for r in rows if r["method"] == method):
+            trs = [r for r in rows if (r["method"], r["dataset"]) == (method, ds)]
+            yield method, ds, list(dict.fromkeys(r["env"] for r in trs)), _body(trs)
+        trs = [r for r in avg_rows if r["method"] == method]
+        yield method, "Averages", list(dict.fromkeys(r["dataset"] for r in trs)), _body(trs)
+
+
+def _body(trs: list[dict]) -> list[tuple[str, list[str], str]]:
+    body = []
+    for alg in dict.fromkeys(r["algorithm"] for r in trs):
+        cells = [r for r in trs if r["algorithm"] == alg]
+        means = [r["mean"] for r in cells]
+        avg = "X" if any(m is None for m in means) else f"{sum(means) / len(means):.1f}"
+        body.append((alg, [r["text"] for r in cells], avg))
+    return body
+
+
+def markdown(rows: list[dict], avg_rows: list[dict] | None = None) -> str:
     out = []
-    by_table: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_table[(r["method"], r["dataset"])].append(r)
-    for (method, ds), trs in by_table.items():
-        envs = list(dict.fromkeys(r["env"] for r in trs))
-        out.append(f"### {ds}, model selection: {selection.METHODS[method][0]}\n")
-        out.append("| Algorithm | " + " | ".join(envs) + " | Avg |")
-        out.append("|---" * (len(envs) + 2) + "|")
-        for alg in dict.fromkeys(r["algorithm"] for r in trs):
-            cells = [r for r in trs if r["algorithm"] == alg]
-            means = [r["mean"] for r in cells]
-            avg = "X" if any(m is None for m in means) else f"{sum(means) / len(means):.1f}"
-            out.append(f"| {alg} | " + " | ".join(r["text"] for r in cells) + f" | {avg} |")
+    for method, title, cols, body in _tables(rows, avg_rows or []):
+        if title == "Averages" and not body:
+            continue
+        out.append(f"### {title}, model selection: {selection.METHODS[method][0]}\n")
+        out.append("| Algorithm | " + " | ".join(cols) + " | Avg |")
+        out.append("|---" * (len(cols) + 2) + "|")
+        for alg, cells, avg in body:
+            out.append(f"| {alg} | " + " | ".join(cells) + f" | {avg} |")
         out.append("")
     return "\n".join(out)
+
+
+def _tex_escape(text: str) -> str:
+    return "".join("\\" + c if c in "%&_#$" else c for c in str(text))
+
+
+def latex(rows: list[dict], avg_rows: list[dict]) -> str:
+    """A standalone document with DomainBed's ``collect_results.py --latex`` tables (booktabs)."""
+    out = ["\\documentclass{article}", "\\usepackage{booktabs}", "\\usepackage{adjustbox}",
+           "\\begin{document}", "\\section{Full DomainBed results}"]
+    current = None
+    for method, title, cols, body in _tables(rows, avg_rows):
+        if method != current:
+            out += ["", f"\\subsection{{Model selection: {selection.METHODS[method][0]}}}"]
+            current = method
+        out += ["", f"\\subsubsection{{{_tex_escape(title)}}}", "", "\\begin{center}",
+                "\\adjustbox{max width=\\textwidth}{%", "\\begin{tabular}{l" + "c" * (len(cols) + 1) + "}",
+                "\\toprule",
+                " & ".join("\\textbf{" + _tex_escape(c) + "}" for c in ["Algorithm", *cols, "Avg"]) + " \\\\",
+                "\\midrule"]
+        for alg, cells, avg in body:
+            out.append(" & ".join([_tex_escape(alg), *cells, avg]) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}}", "\\end{center}"]
+    out.append("\\end{document}")
+    return "\n".join(out) + "\n"
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -99,10 +177,18 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_tables(run_dir: str | pathlib.Path, env_names: dict[str, list[str]] | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+def write_tables(run_dir: str | pathlib.Path, env_names: dict[str, list[str]] | None = None,
+                 latex_table: bool = False) -> tuple[pathlib.Path, ...]:
+    """results.md and results.csv (and results.tex with ``latex_table``); returns their paths."""
     run_dir = pathlib.Path(run_dir)
-    rows = collect(load_records(run_dir), env_names)
+    records = load_records(run_dir)
+    rows = collect(records, env_names)
+    avg_rows = averages(records)
     md, cs = run_dir / "results.md", run_dir / "results.csv"
-    md.write_text(markdown(rows))
+    md.write_text(markdown(rows, avg_rows))
     cs.write_text(csv_text(rows))
-    return md, cs
+    if not latex_table:
+        return md, cs
+    tex = run_dir / "results.tex"
+    tex.write_text(latex(collect(records, env_names, latex=True), averages(records, latex=True)))
+    return md, cs, tex

@@ -11,9 +11,12 @@ Protocol (facebookresearch/DomainBed ``scripts/train.py``, ``scripts/sweep.py``)
   out-split accuracy of every env is recorded;
 * job seed = ``seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)``.
 
-Deviation: minibatches are drawn with replacement inside the compiled step
-(DomainBed shuffles each env's in-split without replacement per epoch); this
-keeps data on the device and the step pure.
+Minibatches are drawn uniformly with replacement inside the compiled step, as
+DomainBed's ``InfiniteDataLoader`` does (``lib/fast_data_loader.py``:
+``RandomSampler(dataset, replacement=True)`` under a ``BatchSampler``); drawing
+on the device keeps data there and the step pure. (Only DomainBed's evaluation
+loader, ``FastDataLoader``, samples without replacement; evaluation here visits
+every example once, which gives the same accuracies.)
 
 Speed: jobs that share an algorithm, the static hyperparameters (batch size,
 MLP widths) and the number of training envs form a *group*; one compiled
@@ -22,19 +25,29 @@ continuous hyperparameters); minibatches are sampled on the device inside the
 step, and evaluation is vmapped too. ``vmap=False`` runs the same jobs one by
 one with the unbatched step (the baseline of ``benchmarks/bench_dg.py``).
 
-Output (``RUN_DIR``): ``config.json``; ``results.jsonl`` with one record per
-(job, checkpoint) in DomainBed's record layout (``args``, ``step``,
-``env{i}_in_acc``, ``env{i}_out_acc``, metrics); ``groups.jsonl`` with timings.
-A finished job's records are written when its group finishes; rerunning the
-same command skips finished jobs.
+Output (``RUN_DIR``), DomainBed's sweep layout, so its
+``scripts/collect_results.py --input_dir RUN_DIR`` and ``list_top_hparams.py``
+read it: ``config.json`` (the sweep; see ``config.merge_into_existing``),
+``envs.json``, ``groups.jsonl`` (timings) and one directory per job named by
+the md5 of its full resolved arguments (DomainBed ``scripts/sweep.py``:
+``md5(json.dumps(train_args, sort_keys=True))``, ``output_dir`` excluded)
+holding ``results.jsonl`` - one record per checkpoint with DomainBed's fields
+(``args``, ``hparams``, ``step``, ``epoch``, ``step_time``, ``env{i}_in_acc``,
+``env{i}_out_acc`` and the step's metrics averaged over the interval) - and a
+``done`` marker. A job's records are written (atomically) when its group
+finishes; a rerun skips jobs whose ``done`` exists, and a job's arguments
+include steps, checkpoint frequency, holdout, dataset, model and resolved
+hparams, so a changed setting never reuses a stale result.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Any, Callable, Iterable
@@ -46,7 +59,8 @@ import numpy as np
 from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import hparams as H
-from mixjax.dg.config import SweepConfig, to_json
+from mixjax.config import ConfigError
+from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
 from mixjax.dg.networks import NetSpec
 
 # threefry (JAX's default) keys: a job's random stream is the same whether it runs alone or
@@ -72,16 +86,50 @@ class Job:
         envs = "-".join(map(str, self.test_envs))
         return f"{self.dataset}/{self.algorithm}/te{envs}/h{self.hparams_seed}/t{self.trial_seed}"
 
-    def args(self) -> dict:
-        return {
+    def data_seed(self, cfg: SweepConfig) -> int:
+        """The seed of this job's data realisation: the job seed ("per_job", DomainBed) or the config's."""
+        return self.seed if cfg.dataset.seeds == "per_job" else cfg.dataset.seed
+
+    def args(self, cfg: SweepConfig) -> dict:
+        """DomainBed's ``vars(args)`` of ``scripts/train.py`` for this job, without ``output_dir``.
+
+        ``hparams`` is, as in DomainBed, the JSON of the explicit overrides (or None); the
+        resolved hyperparameters are the record's top-level ``hparams``. ``mixjax`` holds what
+        DomainBed fixes in code (dataset construction, network), so the md5 of this dict
+        names everything a job's numbers depend on.
+        """
+        out = {
             "dataset": self.dataset,
             "algorithm": self.algorithm,
             "test_envs": list(self.test_envs),
             "hparams_seed": self.hparams_seed,
             "trial_seed": self.trial_seed,
             "seed": self.seed,
-            "hparams": dict(self.hparams),
         }
+        overrides = {k: v for k, v in cfg.hparam_overrides.items() if k in dict(self.hparams)}
+        out.update({
+            "data_dir": cfg.dataset.kwargs.get("root"),
+            "task": "domain_generalization",
+            "hparams": json.dumps(overrides, sort_keys=True) if overrides else None,
+            "steps": cfg.steps,
+            "checkpoint_freq": cfg.checkpoint_freq,
+            "holdout_fraction": cfg.holdout_fraction,
+            "uda_holdout_fraction": 0,
+            "skip_model_save": True,
+            "save_model_every_checkpoint": False,
+            "mixjax": {
+                "dataset_seeds": cfg.dataset.seeds,
+                "dataset_seed": self.data_seed(cfg),
+                "dataset_kwargs": cfg.dataset.kwargs,
+                "model": dataclasses.asdict(cfg.model),
+                "hparams": dict(self.hparams),
+            },
+        })
+        return json.loads(json.dumps(out))  # tuples -> lists, as read back
+
+    def hash(self, cfg: SweepConfig) -> str:
+        """DomainBed's job directory name: md5 of the sorted-key JSON of the job's arguments."""
+        return hashlib.md5(json.dumps(self.args(cfg), sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def test_env_sets(num_envs: int, mode: str) -> list[tuple[int, ...]]:
@@ -217,10 +265,12 @@ class GroupRunner:
         """
         if self._train is None:
             self._train = self._step_fn()
-        metrics = None
+        total = None
         for _ in range(n_steps):
             state, key, metrics = self._train(hp, state, key, jd, X, Y)
-        return state, key, metrics
+            total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+        # DomainBed records the mean of each step value over the checkpoint interval
+        return state, key, jax.tree.map(lambda v: v / n_steps, total)
 
     def init(self, keys, hp):
         if self._init is None:
@@ -257,8 +307,9 @@ def checkpoint_chunks(steps: int, freq: int) -> list[int]:
 
 
 def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[Job], batched: bool,
-              runner_cache: dict | None = None) -> list[dict]:
-    """Train ``jobs`` (one group) and return their DomainBed-style records."""
+              runner_cache: dict | None = None) -> dict[Job, list[dict]]:
+    """Train ``jobs`` (one group) and return each job's DomainBed records (``args`` and
+    ``output_dir`` are added by the caller)."""
     alg_name, static, _ = group_key(jobs[0])
     alg_cls = A.get(alg_name)
     num_train_envs = data.num_envs - len(jobs[0].test_envs)
@@ -282,25 +333,53 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
             ({k: jnp.float32(v) for k, v in h.items()}, {k: jnp.asarray(v) for k, v in d.items()}, *jax.random.split(k), [j])
             for h, d, k, j in zip(hps, jds, keys, jobs)
         ]
-    records = []
+    batch_size = dict(static)["batch_size"]
+    # DomainBed: steps_per_epoch = min over all envs' in-splits of len / batch_size
+    steps_per_epoch = {j: min(int(n) for n in d["in_len"]) / batch_size for j, d in zip(jobs, jds)}
+    records: dict[Job, list[dict]] = {j: [] for j in jobs}
     for hp, jd, init_key, train_key, group_jobs in groups:
         state = runner.init(init_key, hp)
         step = -1
         for n in checkpoint_chunks(cfg.steps, cfg.checkpoint_freq):
+            t0 = time.perf_counter()
             state, train_key, metrics = runner.train(n, hp, state, train_key, jd, dev.X, dev.Y)
+            metrics = jax.block_until_ready(metrics)
+            step_time = (time.perf_counter() - t0) / n / len(group_jobs)  # a vmapped group shares the time
             step += n
             in_acc, out_acc = runner.evaluate(state, jd, dev.X, dev.Y, len(group_jobs))
             in_acc, out_acc, metrics = jax.device_get((in_acc, out_acc, metrics))
             for g, job in enumerate(group_jobs):
                 pick = (lambda a: a[g]) if batched else (lambda a: a)
-                rec = {"args": job.args(), "step": step}
+                rec = {"step": step, "epoch": step / steps_per_epoch[job], "step_time": step_time}
                 for e in range(data.num_envs):
                     rec[f"env{e}_in_acc"] = float(pick(in_acc)[e])
                     rec[f"env{e}_out_acc"] = float(pick(out_acc)[e])
                 for k, v in metrics.items():
                     rec[k] = float(pick(v))
-                records.append(rec)
+                rec["hparams"] = dict(job.hparams)
+                records[job].append(rec)
     return records
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Write + fsync + rename, so a crash leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_job(run_dir: pathlib.Path, cfg: SweepConfig, job: Job, records: list[dict]) -> pathlib.Path:
+    """``RUN_DIR/<md5 of args>/results.jsonl`` (DomainBed's sorted-key lines) then ``done``."""
+    job_dir = run_dir / job.hash(cfg)
+    job_dir.mkdir(exist_ok=True)
+    args = {**job.args(cfg), "output_dir": str(job_dir)}
+    lines = [json.dumps({**r, "args": args}, sort_keys=True) + "\n" for r in records]
+    write_atomic(job_dir / "results.jsonl", "".join(lines))
+    write_atomic(job_dir / "done", "done")
+    return job_dir
 
 
 def use_vmap(cfg: SweepConfig, data: D.EnvDataset) -> bool:
@@ -312,40 +391,63 @@ def use_vmap(cfg: SweepConfig, data: D.EnvDataset) -> bool:
     return jax.default_backend() != "cpu" or net_spec(cfg, data).kind == "mlp"
 
 
+def resolve_config(cfg: SweepConfig, run_dir: pathlib.Path) -> tuple[SweepConfig, list[str]]:
+    """``cfg`` merged with the sweep already in ``run_dir`` (``ConfigError`` if they conflict)."""
+    if (run_dir / "results.jsonl").exists():
+        raise ConfigError(f"{run_dir} holds a sweep in the earlier single-file layout (results.jsonl); "
+                          "`mixjax dg table` still reads it, but new jobs need another --run-dir")
+    path = run_dir / "config.json"
+    if not path.exists():
+        return cfg, []
+    try:
+        existing = json.loads(path.read_text())
+        from_dict(existing)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path} is not a sweep config ({e}); use another --run-dir") from None
+    return merge_into_existing(existing, cfg)
+
+
 def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Callable[[str], None] = print) -> pathlib.Path:
-    """Run (or resume) the sweep described by ``cfg``; returns the run directory."""
+    """Run (or resume, or extend) the sweep described by ``cfg``; returns the run directory.
+
+    Raises ``ConfigError`` before anything is written or built when ``run_dir`` holds a sweep
+    made with different settings (see ``config.merge_into_existing``).
+    """
     run_dir = pathlib.Path(run_dir or cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(to_json(cfg))
+    cfg, extended = resolve_config(cfg, run_dir)
+    for line in extended:
+        log(f"extending the sweep in {run_dir}: {line}")
+    per_job = cfg.dataset.seeds == "per_job"
     data = D.get(cfg.dataset.name, cfg.dataset.seed, **cfg.dataset.kwargs)
-    (run_dir / "envs.json").write_text(json.dumps({cfg.dataset.name: list(data.env_names)}))
-    log(f"dataset {data.name}: envs {list(data.env_names)} sizes {data.sizes()} shape {data.input_shape}")
-    results = run_dir / "results.jsonl"
-    done = set()
-    if results.exists():
-        for line in results.read_text().splitlines():
-            r = json.loads(line)
-            done.add(Job(r["args"]["dataset"], r["args"]["algorithm"], tuple(r["args"]["test_envs"]),
-                         r["args"]["hparams_seed"], r["args"]["trial_seed"], tuple(sorted(r["args"]["hparams"].items()))).id)
-    jobs = [j for j in make_jobs(cfg, data.num_envs) if j.id not in done]
-    batched = use_vmap(cfg, data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.json", to_json(cfg))
+    write_atomic(run_dir / "envs.json", json.dumps({cfg.dataset.name: list(data.env_names)}))
+    log(f"dataset {data.name}: envs {list(data.env_names)} sizes {data.sizes()} shape {data.input_shape}"
+        + (" (one realisation per job)" if per_job else ""))
+    all_jobs = make_jobs(cfg, data.num_envs)
+    jobs = [j for j in all_jobs if not (run_dir / j.hash(cfg) / "done").exists()]
+    # per-job data: a job trains on its own arrays, so jobs run one by one
+    batched = use_vmap(cfg, data) and not per_job
     groups = make_groups(jobs, cfg.max_group, batched)
-    log(f"{len(jobs)} jobs to run ({len(done)} done) in {len(groups)} group(s); vmap={batched}")
-    dev = DeviceData(data)
+    log(f"{len(jobs)} jobs to run ({len(all_jobs) - len(jobs)} done) in {len(groups)} group(s); vmap={batched}")
+    dev = None if per_job else DeviceData(data)
     cache: dict = {}
     t_all = time.perf_counter()
     for gi, group in enumerate(groups):
         t0 = time.perf_counter()
-        records = run_group(cfg, data, dev, group, batched, cache)
+        if per_job:
+            job_data = D.get(cfg.dataset.name, group[0].data_seed(cfg), **cfg.dataset.kwargs)
+            records = run_group(cfg, job_data, DeviceData(job_data), group, batched, cache)
+        else:
+            records = run_group(cfg, data, dev, group, batched, cache)
         dt = time.perf_counter() - t0
-        with results.open("a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        for job, recs in records.items():
+            write_job(run_dir, cfg, job, recs)
         with (run_dir / "groups.jsonl").open("a") as f:
             f.write(json.dumps({"algorithm": group[0].algorithm, "jobs": len(group), "seconds": dt}) + "\n")
-        last = [r for r in records if r["step"] == cfg.steps - 1]
-        mean_acc = np.mean([r[f"env{r['args']['test_envs'][0]}_in_acc"] for r in last]) if last else math.nan
+        last = [(j, r) for j, recs in records.items() for r in recs if r["step"] == cfg.steps - 1]
+        mean_acc = np.mean([r[f"env{j.test_envs[0]}_in_acc"] for j, r in last]) if last else math.nan
         log(f"[{gi + 1}/{len(groups)}] {group[0].algorithm} x{len(group)} jobs: {dt:.1f}s, "
             f"mean final test-env acc {100 * mean_acc:.1f}")
-    log(f"sweep finished in {time.perf_counter() - t_all:.1f}s -> {results}")
+    log(f"sweep finished in {time.perf_counter() - t_all:.1f}s -> {run_dir}")
     return run_dir
