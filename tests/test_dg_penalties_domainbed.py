@@ -246,7 +246,7 @@ def test_sagnet_randomisation_and_separate_optimisers():
     state = alg.init(jax.random.key(0), hp)
     xs = jnp.asarray(RNG.normal(size=(2, 4, 4)).astype(np.float32))
     ys = jnp.asarray(RNG.integers(0, 2, (2, 4)).astype(np.int32))
-    new, metrics = alg.update(hp, state, xs, ys, jax.random.key(1))
+    new, metrics = jax.jit(alg.update)(hp, state, xs, ys, jax.random.key(1))
     counts = lambda opt: sorted({int(c) for c in jax.tree.leaves(opt) if jnp.ndim(c) == 0 and c.dtype == jnp.int32})  # noqa: E731
     assert counts(new["opt"]) == [2] and counts(new["opt_c"]) == [1] and counts(new["opt_s"]) == [1]
     changed = lambda a, b: [not np.allclose(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]  # noqa: E731
