@@ -181,7 +181,9 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
                                     max_epochs=settings["max_epochs"], budget_tokens=budget,
                                     token_counts=counts)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"method": method, "settings": settings, "domains": list(domains),
+    # baselines only add target runs: a repeated search may add or drop them
+    record = {"method": method, "domains": list(domains),
+              "settings": {k: v for k, v in settings.items() if k != "baselines"},
               "target_config": _cfg_dict(target_cfg), "proxy_config": _cfg_dict(proxy_cfg)}
     saved = out / "search.json"
     if saved.exists():

@@ -238,10 +238,12 @@ def run(x: np.ndarray, y: np.ndarray, prior: Sequence[float], *, regressor: str 
            "cv": {k: {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv)
                       for kk, vv in v.items()} for k, v in cvs.items()}}
     if ties:
-        out["warning"] = (f"the {chosen} regressor is flat at its minimum: {ties} more "
-                          f"candidates tie with the top {top_k}, so the found mixture is the "
-                          "mean of candidates taken in sampling order (for LightGBM on few "
-                          "proxies: lower lgbm_params.min_data_in_leaf, default 20)")
+        out["warning"] = (f"the {chosen} regressor is flat at its minimum: {ties} more of "
+                          f"the {len(cands)} candidates tie with the top {top_k}, so the found "
+                          "mixture is the mean of a random subset of that flat region (all "
+                          "candidates tied: the prior's mean). A tree model on few proxies is "
+                          "coarse; for LightGBM lower lgbm_params.min_data_in_leaf (default 20)"
+                          " or use more proxies")
     if boot:
         out["bootstrap"] = bootstrap(x, y, chosen, cands, w, num=boot, top_k=top_k, seed=seed,
                                      cv=cvs[chosen], params=params)
