@@ -12,12 +12,12 @@ loop evaluates after steps 1, 51, 101, ... when the mixer asks. With the
 identity graph (no one-hot runs) the higher-loss domains get more weight.
 Acts on sampling.
 
-Measured (1 seed, shared 2-core CPU with load ~13): 387 s wall, 53 s CPU
-(user + sys). Final validation loss averaged over the 8 domains 2.768 vs 2.787
-for the natural mixture and 2.758 for the uniform one (same seed and steps); code 3.364 vs 3.461. The last
-mixture (from step 151) gives code 0.167 and literature 0.105 (highest and
-lowest validation loss). One seed: the 0.02 average gain is not shown to be
-above data-order noise.
+Measured (1 seed, shared 2-core CPU with load ~13): 387 s wall, 53 s CPU (user +
+sys). Final validation loss averaged over the 8 domains 2.768 vs 2.787 for the
+natural mixture and 2.758 for the uniform one (same seed and steps); code 3.364 vs
+3.461. The last mixture (from step 151) gives code 0.167 and literature 0.105
+(highest and lowest validation loss). One seed: the 0.02 average gain is not shown
+to be above data-order noise.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform
