@@ -1,11 +1,11 @@
-"""Skill-it (Chen et al., NeurIPS 2023, arXiv 2307.14430) on mixpile-tiny: online skills-graph weights.
+"""Skill-it (Chen et al., NeurIPS 2023, arXiv 2307.14430) on mixpile-tiny: skills-graph weights.
 
 Command:
     mixjax train configs/lm_tiny_skillit.py --set train.run_dir=runs/tiny_skillit
 Variants:
     a graph file: --set mixing.hparams.graph=graph.npy   (K x K, row = trained domain)
     the graph from one-hot runs (one run dir per domain, in domain order):
-        --set mixing.hparams.graph=runs --set 'mixing.hparams.graph_runs=[runs/onehot_code,...]'
+        --set mixing.hparams.graph=runs --set mixing.hparams.graph_runs=[runs/oh_code,...]
 
 Every 50 steps p ∝ exp(eta * A * sum of the last 3 validation evaluations); the
 loop evaluates after steps 1, 51, 101, ... when the mixer asks. With the
