@@ -15,7 +15,8 @@ p = exp(eta * column sums of the estimated A). Acts on sampling.
 
 Measured (1 seed, shared 2-core CPU with load ~13): 728 s wall, 63 s CPU
 (user + sys; 4 rounds x 9 evaluations). Final validation loss averaged over the
-8 domains 2.925 vs 2.787 for the natural mixture (same seed, steps): at 200
+8 domains 2.925 vs 2.787 for the natural mixture and 2.758 for the uniform
+one (same seed, steps): at 200
 steps the 64 one-hot probe steps cost more than the learned mixture gains (a
 negative result at this scale). The learned p of the last round gives code
 0.023 and conversation/news ~0.2 (code's loss falls slowest per probe step).

@@ -11,7 +11,11 @@ the per-domain gradients (mixjax.mixing.aggregators); the sampler stays uniform 
 stratified (B/K sequences per domain) for the vmap gradient engine. Logged weights
 are c / sum(c).
 
-Runtime and expected result: see the measurements below (CPU, 2 cores).
+Measured (1 seed, shared 2-core CPU with load ~13): 422 s wall, 62 s CPU (user +
+sys). Final validation loss averaged over the 8 domains 2.811 vs 2.758 for the
+uniform mixture and 2.787 for the natural one (same seed and steps). The min-norm
+weights move every step (largest weight 0.30 on average, e.g. math 0.02 and news
+0.26 at the last step); expect a small loss in average perplexity at this scale.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

@@ -6,10 +6,12 @@ Baseline (the same run without the final phase):
     mixjax train configs/lm_tiny_uniform.py --set mixing.name=natural \\
         --set train.run_dir=runs/tiny_natural
 Variants:
-    around an online mixer: --set mixing.hparams.base=odm --set 'mixing.hparams.base_hparams={warmup_steps: 20}'
+    around an online mixer: --set mixing.hparams.base=odm
+        --set mixing.hparams.base_hparams.warmup_steps=20
     a fixed final mixture: --set mixing.hparams.mode=override
-    staged mixtures instead: mixing.name=staged with
-        hparams.stages=[{start: 0, end: 150, weights: {...}}, {start: 150, end: 200, weights: {...}}]
+    staged mixtures instead (in a config file): mixing.name = "staged",
+        hparams = {"stages": [{"start": 0, "end": 150, "weights": {...}},
+                              {"start": 150, "end": 200, "weights": {...}}]}
 
 The natural mixture for the first 80% of the steps, then code and math
 upsampled 5x for the last 20% (the paper's best range is 10-20%).

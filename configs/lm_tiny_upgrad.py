@@ -11,7 +11,12 @@ the per-domain gradients (mixjax.mixing.aggregators); the sampler stays uniform 
 stratified (B/K sequences per domain) for the vmap gradient engine. Logged weights
 are c / sum(c).
 
-Runtime and expected result: see the measurements below (CPU, 2 cores).
+Measured (1 seed, shared 2-core CPU with load ~13): 468 s wall, 63 s CPU
+(user + sys). Final validation loss averaged over the 8 domains 2.750 vs 2.758
+for the uniform mixture and 2.787 for the natural one (same seed and steps).
+The coefficients stay near uniform (largest normalised weight 0.16 on
+average; sum of c ~1.3, the projections add weight to resolve conflicts).
+Expect about the uniform run's loss; the 0.008 difference is one seed.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

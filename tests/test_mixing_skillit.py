@@ -80,6 +80,9 @@ def test_skillit_graph_checks_and_runs(tmp_path):
     np.testing.assert_allclose(a, [[0.5, 0.25], [0.0, 1.0]])
     m = mixing.build("skillit", {"graph": "runs", "graph_runs": runs}, domains=("a", "b"))
     np.testing.assert_allclose(m.graph_matrix(2), a)
+    cli = mixing.build("skillit", {"graph": "runs", "graph_runs": "[" + ",".join(runs) + "]"},
+                       domains=("a", "b"))                   # the --set list form
+    np.testing.assert_allclose(cli.graph_matrix(2), a)
     np.save(tmp_path / "g.npy", np.eye(2) * 2)
     f = mixing.build("skillit", {"graph": str(tmp_path / "g.npy")}, domains=("a", "b"))
     np.testing.assert_allclose(f.graph_matrix(2), np.eye(2) * 2)

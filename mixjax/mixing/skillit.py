@@ -122,7 +122,10 @@ class SkillIt(Mixer):
             if not self.graph_runs or self.domains is None:
                 raise ValueError("mixer 'skillit': graph='runs' needs graph_runs (one run "
                                  "directory per domain)")
-            a = graph_from_runs(self.graph_runs, self.domains)
+            runs = self.graph_runs
+            if isinstance(runs, str):   # a command-line list: "[runs/a,runs/b]" or "runs/a,runs/b"
+                runs = [r.strip() for r in runs.strip().strip("[]").split(",") if r.strip()]
+            a = graph_from_runs(runs, self.domains)
         elif isinstance(g, (str, pathlib.Path)):
             path = pathlib.Path(g)
             if not path.exists():
