@@ -33,7 +33,9 @@ per-method code:
 
 To add an objective: write a factory, ``register("name", factory,
 hparams={...defaults})``, and it is selectable with
-``--set train.objective=name``.
+``--set train.objective=name``. ``register`` also declares the name, its
+hyperparameters and their check in ``objective_specs``, the table config
+validation reads without importing the train package.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 DoReMi's excess loss and similar rules read ``ref_loss`` from a frozen model:
 the latest checkpoint of another run dir, restored params-only onto the
-abstract shapes of that run's own model config.
+abstract shapes of that run's own model config. It lives here, not in
+``mixjax.train.loop``, so that ``train.objectives`` does not import the loop that
+imports it (``tests/test_import_graph.py``); ``loop.load_reference`` is the same
+function and is to be replaced by an import from here.
 """
 
 from __future__ import annotations
