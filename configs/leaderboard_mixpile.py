@@ -23,6 +23,8 @@ from __future__ import annotations
 from mixjax.config import Config
 
 BASELINE = "stratified_uniform"
+# mixpile-tiny and mixpile share these domains (mixjax.data.corpus.recipes)
+DOMAINS = ("code", "conversation", "legal", "literature", "math", "news", "science", "tech_docs")
 NEEDS_REFERENCE = ("doremi", "tdro")
 
 
@@ -96,13 +98,44 @@ def _method(cfg: Config, name: str) -> Config:
     elif name == "sample_reweight":
         d.sampler = "multinomial"
         m.sample_reweight, m.sample_reweight_hparams = "quadratic", {"temperature": 1.0, "burn_in": 50}
+    elif name in ("aioli", "skillit"):   # configs/lm_tiny_{aioli,skillit}.py, rounds of steps // 3
+        d.sampler, m.name = "multinomial", name
+        rounds = {"update_steps": cfg.train.steps // 3}
+        m.hparams = ({"eta": 1.0, "lp_rounds": 1, "lp_steps": 2, **rounds} if name == "aioli" else
+                     {"eta": 0.2, "window": 3, "graph": "identity", **rounds})
+    elif name in ("pcgrad", "mgda", "upgrad", "upgrad_target"):   # configs/lm_tiny_{pcgrad,...}.py
+        d.sampler, m.name, m.sampling_weights = "per_domain", name, "uniform"
+        m.hparams = {"pcgrad": {"seed": 0}, "mgda": {"epsilon": 1e-3, "max_iters": 100},
+                     "upgrad": {"norm_eps": 1e-4, "reg_eps": 1e-4},
+                     "upgrad_target": {"temperature": 0.1}}[name]
+        g.strategy = "vmap"
+        if name == "upgrad_target":   # preference towards code, as DGA's target
+            g.target = "code"
+    # Schedules (mixjax.mixing.schedules): one fixed recipe each, code and math upweighted late.
+    elif name == "upsample_end":   # configs/lm_tiny_schedule_upsample.py around uniform
+        d.sampler, m.name = "multinomial", "upsample_end"
+        m.hparams = {"base": "uniform", "factors": {"code": 5.0, "math": 5.0}, "fraction": 0.2}
+    elif name == "staged":
+        d.sampler, m.name = "multinomial", "staged"
+        late = {dom: (5.0 if dom in ("code", "math") else 1.0) for dom in DOMAINS}
+        m.hparams = {"unit": "fraction", "stages": [
+            {"start": 0.0, "end": 0.8, "weights": {dom: 1.0 for dom in DOMAINS}},
+            {"start": 0.8, "end": 1.0, "weights": late}]}
+    elif name == "linear_schedule":
+        d.sampler, m.name = "multinomial", "linear_schedule"
+        late = {dom: (5.0 if dom in ("code", "math") else 1.0) for dom in DOMAINS}
+        m.hparams = {"unit": "fraction", "knots": [
+            {"at": 0.0, "weights": {dom: 1.0 for dom in DOMAINS}}, {"at": 1.0, "weights": late}]}
     else:
         raise ValueError(f"unknown leaderboard method {name!r}; known: {', '.join(METHODS)}")
     return cfg
 
 
 METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", "tdro", "odm", "odm_smoothed",
-           "ado", "doge", "dga", "rnb", "bilevel", "sample_reweight")
+           "ado", "doge", "dga", "rnb", "bilevel", "sample_reweight",
+           # second round (docs/mixing.md); not yet in the published table of docs/leaderboard.md
+           "aioli", "skillit", "pcgrad", "mgda", "upgrad", "upgrad_target",
+           "upsample_end", "staged", "linear_schedule")
 
 
 def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:

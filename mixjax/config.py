@@ -574,6 +574,14 @@ def check_domains(cfg: Config, domains: tuple[str, ...]) -> None:
 
 
 # -- serialisation -------------------------------------------------------------
+def load_run_config(run_dir: str | pathlib.Path) -> Config:
+    """The Config a run dir's ``config.json`` holds."""
+    path = pathlib.Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no config.json)")
+    return from_dict(json.loads(path.read_text()))
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -93,7 +93,7 @@ def plan_grid(config_paths: Sequence[Any], seeds: int, overrides: Sequence[str],
             grid.append(GridRun(name, s, cfg, h))
     _check_same(grid, "token budget (train.steps x data.batch_size x data.seq_len)",
                 lambda r: r.cfg.train.steps * r.cfg.data.batch_size * r.cfg.data.seq_len)
-    _check_same(grid, "tokenizer (data.tokenizer)", lambda r: r.cfg.data.tokenizer)
+    _check_same(grid, "tokenizer (data.tokenizer)", _tokenizer_key)
     _check_same(grid, "eval sets (data.corpus/spec/domains, data.seq_len, data.split_*, eval.num_seqs, eval.split)",
                 lambda r: json.dumps([r.cfg.data.corpus, r.cfg.data.spec, r.cfg.data.domains, r.cfg.data.seq_len,
                                       r.cfg.data.split_fractions, r.cfg.data.split_min_docs,
@@ -104,6 +104,11 @@ def plan_grid(config_paths: Sequence[Any], seeds: int, overrides: Sequence[str],
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _tokenizer_key(r) -> str:
+    """The ``data.tokenizer`` section as canonical JSON (kind, path, args, vocab_multiple)."""
+    return json.dumps(dataclasses.asdict(r.cfg.data.tokenizer), sort_keys=True, default=str)
 
 
 def _check_same(items, what: str, key) -> None:
@@ -251,7 +256,7 @@ def _test_eval(run_dir: pathlib.Path, cfg: Config, cache: _DataCache, eval_cache
 
 def check_comparable(records: Sequence[RunRecord]) -> None:
     """Same tokenizer, same validation (and test) eval sets, same domains, or CompareError naming the runs."""
-    _check_same(records, "tokenizer (data.tokenizer)", lambda r: r.cfg.data.tokenizer)
+    _check_same(records, "tokenizer (data.tokenizer)", _tokenizer_key)
     _check_same(records, "training domains", lambda r: ",".join(r.domains))
     _check_same(records, "validation eval sets (eval-set sha256 in run_info.json)", lambda r: r.val_checksum)
     if all(r.test_checksum is not None for r in records):

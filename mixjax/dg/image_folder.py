@@ -25,7 +25,7 @@ import pathlib
 
 import numpy as np
 
-from mixjax.dg.datasets import EnvDataset
+from mixjax.dg.env_dataset import EnvDataset
 
 # DomainBed class name -> (sub-directory of data_dir, ENVIRONMENTS labels)
 BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {

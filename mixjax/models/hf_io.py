@@ -219,14 +219,13 @@ def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict)
     where = f"model.init_from={source!r}"
     if path.is_dir() and (path / "config.json").exists() and (path / "checkpoints").exists():
         from mixjax.train import checkpoint as ckpt_lib
-        from mixjax.train import loop
         ck = ckpt_lib.Checkpointer(path / "checkpoints")
         step = ck.latest_step()
         if step is None:
             ck.close()
             raise ExportError(f"{where}: the run has no checkpoint")
         try:
-            got = ck.manager.restore(step, args=loop._params_only_args(abstract_params))
+            got = ck.manager.restore(step, args=ckpt_lib.params_only_args(abstract_params))
         except Exception as e:   # orbax: shape/structure mismatch
             raise ExportError(f"{where}: checkpoint step {step} does not fit this model "
                               f"({type(e).__name__}: {str(e)[:300]})") from None
@@ -272,14 +271,14 @@ def export_run(run_dir: str | pathlib.Path, fmt: str = "hf", out: str | None = N
                step: int | None = None) -> pathlib.Path:
     """Writes the run's parameters (checkpoint ``step``, latest when None); returns the path."""
     from mixjax.models import transformer
+    from mixjax import config as config_lib
     from mixjax.train import checkpoint as ckpt_lib
-    from mixjax.train import loop
     run_dir = pathlib.Path(run_dir)
     info_path = run_dir / "run_info.json"
     if not info_path.exists():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no run_info.json)")
     info = json.loads(info_path.read_text())
-    cfg = loop.load_run_config(run_dir)
+    cfg = config_lib.load_run_config(run_dir)
     mcfg = TransformerConfig(**info["model"])
     check_expressible(mcfg)     # before reading any checkpoint
     target = pathlib.Path(out) if out else (run_dir / ("export_hf" if fmt == "hf"
@@ -293,7 +292,7 @@ def export_run(run_dir: str | pathlib.Path, fmt: str = "hf", out: str | None = N
         ck.close()
         raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
     try:
-        params = ck.manager.restore(step, args=loop._params_only_args(abstract))["state"]["params"]
+        params = ck.manager.restore(step, args=ckpt_lib.params_only_args(abstract))["state"]["params"]
     finally:
         ck.close()
     tensors = to_llama(params, mcfg)

@@ -180,3 +180,9 @@ def _abstract(x):
         return x
     sharding = getattr(x, "sharding", None)
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+def params_only_args(abstract_params):
+    """orbax restore args that read only ``state.params`` of a checkpoint (onto ``abstract_params``)."""
+    return ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params}, partial_restore=True))

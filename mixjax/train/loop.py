@@ -160,11 +160,7 @@ def _current_schema(saved: dict) -> dict:
         return saved
 
 
-def load_run_config(run_dir: str | pathlib.Path) -> Config:
-    path = pathlib.Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no config.json)")
-    return config_lib.from_dict(json.loads(path.read_text()))
+load_run_config = config_lib.load_run_config
 
 
 class _StopOnSignal:
@@ -190,21 +186,6 @@ class _StopOnSignal:
             signal.signal(s, h)
 
 
-def load_reference(run_dir: str, vocab_size: int):
-    """``(apply, params)`` of the latest checkpoint of a reference run."""
-    from mixjax.models import transformer
-    ref_cfg = load_run_config(run_dir)
-    mcfg = model_config(ref_cfg, vocab_size)
-    apply, abstract_params, _ = transformer.abstract_init(mcfg)
-    ck = ckpt_lib.Checkpointer(pathlib.Path(run_dir) / "checkpoints")
-    step = ck.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"reference run {run_dir!r} has no checkpoint")
-    params = _restore_params(ck.manager, step, abstract_params)
-    ck.close()
-    return apply, params
-
-
 def _restore_params(manager, step: int, abstract_params):
     """The params of checkpoint ``step``, on the sharding they were saved with.
 
@@ -217,10 +198,7 @@ def _restore_params(manager, step: int, abstract_params):
         return manager.restore(step, args=_params_only_args(abstract_params))["state"]["params"]
 
 
-def _params_only_args(abstract_params):
-    import orbax.checkpoint as ocp
-    return ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": abstract_params}, partial_restore=True))
+_params_only_args = ckpt_lib.params_only_args
 
 
 def sample_weights_fn(cfg: Config):
@@ -248,7 +226,9 @@ class Trainer:
             self.mixer.init(k)
         except (ValueError, TypeError, KeyError) as e:
             msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
-            raise ConfigError(f"config key 'mixing': {msg}") from e
+            # a ValueError/TypeError is a mixer's own check of its hyperparameters
+            key = "mixing" if isinstance(e, KeyError) else "mixing.hparams"
+            raise ConfigError(f"config key {key!r}: {msg}") from e
         self.pad_id = self.data.pad_id
         from mixjax.models import transformer
         self.model_cfg = model_config(cfg, self.data.vocab_size)

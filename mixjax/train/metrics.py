@@ -159,38 +159,6 @@ def _framed_size(records: list[bytes]) -> int:
     return sum(16 + len(r) for r in records)
 
 
-class EventWriter:
-    """TensorBoard scalars, written synchronously (``add_scalar``/``flush``/``close``).
-
-    tensorboardX's ``SummaryWriter`` hands events to a background thread through a
-    queue that its ``flush`` does not drain, so a kill loses events that the JSONL
-    files already hold, even of steps before the checkpoint a resume starts from.
-    This writer uses tensorboardX's own pieces (``EventsWriter``: TFRecord framing,
-    CRCs, fsync on flush; ``summary.scalar``) in the calling thread, so ``flush``
-    makes every event durable. The file name ends with the process id: two writers
-    started in the same second (a quick resume) never share a file.
-    """
-
-    def __init__(self, logdir: str | pathlib.Path):
-        from tensorboardX.event_file_writer import EventsWriter
-        os.makedirs(logdir, exist_ok=True)
-        self._writer = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}")
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        import time
-
-        from tensorboardX.proto import event_pb2
-        from tensorboardX.summary import scalar
-        self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                                 summary=scalar(tag, value)))
-
-    def flush(self) -> None:
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
-
-
 class MetricsWriter:
     def __init__(self, run_dir: str | pathlib.Path, domains: tuple[str, ...],
                  tensorboard: bool = True, trackers=None):

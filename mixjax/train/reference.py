@@ -4,8 +4,7 @@ DoReMi's excess loss and similar rules read ``ref_loss`` from a frozen model:
 the latest checkpoint of another run dir, restored params-only onto the
 abstract shapes of that run's own model config. It lives here, not in
 ``mixjax.train.loop``, so that ``train.objectives`` does not import the loop that
-imports it (``tests/test_import_graph.py``); ``loop.load_reference`` is the same
-function and is to be replaced by an import from here.
+imports it (``tests/test_import_graph.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +24,9 @@ def run_model_config(run_dir: str | pathlib.Path, vocab_size: int):
     if not path.exists():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no config.json)")
     cfg = config_lib.from_dict(json.loads(path.read_text()))
-    return TransformerConfig(vocab_size=vocab_size, **dataclasses.asdict(cfg.model))
+    arch = {k: v for k, v in dataclasses.asdict(cfg.model).items()
+            if k not in ("vocab_size", "init_from")}   # the vocabulary comes from the data
+    return TransformerConfig(vocab_size=vocab_size, **arch)
 
 
 def load_reference(run_dir: str, vocab_size: int):
@@ -38,7 +39,10 @@ def load_reference(run_dir: str, vocab_size: int):
     step = ck.latest_step()
     if step is None:
         raise FileNotFoundError(f"reference run {run_dir!r} has no checkpoint")
-    got = ck.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": abstract_params}, partial_restore=True)))
+    import warnings
+    with warnings.catch_warnings():   # the saved sharding is what is wanted here
+        warnings.filterwarnings("ignore", message="Sharding info not provided")
+        got = ck.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": abstract_params}, partial_restore=True)))
     ck.close()
     return apply, got["state"]["params"]
