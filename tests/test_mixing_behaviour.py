@@ -127,10 +127,19 @@ def test_doremi_downweights_random_bytes(nine_stratified, reference):
     # eta 0.1 (the fix users report for noisy, near one-hot weights, doremi
     # issue #5): with 2 sequences per domain per batch, eta 1 makes the
     # weights swing between domains from one step to the next.
+    #
+    # DoReMi's output is the time average of the weights (Xie et al. 2023, Alg. 1:
+    # alpha_bar = mean_t alpha_t), so that is what is checked, and more strictly than
+    # before: the random domain gets the lowest average weight of all nine domains.
+    # The last iterate is not DoReMi's output and is not checked: on the rebuilt
+    # mixpile-tiny the proxy, once it has downweighted the random domain, falls behind
+    # the reference there (its loss on random bytes ends ~0.24 nats above the
+    # reference's), the clipped excess loss turns positive and the weight climbs back
+    # late in the run (final weight 0.149 vs 1/9, average 0.045; docs/mixing.md).
     final, avg = _train_with_reference("doremi", nine_stratified, reference, 150, eta=0.1)
     k = len(final)
     assert nine_stratified[1].domains[-1] == RANDOM
-    assert final[-1] < 1 / k and avg[-1] < 1 / k, (final, avg)
+    assert avg[-1] < 1 / k and avg[-1] == avg.min(), (final, avg)
 
 
 def test_tdro_downweights_random_bytes(nine_stratified, reference):
