@@ -19,6 +19,7 @@ def test_sweep_table_resume_and_vmap_equivalence(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["dg", "sweep", TINY, "--run-dir", str(run), "--set", "steps=12", "--set", "vmap=True",
                  "--no-table"]) == 0
+    assert "dg sweep" in (err := capsys.readouterr().err) and "24/24" in err  # per-job progress
     recs = records(run)
     # 1 algorithm x (3 single + 3 pair test-env sets) x 2 hparams x 2 trials, records at steps 0, 10, 11
     assert len(recs) == 24 * 3

@@ -49,6 +49,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Iterable
 
@@ -433,6 +434,11 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     dev = None if per_job else DeviceData(data)
     cache: dict = {}
     t_all = time.perf_counter()
+    from tqdm.auto import tqdm
+    # jobs done / all jobs of the sweep; one line per ~30 s when stderr is a log file
+    bar = tqdm(total=len(all_jobs), initial=len(all_jobs) - len(jobs), desc="dg sweep", unit="job",
+               file=sys.stderr, dynamic_ncols=True, disable=not jobs,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     for gi, group in enumerate(groups):
         t0 = time.perf_counter()
         if per_job:
@@ -449,5 +455,8 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
         mean_acc = np.mean([r[f"env{j.test_envs[0]}_in_acc"] for j, r in last]) if last else math.nan
         log(f"[{gi + 1}/{len(groups)}] {group[0].algorithm} x{len(group)} jobs: {dt:.1f}s, "
             f"mean final test-env acc {100 * mean_acc:.1f}")
+        bar.set_postfix_str(group[0].algorithm, refresh=False)
+        bar.update(len(group))
+    bar.close()
     log(f"sweep finished in {time.perf_counter() - t_all:.1f}s -> {run_dir}")
     return run_dir
