@@ -121,7 +121,7 @@ def _params(run_dir):
     mcfg = transformer.TransformerConfig(**info["model"])
     _, abstract, _ = transformer.abstract_init(mcfg)
     ck = ckpt_lib.Checkpointer(run_dir / "checkpoints")
-    p = ck.manager.restore(ck.latest_step(), args=loop._params_only_args(abstract))["state"]["params"]
+    p = ckpt_lib.restore_params(ck.manager, ck.latest_step(), abstract)
     ck.close()
     return mcfg, p
 

@@ -225,13 +225,13 @@ def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict)
             ck.close()
             raise ExportError(f"{where}: the run has no checkpoint")
         try:
-            got = ck.manager.restore(step, args=ckpt_lib.params_only_args(abstract_params))
+            params = ckpt_lib.restore_params(ck.manager, step, abstract_params)
         except Exception as e:   # orbax: shape/structure mismatch
             raise ExportError(f"{where}: checkpoint step {step} does not fit this model "
                               f"({type(e).__name__}: {str(e)[:300]})") from None
         finally:
             ck.close()
-        params, info = got["state"]["params"], {"kind": "mixjax", "path": str(path), "step": step}
+        info = {"kind": "mixjax", "path": str(path), "step": step}
     elif path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if not (path / "config.json").exists() or not files:
@@ -292,7 +292,7 @@ def export_run(run_dir: str | pathlib.Path, fmt: str = "hf", out: str | None = N
         ck.close()
         raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
     try:
-        params = ck.manager.restore(step, args=ckpt_lib.params_only_args(abstract))["state"]["params"]
+        params = ckpt_lib.restore_params(ck.manager, step, abstract)
     finally:
         ck.close()
     tensors = to_llama(params, mcfg)

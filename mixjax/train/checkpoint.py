@@ -186,3 +186,15 @@ def params_only_args(abstract_params):
     """orbax restore args that read only ``state.params`` of a checkpoint (onto ``abstract_params``)."""
     return ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item={"params": abstract_params}, partial_restore=True))
+
+
+def restore_params(manager, step: int, abstract_params):
+    """The params of checkpoint ``step`` (onto ``abstract_params``' shapes).
+
+    orbax warns on every such restore that it reads the sharding from the file;
+    that is what is wanted here, so the warning is not shown.
+    """
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sharding info not provided")
+        return manager.restore(step, args=params_only_args(abstract_params))["state"]["params"]

@@ -186,21 +186,6 @@ class _StopOnSignal:
             signal.signal(s, h)
 
 
-def _restore_params(manager, step: int, abstract_params):
-    """The params of checkpoint ``step``, on the sharding they were saved with.
-
-    orbax warns on every such restore that it reads the sharding from the file;
-    that is what is wanted here, so the warning is not shown.
-    """
-    import warnings
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sharding info not provided")
-        return manager.restore(step, args=_params_only_args(abstract_params))["state"]["params"]
-
-
-_params_only_args = ckpt_lib.params_only_args
-
-
 def sample_weights_fn(cfg: Config):
     if cfg.mixing.sample_reweight is None:
         return None
@@ -627,7 +612,7 @@ def evaluate_run(run_dir: str | pathlib.Path, *, step: int | None = None,
     if step is None:
         raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
     try:
-        params = _restore_params(ck.manager, step, abstract_params)
+        params = ckpt_lib.restore_params(ck.manager, step, abstract_params)
     except Exception as e:   # a missing or damaged checkpoint: one line naming it
         ck.close()
         raise ckpt_lib.CheckpointError(f"run dir {str(run_dir)!r}: checkpoint {step} cannot be "

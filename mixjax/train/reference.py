@@ -31,18 +31,12 @@ def run_model_config(run_dir: str | pathlib.Path, vocab_size: int):
 
 def load_reference(run_dir: str, vocab_size: int):
     """``(apply, params)`` of the latest checkpoint of a reference run."""
-    import orbax.checkpoint as ocp
-
     from mixjax.models import transformer
     apply, abstract_params, _ = transformer.abstract_init(run_model_config(run_dir, vocab_size))
     ck = ckpt_lib.Checkpointer(pathlib.Path(run_dir) / "checkpoints")
     step = ck.latest_step()
     if step is None:
         raise FileNotFoundError(f"reference run {run_dir!r} has no checkpoint")
-    import warnings
-    with warnings.catch_warnings():   # the saved sharding is what is wanted here
-        warnings.filterwarnings("ignore", message="Sharding info not provided")
-        got = ck.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, partial_restore=True)))
+    params = ckpt_lib.restore_params(ck.manager, step, abstract_params)
     ck.close()
-    return apply, got["state"]["params"]
+    return apply, params
