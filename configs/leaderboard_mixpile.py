@@ -10,8 +10,8 @@ Sizes (every method gets the same model, data order per seed, eval sets and toke
            = 153,600 training tokens per run; 32 eval sequences of 65 tokens per domain. CI slow tier.
   mixpile  mixpile (27 MB), 2 layers d_model 128 (~0.5M parameters), 16 x 128 tokens x 500 steps
            = 1,024,000 training tokens per run; 64 eval sequences of 129 tokens per domain (~8 KB of
-           each domain's 128 KB+ validation split). Sized for ~2 h of an unloaded 2-core CPU for
-           15 methods x 3 seeds (an estimate from the tiny runs' steps/s, not a measured total).
+           each domain's 128 KB+ validation split). About 3.4 h of an idle 2-core CPU for 24 methods
+           x 3 seeds (extrapolated from the tiny table's 473 s: ~26x the compute per run; not measured).
 
 DoReMi and tDRO read a frozen reference model: the baseline's seed-0 run of the same grid
 (trained first; its budget is not counted in theirs, as in the DoReMi paper).
