@@ -39,7 +39,6 @@ in-process cache keyed by (name, seed, kwargs).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import glob
 import gzip

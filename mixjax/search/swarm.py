@@ -52,7 +52,7 @@ import json
 import pathlib
 import time
 import zlib
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

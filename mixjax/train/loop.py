@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import signal
 import sys
@@ -432,25 +431,25 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         writer = metrics_lib.NullWriter(run_dir, domains)
     if start == 0:
         writer.weights(0, last_weights)
-    with open(run_dir / "run_info.json" if main else os.devnull, "w") as f:
-        json.dump({"num_params": trainer.num_params, "domains": list(domains),
-                   "model": dataclasses.asdict(trainer.model_cfg), "mixer": mixer.name,
-                   "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
-                   "objective": cfg.train.objective, "heldout_domains": list(trainer.heldout),
-                   "devices": [str(d) for d in jax.devices()],
-                   "mesh": dict(trainer.mesh.shape), "processes": jax.process_count(),
-                   # fingerprint of the eval sets (mixjax.data.eval_sets.eval_checksum):
-                   # runs are comparable only when it agrees (mixjax compare checks it)
-                   "eval_sets": {"sha256": getattr(trainer.data, "eval_checksum", None)
-                                 or eval_checksum(trainer.data.eval_sets,
-                                                  (getattr(trainer.data, "tokenizer", None)
-                                                   or {}).get("checksum", cfg.data.tokenizer.kind)),
-                                 "split": cfg.eval.split, "num_seqs": cfg.eval.num_seqs,
-                                 "tokenizer": config_lib.to_dict(cfg)["data"]["tokenizer"],
-                                 "seq_len": cfg.data.seq_len},
-                   "tokenizer": getattr(trainer.data, "tokenizer", None),
-                   "init_from": getattr(trainer, "init_from", None), **provenance.collect()},
-                  f, indent=2)
+    run_info = {"num_params": trainer.num_params, "domains": list(domains),
+            "model": dataclasses.asdict(trainer.model_cfg), "mixer": mixer.name,
+            "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
+            "objective": cfg.train.objective, "heldout_domains": list(trainer.heldout),
+            "devices": [str(d) for d in jax.devices()],
+            "mesh": dict(trainer.mesh.shape), "processes": jax.process_count(),
+            # fingerprint of the eval sets (mixjax.data.eval_sets.eval_checksum):
+            # runs are comparable only when it agrees (mixjax compare checks it)
+            "eval_sets": {"sha256": getattr(trainer.data, "eval_checksum", None)
+                          or eval_checksum(trainer.data.eval_sets,
+                                           (getattr(trainer.data, "tokenizer", None)
+                                            or {}).get("checksum", cfg.data.tokenizer.kind)),
+                          "split": cfg.eval.split, "num_seqs": cfg.eval.num_seqs,
+                          "tokenizer": config_lib.to_dict(cfg)["data"]["tokenizer"],
+                          "seq_len": cfg.data.seq_len},
+            "tokenizer": getattr(trainer.data, "tokenizer", None),
+            "init_from": getattr(trainer, "init_from", None), **provenance.collect()}
+    if main:
+        atomic.write_text(run_dir / "run_info.json", json.dumps(run_info, indent=2))
 
     target_tokens = None if trainer.target_tokens is None else np.asarray(trainer.target_tokens)
     pending: list[tuple[int, dict]] = []

@@ -168,7 +168,7 @@ def check(names, args: Mapping[str, Mapping[str, Any]], installed: bool = False)
             if bad:
                 return f"train.tracker_args['wandb']: unknown key(s) {bad}; known: {list(WANDB_ARGS)}"
             if a.get("mode", "offline") not in ("offline", "online", "disabled"):
-                return f"train.tracker_args['wandb']['mode'] must be offline, online or disabled"
+                return "train.tracker_args['wandb']['mode'] must be offline, online or disabled"
     return None
 
 
