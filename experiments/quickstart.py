@@ -19,21 +19,15 @@ tokenizer) as ``token_counts``: w_d = n_d^(1/tau) / sum_j n_j^(1/tau). With tau
 = 2 this gives news 0.04 and science 0.06 of the batches versus 0.125 each under
 uniform, and code / tech_docs / legal about 0.16.
 
-Measured (one run each, seed 0, 300 steps, jax 0.10.2 CPU, 2026-11-27):
-uniform-average validation ppl 14.44 (uniform) vs 14.70 (temperature);
-temperature is lower on the up-weighted code (22.9 vs 24.2) and tech_docs
-(16.1 vs 16.8) and higher on the down-weighted news (11.9 vs 11.2) and science
-(12.1 vs 11.7). Caveat: the seed-to-seed spread at this scale is as large as
-these differences (uniform with seed 1: average 15.16, code 25.2, legal 11.7
-vs 10.7 with seed 0), and some validation sets hold only ~1.3k tokens, so the
-quickstart shows the pipeline end to end, not a significant mixture effect.
-Runtime: 240 s wall for both runs (user 107 s + sys 30 s) on the 2-core
-development machine while other jobs were running (load average 4-9),
+Measured (one run each, seed 0, 300 steps, jax 0.10.2 CPU, 2026-11-27, the rebuilt
+mixpile-tiny with evaluation floors: 16+ validation documents and 16+ KB per domain):
+uniform-average validation ppl 13.99 (uniform) vs 14.65 (temperature). Temperature is
+higher on every domain, including the up-weighted code (17.92 vs 17.74) and tech_docs
+(12.70 vs 12.62); most on the down-weighted news (12.27 vs 11.47) and science (11.80 vs
+11.04). One seed: the earlier corpus showed a seed-to-seed spread as large as such
+differences, so use `mixjax compare ... --seeds 3` (docs/compare.md) before believing one.
+Runtime: 82.5 s wall for both runs (user 107 s + sys 32 s) on the idle 2-core machine,
 measured with ``/usr/bin/time`` excluding installation.
-
-Note: the measured numbers above come from the earlier mixpile-tiny (8 kB documents, 1-2
-validation documents per domain) and earlier eval sets (first sequences of the split); the
-corpus was rebuilt with evaluation floors (docs/data_corpus.md) and they need re-measuring.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
+from mixjax import config as config_lib
 from mixjax.config import Config, ConfigError
 
 
@@ -123,6 +124,7 @@ def build_tokenizer(cfg: Config):
 
 
 def build_data(cfg: Config) -> TrainData:
+    config_lib.validate(cfg)   # also turns shorthand sections (`data.tokenizer = "byte"`) into theirs
     from mixjax import data
     from mixjax.data import token_cache
     tok, vocab = build_tokenizer(cfg)
