@@ -3,12 +3,12 @@
 Command:
     mixjax train configs/lm_tiny_bilevel.py --set train.run_dir=runs/tiny_bilevel
 Runtime: 200 steps; the step is three forward+backward passes (u and w on the
-training batch, w on the 16-sequence validation batch). Measured: 1 min 45 s
-wall (user 99 s) on the shared 2-core dev machine; the CLI test's three
-2-3-step runs of a shrunk model take ~20 s together.
-One measured run (seed 0): final weights softmax(p) legal 0.66, code 0.18,
-tech_docs 0.07, science 0.06, the rest <= 0.012; val_loss (code) 2.26; test
-loss_avg 2.81. One seed only: not a result about which domains help code.
+training batch, w on the 16-sequence validation batch). Measured on the rebuilt
+mixpile-tiny (2026-11-27, idle 2-core machine): 67 s wall (user 94 s); the CLI
+test's three 2-3-step runs of a shrunk model take ~20 s together.
+One measured run (seed 0): final weights softmax(p) code 0.80, legal 0.13, math
+0.03, the rest <= 0.02; test loss on code 2.92, test loss_avg 2.97. One seed
+only: not a result about which domains help code.
 
 The train state carries both model copies (``params`` = the upper-level model
 w, which is evaluated and checkpointed with its optimiser; ``lower_params`` =
@@ -24,10 +24,6 @@ Variants:
         --set "data.domains=['conversation','legal','literature','math','news','science','tech_docs']"
     penalty / p learning rate: --set train.objective_hparams.penalty=5
                                --set train.objective_hparams.lr_p=0.05
-
-Note: the measured numbers above come from the earlier mixpile-tiny (8 kB documents, 1-2
-validation documents per domain) and earlier eval sets (first sequences of the split); the
-corpus was rebuilt with evaluation floors (docs/data_corpus.md) and they need re-measuring.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

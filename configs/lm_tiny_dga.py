@@ -3,10 +3,11 @@
 Command:
     mixjax train configs/lm_tiny_dga.py --set train.run_dir=runs/tiny_dga
 Runtime: the jvp strategy costs ~1.7-1.8x a plain step
-(benchmarks/bench_grads.py). Measured: 200 steps in 63 s wall on the shared
-2-core dev machine; the 2-step CLI test takes ~10 s including compiles.
-One run (seed 0): the weights collapse onto legal (0.92; the other six sit at
-the eps floor 0.0136); held-out code loss 4.00 vs 2.79 averaged over the
+(benchmarks/bench_grads.py). Measured on the rebuilt mixpile-tiny (2026-11-27,
+idle 2-core machine): 200 steps in 57 s wall; the 2-step CLI test takes ~10 s
+including compiles.
+One run (seed 0): the weights collapse onto math (0.92; the other six sit at
+the eps floor 0.014); held-out code loss 4.15 vs 2.92 averaged over the
 training domains at step 200 (validation). One seed, no baseline run: this
 says the pipeline runs, not that DGA helps code here.
 
@@ -19,10 +20,6 @@ independent of K). start_step 20: on mixpile-tiny every domain's early
 gradient points along the shared byte statistics (docs/gradients.md);
 eps 0.05 keeps every domain sampled (an absent domain can never come back).
 Variant: code as a training domain too: --set data.domains=None
-
-Note: the measured numbers above come from the earlier mixpile-tiny (8 kB documents, 1-2
-validation documents per domain) and earlier eval sets (first sequences of the split); the
-corpus was rebuilt with evaluation floors (docs/data_corpus.md) and they need re-measuring.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform
