@@ -49,7 +49,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 import time
 from typing import Any, Callable, Iterable
 
@@ -434,11 +433,9 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     dev = None if per_job else DeviceData(data)
     cache: dict = {}
     t_all = time.perf_counter()
-    from tqdm.auto import tqdm
-    # jobs done / all jobs of the sweep; one line per ~30 s when stderr is a log file
-    bar = tqdm(total=len(all_jobs), initial=len(all_jobs) - len(jobs), desc="dg sweep", unit="job",
-               file=sys.stderr, dynamic_ncols=True, disable=not jobs,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    from mixjax import progress
+    bar = progress.bar(total=len(all_jobs), initial=len(all_jobs) - len(jobs), desc="dg sweep",
+                       unit="job", disable=not jobs)   # jobs done / all jobs of the sweep
     for gi, group in enumerate(groups):
         t0 = time.perf_counter()
         if per_job:

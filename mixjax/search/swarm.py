@@ -480,11 +480,9 @@ def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None 
     step = swarm.train_step()
     bar = None
     if progress:
-        import sys
-
-        from tqdm import tqdm
-        bar = tqdm(total=steps, initial=start, desc=f"swarm x{swarm.num_proxies}", unit="step",
-                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        from mixjax import progress
+        bar = progress.bar(total=steps, initial=start, desc=f"swarm x{swarm.num_proxies}",
+                           unit="step")
     metrics_path = out / "metrics.jsonl"
     if start == 0:
         metrics_path.unlink(missing_ok=True)

@@ -522,10 +522,8 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
 
     bar = None
     if t_cfg.progress:
-        from tqdm import tqdm
-        # Redrawn 10x/s on a terminal; every 30 s in a log file (cluster jobs, CI).
-        bar = tqdm(total=t_cfg.steps, initial=start, desc=cfg.name, unit="step",
-                   dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        from mixjax import progress
+        bar = progress.bar(total=t_cfg.steps, initial=start, desc=cfg.name, unit="step")
     final_eval = None
     stopped = None
     lag = getattr(sampler, "lag", cfg.data.lag)
