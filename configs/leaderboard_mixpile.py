@@ -8,10 +8,12 @@ Command (the table of docs/leaderboard.md):
 Sizes (every method gets the same model, data order per seed, eval sets and token budget):
   tiny     mixpile-tiny, 2 layers d_model 64 (~0.1M parameters, byte vocabulary), 16 x 64 tokens x 150 steps
            = 153,600 training tokens per run; 32 eval sequences of 65 tokens per domain. CI slow tier.
-  mixpile  mixpile (27 MB), 2 layers d_model 128 (~0.5M parameters), 16 x 128 tokens x 500 steps
-           = 1,024,000 training tokens per run; 64 eval sequences of 129 tokens per domain (~8 KB of
-           each domain's 128 KB+ validation split). About 3.4 h of an idle 2-core CPU for 24 methods
-           x 3 seeds (extrapolated from the tiny table's 473 s: ~26x the compute per run; not measured).
+  mixpile  mixpile (27 MB), 2 layers d_model 128 (~0.5M parameters), 16 x 128 tokens x 300 steps
+           = 614,400 training tokens per run; 64 eval sequences of 129 tokens per domain (~8 KB of
+           each domain's 128 KB+ validation split). Sized for about 2 h of an idle 2-core CPU for
+           24 methods x 3 seeds (extrapolated from the tiny table's 473 s: ~16x the compute per run;
+           500 steps would have been ~3.4 h). Under the load of other jobs (load average 15-18) a
+           500-step run took 330 s.
 
 DoReMi and tDRO read a frozen reference model: the baseline's seed-0 run of the same grid
 (trained first; its budget is not counted in theirs, as in the DoReMi paper).
@@ -39,7 +41,7 @@ def base(size: str = "tiny") -> Config:
         cfg.data.corpus = "mixpile"
         cfg.data.seq_len, cfg.data.batch_size = 128, 16
         cfg.model.d_model, cfg.model.num_layers, cfg.model.num_heads = 128, 2, 4
-        cfg.train.steps, cfg.eval.num_seqs = 500, 64
+        cfg.train.steps, cfg.eval.num_seqs = 300, 64
     else:
         raise ValueError(f"unknown leaderboard size {size!r}; known: tiny, mixpile")
     cfg.data.tokenizer = "byte"
