@@ -93,7 +93,7 @@ def test_tiny_one_hot_swarm_gives_a_non_negative_graph_led_by_the_learnable_doma
 def test_skillit_graph_cli_refuses_bad_out(tmp_path, capsys, out, message):
     (tmp_path / "exists.npy").write_bytes(b"keep")
     config = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
-                 / "lm_tiny.py")
+                 / "lm_tiny_uniform.py")
     assert cli.main(["search", "skillit-graph", config, "--out", str(tmp_path / out)]) == 2
     assert message in capsys.readouterr().err
     assert (tmp_path / "exists.npy").read_bytes() == b"keep"
