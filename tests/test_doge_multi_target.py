@@ -144,3 +144,11 @@ def test_a_single_target_mixer_refuses_a_list(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "grads.target" in err and "dga" in err
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_repeated_target_domains_are_a_config_error(tmp_path, capsys):
+    assert _train("lm_tiny_doge.py", tmp_path / "bad", "mixing.hparams.target=ood",
+                  "grads.target=[code, code]") == 2
+    err = capsys.readouterr().err
+    assert "grads.target" in err and "repeats" in err
+    assert not (tmp_path / "bad").exists()
