@@ -9,16 +9,16 @@ a validation set, ...). The engine returns what a mixer's ``requires`` names:
 * ``gram``      f32[K,K]  ``G_ij = <g_i, g_j>``
 * ``grad_norm`` f32[K]    ``||g_d||``
 * ``target_grad_norm`` f32[]  ``||g_t||`` (for methods that clip g_t)
+* ``loss``, ``count`` f32[K] per-domain mean loss and token count (always)
+
+and a ``combine(c)`` function giving the training gradient ``sum_d c_d g_d``
+over *all* parameters (e.g. DoGE's ``sum_d alpha_d clip(g_d)``).
 
 With several target domains (``grads.target`` a list: the target batch is
 ``[T, N, S+1]``, one row block per target domain ``t``, each with its own
 gradient ``g_t``), ``grad_dot`` is f32[K, T] ``<g_d, g_t>`` and
 ``target_grad_norm`` f32[T] (DoGE's out-of-domain rule clips each ``g_t``
 separately and sums).
-* ``loss``, ``count`` f32[K] per-domain mean loss and token count (always)
-
-and a ``combine(c)`` function giving the training gradient ``sum_d c_d g_d``
-over *all* parameters (e.g. DoGE's ``sum_d alpha_d clip(g_d)``).
 
 Everything works from a *token loss function* and never sees a model::
 
