@@ -16,7 +16,9 @@ Gradient aggregators (``pcgrad``, ``mgda``, ``upgrad``) run on the vmap gradient
 engine (K per-domain gradients, their Gram matrix, one weighted combine); their
 ratio to plain training includes that engine. ``gram[mean]`` is the same engine
 with constant coefficients 1/K, so aggregator / gram[mean] is the cost of the
-K x K solve itself. Aioli and Skill-it read ``eval_loss``: their rows are the
+K x K solve itself. ``gram[mean] two-pass`` also asks for the token mask, which
+makes the step run its own full-batch forward next to the engine's (the step
+before the engine supplied the per-domain losses): the cost of that pass. Aioli and Skill-it read ``eval_loss``: their rows are the
 ordinary step (the update runs every step, branch-free); the evaluations they
 request (Aioli: K lp_rounds + 1 per round; Skill-it: one per ``eval_every``) are
 timed separately with the eval set of ``--eval-seqs`` sequences per domain and
@@ -71,6 +73,7 @@ def methods(refit_every: int):
                             "one_hot_factor": 0.5, "ema": 0.5, "normalize_A": True}, None),
         "skillit": ("skillit", {"update_steps": 250}, None),
         "gram[mean]": ("_bench_gram_mean", {}, None),
+        "gram[mean] two-pass": ("_bench_gram_mean_two_pass", {}, None),
         "pcgrad": ("pcgrad", {}, None),
         "mgda": ("mgda", {}, None),
         "upgrad": ("upgrad", {}, None),
@@ -87,6 +90,14 @@ class _GramMean(mixing.Mixer):
 
     def gradient_coeffs(self, state, stats):
         return jnp.full_like(stats["count"], 1.0 / stats["count"].shape[0])
+
+
+@mixing.register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _GramMeanTwoPass(_GramMean):
+    """``_GramMean`` plus a per-token statistic: the step runs a second full-batch forward."""
+    name = "_bench_gram_mean_two_pass"
+    requires = frozenset({"gram", "count", "token_mask"})
 
 
 def build(args, name, spec, params, apply, k):

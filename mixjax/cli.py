@@ -11,7 +11,7 @@ Each command group lives in the module that owns it and exposes
     mixjax compare CONFIG... --seeds N          mixjax.compare.cli
     mixjax export RUN_DIR --format hf|safetensors   mixjax.models.hf_io
     mixjax --version                            (also: python -m mixjax)
-    mixjax search {regmix,law} CONFIG ...       mixjax.search.pipeline
+    mixjax search {regmix,law,skillit-graph} CONFIG ...  mixjax.search.pipeline
 
 Every command that writes a directory takes it as ``--out DIR`` (older
 spellings stay as aliases: ``dg sweep --run-dir``).

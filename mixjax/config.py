@@ -183,7 +183,9 @@ class GradsConfig:
     layout: str = "stratified"         # vmap: stratified (B/K rows per domain) | rows (any batch)
     chunk_size: int = 1                # chunked: domains per group
     param_filter: str | None = None    # regex on parameter paths for the statistics
-    target: str | None = None          # domain whose validation split gives g_target (grad_dot)
+    # domain whose validation split gives g_target (grad_dot); a list of domains gives one
+    # target gradient each (mixers with multi_target, e.g. DoGE's out-of-domain rule)
+    target: str | tuple[str, ...] | None = None
     jvp_microbatches: int | None = None  # jvp: tangent pass in M micro-batches (None: 4/2/1)
 
 
@@ -487,6 +489,9 @@ def validate(cfg: Config) -> Config:
              f"{g.jvp_microbatches}")
     _require(g.layout in ("stratified", "rows"), "grads.layout",
              f"must be stratified or rows, got {g.layout!r}")
+    _require(not isinstance(g.target, tuple) or (g.target and len(set(g.target)) == len(g.target)),
+             "grads.target", f"a list of target domains must be non-empty and without repeats, "
+             f"got {g.target!r}")
     _validate_mixer(cfg)
     _validate_objective(cfg)
     return cfg

@@ -14,6 +14,12 @@ a validation set, ...). The engine returns what a mixer's ``requires`` names:
 and a ``combine(c)`` function giving the training gradient ``sum_d c_d g_d``
 over *all* parameters (e.g. DoGE's ``sum_d alpha_d clip(g_d)``).
 
+With several target domains (``grads.target`` a list: the target batch is
+``[T, N, S+1]``, one row block per target domain ``t``, each with its own
+gradient ``g_t``), ``grad_dot`` is f32[K, T] ``<g_d, g_t>`` and
+``target_grad_norm`` f32[T] (DoGE's out-of-domain rule clips each ``g_t``
+separately and sums).
+
 Everything works from a *token loss function* and never sees a model::
 
     token_loss_fn(params, batch) -> (token_loss f32[B,S], token_mask f32[B,S])
@@ -228,7 +234,8 @@ def _masked_mean(token_loss: Array, token_mask: Array) -> tuple[Array, Array]:
     return (token_loss * token_mask).sum() / jnp.maximum(n, 1.0), n
 
 
-def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatches):
+def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatches,
+                      stacked: bool = False):
     """``(L f32[K], count f32[K], J_L direction f32[K])`` with the tangent pass over M
     micro-batches (``lax.map``).
 
@@ -260,10 +267,16 @@ def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatc
         (tot, cnt), (dtot, _) = jax.jvp(lambda p: sums(p, mb), (params,), (direction,))
         return tot, cnt, dtot
 
-    tot, cnt, dtot = jax.lax.map(one, micro)
+    def one_stacked(mb):   # T tangents, one primal: dtot [K, T]
+        jvp = lambda d: jax.jvp(lambda p: sums(p, mb), (params,), (d,))   # noqa: E731
+        (tot, cnt), (dtot, _) = jax.vmap(jvp, out_axes=((None, None), (1, None)))(direction)
+        return tot, cnt, dtot
+
+    tot, cnt, dtot = jax.lax.map(one_stacked if stacked else one, micro)
     cnt = cnt.sum(axis=0)
     denom = jnp.maximum(cnt, 1.0)
-    return tot.sum(axis=0) / denom, cnt, dtot.sum(axis=0) / denom
+    return (tot.sum(axis=0) / denom, cnt,
+            dtot.sum(axis=0) / (denom[:, None] if stacked else denom))
 
 
 def domain_loss_vector(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
@@ -308,12 +321,15 @@ def stratify(batch: Mapping[str, Array], num_domains: int) -> dict[str, Array]:
 # -- the engine -----------------------------------------------------------------------------
 def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array], *,
                  num_domains: int, needs: frozenset[str] | set[str] = frozenset(),
-                 config: GradConfig = GradConfig(), target: PyTree | None = None) -> DomainGrads:
+                 config: GradConfig = GradConfig(), target: PyTree | None = None,
+                 targets_stacked: bool = False) -> DomainGrads:
     """Per-domain gradient statistics for ``needs`` (a subset of :data:`GRAD_STATS`).
 
     ``target``: the target direction ``g_t`` (a params-shaped pytree) or None;
     required for ``grad_dot`` / ``target_grad_norm``. Use :func:`target_grad`
-    to get it from a target batch. Call inside ``jit``.
+    to get it from a target batch. ``targets_stacked``: ``target`` holds T
+    directions on a leading axis (:func:`target_grads`); then ``grad_dot`` is
+    [K, T] and ``target_grad_norm`` [T]. Call inside ``jit``.
     """
     needs = frozenset(needs) & frozenset(GRAD_STATS)
     check_request(config, needs)
@@ -326,7 +342,10 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
     t_sel = _split(target, mask)[0] if target is not None else None
     stats: dict[str, Array] = {}
     if "target_grad_norm" in needs:
-        stats["target_grad_norm"] = jnp.sqrt(_dot(t_sel, t_sel))
+        stats["target_grad_norm"] = (jnp.sqrt(jnp.diagonal(_gram(t_sel, t_sel))) if targets_stacked
+                                     else jnp.sqrt(_dot(t_sel, t_sel)))
+    # grad_dot of a stack of per-domain gradients with the target direction(s): [K] or [K, T]
+    dots_with_target = _gram if targets_stacked else _dots
 
     def loss_vec(p):
         return domain_loss_vector(token_loss_fn, p, batch, k)
@@ -338,18 +357,20 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         return pull(c.astype(jnp.float32))[0]
 
     if config.strategy == "jvp":
+        lead = (jax.tree.leaves(t_sel)[0].shape[0],) if targets_stacked else ()
         if "grad_dot" in needs:
-            direction = _merge(t_sel, jax.tree.map(jnp.zeros_like, _split(params, mask)[1]))
+            direction = _merge(t_sel, jax.tree.map(lambda x: jnp.zeros(lead + x.shape, x.dtype),
+                                                   _split(params, mask)[1]))
         else:
-            direction = jax.tree.map(jnp.zeros_like, params)
+            direction = jax.tree.map(lambda x: jnp.zeros(lead + x.shape, x.dtype), params)
         if config.jvp_mode == "linearize":
             losses, lin, counts = jax.linearize(loss_vec, params, has_aux=True)
-            dots = lin(direction)
+            dots = jax.vmap(lin)(direction).T if targets_stacked else lin(direction)
             transpose = jax.linear_transpose(lin, params)
             combine = lambda c: transpose(c.astype(jnp.float32))[0]   # noqa: E731
         else:
             losses, counts, dots = _microbatched_jvp(token_loss_fn, params, batch, k, direction,
-                                                     config.jvp_microbatches)
+                                                     config.jvp_microbatches, targets_stacked)
             combine = backward_combine
         stats["loss"], stats["count"] = losses, counts
         if "grad_dot" in needs:
@@ -361,7 +382,7 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         losses, pull, counts = jax.vjp(lambda s: loss_vec(_merge(s, rest)), sel, has_aux=True)
         grads = jax.vmap(lambda row: pull(row)[0])(jnp.eye(k, dtype=jnp.float32))
         stats["loss"], stats["count"] = losses, counts
-        _matrix_stats(stats, needs, grads, t_sel)
+        _matrix_stats(stats, needs, grads, t_sel, dots_with_target)
         combine = (lambda c: _weighted_sum(c, grads)) if full else backward_combine
         return DomainGrads(stats, combine)
 
@@ -381,7 +402,7 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
     if config.strategy == "vmap":
         grads, (losses, counts) = group_grads(sel, sub)
         stats["loss"], stats["count"] = losses, counts   # row d = domain d (sorted ids)
-        _matrix_stats(stats, needs, grads, t_sel)
+        _matrix_stats(stats, needs, grads, t_sel, dots_with_target)
         combine = (lambda c: _weighted_sum(c, grads)) if full else backward_combine
         return DomainGrads(stats, combine)
 
@@ -395,13 +416,13 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         gr, (ls, cn) = group_grads(sel, g)
         out = {"loss": ls, "count": cn}
         if "grad_dot" in needs:
-            out["grad_dot"] = _dots(gr, t_sel)
+            out["grad_dot"] = dots_with_target(gr, t_sel)
         if needs & {"grad_norm", "gram"}:
             out["sq"] = jnp.diagonal(_gram(gr, gr))
         return out
 
     res = jax.lax.map(per_group, groups)
-    res = {key: v.reshape(k) for key, v in res.items()}
+    res = {key: v.reshape(k, *v.shape[2:]) for key, v in res.items()}
     stats["loss"], stats["count"] = res["loss"], res["count"]
     if "grad_dot" in needs:
         stats["grad_dot"] = res["grad_dot"]
@@ -416,7 +437,8 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
     return DomainGrads(stats, backward_combine)
 
 
-def _matrix_stats(stats: dict, needs: frozenset[str], grads: PyTree, t_sel: PyTree | None) -> None:
+def _matrix_stats(stats: dict, needs: frozenset[str], grads: PyTree, t_sel: PyTree | None,
+                  dots_with_target: Callable = _dots) -> None:
     if needs & {"gram", "grad_norm"}:
         gram = _gram(grads, grads)
         if "gram" in needs:
@@ -424,12 +446,18 @@ def _matrix_stats(stats: dict, needs: frozenset[str], grads: PyTree, t_sel: PyTr
         if "grad_norm" in needs:
             stats["grad_norm"] = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
     if "grad_dot" in needs:
-        stats["grad_dot"] = _dots(grads, t_sel)
+        stats["grad_dot"] = dots_with_target(grads, t_sel)
 
 
 def target_grad(token_loss_fn: TokenLossFn, params: PyTree, target: Mapping[str, Array]) -> PyTree:
     """``g_t``: gradient of the target batch's mean token loss."""
     return jax.grad(lambda p: mean_loss(token_loss_fn, p, target))(params)
+
+
+def target_grads(token_loss_fn: TokenLossFn, params: PyTree, target: Mapping[str, Array]) -> PyTree:
+    """``g_t`` for each of T target domains, stacked on a leading axis: ``target`` holds
+    ``[T, N, ...]`` arrays (row block t = target domain t); one gradient at a time."""
+    return jax.lax.map(lambda one: target_grad(token_loss_fn, params, one), dict(target))
 
 
 def direct_domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
@@ -466,11 +494,13 @@ def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradS
     def grad_stats(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
                    keys: frozenset[str] | set[str]) -> GradStats:
         keys = frozenset(keys) & frozenset(GRAD_STATS)
-        target = None
+        target, stacked = None, False
         if keys & {"grad_dot", "target_grad_norm"}:
-            target = target_grad(token_loss_fn, params, target_batch(batch))
+            tb = target_batch(batch)
+            stacked = tb["tokens"].ndim == 3     # [T, N, S+1]: several target domains
+            target = (target_grads if stacked else target_grad)(token_loss_fn, params, tb)
         out = domain_grads(token_loss_fn, params, batch, num_domains=num_domains, needs=keys,
-                           config=config, target=target)
+                           config=config, target=target, targets_stacked=stacked)
         res = GradStats({k: v for k, v in out.stats.items() if k in keys})
         res.combine = out.combine
         res.domain_loss, res.domain_count = out.stats["loss"], out.stats["count"]

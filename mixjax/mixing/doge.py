@@ -12,9 +12,14 @@ Every step, with per-domain gradients ``g_i`` (each norm-clipped to
 
       W_i = sum_j <g_i, g_j> - <g_i, g_i>          (from the Gram matrix)
 
-* ``ood`` (target = a held-out domain's batch, gradient ``g_t``, also clipped)::
+* ``ood`` (target = held-out domains' batches, one gradient ``g_t`` per target
+  domain t = 1..T, each clipped separately, then summed over the targets)::
 
-      W_i = <g_i, g_t>                              (from grad_dot)
+      W_i = sum_t <g_i, g_t>                        (from grad_dot, [K] or [K, T])
+
+  (the reference's ``scores_mat = train_mat @ tgt_mat.T`` whose rows are the
+  separately clipped domain gradients, then ``scores_mat.sum(dim=-1)``;
+  ``grads.target = ["a", "b"]`` gives T = 2. A single target is T = 1.)
 
 then the learning-rate-scaled, clipped score and a mirror-descent step::
 
@@ -68,6 +73,7 @@ class DoGE(Mixer):
     name = "doge"
     default_apply_to = "loss"   # sampling stays at the reference weights; alpha acts on gradients
     average_includes_initial = False
+    multi_target = True     # grads.target may name several domains (target="ood")
 
     target: str = "universal"
     mu: float = 0.05
@@ -109,7 +115,10 @@ class DoGE(Mixer):
             norm = stats["grad_norm"]
             sc = clip_scale(norm, self.max_grad_norm)
             st = clip_scale(stats["target_grad_norm"], self.max_grad_norm)
-            w = sc * st * stats["grad_dot"]
+            if stats["grad_dot"].ndim == 2:   # several targets: clip each g_t, then sum over t
+                w = sc * (stats["grad_dot"] * st[None, :]).sum(axis=1)
+            else:
+                w = sc * st * stats["grad_dot"]
         return w, sc, sc * norm
 
     def scores(self, stats: Mapping[str, jax.Array]) -> jax.Array:

@@ -300,6 +300,10 @@ class UpsampleEnd(Mixer):
         return bool(getattr(self.inner, "needs_target_batch", False))
 
     @property
+    def multi_target(self) -> bool:
+        return bool(getattr(self.inner, "multi_target", False))
+
+    @property
     def wants_eval(self):
         """The base mixer's on-demand evaluations (Aioli, Skill-it), or None."""
         return getattr(self.inner, "wants_eval", None)

@@ -29,6 +29,9 @@ Graph (``graph``):
 * ``"runs"`` with ``graph_runs`` = one run directory per domain (domain order),
   each trained on that domain only: A_ij = (L_j(0) - L_j(T)) / L_j(0) from the
   first and last rows of its ``eval.jsonl`` (``mixing_law_fitting.py``).
+* the same estimate from one swarm of K one-hot proxies:
+  ``mixjax search skillit-graph CONFIG --out graph.npy``
+  (:mod:`mixjax.search.skillit_graph`), then ``graph = "graph.npy"``.
 
 In every given graph an off-diagonal entry equal to 1 becomes 0.5, as the
 reference's trainer does when it loads ``graph_path``.

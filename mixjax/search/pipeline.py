@@ -3,6 +3,8 @@
     mixjax search regmix CONFIG [--proxies N] [--out DIR] [--set K=V ...] [--proxy-set K=V ...]
                                 [--search-set K=V ...] [--seeds N] [--no-target]
     mixjax search law    CONFIG ...            (the Data Mixing Law of Ye et al. instead of RegMix)
+    mixjax search skillit-graph CONFIG --out graph.npy [--set K=V ...] [--seeds N]
+                                (Skill-it's skills graph from K one-hot proxies: skillit_graph.py)
 
 CONFIG is a config file whose ``get_config()`` gives the *target* model's Config and
 whose optional ``get_search()`` gives a dict of search settings (:data:`DEFAULTS`),
@@ -432,6 +434,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                        metavar="KEY=VALUE", help=f"search setting, one of {sorted(DEFAULTS)}")
         p.add_argument("--seeds", type=int, default=1, help="target-model seeds per mixture")
         p.add_argument("--no-target", action="store_true", help="stop after the search")
+    g = sub.add_parser("skillit-graph", help="Skill-it skills graph from K one-hot proxies "
+                       "(one swarm) -> graph.npy for mixing.hparams.graph")
+    g.add_argument("config", help="proxy config file (model, optimiser, data, train.steps)")
+    g.add_argument("--out", required=True, help="the graph file to write (.npy; .json beside it)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the proxies")
+    g.add_argument("--seeds", type=int, default=1, help="one-hot proxies per domain (averaged)")
+    g.add_argument("--keep-negative", action="store_true",
+                   help="keep negative entries (SkillIt then needs clip_negative=True)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -440,6 +451,8 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.search.regmix import FitError
     from mixjax.search.swarm import SwarmError
     from mixjax.train.loop import RunDirError
+    if args.method == "skillit-graph":
+        return _run_skillit_graph(args)
     try:
         extra = list(args.search_overrides)
         if args.proxies is not None:
@@ -460,3 +473,24 @@ def run(args: argparse.Namespace) -> int:
           f"({summary['seconds']:.0f} s)")
     return 0
 
+
+def _run_skillit_graph(args: argparse.Namespace) -> int:
+    from mixjax import config as config_lib
+    from mixjax.config import ConfigError
+    from mixjax.search import skillit_graph
+    from mixjax.search.swarm import SwarmError
+    try:
+        out = pathlib.Path(args.out)
+        if out.suffix != ".npy":
+            raise SearchError(f"--out must name a .npy file, got {args.out!r}")
+        if out.exists():
+            raise SearchError(f"--out {args.out!r} exists; remove it or pick another path")
+        cfg = config_lib.load(args.config, args.overrides)
+        graph = skillit_graph.estimate(cfg, out, seeds=args.seeds,
+                                       clip_negative=not args.keep_negative)
+    except (SearchError, ConfigError, SwarmError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(np.array2string(graph, precision=3, suppress_small=True))
+    print(f"graph: {out}   details: {out.with_suffix('.json')}")
+    return 0

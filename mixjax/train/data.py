@@ -93,14 +93,22 @@ def _sources(cfg: Config):
             raise ConfigError(f"config key 'data.domains': unknown domain(s) {unknown}; "
                               f"known: {sorted(sources)}")
         sources = {d: sources[d] for d in cfg.data.domains}
-    target, heldout = cfg.grads.target, {}
-    if target is not None and target not in sources:
+    heldout = {}
+    for target in target_domains(cfg):
+        if target in sources:
+            continue
         if target not in everything:
             raise ConfigError(f"config key 'grads.target': unknown domain {target!r}; "
                               f"training domains: {sorted(sources)}, held-out candidates: "
                               f"{sorted(set(everything) - set(sources))}")
-        heldout = {target: everything[target]}   # out-of-domain target: never trained on
+        heldout[target] = everything[target]   # out-of-domain target: never trained on
     return sources, heldout
+
+
+def target_domains(cfg: Config) -> tuple[str, ...]:
+    """``grads.target`` as a tuple of domains (empty when unset)."""
+    t = cfg.grads.target
+    return () if t is None else (t,) if isinstance(t, str) else tuple(t)
 
 
 def build_tokenizer(cfg: Config):
@@ -149,12 +157,13 @@ def build_data(cfg: Config) -> TrainData:
         everything, seq_len=cfg.data.seq_len, split=cfg.eval.split,
         num_sequences=cfg.eval.num_seqs, tokenizer=tok, split_fractions=fractions))
     target_sets = {}
-    if cfg.grads.target is not None:
-        t = cfg.grads.target
+    targets = target_domains(cfg)
+    if targets:
         target_sets = (eval_sets if cfg.eval.split == "validation" else data.eval_arrays(
-            {t: {**sources, **heldout}[t]}, seq_len=cfg.data.seq_len, split="validation",
-            num_sequences=cfg.eval.num_seqs, tokenizer=tok, split_fractions=fractions))
-        target_sets = {t: target_sets[t]}
+            {t: {**sources, **heldout}[t] for t in targets}, seq_len=cfg.data.seq_len,
+            split="validation", num_sequences=cfg.eval.num_seqs, tokenizer=tok,
+            split_fractions=fractions))
+        target_sets = {t: target_sets[t] for t in targets}
     seed = cfg.train.seed if cfg.data.seed is None else cfg.data.seed
 
     def make_sampler(weights: np.ndarray):

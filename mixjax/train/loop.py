@@ -267,14 +267,25 @@ class Trainer:
         cfg = self.cfg
         target = cfg.grads.target
         heldout = tuple(getattr(self.data, "heldout_domains", ()))
-        if target is None or target not in self.domains + heldout:
+        several = isinstance(target, tuple)
+        if target is None or not set(target if several else (target,)) <= set(
+                self.domains + heldout):
             raise ConfigError(f"config key 'grads.target': {self.mixer.name!r} needs a target "
                               f"domain (its validation split gives the target batch); got "
                               f"{target!r}; training domains: {list(self.domains)}")
+        if several and not getattr(self.mixer, "multi_target", False):
+            raise ConfigError(f"config key 'grads.target': mixer {self.mixer.name!r} takes one "
+                              f"target domain, got the list {list(target)}")
         target_sets = getattr(self.data, "target_sets", None) or {}
-        if target in target_sets:
-            return np.asarray(target_sets[target])[:cfg.eval.num_seqs]
-        return np.asarray(self.data.eval_sets[target])[:cfg.eval.num_seqs]
+
+        def split(t):
+            return np.asarray(target_sets[t] if t in target_sets else self.data.eval_sets[t])
+
+        if not several:
+            return split(target)[:cfg.eval.num_seqs]
+        # [T, N, S+1]: one row block per target domain (N = the shortest split, <= num_seqs)
+        n = min(cfg.eval.num_seqs, *(len(split(t)) for t in target))
+        return np.stack([split(t)[:n] for t in target])
 
     def sampler_weights(self) -> np.ndarray:
         """The sampler's initial weights: the mixer's (sampling/both) or the reference p (loss)."""
