@@ -65,9 +65,9 @@ def test_dsrm_loss_and_min_entropy_head():
 def test_dsrm_step_and_prediction():
     alg, hp = build("dsrm", MLP_NET)
     xs, ys = batches((3,), 3)
-    state = alg.init(jax.random.key(0), hp)
-    z = np.asarray(alg.features(state["params"], xs.reshape(K * B, 3))).reshape(K, B, -1)
-    shared = np.asarray(alg.logits(state["params"], xs.reshape(K * B, 3))).reshape(K, B, -1)
+    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    z = np.asarray(jax.jit(alg.features)(state["params"], xs.reshape(K * B, 3))).reshape(K, B, -1)
+    shared = np.asarray(jax.jit(alg.logits)(state["params"], xs.reshape(K * B, 3))).reshape(K, B, -1)
     hk, hb = np.asarray(state["heads"]["kernel"]), np.asarray(state["heads"]["bias"])
     expected = np.mean([(np_ce(z[e] @ hk[e] + hb[e], np.asarray(ys[e])) + np_ce(shared[e], np.asarray(ys[e]))) / 2
                         for e in range(K)])
@@ -75,11 +75,11 @@ def test_dsrm_step_and_prediction():
     assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
     assert not np.allclose(new["heads"]["kernel"], hk)  # the env heads train with the same Adam
     x = xs[0]
-    zz = np.asarray(alg.features(new["params"], x))
+    zz = np.asarray(jax.jit(alg.features)(new["params"], x))
     cands = [zz @ np.asarray(new["heads"]["kernel"][e]) + np.asarray(new["heads"]["bias"][e]) for e in range(K)]
-    cands.append(np.asarray(alg.classify(new["params"], jnp.asarray(zz))))
+    cands.append(np.asarray(jax.jit(alg.classify)(new["params"], jnp.asarray(zz))))
     ent = [-(np.exp(np_log_softmax(c)) * np_log_softmax(c)).sum(-1).mean() for c in cands]
-    np.testing.assert_allclose(alg.predict(new, x), cands[int(np.argmin(ent))], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(alg.predict)(new, x), cands[int(np.argmin(ent))], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- QT-DoG
@@ -116,7 +116,7 @@ def test_qtdog_quantises_at_q_steps_and_optimiser_as_the_code(paper):
     alg, hp = build("qtdog", CNN_NET, q_steps=2, qt_train_quantized=paper)
     xs, ys = batches((6, 6, 1), 2)
     update = jax.jit(alg.update)
-    state = alg.init(jax.random.key(0), hp)
+    state = jax.jit(alg.init)(jax.random.key(0), hp)
     for i in range(2):
         state, _ = update(hp, state, xs, ys, jax.random.key(i))
     assert not bool(state["quantized"])
@@ -145,7 +145,7 @@ def test_qtdog_quantises_at_q_steps_and_optimiser_as_the_code(paper):
     # prediction: every conv kernel replaced by round(clip(w / s, -64, 63)) * s
     np_q = lambda w, st: np.round(np.clip(w / st, -64, 63)) * st if w.ndim == 4 else w  # noqa: E731
     expected = jax.tree.map(lambda w, st: jnp.asarray(np_q(np.asarray(w), np.asarray(st))), s1["params"], s1["steps"])
-    np.testing.assert_allclose(alg.predict(s1, xs[0]), alg.logits(expected, xs[0]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(alg.predict)(s1, xs[0]), jax.jit(alg.logits)(expected, xs[0]), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------- UDIM
@@ -189,7 +189,7 @@ def test_udim_inconsistency_matches_reference_formula_and_autodiff_example_grads
 
 def test_udim_input_perturbation_is_normalised_gradient_of_loss_plus_rho_grad_norm():
     alg, hp = build("udim", MLP_NET)
-    params = alg.init(jax.random.key(1), hp)["params"]
+    params = jax.jit(alg.init)(jax.random.key(1), hp)["params"]
     x = RNG.normal(size=(4, 3)).astype(np.float64)
     y = np.array([0, 2, 1, 2])
     rho, syn_lr = 0.05, 10.0
@@ -223,33 +223,35 @@ def test_udim_input_perturbation_is_normalised_gradient_of_loss_plus_rho_grad_no
         e[idx] = eps
         grad[idx] = (np_objective(x + e) - np_objective(x - e)) / (2 * eps)
     expected = x + syn_lr * grad / np.maximum(np.linalg.norm(grad, axis=0, keepdims=True), 1e-12)
-    got = alg.perturbed_inputs(params, jnp.asarray(x, jnp.float32), jnp.asarray(y), rho, syn_lr)
+    got = jax.jit(alg.perturbed_inputs)(params, jnp.asarray(x, jnp.float32), jnp.asarray(y), rho, syn_lr)
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
 
 
 def test_udim_sam_warmup_then_udim_gradient():
     alg, hp = build("udim", MLP_NET, udim_warmup_iters=1)
     xs, ys = batches((3,), 3)
-    state = alg.init(jax.random.key(0), hp)
+    state = jax.jit(alg.init)(jax.random.key(0), hp)
     params = state["params"]
     x, y = xs.reshape(K * B, 3), ys.reshape(-1)
-    g = jax.grad(alg.ce)(params, x, y)
+    g = jax.jit(jax.grad(alg.ce))(params, x, y)
     gl = jax.tree.leaves(g)
     norm = np.sqrt(sum(float((a**2).sum()) for a in gl))
     for a, b, c in zip(jax.tree.leaves(sam_point(g, params, 0.05)), jax.tree.leaves(params), gl):
         np.testing.assert_allclose(a, np.asarray(b) + 0.05 * np.asarray(c) / norm, rtol=1e-5, atol=1e-7)
-    g_warm, _ = alg.sam_grads(hp, params, xs, ys)
     s1, m1 = jax.jit(alg.update)(hp, state, xs, ys, jax.random.key(0))
     assert float(m1["inconsistency"]) == 0.0  # warm-up step: plain SAM
-    g_udim, _, inc = alg.udim_grads(hp, s1["params"], xs, ys)
+    @jax.jit
+    def pieces(p):
+        g_udim, _, inc = alg.udim_grads(hp, p, xs, ys)
+        x_syn = alg.perturbed_inputs(p, x, y, hp["rho"], hp["syn_lr"])
+        g_inc = jax.grad(alg.inconsistency_loss)(p, xs, x_syn.reshape(xs.shape), ys)
+        return g_udim, inc, g_inc, alg.sam_grads(hp, p, xs, ys)[0]
+
+    g_udim, inc, g_inc, g_sam = pieces(s1["params"])
     assert float(inc) > 0
     # after the warm-up: g = g_sam + worst_weight * grad(inconsistency at the perturbed inputs)
-    x_syn = alg.perturbed_inputs(s1["params"], x, y, hp["rho"], hp["syn_lr"])
-    g_inc = jax.grad(alg.inconsistency_loss)(s1["params"], xs, x_syn.reshape(xs.shape), ys)
-    g_sam, _ = alg.sam_grads(hp, s1["params"], xs, ys)
     for a, b, c in zip(jax.tree.leaves(g_udim), jax.tree.leaves(g_sam), jax.tree.leaves(g_inc)):
         np.testing.assert_allclose(a, np.asarray(b) + float(hp["worst_weight"]) * np.asarray(c), rtol=1e-4, atol=1e-6)
-    del g_warm
 
 
 # ---------------------------------------------------------------- CCFP
@@ -282,18 +284,21 @@ def test_ccfp_step_student_teacher_and_adversarial_perturbation():
     alg, hp = build("ccfp", CNN_NET)
     xs, ys = batches((6, 6, 1), 2)
     x, y = xs.reshape(K * B, 6, 6, 1), ys.reshape(-1)
-    state = alg.init(jax.random.key(0), hp)
+    state = jax.jit(alg.init)(jax.random.key(0), hp)
     # at init the perturbation is the identity (gamma = beta = 0, up to the 1e-6 in sigma)
-    plain = alg.model.merge(state["teacher"]["net"])(x)
-    np.testing.assert_allclose(alg.predict(state, x), plain, rtol=1e-3, atol=1e-4)
-    logits_s, logits_t = np.asarray(alg.logits(state["params"], x)), np.asarray(plain)
+    plain = jax.jit(alg.logits)(state["teacher"]["net"], x)
+    np.testing.assert_allclose(jax.jit(alg.predict)(state, x), plain, rtol=1e-3, atol=1e-4)
+    logits_s, logits_t = np.asarray(jax.jit(alg.logits)(state["params"], x)), np.asarray(plain)
     new, m = jax.jit(alg.update)(hp, state, xs, ys, jax.random.key(0))
     assert float(m["loss"]) == pytest.approx(np_ce(logits_s, np.asarray(y)), rel=1e-5)
     assert float(m["loss_teacher"]) == pytest.approx(np_ce(logits_t, np.asarray(y)), rel=1e-4)
     # L_LD = -lambda_dis * style distance between the updated student and teacher
-    s_taps = alg.student_forward(new["params"], x)[1]
-    t_taps = alg.teacher_forward({**new["teacher"], "ldp": _ldp_before_ld_step(alg, hp, state, xs, ys)}, x)[1]
-    assert float(m["loss_ld"]) == pytest.approx(-float(style_distance(s_taps, t_taps)), rel=1e-4)
+    @jax.jit
+    def distance(student, teacher):
+        return style_distance(alg.student_forward(student, x)[1], alg.teacher_forward(teacher, x)[1])
+
+    ldp_t = jax.jit(_ldp_before_ld_step, static_argnums=0)(alg, hp, state, xs, ys)
+    assert float(m["loss_ld"]) == pytest.approx(-float(distance(new["params"], {**new["teacher"], "ldp": ldp_t})), rel=1e-4)
     # Adam_t and Adam_LD both moved the perturbation (teacher optimiser includes gamma, beta)
     assert int(new["teacher_opt"][1].count) == 1 and int(new["ldp_opt"][1].count) == 1
     gam = np.asarray(new["teacher"]["ldp"][0][0])
@@ -329,7 +334,7 @@ def test_ermpp_sma_is_uniform_average_from_start_minus_two():
 def test_ermpp_linear_probe_then_full_training_and_sma_prediction():
     alg, hp = build("ermplusplus", MLP_NET, linear_steps=1, sma_start_iter=3)
     xs, ys = batches((3,), 3)
-    state = alg.init(jax.random.key(0), hp)
+    state = jax.jit(alg.init)(jax.random.key(0), hp)
     update = jax.jit(alg.update)
     feats = lambda s: jax.tree.leaves(alg.model.merge(s["params"]).featurizer)  # noqa: E731
     head = lambda s: np.asarray(alg.model.merge(s["params"]).classifier.kernel[...])  # noqa: E731
@@ -345,4 +350,4 @@ def test_ermpp_linear_probe_then_full_training_and_sma_prediction():
     assert int(history[4]["opt"][1].count) == 2  # the full Adam starts fresh at t = 2
     # prediction: the average of the weights after updates 1, 2, 3 (start - 2 = 1)
     avg = jax.tree.map(lambda *w: sum(w) / 3, *(h["params"] for h in history[2:5]))
-    np.testing.assert_allclose(alg.predict(history[4], xs[0]), alg.logits(avg, xs[0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(alg.predict)(history[4], xs[0]), jax.jit(alg.logits)(avg, xs[0]), rtol=1e-5, atol=1e-6)
