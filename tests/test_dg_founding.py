@@ -351,3 +351,14 @@ def test_ermpp_linear_probe_then_full_training_and_sma_prediction():
     # prediction: the average of the weights after updates 1, 2, 3 (start - 2 = 1)
     avg = jax.tree.map(lambda *w: sum(w) / 3, *(h["params"] for h in history[2:5]))
     np.testing.assert_allclose(jax.jit(alg.predict)(history[4], xs[0]), jax.jit(alg.logits)(avg, xs[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_ccfp_on_an_mlp_featurizer_is_a_config_error():
+    from mixjax.config import ConfigError
+    from mixjax.dg.config import DatasetConfig, ModelConfig, SweepConfig, validate
+
+    cfg = SweepConfig(dataset=DatasetConfig(name="synthetic"), model=ModelConfig(featurizer="mlp"), algorithms=("erm", "ccfp"))
+    with pytest.raises(ConfigError, match="ccfp"):
+        validate(cfg)
+    with pytest.raises(ValueError, match="ccfp"):
+        A.get("ccfp")(net=MLP_NET, num_envs=K)
