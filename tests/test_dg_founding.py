@@ -111,23 +111,29 @@ def np_adam_zero_grad_step(p, mu, nu, count, lr, b1=0.9, b2=0.999, eps=1e-8):
     return p - lr * (mu / (1 - b1**t)) / (np.sqrt(nu / (1 - b2**t)) + eps)
 
 
-@pytest.mark.parametrize("paper", [0, 1])
-def test_qtdog_quantises_at_q_steps_and_optimiser_as_the_code(paper):
-    alg, hp = build("qtdog", CNN_NET, q_steps=2, qt_train_quantized=paper)
-    xs, ys = batches((6, 6, 1), 2)
+def first_kernel(alg, tree):
+    f = alg.model.merge(tree).featurizer
+    return np.asarray((f.convs[0] if alg.net.kind == "cnn" else f.layers[0]).kernel[...])
+
+
+# the code's mode on the CNN (conv kernels); QAT on the MLP with qt_linear = 1 (linear kernels)
+@pytest.mark.parametrize("paper,net,shape", [(0, CNN_NET, (6, 6, 1)), (1, MLP_NET, (3,))])
+def test_qtdog_quantises_at_q_steps_and_optimiser_as_the_code(paper, net, shape):
+    linear = int(net.kind == "mlp")
+    alg, hp = build("qtdog", net, q_steps=2, qt_train_quantized=paper, qt_linear=linear)
+    xs, ys = batches(shape, net.num_classes)
     update = jax.jit(alg.update)
     state = jax.jit(alg.init)(jax.random.key(0), hp)
     for i in range(2):
         state, _ = update(hp, state, xs, ys, jax.random.key(i))
     assert not bool(state["quantized"])
-    conv0 = lambda s: np.asarray(alg.model.merge(s["params"]).featurizer.convs[0].kernel[...])  # noqa: E731
+    conv0 = lambda s: first_kernel(alg, s["params"])  # noqa: E731
     before = conv0(state)
     adam_state = state["opt"][1]  # scale_by_adam's state
-    mu0 = np.asarray(alg.model.merge(adam_state.mu).featurizer.convs[0].kernel[...])
-    nu0 = np.asarray(alg.model.merge(adam_state.nu).featurizer.convs[0].kernel[...])
+    mu0, nu0 = first_kernel(alg, adam_state.mu), first_kernel(alg, adam_state.nu)
     s1, _ = update(hp, state, xs, ys, jax.random.key(2))  # step index 2 == q_steps: quantised from here
     assert bool(s1["quantized"])
-    steps0 = np.asarray(alg.model.merge(s1["steps"]).featurizer.convs[0].kernel[...])
+    steps0 = first_kernel(alg, s1["steps"])
     if not paper:
         np.testing.assert_allclose(steps0, lsq_init(jnp.asarray(before), 7), rtol=1e-6)
     if paper:
@@ -141,9 +147,9 @@ def test_qtdog_quantises_at_q_steps_and_optimiser_as_the_code(paper):
                                    rtol=1e-5, atol=1e-8)
         assert int(s1["opt"][1].count) == 3
         s2, _ = update(hp, s1, xs, ys, jax.random.key(3))
-        np.testing.assert_array_equal(alg.model.merge(s2["steps"]).featurizer.convs[0].kernel[...], steps0)
-    # prediction: every conv kernel replaced by round(clip(w / s, -64, 63)) * s
-    np_q = lambda w, st: np.round(np.clip(w / st, -64, 63)) * st if w.ndim == 4 else w  # noqa: E731
+        np.testing.assert_array_equal(first_kernel(alg, s2["steps"]), steps0)
+    # prediction: every conv (and with qt_linear every linear) kernel -> round(clip(w / s, -64, 63)) * s
+    np_q = lambda w, st: np.round(np.clip(w / st, -64, 63)) * st if w.ndim in (4, 2 * linear) else w  # noqa: E731
     expected = jax.tree.map(lambda w, st: jnp.asarray(np_q(np.asarray(w), np.asarray(st))), s1["params"], s1["steps"])
     np.testing.assert_allclose(jax.jit(alg.predict)(s1, xs[0]), jax.jit(alg.logits)(expected, xs[0]), rtol=1e-4, atol=1e-5)
 
