@@ -11,6 +11,9 @@ from mixjax.dg.networks import NetSpec
 
 K, B = 3, 8
 NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="mlp", mlp_width=16)
+# algorithms that need convolutional feature maps
+CNN_NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="cnn", cnn_widths=(16, 16, 16, 16))
+NETS = {"ccfp": CNN_NET}
 
 
 def tiny_batches():
@@ -26,7 +29,7 @@ def build(name, **override):
     hp = H.draw(cls.hparam_space(True), 0, 0)
     hp.update(batch_size=B, mlp_width=16, **override)
     static, traced = H.split_static(hp)
-    return cls(net=NET, num_envs=K, static=static), {k: jnp.float32(v) for k, v in traced.items()}
+    return cls(net=NETS.get(name, NET), num_envs=K, static=static), {k: jnp.float32(v) for k, v in traced.items()}
 
 
 # DomainBed's SANDMask default tau = 1 masks every coordinate (tanh(k (a - 1) / v) <= 0 is

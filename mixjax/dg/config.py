@@ -90,6 +90,8 @@ def validate(cfg: SweepConfig) -> SweepConfig:
         except ImageFolderError as e:
             raise ConfigError(f"config key 'dataset.kwargs.root' (--data-dir): {e}") from None
     need(cfg.model.featurizer in ("auto", "cnn", "mlp", "resnet"), "model.featurizer", "auto|cnn|mlp|resnet")
+    need(not (cfg.model.featurizer == "mlp" and "ccfp" in cfg.algorithms), "model.featurizer",
+         "algorithm 'ccfp' perturbs convolutional feature maps: use cnn, resnet or auto (image data)")
     need(cfg.dataset.seeds in DATA_SEED_MODES, "dataset.seeds", f"one of {DATA_SEED_MODES}")
     need(cfg.n_hparams >= 1, "n_hparams", "must be >= 1")
     need(cfg.n_trials >= 1, "n_trials", "must be >= 1")

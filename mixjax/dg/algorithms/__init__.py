@@ -54,3 +54,4 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     selfreg,
     vrex,
 )
+from mixjax.dg.algorithms import ccfp, dsrm, ermpp, qtdog, udim  # noqa: E402,F401  (founding-paper algorithms)
