@@ -54,3 +54,6 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     selfreg,
     vrex,
 )
+from mixjax.dg.algorithms import (  # noqa: E402,F401  DomainBed's remaining algorithms
+    trm,
+)
