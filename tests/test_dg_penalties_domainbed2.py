@@ -144,3 +144,114 @@ def test_trm_switches_from_erm_at_iters():
     assert float(m["trm_loss"]) != 0.0 and not np.array_equal(state["heads"]["w"], heads0["w"])
     alpha = np.asarray(state["alpha"])
     assert np.all(np.diag(alpha) == 0) and np.all(alpha[~np.eye(3, dtype=bool)] > 0.5)
+
+
+def test_mtl_embedding_buffer_and_objective():
+    from mixjax.dg.algorithms.mtl import MTL, MTLMean
+
+    k, b = 3, 4
+    xs = jnp.asarray(RNG.normal(size=(k, b, 4, 4, 1)), jnp.float32)
+    ys = jnp.asarray(RNG.integers(0, 2, (k, b)), jnp.int32)
+    hp = {"lr": 1e-3, "weight_decay": 0.0, "mtl_ema": 0.9}
+    key = jax.random.key(3)
+    for cls in (MTLMean, MTL):
+        alg = cls(net=NET, num_envs=k)
+        state = alg.init(jax.random.key(0), hp)
+        buf = RNG.normal(size=(k, 8)).astype(np.float32)
+        state = {**state, "embeddings": jnp.asarray(buf)}
+        p = state["params"]
+        z = np.asarray(alg.features(p, xs.reshape(k * b, 4, 4, 1))).reshape(k, b, -1)
+        w = np.asarray(p["classifier"]["kernel"][...])
+        bias = np.asarray(p["classifier"]["bias"][...])
+        assert w.shape == (16, 2)  # [features, embedding] -> classes
+        m = 0.9 * z.mean(1) + 0.1 * buf  # DomainBed update_embeddings_(features, env)
+        if cls is MTL:  # ``.normal_()`` replaces the embedding by N(0, 1) noise
+            second = [np.asarray(jax.random.normal(kk, (b, 8))) for kk in jax.random.split(key, k)]
+        else:
+            second = [np.repeat(m[e][None], b, 0) for e in range(k)]
+        expected = sum(np_ce(np.concatenate([z[e], second[e]], 1) @ w + bias, np.asarray(ys[e])) for e in range(k))
+        loss, aux = alg.loss(p, hp, state, xs, ys, key)
+        assert float(loss) == pytest.approx(expected, rel=1e-5)
+        np.testing.assert_allclose(aux["embeddings"], m, rtol=1e-5, atol=1e-6)
+        new, _ = jax.jit(alg.update)(hp, state, xs, ys, key)
+        np.testing.assert_allclose(new["embeddings"], m, rtol=1e-5, atol=1e-6)
+    # prediction without an env: the batch mean (mtl_mean)
+    x = xs[0]
+    alg = MTLMean(net=NET, num_envs=k)
+    zz = np.asarray(alg.features(p, x))
+    want = np.concatenate([zz, np.repeat(zz.mean(0, keepdims=True), b, 0)], 1) @ w + bias
+    np.testing.assert_allclose(alg.predict(state, x), want, rtol=1e-5, atol=1e-6)
+
+
+def np_conv_same(x, w, b):
+    """'same' 2-D convolution (cross-correlation, as torch's Conv2d), NHWC x HWIO."""
+    kh, kw = w.shape[:2]
+    xp = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    h, ww = x.shape[1:3]
+    out = np.zeros((x.shape[0], h, ww, w.shape[-1]))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nhwc,co->nhwo", xp[:, i:i + h, j:j + ww], w[i, j])
+    return out + b
+
+
+def np_context_net(params, stats, x, train):
+    """DomainBed ContextNet (torch BatchNorm2d semantics, momentum 0.1, eps 1e-5)."""
+    h, new = x, {}
+    for i in range(2):
+        h = np_conv_same(h, params[f"conv{i}"]["w"], params[f"conv{i}"]["b"])
+        s = stats[f"bn{i}"]
+        if train:
+            n = h.shape[0] * h.shape[1] * h.shape[2]
+            mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+            new[f"bn{i}"] = {"mean": 0.9 * s["mean"] + 0.1 * mean, "var": 0.9 * s["var"] + 0.1 * var * n / (n - 1)}
+        else:
+            mean, var = s["mean"], s["var"]
+        h = (h - mean) / np.sqrt(var + 1e-5) * params[f"bn{i}"]["scale"] + params[f"bn{i}"]["bias"]
+        h = np.maximum(h, 0)
+    return np_conv_same(h, params["conv2"]["w"], params["conv2"]["b"]), new
+
+
+def test_arm_context_network_and_groups():
+    from mixjax.dg.algorithms.arm import ARM, context_net, init_context_net, with_context
+
+    params, stats = init_context_net(jax.random.key(0), 1)
+    np_params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    np_params["bn0"]["scale"] = RNG.uniform(0.5, 1.5, 64)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), np_params)
+    stats = {f"bn{i}": {"mean": jnp.asarray(RNG.normal(size=64), jnp.float32),
+                        "var": jnp.asarray(RNG.uniform(0.5, 2, 64), jnp.float32)} for i in range(2)}
+    np_stats = jax.tree.map(lambda a: np.asarray(a, np.float64), stats)
+    x = RNG.normal(size=(6, 4, 4, 1))
+    for train in (True, False):
+        want, want_stats = np_context_net(np_params, np_stats, x, train)
+        got, got_stats = context_net(params, stats, jnp.asarray(x, jnp.float32), train)
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+        if train:
+            for i in range(2):
+                for s in ("mean", "var"):
+                    np.testing.assert_allclose(got_stats[f"bn{i}"][s], want_stats[f"bn{i}"][s], rtol=1e-4, atol=1e-5)
+    # DomainBed ARM.predict: groups of support_size when it divides the batch, else one group
+    ctx = RNG.normal(size=(6, 4, 4, 1))
+    xx = jnp.asarray(x, jnp.float32)
+    g3 = np.asarray(with_context(xx, jnp.asarray(ctx, jnp.float32), 3))
+    np.testing.assert_allclose(g3[..., 1], np.repeat(ctx.reshape(2, 3, 4, 4).mean(1), 3, 0), rtol=1e-5, atol=1e-6)
+    g4 = np.asarray(with_context(xx, jnp.asarray(ctx, jnp.float32), 4))
+    np.testing.assert_allclose(g4[..., 1], np.repeat(ctx.mean(0)[None, ..., 0], 6, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g4[..., :1], x, rtol=1e-6)
+
+    # one update: each env batch is its own context; the context net stays fixed, BN stats move
+    alg = ARM(net=NET, num_envs=2, static=(("batch_size", 3),))
+    hp = {"lr": 1e-3, "weight_decay": 0.0}
+    state = alg.init(jax.random.key(1), hp)
+    xs = jnp.asarray(RNG.normal(size=(2, 3, 4, 4, 1)), jnp.float32)
+    ys = jnp.asarray(RNG.integers(0, 2, (2, 3)), jnp.int32)
+    c_all, _ = context_net(state["context"], state["bn"], xs.reshape(6, 4, 4, 1), True)
+    inp = with_context(xs.reshape(6, 4, 4, 1), c_all, 3)
+    want_loss = np_ce(np.asarray(alg.logits(state["params"], inp)), np.asarray(ys).reshape(-1))
+    new, m = jax.jit(alg.update)(hp, state, xs, ys, jax.random.key(0))
+    assert float(m["loss"]) == pytest.approx(want_loss, rel=1e-5)
+    same = lambda a, b: all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    assert same(new["context"], state["context"]) and not same(new["bn"], state["bn"])
+    assert not same(new["params"], state["params"])
+    assert alg.predict(new, xs[0]).shape == (3, 2)
