@@ -255,3 +255,58 @@ def test_arm_context_network_and_groups():
     assert same(new["context"], state["context"]) and not same(new["bn"], state["bn"])
     assert not same(new["params"], state["params"])
     assert alg.predict(new, xs[0]).shape == (3, 2)
+
+
+def np_proj(delta, adv, h):
+    """DomainBed misc.proj over {name: array} dicts."""
+    dist = np.sqrt(sum(np.linalg.norm(adv[k] - h[k]) ** 2 for k in h))
+    if dist <= delta:
+        return adv
+    return {k: h[k] + delta / dist * (adv[k] - h[k]) for k in h}
+
+
+def test_transfer_adversarial_head_ascent_and_projection():
+    from mixjax.dg.algorithms.transfer import Transfer, project
+
+    a = {"kernel": RNG.normal(size=(3, 2)), "bias": RNG.normal(size=2)}
+    c = {"kernel": RNG.normal(size=(3, 2)), "bias": RNG.normal(size=2)}
+    for delta in (0.5, 100.0):
+        got = project(jax.tree.map(jnp.asarray, a), jax.tree.map(jnp.asarray, c), delta)
+        want = np_proj(delta, a, c)
+        for key in a:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-6)
+
+    k, b = 3, 5
+    xs = jnp.asarray(RNG.normal(size=(k, b, 4, 4, 1)), jnp.float32)
+    ys = jnp.asarray(RNG.integers(0, 2, (k, b)), jnp.int32)
+    alg = Transfer(net=NET, num_envs=k)
+    hp = {"lr": 1e-2, "weight_decay": 0.0, "t_lambda": 2.0, "delta": 0.05, "d_steps_per_g": 3.0,
+          "weight_decay_d": 0.0, "gda": 1.0, "beta1": 0.5, "lr_d": 0.5}
+    state = alg.init(jax.random.key(0), hp)
+    state = {**state, "adv": jax.tree.map(lambda v: v + 0.3, state["adv"])}  # a stale adversarial head
+    new, m = jax.jit(alg.update)(hp, state, xs, ys, jax.random.key(0))
+    same = lambda u, v: all(np.array_equal(p, q) for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(v)))  # noqa: E731
+    assert same(new["params"], state["params"])  # gda: DomainBed's optimiser holds only the adversarial head
+
+    # numpy statement of the adversarial loop: start from w, ascend t_lambda * (max - min env CE), project
+    z = np.asarray(alg.features(state["params"], xs.reshape(k * b, 4, 4, 1)), np.float64).reshape(k, b, -1)
+    w = {n: np.asarray(v[...], np.float64) for n, v in state["params"]["classifier"].items()}
+    adv = dict(w)
+    for _ in range(3):
+        risks = [np_ce(z[e] @ adv["kernel"] + adv["bias"], np.asarray(ys[e])) for e in range(k)]
+        hi, lo = int(np.argmax(risks)), int(np.argmin(risks))
+        gh, gl = np_head_grads(adv["kernel"], adv["bias"], z[hi], np.asarray(ys[hi])), \
+            np_head_grads(adv["kernel"], adv["bias"], z[lo], np.asarray(ys[lo]))
+        gap = 2.0 * (risks[hi] - risks[lo])
+        adv = {"kernel": adv["kernel"] + 0.5 * 2.0 * (gh[0] - gl[0]), "bias": adv["bias"] + 0.5 * 2.0 * (gh[1] - gl[1])}
+        adv = np_proj(0.05, adv, w)
+    for n in adv:
+        np.testing.assert_allclose(new["adv"][n][...], adv[n], rtol=1e-4, atol=1e-6)
+    assert float(m["gap"]) == pytest.approx(gap, rel=1e-4)
+
+    # gda False: phi steps twice (CE, then the gap), w once (the gap gives it no gradient)
+    new, _ = jax.jit(alg.update)({**hp, "gda": 0.0}, state, xs, ys, jax.random.key(0))
+    counts = lambda opt: sorted({int(c) for c in jax.tree.leaves(opt) if jnp.ndim(c) == 0 and c.dtype == jnp.int32})  # noqa: E731
+    assert counts(new["opt"]) == [2] and counts(new["opt_c"]) == [1]
+    assert not same(new["params"]["featurizer"], state["params"]["featurizer"])
+    assert not same(new["params"]["classifier"], state["params"]["classifier"])

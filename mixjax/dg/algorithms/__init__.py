@@ -57,5 +57,6 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
 from mixjax.dg.algorithms import (  # noqa: E402,F401  DomainBed's remaining algorithms
     arm,
     mtl,
+    transfer,
     trm,
 )
