@@ -310,3 +310,60 @@ def test_transfer_adversarial_head_ascent_and_projection():
     assert counts(new["opt"]) == [2] and counts(new["opt_c"]) == [1]
     assert not same(new["params"]["featurizer"], state["params"]["featurizer"])
     assert not same(new["params"]["classifier"], state["params"]["classifier"])
+
+
+def np_softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def np_disc(layers, z):
+    for layer in layers[:-1]:
+        z = z @ layer["w"] + layer["b"]
+        z = np.where(z > 0, z, 0.01 * z)  # LeakyReLU
+    return (z @ layers[-1]["w"] + layers[-1]["b"])[:, 0]
+
+
+def np_bce(s, t):  # torch BCEWithLogitsLoss, mean
+    return (np_softplus(s) - s * t).mean()
+
+
+@pytest.mark.parametrize("output,smoothing", [("tanh", 0.0), ("relu", 0.2)])
+def test_urm_generator_and_discriminator_losses(output, smoothing):
+    from mixjax.dg import hparams as H
+    from mixjax.dg.algorithms.urm import URM
+
+    k, b = 2, 6
+    xs = jnp.asarray(RNG.normal(size=(k, b, 4, 4, 1)), jnp.float32)
+    ys = jnp.asarray(RNG.integers(0, 2, (k, b)), jnp.int32)
+    hp = H.draw(URM.hparam_space(True), 0, 0)
+    hp.update(urm_generator_output=output, urm_discriminator_label_smoothing=smoothing, urm_adv_lambda=0.15,
+              urm_discriminator_hidden_layers=2)
+    static, traced = H.split_static(hp)
+    assert dict(static)["urm_generator_output"] == ("tanh", "relu", "sigmoid").index(output)
+    alg = URM(net=NET, num_envs=k, static=static)
+    hp = {n: jnp.float32(v) for n, v in traced.items()}
+    state = alg.init(jax.random.key(0), hp)
+    key = jax.random.key(5)
+    new, m = jax.jit(alg.update)(hp, state, xs, ys, key)
+
+    act, lo, hi = {"tanh": (np.tanh, -1, 1), "relu": (lambda v: np.maximum(v, 0), 0, 1)}[output]
+    raw = np.asarray(super(URM, alg).features(state["params"], xs.reshape(k * b, 4, 4, 1)), np.float64)
+    z = act(raw)
+    cls = state["params"]["classifier"]
+    w, bias = np.asarray(cls["kernel"][...]), np.asarray(cls["bias"][...])
+    disc = jax.tree.map(lambda a: np.asarray(a, np.float64), state["disc"])
+    assert len(disc) == 4  # input, 2 hidden, output
+    gen = np_ce(z @ w + bias, np.asarray(ys).reshape(-1)) + 0.15 * np_bce(np_disc(disc, z), 1.0)
+    assert float(m["loss"]) == pytest.approx(gen, rel=1e-5)
+    # discriminator: noise U[lo, hi) is "real", the (pre-step) features "fake"
+    kn, kt, kf = jax.random.split(key, 3)
+    noise = (hi - lo) * np.asarray(jax.random.uniform(kn, z.shape)) + lo
+    t1 = 1 - smoothing + smoothing * np.asarray(jax.random.uniform(kt, (k * b,)))
+    t0 = smoothing * np.asarray(jax.random.uniform(kf, (k * b,)))
+    assert noise.min() >= lo and noise.max() < hi and t1.min() >= 1 - smoothing and t0.max() <= smoothing
+    d_loss = np_bce(np_disc(disc, noise), t1) + 0.15 * np_bce(np_disc(disc, z), t0)
+    assert float(m["disc_loss"]) == pytest.approx(d_loss, rel=1e-5)
+    # prediction goes through the output activation
+    np.testing.assert_allclose(alg.predict(state, xs.reshape(k * b, 4, 4, 1)), z @ w + bias, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="urm_generator_output='identity'"):
+        H.split_static({"urm_generator_output": "identity"})

@@ -59,4 +59,5 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  DomainBed's remaining alg
     mtl,
     transfer,
     trm,
+    urm,
 )
