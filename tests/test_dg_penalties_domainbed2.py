@@ -367,3 +367,77 @@ def test_urm_generator_and_discriminator_losses(output, smoothing):
     np.testing.assert_allclose(alg.predict(state, xs.reshape(k * b, 4, 4, 1)), z @ w + bias, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="urm_generator_output='identity'"):
         H.split_static({"urm_generator_output": "identity"})
+
+
+def np_supcon_lambda(features, labels, domain_labels, lamda=0.5, temperature=0.07):
+    """DomainBed misc.SupConLossLambda.forward transcribed (loop over anchors)."""
+    n = features.shape[0]
+    nf = features / np.linalg.norm(features, axis=1, keepdims=True)
+    dots = nf @ nf.T / temperature
+    loss, nans = 0.0, 0
+    for i, (label, dom) in enumerate(zip(labels, domain_labels)):
+        pos_in = (labels == label) & (domain_labels == dom)
+        pos_in[i] = False
+        pos_out = (labels == label) & (domain_labels != dom)
+        neg_in = (labels != label) & (domain_labels == dom)
+        neg_out = (labels != label) & (domain_labels != dom)
+        scaled = np.concatenate([lamda * np.exp(dots[pos_in][:, i]), (1 - lamda) * np.exp(dots[pos_out][:, i])])
+        denom = np.sum(np.concatenate([lamda * np.exp(dots[neg_in][:, i]), (1 - lamda) * np.exp(dots[neg_out][:, i]),
+                                       scaled])) + 1e-5
+        num_pos = pos_in.sum() + pos_out.sum()
+        with np.errstate(invalid="ignore"):
+            loss_i = np.sum(np.log(scaled / denom + 1e-5)) / num_pos
+        if np.isnan(loss_i):
+            nans += 1
+            continue
+        loss -= loss_i
+    return loss / (n - nans + 1)
+
+
+def test_adrmx_supcon_remix_and_alternation():
+    from mixjax.dg.algorithms.adrmx import ADRMX, remix_pairs, supcon_lambda
+
+    z = RNG.normal(size=(9, 5))
+    y = np.array([0, 1, 1, 0, 2, 1, 0, 0, 3])  # class 2 and 3 have one member: no positives
+    d = np.repeat(np.arange(3), 3)
+    got = supcon_lambda(jnp.asarray(z, jnp.float32), jnp.asarray(y), jnp.asarray(d))
+    assert float(got) == pytest.approx(np_supcon_lambda(z, y, d), rel=1e-4)
+
+    yy = jnp.asarray([0, 1, 1, 0, 2, 1, 0, 0])
+    for s in range(20):
+        i, j, valid = map(np.asarray, remix_pairs(jax.random.key(s), yy, 4))
+        counts = np.bincount(np.asarray(yy), minlength=4)
+        assert list(valid) == [True, True, False, False]
+        assert np.all((i != j)[valid]) and np.all(i[valid] < counts[valid]) and np.all(j[valid] < counts[valid])
+
+    k, b = 3, 4
+    alg = ADRMX(net=NET, num_envs=k, static=(("batch_size", b), ("mlp_depth", 3), ("mlp_width", 8)))
+    hp = {n: jnp.float32(v.default) for n, v in ADRMX.hparam_space(True).items()
+          if n not in ("batch_size", "mlp_depth", "mlp_width")}
+    state = alg.init(jax.random.key(0), hp)
+    xs = jnp.asarray(RNG.normal(size=(k, b, 4, 4, 1)), jnp.float32)
+    ys = jnp.asarray(RNG.integers(0, 2, (k, b)), jnp.int32)
+    x, e = xs.reshape(k * b, 4, 4, 1), np.repeat(np.arange(k), b)
+    # the generator loss: a numpy sum of its terms (remix term recomputed from the same pairs)
+    net = alg.model.merge(state["params"])
+    zl, zd = np.asarray(net.featurizer_label(x), np.float64), np.asarray(net.featurizer_domain(x), np.float64)
+    zc, yv = zl - zd, np.asarray(ys).reshape(-1)
+    key = jax.random.key(9)
+    i, j, valid = map(np.asarray, remix_pairs(key, jnp.asarray(yv), 2))
+    head = lambda m, v: np.asarray(m(jnp.asarray(v, jnp.float32)), np.float64)  # noqa: E731
+    remix = sum(np_ce(head(net.classifier_label_1, (zc[i[c]] + zd[j[c]])[None]), yv[i[c]:i[c] + 1])
+                for c in range(2) if valid[c]) / 2
+    disc = np_ce(head(alg.disc_module.merge(state["disc"]), zc), e)
+    want = (np_ce(head(net.classifier_label_1, zl), yv) + np_ce(head(net.classifier_label_2, zc), yv)
+            + np_ce(head(net.classifier_domain, zd), e) + remix
+            + np_supcon_lambda(zl, yv, e) + np_supcon_lambda(zc, yv, e) - 0.75 * disc)
+    total, m = alg.losses(state["params"], state["disc"], hp, x, jnp.asarray(yv), jnp.asarray(e), key)
+    assert float(total) == pytest.approx(want, rel=1e-4)
+    # update_count 1, 2: discriminator, generator (d_steps_per_g_step = 2: t mod 3 < 2)
+    upd = jax.jit(alg.update)
+    same = lambda u, v: all(np.array_equal(p, q) for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(v)))  # noqa: E731
+    s1, _ = upd(hp, state, xs, ys, jax.random.key(1))
+    assert same(s1["params"], state["params"]) and not same(s1["disc"], state["disc"])
+    s2, _ = upd(hp, s1, xs, ys, jax.random.key(2))
+    assert not same(s2["params"], s1["params"]) and same(s2["disc"], s1["disc"])
+    assert alg.predict(s2, xs[0]).shape == (b, 2)

@@ -55,6 +55,7 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     vrex,
 )
 from mixjax.dg.algorithms import (  # noqa: E402,F401  DomainBed's remaining algorithms
+    adrmx,
     arm,
     mtl,
     transfer,
