@@ -441,3 +441,41 @@ def test_adrmx_supcon_remix_and_alternation():
     s2, _ = upd(hp, s1, xs, ys, jax.random.key(2))
     assert not same(s2["params"], s1["params"]) and same(s2["disc"], s1["disc"])
     assert alg.predict(s2, xs[0]).shape == (b, 2)
+
+
+def test_arm_is_evaluated_in_batches_of_one_env():
+    """DomainBed evaluates each env in batches of 64; ARM's predictions depend on the batch, so the
+    sweep evaluates it per env in chunks of 64 (the last wrapping to the env's first images) and
+    never mixes in another env's images or the zero rows that pad envs to one length."""
+    import dataclasses
+
+    from mixjax.dg.algorithms.arm import ARM
+    from mixjax.dg.sweep import GroupRunner
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class BatchProbe(ARM):
+        """Predicts class 1 only for a batch of 64 images of one env and no padding."""
+
+        def predict(self, state, x):
+            ok = (x.shape[0] == 64) & (x.min() > 0.5) & (x.max() - x.min() < 1.5)
+            return jnp.stack([jnp.zeros(x.shape[0]), jnp.where(ok, 1.0, -1.0) * jnp.ones(x.shape[0])], -1)
+
+    alg = BatchProbe(net=NET, num_envs=2, static=(("batch_size", 8),))
+    sizes, n = (64, 100), 100
+    X = np.zeros((2, n, 4, 4, 1), np.float32)
+    for e, s in enumerate(sizes):
+        X[e, :s] = RNG.uniform(1 + 2 * e, 2 + 2 * e, size=(s, 4, 4, 1))  # env e in [1 + 2e, 2 + 2e]
+    in_mask, out_mask = np.zeros((2, n), bool), np.zeros((2, n), bool)
+    for e, s in enumerate(sizes):
+        in_mask[e, : s // 2], out_mask[e, s // 2 : s] = True, True
+    jd = {"in_mask": jnp.asarray(in_mask), "out_mask": jnp.asarray(out_mask)}
+    Y = jnp.ones((2, n), jnp.int32)
+    acc_in, acc_out = GroupRunner(alg, 8, 1024, False).evaluate({}, jd, jnp.asarray(X), Y, 1)
+    assert list(map(float, acc_in)) == [1.0, 1.0] and list(map(float, acc_out)) == [1.0, 1.0]
+    # the same probe without ``eval_context`` sees mixed, padded chunks
+    class PlainProbe(BatchProbe):
+        eval_context = None
+
+    acc_in, _ = GroupRunner(PlainProbe(net=NET, num_envs=2, static=(("batch_size", 8),)), 8, 1024, False).evaluate(
+        {}, jd, jnp.asarray(X), Y, 1)
+    assert float(acc_in.max()) == 0.0
