@@ -431,7 +431,7 @@ def test_adrmx_supcon_remix_and_alternation():
     want = (np_ce(head(net.classifier_label_1, zl), yv) + np_ce(head(net.classifier_label_2, zc), yv)
             + np_ce(head(net.classifier_domain, zd), e) + remix
             + np_supcon_lambda(zl, yv, e) + np_supcon_lambda(zc, yv, e) - 0.75 * disc)
-    total, m = alg.losses(state["params"], state["disc"], hp, x, jnp.asarray(yv), jnp.asarray(e), key)
+    total, m = jax.jit(alg.losses)(state["params"], state["disc"], hp, x, jnp.asarray(yv), jnp.asarray(e), key)
     assert float(total) == pytest.approx(want, rel=1e-4)
     # update_count 1, 2: discriminator, generator (d_steps_per_g_step = 2: t mod 3 < 2)
     upd = jax.jit(alg.update)
