@@ -479,3 +479,35 @@ def test_arm_is_evaluated_in_batches_of_one_env():
     acc_in, _ = GroupRunner(PlainProbe(net=NET, num_envs=2, static=(("batch_size", 8),)), 8, 1024, False).evaluate(
         {}, jd, jnp.asarray(X), Y, 1)
     assert float(acc_in.max()) == 0.0
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("MIXJAX_DOMAINBED_DIR"),
+                    reason="set MIXJAX_DOMAINBED_DIR to a facebookresearch/DomainBed checkout")
+def test_hparam_draws_equal_domainbed_registry():
+    """Defaults and random draws of these algorithms equal DomainBed's ``hparams_registry`` (read
+    from the checkout; its ``misc`` import is replaced by ``seed_hash``, so torch is not needed)."""
+    import os
+    import pathlib
+    import types
+
+    from mixjax.dg import algorithms as A
+    from mixjax.dg import hparams as H
+
+    src = (pathlib.Path(os.environ["MIXJAX_DOMAINBED_DIR"]) / "domainbed" / "hparams_registry.py").read_text()
+    registry = {"misc": types.SimpleNamespace(seed_hash=H.seed_hash)}
+    exec(compile(src.replace("from domainbed.lib import misc", ""), "hparams_registry.py", "exec"), registry)
+    names = {"trm": "TRM", "mtl": "MTL", "mtl_mean": "MTL", "arm": "ARM", "transfer": "Transfer", "urm": "URM",
+             "adrmx": "ADRMX"}
+    for ours, theirs in names.items():
+        for dataset, small in (("ColoredMNIST", True), ("PACS", False)):
+            space = A.get(ours).hparam_space(small)
+            for h in range(4):
+                for t in range(2):
+                    ref = (registry["default_hparams"](theirs, dataset) if h == 0
+                           else registry["random_hparams"](theirs, dataset, H.seed_hash(h, t)))
+                    mine = H.draw(space, h, t)
+                    assert {k: ref[k] for k in mine} == mine, (ours, dataset, h, t)
+                    assert set(mine) >= set(ref) - set(H.draw(A.get("erm").hparam_space(small), h, t)) - {
+                        "data_augmentation", "resnet18", "resnet50_augmix", "dinov2", "vit", "vit_attn_tune",
+                        "freeze_bn", "lars", "linear_steps", "resnet_dropout", "vit_dropout", "class_balanced",
+                        "nonlinear_classifier"}, (ours, dataset)
