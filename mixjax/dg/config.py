@@ -70,7 +70,7 @@ class SweepConfig:
 
 
 def validate(cfg: SweepConfig) -> SweepConfig:
-    from mixjax.dg import algorithms, datasets
+    from mixjax.dg import algorithms, datasets, hparams
 
     def need(cond, key, msg):
         if not cond:
@@ -103,6 +103,8 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     known = {k for a in cfg.algorithms for k in algorithms.get(a).hparam_space(True)}
     for k in cfg.hparam_overrides:
         need(k in known, f"hparam_overrides.{k}", f"no algorithm in the sweep has this hyperparameter; known {sorted(known)}")
+        if k in hparams.CHOICES:
+            need(cfg.hparam_overrides[k] in hparams.CHOICES[k], f"hparam_overrides.{k}", f"one of {hparams.CHOICES[k]}")
     return cfg
 
 

@@ -23,7 +23,13 @@ import numpy as np
 
 # datasets whose hyperparameter ranges follow DomainBed's "small images" branch
 SMALL_DATASETS = ("colored_mnist", "rotated_mnist", "digits_style", "synthetic")
-STATIC = frozenset({"batch_size", "mlp_width", "mlp_depth", "n_meta_test"})
+STATIC = frozenset({"batch_size", "mlp_width", "mlp_depth", "n_meta_test", "urm_discriminator_hidden_layers"})
+# string-valued hyperparameters (DomainBed's URM): static, and a step sees the index of the value
+CHOICES = {
+    "urm": ("adversarial",),
+    "urm_discriminator_optimizer": ("adam", "sgd"),
+    "urm_generator_output": ("tanh", "relu", "sigmoid"),
+}
 
 
 def seed_hash(*args: Any) -> int:
@@ -65,7 +71,14 @@ def draw(space: Mapping[str, HParam], hparams_seed: int, trial_seed: int) -> dic
 
 
 def split_static(hp: Mapping[str, Any]) -> tuple[tuple[tuple[str, Any], ...], dict[str, float]]:
-    """(sorted static items, {name: float} traced values)."""
-    static = tuple(sorted((k, int(v)) for k, v in hp.items() if k in STATIC))
-    traced = {k: float(v) for k, v in hp.items() if k not in STATIC}
+    """(sorted static items, {name: float} traced values); a ``CHOICES`` value becomes its index."""
+    static = tuple(sorted((k, choice_index(k, v) if k in CHOICES else int(v))
+                          for k, v in hp.items() if k in STATIC or k in CHOICES))
+    traced = {k: float(v) for k, v in hp.items() if k not in STATIC and k not in CHOICES}
     return static, traced
+
+
+def choice_index(name: str, value: Any) -> int:
+    if value not in CHOICES[name]:
+        raise ValueError(f"hyperparameter {name}={value!r}: must be one of {CHOICES[name]}")
+    return CHOICES[name].index(value)

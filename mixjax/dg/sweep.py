@@ -282,8 +282,19 @@ class GroupRunner:
         if self._eval is None:
             chunk = max(32, self.eval_batch // group_size)
 
+            context = getattr(self.alg, "eval_context", None)
+
             def ev(state, jd, X, Y):
                 e, n = Y.shape
+                if context:  # predictions depend on the batch (ARM): batches of one env, no padding rows
+                    size = jnp.maximum((jd["in_mask"] | jd["out_mask"]).sum(1), 1)
+                    idx = jnp.arange(-(-n // context) * context)[None, :] % size[:, None]
+                    batches = jnp.take_along_axis(X, idx.reshape(e, -1, *([1] * (X.ndim - 2))), 1)
+                    batches = batches.reshape(-1, context, *X.shape[2:])
+                    preds = jax.lax.map(lambda xb: jnp.argmax(self.alg.predict(state, xb), -1), batches)
+                    correct = (preds.reshape(e, -1)[:, :n] == Y).astype(jnp.float32)
+                    acc = lambda m: (correct * m).sum(1) / jnp.maximum(m.sum(1), 1)  # noqa: E731
+                    return acc(jd["in_mask"]), acc(jd["out_mask"])
                 flat = X.reshape(e * n, *X.shape[2:])
                 pad = (-flat.shape[0]) % chunk
                 flat = jnp.concatenate([flat, jnp.zeros((pad, *flat.shape[1:]), flat.dtype)])

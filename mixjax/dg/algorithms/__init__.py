@@ -55,3 +55,11 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  (registration side effect
     vrex,
 )
 from mixjax.dg.algorithms import ccfp, dsrm, ermpp, qtdog, udim  # noqa: E402,F401  (founding-paper algorithms)
+from mixjax.dg.algorithms import (  # noqa: E402,F401  DomainBed's remaining algorithms
+    adrmx,
+    arm,
+    mtl,
+    transfer,
+    trm,
+    urm,
+)
