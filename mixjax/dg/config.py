@@ -106,6 +106,8 @@ def validate(cfg: SweepConfig) -> SweepConfig:
             scan(name, cfg.dataset.kwargs.get("root"))
         except ImageFolderError as e:
             raise ConfigError(f"config key 'dataset.kwargs.root' (--data-dir): {e}") from None
+        need(isinstance(cfg.dataset.kwargs.get("augment", True), bool), "dataset.kwargs.augment",
+             f"True or False (DomainBed's data_augmentation), got {cfg.dataset.kwargs.get('augment')!r}")
     from mixjax.dg.networks import DOMAINBED_RESNETS, FEATURIZERS
 
     need(cfg.model.featurizer in FEATURIZERS, "model.featurizer", "|".join(FEATURIZERS))

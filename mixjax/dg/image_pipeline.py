@@ -46,11 +46,28 @@ class StepBatches(grain.transforms.Map):
         for e, (paths, labels) in enumerate(zip(self.paths, self.labels)):
             idx = np.random.default_rng([self.seed % 2**63, step, e]).integers(0, len(paths), b)
             for j, i in enumerate(idx):
-                img = T.open_rgb(paths[i])
+                try:
+                    img = T.open_rgb(paths[i])
+                except OSError as err:  # e.g. changed on disk after the scan that checked it
+                    from mixjax.dg.image_folder import ImageFolderError
+
+                    raise ImageFolderError(f"cannot read image {paths[i]}: {err}") from None
                 x[e, j] = (T.train_transform(img, s, T.augment_rng(self.seed, step, e, j)) if self.augment
                            else T.eval_transform(img, s))
             y[e] = labels[idx]
         return {"x": x, "y": y}
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupBatches(grain.transforms.Map):
+    """``t -> {"x": uint8[G, K, b, s, s, 3], "y": int32[G, K, b]}``: the steps of G jobs trained
+    together (one vmapped group), made by one pipeline so its workers serve the whole group."""
+
+    jobs: tuple[StepBatches, ...]
+
+    def map(self, step):
+        items = [j.map(step) for j in self.jobs]
+        return {"x": np.stack([i["x"] for i in items]), "y": np.stack([i["y"] for i in items])}
 
 
 def _absl_flags_parsed() -> None:
@@ -64,7 +81,7 @@ def _absl_flags_parsed() -> None:
         pass
 
 
-def train_batches(batches: StepBatches, steps: int, workers: int = 0, buffer: int = 2,
+def train_batches(batches: StepBatches | GroupBatches, steps: int, workers: int = 0, buffer: int = 2,
                   start: int = 0) -> grain.IterDataset:
     """The steps ``start .. steps - 1`` of ``batches``; ``workers`` > 0 makes them in that many
     worker processes (each keeps ``buffer`` steps ready)."""

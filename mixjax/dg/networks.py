@@ -28,6 +28,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mixjax.models.cnn import DOMAINBED_WIDTHS, MNISTCNN
@@ -149,7 +150,7 @@ class Functional:
             self.graphdef = nnx.split(self.abstract)[0]
             return
         self.graphdef, _, rest = nnx.split(self.abstract, nnx.Param, ...)
-        # concrete arrays made once outside any trace (init and merge may run under jit / vmap)
+        # numpy arrays: concrete even when the first use is inside a trace (jit / vmap)
         self.constants = constants(rest) if constants is not None else batchnorm_initial(rest)
 
     def init(self, key: jax.Array) -> nnx.State:
@@ -182,7 +183,7 @@ def batchnorm_initial(abstract: nnx.State) -> nnx.State:
         name = _keys(path)[-1]
         if name not in ("mean", "var"):
             raise ValueError(f"non-trainable variable {path} is not a BatchNorm statistic")
-        return (jnp.ones if name == "var" else jnp.zeros)(x.shape, x.dtype)
+        return (np.ones if name == "var" else np.zeros)(x.shape, x.dtype)
 
     return jax.tree_util.tree_map_with_path(init, abstract)
 
@@ -201,7 +202,7 @@ def _pretrained(spec: NetSpec):
             keys = _keys(path)
             if keys[:2] != ("featurizer", "network"):
                 raise ValueError(f"non-trainable variable {path} outside the pretrained network")
-            return jnp.asarray(arrays[W.torch_name(keys[2:])])
+            return arrays[W.torch_name(keys[2:])]
 
         return jax.tree_util.tree_map_with_path(value, abstract)
 

@@ -338,20 +338,15 @@ def checkpoint_chunks(steps: int, freq: int) -> list[int]:
     return [marks[0] + 1] + [b - a for a, b in zip(marks, marks[1:])]
 
 
-def job_batches(cfg: SweepConfig, data: D.EnvDataset, jobs: list[Job], jds: list[dict], batch_size: int):
-    """Iterator over the group's training steps: host minibatches from the grain pipeline of
-    each job (``image_pipeline``), stacked over the group when it is vmapped."""
-    streams = []
-    for job, jd in zip(jobs, jds):
-        spec = P.for_job(data, jd["in_idx"], jd["in_len"], jd["train_envs"], batch_size,
-                         data.input_shape[0], job.seed, augment=data.augment)
-        streams.append(iter(P.train_batches(spec, cfg.steps, workers=cfg.data_workers)))
-    for _ in range(cfg.steps):
-        items = [next(it) for it in streams]
-        if len(items) == 1:
-            yield items[0]["x"], items[0]["y"]
-        else:
-            yield np.stack([i["x"] for i in items]), np.stack([i["y"] for i in items])
+def job_batches(cfg: SweepConfig, data: D.EnvDataset, jobs: list[Job], jds: list[dict], batch_size: int,
+                stacked: bool):
+    """Iterator over the group's training steps ``(x, y)``: host minibatches from one grain
+    pipeline (``image_pipeline``); ``stacked`` adds the group axis of a vmapped group."""
+    specs = tuple(P.for_job(data, jd["in_idx"], jd["in_len"], jd["train_envs"], batch_size,
+                            data.input_shape[0], job.seed, augment=data.augment) for job, jd in zip(jobs, jds))
+    batches = P.GroupBatches(specs) if stacked else specs[0]
+    for item in P.train_batches(batches, cfg.steps, workers=cfg.data_workers):
+        yield item["x"], item["y"]
 
 
 def host_fed(data: D.EnvDataset) -> bool:
@@ -396,7 +391,7 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
         step = -1
         if fed:
             group_jds = [jds[jobs.index(j)] for j in group_jobs]
-            stream = job_batches(cfg, data, group_jobs, group_jds, batch_size)
+            stream = job_batches(cfg, data, group_jobs, group_jds, batch_size, stacked=batched)
         for n in checkpoint_chunks(cfg.steps, cfg.checkpoint_freq):
             t0 = time.perf_counter()
             if fed:
