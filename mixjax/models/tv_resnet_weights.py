@@ -42,7 +42,7 @@ def torch_name(path: tuple) -> str:
 
 
 def to_torch_layout(path: tuple, value: np.ndarray) -> np.ndarray:
-    return np.transpose(value, (3, 2, 0, 1)) if path[-1] == "kernel" else value
+    return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1))) if path[-1] == "kernel" else value
 
 
 def from_torch_layout(path: tuple, value: np.ndarray) -> np.ndarray:
