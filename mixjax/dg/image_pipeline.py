@@ -84,8 +84,11 @@ def _absl_flags_parsed() -> None:
 def train_batches(batches: StepBatches | GroupBatches, steps: int, workers: int = 0, buffer: int = 2,
                   start: int = 0) -> grain.IterDataset:
     """The steps ``start .. steps - 1`` of ``batches``; ``workers`` > 0 makes them in that many
-    worker processes (each keeps ``buffer`` steps ready)."""
-    ds = grain.MapDataset.range(start, steps).map(batches).to_iter_dataset()
+    worker processes, each keeping ``buffer`` steps ready. Each process reads with one thread
+    and prefetches at most ``buffer`` steps (grain's defaults, 16 threads and 500 elements, would
+    hold hundreds of 224-px minibatches in memory)."""
+    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer)
+    ds = grain.MapDataset.range(start, steps).map(batches).to_iter_dataset(read)
     if workers > 0:
         _absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))
