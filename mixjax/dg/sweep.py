@@ -18,6 +18,12 @@ on the device keeps data there and the step pure. (Only DomainBed's evaluation
 loader, ``FastDataLoader``, samples without replacement; evaluation here visits
 every example once, which gives the same accuracies.)
 
+Image folders with augmentation (DomainBed's default) are the exception: their
+training minibatches are re-read from disk and augmented on the host by a grain
+pipeline (``image_pipeline``; same with-replacement draws, seeded by the job
+seed), handed to the compiled step as uint8 and normalised there; evaluation
+still uses the in-memory evaluation-transform images.
+
 Speed: jobs that share an algorithm, the static hyperparameters (batch size,
 MLP widths) and the number of training envs form a *group*; one compiled
 ``vmap``-ed step trains the whole group (different trials, test envs and
