@@ -419,6 +419,8 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
                     rec[k] = float(pick(v))
                 rec["hparams"] = dict(job.hparams)
                 records[job].append(rec)
+        if fed:
+            stream.close()  # releases the pipeline (and its worker processes) now, not at GC
     return records
 
 
