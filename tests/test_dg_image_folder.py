@@ -69,7 +69,7 @@ def test_clear_errors_name_the_culprit(tmp_path, capsys):
 
 @pytest.mark.parametrize("model", [
     ["--set", "model.featurizer=mlp", "--set", "model.mlp_width=8"],
-    pytest.param(["--set", "model.resnet_widths=[8,16]"], marks=pytest.mark.slow),  # the config's ResNet
+    pytest.param(["--set", "model.featurizer=resnet", "--set", "model.resnet_widths=[8,16]"], marks=pytest.mark.slow),
 ])
 def test_pacs_config_sweeps_a_miniature_folder(tmp_path, model):
     root = make_folder(tmp_path / "data")

@@ -24,7 +24,7 @@ DATA_SEED_MODES = ("shared", "per_job")
 # keys that only choose which jobs a sweep holds (a rerun may extend them) or how they are
 # scheduled (never part of a job's arguments); every other key changes what a job computes
 JOB_SET_KEYS = ("algorithms", "n_hparams", "n_trials", "test_envs")
-SCHEDULE_KEYS = ("vmap", "max_group", "eval_batch", "output_dir")
+SCHEDULE_KEYS = ("vmap", "max_group", "eval_batch", "output_dir", "data_workers")
 
 
 @dataclasses.dataclass
@@ -41,12 +41,26 @@ class DatasetConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    featurizer: str = "auto"  # auto | cnn | mlp | resnet (auto: DomainBed's choice by input shape)
+    # auto | cnn | mlp | resnet (mixjax's small GroupNorm ResNet) | resnet18 | resnet50 (DomainBed's
+    # torchvision ResNets, frozen BatchNorm, feature dropout); auto: DomainBed's choice by input shape
+    featurizer: str = "auto"
     cnn_widths: tuple[int, ...] = (64, 128, 128, 128)  # DomainBed MNIST_CNN
     mlp_width: int = 256
     mlp_depth: int = 3
     resnet_widths: tuple[int, ...] = (16, 32, 64)
     resnet_blocks: int = 1
+    # resnet18/resnet50: ImageNet weights, a torchvision state_dict saved to .safetensors or .npz
+    # (docs/dg.md shows how); None: trained from scratch. Never downloaded.
+    pretrained: str | None = None
+
+
+def model_args(model: ModelConfig) -> dict:
+    """The model's part of a job's arguments; keys added after a sweep format was fixed are left
+    out while they hold their default, so earlier sweeps keep their job hashes."""
+    out = dataclasses.asdict(model)
+    if out["pretrained"] is None:
+        del out["pretrained"]
+    return out
 
 
 @dataclasses.dataclass
@@ -66,6 +80,9 @@ class SweepConfig:
     vmap: bool | None = None
     max_group: int = 64  # most runs in one vmapped group
     eval_batch: int = 1024  # images per forward during evaluation
+    # image folders with augmentation: grain worker processes per job that read and augment the
+    # training minibatches (0: in this process); the batches do not depend on it
+    data_workers: int = 0
     output_dir: str = "runs/dg/sweep"
 
 
@@ -89,9 +106,19 @@ def validate(cfg: SweepConfig) -> SweepConfig:
             scan(name, cfg.dataset.kwargs.get("root"))
         except ImageFolderError as e:
             raise ConfigError(f"config key 'dataset.kwargs.root' (--data-dir): {e}") from None
-    need(cfg.model.featurizer in ("auto", "cnn", "mlp", "resnet"), "model.featurizer", "auto|cnn|mlp|resnet")
-    need(not (cfg.model.featurizer == "mlp" and "ccfp" in cfg.algorithms), "model.featurizer",
-         "algorithm 'ccfp' perturbs convolutional feature maps: use cnn, resnet or auto (image data)")
+        need(isinstance(cfg.dataset.kwargs.get("augment", True), bool), "dataset.kwargs.augment",
+             f"True or False (DomainBed's data_augmentation), got {cfg.dataset.kwargs.get('augment')!r}")
+    from mixjax.dg.networks import DOMAINBED_RESNETS, FEATURIZERS
+
+    need(cfg.model.featurizer in FEATURIZERS, "model.featurizer", "|".join(FEATURIZERS))
+    need(not ("ccfp" in cfg.algorithms and cfg.model.featurizer not in ("auto", "cnn", "resnet")),
+         "model.featurizer", "algorithm 'ccfp' perturbs the feature maps of mixjax's cnn or resnet "
+         f"featuriser: use cnn, resnet or auto (image data), not {cfg.model.featurizer!r}")
+    if cfg.model.pretrained is not None:
+        need(cfg.model.featurizer in DOMAINBED_RESNETS, "model.pretrained",
+             f"ImageNet weights need model.featurizer resnet18 or resnet50, not {cfg.model.featurizer!r}")
+        _check_weights(cfg)
+    need(cfg.data_workers >= 0, "data_workers", "must be >= 0")
     need(cfg.dataset.seeds in DATA_SEED_MODES, "dataset.seeds", f"one of {DATA_SEED_MODES}")
     need(cfg.n_hparams >= 1, "n_hparams", "must be >= 1")
     need(cfg.n_trials >= 1, "n_trials", "must be >= 1")
@@ -100,12 +127,29 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     need(cfg.checkpoint_freq >= 1, "checkpoint_freq", "must be >= 1")
     need(0.0 < cfg.holdout_fraction < 1.0, "holdout_fraction", "must be in (0, 1)")
     need(cfg.max_group >= 1, "max_group", "must be >= 1")
-    known = {k for a in cfg.algorithms for k in algorithms.get(a).hparam_space(True)}
+    from mixjax.dg.hparams import network_space
+
+    known = {k for a in cfg.algorithms for k in algorithms.get(a).hparam_space(True)} | set(network_space(cfg.model.featurizer))
     for k in cfg.hparam_overrides:
         need(k in known, f"hparam_overrides.{k}", f"no algorithm in the sweep has this hyperparameter; known {sorted(known)}")
         if k in hparams.CHOICES:
             need(cfg.hparam_overrides[k] in hparams.CHOICES[k], f"hparam_overrides.{k}", f"one of {hparams.CHOICES[k]}")
     return cfg
+
+
+def _check_weights(cfg: SweepConfig) -> None:
+    """Read the weights file and check every key and shape against the network (cheap next to
+    training; the error names the file and the key)."""
+    from flax import nnx
+
+    from mixjax.models import tv_resnet_weights as W
+    from mixjax.models.tv_resnet import TVResNet
+
+    try:
+        sd = W.read_file(cfg.model.pretrained)
+        W.check(nnx.eval_shape(lambda: TVResNet(cfg.model.featurizer, 3, rngs=nnx.Rngs(0))), sd, cfg.model.pretrained)
+    except W.WeightsError as e:
+        raise ConfigError(f"config key 'model.pretrained': {e}") from None
 
 
 def load(path: str | pathlib.Path, overrides: tuple[str, ...] | list[str] = (), data_dir: str | None = None) -> SweepConfig:

@@ -16,6 +16,10 @@ class EnvDataset:
     env_names: tuple[str, ...]
     envs: tuple[tuple[np.ndarray, np.ndarray], ...]
     num_classes: int
+    # image-folder datasets: the source file of every image (``files[i][j]`` is ``envs[i][0][j]``)
+    # and whether training draws are re-read and augmented (mixjax.dg.image_pipeline)
+    files: tuple[tuple[str, ...], ...] | None = None
+    augment: bool = False
 
     def __post_init__(self):
         if len(self.env_names) != len(self.envs):

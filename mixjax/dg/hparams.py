@@ -58,6 +58,14 @@ def common_space(small: bool) -> dict[str, HParam]:
     }
 
 
+def network_space(featurizer: str) -> dict[str, HParam]:
+    """The network's own hyperparameters (DomainBed ``hparams_registry.py``, unconditional
+    block): ``resnet_dropout`` 0, random choice of {0, 0.1, 0.5}, for its ResNet featurisers."""
+    if featurizer in ("resnet18", "resnet50"):
+        return {"resnet_dropout": HParam(0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])))}
+    return {}
+
+
 def is_small(dataset: str) -> bool:
     return dataset in SMALL_DATASETS
 

@@ -12,9 +12,11 @@ missing class would silently shift labels.
 
 Images get DomainBed's evaluation transform - ``Resize((s, s))`` (bilinear, PIL), ``ToTensor``,
 ImageNet ``Normalize`` - at ``image_size`` s (DomainBed: 224) and are held in memory as
-``f32[N, s, s, 3]``; the estimated size is checked against ``max_gb`` before any image is
-decoded. DomainBed's training augmentation (RandomResizedCrop, flip, ColorJitter, grayscale)
-is not applied (see docs/dg.md, "Not done").
+``f32[N, s, s, 3]`` for evaluation; the estimated size is checked against ``max_gb`` before
+any image is decoded. With ``augment=True`` (DomainBed's ``data_augmentation`` default) the
+dataset also carries its file list, and the sweep's training minibatches are re-read from disk
+and augmented by ``mixjax.dg.image_pipeline`` (DomainBed's training transform,
+``mixjax.dg.transforms``); ``augment=False`` trains on the in-memory evaluation-transform images.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pathlib
 
 import numpy as np
 
+from mixjax.dg import transforms as T
 from mixjax.dg.env_dataset import EnvDataset
 
 # DomainBed class name -> (sub-directory of data_dir, ENVIRONMENTS labels)
@@ -36,8 +39,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "DomainNet": ("domain_net", ("clip", "info", "paint", "quick", "real", "sketch")),
 }
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
+IMAGENET_MEAN, IMAGENET_STD = T.IMAGENET_MEAN, T.IMAGENET_STD
 
 
 class ImageFolderError(ValueError):
@@ -89,21 +91,18 @@ def scan(name: str, root: str | os.PathLike | None) -> tuple[pathlib.Path, list[
 
 def load_image(path: str, size: int) -> np.ndarray:
     """DomainBed's eval transform: RGB, Resize((size, size)) bilinear, /255, ImageNet normalisation."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+        im = T.eval_transform(T.open_rgb(path), size)
     except OSError as e:
         raise ImageFolderError(f"cannot read image {path}: {e}") from None
-    x = np.asarray(im, np.float32) / 255.0
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
+    return T.normalize(im)
 
 
 def image_folder(name: str, seed: int = 0, root: str | None = None, image_size: int = 224,
-                 max_gb: float = 16.0, workers: int | None = None) -> EnvDataset:
+                 max_gb: float = 16.0, workers: int | None = None, augment: bool = True) -> EnvDataset:
     """DomainBed benchmark ``name`` (a key of ``BENCHMARKS``) from ``root``; ``seed`` is unused
-    (the images are the data), kept for the dataset interface."""
+    (the images are the data), kept for the dataset interface; ``augment``: train on
+    DomainBed's augmented images (see the module docstring)."""
     root, domains, classes, files = scan(name, root)
     n = sum(len(f) for f in files)
     gb = n * image_size * image_size * 3 * 4 / 2**30
@@ -120,4 +119,5 @@ def image_folder(name: str, seed: int = 0, root: str | None = None, image_size: 
     # DomainBed's ENVIRONMENTS labels when they line up with the sorted folders, else the folder names
     env_names = labels if len(labels) == len(domains) and all(
         d.lower().startswith(lbl.lower()[:1]) for d, lbl in zip(domains, labels)) else tuple(domains)
-    return EnvDataset(name, tuple(env_names), tuple(envs), num_classes=len(classes))
+    return EnvDataset(name, tuple(env_names), tuple(envs), num_classes=len(classes),
+                      files=tuple(tuple(p for p, _ in items) for items in files), augment=bool(augment))

@@ -18,6 +18,12 @@ on the device keeps data there and the step pure. (Only DomainBed's evaluation
 loader, ``FastDataLoader``, samples without replacement; evaluation here visits
 every example once, which gives the same accuracies.)
 
+Image folders with augmentation (DomainBed's default) are the exception: their
+training minibatches are re-read from disk and augmented on the host by a grain
+pipeline (``image_pipeline``; same with-replacement draws, seeded by the job
+seed), handed to the compiled step as uint8 and normalised there; evaluation
+still uses the in-memory evaluation-transform images.
+
 Speed: jobs that share an algorithm, the static hyperparameters (batch size,
 MLP widths) and the number of training envs form a *group*; one compiled
 ``vmap``-ed step trains the whole group (different trials, test envs and
@@ -59,9 +65,11 @@ import numpy as np
 from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import hparams as H
+from mixjax.dg import image_pipeline as P
+from mixjax.dg import transforms as T
 from mixjax.config import ConfigError
-from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
-from mixjax.dg.networks import NetSpec
+from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, model_args, to_json
+from mixjax.dg.networks import NetSpec, training
 
 # threefry (JAX's default) keys: a job's random stream is the same whether it runs alone or
 # vmapped in a group ("rbg" compiles ~3x faster on CPU but its streams change under vmap).
@@ -121,7 +129,7 @@ class Job:
                 "dataset_seeds": cfg.dataset.seeds,
                 "dataset_seed": self.data_seed(cfg),
                 "dataset_kwargs": cfg.dataset.kwargs,
-                "model": dataclasses.asdict(cfg.model),
+                "model": model_args(cfg.model),
                 "hparams": dict(self.hparams),
             },
         })
@@ -140,7 +148,7 @@ def test_env_sets(num_envs: int, mode: str) -> list[tuple[int, ...]]:
 
 
 def job_hparams(cfg: SweepConfig, algorithm: str, hparams_seed: int, trial_seed: int) -> dict[str, Any]:
-    space = A.get(algorithm).hparam_space(H.is_small(cfg.dataset.name))
+    space = {**A.get(algorithm).hparam_space(H.is_small(cfg.dataset.name)), **H.network_space(cfg.model.featurizer)}
     hp = H.draw(space, hparams_seed, trial_seed)
     hp.update({k: v for k, v in cfg.hparam_overrides.items() if k in space})
     return hp
@@ -190,6 +198,7 @@ def net_spec(cfg: SweepConfig, data: D.EnvDataset) -> NetSpec:
         mlp_depth=m.mlp_depth,
         resnet_widths=tuple(m.resnet_widths),
         resnet_blocks=m.resnet_blocks,
+        pretrained=m.pretrained,
     )
 
 
@@ -232,6 +241,7 @@ class GroupRunner:
     def __init__(self, alg: A.Algorithm, batch_size: int, eval_batch: int, batched: bool):
         self.alg, self.b, self.eval_batch, self.batched = alg, batch_size, eval_batch, batched
         self._train = None
+        self._train_fed = None
         self._eval = None
         self._init = None
 
@@ -245,16 +255,44 @@ class GroupRunner:
         xs = jnp.take(X.reshape(-1, *X.shape[2:]), flat, axis=0)
         return xs, jnp.take(Y.reshape(-1), flat, axis=0)
 
+    def _update(self, hp, state, xs, ys, ku):
+        # training mode (DomainBed ResNets' feature dropout) with a key derived from the
+        # update's, so networks without dropout see exactly the key stream they always had
+        with training(jax.random.fold_in(ku, 0xD0), hp.get("resnet_dropout", 0.0)):
+            return self.alg.update(hp, state, xs, ys, ku)
+
     def _step_fn(self):
         def step(hp, state, key, jd, X, Y):
             key, kb, ku = jax.random.split(key, 3)
             xs, ys = self._sample(kb, jd, X, Y)
-            state, metrics = self.alg.update(hp, state, xs, ys, ku)
+            state, metrics = self._update(hp, state, xs, ys, ku)
             return state, key, metrics
 
         if self.batched:
             step = jax.vmap(step, in_axes=(0, 0, 0, 0, None, None))
         return jax.jit(step, donate_argnums=(1,))
+
+    def _fed_step_fn(self):
+        """The step on host-made minibatches (uint8 images, normalised here, on the device)."""
+        def step(hp, state, key, xs, ys):
+            key, _, ku = jax.random.split(key, 3)  # the same key stream as the on-device sampler's
+            state, metrics = self._update(hp, state, T.normalize(xs), ys, ku)
+            return state, key, metrics
+
+        if self.batched:
+            step = jax.vmap(step)
+        return jax.jit(step, donate_argnums=(1,))
+
+    def train_fed(self, batches, hp, state, key):
+        """One compiled step per host minibatch ``(x uint8[(G,) K, b, s, s, 3], y int32[(G,) K, b])``."""
+        if self._train_fed is None:
+            self._train_fed = self._fed_step_fn()
+        total, n = None, 0
+        for x, y in batches:
+            state, key, metrics = self._train_fed(hp, state, key, x, y)
+            total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+            n += 1
+        return state, key, jax.tree.map(lambda v: v / n, total)
 
     def train(self, n_steps: int, hp, state, key, jd, X, Y):
         """``n_steps`` compiled steps, dispatched from Python (asynchronously; nothing syncs).
@@ -317,6 +355,22 @@ def checkpoint_chunks(steps: int, freq: int) -> list[int]:
     return [marks[0] + 1] + [b - a for a, b in zip(marks, marks[1:])]
 
 
+def job_batches(cfg: SweepConfig, data: D.EnvDataset, jobs: list[Job], jds: list[dict], batch_size: int,
+                stacked: bool):
+    """Iterator over the group's training steps ``(x, y)``: host minibatches from one grain
+    pipeline (``image_pipeline``); ``stacked`` adds the group axis of a vmapped group."""
+    specs = tuple(P.for_job(data, jd["in_idx"], jd["in_len"], jd["train_envs"], batch_size,
+                            data.input_shape[0], job.seed, augment=data.augment) for job, jd in zip(jobs, jds))
+    batches = P.GroupBatches(specs) if stacked else specs[0]
+    for item in P.train_batches(batches, cfg.steps, workers=cfg.data_workers):
+        yield item["x"], item["y"]
+
+
+def host_fed(data: D.EnvDataset) -> bool:
+    """Training minibatches come from the image pipeline (augmented image folders)."""
+    return data.files is not None and data.augment
+
+
 def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[Job], batched: bool,
               runner_cache: dict | None = None) -> dict[Job, list[dict]]:
     """Train ``jobs`` (one group) and return each job's DomainBed records (``args`` and
@@ -348,12 +402,19 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
     # DomainBed: steps_per_epoch = min over all envs' in-splits of len / batch_size
     steps_per_epoch = {j: min(int(n) for n in d["in_len"]) / batch_size for j, d in zip(jobs, jds)}
     records: dict[Job, list[dict]] = {j: [] for j in jobs}
+    fed = host_fed(data)
     for hp, jd, init_key, train_key, group_jobs in groups:
         state = runner.init(init_key, hp)
         step = -1
+        if fed:
+            group_jds = [jds[jobs.index(j)] for j in group_jobs]
+            stream = job_batches(cfg, data, group_jobs, group_jds, batch_size, stacked=batched)
         for n in checkpoint_chunks(cfg.steps, cfg.checkpoint_freq):
             t0 = time.perf_counter()
-            state, train_key, metrics = runner.train(n, hp, state, train_key, jd, dev.X, dev.Y)
+            if fed:
+                state, train_key, metrics = runner.train_fed(itertools.islice(stream, n), hp, state, train_key)
+            else:
+                state, train_key, metrics = runner.train(n, hp, state, train_key, jd, dev.X, dev.Y)
             metrics = jax.block_until_ready(metrics)
             step_time = (time.perf_counter() - t0) / n / len(group_jobs)  # a vmapped group shares the time
             step += n
@@ -369,6 +430,8 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
                     rec[k] = float(pick(v))
                 rec["hparams"] = dict(job.hparams)
                 records[job].append(rec)
+        if fed:
+            stream.close()  # releases the pipeline (and its worker processes) now, not at GC
     return records
 
 
