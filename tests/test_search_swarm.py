@@ -211,3 +211,12 @@ def test_swarm_mesh_that_does_not_fit_is_refused(data):
         S.Swarm(tiny_cfg(), mixtures(4), data=data, models=2, data_shards=3)
     with pytest.raises(S.SwarmError, match="needs 16 devices"):
         S.Swarm(tiny_cfg(), mixtures(4), data=data, models=4, data_shards=2, fsdp=2)
+
+
+def synthetic_batches(h, vocab: int, steps: int, batch: int = 8, seq: int = 17, seed: int = 0):
+    """Upsample-route host batches [P, B, S+1] of random tokens (the same on every process)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        yield {"tokens": rng.integers(1, vocab, (len(h), batch, seq)).astype(np.int32),
+               "domain_id": rng.integers(0, h.shape[1], (len(h), batch)).astype(np.int32),
+               "sampling_weights": np.asarray(h, np.float32)}

@@ -45,7 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "design_seed": 42,
     "route": "upsample",           # upsample | upweight
     "strategy": "auto",            # vmap | map | auto (measured per backend)
-    "models": 1,                   # devices of the models mesh axis
+    "models": 1,                   # devices of the models mesh axis (proxies)
+    "data_shards": 1,              # devices of the data axis (each proxy's batch rows)
+    "fsdp": 1,                     # devices of the fsdp axis (rows and d_model of params)
     "proxy_overrides": [],         # dotted overrides: target config -> proxy config
     "target": "average",           # average | a domain | {domain: weight}
     "regressor": "auto",           # lightgbm | linear | auto (better held-out Spearman)
@@ -64,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "baselines": ["uniform", "natural"],
 }
 METHODS = ("regmix", "law")
+# Settings a repeated search may change: target-run baselines, and the device layout of
+# the swarm (the same computation on another mesh; its checkpoint restores onto it).
+LAYOUT_ONLY = ("baselines", "models", "data_shards", "fsdp")
 
 
 class SearchError(ValueError):
@@ -183,7 +188,7 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
     out.mkdir(parents=True, exist_ok=True)
     # baselines only add target runs: a repeated search may add or drop them
     record = {"method": method, "domains": list(domains),
-              "settings": {k: v for k, v in settings.items() if k != "baselines"},
+              "settings": {k: v for k, v in settings.items() if k not in LAYOUT_ONLY},
               "target_config": _cfg_dict(target_cfg), "proxy_config": _cfg_dict(proxy_cfg)}
     saved = out / "search.json"
     if saved.exists():
@@ -217,7 +222,8 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
         log(f"swarm: reusing {result_path}")
     else:
         sw = swarm.Swarm(proxy_cfg, mixtures, route=settings["route"],
-                         strategy=settings["strategy"], models=settings["models"], data=data)
+                         strategy=settings["strategy"], models=settings["models"], data=data,
+                         data_shards=settings["data_shards"], fsdp=settings["fsdp"])
         est = swarm.check_memory(sw)
         log(f"swarm: {sw.num_proxies} proxies x {sw.params_per_proxy} parameters, route "
             f"{sw.route}, strategy {sw.strategy}, {proxy_cfg.train.steps} steps, estimated "

@@ -627,7 +627,8 @@ def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None 
         abstract = jax.tree.map(ckpt_lib._abstract, state)
         state, host = ck.restore(latest, abstract)
         state = swarm.place(state)
-        batches.set_state(host["data"])
+        own = ck.restore_process(latest) if jax.process_count() > 1 else None
+        batches.set_state(own["data"] if own else host["data"])
         start = int(host["step"])
         history = [(s, np.asarray(v)) for s, v in host.get("history", [])]
         if log:
@@ -644,8 +645,11 @@ def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None 
     log_every = max(cfg.train.log_every, 1)
 
     def save(done: int) -> None:
-        ck.save(done, state, {"step": done, "data": batches.get_state(),
-                              "history": [(s, v.tolist()) for s, v in history]})
+        # multi-host: each process's data stream (its proxies' composers) in its own file
+        data_state = batches.get_state()
+        own = {"data": data_state} if jax.process_count() > 1 else None
+        ck.save(done, state, {"step": done, "data": data_state,
+                              "history": [(s, v.tolist()) for s, v in history]}, process=own)
 
     done = start
     try:
