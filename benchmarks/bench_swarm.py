@@ -48,20 +48,13 @@ def loadavg() -> str:
         return "?"
 
 
-def xla_bytes(sw: S.Swarm, state, batch) -> int:
-    compiled = jax.jit(sw.swarm_step_fn(), donate_argnums=(0,)).lower(state, batch).compile()
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-               + m.temp_size_in_bytes)
-
-
 def bench_step(cfg, data, p: int, strategy: str, route: str, steps: int) -> dict:
     mix = designs.dirichlet(p, len(data.domains), seed=0)
     sw = S.Swarm(cfg, mix, route=route, strategy=strategy, data=data)
     state = sw.init_state()
     batches = sw.make_batches()
     est = sw.memory_estimate()["total"]
-    xla = xla_bytes(sw, state, sw.device_batch(next(batches)))
+    xla = S.compiled_memory_bytes(sw)
     if steps == 0:   # memory only
         return {"P": p, "strategy": strategy, "proxy_steps_per_s": float("nan"),
                 "compile_s": float("nan"), "est_MiB": est / 2**20, "xla_MiB": xla / 2**20,

@@ -220,3 +220,23 @@ def synthetic_batches(h, vocab: int, steps: int, batch: int = 8, seq: int = 17, 
         yield {"tokens": rng.integers(1, vocab, (len(h), batch, seq)).astype(np.int32),
                "domain_id": rng.integers(0, h.shape[1], (len(h), batch)).astype(np.int32),
                "sampling_weights": np.asarray(h, np.float32)}
+
+
+@pytest.mark.parametrize("shape,strategy,route", [
+    # proxy shapes outside the set the estimate's constants were fitted on
+    ({"d_model": 48, "num_layers": 2, "num_heads": 3, "seq_len": 48, "batch": 8}, "vmap",
+     "upsample"),
+    ({"d_model": 24, "num_layers": 3, "num_heads": 2, "seq_len": 24, "batch": 12,
+      "mlp": "gelu"}, "map", "upweight"),
+])
+def test_memory_estimate_agrees_with_xla_memory_analysis(data, shape, strategy, route):
+    """The config-only estimate is within 20% of XLA's compiled memory analysis
+    (arguments + outputs - aliased + temporaries) of the same swarm step."""
+    cfg = tiny_cfg()
+    cfg.model.d_model, cfg.model.num_layers = shape["d_model"], shape["num_layers"]
+    cfg.model.num_heads, cfg.model.mlp = shape["num_heads"], shape.get("mlp", "swiglu")
+    cfg.data.seq_len, cfg.data.batch_size = shape["seq_len"], shape["batch"]
+    sw = S.Swarm(cfg, mixtures(3), route=route, strategy=strategy, data=data)
+    est = sw.memory_estimate()["total"]
+    xla = S.compiled_memory_bytes(sw)
+    assert 0.8 <= est / xla <= 1.2, f"estimate {est} B vs XLA {xla} B: ratio {est / xla:.3f}"
