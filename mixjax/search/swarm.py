@@ -199,6 +199,11 @@ class SwarmResult:
     steps: int
     seconds: float
     history: list               # [(step, float[P, K'])] evaluations on the eval_every grid
+    # wall seconds per phase of this call (init, batches, first_step = compile + one step,
+    # steps, eval, checkpoint); measured with the device synchronised at phase ends only
+    # where the loop already waits (logging, eval, checkpoint), so "steps" includes the
+    # asynchronous device time of the steps it overlapped
+    timings: dict = dataclasses.field(default_factory=dict)
 
 
 class Swarm:
@@ -638,6 +643,7 @@ def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None 
     ckpt_every = cfg.train.ckpt_every if ckpt_every is None else ckpt_every
     eval_every = cfg.train.eval_every if eval_every is None else eval_every
     t0 = time.perf_counter()
+    timings = {k: 0.0 for k in ("init", "batches", "first_step", "steps", "eval", "checkpoint")}
     state = swarm.init_state()
     batches = swarm.make_batches()
     ck = ckpt_lib.Checkpointer(out / "checkpoints", keep=1)
@@ -655,6 +661,7 @@ def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None 
         if log:
             log(f"swarm: resumed at step {start} from {out / 'checkpoints'}")
     step = swarm.train_step()
+    timings["init"] = time.perf_counter() - t0
     bar = None
     if progress:
         from mixjax import progress
@@ -678,8 +685,15 @@ def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None 
             for t in range(start, steps):
                 if stop_after is not None and t - start >= stop_after:
                     break
+                tb = time.perf_counter()
                 batch = swarm.device_batch(next(batches))
+                ts = time.perf_counter()
+                timings["batches"] += ts - tb
                 state, m = step(state, batch)
+                if t == start:    # compilation + the first step
+                    jax.block_until_ready(m)
+                    timings["first_step"] += time.perf_counter() - ts
+                    ts = None
                 done = t + 1
                 if done % log_every == 0 or done == steps:
                     loss = np.asarray(distributed.fetch(m["loss"]), np.float64)
@@ -688,24 +702,32 @@ def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None 
                         loss[alive].mean()) if alive.any() else None,
                         "alive": int(alive.sum()),
                         "loss": [None if not np.isfinite(x) else float(x) for x in loss]}) + "\n")
+                if ts is not None:   # the logging above waits for the device
+                    timings["steps"] += time.perf_counter() - ts
                 if eval_every and done % eval_every == 0 and done != steps:
+                    te = time.perf_counter()
                     history.append((done, swarm.evaluate(state)))
+                    timings["eval"] += time.perf_counter() - te
                 if (ckpt_every and done % ckpt_every == 0) or done == steps:
+                    tc = time.perf_counter()
                     save(done)
+                    timings["checkpoint"] += time.perf_counter() - tc
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
         ck.close()
+    te = time.perf_counter()
     losses = swarm.evaluate(state)
+    timings["eval"] += time.perf_counter() - te
     alive = np.asarray(distributed.fetch(state["alive"]))
     died = np.asarray(distributed.fetch(state["died_at"]))
     # A proxy alive whose eval loss is not finite is treated as diverged too.
     alive = alive & np.all(np.isfinite(losses), axis=1)
     result = SwarmResult(losses=losses, eval_domains=swarm.eval_domains, alive=alive,
                          died_at=died, steps=done, seconds=time.perf_counter() - t0,
-                         history=history)
+                         history=history, timings=timings)
     result.state = state
     return result
 
