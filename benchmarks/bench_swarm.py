@@ -1,6 +1,6 @@
 """Proxy swarm throughput (vmap vs lax.map), memory estimate vs XLA, swarm vs separate runs.
 
-    python benchmarks/bench_swarm.py [--proxies 1,8,32] [--steps 10] [--separate 4]
+    python benchmarks/bench_swarm.py [--proxies 1,8,32] [--steps 10] [--separate 8] [--skip-steps]
                                      [--config configs/search_tiny_regmix.py] [--skip-separate]
 
 1. Step throughput: proxies x steps / s of the compiled swarm step (compile excluded, the
