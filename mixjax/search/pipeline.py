@@ -584,6 +584,11 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.search.regmix import FitError
     from mixjax.search.swarm import SwarmError
     from mixjax.train.loop import RunDirError
+    # Multi-host (MIXJAX_DISTRIBUTED=1, set by scripts/launch_*.sh): join the job before any
+    # other JAX call; a no-op otherwise. Every process runs every phase (the fit and search
+    # are cheap and deterministic); the swarm is one job across all of them.
+    from mixjax import distributed
+    distributed.initialize()
     try:
         extra = list(args.search_overrides)
         if args.proxies is not None:

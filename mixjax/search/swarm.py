@@ -698,10 +698,11 @@ def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None 
                 if done % log_every == 0 or done == steps:
                     loss = np.asarray(distributed.fetch(m["loss"]), np.float64)
                     alive = np.asarray(distributed.fetch(state["alive"]))
-                    mf.write(json.dumps({"step": done, "loss_mean_alive": float(
-                        loss[alive].mean()) if alive.any() else None,
-                        "alive": int(alive.sum()),
-                        "loss": [None if not np.isfinite(x) else float(x) for x in loss]}) + "\n")
+                    if distributed.is_main_process():
+                        mf.write(json.dumps({"step": done, "loss_mean_alive": float(
+                            loss[alive].mean()) if alive.any() else None,
+                            "alive": int(alive.sum()), "loss": [
+                                None if not np.isfinite(x) else float(x) for x in loss]}) + "\n")
                 if ts is not None:   # the logging above waits for the device
                     timings["steps"] += time.perf_counter() - ts
                 if eval_every and done % eval_every == 0 and done != steps:
