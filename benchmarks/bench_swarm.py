@@ -40,7 +40,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
