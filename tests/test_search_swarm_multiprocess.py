@@ -3,7 +3,10 @@ each) on a models=4 x data=2 mesh equals the unsharded swarm of one process: eac
 process places only its proxies' rows of the batch (``Swarm.local_block`` +
 ``jax.make_array_from_process_local_data``), as every host of a pod does.
 
-One subprocess pair (~15 s of CPU); every wait is bounded.
+One subprocess pair (~50 s of CPU on 2 cores: two process starts and compilations, plus
+the one-device reference), so it is marked slow (MIXJAX_SLOW=1); the in-process
+8-fake-device tests of tests/test_search_swarm.py cover the mesh in CI. Every wait is
+bounded.
 """
 
 import os
@@ -30,6 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_swarm_over_two_processes_equals_one_device(tmp_path):
     if not socket.gethostbyname(socket.gethostname()).startswith("127."):
         pytest.skip("gloo binds to the address of this host's name, which is not loopback")
