@@ -536,8 +536,9 @@ def estimate_memory(model_cfg, params_per_proxy: int, num_proxies: int, batch: i
     """A config-only estimate of the swarm step's device memory (bytes, fp32).
 
     state:  vmap: P x params x 4 B x 4.5 (params, Adam mu and nu, the gradient and part of
-            the update; the donated state is updated in place); map: P x params x 4 B x 7
-            (the loop's stacked output is a second copy of params, mu, nu)
+            the update; the donated state is updated in place); map: P x params x 4 B x 6
+            (the loop's stacked output is a second copy of params, mu, nu; the slope in P
+            of XLA's figure for P = 8 -> 32)
     acts:   per proxy, per token, the values kept for the backward pass:
             2 V (logits and their gradient) + per layer 8 d + 6 d_ff (SwiGLU; 4 d_ff for
             GELU) + 3 H S (attention scores, probabilities and their gradient);
@@ -556,7 +557,7 @@ def estimate_memory(model_cfg, params_per_proxy: int, num_proxies: int, batch: i
     d_ff = getattr(model_cfg, "ff_dim", None) or model_cfg.d_ff or 4 * d
     ff_values = 6 if getattr(model_cfg, "mlp", "swiglu") == "swiglu" else 4
     tokens = batch * seq_len
-    copies = 4.5 if strategy == "vmap" else 7.0
+    copies = 4.5 if strategy == "vmap" else 6.0
     state = int(copies * num_proxies * params_per_proxy * b4)
     per_proxy_acts = tokens * b4 * (2 * v + layers * (8 * d + ff_values * d_ff
                                                       + 3 * heads * seq_len))
