@@ -1,6 +1,6 @@
 """Proxy swarm throughput (vmap vs lax.map), memory estimate vs XLA, swarm vs separate runs.
 
-    python benchmarks/bench_swarm.py [--proxies 1,8,32] [--steps 10] [--separate 4]
+    python benchmarks/bench_swarm.py [--proxies 1,8,32] [--steps 10] [--separate 8] [--skip-steps]
                                      [--config configs/search_tiny_regmix.py] [--skip-separate]
 
 1. Step throughput: proxies x steps / s of the compiled swarm step (compile excluded, the
@@ -9,11 +9,18 @@
 2. Memory: the swarm's config-only estimate (``Swarm.memory_estimate``) next to XLA's
    compiled memory analysis (arguments + outputs - aliased + temporaries) of the same step;
    ratio estimate / XLA.
-3. Swarm vs separate processes: wall time of ``--separate`` separate ``mixjax train``
-   processes (the same proxy config, each its own mixture, run one after another as a
-   sweep would on this machine) against a swarm of the same proxies and steps, both timed
-   end to end here (process start, data, compile, train, eval). The per-proxy cost of the
-   separate runs is then multiplied by 32 for the 32-proxy comparison (printed as such).
+3. Swarm vs separate processes: ``--separate N`` separate ``mixjax train`` processes
+   (the same proxy config, each its own mixture, one after another as a sweep would run
+   on this machine) against one process training a swarm of the same N proxies and
+   steps; both sides timed end to end (process start, imports, data, compile, train,
+   eval, checkpoints), wall and CPU seconds (CPU time is less sensitive to other jobs on
+   a shared machine), with the swarm's own phases (``SwarmResult.timings``) and the load
+   average before and after each side.
+
+Re-run on an idle machine (the issue's target: >= 3x at the search's proxy count):
+
+    python benchmarks/bench_swarm.py --skip-steps --separate 32     # ~15 min on 2 idle cores
+    python benchmarks/bench_swarm.py --skip-separate                # sections 1-2 only
 
 On a GPU the same script runs P up to 512 (``--proxies 1,8,32,128,512``).
 Every number printed comes from this run; note the machine's load (printed) when
@@ -26,13 +33,13 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 import jax
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,20 +55,13 @@ def loadavg() -> str:
         return "?"
 
 
-def xla_bytes(sw: S.Swarm, state, batch) -> int:
-    compiled = jax.jit(sw.swarm_step_fn(), donate_argnums=(0,)).lower(state, batch).compile()
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-               + m.temp_size_in_bytes)
-
-
 def bench_step(cfg, data, p: int, strategy: str, route: str, steps: int) -> dict:
     mix = designs.dirichlet(p, len(data.domains), seed=0)
     sw = S.Swarm(cfg, mix, route=route, strategy=strategy, data=data)
     state = sw.init_state()
     batches = sw.make_batches()
     est = sw.memory_estimate()["total"]
-    xla = xla_bytes(sw, state, sw.device_batch(next(batches)))
+    xla = S.compiled_memory_bytes(sw)
     if steps == 0:   # memory only
         return {"P": p, "strategy": strategy, "proxy_steps_per_s": float("nan"),
                 "compile_s": float("nan"), "est_MiB": est / 2**20, "xla_MiB": xla / 2**20,
@@ -81,8 +81,14 @@ def bench_step(cfg, data, p: int, strategy: str, route: str, steps: int) -> dict
             "est_over_xla": est / max(xla, 1)}
 
 
-def separate_runs(config: str, proxy_overrides, mixtures, domains, steps: int, work) -> float:
-    t0 = time.perf_counter()
+def _child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def separate_runs(config: str, proxy_overrides, mixtures, domains, steps: int, work):
+    """``(wall s, CPU s)`` of one ``mixjax train`` process per mixture, one after another."""
+    t0, c0 = time.perf_counter(), _child_cpu()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for i, h in enumerate(mixtures):
         w = {d: float(x) for d, x in zip(domains, h)}
@@ -92,7 +98,30 @@ def separate_runs(config: str, proxy_overrides, mixtures, domains, steps: int, w
                "--set", f"train.run_dir={work}/sep{i}", "--set", "mixing.name=manual",
                "--set", f"mixing.hparams={json.dumps({'weights_by_domain': w})}"]
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _child_cpu() - c0
+
+
+def swarm_process(config: str, n: int, seed: int, work) -> tuple[float, float, dict]:
+    """``(wall s, CPU s, phase timings)`` of the same proxies as one swarm, run as one
+    process too (process start, imports, data, init, compile, train, eval, checkpoints)."""
+    t0, c0 = time.perf_counter(), _child_cpu()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = pathlib.Path(work) / "swarm_timings.json"
+    subprocess.run([sys.executable, __file__, "--config", config, "--swarm-child", str(n),
+                    "--swarm-seed", str(seed), "--swarm-out", str(out)], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0, _child_cpu() - c0, json.loads(out.read_text())
+
+
+def swarm_child(config: str, n: int, seed: int, out: pathlib.Path) -> None:
+    target, proxy, settings = pipeline.load_search_config(config)
+    proxy.train.progress = False
+    data = build_data(proxy)
+    mix = designs.dirichlet(n, len(data.domains), seed=seed)
+    sw = S.Swarm(proxy, mix, route=settings["route"], strategy=settings["strategy"], data=data)
+    res = S.train_swarm(sw, out.parent / "swarm")
+    out.write_text(json.dumps({"strategy": sw.strategy, "seconds": res.seconds,
+                               "timings": res.timings}))
 
 
 def main() -> None:
@@ -101,40 +130,54 @@ def main() -> None:
     ap.add_argument("--proxies", default="1,8,32")
     ap.add_argument("--strategies", default="vmap,map")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (0: memory only)")
-    ap.add_argument("--separate", type=int, default=4)
+    ap.add_argument("--skip-steps", action="store_true", help="skip sections 1-2")
+    ap.add_argument("--separate", type=int, default=8,
+                    help="proxies of the swarm vs separate processes comparison")
     ap.add_argument("--skip-separate", action="store_true")
+    ap.add_argument("--swarm-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--swarm-seed", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--swarm-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.swarm_child is not None:
+        swarm_child(args.config, args.swarm_child, args.swarm_seed, pathlib.Path(args.swarm_out))
+        return
     target, proxy, settings = pipeline.load_search_config(args.config)
     proxy.train.progress = False
     data = build_data(proxy)
-    print(f"backend {jax.default_backend()}, devices {len(jax.devices())}, load {loadavg()}; "
-          f"proxy d_model {proxy.model.d_model} x {proxy.model.num_layers} layers, batch "
-          f"{proxy.data.batch_size} x {proxy.data.seq_len}, route {settings['route']}")
-    print(f"{'P':>4} {'strategy':>8} {'proxy*steps/s':>14} {'compile s':>10} "
-          f"{'est MiB':>8} {'XLA MiB':>8} {'est/XLA':>8}")
-    for p in (int(x) for x in args.proxies.split(",")):
-        for strategy in args.strategies.split(","):
-            r = bench_step(proxy, data, p, strategy, settings["route"], args.steps)
-            print(f"{r['P']:>4} {r['strategy']:>8} {r['proxy_steps_per_s']:>14.2f} "
-                  f"{r['compile_s']:>10.1f} {r['est_MiB']:>8.1f} {r['xla_MiB']:>8.1f} "
-                  f"{r['est_over_xla']:>8.2f}", flush=True)
-    print(f"load {loadavg()}")
+    print(f"backend {jax.default_backend()}, devices {len(jax.devices())}, cores "
+          f"{os.cpu_count()}, load {loadavg()}; proxy d_model {proxy.model.d_model} x "
+          f"{proxy.model.num_layers} layers, batch {proxy.data.batch_size} x "
+          f"{proxy.data.seq_len}, route {settings['route']}", flush=True)
+    if not args.skip_steps:
+        print(f"{'P':>4} {'strategy':>8} {'proxy*steps/s':>14} {'compile s':>10} "
+              f"{'est MiB':>8} {'XLA MiB':>8} {'est/XLA':>8}")
+        for p in (int(x) for x in args.proxies.split(",")):
+            for strategy in args.strategies.split(","):
+                r = bench_step(proxy, data, p, strategy, settings["route"], args.steps)
+                print(f"{r['P']:>4} {r['strategy']:>8} {r['proxy_steps_per_s']:>14.2f} "
+                      f"{r['compile_s']:>10.1f} {r['est_MiB']:>8.1f} {r['xla_MiB']:>8.1f} "
+                      f"{r['est_over_xla']:>8.2f}", flush=True)
+        print(f"load {loadavg()}")
     if args.skip_separate:
         return
     n, steps = args.separate, proxy.train.steps
     mix = designs.dirichlet(n, len(data.domains), seed=1)
     with tempfile.TemporaryDirectory() as work:
-        sep = separate_runs(args.config, settings["proxy_overrides"], mix, data.domains, steps,
-                            work)
-        t = time.perf_counter()
-        sw = S.Swarm(proxy, mix, route=settings["route"], strategy=settings["strategy"],
-                     data=build_data(proxy))
-        S.train_swarm(sw, pathlib.Path(work) / "swarm")
-        swarm_s = time.perf_counter() - t
-    print(f"{n} proxies x {steps} steps: separate `mixjax train` processes {sep:.1f} s, "
-          f"swarm {swarm_s:.1f} s (data + compile + train + eval), ratio {sep / swarm_s:.2f}x; "
-          f"load {loadavg()}")
-    print(f"32 proxies, separate runs extrapolated from the {n} above: {32 * sep / n:.0f} s")
+        load0 = loadavg()
+        sep, sep_cpu = separate_runs(args.config, settings["proxy_overrides"], mix,
+                                     data.domains, steps, work)
+        load1 = loadavg()
+        sw, sw_cpu, rec = swarm_process(args.config, n, 1, work)
+        load2 = loadavg()
+    print(f"{n} proxies x {steps} steps, each side one or more whole processes:")
+    print(f"  separate `mixjax train` processes: {sep:.1f} s wall, {sep_cpu:.1f} s CPU "
+          f"({sep / n:.1f} s per proxy); load {load0} -> {load1}")
+    print(f"  one swarm process ({rec['strategy']}):   {sw:.1f} s wall, {sw_cpu:.1f} s CPU; "
+          f"load {load1} -> {load2}")
+    t = rec["timings"]
+    print("  swarm phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+          + f"; outside train_swarm (start, imports, data) {sw - rec['seconds']:.1f}")
+    print(f"  ratio separate / swarm: wall {sep / sw:.2f}x, CPU {sep_cpu / sw_cpu:.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 from mixjax import cli
@@ -76,3 +77,48 @@ def test_tiny_law_search_runs_then_reuses_its_phases(config, tmp_path, capsys):
     # another search into the same --out is refused, nothing overwritten
     assert cli.main(args + ["--search-set", "route=upsample"]) == 2
     assert json.loads((out / "weights.json").read_text()) == weights
+
+
+SIZES = ["--sizes", "8,16,24", "--proxies", "8", "--proxy-set", "train.steps=4",
+         "--proxy-set", "train.eval_every=2", "--search-set", "design=dirichlet"]
+
+
+def test_law_across_sizes_fits_the_scaling_law_and_reports_extrapolation(config, tmp_path,
+                                                                         capsys):
+    """``--sizes``: one swarm per d_model, the additive law L(N, D, h) fitted on the two
+    smaller sizes predicts the held-out largest; the law on all sizes gives the weights."""
+    out = tmp_path / "out"
+    assert cli.main(["search", "law", config, "--out", str(out), "--no-target", *SIZES]) == 0
+    log = capsys.readouterr().out
+    for size in (8, 16, 24):
+        res = json.loads((out / f"swarm_d{size}" / "result.json").read_text())
+        assert len(res["mixtures"]) == 8 and res["steps"] == 4 and len(res["history"]) == 1
+    fit = json.loads((out / "fit.json").read_text())
+    ex = fit["extrapolation"]
+    assert fit["regressor"] == "scaling_law_additive" and fit["sizes"] == [8, 16, 24]
+    assert len(ex["fit_N"]) == 2 and ex["held_out_N"] > max(ex["fit_N"])
+    assert ex["runs_fitted"] == 2 * 8 * 2 and ex["runs_held_out"] == 8 * 2
+    # the reported error is the held-out size's: recomputed from the saved predictions
+    pred, actual = np.array(fit["cv"]["pred"]), np.array(fit["cv"]["actual"])
+    assert len(actual) == 8 and np.all(np.isfinite(pred))
+    assert ex["mae"] == pytest.approx(np.abs(pred - actual).mean())
+    w = json.loads((out / "weights.json").read_text())["weights_by_domain"]
+    assert abs(sum(w.values()) - 1) < 1e-6 and min(w.values()) >= 0
+    assert "held-out largest N" in log and "extrapolated to the held-out largest N" in (
+        out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--sizes", "16"], "a list of >= 2 distinct"),
+    (["--sizes", "16,x"], "--sizes must be comma-separated integers"),
+    (["--sizes", "8,16", "--proxies", "2", "--proxy-set", "train.eval_every=2",
+      "--proxy-set", "train.steps=4"], "it needs >= 22 runs"),
+    (["--sizes", "8,18", "--proxy-set", "train.eval_every=2", "--proxy-set", "train.steps=4"],
+     "proxy size d_model=18"),
+])
+def test_bad_sizes_exit_2_before_training(config, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert cli.main(["search", "law", config, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("error:") == 1
+    assert not any(out.glob("swarm*"))

@@ -5,6 +5,9 @@
     mixjax search law    CONFIG ...            (the Data Mixing Law of Ye et al. instead of RegMix)
     mixjax search skillit-graph CONFIG --out graph.npy [--set K=V ...] [--seeds N]
                                 (Skill-it's skills graph from K one-hot proxies: skillit_graph.py)
+    mixjax search law    CONFIG --sizes 16,32,64 (one swarm per proxy d_model, Shukor et al.'s
+                                                  scaling law L(N, D, h); extrapolation to the
+                                                  largest size held out is reported)
 
 CONFIG is a config file whose ``get_config()`` gives the *target* model's Config and
 whose optional ``get_search()`` gives a dict of search settings (:data:`DEFAULTS`),
@@ -15,6 +18,7 @@ resumes from its checkpoint):
 
     design.json     the proxies' mixtures (designs.py) and the constraints
     swarm/          the swarm's checkpoints, metrics.jsonl, result.json (per-proxy eval)
+    swarm_d<size>/  with --sizes: one swarm per proxy d_model (same mixtures)
     fit.json        the fit (regmix.py or laws.py): held-out quality, found mixture,
                     predicted loss and its bootstrap interval; fit.png: predicted vs actual
     weights.json    the found mixture, usable in any config: mixing.name=manual with
@@ -47,7 +51,9 @@ DEFAULTS: dict[str, Any] = {
     "design_seed": 42,
     "route": "upsample",           # upsample | upweight
     "strategy": "auto",            # vmap | map | auto (measured per backend)
-    "models": 1,                   # devices of the models mesh axis
+    "models": 1,                   # devices of the models mesh axis (proxies)
+    "data_shards": 1,              # devices of the data axis (each proxy's batch rows)
+    "fsdp": 1,                     # devices of the fsdp axis (rows and d_model of params)
     "proxy_overrides": [],         # dotted overrides: target config -> proxy config
     "target": "average",           # average | a domain | {domain: weight}
     "regressor": "auto",           # lightgbm | linear | auto (better held-out Spearman)
@@ -64,8 +70,14 @@ DEFAULTS: dict[str, Any] = {
                                    # (train.eval_every) and fit the mixture law to the
                                    # losses it predicts at this step (Ye et al.'s nesting)
     "baselines": ["uniform", "natural"],
+    "sizes": None,                 # law: proxy d_model values (2-3); one swarm per size and
+                                   # Shukor et al.'s scaling law L(N, D, h) instead of Ye's law
+    "scaling_law": "additive",     # additive | joint (with sizes)
 }
 METHODS = ("regmix", "law")
+# Settings a repeated search may change: target-run baselines, and the device layout of
+# the swarm (the same computation on another mesh; its checkpoint restores onto it).
+LAYOUT_ONLY = ("baselines", "models", "data_shards", "fsdp")
 
 
 class SearchError(ValueError):
@@ -125,7 +137,16 @@ def check_settings(s: dict, method: str, k: int) -> None:
     if method == "regmix" and s["proxies"] < max(s["folds"], 4) * 2:
         raise SearchError(f"RegMix needs at least {max(s['folds'], 4) * 2} proxies for its "
                           f"{s['folds']}-fold held-out check, got {s['proxies']}")
-    if method == "law":
+    if s["sizes"] is not None:
+        sizes = s["sizes"]
+        if method != "law" or not isinstance(sizes, (list, tuple)) or len(set(sizes)) < 2 or \
+                not all(isinstance(x, int) and x > 0 for x in sizes):
+            raise SearchError("search setting 'sizes' (law only): a list of >= 2 distinct "
+                              f"positive proxy d_model values, got {sizes!r}")
+        if s["scaling_law"] not in ("additive", "joint"):
+            raise SearchError("search setting 'scaling_law': additive or joint, got "
+                              f"{s['scaling_law']!r}")
+    elif method == "law":
         # every training fold of the held-out check must determine the law too
         f = max(int(s["folds"]), 2)
         need = next(p for p in range(k + 2, 100 * (k + 2)) if p - -(-p // f) >= k + 2)
@@ -185,7 +206,7 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
     out.mkdir(parents=True, exist_ok=True)
     # baselines only add target runs: a repeated search may add or drop them
     record = {"method": method, "domains": list(domains),
-              "settings": {k: v for k, v in settings.items() if k != "baselines"},
+              "settings": {k: v for k, v in settings.items() if k not in LAYOUT_ONLY},
               "target_config": _cfg_dict(target_cfg), "proxy_config": _cfg_dict(proxy_cfg)}
     saved = out / "search.json"
     if saved.exists():
@@ -211,6 +232,10 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
                                   "mixtures": mixtures, "lo": cons.lo, "hi": cons.hi})
     log(f"design: {len(mixtures)} {settings['design']} mixtures over {k} domains")
 
+    if settings["sizes"] is not None:
+        return _run_scaling_search(target_cfg, proxy_cfg, settings, out, mixtures, data, cons,
+                                   seeds=seeds, train_target=train_target, log=log, t0=t0)
+
     # 2. swarm
     swarm_dir = out / "swarm"
     result_path = swarm_dir / "result.json"
@@ -219,7 +244,8 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
         log(f"swarm: reusing {result_path}")
     else:
         sw = swarm.Swarm(proxy_cfg, mixtures, route=settings["route"],
-                         strategy=settings["strategy"], models=settings["models"], data=data)
+                         strategy=settings["strategy"], models=settings["models"], data=data,
+                         data_shards=settings["data_shards"], fsdp=settings["fsdp"])
         est = swarm.check_memory(sw)
         log(f"swarm: {sw.num_proxies} proxies x {sw.params_per_proxy} parameters, route "
             f"{sw.route}, strategy {sw.strategy}, {proxy_cfg.train.steps} steps, estimated "
@@ -260,6 +286,14 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
         fit["proxies_used"] = int(alive.sum())
         _write_json(fit_path, fit)
         _plot_fit(out / "fit.png", y, fit, method)
+    weights_by_domain = _write_weights(method, domains, fit, settings, out, log)
+
+    return _finish(method, domains, fit, weights_by_domain, target_cfg, settings, out,
+                   seeds=seeds, train_target=train_target, log=log,
+                   swarm_seconds=res.seconds, t0=t0)
+
+
+def _write_weights(method, domains, fit, settings, out: pathlib.Path, log) -> dict:
     weights = np.asarray(fit["weights"], np.float64)
     if not np.all(np.isfinite(weights)):
         raise SearchError("the search returned non-finite weights; see fit.json")
@@ -275,8 +309,12 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
     log("found mixture: " + ", ".join(f"{d} {w:.3f}" for d, w in weights_by_domain.items()))
     if fit.get("warning"):
         log(f"warning: {fit['warning']}")
+    return weights_by_domain
 
-    # 5. target models
+
+def _finish(method, domains, fit, weights_by_domain, target_cfg, settings, out, *, seeds,
+            train_target, log, swarm_seconds, t0) -> dict:
+    """5. target models on the found mixture and the baselines; results.md."""
     evals: dict[str, list[dict]] = {}
     if train_target:
         mixtures_to_train = {"found": weights_by_domain}
@@ -285,12 +323,104 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
             evals[name] = [_train_target(target_cfg, out / "target" / name / f"seed{s}", s, mix,
                                          log, name) for s in range(seeds)]
     summary = {"method": method, "domains": list(domains), "weights": weights_by_domain,
-               "fit": fit, "evals": evals, "swarm_seconds": res.seconds,
+               "fit": fit, "evals": evals, "swarm_seconds": swarm_seconds,
                "seconds": time.perf_counter() - t0}
     text = results_markdown(summary, settings)
     (out / "results.md").write_text(text)
     summary["table"] = text
     return summary
+
+
+def _run_scaling_search(target_cfg, proxy_cfg, settings, out: pathlib.Path, mixtures, data,
+                        cons, *, seeds, train_target, log, t0) -> dict:
+    """``--sizes``: one swarm per proxy d_model (the same mixtures), Shukor et al.'s law
+    L(N, D, h) fitted on every proxy evaluation (N = parameters, D = tokens seen), its
+    extrapolation to the largest size checked with that size held out, and the law
+    minimised at the target model's (N, D)."""
+    from mixjax import config as config_lib
+    from mixjax.search import laws, regmix, swarm
+    from mixjax.train.loop import model_config
+    from mixjax.models import transformer
+    domains = tuple(data.domains)
+    k = len(domains)
+    sizes = sorted(int(x) for x in settings["sizes"])
+    every, steps = proxy_cfg.train.eval_every, proxy_cfg.train.steps
+    points = len([t for t in range(every, steps, every)]) + 1 if every else 1
+    need = laws.num_params(settings["scaling_law"], k) + 1
+    have = (len(sizes) - 1) * len(mixtures) * points
+    if points < 2 or have < need:
+        raise SearchError(
+            f"the {settings['scaling_law']} law has {need - 1} parameters for {k} domains: "
+            f"fitted on the {len(sizes) - 1} smaller sizes it needs >= {need} runs, and >= 2 "
+            f"token counts per proxy (train.eval_every); these settings give "
+            f"{len(sizes) - 1} sizes x {len(mixtures)} proxies x {points} evaluations = {have}")
+    swarms = {}
+    for size in sizes:   # every size is built (and its memory checked) before any trains
+        cfg = config_lib.from_dict(config_lib.to_dict(proxy_cfg))
+        cfg.model.d_model = size
+        try:
+            config_lib.validate(cfg)
+            sw = swarm.Swarm(cfg, mixtures, route=settings["route"],
+                             strategy=settings["strategy"], models=settings["models"],
+                             data=data, data_shards=settings["data_shards"],
+                             fsdp=settings["fsdp"])
+        except ValueError as e:
+            raise SearchError(f"proxy size d_model={size} (search setting 'sizes'): {e}") \
+                from None
+        swarm.check_memory(sw)
+        swarms[size] = sw
+    n_rows, d_rows, h_rows, y_rows = [], [], [], []
+    total_s = 0.0
+    tokens_per_step = proxy_cfg.data.batch_size * proxy_cfg.data.seq_len
+    for size, sw in swarms.items():
+        result_path = out / f"swarm_d{size}" / "result.json"
+        if result_path.exists():
+            res, _, _ = swarm.load_result(result_path)
+            log(f"swarm d_model={size}: reusing {result_path}")
+        else:
+            log(f"swarm d_model={size}: {sw.num_proxies} proxies x {sw.params_per_proxy} "
+                f"parameters, {steps} steps")
+            res = swarm.train_swarm(sw, out / f"swarm_d{size}",
+                                    progress=proxy_cfg.train.progress, log=log)
+            swarm.save_result(res, mixtures, domains, result_path)
+        total_s += res.seconds
+        for step, table in list(res.history) + [(res.steps, res.losses)]:
+            ok = res.alive & np.all(np.isfinite(np.asarray(table)), axis=1)
+            y = regmix.target_values(np.asarray(table)[ok], res.eval_domains, domains,
+                                     settings["target"])
+            n_rows += [sw.params_per_proxy] * int(ok.sum())
+            d_rows += [step * tokens_per_step] * int(ok.sum())
+            h_rows.append(mixtures[ok])
+            y_rows.append(y)
+    fit_path = out / "fit.json"
+    if fit_path.exists():
+        fit = json.loads(fit_path.read_text())
+    else:
+        _, abstract, _ = transformer.abstract_init(model_config(target_cfg, data.vocab_size))
+        target_n = int(sum(np.prod(x.shape) for x in jax_leaves(abstract)))
+        target_d = target_cfg.train.steps * target_cfg.data.batch_size * target_cfg.data.seq_len
+        fit = laws.run_scaling_law(settings["scaling_law"], np.array(n_rows, np.float64),
+                                   np.array(d_rows, np.float64), np.concatenate(h_rows),
+                                   np.concatenate(y_rows), target_n, target_d, cons,
+                                   restarts=settings["law_restarts"])
+        fit["target"] = settings["target"]
+        fit["proxies_used"] = len(y_rows[-1])
+        fit["sizes"] = sizes
+        _write_json(fit_path, fit)
+        _plot_fit(out / "fit.png", np.asarray(fit["cv"]["actual"]), fit, "law")
+    ex = fit["extrapolation"]
+    log(f"scaling law ({settings['scaling_law']}): fitted on N = {ex['fit_N']}, held-out "
+        f"largest N = {ex['held_out_N']:.0f}: MAE {ex['mae']:.4f}, mean relative error "
+        f"{100 * ex['rel_err_mean']:.2f}%, Spearman {ex['spearman']:.3f}")
+    weights_by_domain = _write_weights("law", domains, fit, settings, out, log)
+    return _finish("law", domains, fit, weights_by_domain, target_cfg, settings, out,
+                   seeds=seeds, train_target=train_target, log=log, swarm_seconds=total_s,
+                   t0=t0)
+
+
+def jax_leaves(tree):
+    import jax
+    return jax.tree.leaves(tree)
 
 
 def extrapolate_losses(res, alive: np.ndarray, step: float, restarts: int) -> np.ndarray:
@@ -360,6 +490,16 @@ def results_markdown(summary: dict, settings: dict) -> str:
         for kind, cv in fit["cv"].items():
             mark = " (used)" if kind == fit["regressor"] else ""
             lines.append(f"| {kind}{mark} | {cv['spearman']:.3f} | {cv['mae']:.4f} |")
+    elif "extrapolation" in fit:
+        ex = fit["extrapolation"]
+        lines.append(f"Scaling law ({fit['regressor']}), fitted on proxy sizes N = "
+                     f"{', '.join(f'{x:.0f}' for x in ex['fit_N'])} ({ex['runs_fitted']} runs), "
+                     f"extrapolated to the held-out largest N = {ex['held_out_N']:.0f}: MAE "
+                     f"{ex['mae']:.4f}, mean relative error {100 * ex['rel_err_mean']:.2f}%, "
+                     f"Spearman {ex['spearman']:.3f} (final D); MAE over all its D "
+                     f"{ex['mae_all_D']:.4f}. Law on all sizes: train residual RMS "
+                     f"{fit['residual_rms']:.4g}, converged: {fit['converged']}; minimised at "
+                     f"the target's N = {fit['target_N']:.0f}, D = {fit['target_D']:.0f}.")
     else:
         lines.append(f"Mixing law fit: held-out Spearman {fit['cv']['spearman']:.3f}, "
                      f"MAE {fit['cv']['mae']:.4f}; train residual RMS "
@@ -425,6 +565,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         p = sub.add_parser(method, help=helps[method])
         p.add_argument("config", help="target config file (get_config(); get_search() optional)")
         p.add_argument("--proxies", type=int, default=None, help="number of proxies")
+        if method == "law":
+            p.add_argument("--sizes", default=None, metavar="D1,D2[,D3]",
+                           help="proxy d_model values: one swarm per size and the scaling "
+                                "law L(N, D, h) of Shukor et al. (search setting 'sizes')")
         p.add_argument("--out", default=None, help="output dir (default runs/search_<method>_<name>)")
         p.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="config override for the proxies and targets")
@@ -453,10 +597,22 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.train.loop import RunDirError
     if args.method == "skillit-graph":
         return _run_skillit_graph(args)
+    # Multi-host (MIXJAX_DISTRIBUTED=1, set by scripts/launch_*.sh): join the job before any
+    # other JAX call; a no-op otherwise. Every process runs every phase (the fit and search
+    # are cheap and deterministic); the swarm is one job across all of them.
+    from mixjax import distributed
+    distributed.initialize()
     try:
         extra = list(args.search_overrides)
         if args.proxies is not None:
             extra.append(f"proxies={args.proxies}")
+        if getattr(args, "sizes", None):
+            try:
+                sizes = [int(x) for x in args.sizes.split(",")]
+            except ValueError:
+                raise SearchError(f"--sizes must be comma-separated integers (proxy d_model "
+                                  f"values), got {args.sizes!r}") from None
+            extra.append(f"sizes={sizes}")
         if args.seeds < 1:
             raise SearchError(f"--seeds must be >= 1, got {args.seeds}")
         target, proxy, settings = load_search_config(args.config, args.overrides, extra,
