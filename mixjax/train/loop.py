@@ -228,8 +228,12 @@ class Trainer:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
             params = jax.tree.map(jax.numpy.asarray, params)
         else:
-            self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
-        self.num_params = transformer.count_params(params)
+            # Created inside the jitted, sharded state init below (a function, not arrays):
+            # every parameter is born in its shards, no device ever holds the whole model.
+            self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
+            model_cfg, seed = self.model_cfg, cfg.train.seed
+            params = lambda: transformer.init_params(model_cfg, seed)   # noqa: E731
+        self.num_params = transformer.count_params(abstract)
         # The LR schedule's length: train.steps, or the original run's on an extended resume.
         self.schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, self.schedule_steps)
@@ -246,8 +250,9 @@ class Trainer:
         self.mesh = parallel.mesh_from_config(cfg.mesh)
         distributed.check_batch_divides(cfg.data.batch_size, self.mesh,
                                         parallel.batch_axes(self.mesh))
-        # The optimizer and mixer state are created sharded (one jitted init), so no
-        # device ever holds the whole optimizer state; same values as an eager init.
+        # Parameters (unless loaded), optimizer and mixer state are created sharded by one
+        # jitted init, so no device ever holds the whole model or optimizer state; the
+        # values equal an eager init bit for bit (tests/test_pod_init.py).
         self.initial_state, self.state_shardings = parallel.init_state_sharded(
             parts.init_fn, params, self.logical_axes, self.mesh, ref_params=parts.ref_params)
         self.train_step = parallel.jit_sharded_step(self.step_fn, self.state_shardings)
