@@ -67,11 +67,15 @@ def _now():
 
 
 def load_revision(rev: str, tmp: pathlib.Path):
-    """``(loop module, DomainSampler class)`` of git revision ``rev``."""
+    """``(loop module, DomainSampler class)`` of git revision ``rev`` (or of the ``loop.py``
+    and ``sampler.py`` in directory ``rev``, for a copy of the tree without git)."""
     mods = []
     for name, path in (("sampler", "mixjax/data/sampler.py"), ("loop", "mixjax/train/loop.py")):
-        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], check=True,
-                             capture_output=True, text=True).stdout
+        if pathlib.Path(rev).is_dir():
+            src = (pathlib.Path(rev) / pathlib.Path(path).name).read_text()
+        else:
+            src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], check=True,
+                                 capture_output=True, text=True).stdout
         file = tmp / f"ref_{name}.py"
         file.write_text(src)
         spec = importlib.util.spec_from_file_location(f"mixjax_ref_{name}", file)
@@ -157,7 +161,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--compare-ref", default=None, metavar="REV",
-                    help="also time the loop (and sampler) of this git revision")
+                    help="also time the loop (and sampler) of this git revision (or directory)")
+    ap.add_argument("--log-every", type=int, default=None,
+                    help="train.log_every of the loop runs (default: --steps, one record)")
     args = ap.parse_args(argv)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_loop_"))
     jax.config.update("jax_compilation_cache_dir", str(tmp / "jax_cache"))
@@ -187,7 +193,7 @@ def main(argv=None):
                         cfg = config_lib.load(ROOT / MIXERS[mixer], [
                             *MODELS[model], f"data.lag={lag}", f"train.steps={args.steps}",
                             "train.eval_every=0", "train.ckpt_every=0", "train.progress=False",
-                            f"train.log_every={args.steps}", f"train.run_dir={tmp / f'run{run}'}"])
+                            f"train.log_every={args.log_every or args.steps}", f"train.run_dir={tmp / f'run{run}'}"])
                         data = data or build_data(cfg)
                         if name == "bare":
                             times[name].append(run_bare(cfg, data, args.warmup))
