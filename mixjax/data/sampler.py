@@ -189,16 +189,24 @@ class DomainSampler:
         ids, counts = self.composer.next_ids()
         b = self.local_batch_size
         ids = ids[self.process_index * b:(self.process_index + 1) * b]
-        tokens = np.empty((b, self.seq_len + 1), np.int32)
-        # Row i is the next sequence of domain ids[i]: the rows of domain d take d's next
-        # n_d sequences in row order, one block copy per domain (no per-row loop).
+        return {"tokens": self.read_rows(ids), "domain_id": ids, "domain_counts": counts}
+
+    def read_rows(self, ids: np.ndarray) -> np.ndarray:
+        """int32[len(ids), S+1]: row ``i`` is the next packed sequence of domain ``ids[i]``.
+
+        The rows of domain ``d`` take ``d``'s next ``n_d`` sequences in row order, one
+        block copy per domain (no per-row loop): the same rows, and the same iterator
+        states after, as reading them one by one.
+        """
+        ids = np.asarray(ids)
+        tokens = np.empty((len(ids), self.seq_len + 1), np.int32)
         for d in np.unique(ids):
             rows = np.flatnonzero(ids == d)
             it = self._iterator(int(d))
             take = getattr(it, "take", None)
             tokens[rows] = take(len(rows)) if take is not None else \
                 np.stack([next(it) for _ in rows])
-        return {"tokens": tokens, "domain_id": ids, "domain_counts": counts}
+        return tokens
 
     # -- checkpointing ---------------------------------------------------------
     def _config(self) -> dict[str, Any]:
