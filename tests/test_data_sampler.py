@@ -277,3 +277,23 @@ def test_mixpile_tiny_workers_restore_all_domains():
         s2.set_state(state)
         again = [next(s2) for _ in range(18)]
     assert _same(got, expected) and _same(again, expected[12:])
+
+
+@pytest.mark.parametrize("mode,workers", [("multinomial", 0), ("stratified", 0),
+                                          ("multinomial", 1)])
+def test_batch_assembly_equals_row_by_row_reads(srcs, mode, workers):
+    # The batch is assembled one block per domain (PackIterator.take); row i must still be
+    # the next sequence of domain ids[i], exactly as reading the rows one by one.
+    with _sampler(srcs, mode=mode, num_workers=workers) as fast, \
+            _sampler(srcs, mode=mode, num_workers=workers) as rows:
+        assert hasattr(fast._iterator(0), "take")      # the block path is the one tested
+        for t in range(6):
+            got = next(fast)
+            ids, counts = rows.composer.next_ids()
+            want = np.stack([next(rows._iterator(int(d))) for d in ids])
+            np.testing.assert_array_equal(got["tokens"], want)
+            np.testing.assert_array_equal(got["domain_id"], ids)
+            np.testing.assert_array_equal(got["domain_counts"], counts)
+            fast.set_weights(np.roll([0.4, 0.3, 0.2, 0.1], t), step=t)
+            rows.composer.set_weights(np.roll([0.4, 0.3, 0.2, 0.1], t), step=t)
+        assert json.dumps(fast.get_state()) == json.dumps(rows.get_state())

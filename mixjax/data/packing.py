@@ -106,6 +106,31 @@ class _PackIterator(grain.DatasetIterator):
         self._buffered -= length
         return out
 
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` sequences as int32[n, length]: ``n`` calls of ``next`` in one copy.
+
+        The stream is consumed exactly as by ``n`` calls of ``__next__`` (same
+        values, same state after), but the tokens are gathered per buffered
+        stream piece, not per sequence.
+        """
+        length, need = self._length, int(n) * self._length
+        if n <= 0:
+            return np.empty((0, length), np.int32)
+        while self._buffered < need:
+            self._read_doc()
+        pieces, got = [], 0
+        while got < need:
+            doc = self._docs[0][1]
+            take = min(need - got, len(doc) - self._skip)
+            pieces.append(doc[self._skip:self._skip + take])
+            got += take
+            self._skip += take
+            if self._skip == len(doc):
+                self._docs.popleft()
+                self._skip = 0
+        self._buffered -= need
+        return np.concatenate(pieces).astype(np.int32, copy=False).reshape(int(n), length)
+
     def get_state(self) -> dict[str, Any]:
         if self._docs:
             return {"parent": self._docs[0][0], "skip": self._skip}

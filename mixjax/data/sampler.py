@@ -32,7 +32,6 @@ the global batch.
 
 from __future__ import annotations
 
-import threading
 import zlib
 from typing import Any, Mapping
 
@@ -86,6 +85,10 @@ class DomainSampler:
       chunk: documents per grain element (amortises grain's per-element cost;
         part of the data definition, like ``seed``).
       process_index, process_count: this host's share (see module docstring).
+
+    Not thread-safe: the train loop's prefetch thread and its main thread share a
+    sampler through :class:`mixjax.train.prefetch.BatchPrefetcher`, which holds the
+    one lock around every call.
     """
 
     def __init__(self, sources: Mapping[str, DomainSource] | list[DomainSource], *,
@@ -124,8 +127,6 @@ class DomainSampler:
         self.sources: tuple[DomainSource, ...] = tuple(srcs)
         self._iters: list[grain.DatasetIterator | None] = [None] * len(self.domains)
         self.split_seed, self.split_fractions = int(split_seed), dict(split_fractions)
-        # A prefetch thread may call next() while the trainer calls set_weights().
-        self._lock = threading.RLock()
 
     # -- pipelines -------------------------------------------------------------
     @property
@@ -167,16 +168,14 @@ class DomainSampler:
 
     def start(self) -> "DomainSampler":
         """Builds every domain's pipeline now (and starts its workers) instead of on first draw."""
-        with self._lock:
-            for d in range(self.num_domains):
-                self._iterator(d)
+        for d in range(self.num_domains):
+            self._iterator(d)
         return self
 
     # -- weights ---------------------------------------------------------------
     def set_weights(self, weights: Any, step: int) -> None:
         """Weights produced after train step ``step``; batches ``>= step + lag`` use them."""
-        with self._lock:
-            self.composer.set_weights(weights, step)
+        self.composer.set_weights(weights, step)
 
     def weights_for(self, step: int) -> np.ndarray:
         """float64[K] weights batch ``step`` is drawn with (as known now)."""
@@ -187,14 +186,27 @@ class DomainSampler:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        with self._lock:
-            ids, counts = self.composer.next_ids()
-            b = self.local_batch_size
-            ids = ids[self.process_index * b:(self.process_index + 1) * b]
-            tokens = np.empty((b, self.seq_len + 1), np.int32)
-            for row, d in enumerate(ids):
-                tokens[row] = next(self._iterator(int(d)))
-        return {"tokens": tokens, "domain_id": ids, "domain_counts": counts}
+        ids, counts = self.composer.next_ids()
+        b = self.local_batch_size
+        ids = ids[self.process_index * b:(self.process_index + 1) * b]
+        return {"tokens": self.read_rows(ids), "domain_id": ids, "domain_counts": counts}
+
+    def read_rows(self, ids: np.ndarray) -> np.ndarray:
+        """int32[len(ids), S+1]: row ``i`` is the next packed sequence of domain ``ids[i]``.
+
+        The rows of domain ``d`` take ``d``'s next ``n_d`` sequences in row order, one
+        block copy per domain (no per-row loop): the same rows, and the same iterator
+        states after, as reading them one by one.
+        """
+        ids = np.asarray(ids)
+        tokens = np.empty((len(ids), self.seq_len + 1), np.int32)
+        for d in np.unique(ids):
+            rows = np.flatnonzero(ids == d)
+            it = self._iterator(int(d))
+            take = getattr(it, "take", None)
+            tokens[rows] = take(len(rows)) if take is not None else \
+                np.stack([next(it) for _ in rows])
+        return tokens
 
     # -- checkpointing ---------------------------------------------------------
     def _config(self) -> dict[str, Any]:
@@ -207,10 +219,6 @@ class DomainSampler:
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable state; ``set_state`` on an equal sampler resumes exactly."""
-        with self._lock:
-            return self._get_state()
-
-    def _get_state(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "config": self._config(),
@@ -232,10 +240,6 @@ class DomainSampler:
         if diff:
             raise ValueError("sampler state was saved with a different configuration: "
                              + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
-        with self._lock:
-            self._set_state(state)
-
-    def _set_state(self, state: Mapping[str, Any]) -> None:
         self.composer.set_state(state["composer"])
         for d, name in enumerate(self.domains):
             saved = state["domains"].get(name)

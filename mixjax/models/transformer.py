@@ -122,8 +122,20 @@ class TransformerConfig:
         return v * d * (1 if self.tie_embeddings else 2) + self.num_layers * block + d
 
 
+def _normal(std: float):
+    """``normal(0, std)`` whose values do not depend on being jitted: the barrier keeps XLA
+    from folding ``std`` into the sampler's own constant, so the sharded jitted init
+    (``mixjax.parallel.init_state_sharded``) equals the eager one bit for bit."""
+
+    def init(key, shape, dtype=jnp.float32):
+        unit = jax.lax.optimization_barrier(jax.random.normal(key, shape, dtype))
+        return unit * jnp.asarray(std, dtype)
+
+    return init
+
+
 def _param(rngs: nnx.Rngs, shape, names, std, dtype):
-    init = nnx.with_partitioning(nnx.initializers.normal(std), names, eager_sharding=False)
+    init = nnx.with_partitioning(_normal(std), names, eager_sharding=False)
     return nnx.Param(init(rngs.params(), shape, dtype))
 
 

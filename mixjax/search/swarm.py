@@ -171,11 +171,9 @@ class UpsampleBatches:
         tokens = np.empty((n, b, s), np.int32)
         ids = np.empty((n, b), np.int32)
         counts = np.empty((n, len(self.sampler.domains)), np.int32)
-        with self.sampler._lock:
-            for p, comp in enumerate(self.composers):
-                ids[p], counts[p] = comp.next_ids()
-                for row, d in enumerate(ids[p]):
-                    tokens[p, row] = next(self.sampler._iterator(int(d)))
+        for p, comp in enumerate(self.composers):
+            ids[p], counts[p] = comp.next_ids()
+            tokens[p] = self.sampler.read_rows(ids[p])
         return {"tokens": tokens, "domain_id": ids, "domain_counts": counts,
                 "sampling_weights": self.mixtures.astype(np.float32)}
 

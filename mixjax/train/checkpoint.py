@@ -145,7 +145,7 @@ def host_checksum(host: dict[str, Any]) -> str:
 def _host_problem(host: Any, step: int) -> str | None:
     if not isinstance(host, dict):
         return f"host JSON is {type(host).__name__}, not an object"
-    missing = sorted({"step", "sampler", "last_weights"} - set(host))
+    missing = sorted({"step", "sampler"} - set(host))
     if missing:
         return f"host JSON lacks {missing}"
     if "checksum" in host and host["checksum"] != host_checksum(host):

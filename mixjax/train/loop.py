@@ -44,6 +44,7 @@ from mixjax.train import metrics as metrics_lib
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax.train.data import TrainData, build_data
+from mixjax.train.prefetch import BatchPrefetcher
 
 # Keys that may differ between a run's saved config and the one it is resumed with.
 RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
@@ -227,8 +228,12 @@ class Trainer:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
             params = jax.tree.map(jax.numpy.asarray, params)
         else:
-            self.apply, params, self.logical_axes = transformer.init(self.model_cfg, cfg.train.seed)
-        self.num_params = transformer.count_params(params)
+            # Created inside the jitted, sharded state init below (a function, not arrays):
+            # every parameter is born in its shards, no device ever holds the whole model.
+            self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
+            model_cfg, seed = self.model_cfg, cfg.train.seed
+            params = lambda: transformer.init_params(model_cfg, seed)   # noqa: E731
+        self.num_params = transformer.count_params(abstract)
         # The LR schedule's length: train.steps, or the original run's on an extended resume.
         self.schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, self.schedule_steps)
@@ -245,8 +250,9 @@ class Trainer:
         self.mesh = parallel.mesh_from_config(cfg.mesh)
         distributed.check_batch_divides(cfg.data.batch_size, self.mesh,
                                         parallel.batch_axes(self.mesh))
-        # The optimizer and mixer state are created sharded (one jitted init), so no
-        # device ever holds the whole optimizer state; same values as an eager init.
+        # Parameters (unless loaded), optimizer and mixer state are created sharded by one
+        # jitted init, so no device ever holds the whole model or optimizer state; the
+        # values equal an eager init bit for bit (tests/test_pod_init.py).
         self.initial_state, self.state_shardings = parallel.init_state_sharded(
             parts.init_fn, params, self.logical_axes, self.mesh, ref_params=parts.ref_params)
         self.train_step = parallel.jit_sharded_step(self.step_fn, self.state_shardings)
@@ -310,6 +316,44 @@ def _check_stratified(host_batch: dict, cfg: Config, step: int, domains) -> None
                                domains=domains)
     except ValueError as e:
         raise ConfigError(f"config key 'data.sampler' ({cfg.data.sampler!r}): {e}") from e
+
+
+# Steps whose metrics may wait on the devices between two reads (log steps, evaluations and
+# checkpoints read them earlier): bounds the memory and how late a non-finite step is seen.
+MAX_PENDING = 32
+
+
+def weights_can_change(mixer) -> bool:
+    """False only for a registered mixer whose ``update`` is the base class's no-op (uniform,
+    temperature, manual, ...): its weights are fixed at init. Anything else (a custom
+    objective's weights view included) is assumed to move them."""
+    return not (isinstance(mixer, mixing.Mixer) and type(mixer).update is mixing.Mixer.update)
+
+
+def batch_maker(trainer: "Trainer") -> Callable[[dict, Any, int], dict]:
+    """``(host batch, sampling weights, t) -> the step's batch``, placed on the mesh.
+
+    Runs on the prefetch thread. The target batch (``grads.target``) is the same
+    every step: it is placed once and shared by every batch.
+    """
+    cfg, mesh = trainer.cfg, trainer.mesh
+    target = None
+    if trainer.target_tokens is not None:
+        target = parallel.replicate_value(np.asarray(trainer.target_tokens), mesh)
+
+    def make(host_batch: dict, p, t: int) -> dict:
+        if trainer.check_stratified:
+            _check_stratified(host_batch, cfg, t, trainer.domains)
+        # This process's rows -> global arrays on the mesh's batch axes.
+        batch = parallel.shard_batch({
+            "tokens": np.asarray(host_batch["tokens"], np.int32),
+            "domain_id": np.asarray(host_batch["domain_id"], np.int32),
+            "sampling_weights": np.asarray(p, np.float32)}, mesh, cfg.data.batch_size)
+        if target is not None:
+            batch["target_tokens"] = target
+        return batch
+
+    return make
 
 
 def _restore_good_checkpoint(checkpointer: ckpt_lib.Checkpointer, abstract: dict,
@@ -414,7 +458,6 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                                          async_save=True)
     state = trainer.initial_state
     start = 0
-    last_weights = np.asarray(mixer.weights(state["mix_state"]), np.float32)
     got = None
     if resume and checkpointer.all_steps():
         abstract = jax.tree.map(ckpt_lib._abstract, state)   # keeps each array's sharding
@@ -426,7 +469,6 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         state = restored
         start = int(host["step"])
         sampler.set_state((own or host)["sampler"])   # this process's sampler state
-        last_weights = np.asarray(host["last_weights"], np.float32)
         if main:
             metrics_lib.truncate_after(run_dir, start)
             log(f"resumed from step {start} ({checkpointer.directory / str(latest)})")
@@ -434,6 +476,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         # A fresh run starts with fresh logs (a --resume that found no finished checkpoint
         # replaces what its killed predecessor logged, TensorBoard included).
         metrics_lib.clear_logs(run_dir)
+    # The weights after the last step whose metrics were read: only to see a change (the
+    # mix state owns the weights, the sampler's schedule the sampling history).
+    seen_weights = np.asarray(jax.device_get(mixer.weights(state["mix_state"])), np.float32)
     if main:
         from mixjax.train import tracking
         writer = metrics_lib.MetricsWriter(run_dir, domains, trackers=tracking.build(
@@ -441,7 +486,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     else:
         writer = metrics_lib.NullWriter(run_dir, domains)
     if start == 0:
-        writer.weights(0, last_weights)
+        writer.weights(0, seen_weights)
     run_info = {"num_params": trainer.num_params, "domains": list(domains),
             "model": dataclasses.asdict(trainer.model_cfg), "mixer": mixer.name,
             "apply_to": mixer.apply_to, "requires": sorted(mixer.requires),
@@ -462,16 +507,26 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     if main:
         atomic.write_text(run_dir / "run_info.json", json.dumps(run_info, indent=2))
 
-    target_tokens = None if trainer.target_tokens is None else np.asarray(trainer.target_tokens)
     pending: list[tuple[int, dict]] = []
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     timer = {"t0": time.perf_counter(), "steps": 0}
+    lag = getattr(sampler, "lag", cfg.data.lag)
+    # The loop waits for a step's weights only where they feed the sampler and can change.
+    gated = to_sampler and weights_can_change(mixer)
+    ckpt_every = t_cfg.ckpt_every
+    prefetch = BatchPrefetcher(
+        sampler, batch_maker(trainer), start=start, end=t_cfg.steps, lag=lag, gated=gated,
+        holds=lambda t: bool(ckpt_every) and t % ckpt_every == 0)
 
     def flush(upto: int) -> None:
-        nonlocal last_weights
-        while pending and pending[0][0] <= upto:
-            s, m = pending.pop(0)
-            m = jax.device_get(m)
+        """Reads the metrics of every step <= ``upto``: guards, weights, records."""
+        nonlocal seen_weights
+        if not pending or pending[0][0] > upto:
+            return
+        n = next((i for i, (s, _) in enumerate(pending) if s > upto), len(pending))
+        fetched = jax.device_get([m for _, m in pending[:n]])   # one transfer for them all
+        for (s, _), m in zip(pending[:n], fetched):
+            pending.pop(0)
             bad = int(m["nonfinite_domain"])
             if bad >= 0:
                 raise mixing.NonFiniteStatsError(
@@ -480,11 +535,12 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                     f"{domains[bad]!r} and the learning rate")
             _check_finite_step(s, m, domains, checkpointer.latest_step())
             w = np.asarray(m["weights"], np.float32)
-            if not np.array_equal(w, last_weights):
+            if not np.array_equal(w, seen_weights):
                 writer.weights(s + 1, w)
                 if to_sampler:
-                    sampler.set_weights(_normalised(w), step=s)
-                last_weights = w
+                    prefetch.set_weights(_normalised(w), step=s)
+                seen_weights = w
+            prefetch.weights_through(s)
             if (s + 1) % t_cfg.log_every == 0 or s + 1 == t_cfg.steps:
                 elapsed = time.perf_counter() - timer["t0"]
                 rec = {"step": s + 1, "loss": m["loss"], "objective": m["objective"],
@@ -517,51 +573,50 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                 f"step {step}: the parameters became non-finite; not saving a checkpoint "
                 f"of them (latest checkpoint: {checkpointer.latest_step()}). "
                 "Lower optim.lr or check the data")
-        sampler_state = sampler.get_state()
+        # The sampler has drawn exactly `step` batches here (the prefetcher holds before a
+        # checkpoint's batch and drains its queue on a stop).
+        assert prefetch.drawn() == step, (prefetch.drawn(), step)
+        sampler_state = prefetch.sampler_state()
         # Async: returns once the arrays are off the devices; every process writes its own
         # shards and its own sampler state (process item), process 0 the host JSON.
-        checkpointer.save(step, state, {"step": step, "sampler": sampler_state,
-                                        "last_weights": [float(x) for x in last_weights]},
+        checkpointer.save(step, state, {"step": step, "sampler": sampler_state},
                           process={"sampler": sampler_state}, wait=False)
-
-    if start == 0 and "eval_loss" in mixer.requires:
-        # A mixer that reads validation losses sees real ones from its first update.
-        ev = trainer.evaluate(state["params"])
-        state["eval_loss"] = parallel.replicate_value(eval_lib.domain_losses(ev, domains),
-                                                      trainer.mesh)
-        writer.write("eval.jsonl", {"step": 0, **ev})
+        prefetch.release(step)
 
     bar = None
-    if t_cfg.progress:
-        from mixjax import progress
-        bar = progress.bar(total=t_cfg.steps, initial=start, desc=cfg.name, unit="step")
     final_eval = None
     stopped = None
-    lag = getattr(sampler, "lag", cfg.data.lag)
     mixer_eval = getattr(mixer, "wants_eval", None)   # done-steps -> bool, or None
     try:
+        if start == 0 and "eval_loss" in mixer.requires:
+            # A mixer that reads validation losses sees real ones from its first update.
+            ev = trainer.evaluate(state["params"])
+            state["eval_loss"] = parallel.replicate_value(eval_lib.domain_losses(ev, domains),
+                                                          trainer.mesh)
+            writer.write("eval.jsonl", {"step": 0, **ev})
+        if t_cfg.progress:
+            from mixjax import progress
+            bar = progress.bar(total=t_cfg.steps, initial=start, desc=cfg.name, unit="step")
         with _StopOnSignal() as stop:
-            t = start
+            draining = False
             for t in range(start, t_cfg.steps):
-                if stop.signum is not None:
+                if stop.signum is not None and not draining:
+                    # Train on the batches already drawn, then save: the checkpoint's
+                    # sampler state is the one after exactly its number of batches.
+                    prefetch.stop_drawing()
+                    draining = True
+                if draining and prefetch.ready() == 0:
                     break
-                flush(t - lag)
-                p = np.asarray(sampler.weights_for(t), np.float32)
-                host_batch = next(sampler)
-                # host arrays: parallel.shard_batch places them on the mesh below
-                batch = {"tokens": np.asarray(host_batch["tokens"], np.int32),
-                         "domain_id": np.asarray(host_batch["domain_id"], np.int32),
-                         "sampling_weights": p}
-                if trainer.check_stratified:
-                    _check_stratified(host_batch, cfg, t, domains)
-                if trainer.target_tokens is not None:
-                    batch["target_tokens"] = target_tokens
-                # This process's rows -> global arrays on the mesh's batch axes.
-                batch = parallel.shard_batch(batch, trainer.mesh, cfg.data.batch_size)
+                got_t, batch = prefetch.get()
                 state, m = trainer.train_step(state, batch)
                 pending.append((t, m))
                 timer["steps"] += 1
-                flush(t - 1)
+                if gated:
+                    flush(t + 1 - lag)   # w_{t+1-lag} reaches the sampler before batch t + 1
+                elif len(pending) > MAX_PENDING or (
+                        t_cfg.log_every and (t // t_cfg.log_every) * t_cfg.log_every
+                        > pending[0][0]):
+                    flush(t - 1)         # a log step (or a full buffer): one step behind
                 done = t + 1
                 if bar is not None:
                     bar.update(1)
@@ -581,17 +636,15 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                             eval_lib.domain_losses(ev, domains), trainer.mesh)
                     writer.write("eval.jsonl", {"step": done, **ev})
                     final_eval = ev
-                if (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0) or done == t_cfg.steps \
-                        or stop.signum is not None:
+                if (ckpt_every and done % ckpt_every == 0) or done == t_cfg.steps:
                     save(done)
-                if stop.signum is not None:
-                    break
             stopped = stop.signum
             done = int(jax.device_get(state["step"]))
             if stopped is not None and checkpointer.latest_step() != done:
                 save(done)
             flush(done)
     finally:
+        prefetch.close()
         if bar is not None:
             bar.close()
         writer.close()

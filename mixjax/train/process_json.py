@@ -1,7 +1,7 @@
 """An orbax checkpoint item written by *every* process: one JSON file per process.
 
 Orbax's ``JsonSave`` writes from the primary process only, which is right for
-job-wide values (the step, the last weights) and wrong for per-process ones: on
+job-wide values (the step) and wrong for per-process ones: on
 a multi-host run each process's data sampler reads its own share of every
 domain, so each has its own iterator state. This item stores
 ``<step>/<item>/process_<i>-of-<n>.json`` (the layout grain uses for its

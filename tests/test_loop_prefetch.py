@@ -1,0 +1,127 @@
+"""The loop's prefetch thread (mixjax.train.prefetch) and the data stream it feeds the step.
+
+The thread may draw batches early only as far as the weights, the queue and the
+checkpoints allow; the batches the step sees are those of a sampler driven by hand
+with the run's weight history (the stream is a function of (seed, weight history)).
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from mixjax.train import loop
+from mixjax.train import metrics as metrics_lib
+from mixjax.train.prefetch import BatchPrefetcher
+from train_fakes import FakeSampler, fake_data, tiny_config
+
+
+def _sampler(lag=1):
+    return FakeSampler(("a", "b", "c"), batch_size=6, seq_len=4, weights=None, lag=lag, seed=1)
+
+
+def _settle(pf, want, timeout=10.0):
+    """Waits until the thread has drawn ``want`` batches (or stops changing)."""
+    deadline = time.time() + timeout
+    while pf.drawn() < want and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)   # and would it draw more?
+    return pf.drawn()
+
+
+def _make(host, p, t):
+    return {"t": t, "p": np.asarray(p), **host}
+
+
+def test_ungated_draws_ahead_up_to_the_queue_and_keeps_the_order():
+    ref = _sampler()
+    want = [next(ref) for _ in range(5)]
+    pf = BatchPrefetcher(_sampler(), _make, start=0, end=5, lag=1, gated=False, depth=2)
+    try:
+        assert _settle(pf, 2) == 2                      # the queue is full: no third draw
+        got = [pf.get() for _ in range(5)]
+    finally:
+        pf.close()
+    assert [t for t, _ in got] == list(range(5))
+    for (_, b), w in zip(got, want):
+        np.testing.assert_array_equal(b["tokens"], w["tokens"])
+
+
+def test_gated_batch_waits_for_the_weights_lag_steps_back():
+    pf = BatchPrefetcher(_sampler(lag=2), _make, start=0, end=6, lag=2, gated=True, depth=4)
+    try:
+        assert _settle(pf, 2) == 2                      # batches 0, 1 need no new weights
+        pf.set_weights([1.0, 0.0, 0.0], step=0)         # w_0: from batch 2 on
+        pf.weights_through(0)
+        assert _settle(pf, 3) == 3                      # batch 2 drawn, batch 3 waits for w_1
+        got = [pf.get() for _ in range(3)]
+        assert set(got[2][1]["domain_id"].tolist()) == {0}
+        np.testing.assert_array_equal(got[2][1]["p"], [1.0, 0.0, 0.0])
+    finally:
+        pf.close()
+
+
+def test_checkpoint_hold_and_stop_drawing():
+    pf = BatchPrefetcher(_sampler(), _make, start=0, end=10, lag=1, gated=False, depth=8,
+                         holds=lambda t: t % 3 == 0)
+    try:
+        assert _settle(pf, 3) == 3                      # held before batch 3 (checkpoint at 3)
+        state = pf.sampler_state()
+        assert state["composer"]["step"] == 3           # the sampler after exactly 3 batches
+        pf.release(3)
+        assert _settle(pf, 6) == 6
+        pf.stop_drawing()
+        assert pf.ready() == 6 and pf.drawn() == 6
+    finally:
+        pf.close()
+
+
+def test_an_error_in_the_thread_is_raised_by_get():
+    def bad(host, p, t):
+        if t == 1:
+            raise ValueError("bad batch 1")
+        return t
+    pf = BatchPrefetcher(_sampler(), bad, start=0, end=4, lag=1, gated=False)
+    try:
+        assert pf.get() == (0, 0)
+        with pytest.raises(ValueError, match="bad batch 1"):
+            pf.get()
+    finally:
+        pf.close()
+
+
+def test_loop_feeds_the_step_the_stream_of_its_weight_history(tmp_path, monkeypatch):
+    # An online mixer on the sampler with lag 2 (the thread draws batch t+1 while step t
+    # runs): the step's batches equal a sampler driven by hand with weights.jsonl.
+    cfg = tiny_config(tmp_path / "run", steps=6, eval_every=0, ckpt_every=3)
+    cfg.mixing.name, cfg.mixing.apply_to = "groupdro", "sampling"
+    cfg.data.lag = 2
+    cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 1, 16, 2   # fast compile
+    seen = []
+    real_init = loop.Trainer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        step = self.train_step
+
+        def recording(state, batch):
+            seen.append({k: np.asarray(batch[k]) for k in ("tokens", "domain_id",
+                                                             "sampling_weights")})
+            return step(state, batch)
+        self.train_step = recording
+    monkeypatch.setattr(loop.Trainer, "__init__", init)
+    data = fake_data(cfg)
+    loop.train(cfg, data=data)
+    history = metrics_lib.read_jsonl(tmp_path / "run" / "weights.jsonl")
+    assert len(history) > 2                                   # the weights did move
+    by_step = {r["step"]: np.array(list(r["weights"].values()), np.float64) for r in history}
+    hand = data.make_sampler(by_step[0] / by_step[0].sum())
+    assert len(seen) == 6
+    for t, got in enumerate(seen):
+        p = hand.weights_for(t)
+        want = next(hand)
+        np.testing.assert_array_equal(got["tokens"], want["tokens"])
+        np.testing.assert_array_equal(got["domain_id"], want["domain_id"])
+        np.testing.assert_array_equal(got["sampling_weights"], np.float32(p))
+        if t + 1 in by_step:
+            hand.set_weights(by_step[t + 1] / by_step[t + 1].sum(), step=t)
