@@ -47,6 +47,7 @@ from mixjax import grads, mixing, parallel
 from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
+from mixjax.mixing import statistics as stat_registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "tpu v4": 275.0,
@@ -85,11 +86,11 @@ def flops_per_token(mcfg: transformer.TransformerConfig, seq_len: int) -> float:
 
 def build_variant(cfg, mcfg, mixer_name, hparams, gcfg, k):
     mixer = mixing.get(mixer_name, **hparams)
-    needs = mixer.requires & step_lib.GRAD_KEYS
+    needs = stat_registry.needing("gradient_engine", mixer.requires)
     if needs:
         grads.check_request(gcfg, needs, who=f"mixer {mixer_name!r}")   # ValueError if not
     apply, params, axes = transformer.init(mcfg, cfg.train.seed)
-    need_ref = bool(mixer.requires & step_lib.REF_KEYS)
+    need_ref = bool(stat_registry.needing("reference", mixer.requires))
     ref = transformer.init(mcfg, cfg.train.seed + 1)[1] if need_ref else None
     tx, schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
     fn = step_lib.make_train_step(

@@ -33,6 +33,7 @@ from mixjax.config import Config  # noqa: E402
 from mixjax.models import transformer  # noqa: E402
 from mixjax.train import state as state_lib  # noqa: E402
 from mixjax.train import step as step_lib  # noqa: E402
+from mixjax.mixing import statistics as stat_registry
 
 MESHES = {"1 device": (1, 1, 1), "data=8": (8, 1, 1), "data=2 x fsdp=4": (2, 4, 1),
           "data=2 x tensor=4": (2, 1, 4)}
@@ -45,8 +46,8 @@ def build(cfg: Config, mixer_name: str, num_domains: int, vocab: int):
     apply, params, axes = transformer.init(mcfg, 0)
     mixer = mixing.get(mixer_name)
     tx, schedule = state_lib.make_optimizer(cfg.optim, 1000)
-    need_grads = mixer.requires & step_lib.GRAD_KEYS
-    need_ref = mixer.requires & step_lib.REF_KEYS
+    need_grads = stat_registry.needing("gradient_engine", mixer.requires)
+    need_ref = stat_registry.needing("reference", mixer.requires)
     fn = step_lib.make_train_step(
         apply=apply, mixer=mixer, tx=tx, num_domains=num_domains, pad_id=vocab - 1,
         lr_schedule=schedule, ref_apply=apply if need_ref else None,

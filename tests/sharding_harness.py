@@ -22,6 +22,7 @@ from mixjax import grads, mixing, parallel
 from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
+from mixjax.mixing import statistics
 
 DOMAINS = ("code", "math", "prose", "web")
 K = len(DOMAINS)
@@ -97,7 +98,7 @@ def build(names=None, kind: str = "bigram", vocab: int = VOCAB, pad: int = PAD) 
         except (TypeError, ValueError) as e:
             skipped[name] = f"cannot build with the test's domains/hyperparameters: {e}"
             continue
-        needs_ref = bool(mixer.requires & step_lib.REF_KEYS)
+        needs_ref = bool(statistics.needing("reference", mixer.requires))
         fns[name] = step_lib.make_train_step(
             apply=apply, mixer=mixer, tx=tx, num_domains=K, pad_id=pad, lr_schedule=schedule,
             ref_apply=apply if needs_ref else None, grad_stats=grad_stats, jit=False)

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import optax
 
 from mixjax import mixing
+from mixjax.mixing import domain_stats, statistics
 from mixjax.train import objective_specs
 from mixjax.train.objective_specs import BILEVEL_HPARAMS, FISH_HPARAMS
 
@@ -115,19 +116,25 @@ def _mixer_objective(trainer) -> StepParts:
     from mixjax.train import step as step_lib
     cfg, k, mixer = trainer.cfg, len(trainer.domains), trainer.mixer
     ref_apply, ref_params = None, None
-    if mixer.requires & step_lib.REF_KEYS:
+    try:
+        statistics.check_known(mixer.requires, f"mixer {mixer.name!r}")
+    except ValueError as e:
+        from mixjax.config import ConfigError
+        raise ConfigError(f"config key 'mixing.name': {e}") from e
+    needs = statistics.needs_of(mixer.requires)
+    if "reference" in needs:
         from mixjax.config import ConfigError
         from mixjax.train.reference import load_reference
         if cfg.train.reference is None:
             raise ConfigError(f"config key 'train.reference': mixer {cfg.mixing.name!r} "
-                              f"requires {sorted(mixer.requires & step_lib.REF_KEYS)}; "
+                              f"requires {sorted(statistics.needing('reference', mixer.requires))}; "
                               "set it to the run dir of a trained reference model")
         ref_apply, ref_params = load_reference(cfg.train.reference, trainer.data.vocab_size)
     grad_stats, needs_target, stratified = None, False, False
-    needs = mixer.requires & step_lib.GRAD_KEYS
-    if needs:
-        grad_stats, stratified = _grad_stats(trainer, needs)
-        needs_target = bool(needs & {"grad_dot", "target_grad_norm"})
+    if "gradient_engine" in needs:
+        grad_stats, stratified = _grad_stats(
+            trainer, statistics.needing("gradient_engine", mixer.requires))
+    needs_target = "target_batch" in needs
     step_fn = step_lib.make_train_step(
         apply=trainer.apply, mixer=mixer, tx=trainer.tx, num_domains=k, pad_id=trainer.pad_id,
         lr_schedule=trainer.schedule, grad_accum=cfg.train.grad_accum, ref_apply=ref_apply,
@@ -314,7 +321,7 @@ def _fish_objective(trainer) -> StepParts:
             {"tokens": batch["tokens"], "domain_id": batch["domain_id"]}, rng,
             num_domains=k, meta_lr=meta_lr, divide_by_meta_steps=divide)
         mask = (batch["tokens"][:, 1:] != trainer.pad_id).astype(jnp.float32)
-        count = jax.ops.segment_sum(mask.sum(axis=1), batch["domain_id"], num_segments=k)
+        _, count = domain_stats.domain_totals(mask, mask, batch["domain_id"], k)
         n_tok = count.sum()
         loss = jnp.dot(inner, count) / jnp.maximum(n_tok, 1.0)
         scale = meta_lr / k if divide else meta_lr
