@@ -98,8 +98,9 @@ def build_variant(cfg, mcfg, mixer_name, hparams, gcfg, k):
         lr_schedule=schedule, grad_accum=cfg.train.grad_accum,
         ref_apply=apply if need_ref else None,
         grad_stats=grads.make_grad_stats(gcfg, k) if needs else None, jit=False)
-    state = state_lib.init_state(params, tx, mixer, k, cfg.train.seed, ref_params=ref)
-    return fn, state, axes
+    state = state_lib.init_state(params, tx, mixer, k, cfg.train.seed)
+    frozen = None if ref is None else state_lib.FrozenInputs(ref_params=ref)
+    return fn, state, axes, frozen
 
 
 def main() -> None:
@@ -150,22 +151,25 @@ def main() -> None:
         if name not in wanted:
             continue
         try:
-            fn, state, axes = build_variant(cfg, mcfg, mixer_name, hp, gcfg or grads.GradConfig(), k)
+            fn, state, axes, frozen = build_variant(cfg, mcfg, mixer_name, hp,
+                                                    gcfg or grads.GradConfig(), k)
         except ValueError as e:
             rows.append((name, None, None, None, f"not runnable: {e}"))
             continue
         shardings = parallel.train_state_shardings(state, axes, mesh)
         state = parallel.place(state, shardings)
-        step = parallel.jit_sharded_step(fn, shardings)
+        frozen, frozen_sh = parallel.place_frozen(frozen, state.params, axes, mesh)
+        step = parallel.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
+        extra = () if frozen is None else (frozen,)
         batch = parallel.shard_batch(host, mesh)
         t0 = time.perf_counter()
-        state, m = step(state, batch)
+        state, m = step(state, batch, *extra)
         jax.block_until_ready(m)
         first = time.perf_counter() - t0
         times = []
         for _ in range(args.steps):
             t0 = time.perf_counter()
-            state, m = step(state, batch)
+            state, m = step(state, batch, *extra)
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)

@@ -104,9 +104,10 @@ def build(args, name, spec, params, apply, k):
     step = step_lib.make_train_step(apply=apply, mixer=mixer, tx=tx, num_domains=k, pad_id=256,
                                     lr_schedule=schedule, ref_apply=apply if needs_ref else None,
                                     sample_weights=sw, grad_stats=gs)
-    ref = jax.tree.map(jnp.copy, params) if needs_ref else None
-    state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mixer, k, 0, ref)
-    return step, state
+    frozen = state_lib.FrozenInputs(ref_params=jax.tree.map(jnp.copy, params)) \
+        if needs_ref else None
+    state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mixer, k, 0)
+    return (lambda s, b: step(s, b, frozen)), state
 
 
 def main(argv=None) -> int:

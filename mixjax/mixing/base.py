@@ -5,12 +5,13 @@ only arrays: never models, data pipelines or optimisers. Every mixer is a
 frozen dataclass whose fields are its hyperparameters::
 
     mixer = mixjax.mixing.get("doremi", eta=1.0, smoothing=1e-3)
-    mixer.requires                  # statistics it needs, a subset of STATS
+    mixer.requires                  # statistics it needs (mixjax.mixing.statistics)
     state = mixer.init(num_domains) # a pytree of arrays
     state = mixer.update(state, stats, step)   # pure and jittable
     mixer.weights(state)            # f32[K] weights for the next step
     mixer.average(state)            # f32[K] time-averaged weights
     mixer.apply_to                  # "sampling", "loss" or "both"
+    mixer.model_gradient            # "loss" (default) or "coeffs" (gradient_coeffs)
 
 ``apply_to`` chooses the "upsample or upweight" route:
 

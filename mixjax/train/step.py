@@ -26,7 +26,7 @@ Using the *updated* mixer weights in step 4 follows GroupDRO (Sagawa et al.
 Alg. 1), which both reweight the loss with the weights just computed from the
 current batch. The VJP form gives that ordering without a second forward pass.
 
-A mixer that prescribes the model gradient (``gradient_coeffs``, DoGE) gets
+A mixer that prescribes the model gradient (``model_gradient = "coeffs"``, DoGE) gets
 ``grads = combine(c) = sum_d c_d g_d`` from the gradient engine instead of step
 5's pullback. Then step 1 is skipped too when nothing needs per-token or
 per-sequence losses: ``loss_d``/``count_d`` come from the engine's own forward
@@ -39,11 +39,12 @@ statistics and cotangents are computed on the full batch, and a second scan
 pulls them back per micro-batch and sums the gradients. The result equals the
 M = 1 step up to float reordering; the cost is one extra forward pass.
 
-The state is ONE pytree (a dict): ``params``, ``opt_state``, ``mix_state``,
-``step`` (i32[]), ``rng`` (u32[2], per-step randomness is ``fold_in(rng,
-step)``), ``eval_loss`` (f32[K], the latest per-domain validation loss, set by
-the host after each evaluation) and, when a reference model is used,
-``ref_params`` (frozen: never updated).
+The state is a :class:`~mixjax.train.state.TrainState` (``params``,
+``opt_state``, ``mix_state``, ``step``, ``rng``, ``eval_loss``, ``extra``),
+donated; a reference model comes in :class:`~mixjax.train.state.FrozenInputs`,
+the step's third argument, never donated nor updated. Which statistics exist,
+what each needs and how it is computed is declared once in
+``mixjax.mixing.statistics``.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ import optax
 
 from mixjax import mixing
 from mixjax.mixing import domain_stats, statistics
+from mixjax.train.state import FrozenInputs, TrainState
 
-State = dict[str, Any]
+State = TrainState
 Batch = Mapping[str, jax.Array]
 
 # grad_stats(token_loss_fn, params, batch, keys) -> {key: array} for the keys whose
@@ -108,12 +110,14 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                     grad_accum: int = 1, ref_apply: Callable | None = None,
                     sample_weights: SampleWeightsFn | None = None,
                     grad_stats: GradStatsFn | None = None, jit: bool = True,
-                    donate: bool = True) -> Callable[[State, Batch], tuple[State, dict]]:
+                    donate: bool = True) -> Callable[..., tuple[State, dict]]:
     """Builds the train step (see the module docstring).
 
-    ``batch``: ``tokens`` i32[B,S+1], ``domain_id`` i32[B] and
-    ``sampling_weights`` f32[K] (the weights the batch was drawn with; the loop
-    adds them). Statistics the mixer does not require are not computed.
+    ``step(state, batch, frozen=None) -> (state, metrics)``. ``batch``: ``tokens``
+    i32[B,S+1], ``domain_id`` i32[B] and ``sampling_weights`` f32[K] (the weights
+    the batch was drawn with; the loop adds them). ``frozen``:
+    :class:`~mixjax.train.state.FrozenInputs` (the reference model), never donated.
+    Statistics the mixer does not require are not computed.
     """
     requires = frozenset(mixer.requires)
     statistics.check_known(requires, f"mixer {mixer.name!r}")
@@ -178,8 +182,8 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                   if key in ("tokens", "domain_id") or key.startswith("target_")}
         return grad_stats(loss_fn, params, gbatch, grad_keys)
 
-    def step_fn(state: State, batch: Batch):
-        params, step = state["params"], state["step"]
+    def step_fn(state: State, batch: Batch, frozen: FrozenInputs | None = None):
+        params, step = state.params, state.step
         tokens, domain_id = batch["tokens"], batch["domain_id"]
         p = batch["sampling_weights"].astype(jnp.float32)
 
@@ -199,15 +203,15 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                 sample_loss=seq_loss)
         ctx.lazy("lr", lambda: jnp.asarray(lr_schedule(step) if lr_schedule else 0.0,
                                            jnp.float32))
-        ctx.lazy("eval_loss", lambda: state["eval_loss"])
-        ctx.lazy("ref_token_loss",
-                 lambda: token_losses(ref_apply, state["ref_params"], tokens, pad_id)[0])
+        ctx.lazy("eval_loss", lambda: state.eval_loss)
+        ctx.lazy("ref_token_loss", lambda: token_losses(ref_apply, _ref_params(frozen, mixer),
+                                                        tokens, pad_id)[0])
         ctx.lazy("grad_stats", lambda: grad_statistics(params, batch) if gs is None else gs)
         stats = statistics.compute(requires, ctx)
         combine = getattr(ctx.get("grad_stats"), "combine", None) if grad_keys else None
 
         # 3. mixer update inside the compiled step.
-        mix_state = mixing.guarded_update(mixer, state["mix_state"], stats, step)
+        mix_state = mixing.guarded_update(mixer, state.mix_state, stats, step)
         weights = mixer.weights(mix_state)
 
         # 4. token weights and the normalised objective.
@@ -227,11 +231,11 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         else:
             objective = jnp.sum(cotangent * tl_ng)
             grads = backward(params, tokens, pullback, cotangent)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
 
-        new_state = {**state, "params": new_params, "opt_state": opt_state,
-                     "mix_state": mix_state, "step": step + 1}
+        new_state = state.replace(params=new_params, opt_state=opt_state, mix_state=mix_state,
+                                  step=step + 1)
         n_tok = jnp.sum(tm)
         metrics = {
             "step": step,
@@ -257,6 +261,14 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
     if not jit:
         return step_fn
     return jax.jit(step_fn, donate_argnums=(0,) if donate else ())
+
+
+def _ref_params(frozen, mixer):
+    ref = None if frozen is None else frozen.ref_params
+    if ref is None:
+        raise ValueError(f"mixer {mixer.name!r} needs a reference model: call the step with "
+                         "FrozenInputs(ref_params=...) as its third argument")
+    return ref
 
 
 class _Context:
