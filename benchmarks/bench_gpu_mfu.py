@@ -47,6 +47,7 @@ from mixjax import grads, mixing, parallel
 from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
+from mixjax.mixing import statistics as stat_registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "tpu v4": 275.0,
@@ -85,11 +86,11 @@ def flops_per_token(mcfg: transformer.TransformerConfig, seq_len: int) -> float:
 
 def build_variant(cfg, mcfg, mixer_name, hparams, gcfg, k):
     mixer = mixing.get(mixer_name, **hparams)
-    needs = mixer.requires & step_lib.GRAD_KEYS
+    needs = stat_registry.needing("gradient_engine", mixer.requires)
     if needs:
         grads.check_request(gcfg, needs, who=f"mixer {mixer_name!r}")   # ValueError if not
     apply, params, axes = transformer.init(mcfg, cfg.train.seed)
-    need_ref = bool(mixer.requires & step_lib.REF_KEYS)
+    need_ref = bool(stat_registry.needing("reference", mixer.requires))
     ref = transformer.init(mcfg, cfg.train.seed + 1)[1] if need_ref else None
     tx, schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
     fn = step_lib.make_train_step(
@@ -97,8 +98,9 @@ def build_variant(cfg, mcfg, mixer_name, hparams, gcfg, k):
         lr_schedule=schedule, grad_accum=cfg.train.grad_accum,
         ref_apply=apply if need_ref else None,
         grad_stats=grads.make_grad_stats(gcfg, k) if needs else None, jit=False)
-    state = state_lib.init_state(params, tx, mixer, k, cfg.train.seed, ref_params=ref)
-    return fn, state, axes
+    state = state_lib.init_state(params, tx, mixer, k, cfg.train.seed)
+    frozen = None if ref is None else state_lib.FrozenInputs(ref_params=ref)
+    return fn, state, axes, frozen
 
 
 def main() -> None:
@@ -149,22 +151,25 @@ def main() -> None:
         if name not in wanted:
             continue
         try:
-            fn, state, axes = build_variant(cfg, mcfg, mixer_name, hp, gcfg or grads.GradConfig(), k)
+            fn, state, axes, frozen = build_variant(cfg, mcfg, mixer_name, hp,
+                                                    gcfg or grads.GradConfig(), k)
         except ValueError as e:
             rows.append((name, None, None, None, f"not runnable: {e}"))
             continue
         shardings = parallel.train_state_shardings(state, axes, mesh)
         state = parallel.place(state, shardings)
-        step = parallel.jit_sharded_step(fn, shardings)
+        frozen, frozen_sh = parallel.place_frozen(frozen, state.params, axes, mesh)
+        step = parallel.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
+        extra = () if frozen is None else (frozen,)
         batch = parallel.shard_batch(host, mesh)
         t0 = time.perf_counter()
-        state, m = step(state, batch)
+        state, m = step(state, batch, *extra)
         jax.block_until_ready(m)
         first = time.perf_counter() - t0
         times = []
         for _ in range(args.steps):
             t0 = time.perf_counter()
-            state, m = step(state, batch)
+            state, m = step(state, batch, *extra)
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)

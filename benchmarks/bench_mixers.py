@@ -50,6 +50,7 @@ from mixjax.mixing import sample_reweight
 from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
+from mixjax.mixing import statistics as stat_registry
 
 TARGETS = {"aioli": 1.05, "skillit": 1.05, "pcgrad": 1.25, "mgda": 1.25, "upgrad": 1.25,
            "groupdro": 1.05, "odm": 1.05, "odm_smoothed": 1.05, "ado": 1.05,
@@ -87,6 +88,7 @@ class _GramMean(mixing.Mixer):
     name = "_bench_gram_mean"
     requires = frozenset({"gram", "count"})
     default_apply_to = "loss"
+    model_gradient = "coeffs"
 
     def gradient_coeffs(self, state, stats):
         return jnp.full_like(stats["count"], 1.0 / stats["count"].shape[0])
@@ -104,18 +106,19 @@ def build(args, name, spec, params, apply, k):
     mixer_name, hp, shape = spec
     mixer = mixing.get(mixer_name, **hp)
     tx, schedule = state_lib.make_optimizer(OptimConfig(), 10_000)
-    needs_ref = bool(mixer.requires & step_lib.REF_KEYS)
+    needs_ref = bool(stat_registry.needing("reference", mixer.requires))
     sw = sample_reweight.get(shape, burn_in=0) if shape else None
     gs = None
-    if mixer.requires & step_lib.GRAD_KEYS:
+    if stat_registry.needing("gradient_engine", mixer.requires):
         from mixjax import grads
         gs = grads.make_grad_stats(grads.GradConfig(strategy="vmap"), k)
     step = step_lib.make_train_step(apply=apply, mixer=mixer, tx=tx, num_domains=k, pad_id=256,
                                     lr_schedule=schedule, ref_apply=apply if needs_ref else None,
                                     sample_weights=sw, grad_stats=gs)
-    ref = jax.tree.map(jnp.copy, params) if needs_ref else None
-    state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mixer, k, 0, ref)
-    return step, state
+    frozen = state_lib.FrozenInputs(ref_params=jax.tree.map(jnp.copy, params)) \
+        if needs_ref else None
+    state = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mixer, k, 0)
+    return (lambda s, b: step(s, b, frozen)), state
 
 
 def main(argv=None) -> int:

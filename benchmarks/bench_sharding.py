@@ -33,6 +33,7 @@ from mixjax.config import Config  # noqa: E402
 from mixjax.models import transformer  # noqa: E402
 from mixjax.train import state as state_lib  # noqa: E402
 from mixjax.train import step as step_lib  # noqa: E402
+from mixjax.mixing import statistics as stat_registry
 
 MESHES = {"1 device": (1, 1, 1), "data=8": (8, 1, 1), "data=2 x fsdp=4": (2, 4, 1),
           "data=2 x tensor=4": (2, 1, 4)}
@@ -45,16 +46,16 @@ def build(cfg: Config, mixer_name: str, num_domains: int, vocab: int):
     apply, params, axes = transformer.init(mcfg, 0)
     mixer = mixing.get(mixer_name)
     tx, schedule = state_lib.make_optimizer(cfg.optim, 1000)
-    need_grads = mixer.requires & step_lib.GRAD_KEYS
-    need_ref = mixer.requires & step_lib.REF_KEYS
+    need_grads = stat_registry.needing("gradient_engine", mixer.requires)
+    need_ref = stat_registry.needing("reference", mixer.requires)
     fn = step_lib.make_train_step(
         apply=apply, mixer=mixer, tx=tx, num_domains=num_domains, pad_id=vocab - 1,
         lr_schedule=schedule, ref_apply=apply if need_ref else None,
         grad_stats=grads.make_grad_stats(grads.GradConfig(), num_domains) if need_grads else None,
         jit=False)
-    state = state_lib.init_state(params, tx, mixer, num_domains, 0,
-                                 ref_params=params if need_ref else None)
-    return fn, state, axes
+    state = state_lib.init_state(params, tx, mixer, num_domains, 0)
+    frozen = state_lib.FrozenInputs(ref_params=params) if need_ref else None
+    return fn, state, axes, frozen
 
 
 def main() -> None:
@@ -81,19 +82,21 @@ def main() -> None:
     rows = []
     base = None
     for label, shape in MESHES.items():
-        fn, state, axes = build(cfg, args.mixer, k, vocab)
+        fn, state, axes, frozen = build(cfg, args.mixer, k, vocab)
         mesh = parallel.make_mesh(*shape)
         shardings = parallel.train_state_shardings(state, axes, mesh)
         state = parallel.place(state, shardings)
-        step = parallel.jit_sharded_step(fn, shardings)
+        frozen, frozen_sh = parallel.place_frozen(frozen, state.params, axes, mesh)
+        step = parallel.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
+        extra = () if frozen is None else (frozen,)
         t0 = time.perf_counter()
-        state, m = step(state, parallel.shard_batch(batches[0], mesh))
+        state, m = step(state, parallel.shard_batch(batches[0], mesh), *extra)
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
         times = []
         for b in batches[1:]:
             t0 = time.perf_counter()
-            state, m = step(state, parallel.shard_batch(b, mesh))
+            state, m = step(state, parallel.shard_batch(b, mesh), *extra)
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)

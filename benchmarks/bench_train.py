@@ -54,10 +54,10 @@ def plain_step(apply, tx):
             tl, tm = step_lib.token_losses(apply, p, batch["tokens"], PAD)
             return jnp.sum(tl) / jnp.maximum(jnp.sum(tm), 1.0)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt = tx.update(grads, state["opt_state"], state["params"])
-        return {**state, "params": optax.apply_updates(state["params"], updates),
-                "opt_state": opt, "step": state["step"] + 1}, {"loss": loss}
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt = tx.update(grads, state.opt_state, state.params)
+        return state.replace(params=optax.apply_updates(state.params, updates),
+                             opt_state=opt, step=state.step + 1), {"loss": loss}
 
     return jax.jit(step, donate_argnums=0)
 

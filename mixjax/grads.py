@@ -75,13 +75,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax.mixing import domain_stats, statistics
+
 Array = jax.Array
 PyTree = Any
 TokenLossFn = Callable[[PyTree, Mapping[str, Array]], tuple[Array, Array]]
 
 STRATEGIES = ("vmap", "jvp", "chunked")
 LAYOUTS = ("stratified", "rows")
-GRAD_STATS = ("grad_dot", "gram", "grad_norm", "target_grad_norm")
+# What the engine supplies: the statistics whose registry entry needs the gradient engine.
+GRAD_STATS = tuple(sorted(statistics.needing("gradient_engine")))
 # Keys of a batch that are not per-sequence arrays (never regrouped by domain).
 _NOT_PER_EXAMPLE = ("domain_counts",)
 _HI = jax.lax.Precision.HIGHEST
@@ -255,11 +258,7 @@ def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatc
 
     def sums(p, one):
         tl, tm = token_loss_fn(p, one)     # the per-sequence arrays, as domain_loss_vector
-        tm = tm.astype(jnp.float32)
-        dom = one["domain_id"]
-        return (jax.ops.segment_sum((tl.astype(jnp.float32) * tm).sum(axis=1), dom,
-                                    num_segments=k),
-                jax.ops.segment_sum(tm.sum(axis=1), dom, num_segments=k))
+        return domain_stats.domain_totals(tl, tm, one["domain_id"], k)
 
     micro = jax.tree.map(lambda v: v.reshape((m, b // m) + v.shape[1:]), ex)
 
@@ -274,22 +273,15 @@ def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatc
 
     tot, cnt, dtot = jax.lax.map(one_stacked if stacked else one, micro)
     cnt = cnt.sum(axis=0)
-    denom = jnp.maximum(cnt, 1.0)
-    return (tot.sum(axis=0) / denom, cnt,
-            dtot.sum(axis=0) / (denom[:, None] if stacked else denom))
+    return (domain_stats.safe_ratio(tot.sum(axis=0), cnt), cnt,
+            domain_stats.safe_ratio(dtot.sum(axis=0), cnt[:, None] if stacked else cnt))
 
 
 def domain_loss_vector(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
                        num_domains: int) -> tuple[Array, Array]:
     """(L f32[K], count f32[K]): per-domain mean token loss and token count; any composition."""
     tl, tm = token_loss_fn(params, _per_example(batch))
-    tm = tm.astype(jnp.float32)
-    seq_sum = (tl.astype(jnp.float32) * tm).sum(axis=1)
-    seq_cnt = tm.sum(axis=1)
-    dom = batch["domain_id"]
-    tot = jax.ops.segment_sum(seq_sum, dom, num_segments=num_domains)
-    cnt = jax.ops.segment_sum(seq_cnt, dom, num_segments=num_domains)
-    return tot / jnp.maximum(cnt, 1.0), cnt
+    return domain_stats.domain_mean(tl, tm, batch["domain_id"], num_domains)
 
 
 def mean_loss(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array]) -> Array:
@@ -473,7 +465,7 @@ class GradStats(dict):
 
     ``combine(c)`` gives ``sum_d c_d g_d`` over all parameters, reusing what the
     engine already computed (for mixers that prescribe the model gradient, e.g.
-    DoGE's ``gradient_coeffs``).
+    mixers with ``model_gradient = "coeffs"``, e.g. DoGE).
     """
 
     combine: Callable[[Array], PyTree]
@@ -508,7 +500,3 @@ def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradS
 
     return grad_stats
 
-
-def uses_domain_gradient(mixer: Any) -> bool:
-    """Whether a mixer prescribes the model gradient ``sum_d c_d g_d`` (``gradient_coeffs``)."""
-    return callable(getattr(mixer, "gradient_coeffs", None))

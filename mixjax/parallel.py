@@ -233,25 +233,37 @@ def mirror_shardings(tree, params, param_sharding, mesh):
 
 
 def train_state_shardings(state, logical_axes, mesh, rules=RULES):
-    """Shardings of the train state dict of ``mixjax.train.step``.
+    """Shardings of a train state, decided per field.
 
-    ``params``, ``ref_params`` (and any ``*params`` key of a custom objective) follow the
-    logical rules; ``opt_state`` (and ``*opt_state``) mirrors ``params``; ``mix_state``, ``step``, ``rng``, ``eval_loss`` and anything else
-    (small per-domain vectors) are replicated on every device.
+    A :class:`~mixjax.train.state.TrainState`: ``params`` follow the logical
+    rules; ``opt_state`` and the method-owned ``extra`` mirror them (every
+    subtree with the params' structure, e.g. Adam's moments or bilevel's lower
+    model, is sharded like ``params``; every other leaf replicated);
+    ``mix_state``, ``step``, ``rng`` and ``eval_loss`` (small per-domain
+    vectors) are replicated. A plain mapping with a ``params`` key (a bare
+    ``{params, opt_state}`` init, a :class:`~mixjax.train.state.FrozenInputs`
+    tree) is treated the same way: ``params`` by the rules, the rest mirrored.
     """
-    psh = shape_aware_param_shardings(state["params"], logical_axes, mesh, rules)
+    params = state.params if hasattr(state, "params") else state["params"]
+    psh = shape_aware_param_shardings(params, logical_axes, mesh, rules)
     rep = NamedSharding(mesh, P())
-    out = {}
-    for key, value in state.items():
-        # "*params" (params, ref_params, a custom objective's lower_params) have the
-        # model's structure; "*opt_state" mirror it (mixjax.train.objectives).
-        if key.endswith("params"):
-            out[key] = psh
-        elif key.endswith("opt_state"):
-            out[key] = mirror_shardings(value, state["params"], psh, mesh)
-        else:
-            out[key] = jax.tree.map(lambda _: rep, value)
-    return out
+    mirror = lambda tree: mirror_shardings(tree, params, psh, mesh)   # noqa: E731
+    if hasattr(state, "replace") and hasattr(state, "mix_state"):
+        return state.replace(
+            params=psh, opt_state=mirror(state.opt_state),
+            mix_state=jax.tree.map(lambda _: rep, state.mix_state),
+            step=jax.tree.map(lambda _: rep, state.step),
+            rng=jax.tree.map(lambda _: rep, state.rng),
+            eval_loss=jax.tree.map(lambda _: rep, state.eval_loss),
+            extra=mirror(state.extra))
+    return {key: psh if key == "params" else mirror(value) for key, value in state.items()}
+
+
+def frozen_shardings(frozen, params, logical_axes, mesh, rules=RULES):
+    """Shardings of a step's frozen inputs: a params-shaped model (a reference model)
+    like ``params``, anything else replicated."""
+    psh = shape_aware_param_shardings(params, logical_axes, mesh, rules)
+    return mirror_shardings(frozen, params, psh, mesh)
 
 
 def init_params_sharded(params_fn: Callable[[], Any], logical_axes, mesh, rules=RULES):
@@ -266,9 +278,8 @@ def init_params_sharded(params_fn: Callable[[], Any], logical_axes, mesh, rules=
     return jax.jit(params_fn, out_shardings=shardings)(), shardings
 
 
-def init_state_sharded(init_fn, params, logical_axes, mesh, *, ref_params=None,
-                       rules=RULES):
-    """``(state, shardings)``: ``init_fn(params)`` (the train-state dict) built by one
+def init_state_sharded(init_fn, params, logical_axes, mesh, *, rules=RULES):
+    """``(state, shardings)``: ``init_fn(params)`` (the train state) built by one
     jitted call whose outputs are born sharded.
 
     ``params``: arrays, placed by the rules first; or a zero-argument function that
@@ -276,30 +287,29 @@ def init_state_sharded(init_fn, params, logical_axes, mesh, *, ref_params=None,
     jitted call so the parameters, too, are born in their shards (pod-scale init: no
     device ever holds the whole model). Optimizer moments and the rest are created
     directly in their shards (a 1B model's Adam state never sits on one device).
-    ``ref_params`` (a frozen reference model) are placed like ``params``.
-    Values equal an eager ``init_fn(params)``: it only copies and fills.
+    Values equal an eager ``init_fn(params)``: it only copies and fills. Frozen inputs
+    (a reference model) are placed by :func:`place_frozen`.
     """
     if callable(params):
         params_fn = params
         abstract = jax.eval_shape(lambda: init_fn(params_fn()))
-        if ref_params is not None:
-            abstract["ref_params"] = abstract["params"]
         shardings = train_state_shardings(abstract, logical_axes, mesh, rules)
-        own = {k: v for k, v in shardings.items() if k != "ref_params"}
-        state = jax.jit(lambda: init_fn(params_fn()), out_shardings=own)()
-        if ref_params is not None:
-            state["ref_params"] = place(ref_params, shardings["ref_params"])
-        return state, shardings
+        return jax.jit(lambda: init_fn(params_fn()), out_shardings=shardings)(), shardings
     abstract = jax.eval_shape(init_fn, params)
-    if ref_params is not None:
-        abstract["ref_params"] = params
     shardings = train_state_shardings(abstract, logical_axes, mesh, rules)
-    own = {k: v for k, v in shardings.items() if k != "ref_params"}
-    placed = place(params, shardings["params"])
-    state = jax.jit(init_fn, in_shardings=(shardings["params"],), out_shardings=own)(placed)
-    if ref_params is not None:
-        state["ref_params"] = place(ref_params, shardings["ref_params"])
+    params_sh = shardings.params if hasattr(shardings, "params") else shardings["params"]
+    placed = place(params, params_sh)
+    state = jax.jit(init_fn, in_shardings=(params_sh,), out_shardings=shardings)(placed)
     return state, shardings
+
+
+def place_frozen(frozen, params, logical_axes, mesh, rules=RULES):
+    """``(frozen, shardings)``: a step's frozen inputs placed (a reference model like
+    ``params``); ``(None, None)`` for none."""
+    if frozen is None:
+        return None, None
+    shardings = frozen_shardings(frozen, params, logical_axes, mesh, rules)
+    return place(frozen, shardings), shardings
 
 
 def place(tree, shardings):
@@ -356,25 +366,31 @@ def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
 
 
 def jit_sharded_step(step_fn, state_shardings, *, donate: bool = True,
-                     activation_rules=ACTIVATION_RULES):
-    """``jax.jit`` of an unjitted ``(state, batch) -> (state, metrics)`` step.
+                     activation_rules=ACTIVATION_RULES, frozen_shardings=None):
+    """``jax.jit`` of an unjitted ``(state, batch[, frozen]) -> (state, metrics)`` step.
 
     The state keeps ``state_shardings`` in and out, so a later step never sees a
     new layout (no recompilation after the first step); metrics come back
     replicated, so every process can read them; the batch keeps the layout
-    ``shard_batch`` gave it. The step is traced inside :func:`activation_sharding`,
-    so the model's logical activation constraints apply (``activation_rules=None``:
-    none, GSPMD propagation only; a one-device mesh adds none, so single-device
-    programs are exactly what they were).
+    ``shard_batch`` gave it; with ``frozen_shardings`` the step takes a third
+    argument, the frozen inputs (a reference model), kept on those shardings and
+    never donated. The
+    step is traced inside :func:`activation_sharding`, so the model's logical
+    activation constraints apply (``activation_rules=None``: none, GSPMD
+    propagation only; a one-device mesh adds none, so single-device programs are
+    exactly what they were).
     """
     mesh = jax.tree.leaves(state_shardings)[0].mesh
     if activation_rules is not None and mesh.size > 1:
         inner = step_fn
 
-        def step_fn(state, batch):
+        def step_fn(state, batch, *frozen):
             with activation_sharding(mesh, activation_rules):
-                return inner(state, batch)
-    return jax.jit(step_fn, in_shardings=(state_shardings, None),
+                return inner(state, batch, *frozen)
+    # jit's in_shardings must name every positional argument: two without frozen inputs
+    in_shardings = (state_shardings, None) + (
+        () if frozen_shardings is None else (frozen_shardings,))
+    return jax.jit(step_fn, in_shardings=in_shardings,
                    out_shardings=(state_shardings, NamedSharding(mesh, P())),
                    donate_argnums=(0,) if donate else ())
 

@@ -270,7 +270,7 @@ def _train(cfg, data_cache: dict, log, phase: str, rnd: int, seed: int,
         mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=tuple(domains),
                              token_counts=data.token_counts, apply_to=cfg.mixing.apply_to)
         get = recipe.proxy_weights or _mixer_weights
-        final, avg = get(mixer, result.state["mix_state"])
+        final, avg = get(mixer, result.state.mix_state)
         mixing.check_weight_vector(final / final.sum(), tuple(domains), f"{phase} final weights")
         rec["weights_final"] = dict(zip(domains, (final / final.sum()).tolist()))
         rec["weights_average"] = dict(zip(domains, (avg / avg.sum()).tolist()))

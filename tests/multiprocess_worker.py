@@ -60,7 +60,7 @@ def main(rank: int, nproc: int, port: int, out_dir: pathlib.Path) -> None:
     ck = ckpt_lib.Checkpointer(out_dir / "ckpt", async_save=True)
     ck.save(STEPS, state, {"step": STEPS}, process={"sampler": sampler.get_state()}, wait=False)
     expected_next = next(sampler)
-    abstract = jax.tree.map(ckpt_lib._abstract, {k: v for k, v in state.items()})
+    abstract = jax.tree.map(ckpt_lib._abstract, state)
     restored, host = ck.restore(STEPS, abstract)
     own = ck.restore_process(STEPS)
     ck.close()
@@ -68,7 +68,7 @@ def main(rank: int, nproc: int, port: int, out_dir: pathlib.Path) -> None:
         lambda a, b: a.sharding == b.sharding and all(
             np.array_equal(np.asarray(x.data), np.asarray(y.data))
             for x, y in zip(a.addressable_shards, b.addressable_shards)),
-        {k: v for k, v in state.items() if k != "ref_params"}, restored)
+        state, restored)
     fresh, _ = H.sampler_batches(rank, nproc, 0)
     fresh.set_state(own["sampler"])
     again = next(fresh)

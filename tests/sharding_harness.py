@@ -22,6 +22,7 @@ from mixjax import grads, mixing, parallel
 from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
+from mixjax.mixing import statistics
 
 DOMAINS = ("code", "math", "prose", "web")
 K = len(DOMAINS)
@@ -73,6 +74,7 @@ class Built:
     step_fns: dict
     states: dict                  # host-side initial states
     logical_axes: dict
+    frozen: dict                  # mixer -> FrozenInputs (a reference model) or None
 
 
 def build_mixer(name: str):
@@ -90,23 +92,22 @@ def build(names=None, kind: str = "bigram", vocab: int = VOCAB, pad: int = PAD) 
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-2, weight_decay=0.1))
     schedule = optax.constant_schedule(3e-2)
     grad_stats = grads.make_grad_stats(grads.GradConfig(), K)
-    ok, skipped, fns, states = [], {}, {}, {}
+    ok, skipped, fns, states, frozen = [], {}, {}, {}, {}
     for name in names:
         try:
             mixer = build_mixer(name)
         except (TypeError, ValueError) as e:
             skipped[name] = f"cannot build with the test's domains/hyperparameters: {e}"
             continue
-        needs_ref = bool(mixer.requires & step_lib.REF_KEYS)
+        needs_ref = bool(statistics.needing("reference", mixer.requires))
         fns[name] = step_lib.make_train_step(
             apply=apply, mixer=mixer, tx=tx, num_domains=K, pad_id=pad, lr_schedule=schedule,
             ref_apply=apply if needs_ref else None, grad_stats=grad_stats, jit=False)
-        st = state_lib.init_state(params, tx, mixer, K, seed=0,
-                                  ref_params=ref_params if needs_ref else None)
-        st["eval_loss"] = jnp.asarray([3.2, 2.9, 3.4, 3.0], jnp.float32)
-        states[name] = st
+        st = state_lib.init_state(params, tx, mixer, K, seed=0)
+        states[name] = st.replace(eval_loss=jnp.asarray([3.2, 2.9, 3.4, 3.0], jnp.float32))
+        frozen[name] = state_lib.FrozenInputs(ref_params=ref_params) if needs_ref else None
         ok.append(name)
-    return Built(ok, skipped, fns, states, axes)
+    return Built(ok, skipped, fns, states, axes, frozen)
 
 
 def global_batches(num_steps: int, seed: int = 0) -> list[dict]:
@@ -134,17 +135,21 @@ def run(built: Built, mesh, batches, *, global_batch_size=BATCH):
     shardings = {n: parallel.train_state_shardings(built.states[n], built.logical_axes, mesh)
                  for n in built.names}
     states = parallel.place({n: built.states[n] for n in built.names}, shardings)
+    frozen_sh = {n: parallel.frozen_shardings(built.frozen[n], built.states[n].params,
+                                              built.logical_axes, mesh) for n in built.names}
+    frozen = parallel.place({n: built.frozen[n] for n in built.names}, frozen_sh)
     fns = built.step_fns
 
-    def multi(states, batch):
-        outs = {n: fns[n](states[n], batch) for n in built.names}
+    def multi(states, batch, frozen):
+        outs = {n: fns[n](states[n], batch, frozen[n]) for n in built.names}
         return {n: o[0] for n, o in outs.items()}, {n: o[1] for n, o in outs.items()}
 
-    step = parallel.jit_sharded_step(multi, shardings)
+    step = parallel.jit_sharded_step(multi, shardings, frozen_shardings=frozen_sh)
     history = {n: [] for n in built.names}
     with jax.set_mesh(mesh):
         for b in batches:
-            states, metrics = step(states, parallel.shard_batch(b, mesh, global_batch_size))
+            states, metrics = step(states, parallel.shard_batch(b, mesh, global_batch_size),
+                                   frozen)
             for n in built.names:
                 history[n].append(jax.device_get(metrics[n]))
     return history, states, step

@@ -68,7 +68,7 @@ def test_one_pass_doge_step_equals_two_pass_step():
             np.testing.assert_allclose(np.asarray(m1[key]), np.asarray(m2[key]), rtol=2e-5,
                                        atol=1e-7, err_msg=key)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7),
-                 s1["params"], s2["params"])
+                 s1.params, s2.params)
     # the per-domain losses are the model's: positive and different per domain
     assert np.all(np.asarray(m1["domain_loss"]) > 0)
 

@@ -184,7 +184,7 @@ def test_init_from_exported_and_run_dir(run, tmp_path):
                                            f"model.init_from={source}",
                                            f"train.run_dir={tmp_path / 'r2'}"])
         tr = loop.Trainer(cfg)
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(tr.initial_state["params"])):
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(tr.initial_state.params)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert tr.init_from["path"] == str(source)
 

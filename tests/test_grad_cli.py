@@ -54,6 +54,7 @@ def test_bilevel_from_cli_resumes_both_models_and_weights_exactly(tmp_path):
     assert _train("lm_tiny_bilevel.py", tmp_path / "split", "train.steps=3", resume=True) == 0
     trainer, full, _ = _restore(tmp_path / "full")
     _, split, _ = _restore(tmp_path / "split", trainer)
+    full, split = full.to_tree(), split.to_tree()   # the checkpoint layout: extra's keys flat
     assert int(full["step"]) == 3
     for key in ("params", "lower_params", "opt_state", "lower_opt_state", "mix_state"):
         assert _leaves_equal(full[key], split[key]), key
@@ -87,9 +88,9 @@ def test_fish_from_cli_over_text_domains(tmp_path):
     assert _train("lm_tiny_fish.py", tmp_path / "fish", "train.steps=2") == 0
     trainer, state, _ = _restore(tmp_path / "fish")
     k = len(trainer.domains)
-    assert k == 8 and int(state["step"]) == 2
+    assert k == 8 and int(state.step) == 2
     # AdamW inner state carried: K inner updates per meta step.
-    counts = [int(x) for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x) == 0]
+    counts = [int(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) == 0]
     assert counts and all(c == 2 * k for c in counts), counts
     recs = metrics_lib.read_jsonl(tmp_path / "fish" / "metrics.jsonl")
     for r in recs:
@@ -97,7 +98,7 @@ def test_fish_from_cli_over_text_domains(tmp_path):
         assert all(r[f"weight/{d}"] == pytest.approx(1 / k) for d in trainer.domains)
         assert np.isfinite(r["loss"]) and r["grad_norm"] > 0
     # The meta step moved the model away from its initialisation.
-    assert not _leaves_equal(state["params"], trainer.initial_state["params"])
+    assert not _leaves_equal(state.params, trainer.initial_state.params)
 
 
 def test_fish_needs_the_per_domain_sampler(tmp_path, capsys):
@@ -126,7 +127,7 @@ def test_doge_with_held_out_target_domain(tmp_path):
     info = json.loads((tmp_path / "ood" / "run_info.json").read_text())
     assert info["domains"] == HELD_OUT and info["heldout_domains"] == ["code"]
     trainer, state, _ = _restore(tmp_path / "ood")
-    assert np.asarray(state["mix_state"]["weights"]).shape == (len(HELD_OUT),)   # K = 4
+    assert np.asarray(state.mix_state["weights"]).shape == (len(HELD_OUT),)   # K = 4
     recs = metrics_lib.read_jsonl(tmp_path / "ood" / "metrics.jsonl")
     assert "weight/code" not in recs[-1] and "count/code" not in recs[-1]
     assert all(recs[-1][f"count/{d}"] > 0 for d in HELD_OUT)

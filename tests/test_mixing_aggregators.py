@@ -15,6 +15,7 @@ from scipy.optimize import lsq_linear
 
 from mixjax import grads, mixing
 from mixjax.mixing import aggregators as agg
+from mixjax.mixing import statistics
 
 
 def _jacobians(seed, k=6, p=20):
@@ -132,7 +133,7 @@ def test_upgrad_target_preference_and_absent_domains():
     jac = _jacobians(11, k=4)
     gt = jac[0] + 0.1 * jac[1]            # a target aligned with domain 0
     m = mixing.get("upgrad_target", temperature=0.1)
-    assert m.needs_target_batch and "grad_dot" in m.requires
+    assert "target_batch" in statistics.needs_of(m.requires) and "grad_dot" in m.requires
     stats = {"gram": jnp.asarray(jac @ jac.T, jnp.float32),
              "grad_dot": jnp.asarray(jac @ gt, jnp.float32),
              "target_grad_norm": jnp.asarray(np.linalg.norm(gt), jnp.float32),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mixjax import mixing
+from mixjax.mixing import statistics
 from mixjax.mixing.doge import clip_scale
 
 
@@ -46,7 +47,7 @@ def test_doge_universal_matches_reference_rule():
 
 def test_doge_ood_uses_target_dots_and_skips_absent_domains():
     mixer = mixing.get("doge", target="ood", mu=0.01, max_grad_norm=1.0)
-    assert mixer.needs_target_batch
+    assert "target_batch" in statistics.needs_of(mixer.requires)
     assert mixer.requires == {"grad_dot", "grad_norm", "target_grad_norm", "count", "lr"}
     stats = {"grad_dot": jnp.asarray([2.0, -1.0, 5.0]), "grad_norm": jnp.asarray([2.0, 1.0, 4.0]),
              "target_grad_norm": jnp.asarray(2.0), "count": jnp.asarray([10.0, 10.0, 0.0]),

@@ -52,12 +52,12 @@ def test_upweight_gradient_is_the_hand_weighted_domain_loss_gradient(data):
     sw = S.Swarm(tiny_cfg(), h, route="upweight", strategy="vmap", data=data,
                  tx=optax.sgd(LR))                       # params' = params - LR grad
     state = sw.init_state()
-    before = jax.tree.map(np.asarray, state["proxy"]["params"])
+    before = jax.tree.map(np.asarray, state["proxy"].params)
     host = next(sw.make_batches())
     counts = np.bincount(host["domain_id"], minlength=8)
     assert counts.tolist() == [1] * 8                    # stratified uniform: B/K rows each
     state, _ = sw.train_step()(state, sw.device_batch(host))
-    after = jax.tree.map(np.asarray, state["proxy"]["params"])
+    after = jax.tree.map(np.asarray, state["proxy"].params)
     for p in range(2):
         params = jax.tree.map(lambda x: jnp.asarray(x[p]), before)
 
@@ -102,25 +102,25 @@ def test_map_equals_vmap_and_a_diverged_proxy_is_isolated(data):
         sw = S.Swarm(cfg, h, route="upsample", strategy=strategy, data=data)
         state = sw.init_state()
         if poison:   # proxy 1 diverges: NaN in one of its parameters
-            leaf = jax.tree.leaves(state["proxy"]["params"])[0]
+            leaf = jax.tree.leaves(state["proxy"].params)[0]
             bad = leaf.at[1].set(jnp.nan)
-            state["proxy"]["params"] = jax.tree.unflatten(
-                jax.tree.structure(state["proxy"]["params"]),
-                [bad] + jax.tree.leaves(state["proxy"]["params"])[1:])
+            state["proxy"] = state["proxy"].replace(params=jax.tree.unflatten(
+                jax.tree.structure(state["proxy"].params),
+                [bad] + jax.tree.leaves(state["proxy"].params)[1:]))
         batches, step = sw.make_batches(), sw.train_step()
         for _ in range(2):
             state, m = step(state, sw.device_batch(next(batches)))
         runs[(strategy, poison)] = (jax.tree.map(np.asarray, state), np.asarray(m["loss"]))
     a, b = runs[("vmap", False)][0], runs[("map", False)][0]
-    for x, y in zip(jax.tree.leaves(a["proxy"]["params"]), jax.tree.leaves(b["proxy"]["params"])):
+    for x, y in zip(jax.tree.leaves(a["proxy"].params), jax.tree.leaves(b["proxy"].params)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     poisoned, loss = runs[("map", True)]
     assert poisoned["alive"].tolist() == [True, False, True]
     assert poisoned["died_at"].tolist() == [-1, 0, -1]
-    assert int(poisoned["proxy"]["step"][1]) == 0           # never updated
+    assert int(poisoned["proxy"].step[1]) == 0           # never updated
     assert np.all(np.isfinite(loss[[0, 2]]))
-    for x, y in zip(jax.tree.leaves(b["proxy"]["params"]),
-                    jax.tree.leaves(poisoned["proxy"]["params"])):
+    for x, y in zip(jax.tree.leaves(b["proxy"].params),
+                    jax.tree.leaves(poisoned["proxy"].params)):
         np.testing.assert_array_equal(x[[0, 2]], y[[0, 2]])   # the others are untouched
 
 
@@ -135,7 +135,7 @@ def test_swarm_sharded_over_models_equals_unsharded(data):
         for _ in range(2):
             state, m = step(state, sw.device_batch(next(batches)))
         if models == 8:
-            leaf = jax.tree.leaves(state["proxy"]["params"])[0]
+            leaf = jax.tree.leaves(state["proxy"].params)[0]
             assert leaf.sharding.spec[0] == "models"
             assert len(leaf.sharding.device_set) == 8
         finals.append((jax.tree.map(np.asarray, state), sw.evaluate(state)))

@@ -48,8 +48,8 @@ def _run(kind, shape):
     built = _built(kind)
     history, states, step = H.run(built, parallel.make_mesh(*shape),
                                   H.global_batches(STEPS, seed=0))
-    params = {n: jax.device_get(states[n]["params"]) for n in built.names}
-    specs = {n: jax.tree.map(lambda x: x.sharding.spec, states[n]["params"]) for n in built.names}
+    params = {n: jax.device_get(states[n].params) for n in built.names}
+    specs = {n: jax.tree.map(lambda x: x.sharding.spec, states[n].params) for n in built.names}
     return history, params, specs, step._cache_size()
 
 

@@ -51,9 +51,9 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
     # schedule rebuilt over 6 steps reproduces the uninterrupted run.
     resumed = loop.train(cfg6, data=fake_data(cfg6), resume=True, rebuild_schedule=True)
     assert resumed.steps_done == full.steps_done == 6
-    assert _leaves_equal(resumed.state["params"], full.state["params"])
-    assert _leaves_equal(resumed.state["opt_state"], full.state["opt_state"])
-    assert _leaves_equal(resumed.state["mix_state"], full.state["mix_state"])
+    assert _leaves_equal(resumed.state.params, full.state.params)
+    assert _leaves_equal(resumed.state.opt_state, full.state.opt_state)
+    assert _leaves_equal(resumed.state.mix_state, full.state.mix_state)
     a = metrics_lib.read_jsonl(tmp_path / "full" / "metrics.jsonl")
     b = metrics_lib.read_jsonl(tmp_path / "split" / "metrics.jsonl")
     drop = ("tokens_per_s",)
@@ -155,5 +155,5 @@ def test_mixer_reading_eval_loss_gets_the_step0_evaluation(tmp_path):
     result = loop.train(cfg, data=fake_data(cfg))
     ev0 = metrics_lib.read_jsonl(tmp_path / "ev" / "eval.jsonl")[0]
     assert ev0["step"] == 0
-    np.testing.assert_allclose(np.asarray(result.state["mix_state"]["seen"]),
+    np.testing.assert_allclose(np.asarray(result.state.mix_state["seen"]),
                                [ev0[f"loss/{d}"] for d in ("a", "b", "c")], rtol=1e-6)

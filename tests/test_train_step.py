@@ -54,12 +54,14 @@ def hand_domain_stats(params, batch):
     return np.where(count > 0, loss / np.maximum(count, 1), 0.0), count, ce, mask
 
 
-def run_step(mixer, batch, tx=None, params=PARAMS, **kw):
+def run_step(mixer, batch, tx=None, params=PARAMS, donate=False, **kw):
     tx = tx or optax.sgd(1.0)
-    state = state_lib.init_state(params, tx, mixer, K, seed=0, ref_params=kw.pop("ref_params", None))
+    ref_params = kw.pop("ref_params", None)
+    frozen = None if ref_params is None else state_lib.FrozenInputs(ref_params=ref_params)
+    state = state_lib.init_state(params, tx, mixer, K, seed=0)
     step = step_lib.make_train_step(apply=APPLY, mixer=mixer, tx=tx, num_domains=K, pad_id=PAD,
-                                    donate=False, **kw)
-    return step(state, batch)
+                                    donate=donate, **kw)
+    return step(state, batch, frozen)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -126,7 +128,7 @@ def test_importance_corrected_loss_equals_analytic_value_and_gradient():
         return jnp.sum(tw * tl) / jnp.sum(tw)
 
     g = jax.jit(jax.grad(objective))(PARAMS)
-    got = jax.tree.map(lambda a, b: a - b, PARAMS, new_state["params"])   # sgd(1.0)
+    got = jax.tree.map(lambda a, b: a - b, PARAMS, new_state.params)   # sgd(1.0)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(g)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-7)
 
@@ -156,15 +158,18 @@ def test_mixer_gets_only_required_stats_and_reference_losses():
     ref_params = T.init(CFG, seed=7)[1]
     mixer = Recorder()
     batch = make_batch()
-    new_state, _ = run_step(mixer, batch, ref_apply=APPLY, ref_params=ref_params)
+    ref_copy = jax.tree.map(jnp.copy, ref_params)
+    new_state, _ = run_step(mixer, batch, ref_apply=APPLY, ref_params=ref_params, donate=True)
     assert mixer.seen and mixer.seen[-1] == mixer.requires
     ce, mask = hand_token_losses(PARAMS, batch["tokens"])
-    np.testing.assert_allclose(np.asarray(new_state["mix_state"]["sample_loss"]),
+    np.testing.assert_allclose(np.asarray(new_state.mix_state["sample_loss"]),
                                ce.sum(1) / mask.sum(1), rtol=1e-5)
     ref_loss, _, _, _ = hand_domain_stats(ref_params, batch)
-    np.testing.assert_allclose(np.asarray(new_state["mix_state"]["ref_loss"]), ref_loss, rtol=1e-5)
-    # reference params are frozen: carried unchanged
-    for a, b in zip(jax.tree.leaves(new_state["ref_params"]), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(np.asarray(new_state.mix_state["ref_loss"]), ref_loss, rtol=1e-5)
+    # reference params are frozen inputs: not state, not donated (still readable after a
+    # donated step), unchanged
+    assert "ref_params" not in new_state.to_tree()
+    for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(ref_copy)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -202,7 +207,7 @@ def test_gradient_accumulation_matches_one_big_batch():
     s2, m2 = run_step(mixer, batch, tx=tx, grad_accum=2)
     np.testing.assert_allclose(float(m1["objective"]), float(m2["objective"]), rtol=1e-6)
     np.testing.assert_allclose(float(m1["grad_norm"]), float(m2["grad_norm"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])):
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
@@ -220,9 +225,9 @@ def test_golden_one_step_metrics():
     got = {k: np.asarray(m[k]).tolist() for k in GOLDEN}
     for k, v in GOLDEN.items():
         np.testing.assert_allclose(got[k], v, rtol=1e-5, err_msg=f"{k}: got {got[k]}")
-    abs_sum = sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(new_state["params"]))
+    abs_sum = sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(new_state.params))
     np.testing.assert_allclose(abs_sum, GOLDEN_PARAM_ABS_SUM, rtol=1e-6)
-    assert int(new_state["step"]) == 1
+    assert int(new_state.step) == 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -250,4 +255,4 @@ def test_gradient_statistics_hook_calls_the_grad_engine():
     gb = {"tokens": batch["tokens"], "domain_id": batch["domain_id"]}
     direct = jax.jit(lambda p: grads.direct_domain_grads(tlf, p, gb, K))(PARAMS)
     want = [np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(g))) for g in direct]
-    np.testing.assert_allclose(np.asarray(new_state["mix_state"]["grad_norm"]), want, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(new_state.mix_state["grad_norm"]), want, rtol=1e-4)

@@ -4,7 +4,7 @@ Each method lives in its own module with its update rule in the docstring.
 Importing this package registers every built-in method.
 """
 
-from mixjax.mixing.base import (APPLY_TO, STATS, Mixer, NonFiniteStatsError, build,
+from mixjax.mixing.base import (APPLY_TO, MODEL_GRADIENTS, STATS, Mixer, NonFiniteStatsError, build,
                                 check_weight_vector, get, guarded_update, init_state,
                                 mixer_class, names, record_weights, register)
 from mixjax.mixing import static  # noqa: F401  (registers uniform/natural/temperature/manual)
@@ -16,6 +16,6 @@ from mixjax.mixing import schedules  # noqa: F401  (staged/linear_schedule/upsam
 from mixjax.mixing import skillit  # noqa: F401  (skills-graph multiplicative weights)
 from mixjax.mixing import aioli  # noqa: F401  (online mixing-law estimation)
 
-__all__ = ["APPLY_TO", "STATS", "Mixer", "NonFiniteStatsError", "build", "check_weight_vector",
+__all__ = ["APPLY_TO", "MODEL_GRADIENTS", "STATS", "Mixer", "NonFiniteStatsError", "build", "check_weight_vector",
            "get", "guarded_update", "init_state", "mixer_class", "names", "record_weights",
            "register"]

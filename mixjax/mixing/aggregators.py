@@ -175,6 +175,7 @@ class _GramAggregator(Mixer):
     """Common part: weights = c / sum(c), the model gradient = sum_d c_d g_d."""
 
     default_apply_to = "loss"   # the sampler keeps its weights; c acts on the gradient
+    model_gradient = "coeffs"
     requires = frozenset({"gram", "count"})
 
     def init(self, num_domains: int):
@@ -272,10 +273,6 @@ class UPGradTarget(UPGrad):
         if not self.temperature > 0:
             raise ValueError(f"mixer 'upgrad_target': temperature must be > 0, "
                              f"got {self.temperature}")
-
-    @property
-    def needs_target_batch(self) -> bool:
-        return True
 
     def preference(self, stats) -> Array:
         norms = jnp.sqrt(jnp.maximum(jnp.diagonal(stats["gram"]), 0.0))

@@ -5,12 +5,13 @@ only arrays: never models, data pipelines or optimisers. Every mixer is a
 frozen dataclass whose fields are its hyperparameters::
 
     mixer = mixjax.mixing.get("doremi", eta=1.0, smoothing=1e-3)
-    mixer.requires                  # statistics it needs, a subset of STATS
+    mixer.requires                  # statistics it needs (mixjax.mixing.statistics)
     state = mixer.init(num_domains) # a pytree of arrays
     state = mixer.update(state, stats, step)   # pure and jittable
     mixer.weights(state)            # f32[K] weights for the next step
     mixer.average(state)            # f32[K] time-averaged weights
     mixer.apply_to                  # "sampling", "loss" or "both"
+    mixer.model_gradient            # "loss" (default) or "coeffs" (gradient_coeffs)
 
 ``apply_to`` chooses the "upsample or upweight" route:
 
@@ -49,31 +50,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax.mixing import statistics
+
 Array = jax.Array
 State = dict[str, Any]
 
 APPLY_TO = ("sampling", "loss", "both")
 
-# The statistics the train step can provide, with their shapes. K domains,
-# B sequences, S tokens per sequence. A mixer lists the keys it needs in
-# ``requires``; the train step computes only what the mixer asks for.
-STATS: Mapping[str, str] = {
-    "loss": "f32[K] mean token loss per domain in this batch (0 where absent)",
-    "count": "f32[K] number of loss tokens per domain in this batch",
-    "token_loss": "f32[B,S] per-token training loss",
-    "token_mask": "f32[B,S] 1 for tokens that count in the loss",
-    "domain_id": "i32[B] domain of each sequence",
-    "sample_loss": "f32[B] mean token loss per sequence",
-    "ref_loss": "f32[K] mean token loss per domain of the reference model",
-    "ref_token_loss": "f32[B,S] per-token loss of the reference model",
-    "grad_dot": "f32[K] inner products <g_i, g_target>",
-    "gram": "f32[K,K] inner products <g_i, g_j>",
-    "grad_norm": "f32[K] per-domain gradient norms",
-    "target_grad_norm": "f32[] norm of the target gradient g_target (mixjax.grads)",
-    "eval_loss": "f32[K] per-domain validation loss (latest evaluation)",
-    "sampling_weights": "f32[K] the weights this batch was drawn with",
-    "lr": "f32[] current learning rate",
-}
+# The statistics the train step can provide, {name: "shape doc"} (K domains, B
+# sequences, S tokens per sequence): a live view of the registry in
+# ``mixjax.mixing.statistics``, where each one is declared once. A mixer lists the
+# keys it needs in ``requires``; the train step computes only what the mixer asks for.
+STATS: Mapping[str, str] = statistics.DESCRIPTIONS
+
+# How the model gradient is formed (``Mixer.model_gradient``).
+MODEL_GRADIENTS = ("loss", "coeffs")
 
 
 class NonFiniteStatsError(FloatingPointError):
@@ -89,9 +80,24 @@ class Mixer:
     default_apply_to: ClassVar[str] = "sampling"
     # Whether ``average`` counts the initial weights alpha_0 (see the module docstring).
     average_includes_initial: ClassVar[bool] = True
+    # How the train step forms the model gradient: "loss" (the pullback of the weighted
+    # token-mean objective, the default) or "coeffs" (``sum_d c_d g_d`` from the gradient
+    # engine with ``c = gradient_coeffs(mix_state, stats)``, e.g. DoGE, PCGrad, MGDA).
+    model_gradient: ClassVar[str] = "loss"
 
     # Overrides ``default_apply_to`` when set (the config's "upsample or upweight").
     apply_to_override: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        mode = cls.__dict__.get("model_gradient", None)
+        if isinstance(mode, str) and mode not in MODEL_GRADIENTS:
+            raise TypeError(f"mixer {cls.__qualname__}: model_gradient must be one of "
+                            f"{MODEL_GRADIENTS}, got {mode!r}")
+        # A gradient_coeffs without model_gradient = "coeffs" would be silently ignored.
+        if "gradient_coeffs" in cls.__dict__ and getattr(cls, "model_gradient", None) == "loss":
+            raise TypeError(f"mixer {cls.__qualname__} defines gradient_coeffs but its "
+                            "model_gradient is 'loss'; set model_gradient = 'coeffs'")
 
     def __post_init__(self):
         if self.apply_to_override is not None and self.apply_to_override not in APPLY_TO:
@@ -117,6 +123,11 @@ class Mixer:
 
     def average(self, state: State) -> Array:
         return average_weights(state)
+
+    def gradient_coeffs(self, state: State, stats: Mapping[str, Array]) -> Array:
+        """``c`` f32[K]: the model gradient is ``sum_d c_d g_d`` (``model_gradient="coeffs"``)."""
+        raise NotImplementedError(f"mixer {self.name!r} has model_gradient "
+                                  f"{self.model_gradient!r}; only 'coeffs' mixers give coefficients")
 
 
 def average_weights(state: State) -> Array:
@@ -155,21 +166,16 @@ def record_weights(state: State, weights: Array, **extra: Any) -> State:
 def guarded_update(mixer: Mixer, state: State, stats: Mapping[str, Array], step: Array) -> State:
     """``mixer.update`` that never lets NaN or inf reach the weights.
 
-    If any required per-domain statistic of a domain is non-finite (per-token
-    and per-sequence statistics are attributed to domains through
-    ``domain_id``), or the new weights are, the previous state is kept and
+    If any required statistic of a domain is non-finite (each statistic's
+    ``attribution`` in ``mixjax.mixing.statistics`` says how: per-domain rows
+    directly, per-token and per-sequence values through ``domain_id``, counting
+    only positions in ``token_mask``), or the new weights are, the previous state is kept and
     ``nonfinite_domain`` names the first culprit (the weights' index if the
     statistics looked fine).
     """
     new = mixer.update(state, stats, step)
     k = state["weights"].shape[0]
-    bad = jnp.zeros((k,), bool)
-    for key in sorted(mixer.requires):
-        value = stats.get(key)
-        if value is not None and value.ndim >= 1 and value.shape[0] == k and key in (
-                "loss", "ref_loss", "grad_dot", "gram", "grad_norm", "eval_loss"):
-            bad = bad | ~jnp.all(jnp.isfinite(value.reshape(k, -1)), axis=1)
-    bad = bad | _nonfinite_per_sequence_stats(mixer, stats, k)
+    bad = statistics.nonfinite_domains(mixer.requires, stats, k)
     # Blame the statistics first: NaN weights are only the symptom.
     bad = jnp.where(jnp.any(bad), bad, ~jnp.isfinite(new["weights"]))
     any_bad = jnp.any(bad)
@@ -177,34 +183,6 @@ def guarded_update(mixer: Mixer, state: State, stats: Mapping[str, Array], step:
     kept = jax.tree.map(lambda old, nw: jnp.where(any_bad, old, nw), state, new)
     kept["nonfinite_domain"] = culprit
     return kept
-
-
-# Per-sequence statistics ([B] or [B, S]) are attributed to domains via domain_id.
-_PER_SEQUENCE = ("token_loss", "ref_token_loss", "sample_loss")
-
-
-def _nonfinite_per_sequence_stats(mixer: Mixer, stats: Mapping[str, Array], k: int) -> Array:
-    """bool[K]: domains whose required per-sequence statistics hold a NaN/inf.
-
-    Only tokens counted by ``token_mask`` (when it has the statistic's shape)
-    are checked, so padding positions never blame a domain.
-    """
-    bad = jnp.zeros((k,), bool)
-    ids = stats.get("domain_id")
-    if ids is None:
-        return bad
-    member = ids[:, None] == jnp.arange(k)[None, :]
-    mask = stats.get("token_mask")
-    for key in sorted(mixer.requires & set(_PER_SEQUENCE)):
-        value = stats.get(key)
-        if value is None or value.ndim < 1 or value.shape[0] != ids.shape[0]:
-            continue
-        nonfinite = ~jnp.isfinite(value)
-        if mask is not None and mask.shape == value.shape:
-            nonfinite = nonfinite & (mask > 0)
-        seq_bad = jnp.any(nonfinite.reshape(value.shape[0], -1), axis=1)
-        bad = bad | jnp.any(member & seq_bad[:, None], axis=0)
-    return bad
 
 
 def check_weight_vector(weights: Any, domains: tuple[str, ...] | None = None,

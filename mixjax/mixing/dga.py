@@ -51,7 +51,6 @@ from mixjax.mixing.base import Mixer, init_state, record_weights, register
 class DGA(Mixer):
     name = "dga"
     default_apply_to = "sampling"
-    needs_target_batch = True
 
     eta: float = 1.0
     update_every: int = 1

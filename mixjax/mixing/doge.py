@@ -74,6 +74,7 @@ class DoGE(Mixer):
     default_apply_to = "loss"   # sampling stays at the reference weights; alpha acts on gradients
     average_includes_initial = False
     multi_target = True     # grads.target may name several domains (target="ood")
+    model_gradient = "coeffs"   # sum_i alpha_i clip(g_i), from the gradient engine
 
     target: str = "universal"
     mu: float = 0.05
@@ -98,10 +99,6 @@ class DoGE(Mixer):
         if self.target == "universal":
             return frozenset({"gram", "count", "lr"})
         return frozenset({"grad_dot", "grad_norm", "target_grad_norm", "count", "lr"})
-
-    @property
-    def needs_target_batch(self) -> bool:
-        return self.target == "ood"
 
     def _clipped(self, stats: Mapping[str, jax.Array]):
         """(W f32[K], clip scales f32[K], clipped norms f32[K])."""

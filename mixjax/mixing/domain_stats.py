@@ -1,9 +1,9 @@
 """Per-domain reductions of per-token / per-sequence statistics (pure jnp).
 
-Shared by the loss-signal mixers (DoReMi, tDRO, ADO, ODM). Everything is a
-one-hot contraction over the batch axis, so under a sharded batch it is a
-global-batch quantity (XLA inserts the reduction) and it jits to a few small
-matmuls.
+Shared by the train step, the gradient engine, Fish and the loss-signal
+mixers (DoReMi, tDRO, ADO, ODM). Every reduction runs over the whole batch
+axis (segment sums / one-hot contractions), so under a sharded batch it is a
+global-batch quantity (XLA inserts the cross-device reduction).
 """
 
 from __future__ import annotations
@@ -39,19 +39,45 @@ def sequence_means(token_values: Array, token_mask: Array) -> tuple[Array, Array
     return total / jnp.maximum(count, 1.0), count
 
 
-def domain_token_mean(token_values: Array, token_mask: Array, domain_id: Array,
-                      num_domains: int) -> tuple[Array, Array]:
-    """Mean over all counted tokens of each domain: (f32[K] mean, f32[K] token count).
+def domain_totals(token_values: Array, token_mask: Array, domain_id: Array,
+                  num_domains: int) -> tuple[Array, Array]:
+    """Per-domain masked sums: (f32[K] sum of counted values, f32[K] counted tokens).
 
-    Domains without counted tokens get mean 0 and count 0.
+    ``total_d = sum_{b: dom(b)=d} sum_t [m_bt > 0] v_bt`` and ``count_d = sum m_bt``
+    over the same rows; values at uncounted positions (padding) never enter, even
+    when they are NaN. ``token_values``/``token_mask`` are [B, S] (or [B] for one
+    value per sequence). Sums add, so micro-batch totals combine by addition
+    (``mixjax.grads``' jvp path). The one per-domain reduction of the code base:
+    the train step's ``loss``/``count``/``ref_loss``, the gradient engine's loss
+    vector, DoReMi's excess loss and Fish's token counts all call it.
     """
     mask = token_mask.astype(jnp.float32)
-    seq_total = jnp.sum(jnp.where(mask > 0, token_values, 0.0), axis=-1)
-    seq_count = jnp.sum(mask, axis=-1)
-    oh = one_hot(domain_id, num_domains)
-    total = oh.T @ seq_total
-    count = oh.T @ seq_count
-    return total / jnp.maximum(count, 1.0), count
+    values = jnp.where(mask > 0, token_values.astype(jnp.float32), 0.0)
+    if values.ndim > 1:
+        values, mask = values.sum(axis=-1), mask.sum(axis=-1)
+    total = jax.ops.segment_sum(values, domain_id, num_segments=num_domains)
+    count = jax.ops.segment_sum(mask, domain_id, num_segments=num_domains)
+    return total, count
+
+
+def domain_mean(token_values: Array, token_mask: Array, domain_id: Array,
+                num_domains: int) -> tuple[Array, Array]:
+    """Mean over all counted tokens of each domain: (f32[K] mean, f32[K] token count).
+
+    ``mean_d = total_d / count_d`` of :func:`domain_totals`; domains without
+    counted tokens get mean 0 and count 0.
+    """
+    total, count = domain_totals(token_values, token_mask, domain_id, num_domains)
+    return safe_ratio(total, count), count
+
+
+def safe_ratio(total: Array, count: Array) -> Array:
+    """``total / count`` where ``count > 0``, else 0."""
+    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
+
+
+# The name the loss-signal mixers were written against.
+domain_token_mean = domain_mean
 
 
 def domain_sequence_mean(values: Array, domain_id: Array, num_domains: int,

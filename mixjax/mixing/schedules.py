@@ -296,10 +296,6 @@ class UpsampleEnd(Mixer):
         return self.inner.apply_to
 
     @property
-    def needs_target_batch(self) -> bool:
-        return bool(getattr(self.inner, "needs_target_batch", False))
-
-    @property
     def multi_target(self) -> bool:
         return bool(getattr(self.inner, "multi_target", False))
 
@@ -313,18 +309,15 @@ class UpsampleEnd(Mixer):
         return self.inner.average_includes_initial
 
     @property
-    def gradient_coeffs(self):
-        """The base mixer's model-gradient coefficients, scaled like its weights (or None)."""
-        base = getattr(self.inner, "gradient_coeffs", None)
-        if not callable(base):
-            return None
+    def model_gradient(self) -> str:  # type: ignore[override]
+        return self.inner.model_gradient
 
-        def coeffs(state, stats):
-            c = base(state["inner"], stats)
-            ratio = state["weights"] / jnp.where(state["base_weights"] > 0,
-                                                 state["base_weights"], 1.0)
-            return c * jnp.where(state["base_weights"] > 0, ratio, 0.0)
-        return coeffs
+    def gradient_coeffs(self, state, stats):
+        """The base mixer's model-gradient coefficients, scaled like its weights."""
+        c = self.inner.gradient_coeffs(state["inner"], stats)
+        ratio = state["weights"] / jnp.where(state["base_weights"] > 0,
+                                             state["base_weights"], 1.0)
+        return c * jnp.where(state["base_weights"] > 0, ratio, 0.0)
 
     def _phase(self, base_w: jax.Array, n: jax.Array) -> jax.Array:
         f = jnp.asarray(self.factor_vector(), jnp.float32)

@@ -291,7 +291,7 @@ class Swarm:
             _, params, _ = transformer.init(self.model_cfg, seed)
             s = state_lib.init_state(params, self.tx, self.mixer, k, seed)
             w = jnp.asarray(self.mixtures[p], jnp.float32)
-            s["mix_state"] = {**s["mix_state"], "weights": w, "weight_sum": jnp.array(w)}
+            s = s.replace(mix_state={**s.mix_state, "weights": w, "weight_sum": jnp.array(w)})
             states.append(s)
         proxy = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
         return {"proxy": proxy, "alive": jnp.ones((self.num_proxies,), bool),
@@ -402,7 +402,7 @@ class Swarm:
         new, m = self.step_fn(state_p, batch_p)
         ok = jnp.isfinite(m["loss"]) & jnp.isfinite(m["grad_norm"]) & alive_p
         new = jax.tree.map(lambda o, x: jnp.where(ok, x, o), state_p, new)
-        died = jnp.where(alive_p & ~ok, state_p["step"], died_p)
+        died = jnp.where(alive_p & ~ok, state_p.step, died_p)
         out = {"loss": m["loss"], "domain_loss": m["domain_loss"],
                "domain_count": m["domain_count"], "grad_norm": m["grad_norm"]}
         return new, ok, died, out
@@ -496,7 +496,7 @@ class Swarm:
     def evaluate(self, state) -> np.ndarray:
         """float64[P, K'] per-domain eval loss of every proxy (K' = domains + held out)."""
         fn = self.eval_fn()
-        params = state["proxy"]["params"]
+        params = state["proxy"].params
         out = np.zeros((self.num_proxies, len(self.eval_domains)))
         for j, d in enumerate(self.eval_domains):
             res = [distributed.fetch(fn(params, self._eval_tokens(b)))

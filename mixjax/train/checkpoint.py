@@ -2,9 +2,10 @@
 
 Each checkpoint ``checkpoints/<step>/`` holds two items:
 
-* ``state``: the whole train-state pytree (params, optimiser state, mixer
-  state, step, RNG, latest eval loss; reference params are *not* saved: they
-  are reloaded from the reference run),
+* ``state``: the whole train state (params, optimiser state, mixer state,
+  step, RNG, latest eval loss, a method's ``extra``) as the flat dict of
+  ``TrainState.to_tree``; frozen inputs (a reference model) are not state and
+  are not saved: they are reloaded from the reference run,
 * ``host``: JSON with the sampler state (``sampler.get_state()``), the last
   weights sent to the sampler and the step; everything the host loop needs to
   continue the same data stream.
@@ -62,11 +63,11 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: dict, host: dict[str, Any],
+    def save(self, step: int, state, host: dict[str, Any],
              process: dict[str, Any] | None = None, wait: bool = True) -> None:
         """Saves; ``process``: this process's own JSON values; ``wait=False`` returns
         before an async save is on disk (call ``wait()`` before reading it)."""
-        state = {k: v for k, v in state.items() if k != "ref_params"}
+        state = _as_tree(state)
         host = {**host, "checksum": host_checksum(host)}
         items = dict(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host))
         if process is not None:
@@ -88,19 +89,19 @@ class Checkpointer:
             process=process_json.ProcessJsonRestore()))
         return got["process"]
 
-    def restore(self, step: int | None, abstract_state: dict) -> tuple[dict, dict]:
-        """``(state, host)`` of checkpoint ``step`` (latest when None)."""
+    def restore(self, step: int | None, abstract_state) -> tuple[Any, dict]:
+        """``(state, host)`` of checkpoint ``step`` (latest when None), ``state`` of the
+        type of ``abstract_state`` (a ``TrainState`` or a dict)."""
         self.wait()
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        target = {k: v for k, v in abstract_state.items() if k != "ref_params"}
-        target = jax.tree.map(_abstract, target)
+        target = jax.tree.map(_abstract, _as_tree(abstract_state))
         got = self.manager.restore(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), host=ocp.args.JsonRestore()))
-        return got["state"], got["host"]
+        return _like(abstract_state, got["state"]), got["host"]
 
-    def restore_verified(self, step: int, abstract_state: dict) -> tuple[dict, dict, Any]:
+    def restore_verified(self, step: int, abstract_state) -> tuple[Any, dict, Any]:
         """``(state, host, process)`` of checkpoint ``step``, checked; CheckpointError if damaged."""
         self.wait()
         step = int(step)
@@ -155,8 +156,18 @@ def _host_problem(host: Any, step: int) -> str | None:
     return None
 
 
-def _tree_problem(state: dict, abstract_state: dict) -> str | None:
-    target = {k: v for k, v in abstract_state.items() if k != "ref_params"}
+def _as_tree(state) -> dict:
+    """The saved layout: ``TrainState.to_tree()`` (a flat dict), or a dict as it is."""
+    return state.to_tree() if hasattr(state, "to_tree") else dict(state)
+
+
+def _like(abstract_state, tree: dict):
+    """``tree`` (the saved layout) as the type of ``abstract_state``."""
+    return type(abstract_state).from_tree(tree) if hasattr(abstract_state, "to_tree") else tree
+
+
+def _tree_problem(state, abstract_state) -> str | None:
+    state, target = _as_tree(state), _as_tree(abstract_state)
     got_def, want_def = jax.tree.structure(state), jax.tree.structure(target)
     if got_def != want_def:
         return "state tree structure differs from the run's"

@@ -254,8 +254,14 @@ class Trainer:
         # jitted init, so no device ever holds the whole model or optimizer state; the
         # values equal an eager init bit for bit (tests/test_pod_init.py).
         self.initial_state, self.state_shardings = parallel.init_state_sharded(
-            parts.init_fn, params, self.logical_axes, self.mesh, ref_params=parts.ref_params)
-        self.train_step = parallel.jit_sharded_step(self.step_fn, self.state_shardings)
+            parts.init_fn, params, self.logical_axes, self.mesh)
+        # Frozen inputs (a reference model): the step's third argument, never donated.
+        self.frozen, frozen_sh = parallel.place_frozen(parts.frozen, params, self.logical_axes,
+                                                       self.mesh)
+        jitted = parallel.jit_sharded_step(self.step_fn, self.state_shardings,
+                                           frozen_shardings=frozen_sh)
+        self.train_step = jitted if self.frozen is None else (
+            lambda state, batch: jitted(state, batch, self.frozen))
         self.eval_fn = parallel.replicated_outputs(
             step_lib.make_eval_fn(self.apply, self.pad_id), self.mesh)
         # Held-out domains (an out-of-domain grads.target) are evaluated, never trained on.
@@ -300,7 +306,7 @@ class Trainer:
                 return np.full(len(self.domains), 1.0 / len(self.domains))
             n = np.asarray(self.data.token_counts, np.float64)
             return n / n.sum()
-        return _normalised(self.mixer.weights(self.initial_state["mix_state"]))
+        return _normalised(self.mixer.weights(self.initial_state.mix_state))
 
     def evaluate(self, params) -> dict:
         return eval_lib.evaluate_with_heldout(self.eval_fn, params, self.eval_batches,
@@ -463,10 +469,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         abstract = jax.tree.map(ckpt_lib._abstract, state)   # keeps each array's sharding
         got = _restore_good_checkpoint(checkpointer, abstract, resume_from, log)
     if got is not None:
-        latest, restored, host, own = got
-        if "ref_params" in state:
-            restored["ref_params"] = state["ref_params"]
-        state = restored
+        latest, state, host, own = got
         start = int(host["step"])
         sampler.set_state((own or host)["sampler"])   # this process's sampler state
         if main:
@@ -478,7 +481,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         metrics_lib.clear_logs(run_dir)
     # The weights after the last step whose metrics were read: only to see a change (the
     # mix state owns the weights, the sampler's schedule the sampling history).
-    seen_weights = np.asarray(jax.device_get(mixer.weights(state["mix_state"])), np.float32)
+    seen_weights = np.asarray(jax.device_get(mixer.weights(state.mix_state)), np.float32)
     if main:
         from mixjax.train import tracking
         writer = metrics_lib.MetricsWriter(run_dir, domains, trackers=tracking.build(
@@ -568,7 +571,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         # it replays only later steps, so nothing buffered (tensorboardX queues events
         # for up to 2 min) may be lost to a kill.
         writer.flush()
-        if not _all_finite(state["params"]):   # e.g. a finite gradient times a huge LR
+        if not _all_finite(state.params):   # e.g. a finite gradient times a huge LR
             raise NonFiniteLossError(
                 f"step {step}: the parameters became non-finite; not saving a checkpoint "
                 f"of them (latest checkpoint: {checkpointer.latest_step()}). "
@@ -590,9 +593,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     try:
         if start == 0 and "eval_loss" in mixer.requires:
             # A mixer that reads validation losses sees real ones from its first update.
-            ev = trainer.evaluate(state["params"])
-            state["eval_loss"] = parallel.replicate_value(eval_lib.domain_losses(ev, domains),
-                                                          trainer.mesh)
+            ev = trainer.evaluate(state.params)
+            state = state.replace(eval_loss=parallel.replicate_value(
+                eval_lib.domain_losses(ev, domains), trainer.mesh))
             writer.write("eval.jsonl", {"step": 0, **ev})
         if t_cfg.progress:
             from mixjax import progress
@@ -628,18 +631,18 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                 on_grid = on_grid or (mixer_eval is not None and bool(mixer_eval(done)))
                 if on_grid or done == t_cfg.steps:
                     flush(t)
-                    ev = trainer.evaluate(state["params"])
+                    ev = trainer.evaluate(state.params)
                     if on_grid:
                         # Only evaluations on the eval_every grid feed the mixer (eval_loss):
                         # the final one of a shorter run must not change a later resume.
-                        state["eval_loss"] = parallel.replicate_value(
-                            eval_lib.domain_losses(ev, domains), trainer.mesh)
+                        state = state.replace(eval_loss=parallel.replicate_value(
+                            eval_lib.domain_losses(ev, domains), trainer.mesh))
                     writer.write("eval.jsonl", {"step": done, **ev})
                     final_eval = ev
                 if (ckpt_every and done % ckpt_every == 0) or done == t_cfg.steps:
                     save(done)
             stopped = stop.signum
-            done = int(jax.device_get(state["step"]))
+            done = int(jax.device_get(state.step))
             if stopped is not None and checkpointer.latest_step() != done:
                 save(done)
             flush(done)

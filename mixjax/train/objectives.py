@@ -1,7 +1,9 @@
 """Train-step factories, chosen by ``train.objective``: the loop's extension point.
 
 The run loop (``mixjax.train.loop``) drives any step with the signature
-``step(state, batch) -> (state, metrics)`` over one state dict. Which step (and
+``step(state, batch, frozen) -> (state, metrics)`` over one
+:class:`~mixjax.train.state.TrainState` (donated) and
+:class:`~mixjax.train.state.FrozenInputs` (not donated). Which step (and
 which state) is built is decided here, by name:
 
 * ``mixer`` (default): one model; the ``mixing`` section's mixer updates the
@@ -17,12 +19,11 @@ A factory takes the :class:`~mixjax.train.loop.Trainer` under construction
 :class:`StepParts`. The contract every step honours, so that the loop needs no
 per-method code:
 
-* the state dict holds ``params`` (the model that is evaluated and whose
-  optimiser state is ``opt_state``), ``mix_state`` (read by
-  ``parts.mixer.weights``), ``step`` i32[], ``rng`` and ``eval_loss`` f32[K];
-  anything else is free. Keys ending in ``params`` are sharded like the model,
-  keys ending in ``opt_state`` like its optimiser state (``mixjax.parallel``);
-  the whole dict is checkpointed and restored.
+* the state's ``params`` is the model that is evaluated (its optimiser state
+  is ``opt_state``), ``mix_state`` is read by ``parts.mixer.weights``; a
+  method's own arrays go in ``extra`` (params-shaped subtrees are sharded like
+  the model, the rest replicated: ``mixjax.parallel.train_state_shardings``);
+  the whole state is checkpointed and restored.
 * ``metrics`` holds ``loss``, ``objective``, ``grad_norm``, ``tokens``,
   ``domain_loss`` f32[K], ``domain_count`` f32[K], ``weights`` f32[K],
   ``sampling_weights`` f32[K], ``nonfinite_domain`` i32[] (-1: none), optionally
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 import optax
 
 from mixjax import mixing
+from mixjax.mixing import domain_stats, statistics
 from mixjax.train import objective_specs
 from mixjax.train.objective_specs import BILEVEL_HPARAMS, FISH_HPARAMS
 
@@ -55,11 +57,11 @@ from mixjax.train.objective_specs import BILEVEL_HPARAMS, FISH_HPARAMS
 @dataclasses.dataclass(frozen=True)
 class StepParts:
     step_fn: Callable                  # unjitted (state, batch) -> (state, metrics)
-    init_fn: Callable                  # params -> state dict (jitted by the trainer)
+    init_fn: Callable                  # params -> TrainState (jitted by the trainer)
     mixer: Any                         # .name, .apply_to, .requires, .weights(mix_state)
     needs_target: bool = False         # batch["target_tokens"] from grads.target
     stratified: bool = False           # exactly B/K rows per domain, checked per batch
-    ref_params: Any = None             # frozen reference model (mixer objective)
+    frozen: Any = None                 # FrozenInputs (a reference model), never donated
 
 
 # Factories by name; names, hyperparameters and checks live in objective_specs (what config
@@ -95,12 +97,6 @@ def _token_loss_fn(trainer):
     return loss_fn
 
 
-def _base_state(params, opt_state, mix_state, k: int, seed: int) -> dict:
-    return {"params": params, "opt_state": opt_state, "mix_state": mix_state,
-            "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(seed),
-            "eval_loss": jnp.zeros((k,), jnp.float32)}
-
-
 def _first_nonfinite(*vectors) -> jax.Array:
     """Index of the first domain with a non-finite entry in any vector, else -1."""
     bad = jnp.zeros(vectors[0].shape, bool)
@@ -115,26 +111,33 @@ def _mixer_objective(trainer) -> StepParts:
     from mixjax.train import step as step_lib
     cfg, k, mixer = trainer.cfg, len(trainer.domains), trainer.mixer
     ref_apply, ref_params = None, None
-    if mixer.requires & step_lib.REF_KEYS:
+    try:
+        statistics.check_known(mixer.requires, f"mixer {mixer.name!r}")
+    except ValueError as e:
+        from mixjax.config import ConfigError
+        raise ConfigError(f"config key 'mixing.name': {e}") from e
+    needs = statistics.needs_of(mixer.requires)
+    if "reference" in needs:
         from mixjax.config import ConfigError
         from mixjax.train.reference import load_reference
         if cfg.train.reference is None:
             raise ConfigError(f"config key 'train.reference': mixer {cfg.mixing.name!r} "
-                              f"requires {sorted(mixer.requires & step_lib.REF_KEYS)}; "
+                              f"requires {sorted(statistics.needing('reference', mixer.requires))}; "
                               "set it to the run dir of a trained reference model")
         ref_apply, ref_params = load_reference(cfg.train.reference, trainer.data.vocab_size)
     grad_stats, needs_target, stratified = None, False, False
-    needs = mixer.requires & step_lib.GRAD_KEYS
-    if needs:
-        grad_stats, stratified = _grad_stats(trainer, needs)
-        needs_target = bool(needs & {"grad_dot", "target_grad_norm"})
+    if "gradient_engine" in needs:
+        grad_stats, stratified = _grad_stats(
+            trainer, statistics.needing("gradient_engine", mixer.requires))
+    needs_target = "target_batch" in needs
     step_fn = step_lib.make_train_step(
         apply=trainer.apply, mixer=mixer, tx=trainer.tx, num_domains=k, pad_id=trainer.pad_id,
         lr_schedule=trainer.schedule, grad_accum=cfg.train.grad_accum, ref_apply=ref_apply,
         sample_weights=_sample_weights_fn(cfg), grad_stats=grad_stats, jit=False)
     init_fn = lambda p: state_lib.init_state(p, trainer.tx, mixer, k, cfg.train.seed)  # noqa: E731
+    frozen = None if ref_params is None else state_lib.FrozenInputs(ref_params=ref_params)
     return StepParts(step_fn=step_fn, init_fn=init_fn, mixer=mixer, needs_target=needs_target,
-                     stratified=stratified, ref_params=ref_params)
+                     stratified=stratified, frozen=frozen)
 
 
 def _sample_weights_fn(cfg):
@@ -231,15 +234,15 @@ def _bilevel_objective(trainer) -> StepParts:
     def init_fn(params):
         p = jnp.zeros((k,), jnp.float32)
         mix_state = view.init(k, logits=p, logits_opt_state=tx_p.init(p))
-        state = _base_state(params, tx_w.init(params), mix_state, k, cfg.train.seed)
-        state["lower_params"] = params
-        state["lower_opt_state"] = tx_u.init(params)
-        return jax.tree.map(jnp.copy, state)   # distinct buffers (the step donates)
+        return state_lib.new_state(params, tx_w.init(params), mix_state, k, cfg.train.seed,
+                                   extra={"lower_params": params,
+                                          "lower_opt_state": tx_u.init(params)})
 
-    def step_fn(state, batch):
-        ms = state["mix_state"]
-        uwp = {"u": state["lower_params"], "w": state["params"], "p": ms["logits"],
-               "opt_u": state["lower_opt_state"], "opt_w": state["opt_state"],
+    def step_fn(state, batch, frozen=None):
+        del frozen
+        ms = state.mix_state
+        uwp = {"u": state.extra["lower_params"], "w": state.params, "p": ms["logits"],
+               "opt_u": state.extra["lower_opt_state"], "opt_w": state.opt_state,
                "opt_p": ms["logits_opt_state"]}
         new, m = bilevel.bilevel_update(loss_fn, uwp, batch, num_domains=k, tx_u=tx_u,
                                         tx_w=tx_w, tx_p=tx_p, penalty=penalty)
@@ -253,19 +256,20 @@ def _bilevel_objective(trainer) -> StepParts:
         w_new = jax.nn.softmax(logits)
         mix_state = mixing.record_weights(ms, w_new, logits=logits,
                                           logits_opt_state=logits_opt, nonfinite_domain=bad)
-        new_state = {**state, "params": new["w"], "opt_state": new["opt_w"],
-                     "lower_params": new["u"], "lower_opt_state": new["opt_u"],
-                     "mix_state": mix_state, "step": state["step"] + 1}
+        new_state = state.replace(params=new["w"], opt_state=new["opt_w"], mix_state=mix_state,
+                                  step=state.step + 1,
+                                  extra={"lower_params": new["u"],
+                                         "lower_opt_state": new["opt_u"]})
         n_tok = count.sum()
         gap = m["L2_w"] - m["L2_u"]
         metrics = {
-            "step": state["step"],
+            "step": state.step,
             "objective": m["val_loss"] + penalty * gap,
             "loss": jnp.dot(m["domain_loss"], count) / jnp.maximum(n_tok, 1.0),  # w, token mean
             "tokens": n_tok, "domain_loss": m["domain_loss"], "domain_count": count,
             "weights": w_new, "sampling_weights": batch["sampling_weights"].astype(jnp.float32),
             "grad_norm": m["grad_norm_w"], "nonfinite_domain": bad,
-            "lr": jnp.asarray(schedule(state["step"]), jnp.float32),
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
             "extra": {"val_loss": m["val_loss"], "L2_w": m["L2_w"], "L2_u": m["L2_u"],
                       "L2_gap": gap},
         }
@@ -303,25 +307,25 @@ def _fish_objective(trainer) -> StepParts:
     meta_lr, divide = float(hp["meta_lr"]), bool(hp["divide_by_meta_steps"])
 
     def init_fn(params):
-        state = _base_state(params, tx.init(params), view.init(k), k, cfg.train.seed)
-        return jax.tree.map(jnp.copy, state)
+        return state_lib.new_state(params, tx.init(params), view.init(k), k, cfg.train.seed)
 
-    def step_fn(state, batch):
-        params, step = state["params"], state["step"]
-        rng = jax.random.fold_in(state["rng"], step)
+    def step_fn(state, batch, frozen=None):
+        del frozen
+        params, step = state.params, state.step
+        rng = jax.random.fold_in(state.rng, step)
         new_params, opt_state, inner = fish.fish_lm_step(
-            loss_fn, params, state["opt_state"], tx,
+            loss_fn, params, state.opt_state, tx,
             {"tokens": batch["tokens"], "domain_id": batch["domain_id"]}, rng,
             num_domains=k, meta_lr=meta_lr, divide_by_meta_steps=divide)
         mask = (batch["tokens"][:, 1:] != trainer.pad_id).astype(jnp.float32)
-        count = jax.ops.segment_sum(mask.sum(axis=1), batch["domain_id"], num_segments=k)
+        _, count = domain_stats.domain_totals(mask, mask, batch["domain_id"], k)
         n_tok = count.sum()
         loss = jnp.dot(inner, count) / jnp.maximum(n_tok, 1.0)
         scale = meta_lr / k if divide else meta_lr
         meta_norm = optax.tree.norm(jax.tree.map(
             lambda a, b: (a - b).astype(jnp.float32), new_params, params)) / scale
         bad = _first_nonfinite(inner)
-        mix_state = {**state["mix_state"], "nonfinite_domain": bad}
+        mix_state = {**state.mix_state, "nonfinite_domain": bad}
         metrics = {"step": step, "objective": loss, "loss": loss, "tokens": n_tok,
                    "domain_loss": inner, "domain_count": count,
                    "weights": view.weights(mix_state),
@@ -329,8 +333,8 @@ def _fish_objective(trainer) -> StepParts:
                    "grad_norm": meta_norm, "nonfinite_domain": bad,
                    # inner lr at this meta step's first inner update
                    "lr": jnp.asarray(schedule(step * k), jnp.float32)}
-        new_state = {**state, "params": new_params, "opt_state": opt_state,
-                     "mix_state": mix_state, "step": step + 1}
+        new_state = state.replace(params=new_params, opt_state=opt_state, mix_state=mix_state,
+                                  step=step + 1)
         return new_state, metrics
 
     return StepParts(step_fn=step_fn, init_fn=init_fn, mixer=view, stratified=True)

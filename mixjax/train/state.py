@@ -1,8 +1,25 @@
-"""The train state pytree, the optimiser and its learning-rate schedule.
+"""The typed train state, the optimiser and its learning-rate schedule.
 
-``state`` is one dict (see ``mixjax.train.step``)::
+:class:`TrainState` (a ``flax.struct`` dataclass, a pytree) holds what a step
+updates and a checkpoint saves::
 
-    {"params", "opt_state", "mix_state", "step", "rng", "eval_loss"[, "ref_params"]}
+    params      the model that is evaluated (sharded by the logical rules)
+    opt_state   its optimiser state (mirrors params' sharding)
+    mix_state   the mixer's (or method's) weights state, replicated
+    step        i32[] completed steps
+    rng         u32[2]; per-step randomness is fold_in(rng, step)
+    eval_loss   f32[K] latest per-domain validation loss (the host replaces it
+                after an evaluation on the eval_every grid: ``state.replace``)
+    extra       a method's own arrays ({} for the mixer step; bilevel: the lower
+                model and its optimiser state); params-shaped subtrees are
+                sharded like params, the rest replicated
+
+Frozen inputs (a reference model) are not state: they are :class:`FrozenInputs`,
+the step's third, non-donated argument, never checkpointed.
+
+Checkpoint layout (:meth:`TrainState.to_tree`): the flat dict ``{params,
+opt_state, mix_state, step, rng, eval_loss, **extra}``, the layout checkpoints
+had before the state was typed, so those restore unchanged.
 
 Learning rate (``optim``): linear warmup from 0 to ``lr`` over
 ``warmup_steps``, then over the remaining steps either
@@ -19,8 +36,9 @@ min_lr_ratio``. The optimiser is AdamW (Loshchilov & Hutter 2019, arXiv
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -56,19 +74,57 @@ def make_optimizer(cfg: OptimConfig, total_steps: int):
     return optax.chain(*parts), schedule
 
 
+@flax.struct.dataclass
+class TrainState:
+    """The train state (see the module docstring)."""
+
+    params: Any
+    opt_state: Any
+    mix_state: Any
+    step: Any
+    rng: Any
+    eval_loss: Any
+    extra: Mapping[str, Any] = flax.struct.field(default_factory=dict)
+
+    FIELDS = ("params", "opt_state", "mix_state", "step", "rng", "eval_loss")
+
+    def to_tree(self) -> dict:
+        """The checkpoint layout: the typed fields and ``extra``'s keys in one flat dict."""
+        clash = sorted(set(self.extra) & set(self.FIELDS))
+        if clash:
+            raise ValueError(f"TrainState.extra keys {clash} clash with the state's fields")
+        return {**{f: getattr(self, f) for f in self.FIELDS}, **dict(self.extra)}
+
+    @classmethod
+    def from_tree(cls, tree: Mapping[str, Any]) -> "TrainState":
+        """Inverse of :meth:`to_tree`."""
+        missing = sorted(set(cls.FIELDS) - set(tree))
+        if missing:
+            raise KeyError(f"train state lacks {missing}")
+        return cls(**{f: tree[f] for f in cls.FIELDS},
+                   extra={k: v for k, v in tree.items() if k not in cls.FIELDS})
+
+
+@flax.struct.dataclass
+class FrozenInputs:
+    """What a step reads but never updates: passed as its own, non-donated argument."""
+
+    ref_params: Any = None   # a frozen reference model (reference-loss mixers)
+
+
+def new_state(params, opt_state, mix_state, num_domains: int, seed: int,
+              extra: Mapping[str, Any] | None = None) -> TrainState:
+    """A fresh state at step 0, every leaf its own buffer (the step donates the state,
+    and a buffer shared by two leaves, e.g. a mixer's initial ``weights`` and
+    ``weight_sum``, cannot be donated twice)."""
+    state = TrainState(params=params, opt_state=opt_state, mix_state=mix_state,
+                       step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed),
+                       eval_loss=jnp.zeros((num_domains,), jnp.float32),
+                       extra=dict(extra or {}))
+    return jax.tree.map(jnp.copy, state)
+
+
 def init_state(params, tx: optax.GradientTransformation, mixer: mixing.Mixer, num_domains: int,
-               seed: int, ref_params: Any = None) -> dict:
-    state = {
-        "params": params,
-        "opt_state": tx.init(params),
-        "mix_state": mixer.init(num_domains),
-        "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.PRNGKey(seed),
-        "eval_loss": jnp.zeros((num_domains,), jnp.float32),
-    }
-    # Distinct buffers per leaf: the step donates the state, and a buffer shared by two
-    # leaves (e.g. the mixer's initial weights and weight_sum) cannot be donated twice.
-    state = jax.tree.map(jnp.copy, state)
-    if ref_params is not None:
-        state["ref_params"] = ref_params
-    return state
+               seed: int) -> TrainState:
+    """The mixer step's state: ``params``, ``tx.init(params)``, ``mixer.init(K)``."""
+    return new_state(params, tx.init(params), mixer.init(num_domains), num_domains, seed)

@@ -26,7 +26,7 @@ Using the *updated* mixer weights in step 4 follows GroupDRO (Sagawa et al.
 Alg. 1), which both reweight the loss with the weights just computed from the
 current batch. The VJP form gives that ordering without a second forward pass.
 
-A mixer that prescribes the model gradient (``gradient_coeffs``, DoGE) gets
+A mixer that prescribes the model gradient (``model_gradient = "coeffs"``, DoGE) gets
 ``grads = combine(c) = sum_d c_d g_d`` from the gradient engine instead of step
 5's pullback. Then step 1 is skipped too when nothing needs per-token or
 per-sequence losses: ``loss_d``/``count_d`` come from the engine's own forward
@@ -39,11 +39,12 @@ statistics and cotangents are computed on the full batch, and a second scan
 pulls them back per micro-batch and sums the gradients. The result equals the
 M = 1 step up to float reordering; the cost is one extra forward pass.
 
-The state is ONE pytree (a dict): ``params``, ``opt_state``, ``mix_state``,
-``step`` (i32[]), ``rng`` (u32[2], per-step randomness is ``fold_in(rng,
-step)``), ``eval_loss`` (f32[K], the latest per-domain validation loss, set by
-the host after each evaluation) and, when a reference model is used,
-``ref_params`` (frozen: never updated).
+The state is a :class:`~mixjax.train.state.TrainState` (``params``,
+``opt_state``, ``mix_state``, ``step``, ``rng``, ``eval_loss``, ``extra``),
+donated; a reference model comes in :class:`~mixjax.train.state.FrozenInputs`,
+the step's third argument, never donated nor updated. Which statistics exist,
+what each needs and how it is computed is declared once in
+``mixjax.mixing.statistics``.
 """
 
 from __future__ import annotations
@@ -55,18 +56,18 @@ import jax.numpy as jnp
 import optax
 
 from mixjax import mixing
+from mixjax.mixing import domain_stats, statistics
+from mixjax.train.state import FrozenInputs, TrainState
 
-State = dict[str, Any]
+State = TrainState
 Batch = Mapping[str, jax.Array]
 
-GRAD_KEYS = frozenset({"grad_dot", "gram", "grad_norm", "target_grad_norm"})
-REF_KEYS = frozenset({"ref_loss", "ref_token_loss"})
-
-# grad_stats(token_loss_fn, params, batch, keys) -> {key: array} for keys in GRAD_KEYS,
+# grad_stats(token_loss_fn, params, batch, keys) -> {key: array} for the keys whose
+# registry entry needs the "gradient_engine" (mixjax.mixing.statistics),
 # where token_loss_fn(params, batch) -> (token_loss f32[B,S], token_mask f32[B,S]) and
 # batch holds "tokens", "domain_id" and, for grad_dot, "target_tokens". Built by
 # mixjax.grads.make_grad_stats; its result may carry ``combine(c) -> sum_d c_d g_d``,
-# used as the model gradient for mixers with ``gradient_coeffs`` (DoGE).
+# used as the model gradient for mixers with ``model_gradient = "coeffs"`` (DoGE).
 GradStatsFn = Callable[[Callable, Any, Batch, frozenset], dict[str, jax.Array]]
 # sample_weights(sample_loss f32[B], step i32[]) -> f32[B] (mixing.sample_reweight).
 SampleWeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -83,10 +84,7 @@ def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int):
 
 def domain_sums(token_loss, token_mask, domain_id, num_domains: int):
     """``(loss_d, count_d)``: per-domain mean token loss (0 if absent) and token count."""
-    count = jax.ops.segment_sum(token_mask.sum(axis=1), domain_id, num_segments=num_domains)
-    total = jax.ops.segment_sum((token_loss * token_mask).sum(axis=1), domain_id,
-                                num_segments=num_domains)
-    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0), count
+    return domain_stats.domain_mean(token_loss, token_mask, domain_id, num_domains)
 
 
 def sequence_loss(token_loss, token_mask):
@@ -112,28 +110,33 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                     grad_accum: int = 1, ref_apply: Callable | None = None,
                     sample_weights: SampleWeightsFn | None = None,
                     grad_stats: GradStatsFn | None = None, jit: bool = True,
-                    donate: bool = True) -> Callable[[State, Batch], tuple[State, dict]]:
+                    donate: bool = True) -> Callable[..., tuple[State, dict]]:
     """Builds the train step (see the module docstring).
 
-    ``batch``: ``tokens`` i32[B,S+1], ``domain_id`` i32[B] and
-    ``sampling_weights`` f32[K] (the weights the batch was drawn with; the loop
-    adds them). Statistics the mixer does not require are not computed.
+    ``step(state, batch, frozen=None) -> (state, metrics)``. ``batch``: ``tokens``
+    i32[B,S+1], ``domain_id`` i32[B] and ``sampling_weights`` f32[K] (the weights
+    the batch was drawn with; the loop adds them). ``frozen``:
+    :class:`~mixjax.train.state.FrozenInputs` (the reference model), never donated.
+    Statistics the mixer does not require are not computed.
     """
     requires = frozenset(mixer.requires)
-    unknown = requires - set(mixing.STATS)
-    if unknown:
-        raise ValueError(f"mixer {mixer.name!r} requires unknown statistics {sorted(unknown)}; "
-                         f"the train step provides {sorted(mixing.STATS)}")
-    if requires & REF_KEYS and ref_apply is None:
-        raise ValueError(f"mixer {mixer.name!r} requires {sorted(requires & REF_KEYS)}: "
+    statistics.check_known(requires, f"mixer {mixer.name!r}")
+    needs = statistics.needs_of(requires)
+    ref_keys = statistics.needing("reference", requires)
+    grad_keys = statistics.needing("gradient_engine", requires)
+    if ref_keys and ref_apply is None:
+        raise ValueError(f"mixer {mixer.name!r} requires {sorted(ref_keys)}: "
                          "set train.reference to the run dir of a reference model")
-    if requires & GRAD_KEYS and grad_stats is None:
-        raise ValueError(f"mixer {mixer.name!r} requires {sorted(requires & GRAD_KEYS)}: "
+    if grad_keys and grad_stats is None:
+        raise ValueError(f"mixer {mixer.name!r} requires {sorted(grad_keys)}: "
                          "no gradient-statistics function (mixjax.grads) was given")
-    domain_gradient = callable(getattr(mixer, "gradient_coeffs", None))
-    if domain_gradient and not requires & GRAD_KEYS:
+    if mixer.model_gradient not in mixing.MODEL_GRADIENTS:
+        raise ValueError(f"mixer {mixer.name!r}: model_gradient must be one of "
+                         f"{mixing.MODEL_GRADIENTS}, got {mixer.model_gradient!r}")
+    domain_gradient = mixer.model_gradient == "coeffs"
+    if domain_gradient and not grad_keys:
         raise ValueError(f"mixer {mixer.name!r} prescribes the model gradient "
-                         "(gradient_coeffs) but requires no gradient statistics")
+                         "(model_gradient='coeffs') but requires no gradient statistics")
     if grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
     k = num_domains
@@ -168,23 +171,24 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         return grads
 
     need_sample_loss = "sample_loss" in requires or sample_weights is not None
-    # A mixer that prescribes the model gradient (DoGE) needs no full-batch pullback: when it
-    # also needs no per-token/per-sequence loss, the per-domain loss and count come from the
-    # gradient engine's own forward pass and the step runs one forward, not two.
-    engine_losses = domain_gradient and not need_sample_loss and not (
-        requires & {"token_loss", "token_mask"})
+    # A mixer that prescribes the model gradient (DoGE) needs no full-batch pullback: when no
+    # required statistic needs the full-batch forward (per-token/per-sequence losses), the
+    # per-domain loss and count come from the gradient engine's own forward pass and the
+    # step runs one forward, not two.
+    engine_losses = domain_gradient and not need_sample_loss and "forward" not in needs
 
     def grad_statistics(params, batch):
         gbatch = {key: v for key, v in batch.items()
                   if key in ("tokens", "domain_id") or key.startswith("target_")}
-        return grad_stats(loss_fn, params, gbatch, requires & GRAD_KEYS)
+        return grad_stats(loss_fn, params, gbatch, grad_keys)
 
-    def step_fn(state: State, batch: Batch):
-        params, step = state["params"], state["step"]
+    def step_fn(state: State, batch: Batch, frozen: FrozenInputs | None = None):
+        params, step = state.params, state.step
         tokens, domain_id = batch["tokens"], batch["domain_id"]
         p = batch["sampling_weights"].astype(jnp.float32)
 
-        # 1-2. forward pass and the statistics the mixer asks for.
+        # 1-2. forward pass and the statistics the mixer asks for (the registry computes them).
+        ctx = _Context(num_domains=k, step=step, domain_id=domain_id, sampling_weights=p)
         gs = grad_statistics(params, batch) if engine_losses else None
         if gs is not None and getattr(gs, "domain_loss", None) is not None:
             tl_ng = pullback = None
@@ -194,34 +198,20 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             tl, tm, pullback = forward(params, tokens)
             tl_ng = jax.lax.stop_gradient(tl)
             loss_d, count_d = domain_sums(tl_ng, tm, domain_id, k)
-        stats: dict[str, jax.Array] = {"loss": loss_d, "count": count_d}
         seq_loss = sequence_loss(tl_ng, tm) if need_sample_loss else None
-        optional = {
-            "token_loss": lambda: tl_ng,
-            "token_mask": lambda: tm,
-            "domain_id": lambda: domain_id,
-            "sample_loss": lambda: seq_loss,
-            "sampling_weights": lambda: p,
-            "lr": lambda: jnp.asarray(lr_schedule(step) if lr_schedule else 0.0, jnp.float32),
-            "eval_loss": lambda: state["eval_loss"],
-        }
-        for key in requires & set(optional):
-            stats[key] = optional[key]()
-        if requires & REF_KEYS:
-            rtl, _ = token_losses(ref_apply, state["ref_params"], tokens, pad_id)
-            if "ref_token_loss" in requires:
-                stats["ref_token_loss"] = rtl
-            ref_loss = domain_sums(rtl, tm, domain_id, k)[0]
-            if "ref_loss" in requires:
-                stats["ref_loss"] = ref_loss
-        combine = None
-        if requires & GRAD_KEYS:
-            gs = grad_statistics(params, batch) if gs is None else gs
-            combine = getattr(gs, "combine", None)
-            stats.update({key: gs[key] for key in requires & GRAD_KEYS if key in gs})
+        ctx.set(token_loss=tl_ng, token_mask=tm, domain_loss=loss_d, domain_count=count_d,
+                sample_loss=seq_loss)
+        ctx.lazy("lr", lambda: jnp.asarray(lr_schedule(step) if lr_schedule else 0.0,
+                                           jnp.float32))
+        ctx.lazy("eval_loss", lambda: state.eval_loss)
+        ctx.lazy("ref_token_loss", lambda: token_losses(ref_apply, _ref_params(frozen, mixer),
+                                                        tokens, pad_id)[0])
+        ctx.lazy("grad_stats", lambda: grad_statistics(params, batch) if gs is None else gs)
+        stats = statistics.compute(requires, ctx)
+        combine = getattr(ctx.get("grad_stats"), "combine", None) if grad_keys else None
 
         # 3. mixer update inside the compiled step.
-        mix_state = mixing.guarded_update(mixer, state["mix_state"], stats, step)
+        mix_state = mixing.guarded_update(mixer, state.mix_state, stats, step)
         weights = mixer.weights(mix_state)
 
         # 4. token weights and the normalised objective.
@@ -241,11 +231,11 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         else:
             objective = jnp.sum(cotangent * tl_ng)
             grads = backward(params, tokens, pullback, cotangent)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
 
-        new_state = {**state, "params": new_params, "opt_state": opt_state,
-                     "mix_state": mix_state, "step": step + 1}
+        new_state = state.replace(params=new_params, opt_state=opt_state, mix_state=mix_state,
+                                  step=step + 1)
         n_tok = jnp.sum(tm)
         metrics = {
             "step": step,
@@ -263,13 +253,49 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         }
         if lr_schedule is not None:
             metrics["lr"] = jnp.asarray(lr_schedule(step), jnp.float32)
-        if requires & REF_KEYS:
-            metrics["ref_domain_loss"] = ref_loss
+        if ref_keys:
+            metrics["ref_domain_loss"] = stats["ref_loss"] if "ref_loss" in stats else \
+                statistics.get("ref_loss").compute(ctx)
         return new_state, metrics
 
     if not jit:
         return step_fn
     return jax.jit(step_fn, donate_argnums=(0,) if donate else ())
+
+
+def _ref_params(frozen, mixer):
+    ref = None if frozen is None else frozen.ref_params
+    if ref is None:
+        raise ValueError(f"mixer {mixer.name!r} needs a reference model: call the step with "
+                         "FrozenInputs(ref_params=...) as its third argument")
+    return ref
+
+
+class _Context:
+    """The step's :class:`~mixjax.mixing.statistics.StepContext`: values set eagerly or
+    computed on first use (inside the trace, so an unused one costs nothing)."""
+
+    def __init__(self, **values):
+        self._values = dict(values)
+        self._thunks: dict[str, Callable[[], Any]] = {}
+
+    def set(self, **values):
+        self._values.update(values)
+
+    def lazy(self, name: str, thunk: Callable[[], Any]):
+        self._thunks[name] = thunk
+
+    def get(self, name: str):
+        if name not in self._values:
+            if name not in self._thunks:
+                raise AttributeError(f"the train step provides no {name!r}")
+            self._values[name] = self._thunks.pop(name)()
+        return self._values[name]
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.get(name)
 
 
 def _split(x, m):

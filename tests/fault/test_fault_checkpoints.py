@@ -70,7 +70,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(trained, tmp_path, dam
         step, state, host, _ = loop._restore_good_checkpoint(ck, abstract, None, lines.append)
     finally:
         ck.close()
-    assert step == 2 and host["step"] == 2 and int(state["step"]) == 2
+    assert step == 2 and host["step"] == 2 and int(state.step) == 2
     assert len(lines) == 1 and "\n" not in lines[0]
     assert lines[0].startswith("checkpoint 4 is damaged: ")
     assert lines[0].endswith(f"; resuming from 2 (moved to {tmp_path / 'checkpoints_damaged' / '4'})")
@@ -108,7 +108,8 @@ def test_resume_past_a_damaged_checkpoint_equals_uninterrupted_run(trained, tmp_
     cfg = _config(tmp_path / "full", 6)
     full = loop.train(cfg, data=fake_data(cfg))
     for key in ("params", "opt_state", "mix_state"):
-        a, b = jax.tree.leaves(full.state[key]), jax.tree.leaves(resumed.state[key])
+        a = jax.tree.leaves(getattr(full.state, key))
+        b = jax.tree.leaves(getattr(resumed.state, key))
         assert all(np.array_equal(x, y) for x, y in zip(a, b)), key
     strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]
     for name in metrics_lib.FILES:

@@ -52,7 +52,7 @@ def _inject_nan(monkeypatch, at: int, domain: int | None):
         step = self.train_step
 
         def poisoned(state, batch):
-            i = int(state["step"])
+            i = int(state.step)
             state, m = step(state, batch)
             if i == at:
                 m = {**m, "loss": jnp.float32(jnp.nan)}
