@@ -109,7 +109,7 @@ def run_check(which: str, steps: int, workdir: pathlib.Path) -> dict:
     # time average from the mixer state (the quantity DoGE outputs)
     from mixjax import mixing
     mixer = mixing.get(cfg.mixing.name, **cfg.mixing.hparams)
-    avg = np.asarray(mixer.average(res.state["mix_state"])) if res.state is not None else None
+    avg = np.asarray(mixer.average(res.state.mix_state)) if res.state is not None else None
     return {"domains": domains, "final": final, "average": None if avg is None else avg.tolist()}
 
 

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         result = loop.train(cfg, data=data)
         times[name] = time.perf_counter() - t
         results[name] = result.final_eval
-        weights[name] = [float(x) for x in np.asarray(result.state["mix_state"]["weights"])]
+        weights[name] = [float(x) for x in np.asarray(result.state.mix_state["weights"])]
     table = write_results(out, data.domains, results, weights)
     total = time.perf_counter() - t0
     (out / "timing.json").write_text(json.dumps({"total_s": total, "runs_s": times}, indent=2))

@@ -37,7 +37,7 @@ def main(rank: int, nproc: int, port: int, out_dir: pathlib.Path, strategy: str)
                  "domain_id": batch["domain_id"][proxies.start:proxies.stop],
                  "sampling_weights": batch["sampling_weights"][proxies.start:proxies.stop]}
         state, m = step(state, sw.device_batch(local))
-    params = distributed.fetch(state["proxy"]["params"])
+    params = distributed.fetch(state["proxy"].params)
     flat = {f"p{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))}
     np.savez(out_dir / f"rank{rank}.npz", proxies=[proxies.start, proxies.stop],
              rows=[rows.start, rows.stop], eval=sw.evaluate(state),

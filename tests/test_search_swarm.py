@@ -188,7 +188,7 @@ def test_swarm_on_models_x_data_fsdp_mesh_equals_unsharded(data, strategy, route
             mesh = sw.mesh.shape
             assert (mesh["models"], mesh["data"], mesh["fsdp"]) == (
                 axes["models"], axes.get("data_shards", 1), axes.get("fsdp", 1))
-            embed = state["proxy"]["params"]["embed"]          # [P, V, d_model]
+            embed = state["proxy"].params["embed"]          # [P, V, d_model]
             assert embed.sharding.spec[0] == "models"
             if axes.get("fsdp", 1) > 1:                        # d_model split over fsdp
                 assert embed.sharding.spec[2] == "fsdp"

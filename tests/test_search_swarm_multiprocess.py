@@ -62,7 +62,7 @@ def test_swarm_over_two_processes_equals_one_device(tmp_path):
     state, step = sw.init_state(), sw.train_step()
     for batch in synthetic_batches(h, sw.data.vocab_size, steps=2):
         state, m = step(state, sw.device_batch(batch))
-    want = [np.asarray(x, np.float64) for x in jax.tree.leaves(state["proxy"]["params"])]
+    want = [np.asarray(x, np.float64) for x in jax.tree.leaves(state["proxy"].params)]
     for r, g in enumerate(got):
         for i, w in enumerate(want):
             x = g[f"p{i}"].astype(np.float64)

@@ -37,7 +37,7 @@ def test_trainer_init_is_born_sharded_and_equals_the_eager_init(tmp_path, monkey
 
     axes = jax.tree.leaves(trainer.logical_axes, is_leaf=lambda a: isinstance(a, tuple))
     sharded = 0
-    for (path, x), names in zip(jax.tree_util.tree_leaves_with_path(state["params"]), axes):
+    for (path, x), names in zip(jax.tree_util.tree_leaves_with_path(state.params), axes):
         key = jax.tree_util.keystr(path)
         split = "embed" in names and x.shape[names.index("embed")] % FSDP == 0
         want = x.nbytes // FSDP if split else x.nbytes
@@ -45,8 +45,8 @@ def test_trainer_init_is_born_sharded_and_equals_the_eager_init(tmp_path, monkey
         sharded += split
     assert sharded >= 9          # embedding + every attention/MLP matrix of both blocks
     # AdamW moments mirror the parameters' layout (every matrix split 8 ways)
-    moments = [x for x in jax.tree.leaves(state["opt_state"]) if x.ndim >= 2]
-    assert len(moments) == 2 * sum(x.ndim >= 2 for x in jax.tree.leaves(state["params"]))
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim >= 2]
+    assert len(moments) == 2 * sum(x.ndim >= 2 for x in jax.tree.leaves(state.params))
     for x in moments:
         assert _per_device_bytes(x) == {x.nbytes // FSDP}, (x.shape, _per_device_bytes(x))
     total = sum(x.nbytes for x in jax.tree.leaves(state))
@@ -54,6 +54,6 @@ def test_trainer_init_is_born_sharded_and_equals_the_eager_init(tmp_path, monkey
     assert per_device < 0.2 * total, (per_device, total)
     # bit for bit the eager single-device initialisation
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(eager),
-                            jax.tree.leaves(state["params"])):
+                            jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
                                       err_msg=jax.tree_util.keystr(path))

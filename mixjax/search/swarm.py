@@ -303,22 +303,27 @@ class Swarm:
         if self.mesh is None:
             return None
         mesh, axes = self.mesh, self.logical_axes
+        # The proxies' stacked train state, as its flat checkpoint layout (TrainState.to_tree)
+        typed = hasattr(state["proxy"], "to_tree")
+        tree = state["proxy"].to_tree() if typed else state["proxy"]
         psh = parallel.shape_aware_param_shardings(
             jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-                         state["proxy"]["params"]), axes, mesh, PARAM_RULES)
+                         tree["params"]), axes, mesh, PARAM_RULES)
         stacked = jax.tree.map(lambda sh: NamedSharding(mesh, P("models", *sh.spec)), psh)
         lead = NamedSharding(mesh, P("models"))
         proxy = {}
-        for key, value in state["proxy"].items():
+        for key, value in tree.items():
             if key == "params":
                 proxy[key] = stacked
             elif key == "opt_state":
-                proxy[key] = parallel.mirror_shardings(value, state["proxy"]["params"],
+                proxy[key] = parallel.mirror_shardings(value, tree["params"],
                                                        stacked, mesh)
                 proxy[key] = jax.tree.map(
                     lambda sh: lead if sh.spec == P() else sh, proxy[key])
             else:
                 proxy[key] = jax.tree.map(lambda _: lead, value)
+        if typed:
+            proxy = type(state["proxy"]).from_tree(proxy)
         return {"proxy": proxy, "alive": lead, "died_at": lead}
 
     def place(self, state):

@@ -256,7 +256,7 @@ class Trainer:
         self.initial_state, self.state_shardings = parallel.init_state_sharded(
             parts.init_fn, params, self.logical_axes, self.mesh)
         # Frozen inputs (a reference model): the step's third argument, never donated.
-        self.frozen, frozen_sh = parallel.place_frozen(parts.frozen, params, self.logical_axes,
+        self.frozen, frozen_sh = parallel.place_frozen(parts.frozen, abstract, self.logical_axes,
                                                        self.mesh)
         jitted = parallel.jit_sharded_step(self.step_fn, self.state_shardings,
                                            frozen_shardings=frozen_sh)
