@@ -79,6 +79,10 @@ def _first_bad_domain(name, stats):
 # once turned them into NaN weights although no statistic was non-finite.
 @example(name="tdro", token_loss=[0.0] * 21 + [3.4e38, 3.4e38, 0.0], ref_scale=1.0,
          domain_id=[0] * 6, steps=1)
+@example(name="tdro", token_loss=[0.0] * 21 + [-3.4e38, -3.4e38, 0.0], ref_scale=1.0,
+         domain_id=[0] * 6, steps=1)
+@example(name="tdro", token_loss=[3.4e38, 3.4e38, -3.4e38, -3.4e38] * 6, ref_scale=1.0,
+         domain_id=[0, 1, 2, 0, 1, 2], steps=1)
 def test_weights_finite_on_simplex_and_nan_policy(name, token_loss, ref_scale, domain_id, steps):
     m, update = _compiled(name)
     tl = np.asarray(token_loss, np.float32).reshape(B, S)

@@ -80,14 +80,13 @@ class TDRO(Mixer):
     def update(self, state, stats, step):
         del step
         k = state["weights"].shape[0]
-        proxy, n_tok = sequence_means(stats["token_loss"], stats["token_mask"])
-        ref, _ = sequence_means(stats["ref_token_loss"], stats["token_mask"])
+        # Per-token values capped at +-VALUE_CAP (as DoReMi's excess): finite losses near
+        # f32's limits must not overflow a sequence mean or the norm below into inf/inf = NaN.
+        cap = lambda x: jnp.clip(x, -VALUE_CAP, VALUE_CAP)   # noqa: E731
+        proxy, n_tok = sequence_means(cap(stats["token_loss"]), stats["token_mask"])
+        ref, _ = sequence_means(cap(stats["ref_token_loss"]), stats["token_mask"])
         if self.ref_norm_p > 0:
             # torch.nn.functional.normalize(ref, p, dim=0): ref / max(||ref||_p, 1e-12).
-            # A sequence mean that overflowed (finite token losses near f32's max) would make
-            # the norm inf and ref / norm inf / inf = NaN: cap each value at VALUE_CAP first
-            # (a finite ref over an inf norm is 0, then floored like any tiny value).
-            ref = jnp.minimum(ref, VALUE_CAP)
             ref_abs = jnp.where(n_tok > 0, jnp.abs(ref), 0.0)
             norm = jnp.sum(ref_abs ** self.ref_norm_p) ** (1.0 / self.ref_norm_p)
             ref = ref / jnp.maximum(norm, 1e-12)
