@@ -11,7 +11,7 @@
 # Each benchmark has its own time limit so one slow part cannot take the others' numbers with it;
 # everything is logged to OUT_DIR with the device name, jax version and commit.
 # Python packages the GPU image lacks (grain, array-record, tensorboardX, portpicker) travel as
-# wheels in .whl/ (see the device notes in docs/benchmarks.md).
+# wheels in .whl/ (pip download --python-version 3.12 --only-binary=:all: -d .whl NAME==VERSION).
 set -u
 OUT_DIR=${1:?usage: gpu_session.sh OUT_DIR}
 mkdir -p "$OUT_DIR"
