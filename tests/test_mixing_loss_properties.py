@@ -69,7 +69,9 @@ def _first_bad_domain(name, stats):
     return int(np.argmax(bad)) if bad.any() else -1
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: CI sees the same examples every run; to explore, drop derandomize and raise
+# max_examples (200 random examples pass; a random run found the tDRO overflow below).
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(MIXERS)),
        token_loss=st.lists(extreme, min_size=B * S, max_size=B * S),
        ref_scale=st.sampled_from([0.0, 0.5, 1.0, 1e30]),
@@ -106,7 +108,7 @@ def test_weights_finite_on_simplex_and_nan_policy(name, token_loss, ref_scale, d
             np.testing.assert_array_equal(state["weights"], prev["weights"])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(shape=st.sampled_from(sample_reweight.names()),
        losses=st.lists(extreme, min_size=B, max_size=B),
        temperature=st.sampled_from([1e-3, 1.0, 1e3]))
