@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -25,39 +24,16 @@ import numpy as np
 import pytest
 
 import sharding_harness as H
+from multiprocess_launch import TIMEOUT_S, free_port, run_workers
 from mixjax import parallel
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
 NPROC = 2
-TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @functools.cache
 def _workers(out_dir: str):
-    if not socket.gethostbyname(socket.gethostname()).startswith("127."):
-        pytest.skip("gloo binds to the address of this host's name, which is not loopback")
-    port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(NPROC), str(port), out_dir],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(NPROC)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"multi-process workers did not finish within {TIMEOUT_S} s")
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"worker {r} failed (exit {p.returncode}):\n{log[-4000:]}"
+    run_workers(WORKER, NPROC, [out_dir])
     return [json.loads((pathlib.Path(out_dir) / f"rank{r}.json").read_text())
             for r in range(NPROC)]
 
@@ -129,7 +105,7 @@ def test_mixjax_train_cli_on_two_processes_resumes(tmp_path):
     config = str(pathlib.Path(__file__).parents[1] / "configs" / "lm_tiny_uniform.py")
 
     def launch(steps):
-        port = _free_port()
+        port = free_port()
         procs = []
         for r in range(NPROC):
             env = dict(os.environ, JAX_PLATFORMS="cpu", MIXJAX_COORDINATOR=f"127.0.0.1:{port}",

@@ -9,49 +9,23 @@ the one-device reference), so it is marked slow (MIXJAX_SLOW=1); the in-process
 bounded.
 """
 
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from mixjax.search import swarm as S
+from multiprocess_launch import run_workers
 from test_search_swarm import mixtures, synthetic_batches, tiny_cfg
 
 WORKER = pathlib.Path(__file__).with_name("swarm_multiprocess_worker.py")
 NPROC = 2
-TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_swarm_over_two_processes_equals_one_device(tmp_path):
-    if not socket.gethostbyname(socket.gethostname()).startswith("127."):
-        pytest.skip("gloo binds to the address of this host's name, which is not loopback")
-    port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(NPROC), str(port),
-                               str(tmp_path), "map"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(NPROC)]
-    try:
-        logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"swarm workers did not finish within {TIMEOUT_S} s")
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"worker {r} failed (exit {p.returncode}):\n{log[-4000:]}"
+    run_workers(WORKER, NPROC, [tmp_path, "map"])
     got = [np.load(tmp_path / f"rank{r}.npz") for r in range(NPROC)]
     # process r holds proxies [4r, 4r + 4), every row of their batches
     for r, g in enumerate(got):
