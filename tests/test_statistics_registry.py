@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixjax import grads, mixing
+from mixjax import mixing
+from mixjax.mixing import grads
 from mixjax.mixing import domain_stats, statistics
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib

@@ -176,7 +176,7 @@ def test_mixer_gets_only_required_stats_and_reference_losses():
 def test_missing_reference_or_grad_engine_is_a_clear_error():
     with pytest.raises(ValueError, match="train.reference"):
         run_step(Recorder(), make_batch())
-    with pytest.raises(ValueError, match="mixjax.grads"):
+    with pytest.raises(ValueError, match="mixjax.mixing.grads"):
         step_lib.make_train_step(apply=APPLY, mixer=mixing.build("rnb", {}, domains=("a", "b", "c")),
                                  tx=optax.sgd(1.0), num_domains=K, pad_id=PAD)
 
@@ -244,7 +244,7 @@ class GradRecorder(mixing.Mixer):
 
 
 def test_gradient_statistics_hook_calls_the_grad_engine():
-    from mixjax import grads
+    from mixjax.mixing import grads
     hook = grads.make_grad_stats(grads.GradConfig(strategy="vmap", layout="rows"), K)
     batch = make_batch()
     new_state, _ = run_step(GradRecorder(), batch, grad_stats=hook)

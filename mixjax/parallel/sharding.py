@@ -345,7 +345,7 @@ def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
     """
     import numpy as np
 
-    from mixjax import distributed
+    from mixjax.parallel import distributed
 
     rows = int(np.shape(batch["domain_id"])[0])
     if global_batch_size is None:
