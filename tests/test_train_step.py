@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from mixjax import mixing
+from mixjax import config as config_lib, mixing
 from mixjax.models import transformer as T
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
@@ -199,7 +199,7 @@ def test_sample_reweighting_hook_weights_sequences():
 
 
 def test_gradient_accumulation_matches_one_big_batch():
-    tx, _ = state_lib.make_optimizer(state_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
+    tx, _ = state_lib.make_optimizer(config_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
     mixer = mixing.build("manual", {"weights_by_domain": {"a": 0.2, "b": 0.3, "c": 0.5}},
                          domains=("a", "b", "c"), apply_to="loss")
     batch = make_batch()
@@ -220,7 +220,7 @@ GOLDEN_PARAM_ABS_SUM = 112.54122825129576   # sum |theta| after the AdamW update
 
 
 def test_golden_one_step_metrics():
-    tx, schedule = state_lib.make_optimizer(state_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
+    tx, schedule = state_lib.make_optimizer(config_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
     new_state, m = run_step(mixing.get("uniform"), make_batch(), tx=tx, lr_schedule=schedule)
     got = {k: np.asarray(m[k]).tolist() for k in GOLDEN}
     for k, v in GOLDEN.items():
