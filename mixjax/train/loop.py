@@ -228,7 +228,8 @@ class Trainer:
                                                                 self.model_cfg, abstract)
             except (hf_io.ExportError, FileNotFoundError) as e:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
-            params = jax.tree.map(jax.numpy.asarray, params)
+            # host arrays: placed shard by shard by the sharded init below
+            params = jax.tree.map(np.asarray, params)
         else:
             # Created inside the jitted, sharded state init below (a function, not arrays):
             # every parameter is born in its shards, no device ever holds the whole model.
