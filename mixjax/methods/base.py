@@ -45,6 +45,7 @@ import jax
 from mixjax.errors import ConfigError
 from mixjax.train.contract import METRIC_KEYS, first_nonfinite, step_metrics  # noqa: F401
 
+
 class WeightsView(Protocol):
     """What the loop reads a Method's domain weights through. A mixer
     (:class:`mixjax.mixing.Mixer`) is one; a Method that owns its weights
