@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mixjax import grads, mixing
+from mixjax import mixing
+from mixjax.mixing import grads
 from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib

@@ -1,7 +1,7 @@
 """Training throughput and MFU of the 124M config for plain training, DoReMi and DoGE.
 
 Runs the real train step (``mixjax.train.step``, placed and jitted by
-``mixjax.parallel`` over every local device, ``mesh.data=-1`` as in
+``mixjax.parallel.sharding`` over every local device, ``mesh.data=-1`` as in
 ``configs/lm_124m_gpu.py``) for N timed steps per variant, side by side in one
 process, on synthetic token batches (throughput does not depend on the text):
 
@@ -43,7 +43,9 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import grads, mixing, parallel
+from mixjax import mixing
+from mixjax.mixing import grads
+from mixjax.parallel import sharding
 from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
@@ -131,7 +133,7 @@ def main() -> None:
     mcfg = transformer.TransformerConfig(vocab_size=args.vocab, **{
         f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model)
         if f.name not in ("vocab_size", "init_from")})
-    mesh = parallel.mesh_from_config(cfg.mesh)
+    mesh = sharding.mesh_from_config(cfg.mesh)
     dev = jax.devices()[0]
     peak = peak_flops(dev, args.peak_tflops)
     fpt = flops_per_token(mcfg, s)
@@ -156,12 +158,12 @@ def main() -> None:
         except ValueError as e:
             rows.append((name, None, None, None, f"not runnable: {e}"))
             continue
-        shardings = parallel.train_state_shardings(state, axes, mesh)
-        state = parallel.place(state, shardings)
-        frozen, frozen_sh = parallel.place_frozen(frozen, state.params, axes, mesh)
-        step = parallel.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
+        shardings = sharding.train_state_shardings(state, axes, mesh)
+        state = sharding.place(state, shardings)
+        frozen, frozen_sh = sharding.place_frozen(frozen, state.params, axes, mesh)
+        step = sharding.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
         extra = () if frozen is None else (frozen,)
-        batch = parallel.shard_batch(host, mesh)
+        batch = sharding.shard_batch(host, mesh)
         t0 = time.perf_counter()
         state, m = step(state, batch, *extra)
         jax.block_until_ready(m)

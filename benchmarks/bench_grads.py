@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mixjax import grads as G
+from mixjax.mixing import grads as G
 from mixjax.models import transformer
 from mixjax.train import step as step_lib
 

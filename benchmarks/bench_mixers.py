@@ -110,7 +110,7 @@ def build(args, name, spec, params, apply, k):
     sw = sample_reweight.get(shape, burn_in=0) if shape else None
     gs = None
     if stat_registry.needing("gradient_engine", mixer.requires):
-        from mixjax import grads
+        from mixjax.mixing import grads
         gs = grads.make_grad_stats(grads.GradConfig(strategy="vmap"), k)
     step = step_lib.make_train_step(apply=apply, mixer=mixer, tx=tx, num_domains=k, pad_id=256,
                                     lr_schedule=schedule, ref_apply=apply if needs_ref else None,

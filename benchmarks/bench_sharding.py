@@ -1,7 +1,7 @@
 """Sharded train step on 1 vs 8 fake CPU devices: a check that nothing degenerates.
 
 Runs the real train step (``mixjax.train.step`` placed and jitted by
-``mixjax.parallel``, exactly as ``mixjax train`` does) for the tiny default
+``mixjax.parallel.sharding``, exactly as ``mixjax train`` does) for the tiny default
 transformer on several meshes, side by side in one process, and prints the median
 step time, its ratio to the 1-device mesh and the number of compilations. Fake CPU
 devices share the same cores, so 8 devices are NOT expected to be faster; the check
@@ -28,7 +28,9 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mixjax import grads, mixing, parallel  # noqa: E402
+from mixjax import mixing  # noqa: E402
+from mixjax.mixing import grads
+from mixjax.parallel import sharding
 from mixjax.config import Config  # noqa: E402
 from mixjax.models import transformer  # noqa: E402
 from mixjax.train import state as state_lib  # noqa: E402
@@ -83,20 +85,20 @@ def main() -> None:
     base = None
     for label, shape in MESHES.items():
         fn, state, axes, frozen = build(cfg, args.mixer, k, vocab)
-        mesh = parallel.make_mesh(*shape)
-        shardings = parallel.train_state_shardings(state, axes, mesh)
-        state = parallel.place(state, shardings)
-        frozen, frozen_sh = parallel.place_frozen(frozen, state.params, axes, mesh)
-        step = parallel.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
+        mesh = sharding.make_mesh(*shape)
+        shardings = sharding.train_state_shardings(state, axes, mesh)
+        state = sharding.place(state, shardings)
+        frozen, frozen_sh = sharding.place_frozen(frozen, state.params, axes, mesh)
+        step = sharding.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
         extra = () if frozen is None else (frozen,)
         t0 = time.perf_counter()
-        state, m = step(state, parallel.shard_batch(batches[0], mesh), *extra)
+        state, m = step(state, sharding.shard_batch(batches[0], mesh), *extra)
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
         times = []
         for b in batches[1:]:
             t0 = time.perf_counter()
-            state, m = step(state, parallel.shard_batch(b, mesh), *extra)
+            state, m = step(state, sharding.shard_batch(b, mesh), *extra)
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)

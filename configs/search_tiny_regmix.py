@@ -7,10 +7,11 @@ Variants:
     --search-set route=upweight        (one shared stratified batch, loss weights h/share)
     --search-set target=code           (minimise one domain's loss; or {"code": 0.5, ...})
     --no-target                        (stop after the search: weights.json only)
-    mixjax search law configs/search_tiny_regmix.py --sizes 32,64,96 \
-        --proxy-set train.eval_every=50 --out runs/search_tiny_sizes
+    mixjax search law configs/search_tiny_regmix.py --proxies 16 --sizes 32,64,96 \
+        --proxy-set train.eval_every=50 --no-target --out runs/search_tiny_sizes
                                        (Shukor et al.'s L(N, D, h) over three proxy sizes,
-                                        the largest held out; not measured: ~3x the swarm time)
+                                        the largest held out: 2 min 51 s idle; held-out
+                                        relative error 2.7%, Spearman 0.60; docs/search.md)
 
 Proxies: the target config with ``get_search()["proxy_overrides"]`` (2 layers, d_model
 64, 64-token sequences, 150 steps); mixtures from RegMix's Dirichlet generator around
@@ -18,15 +19,14 @@ the token distribution; per-proxy eval on 16 validation sequences per domain. Ta
 models: configs/lm_tiny_uniform.py (0.5 M parameters, 200 steps) on the found mixture,
 the uniform and the natural mixture.
 
-Measured on the 2 shared CPU cores at load average 12-30 (docs/search.md has the tables):
-18 min 50 s wall for the whole command (285 s CPU; the swarm phase 364 s wall), so the
-10-minute target was not shown under that load. Out-of-fold Spearman of the fit on the
-32 proxies: LightGBM 0.30 (with min_data_in_leaf 3; -0.07 and a constant model with the
-reference's 20), linear -0.54. Expect a weak fit and a found mixture whose bootstrap
-spread (0.05-0.16 per domain) is as large as the weights themselves. Target models, 3
-seeds, uniform-average validation perplexity: found 18.80 ± 2.54, uniform 17.45 ± 0.71,
-natural 17.88 ± 1.23 (found is better on code and on the worst domain only; the
-per-domain table is in docs/search.md).
+Measured on the idle 2-core machine (docs/search.md, section 5): 2 min 33 s wall for the
+whole command (260 s CPU; the swarm phase 75 s). Expect a weak fit: in that run the linear
+model won the out-of-fold comparison (Spearman 0.66) and extrapolated to a vertex (99.6%
+tech_docs), a mixture worse than uniform on 7 of 8 domains. An earlier run under load
+(18 min 50 s wall) fitted LightGBM (Spearman 0.30 with min_data_in_leaf 3) and found a mixture
+better than uniform on code and on the worst domain only (target models, 3 seeds,
+uniform-average validation perplexity: found 18.80 ± 2.54, uniform 17.45 ± 0.71, natural
+17.88 ± 1.23; per-domain table in docs/search.md).
 """
 
 from configs.lm_tiny_uniform import get_config as _base

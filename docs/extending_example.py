@@ -16,7 +16,7 @@ import optax
 
 from mixjax import mixing
 from mixjax.mixing import domain_stats, statistics
-from mixjax.train import objectives
+from mixjax import methods
 
 # 1. A statistic, declared once: the per-domain variance of the token loss,
 #    Var_d = E_d[l^2] - (E_d[l])^2 over the counted tokens of domain d's sequences.
@@ -45,31 +45,32 @@ class Spread(mixing.Mixer):
         return mixing.record_weights(state, jax.nn.softmax(logits))
 
 
-# 3. A new kind of step: the default mixer step plus an exponential moving average of the
+# 3. A new Method: the default mixer step plus an exponential moving average of the
 #    parameters, kept in the state's method-owned ``extra`` (sharded like the params because
 #    it has their structure, checkpointed and resumed with the rest of the state).
-def _ema_objective(trainer):
-    parts = objectives.build("mixer", trainer)          # reuse the default step
-    decay = float(objectives.resolved_hparams("ema", trainer.cfg.train.objective_hparams)
-                  ["decay"])
+@methods.register
+class EMA(methods.Method):
+    name = "ema"
+    hparams = {"decay": 0.9}
+    uses_mixer = True                     # the mixing section still picks the weights
 
-    def init_fn(params):
-        state = parts.init_fn(params)
-        return state.replace(extra={"ema_params": jax.tree.map(jnp.copy, state.params)})
+    def check(self, hp):
+        if not 0.0 <= hp["decay"] < 1.0:
+            raise ValueError(f"ema decay must be in [0, 1), got {hp['decay']}")
 
-    def step_fn(state, batch, frozen=None):
-        new, metrics = parts.step_fn(state, batch, frozen)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                           state.extra["ema_params"], new.params)
-        gap = optax.tree.norm(jax.tree.map(jnp.subtract, ema, new.params))
-        return new.replace(extra={"ema_params": ema}), {**metrics, "extra": {"ema_gap": gap}}
+    def build(self, ctx, hp):
+        parts = methods.get("mixer").build(ctx, {})     # reuse the default step
+        decay = float(hp["decay"])
 
-    return dataclasses.replace(parts, step_fn=step_fn, init_fn=init_fn)
+        def init_fn(params):
+            state = parts.init_fn(params)
+            return state.replace(extra={"ema_params": jax.tree.map(jnp.copy, state.params)})
 
+        def step_fn(state, batch, frozen=None):
+            new, metrics = parts.step_fn(state, batch, frozen)
+            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                               state.extra["ema_params"], new.params)
+            gap = optax.tree.norm(jax.tree.map(jnp.subtract, ema, new.params))
+            return new.replace(extra={"ema_params": ema}), {**metrics, "extra": {"ema_gap": gap}}
 
-def _check_ema(hp):
-    if not 0.0 <= hp["decay"] < 1.0:
-        raise ValueError(f"ema decay must be in [0, 1), got {hp['decay']}")
-
-
-objectives.register("ema", _ema_objective, hparams={"decay": 0.9}, check=_check_ema)
+        return dataclasses.replace(parts, step_fn=step_fn, init_fn=init_fn)

@@ -121,14 +121,16 @@ def _weights_row(row, domains):
 
 
 def run_bilevel(steps: int, workdir: pathlib.Path) -> dict:
-    """The bilevel step driven by a minimal loop (the run loop drives one-model steps)."""
+    """The bilevel Method's step (mixjax.methods.bilevel) driven by a minimal loop, with the
+    target batch from ``code``. u and w share AdamW(3e-3, weight decay 5e-4); p uses Adam(0.05).
+    (The figures in docs/gradients.md were taken with an earlier standalone step that gave u
+    no weight decay.)"""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from mixjax import bilevel
+    from mixjax import methods
     from mixjax.models import transformer
-    from mixjax.train import step as step_lib
     from mixjax.train.data import build_data
     from mixjax.train.loop import model_config
 
@@ -137,24 +139,23 @@ def run_bilevel(steps: int, workdir: pathlib.Path) -> dict:
     data = build_data(cfg)
     k = len(data.domains)
     apply, params, _ = transformer.init(model_config(cfg, data.vocab_size), cfg.train.seed)
-
-    def token_loss_fn(p, batch):
-        return step_lib.token_losses(apply, p, batch["tokens"], data.pad_id)
-
-    tx_u, tx_w, tx_p = optax.adamw(3e-3), optax.adamw(3e-3, weight_decay=5e-4), optax.adam(0.05)
-    state = bilevel.init_bilevel_state(params, num_domains=k, tx_u=tx_u, tx_w=tx_w, tx_p=tx_p)
-    step = bilevel.make_bilevel_step(token_loss_fn, num_domains=k, tx_u=tx_u, tx_w=tx_w,
-                                     tx_p=tx_p, penalty=10.0)
-    sampler = data.make_sampler(np.full(k, 1.0 / k))
+    ctx = methods.MethodContext(cfg=cfg, domains=tuple(data.domains), apply=apply,
+                                pad_id=data.pad_id, tx=optax.adamw(3e-3, weight_decay=5e-4),
+                                schedule=lambda s: 3e-3, schedule_steps=steps, mixer=None)
+    parts = methods.build("bilevel", ctx, {"penalty": 10.0, "lr_p": 0.05})
+    state, step = parts.init_fn(params), jax.jit(parts.step_fn, donate_argnums=(0,))
+    uniform = np.full(k, 1.0 / k)
+    sampler = data.make_sampler(uniform)
     target = jnp.asarray(np.asarray(data.eval_sets["code"]))
     for _ in range(steps):
         b = next(sampler)
         state, _ = step(state, {"tokens": jnp.asarray(b["tokens"]),
                                 "domain_id": jnp.asarray(b["domain_id"]),
+                                "sampling_weights": jnp.asarray(uniform, jnp.float32),
                                 "target_tokens": target})
     return {"domains": list(data.domains),
-            "final": np.asarray(bilevel.bilevel_weights(state)).tolist(),
-            "average": np.asarray(bilevel.bilevel_average(state)).tolist()}
+            "final": np.asarray(parts.weights.weights(state.mix_state)).tolist(),
+            "average": np.asarray(parts.weights.average(state.mix_state)).tolist()}
 
 
 def main(argv=None) -> int:

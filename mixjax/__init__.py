@@ -2,7 +2,9 @@
 
 Rooms (arrows point down only)::
 
-    cli -> workflows -> train / dg -> {mixing, stats, data, models, parallel}
+    cli -> workflows -> train.loop / search / compare / dg
+        -> methods (what defines a step) -> train.step / train.state
+        -> {mixing (rules, statistics, gradient engine), data, models, parallel}
 """
 
 __version__ = "0.1.0"

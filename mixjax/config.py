@@ -37,9 +37,7 @@ import types
 import typing
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, mistyped or has an impossible value."""
+from mixjax.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -141,7 +139,7 @@ class TrainConfig:
     # tensorboard, wandb; tracker_args[name] configures one, e.g. {"wandb": {"project": "p"}}.
     trackers: tuple[str, ...] = ("tensorboard",)
     tracker_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # The train-step factory (mixjax.train.objectives): "mixer" (one model, the mixing
+    # The Method that defines the step (mixjax.methods): "mixer" (one model, the mixing
     # section's weights act on sampling/loss), "bilevel" (ScaleBiO), "fish" (Fish meta step).
     objective: str = "mixer"
     objective_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -177,7 +175,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class GradsConfig:
-    """Per-domain gradient statistics (mixjax.grads); used only if the mixer needs them."""
+    """Per-domain gradient statistics (mixjax.mixing.grads); used only if the mixer needs them."""
 
     strategy: str = "vmap"             # vmap | jvp | chunked
     layout: str = "stratified"         # vmap: stratified (B/K rows per domain) | rows (any batch)
@@ -498,21 +496,21 @@ def validate(cfg: Config) -> Config:
 
 
 def _validate_objective(cfg: Config) -> None:
-    # names/hparams/checks only: config never imports the train package (no import circle)
-    from mixjax.train import objective_specs as objectives
+    """``train.objective`` names a registered Method (mixjax.methods) and its hyperparameters."""
+    from mixjax import methods
 
     t = cfg.train
-    if t.objective not in objectives.names():
-        raise ConfigError(f"config key 'train.objective': unknown objective {t.objective!r}; "
-                          f"known: {', '.join(objectives.names())}")
-    known = objectives.hparam_names(t.objective)
-    unknown = sorted(set(t.objective_hparams) - set(known))
-    if unknown:
-        raise ConfigError(f"config key 'train.objective_hparams': objective {t.objective!r} has "
-                          f"no hyperparameter(s) {unknown}; known: {sorted(known)}")
-    if t.objective == "mixer":
+    if t.objective not in methods.names():
+        raise ConfigError(f"config key 'train.objective': unknown method {t.objective!r}; "
+                          f"known: {', '.join(methods.names())}")
+    method = methods.get(t.objective)
+    try:
+        hp = methods.resolved_hparams(t.objective, t.objective_hparams)
+    except TypeError as e:
+        raise ConfigError(f"config key 'train.objective_hparams': {e}") from None
+    if method.uses_mixer:
         return
-    # A custom step owns the weights and the model update: the mixing section must be empty.
+    # A Method that owns the weights and the model update: the mixing section must be empty.
     x = cfg.mixing
     _require(x.name == "uniform" and not x.hparams and x.apply_to is None
              and x.sample_reweight is None, "mixing.name",
@@ -523,7 +521,7 @@ def _validate_objective(cfg: Config) -> None:
     _require(t.reference is None, "train.reference",
              f"train.objective={t.objective!r} uses no reference model")
     try:
-        objectives.check_hparams(t.objective, t.objective_hparams)
+        method.check(hp)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key 'train.objective_hparams': {e}") from e
 

@@ -31,14 +31,15 @@ def main(rank: int, nproc: int, port: int, out_dir: pathlib.Path) -> None:
     import jax
     import numpy as np
 
-    from mixjax import distributed, parallel
+    from mixjax.parallel import distributed
+    from mixjax.parallel import sharding
 
     distributed.initialize(f"127.0.0.1:{port}", nproc, rank, timeout_s=60)
     import sharding_harness as H
     from mixjax.train import checkpoint as ckpt_lib
 
     assert jax.process_count() == nproc and jax.process_index() == rank
-    mesh = parallel.make_mesh(2, 2, 2)
+    mesh = sharding.make_mesh(2, 2, 2)
     rows = distributed.process_rows(
         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"))), H.BATCH)
     local = H.BATCH // nproc

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mixjax import grads, mixing, parallel
+from mixjax import mixing
+from mixjax.mixing import grads
+from mixjax.parallel import sharding
 from mixjax.models import transformer
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
@@ -132,23 +134,23 @@ def run(built: Built, mesh, batches, *, global_batch_size=BATCH):
     them. Returns ``(per-mixer list of host metrics per step, final states, the jitted
     function)``.
     """
-    shardings = {n: parallel.train_state_shardings(built.states[n], built.logical_axes, mesh)
+    shardings = {n: sharding.train_state_shardings(built.states[n], built.logical_axes, mesh)
                  for n in built.names}
-    states = parallel.place({n: built.states[n] for n in built.names}, shardings)
-    frozen_sh = {n: parallel.frozen_shardings(built.frozen[n], built.states[n].params,
+    states = sharding.place({n: built.states[n] for n in built.names}, shardings)
+    frozen_sh = {n: sharding.frozen_shardings(built.frozen[n], built.states[n].params,
                                               built.logical_axes, mesh) for n in built.names}
-    frozen = parallel.place({n: built.frozen[n] for n in built.names}, frozen_sh)
+    frozen = sharding.place({n: built.frozen[n] for n in built.names}, frozen_sh)
     fns = built.step_fns
 
     def multi(states, batch, frozen):
         outs = {n: fns[n](states[n], batch, frozen[n]) for n in built.names}
         return {n: o[0] for n, o in outs.items()}, {n: o[1] for n, o in outs.items()}
 
-    step = parallel.jit_sharded_step(multi, shardings, frozen_shardings=frozen_sh)
+    step = sharding.jit_sharded_step(multi, shardings, frozen_shardings=frozen_sh)
     history = {n: [] for n in built.names}
     with jax.set_mesh(mesh):
         for b in batches:
-            states, metrics = step(states, parallel.shard_batch(b, mesh, global_batch_size),
+            states, metrics = step(states, sharding.shard_batch(b, mesh, global_batch_size),
                                    frozen)
             for n in built.names:
                 history[n].append(jax.device_get(metrics[n]))

@@ -21,7 +21,7 @@ def main(rank: int, nproc: int, port: int, out_dir: pathlib.Path, strategy: str)
     import jax
     import numpy as np
 
-    from mixjax import distributed
+    from mixjax.parallel import distributed
 
     distributed.initialize(f"127.0.0.1:{port}", nproc, rank, timeout_s=60)
     from mixjax.search import swarm as S

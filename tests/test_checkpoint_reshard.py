@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import sharding_harness as H
-from mixjax import parallel
+from mixjax.parallel import sharding
 from mixjax.train import checkpoint as ckpt_lib
 
 RESTORE = textwrap.dedent("""
@@ -25,14 +25,14 @@ RESTORE = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
     import sharding_harness as H
-    from mixjax import parallel
+    from mixjax.parallel import sharding
     from mixjax.train import checkpoint as ckpt_lib
 
     assert jax.device_count() == 4, jax.device_count()
     built = H.build(["doge"], kind="transformer")
     state = built.states["doge"]
-    mesh = parallel.make_mesh(1, 2, 2)
-    shardings = parallel.train_state_shardings(state, built.logical_axes, mesh)
+    mesh = sharding.make_mesh(1, 2, 2)
+    shardings = sharding.train_state_shardings(state, built.logical_axes, mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             state, shardings)
     ck = ckpt_lib.Checkpointer({ckpt!r})
@@ -58,9 +58,9 @@ def test_save_on_8_devices_restore_on_4_devices_with_another_mesh(tmp_path):
     rng = np.random.default_rng(0)
     state = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(x.dtype)
                          if np.issubdtype(x.dtype, np.floating) else x, state)
-    mesh = parallel.make_mesh(2, 2, 2)
-    shardings = parallel.train_state_shardings(state, built.logical_axes, mesh)
-    placed = parallel.place(state, shardings)
+    mesh = sharding.make_mesh(2, 2, 2)
+    shardings = sharding.train_state_shardings(state, built.logical_axes, mesh)
+    placed = sharding.place(state, shardings)
     assert placed.params["embed"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
     ck = ckpt_lib.Checkpointer(tmp_path / "ckpt", async_save=True)
     ck.save(7, placed, {"step": 7}, wait=False)

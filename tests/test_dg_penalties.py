@@ -17,7 +17,7 @@ from mixjax.dg.algorithms.mixup import mixup_loss
 from mixjax.dg.algorithms.mmd import GAMMAS, mmd_distance
 from mixjax.dg.algorithms.sam import sam_perturbation
 from mixjax.dg.algorithms.vrex import vrex_penalty
-from mixjax.fish import fish_step
+from mixjax.methods.fish import fish_step
 
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(size=(6, 3)).astype(np.float32)

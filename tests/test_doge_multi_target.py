@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixjax import cli, grads
+from mixjax import cli
+from mixjax.mixing import grads
 from mixjax.mixing.base import init_state
 from mixjax.mixing.doge import DoGE
 from mixjax.train import metrics as metrics_lib

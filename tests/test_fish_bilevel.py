@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from mixjax import bilevel, fish, grads
+from mixjax.methods import bilevel
+from mixjax.methods import fish
+from mixjax.mixing import grads
 from grad_fakes import init_params, make_batch, token_loss_fn
 
 
@@ -113,14 +115,13 @@ def test_bilevel_step_follows_the_penalty_objective_gradients():
     batch = {**batch, "target_tokens": val["tokens"]}
     lr_u, lr_w, lr_p = 0.1, 0.05, 0.5
     tx_u, tx_w, tx_p = optax.sgd(lr_u), optax.sgd(lr_w), optax.sgd(lr_p)
-    st = bilevel.init_bilevel_state(params, num_domains=k, tx_u=tx_u, tx_w=tx_w, tx_p=tx_p,
-                                    init_logits=jnp.asarray([0.2, -0.1, 0.0]))
+    p0 = jnp.asarray([0.2, -0.1, 0.0])
     # make u differ from w so that the p gradient is non-zero
-    st["u"] = jax.tree.map(lambda x: x * 0.9, st["u"])
-    u0, w0, p0 = st["u"], st["w"], st["p"]
-    step = bilevel.make_bilevel_step(token_loss_fn, num_domains=k, tx_u=tx_u, tx_w=tx_w,
-                                     tx_p=tx_p, penalty=a, jit=False)
-    new, m = step(dict(st), batch)
+    u0, w0 = jax.tree.map(lambda x: x * 0.9, params), params
+    uwp = {"u": u0, "w": w0, "p": p0, "opt_u": tx_u.init(u0), "opt_w": tx_w.init(w0),
+           "opt_p": tx_p.init(p0)}
+    new, m = bilevel.bilevel_update(token_loss_fn, uwp, batch, num_domains=k, tx_u=tx_u,
+                                    tx_w=tx_w, tx_p=tx_p, penalty=a)
 
     def F(u, w, p):   # L1(w) + a [L2(w, p) - L2(u, p)]
         lam = jax.nn.softmax(p)
@@ -132,8 +133,7 @@ def test_bilevel_step_follows_the_penalty_objective_gradients():
     np.testing.assert_allclose(flat(new["w"]), flat(w0) - lr_w * flat(gw), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(new["p"], p0 - lr_p * gp, rtol=1e-5, atol=1e-7)
     assert np.abs(np.asarray(gp)).max() > 1e-4
-    np.testing.assert_allclose(bilevel.bilevel_average(new),
-                               (jax.nn.softmax(p0) + jax.nn.softmax(new["p"])) / 2, rtol=1e-6)
+    np.testing.assert_allclose(m["weights"], jax.nn.softmax(new["p"]), rtol=1e-6)
+    method = bilevel.BilevelMethod()
     with pytest.raises(ValueError, match="penalty"):
-        bilevel.make_bilevel_step(token_loss_fn, num_domains=k, tx_u=tx_u, tx_w=tx_w,
-                                  tx_p=tx_p, penalty=0.0)
+        method.check({**method.hparams, "penalty": 0.0})

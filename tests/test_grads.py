@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixjax import grads
+from mixjax.mixing import grads
 
 from grad_fakes import V, init_params, make_batch, token_loss_fn  # noqa: E402
 

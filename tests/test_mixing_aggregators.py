@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy.optimize import lsq_linear
 
-from mixjax import grads, mixing
+from mixjax import mixing
+from mixjax.mixing import grads
 from mixjax.mixing import aggregators as agg
 from mixjax.mixing import statistics
 

@@ -25,7 +25,7 @@ import pytest
 
 import sharding_harness as H
 from multiprocess_launch import TIMEOUT_S, free_port, run_workers
-from mixjax import parallel
+from mixjax.parallel import sharding
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
 NPROC = 2
@@ -51,7 +51,7 @@ def reference():
     sampler = H.sampler_batches(0, 1, 0)[0]
     built = H.build(("doge", "dga", "doremi", "odm"), vocab=sampler.tokenizer.vocab_size,
                     pad=sampler.tokenizer.pad_id)
-    history, _, _ = H.run(built, parallel.make_mesh(2, 2, 2), batches)
+    history, _, _ = H.run(built, sharding.make_mesh(2, 2, 2), batches)
     return history
 
 

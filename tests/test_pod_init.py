@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from mixjax import parallel
+from mixjax.parallel import sharding
 from mixjax.models import transformer as T
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ FSDP = 8
 
 
 def mesh8():
-    return parallel.make_mesh(1, FSDP, 1)
+    return sharding.make_mesh(1, FSDP, 1)
 
 
 def expected_shard_bytes(x, names):
@@ -54,7 +54,7 @@ def test_sharded_init_creates_every_parameter_in_its_shards():
     cfg = T.TransformerConfig(vocab_size=64, d_model=64, num_layers=2, num_heads=4,
                               scan_layers=True)
     _, abstract, axes = T.abstract_init(cfg)
-    params, shardings = parallel.init_params_sharded(lambda: T.init_params(cfg, 3), axes, mesh8())
+    params, shardings = sharding.init_params_sharded(lambda: T.init_params(cfg, 3), axes, mesh8())
     assert check_every_array_sharded(params, axes) >= 8
     # same values as the eager single-device init, bit for bit (the init's optimisation
     # barrier keeps XLA from folding the std into the normal sampler)
@@ -81,7 +81,7 @@ def test_train_state_init_from_a_params_function_is_born_sharded():
     def init_fn(p):
         return {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)}
 
-    state, _ = parallel.init_state_sharded(init_fn, lambda: T.init_params(cfg, 0), axes, mesh8())
+    state, _ = sharding.init_state_sharded(init_fn, lambda: T.init_params(cfg, 0), axes, mesh8())
     check_every_array_sharded(state["params"], axes)
     check_every_array_sharded(state["opt_state"][0].mu, axes)
     check_every_array_sharded(state["opt_state"][0].nu, axes)
@@ -115,8 +115,8 @@ def test_1b_init_compiles_to_fsdp_shards_without_an_unsharded_parameter():
 
     shapes = jax.eval_shape(init_fn)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", parallel.ShardingFallbackWarning)   # no fallback here
-        sh = parallel.train_state_shardings(shapes, axes, mesh)
+        warnings.simplefilter("error", sharding.ShardingFallbackWarning)   # no fallback here
+        sh = sharding.train_state_shardings(shapes, axes, mesh)
     compiled = jax.jit(init_fn, out_shardings=sh).lower().compile()
     for (path, got), x in zip(jax.tree_util.tree_leaves_with_path(compiled.output_shardings),
                               jax.tree.leaves(shapes)):
@@ -132,9 +132,9 @@ def test_1b_init_compiles_to_fsdp_shards_without_an_unsharded_parameter():
 def test_fallback_to_replication_warns_naming_parameter_and_dimension():
     cfg = T.TransformerConfig(vocab_size=60, d_model=64, num_layers=1, num_heads=2)
     _, abstract, axes = T.abstract_init(cfg)
-    mesh = parallel.make_mesh(1, 1, 8)        # 2 heads and 60 vocab rows cannot split 8 ways
-    with pytest.warns(parallel.ShardingFallbackWarning) as rec:
-        sh = parallel.shape_aware_param_shardings(abstract, axes, mesh)
+    mesh = sharding.make_mesh(1, 1, 8)        # 2 heads and 60 vocab rows cannot split 8 ways
+    with pytest.warns(sharding.ShardingFallbackWarning) as rec:
+        sh = sharding.shape_aware_param_shardings(abstract, axes, mesh)
     text = "\n".join(str(w.message) for w in rec)
     assert "params['blocks'][0]['attn']['wq'] dimension 1 ('heads', size 2)" in text
     assert "mesh axis 'tensor' of size 8" in text
@@ -154,7 +154,7 @@ def test_300m_real_init_under_fsdp8():
     _, abstract, axes = T.abstract_init(cfg)
     assert 2.5e8 < T.count_params(abstract) < 3.6e8
     tx = optax.adamw(1e-3)
-    state, _ = parallel.init_state_sharded(
+    state, _ = sharding.init_state_sharded(
         lambda p: {"params": p, "opt_state": tx.init(p)}, lambda: T.init_params(cfg, 0),
         axes, mesh8())
     check_every_array_sharded(state["params"], axes)
@@ -171,10 +171,10 @@ def test_activation_constraints_apply_only_while_a_sharded_step_is_traced():
         return [e.params["sharding"].spec for e in eqns if e.primitive.name == "sharding_constraint"]
 
     assert constraints(apply) == []                      # no mesh: no-op
-    mesh = parallel.make_mesh(2, 2, 2)
+    mesh = sharding.make_mesh(2, 2, 2)
 
     def sharded(p, t):
-        with parallel.activation_sharding(mesh):
+        with sharding.activation_sharding(mesh):
             return apply(p, t)
 
     specs = constraints(sharded)

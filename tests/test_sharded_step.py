@@ -25,7 +25,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import sharding_harness as H
-from mixjax import mixing, parallel
+from mixjax import mixing
+from mixjax.parallel import sharding
 
 STEPS = 3
 ONE_DEVICE = (1, 1, 1)
@@ -46,7 +47,7 @@ def _built(kind):
 @functools.cache
 def _run(kind, shape):
     built = _built(kind)
-    history, states, step = H.run(built, parallel.make_mesh(*shape),
+    history, states, step = H.run(built, sharding.make_mesh(*shape),
                                   H.global_batches(STEPS, seed=0))
     params = {n: jax.device_get(states[n].params) for n in built.names}
     specs = {n: jax.tree.map(lambda x: x.sharding.spec, states[n].params) for n in built.names}

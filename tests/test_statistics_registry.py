@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixjax import grads, mixing
-from mixjax.mixing import domain_stats, statistics
+from mixjax import config as config_lib, mixing
+from mixjax.mixing import domain_stats, grads, statistics
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 
@@ -58,7 +58,7 @@ def _setup(mixer, tokens=None):
         tokens = tokens.at[0, -3:].set(V - 1)          # some padding
     batch = {"tokens": tokens, "domain_id": jnp.asarray([0, 1, 2, 0, 1, 2], jnp.int32),
              "sampling_weights": jnp.full((K,), 1.0 / K)}
-    tx, _ = state_lib.make_optimizer(state_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
+    tx, _ = state_lib.make_optimizer(config_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
     step = step_lib.make_train_step(apply=_apply, mixer=mixer, tx=tx, num_domains=K,
                                     pad_id=V - 1, jit=False)
     return step, state_lib.init_state(params, tx, mixer, K, 0), batch, params

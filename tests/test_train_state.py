@@ -9,7 +9,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mixjax import mixing, parallel
+from mixjax import mixing
+from mixjax.parallel import sharding
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import state as state_lib
 
@@ -50,9 +51,9 @@ def test_extra_keys_must_not_clash_with_fields():
 
 
 def test_shardings_are_decided_per_field():
-    mesh = parallel.make_mesh(1, 2, 4)   # 8 fake CPU devices (conftest)
+    mesh = sharding.make_mesh(1, 2, 4)   # 8 fake CPU devices (conftest)
     state = _state(extra={"lower_params": PARAMS, "counter": jnp.zeros((), jnp.int32)})
-    sh = parallel.train_state_shardings(state, AXES, mesh)
+    sh = sharding.train_state_shardings(state, AXES, mesh)
     assert isinstance(sh, state_lib.TrainState)
     w_spec = sh.params["w"].spec
     assert w_spec == P("fsdp", "tensor")

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from mixjax import mixing
+from mixjax import config as config_lib, mixing
 from mixjax.models import transformer as T
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
@@ -176,7 +176,7 @@ def test_mixer_gets_only_required_stats_and_reference_losses():
 def test_missing_reference_or_grad_engine_is_a_clear_error():
     with pytest.raises(ValueError, match="train.reference"):
         run_step(Recorder(), make_batch())
-    with pytest.raises(ValueError, match="mixjax.grads"):
+    with pytest.raises(ValueError, match="mixjax.mixing.grads"):
         step_lib.make_train_step(apply=APPLY, mixer=mixing.build("rnb", {}, domains=("a", "b", "c")),
                                  tx=optax.sgd(1.0), num_domains=K, pad_id=PAD)
 
@@ -199,7 +199,7 @@ def test_sample_reweighting_hook_weights_sequences():
 
 
 def test_gradient_accumulation_matches_one_big_batch():
-    tx, _ = state_lib.make_optimizer(state_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
+    tx, _ = state_lib.make_optimizer(config_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
     mixer = mixing.build("manual", {"weights_by_domain": {"a": 0.2, "b": 0.3, "c": 0.5}},
                          domains=("a", "b", "c"), apply_to="loss")
     batch = make_batch()
@@ -220,7 +220,7 @@ GOLDEN_PARAM_ABS_SUM = 112.54122825129576   # sum |theta| after the AdamW update
 
 
 def test_golden_one_step_metrics():
-    tx, schedule = state_lib.make_optimizer(state_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
+    tx, schedule = state_lib.make_optimizer(config_lib.OptimConfig(lr=1e-2, warmup_steps=0), 10)
     new_state, m = run_step(mixing.get("uniform"), make_batch(), tx=tx, lr_schedule=schedule)
     got = {k: np.asarray(m[k]).tolist() for k in GOLDEN}
     for k, v in GOLDEN.items():
@@ -244,7 +244,7 @@ class GradRecorder(mixing.Mixer):
 
 
 def test_gradient_statistics_hook_calls_the_grad_engine():
-    from mixjax import grads
+    from mixjax.mixing import grads
     hook = grads.make_grad_stats(grads.GradConfig(strategy="vmap", layout="rows"), K)
     batch = make_batch()
     new_state, _ = run_step(GradRecorder(), batch, grad_stats=hook)

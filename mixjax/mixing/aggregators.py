@@ -5,7 +5,7 @@ Multi-objective / multi-task methods that combine the K per-domain gradients
 four compute the coefficients ``c`` from the K x K Gram matrix ``G = J J^T``
 alone (plus ``b = J g_t`` for the preference variant), as torchjd's
 ``GramianWeightedAggregator`` does, so they run on the gradient engine's
-``vmap`` and ``chunked`` strategies (``mixjax.grads``) without another
+``vmap`` and ``chunked`` strategies (``mixjax.mixing.grads``) without another
 per-domain pass; the model gradient is the engine's ``combine(c)`` (one
 weighted backward, the ``gradient_coeffs`` hook the train step already uses for
 DoGE). ``grads.strategy = "jvp"`` gives no Gram matrix: asking it is a config

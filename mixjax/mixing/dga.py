@@ -15,7 +15,7 @@ exponentiated-gradient step, every ``update_every`` (T_r) steps::
 
 ``g_spe`` is the gradient of the *specific* (target) set's loss on a target
 batch the loop supplies (``batch["target_tokens"]``); ``<g_i, g_spe>`` comes
-from ``mixjax.grads`` (``grad_dot``; the ``jvp`` strategy supplies it for any
+from ``mixjax.mixing.grads`` (``grad_dot``; the ``jvp`` strategy supplies it for any
 batch composition at O(1) x params extra memory). The weights act on
 sampling.
 

@@ -29,7 +29,7 @@ then the learning-rate-scaled, clipped score and a mirror-descent step::
 
 The model update uses the reweighted gradient ``sum_i alpha_i g_i`` with the
 *new* alpha (:meth:`DoGE.gradient_coeffs`, consumed by the train step through
-``mixjax.grads``). Output: the time-averaged alpha, the mean of alpha_1..alpha_T
+``mixjax.mixing.grads``). Output: the time-averaged alpha, the mean of alpha_1..alpha_T
 (the reference's ``avg_dw`` running sum and its count start at 0 and add each
 updated alpha, so the initial alpha_0 is not in the mean:
 ``average_includes_initial = False``).

@@ -47,7 +47,7 @@ def domain_totals(token_values: Array, token_mask: Array, domain_id: Array,
     over the same rows; values at uncounted positions (padding) never enter, even
     when they are NaN. ``token_values``/``token_mask`` are [B, S] (or [B] for one
     value per sequence). Sums add, so micro-batch totals combine by addition
-    (``mixjax.grads``' jvp path). The one per-domain reduction of the code base:
+    (``mixjax.mixing.grads``' jvp path). The one per-domain reduction of the code base:
     the train step's ``loss``/``count``/``ref_loss``, the gradient engine's loss
     vector, DoReMi's excess loss and Fish's token counts all call it.
     """

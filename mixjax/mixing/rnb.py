@@ -7,7 +7,7 @@ section 15 (unverified against the paper's code). The regrouping half
 (k-means over embeddings) is a data-side step and not part of this mixer.
 
 With the Gram matrix of the per-domain gradients ``G_ij = <g_i, g_j>``
-(``mixjax.grads``), every ``update_every`` steps::
+(``mixjax.mixing.grads``), every ``update_every`` steps::
 
     v  = G p / ||G p||_2
     p <- softmax(lambda * v)

@@ -15,7 +15,7 @@ A mixer names the statistics it needs in ``requires``; the train step
 
 The step, its factory (``mixjax.train.objectives``: load a reference model?
 build the gradient engine? supply a target batch?), the gradient engine
-(``mixjax.grads``) and the guard all read these declarations; no other list of
+(``mixjax.mixing.grads``) and the guard all read these declarations; no other list of
 statistic names exists. A new signal is one :func:`declare` call in the module
 that needs it::
 
@@ -47,7 +47,7 @@ ATTRIBUTIONS = ("domain", "sequence", "none")
 NEEDS: Mapping[str, str] = {
     "forward": "the training batch's per-token losses (the full-batch forward pass)",
     "reference": "a frozen reference model (train.reference), run on the training batch",
-    "gradient_engine": "per-domain gradients (mixjax.grads, the grads section)",
+    "gradient_engine": "per-domain gradients (mixjax.mixing.grads, the grads section)",
     "target_batch": "a target batch (grads.target's validation split) as batch['target_tokens']",
     "evaluation": "the host's latest per-domain evaluation (train.eval_every)",
 }
@@ -208,7 +208,7 @@ declare("grad_norm", shape="f32[K]", attribution="domain", needs={"gradient_engi
         doc="per-domain gradient norms", compute=_engine("grad_norm"))
 declare("target_grad_norm", shape="f32[]", attribution="none",
         needs={"gradient_engine", "target_batch"},
-        doc="norm of the target gradient g_target (mixjax.grads)",
+        doc="norm of the target gradient g_target (mixjax.mixing.grads)",
         compute=_engine("target_grad_norm"))
 declare("eval_loss", shape="f32[K]", attribution="domain", needs={"evaluation"},
         doc="per-domain validation loss (latest evaluation)", compute=lambda ctx: ctx.eval_loss)

@@ -18,14 +18,14 @@ is computed in fp32 whatever the compute dtype.
 
 Every parameter carries logical axis names (``nnx.with_partitioning``):
 ``vocab``, ``embed``, ``heads``, ``head_dim``, ``mlp``, ``norm``. A mesh only
-needs rules mapping these names to mesh axes (see ``mixjax.parallel``).
+needs rules mapping these names to mesh axes (see ``mixjax.parallel.sharding``).
 
 Scale (``docs/scaling.md``): ``scan_layers=True`` stores the blocks as one module
 whose parameters have a leading ``layers`` axis and runs them with ``nnx.scan``
 (compile time independent of depth); ``remat`` = ``none`` | ``dots`` | ``full``
 rematerialises each block in the backward pass (``nnx.remat``). Activations carry
 logical names too (``act_batch``, ``act_length``, ``act_embed``, ``act_heads``,
-``act_mlp``, ``act_vocab``; MaxText-style): ``mixjax.parallel.constrain`` turns
+``act_mlp``, ``act_vocab``; MaxText-style): ``mixjax.parallel.sharding.constrain`` turns
 them into sharding constraints while a sharded step is traced and is a no-op
 otherwise.
 
@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mixjax.parallel import constrain   # a no-op unless a sharded step is being traced
+from mixjax.parallel.sharding import constrain   # a no-op unless a sharded step is being traced
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -125,7 +125,7 @@ class TransformerConfig:
 def _normal(std: float):
     """``normal(0, std)`` whose values do not depend on being jitted: the barrier keeps XLA
     from folding ``std`` into the sampler's own constant, so the sharded jitted init
-    (``mixjax.parallel.init_state_sharded``) equals the eager one bit for bit."""
+    (``mixjax.parallel.sharding.init_state_sharded``) equals the eager one bit for bit."""
 
     def init(key, shape, dtype=jnp.float32):
         unit = jax.lax.optimization_barrier(jax.random.normal(key, shape, dtype))
@@ -312,7 +312,7 @@ def init(cfg: TransformerConfig, seed: int):
 
 def init_params(cfg: TransformerConfig, seed: int) -> Params:
     """The parameters ``init`` creates, as a pure function of ``seed`` (for ``jax.jit`` with
-    ``out_shardings``: ``mixjax.parallel.init_params_sharded``)."""
+    ``out_shardings``: ``mixjax.parallel.sharding.init_params_sharded``)."""
     return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)), nnx.Param))
 
 

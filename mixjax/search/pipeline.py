@@ -600,7 +600,7 @@ def run(args: argparse.Namespace) -> int:
     # Multi-host (MIXJAX_DISTRIBUTED=1, set by scripts/launch_*.sh): join the job before any
     # other JAX call; a no-op otherwise. Every process runs every phase (the fit and search
     # are cheap and deterministic); the swarm is one job across all of them.
-    from mixjax import distributed
+    from mixjax.parallel import distributed
     distributed.initialize()
     try:
         extra = list(args.search_overrides)

@@ -42,7 +42,7 @@ swarm never raises for it.
 Sharding (:func:`swarm_mesh`, axes ``("models", "data", "fsdp")``): the proxy axis
 is split over ``models``; within a proxy, its batch rows are split over ``data`` and
 ``fsdp`` and its parameters and Adam moments along ``d_model`` over ``fsdp`` (the
-``embed`` rule of :mod:`mixjax.parallel`), so a mesh of M x D x F devices runs P / M
+``embed`` rule of :mod:`mixjax.parallel.sharding`), so a mesh of M x D x F devices runs P / M
 proxies per group of D x F devices. Stacked leaf ``[P, ...]`` -> ``P("models",
 *param_spec)``; upsample batch ``[P, B, S+1]`` -> ``P("models", ("data", "fsdp"))``;
 upweight batch ``[B, S+1]`` -> ``P(("data", "fsdp"))``. There is no communication
@@ -69,7 +69,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mixjax import distributed, mixing, parallel
+from mixjax import methods, mixing
+from mixjax.parallel import distributed, sharding
 from mixjax.config import Config, ConfigError
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
@@ -93,10 +94,10 @@ def resolve_strategy(strategy: str) -> str:
 
 
 SWARM_AXES = ("models", "data", "fsdp")
-# Parameter rules inside one proxy: the data-parallel rules of mixjax.parallel without
+# Parameter rules inside one proxy: the data-parallel rules of mixjax.parallel.sharding without
 # tensor parallelism (the swarm mesh has no tensor axis).
 PARAM_RULES = tuple((name, None if axis == "tensor" else axis)
-                    for name, axis in parallel.RULES)
+                    for name, axis in sharding.RULES)
 
 
 def swarm_mesh(models: int, data: int = 1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
@@ -263,9 +264,11 @@ class Swarm:
         apply_to = "loss" if route == "upweight" else "sampling"
         self.mixer = mixing.build("uniform", {}, domains=self.domains,
                                   token_counts=self.data.token_counts, apply_to=apply_to)
-        self.step_fn = step_lib.make_train_step(
-            apply=self.apply, mixer=self.mixer, tx=tx, num_domains=k, pad_id=self.data.pad_id,
-            lr_schedule=schedule, jit=False)
+        # Each proxy runs the default Method's step (mixjax.methods.mixer), unchanged.
+        ctx = methods.MethodContext(cfg=cfg, domains=self.domains, apply=self.apply,
+                                    pad_id=self.data.pad_id, tx=tx, schedule=schedule,
+                                    schedule_steps=cfg.train.steps, mixer=self.mixer)
+        self.step_fn = methods.build("mixer", ctx).step_fn
         self.seeds = [proxy_seed(cfg.train.seed, p) for p in range(n)]
         self._eval_one = lambda params, tokens: _eval_sums(self.apply, self.data.pad_id,
                                                            params, tokens)
@@ -306,7 +309,7 @@ class Swarm:
         # The proxies' stacked train state, as its flat checkpoint layout (TrainState.to_tree)
         typed = hasattr(state["proxy"], "to_tree")
         tree = state["proxy"].to_tree() if typed else state["proxy"]
-        psh = parallel.shape_aware_param_shardings(
+        psh = sharding.shape_aware_param_shardings(
             jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
                          tree["params"]), axes, mesh, PARAM_RULES)
         stacked = jax.tree.map(lambda sh: NamedSharding(mesh, P("models", *sh.spec)), psh)
@@ -316,7 +319,7 @@ class Swarm:
             if key == "params":
                 proxy[key] = stacked
             elif key == "opt_state":
-                proxy[key] = parallel.mirror_shardings(value, tree["params"],
+                proxy[key] = sharding.mirror_shardings(value, tree["params"],
                                                        stacked, mesh)
                 proxy[key] = jax.tree.map(
                     lambda sh: lead if sh.spec == P() else sh, proxy[key])
@@ -348,7 +351,7 @@ class Swarm:
     def local_block(self) -> tuple[range, range]:
         """``(proxies, rows)``: the block of the swarm's batch ``[P, B, ...]`` that this
         process's devices hold (everything on one host). Read off the batch sharding, as
-        :func:`mixjax.distributed.process_rows` does for one model's batch."""
+        :func:`mixjax.parallel.distributed.process_rows` does for one model's batch."""
         n, b = self.num_proxies, self.cfg.data.batch_size
         if self.mesh is None:
             return range(n), range(b)
@@ -496,7 +499,7 @@ class Swarm:
         if self.mesh is None:
             return jnp.asarray(tokens)
         # every process holds the same fixed eval set: a replicated global array
-        return parallel.replicate_value(np.asarray(tokens), self.mesh)
+        return sharding.replicate_value(np.asarray(tokens), self.mesh)
 
     def evaluate(self, state) -> np.ndarray:
         """float64[P, K'] per-domain eval loss of every proxy (K' = domains + held out)."""

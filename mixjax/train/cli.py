@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         # Multi-host (MIXJAX_DISTRIBUTED=1, set by scripts/launch_*.sh): join the job before
         # any other JAX call; a no-op otherwise.
-        from mixjax import distributed
+        from mixjax.parallel import distributed
         distributed.initialize()
     from mixjax.train import loop
     if args.command == "train":

@@ -35,8 +35,9 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import distributed, mixing, parallel, provenance
+from mixjax import methods, mixing, provenance
 from mixjax.config import Config, ConfigError
+from mixjax.parallel import distributed, sharding
 from mixjax.train import atomic
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import evaluate as eval_lib
@@ -45,6 +46,7 @@ from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax.train.data import TrainData, build_data
 from mixjax.train.prefetch import BatchPrefetcher
+from mixjax.train.reference import load_reference
 
 # Keys that may differ between a run's saved config and the one it is resumed with.
 RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
@@ -226,7 +228,8 @@ class Trainer:
                                                                 self.model_cfg, abstract)
             except (hf_io.ExportError, FileNotFoundError) as e:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
-            params = jax.tree.map(jax.numpy.asarray, params)
+            # host arrays: placed shard by shard by the sharded init below
+            params = jax.tree.map(np.asarray, params)
         else:
             # Created inside the jitted, sharded state init below (a function, not arrays):
             # every parameter is born in its shards, no device ever holds the whole model.
@@ -237,32 +240,36 @@ class Trainer:
         # The LR schedule's length: train.steps, or the original run's on an extended resume.
         self.schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, self.schedule_steps)
-        # The step and its state come from the objective's factory (train.objective):
-        # the default one-model mixer step, or a custom one (bilevel, fish).
-        from mixjax.train import objectives
-        parts = objectives.build(cfg.train.objective, self)
-        self.mixer = parts.mixer
+        # The step and its state come from the Method train.objective names (mixjax.methods):
+        # the default one-model mixer step, or one that owns the weights (bilevel, fish).
+        ctx = methods.MethodContext(
+            cfg=cfg, domains=self.domains, apply=self.apply, pad_id=self.pad_id, tx=self.tx,
+            schedule=self.schedule, schedule_steps=self.schedule_steps, mixer=self.mixer,
+            load_reference=lambda: load_reference(cfg.train.reference, self.data.vocab_size))
+        parts = methods.build(cfg.train.objective, ctx, cfg.train.objective_hparams)
+        self.mixer = parts.weights          # what the loop reads the weights through
+        self.weights_move = parts.weights_move
         self.step_fn = parts.step_fn
         self.check_stratified = parts.stratified
         self.target_tokens = self._target_tokens() if parts.needs_target else None
-        # Mesh (mixjax.parallel): params and optimizer state sharded by the logical rules,
+        # Mesh (mixjax.parallel.sharding): params and optimizer state sharded by the logical rules,
         # everything else replicated; the jitted step keeps that layout in and out.
-        self.mesh = parallel.mesh_from_config(cfg.mesh)
+        self.mesh = sharding.mesh_from_config(cfg.mesh)
         distributed.check_batch_divides(cfg.data.batch_size, self.mesh,
-                                        parallel.batch_axes(self.mesh))
+                                        sharding.batch_axes(self.mesh))
         # Parameters (unless loaded), optimizer and mixer state are created sharded by one
         # jitted init, so no device ever holds the whole model or optimizer state; the
         # values equal an eager init bit for bit (tests/test_pod_init.py).
-        self.initial_state, self.state_shardings = parallel.init_state_sharded(
+        self.initial_state, self.state_shardings = sharding.init_state_sharded(
             parts.init_fn, params, self.logical_axes, self.mesh)
         # Frozen inputs (a reference model): the step's third argument, never donated.
-        self.frozen, frozen_sh = parallel.place_frozen(parts.frozen, abstract, self.logical_axes,
+        self.frozen, frozen_sh = sharding.place_frozen(parts.frozen, abstract, self.logical_axes,
                                                        self.mesh)
-        jitted = parallel.jit_sharded_step(self.step_fn, self.state_shardings,
+        jitted = sharding.jit_sharded_step(self.step_fn, self.state_shardings,
                                            frozen_shardings=frozen_sh)
         self.train_step = jitted if self.frozen is None else (
             lambda state, batch: jitted(state, batch, self.frozen))
-        self.eval_fn = parallel.replicated_outputs(
+        self.eval_fn = sharding.replicated_outputs(
             step_lib.make_eval_fn(self.apply, self.pad_id), self.mesh)
         # Held-out domains (an out-of-domain grads.target) are evaluated, never trained on.
         self.heldout = tuple(getattr(self.data, "heldout_domains", ()))
@@ -316,7 +323,7 @@ class Trainer:
 
 def _check_stratified(host_batch: dict, cfg: Config, step: int, domains) -> None:
     """The stratified gradient layout's per-batch check, as a ConfigError naming data.sampler."""
-    from mixjax import grads
+    from mixjax.mixing import grads
     try:
         grads.check_stratified(host_batch["domain_counts"], cfg.data.batch_size, step=step,
                                domains=domains)
@@ -329,13 +336,6 @@ def _check_stratified(host_batch: dict, cfg: Config, step: int, domains) -> None
 MAX_PENDING = 32
 
 
-def weights_can_change(mixer) -> bool:
-    """False only for a registered mixer whose ``update`` is the base class's no-op (uniform,
-    temperature, manual, ...): its weights are fixed at init. Anything else (a custom
-    objective's weights view included) is assumed to move them."""
-    return not (isinstance(mixer, mixing.Mixer) and type(mixer).update is mixing.Mixer.update)
-
-
 def batch_maker(trainer: "Trainer") -> Callable[[dict, Any, int], dict]:
     """``(host batch, sampling weights, t) -> the step's batch``, placed on the mesh.
 
@@ -345,13 +345,13 @@ def batch_maker(trainer: "Trainer") -> Callable[[dict, Any, int], dict]:
     cfg, mesh = trainer.cfg, trainer.mesh
     target = None
     if trainer.target_tokens is not None:
-        target = parallel.replicate_value(np.asarray(trainer.target_tokens), mesh)
+        target = sharding.replicate_value(np.asarray(trainer.target_tokens), mesh)
 
     def make(host_batch: dict, p, t: int) -> dict:
         if trainer.check_stratified:
             _check_stratified(host_batch, cfg, t, trainer.domains)
         # This process's rows -> global arrays on the mesh's batch axes.
-        batch = parallel.shard_batch({
+        batch = sharding.shard_batch({
             "tokens": np.asarray(host_batch["tokens"], np.int32),
             "domain_id": np.asarray(host_batch["domain_id"], np.int32),
             "sampling_weights": np.asarray(p, np.float32)}, mesh, cfg.data.batch_size)
@@ -515,7 +515,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     timer = {"t0": time.perf_counter(), "steps": 0}
     lag = getattr(sampler, "lag", cfg.data.lag)
     # The loop waits for a step's weights only where they feed the sampler and can change.
-    gated = to_sampler and weights_can_change(mixer)
+    gated = to_sampler and trainer.weights_move
     ckpt_every = t_cfg.ckpt_every
     prefetch = BatchPrefetcher(
         sampler, batch_maker(trainer), start=start, end=t_cfg.steps, lag=lag, gated=gated,
@@ -594,7 +594,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
         if start == 0 and "eval_loss" in mixer.requires:
             # A mixer that reads validation losses sees real ones from its first update.
             ev = trainer.evaluate(state.params)
-            state = state.replace(eval_loss=parallel.replicate_value(
+            state = state.replace(eval_loss=sharding.replicate_value(
                 eval_lib.domain_losses(ev, domains), trainer.mesh))
             writer.write("eval.jsonl", {"step": 0, **ev})
         if t_cfg.progress:
@@ -635,7 +635,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                     if on_grid:
                         # Only evaluations on the eval_every grid feed the mixer (eval_loss):
                         # the final one of a shorter run must not change a later resume.
-                        state = state.replace(eval_loss=parallel.replicate_value(
+                        state = state.replace(eval_loss=sharding.replicate_value(
                             eval_lib.domain_losses(ev, domains), trainer.mesh))
                     writer.write("eval.jsonl", {"step": done, **ev})
                     final_eval = ev

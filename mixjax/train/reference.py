@@ -2,9 +2,9 @@
 
 DoReMi's excess loss and similar rules read ``ref_loss`` from a frozen model:
 the latest checkpoint of another run dir, restored params-only onto the
-abstract shapes of that run's own model config. It lives here, not in
-``mixjax.train.loop``, so that ``train.objectives`` does not import the loop that
-imports it (``tests/test_import_graph.py``).
+abstract shapes of that run's own model config. The trainer hands
+:func:`load_reference` to the Method (``MethodContext.load_reference``), which
+calls it only when its statistics need a reference model.
 """
 
 from __future__ import annotations

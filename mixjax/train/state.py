@@ -44,10 +44,9 @@ import jax.numpy as jnp
 import optax
 
 from mixjax import mixing
-from mixjax.config import OptimConfig
 
 
-def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+def lr_schedule(cfg, total_steps: int) -> optax.Schedule:
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     decay_steps = max(total_steps - warmup, 1)
     end = cfg.lr * cfg.min_lr_ratio
@@ -62,8 +61,9 @@ def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int):
-    """``(tx, schedule)``: clip -> AdamW with the schedule."""
+def make_optimizer(cfg, total_steps: int):
+    """``(tx, schedule)`` from an ``optim`` section (:class:`mixjax.config.OptimConfig`):
+    clip -> AdamW with the schedule."""
     schedule = lr_schedule(cfg, total_steps)
     parts = []
     if cfg.grad_clip is not None:

@@ -57,6 +57,7 @@ import optax
 
 from mixjax import mixing
 from mixjax.mixing import domain_stats, statistics
+from mixjax.train import contract
 from mixjax.train.state import FrozenInputs, TrainState
 
 State = TrainState
@@ -66,7 +67,7 @@ Batch = Mapping[str, jax.Array]
 # registry entry needs the "gradient_engine" (mixjax.mixing.statistics),
 # where token_loss_fn(params, batch) -> (token_loss f32[B,S], token_mask f32[B,S]) and
 # batch holds "tokens", "domain_id" and, for grad_dot, "target_tokens". Built by
-# mixjax.grads.make_grad_stats; its result may carry ``combine(c) -> sum_d c_d g_d``,
+# mixjax.mixing.grads.make_grad_stats; its result may carry ``combine(c) -> sum_d c_d g_d``,
 # used as the model gradient for mixers with ``model_gradient = "coeffs"`` (DoGE).
 GradStatsFn = Callable[[Callable, Any, Batch, frozenset], dict[str, jax.Array]]
 # sample_weights(sample_loss f32[B], step i32[]) -> f32[B] (mixing.sample_reweight).
@@ -129,7 +130,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                          "set train.reference to the run dir of a reference model")
     if grad_keys and grad_stats is None:
         raise ValueError(f"mixer {mixer.name!r} requires {sorted(grad_keys)}: "
-                         "no gradient-statistics function (mixjax.grads) was given")
+                         "no gradient-statistics function (mixjax.mixing.grads) was given")
     if mixer.model_gradient not in mixing.MODEL_GRADIENTS:
         raise ValueError(f"mixer {mixer.name!r}: model_gradient must be one of "
                          f"{mixing.MODEL_GRADIENTS}, got {mixer.model_gradient!r}")
@@ -237,25 +238,19 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         new_state = state.replace(params=new_params, opt_state=opt_state, mix_state=mix_state,
                                   step=step + 1)
         n_tok = jnp.sum(tm)
-        metrics = {
-            "step": step,
-            "objective": objective,
-            # plain token mean (from the per-domain means when the engine did the forward)
-            "loss": (jnp.sum(tl_ng) if tl_ng is not None else jnp.sum(loss_d * count_d))
-            / jnp.maximum(n_tok, 1.0),
-            "tokens": n_tok,
-            "domain_loss": loss_d,
-            "domain_count": count_d,
-            "weights": weights,
-            "sampling_weights": p,
-            "grad_norm": optax.tree.norm(grads),
-            "nonfinite_domain": mix_state["nonfinite_domain"],
-        }
-        if lr_schedule is not None:
-            metrics["lr"] = jnp.asarray(lr_schedule(step), jnp.float32)
+        more = {}
         if ref_keys:
-            metrics["ref_domain_loss"] = stats["ref_loss"] if "ref_loss" in stats else \
+            more["ref_domain_loss"] = stats["ref_loss"] if "ref_loss" in stats else \
                 statistics.get("ref_loss").compute(ctx)
+        metrics = contract.step_metrics(
+            step=step, objective=objective,
+            # plain token mean (from the per-domain means when the engine did the forward)
+            loss=(jnp.sum(tl_ng) if tl_ng is not None else jnp.sum(loss_d * count_d))
+            / jnp.maximum(n_tok, 1.0),
+            tokens=n_tok, domain_loss=loss_d, domain_count=count_d, weights=weights,
+            sampling_weights=p, grad_norm=optax.tree.norm(grads),
+            nonfinite_domain=mix_state["nonfinite_domain"],
+            lr=None if lr_schedule is None else lr_schedule(step), **more)
         return new_state, metrics
 
     if not jit:

@@ -8,14 +8,14 @@ with the inner Adam state carried across outer steps; then
 It approximates maximising the inner product of per-env gradients (IDGM).
 DomainBed omits the official ``/ meta_steps`` factor and the ERM warm-up
 (reference section 4); we follow DomainBed (``divide_by_meta_steps=False``).
-The meta step itself is the shared ``mixjax.fish.fish_step`` (also used for
+The meta step itself is the shared ``mixjax.methods.fish.fish_step`` (also used for
 text domains). Default meta_lr 0.5 ({0.05, 0.1, 0.5}).
 """
 
 from mixjax.dg import hparams as H
 from mixjax.dg.algorithms import register
 from mixjax.dg.algorithms.base import Algorithm, cross_entropy
-from mixjax.fish import fish_step
+from mixjax.methods.fish import fish_step
 
 
 @register

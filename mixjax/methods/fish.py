@@ -32,7 +32,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixjax import grads as G
+from mixjax.methods.base import (Method, MethodContext, StepParts, first_nonfinite, register,
+                                 require_per_domain, step_metrics, token_loss_fn)
+from mixjax.mixing import domain_stats
+from mixjax.mixing import grads as G
+from mixjax.train import state as state_lib
 
 PyTree = Any
 
@@ -85,3 +89,68 @@ def fish_lm_step(token_loss_fn: G.TokenLossFn, params: PyTree, inner_opt_state: 
     # Report the inner losses in domain order.
     domain_losses = jnp.zeros((num_domains,), jnp.float32).at[order].set(losses)
     return new_params, inner_opt_state, domain_losses
+
+
+@register
+class FishMethod(Method):
+    """Fish on the K text domains of each batch (``train.objective=fish``).
+
+    One train step = one meta step (:func:`fish_lm_step`): K inner AdamW steps
+    (one per domain, random order from ``fold_in(rng, step)``), then
+    ``θ += meta_lr (θ̃ − θ)`` (``/K`` with ``divide_by_meta_steps``). The inner
+    optimiser (``optim`` section) makes K updates per train step, so its
+    schedule spans ``K * train.steps`` updates (``optim.warmup_steps`` counts
+    inner updates). ``opt_state`` is the inner optimiser's, carried across meta
+    steps as in the official code. Needs ``data.sampler=per_domain``. Logged:
+    ``domain_loss`` = each domain's inner loss (at the iterate its inner step
+    started from), ``grad_norm`` = ‖θ̃ − θ‖ / scale (the meta direction).
+    """
+
+    name = "fish"
+    hparams = {"meta_lr": 0.5, "divide_by_meta_steps": False}
+
+    def check(self, hp) -> None:
+        if not hp["meta_lr"] > 0:
+            raise ValueError(f"fish meta_lr must be > 0, got {hp['meta_lr']}")
+        if not isinstance(hp["divide_by_meta_steps"], bool):
+            raise ValueError("fish divide_by_meta_steps must be True or False, got "
+                             f"{hp['divide_by_meta_steps']!r}")
+
+    def build(self, ctx: MethodContext, hp) -> StepParts:
+        cfg, k = ctx.cfg, ctx.num_domains
+        require_per_domain(cfg, "train.objective='fish'")
+        tx, schedule = state_lib.make_optimizer(cfg.optim, k * ctx.schedule_steps)
+        view = ctx.mixer   # uniform: the sampler's stratified batches, every domain equal
+        loss_fn = token_loss_fn(ctx)
+        meta_lr, divide = float(hp["meta_lr"]), bool(hp["divide_by_meta_steps"])
+        pad_id = ctx.pad_id
+
+        def init_fn(params):
+            return state_lib.new_state(params, tx.init(params), view.init(k), k, cfg.train.seed)
+
+        def step_fn(state, batch, frozen=None):
+            del frozen
+            params, step = state.params, state.step
+            rng = jax.random.fold_in(state.rng, step)
+            new_params, opt_state, inner = fish_lm_step(
+                loss_fn, params, state.opt_state, tx,
+                {"tokens": batch["tokens"], "domain_id": batch["domain_id"]}, rng,
+                num_domains=k, meta_lr=meta_lr, divide_by_meta_steps=divide)
+            mask = (batch["tokens"][:, 1:] != pad_id).astype(jnp.float32)
+            _, count = domain_stats.domain_totals(mask, mask, batch["domain_id"], k)
+            scale = meta_lr / k if divide else meta_lr
+            meta_norm = optax.tree.norm(jax.tree.map(
+                lambda a, b: (a - b).astype(jnp.float32), new_params, params)) / scale
+            bad = first_nonfinite(inner)
+            mix_state = {**state.mix_state, "nonfinite_domain": bad}
+            metrics = step_metrics(
+                step=step, domain_loss=inner, domain_count=count,
+                weights=view.weights(mix_state), sampling_weights=batch["sampling_weights"],
+                grad_norm=meta_norm, nonfinite_domain=bad,
+                lr=schedule(step * k))   # inner lr at this meta step's first inner update
+            new_state = state.replace(params=new_params, opt_state=opt_state,
+                                      mix_state=mix_state, step=step + 1)
+            return new_state, metrics
+
+        return StepParts(step_fn=step_fn, init_fn=init_fn, weights=view, weights_move=False,
+                         stratified=True)

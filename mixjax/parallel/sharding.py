@@ -44,6 +44,7 @@ import warnings
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -282,7 +283,8 @@ def init_state_sharded(init_fn, params, logical_axes, mesh, *, rules=RULES):
     """``(state, shardings)``: ``init_fn(params)`` (the train state) built by one
     jitted call whose outputs are born sharded.
 
-    ``params``: arrays, placed by the rules first; or a zero-argument function that
+    ``params``: arrays, placed by the rules first (host numpy arrays, e.g. loaded
+    pretrained weights, shard by shard: :func:`place_host`); or a zero-argument function that
     creates them (``lambda: transformer.init_params(cfg, seed)``), run inside the same
     jitted call so the parameters, too, are born in their shards (pod-scale init: no
     device ever holds the whole model). Optimizer moments and the rest are created
@@ -298,7 +300,8 @@ def init_state_sharded(init_fn, params, logical_axes, mesh, *, rules=RULES):
     abstract = jax.eval_shape(init_fn, params)
     shardings = train_state_shardings(abstract, logical_axes, mesh, rules)
     params_sh = shardings.params if hasattr(shardings, "params") else shardings["params"]
-    placed = place(params, params_sh)
+    host = all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
+    placed = place_host(params, params_sh) if host else place(params, params_sh)
     state = jax.jit(init_fn, in_shardings=(params_sh,), out_shardings=shardings)(placed)
     return state, shardings
 
@@ -310,6 +313,15 @@ def place_frozen(frozen, params, logical_axes, mesh, rules=RULES):
         return None, None
     shardings = frozen_shardings(frozen, params, logical_axes, mesh, rules)
     return place(frozen, shardings), shardings
+
+
+def place_host(tree, shardings):
+    """Host (numpy) arrays onto ``shardings``, each device receiving only its own shard
+    (``jax.make_array_from_callback``): loaded weights are never whole on one device.
+    Every process must hold the same host arrays."""
+    def put(x, sh):
+        return jax.make_array_from_callback(x.shape, sh, lambda index: x[index])
+    return jax.tree.map(put, tree, shardings)
 
 
 def place(tree, shardings):
@@ -343,9 +355,7 @@ def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
     ``global_batch_size`` (required then); the job-wide arrays are assembled with
     ``jax.make_array_from_process_local_data``.
     """
-    import numpy as np
-
-    from mixjax import distributed
+    from mixjax.parallel import distributed
 
     rows = int(np.shape(batch["domain_id"])[0])
     if global_batch_size is None:
@@ -397,7 +407,6 @@ def jit_sharded_step(step_fn, state_shardings, *, donate: bool = True,
 
 def replicate_value(value, mesh) -> jax.Array:
     """A host value every process holds identically, as a replicated global array."""
-    import numpy as np
 
     value = np.asarray(value)
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), value, value.shape)
