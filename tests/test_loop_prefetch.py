@@ -7,6 +7,7 @@ with the run's weight history (the stream is a function of (seed, weight history
 
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -125,3 +126,49 @@ def test_loop_feeds_the_step_the_stream_of_its_weight_history(tmp_path, monkeypa
         np.testing.assert_array_equal(got["sampling_weights"], np.float32(p))
         if t + 1 in by_step:
             hand.set_weights(by_step[t + 1] / by_step[t + 1].sum(), step=t)
+
+
+@pytest.mark.parametrize("method", ["doge", "fish"])
+def test_stratified_steps_get_host_blocked_rows_and_the_same_training(tmp_path, monkeypatch,
+                                                                      method):
+    # Steps that regroup the batch by domain (DoGE's vmap engine, Fish's meta step) get their
+    # rows grouped by domain on the host and only reshape; training equals the device-sorted
+    # path up to float reordering.
+    def cfg_for(run):
+        cfg = tiny_config(tmp_path / run, steps=3, eval_every=0, ckpt_every=3)
+        cfg.data.sampler = "per_domain"
+        cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 1, 16, 2
+        if method == "doge":
+            cfg.mixing.name, cfg.mixing.hparams = "doge", {"target": "universal", "mu": 0.01}
+            cfg.mixing.sampling_weights = "uniform"
+        else:
+            cfg.train.objective = "fish"
+        return cfg
+
+    seen, sorts = [], []
+    real_init = loop.Trainer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        step = self.train_step
+
+        def recording(state, batch):
+            if not seen or seen[-1][0] != self.blocked_batches:   # once per run: any sort op?
+                jaxpr = str(jax.make_jaxpr(self.step_fn)(state, batch))
+                sorts.append(jaxpr.count(" sort["))
+            seen.append((self.blocked_batches, np.asarray(batch["domain_id"])))
+            return step(state, batch)
+        self.train_step = recording
+    monkeypatch.setattr(loop.Trainer, "__init__", init)
+    blocked = loop.train(cfg_for("blocked"), data=fake_data(cfg_for("blocked")))
+    monkeypatch.setattr(loop, "whole_batch_on_host", lambda: False)
+    device = loop.train(cfg_for("device"), data=fake_data(cfg_for("device")))
+    assert [b for b, _ in seen] == [True] * 3 + [False] * 3
+    assert all(np.all(np.diff(ids) >= 0) for _, ids in seen[:3])        # grouped by domain
+    # the blocked step drops the batch's device-side sort (Fish keeps the one of its random
+    # domain order, a permutation of K)
+    assert sorts[0] == sorts[1] - 1 and sorts[0] == (1 if method == "fish" else 0), sorts
+    for a, b in zip(jax.tree.leaves(blocked.state.params), jax.tree.leaves(device.state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(blocked.state.mix_state["weights"]),
+                               np.asarray(device.state.mix_state["weights"]), rtol=2e-5)

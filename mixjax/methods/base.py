@@ -92,6 +92,9 @@ class MethodContext:
     mixer: Any                         # the mixing section's mixer (built and checked)
     # () -> (apply, params) of the train.reference model; called only by a Method that needs it
     load_reference: Callable[[], tuple[Callable, Any]] | None = None
+    # A step with StepParts.stratified receives its rows grouped by domain id (the trainer
+    # orders them on the host, mixjax.mixing.grads.block_rows): no device-side sort needed.
+    blocked_batches: bool = False
 
     @property
     def num_domains(self) -> int:

@@ -68,13 +68,13 @@ def fish_step(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, inner
 def fish_lm_step(token_loss_fn: G.TokenLossFn, params: PyTree, inner_opt_state: PyTree,
                  inner_tx: optax.GradientTransformation, batch: Mapping[str, jax.Array],
                  rng: jax.Array, *, num_domains: int, meta_lr: float,
-                 divide_by_meta_steps: bool = True):
+                 divide_by_meta_steps: bool = True, blocked: bool = False):
     """Fish on text domains: the K domains of one stratified batch, in a random order.
 
     The batch must hold exactly B/K sequences per domain (``grads.check_stratified``);
     each inner step uses one domain's mean token loss.
     """
-    sub = G.stratify(batch, num_domains)                       # [K, B/K, ...]
+    sub = G.stratify(batch, num_domains, blocked=blocked)     # [K, B/K, ...]
     order = jax.random.permutation(rng, num_domains)
     sub = jax.tree.map(lambda v: v[order], sub)
 
@@ -135,7 +135,8 @@ class FishMethod(Method):
             new_params, opt_state, inner = fish_lm_step(
                 loss_fn, params, state.opt_state, tx,
                 {"tokens": batch["tokens"], "domain_id": batch["domain_id"]}, rng,
-                num_domains=k, meta_lr=meta_lr, divide_by_meta_steps=divide)
+                num_domains=k, meta_lr=meta_lr, divide_by_meta_steps=divide,
+                blocked=ctx.blocked_batches)
             mask = (batch["tokens"][:, 1:] != pad_id).astype(jnp.float32)
             _, count = domain_stats.domain_totals(mask, mask, batch["domain_id"], k)
             scale = meta_lr / k if divide else meta_lr

@@ -77,7 +77,8 @@ def _grad_stats(ctx: MethodContext, needs):
         gcfg = grads.GradConfig(strategy=cfg.grads.strategy, layout=cfg.grads.layout,
                                 chunk_size=cfg.grads.chunk_size,
                                 param_filter=cfg.grads.param_filter,
-                                jvp_microbatches=cfg.grads.jvp_microbatches)
+                                jvp_microbatches=cfg.grads.jvp_microbatches,
+                                blocked=ctx.blocked_batches)
         grads.check_request(gcfg, needs, who=f"mixer {ctx.mixer.name!r}")
     except ValueError as e:
         raise ConfigError(str(e)) from e

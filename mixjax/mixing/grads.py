@@ -103,6 +103,10 @@ class GradConfig:
     # its primal+tangent activations are 1/M of the batch's. None: the largest of 4, 2, 1
     # that divides the batch size.
     jvp_microbatches: int | None = None
+    # stratified layout: the rows arrive grouped by domain (domain 0's B/K rows, then domain
+    # 1's, ...), as the run loop's host batches do; the engine then reshapes instead of
+    # sorting and gathering the batch on the device
+    blocked: bool = False
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -299,15 +303,28 @@ def target_batch(batch: Mapping[str, Array]) -> dict[str, Array]:
     return out
 
 
-def stratify(batch: Mapping[str, Array], num_domains: int) -> dict[str, Array]:
-    """Regroups per-sequence arrays as [K, B/K, ...] by a stable sort on domain_id."""
+def stratify(batch: Mapping[str, Array], num_domains: int, *,
+             blocked: bool = False) -> dict[str, Array]:
+    """Regroups per-sequence arrays as [K, B/K, ...] by a stable sort on domain_id.
+
+    ``blocked``: the rows already come grouped by domain in id order
+    (:func:`block_rows` on the host): a reshape, no device-side sort or gather.
+    """
     ex = _per_example(batch)
     b = batch["domain_id"].shape[0]
     if b % num_domains:
         raise ValueError(f"stratified gradient layout: batch size {b} is not a multiple of the "
                          f"{num_domains} domains")
-    order = jnp.argsort(batch["domain_id"], stable=True)
-    return {k: v[order].reshape(num_domains, b // num_domains, *v.shape[1:]) for k, v in ex.items()}
+    if not blocked:
+        order = jnp.argsort(batch["domain_id"], stable=True)
+        ex = {k: v[order] for k, v in ex.items()}
+    return {k: v.reshape(num_domains, b // num_domains, *v.shape[1:]) for k, v in ex.items()}
+
+
+def block_rows(domain_id: np.ndarray) -> np.ndarray:
+    """The host-side row order that groups a batch by domain id (stable): ``batch[order]``
+    is what :func:`stratify` expects with ``blocked=True``."""
+    return np.argsort(np.asarray(domain_id), kind="stable")
 
 
 # -- the engine -----------------------------------------------------------------------------
@@ -378,7 +395,7 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         combine = (lambda c: _weighted_sum(c, grads)) if full else backward_combine
         return DomainGrads(stats, combine)
 
-    sub = stratify(batch, k)
+    sub = stratify(batch, k, blocked=config.blocked)
     sel, rest = _split(params, mask)
 
     def sub_loss(s, one):  # one domain's [B/K, ...] sub-batch

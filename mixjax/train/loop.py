@@ -37,6 +37,7 @@ import numpy as np
 from mixjax import config as config_lib
 from mixjax import methods, mixing, provenance
 from mixjax.config import Config, ConfigError
+from mixjax.mixing import grads
 from mixjax.parallel import distributed, sharding
 from mixjax.train import atomic
 from mixjax.train import checkpoint as ckpt_lib
@@ -245,10 +246,12 @@ class Trainer:
         ctx = methods.MethodContext(
             cfg=cfg, domains=self.domains, apply=self.apply, pad_id=self.pad_id, tx=self.tx,
             schedule=self.schedule, schedule_steps=self.schedule_steps, mixer=self.mixer,
-            load_reference=lambda: load_reference(cfg.train.reference, self.data.vocab_size))
+            load_reference=lambda: load_reference(cfg.train.reference, self.data.vocab_size),
+            blocked_batches=whole_batch_on_host())
         parts = methods.build(cfg.train.objective, ctx, cfg.train.objective_hparams)
         self.mixer = parts.weights          # what the loop reads the weights through
         self.weights_move = parts.weights_move
+        self.blocked_batches = ctx.blocked_batches
         self.step_fn = parts.step_fn
         self.check_stratified = parts.stratified
         self.target_tokens = self._target_tokens() if parts.needs_target else None
@@ -321,9 +324,14 @@ class Trainer:
                                               self.cfg.eval.target_mixture)
 
 
+def whole_batch_on_host() -> bool:
+    """One process holds the whole global batch, so its rows can be grouped by domain on
+    the host (with several processes each holds a slice and the engine sorts on device)."""
+    return jax.process_count() == 1
+
+
 def _check_stratified(host_batch: dict, cfg: Config, step: int, domains) -> None:
     """The stratified gradient layout's per-batch check, as a ConfigError naming data.sampler."""
-    from mixjax.mixing import grads
     try:
         grads.check_stratified(host_batch["domain_counts"], cfg.data.batch_size, step=step,
                                domains=domains)
@@ -343,17 +351,22 @@ def batch_maker(trainer: "Trainer") -> Callable[[dict, Any, int], dict]:
     every step: it is placed once and shared by every batch.
     """
     cfg, mesh = trainer.cfg, trainer.mesh
+    blocked = trainer.blocked_batches
     target = None
     if trainer.target_tokens is not None:
         target = sharding.replicate_value(np.asarray(trainer.target_tokens), mesh)
 
     def make(host_batch: dict, p, t: int) -> dict:
+        tokens = np.asarray(host_batch["tokens"], np.int32)
+        domain_id = np.asarray(host_batch["domain_id"], np.int32)
         if trainer.check_stratified:
             _check_stratified(host_batch, cfg, t, trainer.domains)
+            if blocked:   # rows grouped by domain here, so the step only reshapes
+                order = grads.block_rows(domain_id)
+                tokens, domain_id = tokens[order], domain_id[order]
         # This process's rows -> global arrays on the mesh's batch axes.
         batch = sharding.shard_batch({
-            "tokens": np.asarray(host_batch["tokens"], np.int32),
-            "domain_id": np.asarray(host_batch["domain_id"], np.int32),
+            "tokens": tokens, "domain_id": domain_id,
             "sampling_weights": np.asarray(p, np.float32)}, mesh, cfg.data.batch_size)
         if target is not None:
             batch["target_tokens"] = target
