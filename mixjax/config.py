@@ -505,8 +505,8 @@ def _validate_objective(cfg: Config) -> None:
                           f"known: {', '.join(methods.names())}")
     method = methods.get(t.objective)
     try:
-        hp = methods.resolved_hparams(t.objective, t.objective_hparams)
-    except TypeError as e:
+        method.check(methods.resolved_hparams(t.objective, t.objective_hparams))
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"config key 'train.objective_hparams': {e}") from None
     if method.uses_mixer:
         return
@@ -520,10 +520,6 @@ def _validate_objective(cfg: Config) -> None:
              f"train.objective={t.objective!r} does not support gradient accumulation")
     _require(t.reference is None, "train.reference",
              f"train.objective={t.objective!r} uses no reference model")
-    try:
-        method.check(hp)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key 'train.objective_hparams': {e}") from e
 
 
 def _validate_mixer(cfg: Config) -> None:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mixjax import mixing
 from mixjax.train import loop
@@ -82,3 +83,13 @@ def test_new_step_with_extra_state_trains_logs_and_resumes_exactly(tmp_path):
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     # logged from the step's metrics["extra"]; step 1 has LR 0 (warmup), so no gap yet
     assert recs[0]["ema_gap"] == 0 and all(r["ema_gap"] > 0 for r in recs[1:])
+
+
+def test_the_new_methods_check_runs_at_config_validation(tmp_path):
+    _load_example()
+    from mixjax import config as config_lib
+    cfg = tiny_config(tmp_path / "bad", steps=2)
+    cfg.train.objective, cfg.train.objective_hparams = "ema", {"decay": 1.5}
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"train.objective_hparams.*ema decay must be in \[0, 1\), got 1.5"):
+        config_lib.validate(cfg)
