@@ -225,6 +225,11 @@ def mlp(in_features: int, out_features: int, width: int, depth: int) -> Function
 
 
 @functools.lru_cache(maxsize=64)
+def linear(in_features: int, out_features: int) -> Functional:
+    return Functional(lambda rngs: nnx.Linear(in_features, out_features, rngs=rngs))
+
+
+@functools.lru_cache(maxsize=64)
 def embedding(num: int, features: int) -> Functional:
     return Functional(lambda rngs: nnx.Embed(num, features, rngs=rngs))
 

@@ -40,6 +40,14 @@ def adam(lr, weight_decay=0.0, b1=0.9, b2=0.999) -> optax.GradientTransformation
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam(b1=b1, b2=b2), optax.scale(-lr))
 
 
+def only_part(part: str, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` on the leaves under ``part`` of the network's params (e.g. ``featurizer``);
+    the rest gets no update."""
+    labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: "on" if jax.tree_util.keystr(path).startswith(f"['{part}']") else "off", params)
+    return optax.multi_transform({"on": tx, "off": optax.set_to_zero()}, labels)
+
+
 def apply_updates(tx: optax.GradientTransformation, grads, opt_state, params):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state

@@ -22,16 +22,13 @@ head s; each with its own moment estimates and step count):
 Hyperparameters: sag_w_adv 0.1 (10^U(-2,1)).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
 from mixjax.dg import hparams as H
+from mixjax.dg import networks
 from mixjax.dg.algorithms import register
-from mixjax.dg.algorithms.base import Algorithm, apply_updates, cross_entropy
+from mixjax.dg.algorithms.base import Algorithm, apply_updates, cross_entropy, only_part
 from mixjax.dg.networks import Functional
 
 EPS = 1e-5
@@ -55,18 +52,6 @@ def _draw(key, n):
     return jax.random.uniform(ka, (n, 1)), jax.random.permutation(kp, n)
 
 
-@functools.lru_cache(maxsize=64)
-def _linear(d: int, c: int) -> Functional:
-    return Functional(lambda rngs: nnx.Linear(d, c, rngs=rngs))
-
-
-def _only(part: str, tx):
-    """``tx`` on the leaves under ``part`` of the network's params; no update elsewhere."""
-    labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, _: "on" if jax.tree_util.keystr(path).startswith(f"['{part}']") else "off", params)
-    return optax.multi_transform({"on": tx, "off": optax.set_to_zero()}, labels)
-
-
 @register
 class SagNet(Algorithm):
     name = "sagnet"
@@ -77,13 +62,13 @@ class SagNet(Algorithm):
 
     @property
     def style_module(self) -> Functional:
-        return _linear(self.model.abstract.featurizer.n_outputs, self.net.num_classes)
+        return networks.linear(self.model.abstract.featurizer.n_outputs, self.net.num_classes)
 
     def tx_f(self, hp):
-        return _only("featurizer", self.tx(hp))
+        return only_part("featurizer", self.tx(hp))
 
     def tx_c(self, hp):
-        return _only("classifier", self.tx(hp))
+        return only_part("classifier", self.tx(hp))
 
     def init(self, key, hp):
         k_net, k_s = jax.random.split(key)

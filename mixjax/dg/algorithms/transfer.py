@@ -25,29 +25,15 @@ d_steps_per_g 10 (choice {1, 2, 5}), weight_decay_d 0 (10^U(-6,-2), unused by th
 gda False (True), beta1 0.5 ({0, 0.5}, unused), lr_d 1e-3 (10^U(-4.5,-2.5)).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
 from mixjax.dg import hparams as H
+from mixjax.dg import networks
 from mixjax.dg.algorithms import register
-from mixjax.dg.algorithms.base import Algorithm, apply_updates, cross_entropy, env_losses
+from mixjax.dg.algorithms.base import (Algorithm, apply_updates, cross_entropy, env_losses,
+                                       only_part)
 from mixjax.dg.networks import Functional
-
-
-@functools.lru_cache(maxsize=64)
-def _linear(d: int, c: int) -> Functional:
-    return Functional(lambda rngs: nnx.Linear(d, c, rngs=rngs))
-
-
-def _only(part: str, tx):
-    """``tx`` on the leaves under ``part`` of the network's params; the rest is not touched."""
-    labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, _: "on" if jax.tree_util.keystr(path).startswith(f"['{part}']") else "off", params)
-    return optax.multi_transform({"on": tx, "off": optax.set_to_zero()}, labels)
 
 
 def loss_gap(env_risks):
@@ -81,13 +67,13 @@ class Transfer(Algorithm):
 
     @property
     def head(self) -> Functional:
-        return _linear(self.model.abstract.featurizer.n_outputs, self.net.num_classes)
+        return networks.linear(self.model.abstract.featurizer.n_outputs, self.net.num_classes)
 
     def tx_f(self, hp):
-        return _only("featurizer", self.tx(hp))
+        return only_part("featurizer", self.tx(hp))
 
     def tx_c(self, hp):
-        return _only("classifier", self.tx(hp))
+        return only_part("classifier", self.tx(hp))
 
     def init(self, key, hp):
         params = self.model.init(key)
