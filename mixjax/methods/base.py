@@ -43,6 +43,7 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol
 import jax
 
 from mixjax.errors import ConfigError
+from mixjax.registry import ClassRegistry
 from mixjax.train.contract import METRIC_KEYS, first_nonfinite, step_metrics  # noqa: F401
 
 
@@ -128,27 +129,13 @@ class Method:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: makes ``cls`` selectable as ``train.objective=cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} needs a class attribute `name`")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
+_METHODS = ClassRegistry("method")
+register = _METHODS.register       # class decorator: selectable as ``train.objective=cls.name``
+names = _METHODS.names
 
 
 def get(name: str) -> Method:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(names())}")
-    return _REGISTRY[name]()
+    return _METHODS.get(name)()
 
 
 def resolved_hparams(name: str, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixjax.mixing import statistics
+from mixjax.registry import ClassRegistry
 
 Array = jax.Array
 State = dict[str, Any]
@@ -205,27 +206,10 @@ def check_weight_vector(weights: Any, domains: tuple[str, ...] | None = None,
 
 
 # -- registry ---------------------------------------------------------------
-_REGISTRY: dict[str, type[Mixer]] = {}
-
-
-def register(cls: type[Mixer]) -> type[Mixer]:
-    """Class decorator: makes ``cls`` available as ``get(cls.name)``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} needs a class attribute `name`")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"mixer name {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def mixer_class(name: str) -> type[Mixer]:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown mixer {name!r}; known: {', '.join(names())}")
-    return _REGISTRY[name]
+_MIXERS = ClassRegistry("mixer")
+register = _MIXERS.register        # class decorator: makes ``cls`` available as ``get(cls.name)``
+names = _MIXERS.names
+mixer_class = _MIXERS.get
 
 
 def hparam_names(name: str) -> list[str]:
