@@ -91,6 +91,22 @@ def test_an_error_in_the_thread_is_raised_by_get():
         pf.close()
 
 
+def _on_each_step(monkeypatch, record):
+    """Every Trainer built from now on calls ``record(trainer, state, batch)`` before each
+    train step (the batch the loop hands the step)."""
+    real_init = loop.Trainer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        step = self.train_step
+
+        def recording(state, batch):
+            record(self, state, batch)
+            return step(state, batch)
+        self.train_step = recording
+    monkeypatch.setattr(loop.Trainer, "__init__", init)
+
+
 def test_loop_feeds_the_step_the_stream_of_its_weight_history(tmp_path, monkeypatch):
     # An online mixer on the sampler with lag 2 (the thread draws batch t+1 while step t
     # runs): the step's batches equal a sampler driven by hand with weights.jsonl.
@@ -99,18 +115,8 @@ def test_loop_feeds_the_step_the_stream_of_its_weight_history(tmp_path, monkeypa
     cfg.data.lag = 2
     cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 1, 16, 2   # fast compile
     seen = []
-    real_init = loop.Trainer.__init__
-
-    def init(self, *a, **k):
-        real_init(self, *a, **k)
-        step = self.train_step
-
-        def recording(state, batch):
-            seen.append({k: np.asarray(batch[k]) for k in ("tokens", "domain_id",
-                                                             "sampling_weights")})
-            return step(state, batch)
-        self.train_step = recording
-    monkeypatch.setattr(loop.Trainer, "__init__", init)
+    _on_each_step(monkeypatch, lambda trainer, state, batch: seen.append(
+        {k: np.asarray(batch[k]) for k in ("tokens", "domain_id", "sampling_weights")}))
     data = fake_data(cfg)
     loop.train(cfg, data=data)
     history = metrics_lib.read_jsonl(tmp_path / "run" / "weights.jsonl")
@@ -146,20 +152,12 @@ def test_stratified_steps_get_host_blocked_rows_and_the_same_training(tmp_path, 
         return cfg
 
     seen, sorts = [], []
-    real_init = loop.Trainer.__init__
 
-    def init(self, *a, **k):
-        real_init(self, *a, **k)
-        step = self.train_step
-
-        def recording(state, batch):
-            if not seen or seen[-1][0] != self.blocked_batches:   # once per run: any sort op?
-                jaxpr = str(jax.make_jaxpr(self.step_fn)(state, batch))
-                sorts.append(jaxpr.count(" sort["))
-            seen.append((self.blocked_batches, np.asarray(batch["domain_id"])))
-            return step(state, batch)
-        self.train_step = recording
-    monkeypatch.setattr(loop.Trainer, "__init__", init)
+    def record(trainer, state, batch):
+        if not seen or seen[-1][0] != trainer.blocked_batches:   # once per run: any sort op?
+            sorts.append(str(jax.make_jaxpr(trainer.step_fn)(state, batch)).count(" sort["))
+        seen.append((trainer.blocked_batches, np.asarray(batch["domain_id"])))
+    _on_each_step(monkeypatch, record)
     blocked = loop.train(cfg_for("blocked"), data=fake_data(cfg_for("blocked")))
     monkeypatch.setattr(loop, "whole_batch_on_host", lambda: False)
     device = loop.train(cfg_for("device"), data=fake_data(cfg_for("device")))
