@@ -82,7 +82,8 @@ def run_steps(client: Client, state, feed: Feed, *, start: int, total: int, chec
               bar=None, wait: bool = False) -> Outcome:
     """Runs steps ``start .. total - 1`` of ``client`` (module docstring); returns the Outcome.
 
-    ``checkpointer``: a :class:`mixjax.train.checkpoint.Checkpointer`; ``wait=False``
+    ``checkpointer``: a :class:`mixjax.train.checkpoint.Checkpointer` (None: no
+    checkpoints, the job only flushes its records at the save points); ``wait=False``
     returns from a save once the arrays are off the devices (async checkpointers).
     ``stop_after``: stop as on a signal after that many steps of this call.
     ``timings`` (seconds): ``batches`` (waiting for the feed), ``first_step`` (compile
@@ -98,6 +99,8 @@ def run_steps(client: Client, state, feed: Feed, *, start: int, total: int, chec
         if writer is not None:
             writer.flush()
         client.check_saveable(state, done)
+        if checkpointer is None:
+            return
         # The feed has drawn exactly `done` batches here (it holds before a checkpoint's
         # batch and drains its queue on a stop).
         assert feed.drawn() == done, (feed.drawn(), done)
@@ -145,7 +148,7 @@ def run_steps(client: Client, state, feed: Feed, *, start: int, total: int, chec
                 if ckpt_at(done) or done == total:
                     save(done)
             stopped = draining
-            if stopped and checkpointer.latest_step() != done:
+            if stopped and checkpointer is not None and checkpointer.latest_step() != done:
                 save(done)
             client.flush(done)
     finally:

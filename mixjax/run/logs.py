@@ -23,7 +23,8 @@ def open_logs(run_dir: str | pathlib.Path, domains=(), *, resumed_step: int | No
               main: bool = True) -> metrics_lib.MetricsWriter:
     """The job's writer, after trimming its logs to ``resumed_step`` (None: clearing them).
 
-    ``trackers``: None gives TensorBoard (``tb/``), a list exactly those trackers.
+    ``trackers``: None gives TensorBoard (``tb/``), a list exactly those trackers, a
+    callable ``() -> list`` is called after the trim (a tracker may open its files).
     ``main``: False (a process other than 0) writes and trims nothing.
     """
     run_dir = pathlib.Path(run_dir)
@@ -33,6 +34,8 @@ def open_logs(run_dir: str | pathlib.Path, domains=(), *, resumed_step: int | No
         metrics_lib.clear_logs(run_dir, files)
     else:
         metrics_lib.truncate_after(run_dir, resumed_step, files)
+    if callable(trackers):
+        trackers = trackers()
     return metrics_lib.MetricsWriter(run_dir, tuple(domains), trackers=trackers, files=files)
 
 

@@ -262,11 +262,10 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
             log(f"resumed from step {start} ({checkpointer.directory / str(got.step)})")
     # A fresh run starts with fresh logs (a --resume that found no finished checkpoint
     # replaces what its killed predecessor logged, TensorBoard included).
-    trackers = None
-    if main:
+    def trackers():
         from mixjax.train import tracking
-        trackers = tracking.build(t_cfg.trackers, t_cfg.tracker_args, run_dir,
-                                  config_lib.to_dict(cfg), domains)
+        return tracking.build(t_cfg.trackers, t_cfg.tracker_args, run_dir,
+                              config_lib.to_dict(cfg), domains)
     writer = logs.open_logs(run_dir, domains, resumed_step=None if got is None else start,
                             trackers=trackers, main=main)
     seen_weights = np.asarray(jax.device_get(mixer.weights(state.mix_state)), np.float32)
