@@ -57,6 +57,7 @@ import pathlib
 import time
 from typing import Callable
 
+import jax
 import numpy as np
 
 from mixjax.config import ConfigError

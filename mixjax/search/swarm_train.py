@@ -15,7 +15,6 @@ import pathlib
 import time
 from typing import Callable
 
-import jax
 import numpy as np
 
 from mixjax.parallel import distributed

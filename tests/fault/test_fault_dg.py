@@ -89,7 +89,7 @@ def test_dg_job_stopped_between_checkpoints_resumes_exactly(env, reference, tmp_
     sa, sb = _final_states(reference), _final_states(run)
     assert sa.keys() == sb.keys() and len(sa) == 1
     for unit in sa:
-        (xa, ha), (xb, hb) = sa[unit], sb[unit]
+        (xa, _), (xb, _) = sa[unit], sb[unit]
         la, lb = jax.tree.leaves(xa), jax.tree.leaves(xb)
         assert len(la) == len(lb) > 0
         for x, y in zip(la, lb):
