@@ -84,9 +84,14 @@ def unit_id(cfg: SweepConfig, jobs: list[Job]) -> str:
 
 
 def discard_checkpoints(ckpt_root: pathlib.Path, cfg: SweepConfig, jobs: list[Job]) -> None:
-    """Removes the checkpoints of the units of ``jobs`` (their results are written)."""
+    """Removes the checkpoints of the units of ``jobs`` (their results are written), and
+    ``ckpt_root`` once it is empty."""
     for unit in [jobs] + ([[j] for j in jobs] if len(jobs) > 1 else []):
         shutil.rmtree(pathlib.Path(ckpt_root) / unit_id(cfg, unit), ignore_errors=True)
+    try:   # the run dir holds job dirs only (DomainBed's readers list it) once nothing runs
+        pathlib.Path(ckpt_root).rmdir()
+    except OSError:
+        pass
 
 
 class DGClient(engine.Client):
