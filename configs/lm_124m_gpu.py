@@ -1,6 +1,7 @@
 """GPT-2-small-sized LM (124M parameters with the GPT-2 vocabulary) on a GPU node or cluster.
 
-bf16 compute with fp32 parameters and optimizer state; 0.5M tokens per step
+bf16 compute with fp32 parameters and optimizer state, cuDNN flash attention and a
+chunked cross-entropy (``model.attention=auto``, ``model.loss_chunk=256``); 0.5M tokens per step
 (512 sequences x 1024 tokens, 4 micro-batches), data-parallel over every GPU
 (``mesh.data=-1``). The mixer is a static one so the config loads anywhere; pick
 another with ``--set mixing.name=doremi`` (see docs/mixing.md).
@@ -38,8 +39,13 @@ def get_config() -> Config:
     cfg.model.num_heads = 12
     cfg.model.mlp = "gelu"                 # GPT-2 MLP: d_ff = 4 d_model
     cfg.model.tie_embeddings = True
-    cfg.model.dtype = "bfloat16"           # matmuls in bf16; logits and loss in fp32
+    # Precision and kernels (docs/scaling.md): bf16 matmuls with fp32 parameters, optimizer
+    # state and loss; cuDNN flash attention; the cross-entropy 256 positions at a time, so
+    # the fp32 [B, T, 50304] logits are never held whole.
+    cfg.model.dtype = "bfloat16"
     cfg.model.param_dtype = "float32"
+    cfg.model.attention = "auto"           # cudnn on a GPU (xla on CPU)
+    cfg.model.loss_chunk = 256
     cfg.optim.lr = 6e-4
     cfg.optim.warmup_steps = 700
     cfg.optim.min_lr_ratio = 0.1
