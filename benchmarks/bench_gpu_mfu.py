@@ -158,6 +158,28 @@ def build_variant(cfg, mcfg, mixer_name, hparams, gcfg, k):
     return fn, state, axes, frozen
 
 
+def time_variant(fn, state, axes, frozen, mesh, host, steps):
+    """``(median s/step, first-step s, final loss)`` of ``steps`` timed steps after one
+    compiling step, each blocked on its metrics."""
+    shardings = sharding.train_state_shardings(state, axes, mesh)
+    state = sharding.place(state, shardings)
+    frozen, frozen_sh = sharding.place_frozen(frozen, state.params, axes, mesh)
+    step = sharding.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
+    extra = () if frozen is None else (frozen,)
+    batch = sharding.shard_batch(host, mesh)
+    t0 = time.perf_counter()
+    state, m = step(state, batch, *extra)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, m = step(state, batch, *extra)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), first, float(m["loss"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "lm_124m_gpu.py"))
@@ -222,30 +244,19 @@ def main() -> None:
         except ValueError as e:
             rows.append((name, None, None, None, f"not runnable: {e}"))
             continue
-        shardings = sharding.train_state_shardings(state, axes, mesh)
-        state = sharding.place(state, shardings)
-        frozen, frozen_sh = sharding.place_frozen(frozen, state.params, axes, mesh)
-        step = sharding.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
-        extra = () if frozen is None else (frozen,)
-        batch = sharding.shard_batch(host, mesh)
-        t0 = time.perf_counter()
-        state, m = step(state, batch, *extra)
-        jax.block_until_ready(m)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            state, m = step(state, batch, *extra)
-            jax.block_until_ready(m)
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
+        try:
+            med, first, loss = time_variant(fn, state, axes, frozen, mesh, host, args.steps)
+        except Exception as e:   # noqa: BLE001 -- e.g. out of memory: keep the other rows
+            rows.append((name, None, None, None, f"{kernels}; failed: {type(e).__name__}: "
+                                                f"{str(e).splitlines()[0][:300]}"))
+            print(f"  {name}: failed ({type(e).__name__})", flush=True)
+            continue
         tok_s = b * s / med
         mfu = tok_s * fpt / (peak * jax.device_count()) if peak else None
-        rows.append((name, med, tok_s, mfu, f"{kernels}; first step {first:.1f} s, loss "
-                                            f"{float(m['loss']):.3f}"))
+        rows.append((name, med, tok_s, mfu, f"{kernels}; first step {first:.1f} s, "
+                                            f"loss {loss:.3f}"))
         print(f"  {name}: {med:.3f} s/step, {tok_s:.0f} tokens/s on {dev.device_kind}",
               flush=True)   # as it comes, in case a later variant runs past the time limit
-        del state, step
     base = next((r[1] for r in rows if r[0] == "plain" and r[1]), None)
     print(f"{'variant':<16} {'s/step':>8} {'vs plain':>8} {'tokens/s':>10} {'MFU':>6}  "
           f"{'device':<12} note")

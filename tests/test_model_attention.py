@@ -107,3 +107,37 @@ def test_bad_attention_is_a_config_error_with_exit_2(capsys):
     assert rc == 2 and "'model.attention'" in err and "bogus" in err
     with pytest.raises(ValueError, match="model.attention"):
         T.TransformerConfig(vocab_size=8, attention="flash")
+
+
+def test_forward_mode_tracing_uses_xla_attention(monkeypatch):
+    """The jvp gradient engine traces the model inside forward_mode.tracing(): a model set
+    to cuDNN (a custom_vjp kernel, which jax.jvp cannot differentiate) runs xla there and
+    cuDNN in the reverse-mode pass."""
+    from mixjax.mixing import grads
+    from mixjax.train import step as step_lib
+    seen = []
+    real = jax.nn.dot_product_attention
+
+    def spy(*args, implementation=None, **kw):
+        seen.append(implementation)
+        return real(*args, implementation="xla", **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    cfg = T.TransformerConfig(vocab_size=16, d_model=8, num_layers=1, num_heads=2,
+                              dtype="bfloat16", attention="cudnn")
+    apply, params, _ = T.abstract_init(cfg)
+    tokens = jnp.zeros((4, 9), jnp.int32)
+    batch = {"tokens": tokens, "domain_id": jnp.asarray([0, 0, 1, 1], jnp.int32),
+             "target_tokens": tokens[:2]}
+    stats = grads.make_grad_stats(grads.GradConfig(strategy="jvp"), 2)
+
+    def run(p):
+        gs = stats(lambda q, b: step_lib.token_losses(apply, q, b["tokens"], 15), p, batch,
+                   frozenset({"grad_dot"}))
+        return gs["grad_dot"], gs.combine(jnp.ones(2))
+
+    jax.eval_shape(run, params)                                   # traced only
+    assert "xla" in seen and "cudnn" in seen                       # jvp pass; combine's VJP
+    with T.forward_mode.tracing():
+        assert T.resolve_attention("cudnn", jnp.bfloat16, backend="gpu") == "xla"
+    assert T.resolve_attention("cudnn", jnp.bfloat16, backend="gpu") == "cudnn"

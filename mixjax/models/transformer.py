@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mixjax import forward_mode
 from mixjax.parallel import sharding
 from mixjax.parallel.sharding import constrain   # a no-op unless a sharded step is being traced
 
@@ -104,7 +105,12 @@ def resolve_attention(choice: str, dtype, backend: str | None = None) -> str:
     imports and no multi-device activation sharding is active (the kernel is not
     auto-partitioned), else ``xla``. ``cudnn`` needs bf16/fp16 inputs: with an fp32 compute
     dtype it resolves to ``xla`` (explicit or auto), as does ``splash`` when unavailable.
+    Both kernels are ``jax.custom_vjp`` functions without a forward-mode rule: while a
+    model is traced for ``jax.jvp`` (inside ``mixjax.forward_mode.tracing``, as the
+    gradient engine's ``jvp`` strategy does) every choice resolves to ``xla``.
     """
+    if forward_mode.active():
+        return "xla"
     backend = backend or jax.default_backend()
     if choice == "auto":
         if backend in ("gpu", "cuda"):
