@@ -13,7 +13,7 @@
 #    time per step: idle = 1 - bare/loop), quickstart and 10M models, static and online mixers,
 #    lag 1/2;
 # 4. benchmarks/bench_swarm.py: proxies x steps / s at P = 128 and 512, vmap vs map.
-# Each part has its own time limit (they sum to 8.5 min with the set-up) so one slow or failing
+# Each part has its own time limit (they sum to under 9 min with the set-up) so one slow or failing
 # part cannot take the others' numbers with it; everything is logged to OUT_DIR with the device
 # name, jax version and commit.
 #
@@ -73,7 +73,7 @@ else
   if [ -f benchmarks/bench_host.py ]; then
     run host 60 $PY benchmarks/bench_host.py --steps 500
   fi
-  run mfu 240 $PY benchmarks/bench_gpu_mfu.py --batch-size 64 --grad-accum 1 --steps 10
+  run mfu 270 $PY benchmarks/bench_gpu_mfu.py --batch-size 64 --grad-accum 1 --steps 10
   run loop 100 $PY benchmarks/bench_loop.py --models tiny,10m --mixers uniform,odm --lags 1,2 --steps 40 --warmup 10 --reps 1
-  run swarm 100 $PY benchmarks/bench_swarm.py --proxies 128,512 --steps 10 --skip-separate
+  run swarm 90 $PY benchmarks/bench_swarm.py --proxies 128,512 --steps 10 --skip-separate
 fi
