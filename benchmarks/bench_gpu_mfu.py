@@ -16,12 +16,11 @@ process, on synthetic token batches (throughput does not depend on the text):
 * ``dga-jvp``    the jvp path is measured with DGA: ``grad_dot`` by one linearisation
                  against a target gradient.
 
-A/B on the plain step (each changes one thing from the config's model section, which
-for ``configs/lm_124m_gpu.py`` is ``attention=auto``, ``loss_chunk=256``):
-
-* ``plain:attn-xla``   ``model.attention=xla``: the [B, N, T, T] scores materialised;
-* ``plain:loss-full``  ``model.loss_chunk=0``: the full fp32 [B, T, V] logits;
-* ``plain:old``        both (the step as measured before the kernels were selectable).
+A/B on the plain step, whatever the config says: ``plain:{xla,auto}+{full,chunk}``, the
+attention kernel (``xla`` materialises the [B, N, T, T] scores; ``auto`` is cuDNN flash
+attention on a GPU) times the loss (``full``: the fp32 [B, T, V] logits, ``loss_chunk=0``;
+``chunk``: ``loss_chunk=--ab-loss-chunk``, 256 by default). ``plain:xla+full`` is the
+step as it was before the kernels were selectable.
 
 Each row names the attention implementation the step actually ran
 (``transformer.resolve_attention``: ``auto`` is cuDNN flash attention on a GPU with bf16
@@ -74,15 +73,18 @@ PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "tpu v4": 275.0,
 # (variant, mixer, hyperparameters, gradient-engine config or None, model overrides)
 VARIANTS = [
     ("plain", "uniform", {}, None, {}),
-    ("plain:attn-xla", "uniform", {}, None, {"attention": "xla"}),
-    ("plain:loss-full", "uniform", {}, None, {"loss_chunk": 0}),
-    ("plain:old", "uniform", {}, None, {"attention": "xla", "loss_chunk": 0}),
+    # the attention x loss grid on the plain step ("CHUNK": --ab-loss-chunk)
+    ("plain:xla+full", "uniform", {}, None, {"attention": "xla", "loss_chunk": 0}),
+    ("plain:auto+full", "uniform", {}, None, {"attention": "auto", "loss_chunk": 0}),
+    ("plain:xla+chunk", "uniform", {}, None, {"attention": "xla", "loss_chunk": "CHUNK"}),
+    ("plain:auto+chunk", "uniform", {}, None, {"attention": "auto", "loss_chunk": "CHUNK"}),
     ("doremi", "doremi", {}, None, {}),
     ("doge-vmap", "doge", {"target": "universal"}, grads.GradConfig(strategy="vmap"), {}),
     ("doge-jvp", "doge", {"target": "universal"}, grads.GradConfig(strategy="jvp"), {}),
     ("dga-jvp", "dga", {}, grads.GradConfig(strategy="jvp"), {}),
 ]
-DEFAULT_VARIANTS = "plain,plain:attn-xla,plain:loss-full,plain:old,doremi,doge-vmap,dga-jvp"
+DEFAULT_VARIANTS = ("plain,plain:xla+full,plain:auto+full,plain:xla+chunk,plain:auto+chunk,"
+                    "doremi,doge-vmap,dga-jvp")
 
 
 def peak_flops(device, override_tflops):
@@ -191,6 +193,10 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="per device")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS,
                     help=f"comma-separated, of {[v[0] for v in VARIANTS]}")
+    ap.add_argument("--loss-chunk", type=int, default=None,
+                    help="model.loss_chunk of the rows that keep the config's (default: config)")
+    ap.add_argument("--ab-loss-chunk", type=int, default=256,
+                    help="model.loss_chunk of the plain:*+chunk rows")
     ap.add_argument("--tiny", action="store_true", help="CPU-sized model and batch (a check)")
     args = ap.parse_args()
 
@@ -200,7 +206,10 @@ def main() -> None:
         cfg.data.seq_len, cfg.data.batch_size, cfg.train.grad_accum = 64, 16, 1
         cfg.model.dtype = "float32"                     # CPUs have no fast bf16 matmuls
         cfg.model.loss_chunk = min(cfg.model.loss_chunk, 16)   # several chunks of 64 positions
+        args.ab_loss_chunk = 16
         args.vocab = 264
+    if args.loss_chunk is not None:
+        cfg.model.loss_chunk = args.loss_chunk
     if args.batch_size:
         cfg.data.batch_size = args.batch_size
     if args.grad_accum:
@@ -235,7 +244,8 @@ def main() -> None:
     for name, mixer_name, hp, gcfg, overrides in VARIANTS:
         if name not in wanted:
             continue
-        vcfg = dataclasses.replace(mcfg, **overrides)
+        vcfg = dataclasses.replace(mcfg, **{
+            key: args.ab_loss_chunk if v == "CHUNK" else v for key, v in overrides.items()})
         attn = transformer.resolve_attention(vcfg.attention, transformer.DTYPES[vcfg.dtype])
         kernels = f"attn {attn}, loss_chunk {vcfg.loss_chunk}"
         try:

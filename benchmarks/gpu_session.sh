@@ -73,7 +73,7 @@ else
   if [ -f benchmarks/bench_host.py ]; then
     run host 60 $PY benchmarks/bench_host.py --steps 500
   fi
-  run mfu 270 $PY benchmarks/bench_gpu_mfu.py --batch-size 64 --grad-accum 1 --steps 10
-  run loop 100 $PY benchmarks/bench_loop.py --models tiny,10m --mixers uniform,odm --lags 1,2 --steps 40 --warmup 10 --reps 1
-  run swarm 90 $PY benchmarks/bench_swarm.py --proxies 128,512 --steps 10 --skip-separate
+  run mfu 210 $PY benchmarks/bench_gpu_mfu.py --batch-size 64 --grad-accum 1 --steps 10
+  run loop 150 $PY benchmarks/bench_loop.py --models tiny,10m --mixers uniform,odm --lags 1,2 --steps 40 --warmup 10 --reps 1
+  run swarm 130 $PY benchmarks/bench_swarm.py --proxies 128,512 --steps 10 --skip-separate
 fi
