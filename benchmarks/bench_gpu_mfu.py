@@ -109,6 +109,10 @@ def flops_per_token(mcfg: transformer.TransformerConfig, seq_len: int) -> float:
     return 6.0 * n + 12.0 * mcfg.num_layers * seq_len * mcfg.d_model
 
 
+def _max_abs(a) -> float:
+    return float(jnp.max(jnp.abs(a.astype(jnp.float32))))
+
+
 def attention_check(seq_len: int = 256) -> str:
     """Max |cuDNN - xla| of causal attention output and of the q/k/v gradients, bf16,
     without and with segment ids (two packed documents per row); on GPUs only."""
@@ -134,10 +138,11 @@ def attention_check(seq_len: int = 256) -> str:
             continue
         (_, o_x), g_x = res["xla"]
         (_, o_c), g_c = res["cudnn"]
-        dif = lambda a, b: float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))  # noqa: E731
+        def dif(a, b):
+            return _max_abs(a.astype(jnp.float32) - b.astype(jnp.float32))
         out.append(f"{name}: max|out diff| {dif(o_x, o_c):.2e}, max|grad diff| "
                    f"{max(dif(a, b) for a, b in zip(g_x, g_c)):.2e} "
-                   f"(max|grad| {max(float(jnp.max(jnp.abs(a))) for a in g_x):.2e})")
+                   f"(max|grad| {max(_max_abs(a) for a in g_x):.2e})")
     return "attention check (bf16, cudnn vs xla): " + "; ".join(out)
 
 

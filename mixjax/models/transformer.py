@@ -156,7 +156,7 @@ def attention(q, k, v, *, implementation: str, segment_ids=None):
 
 def _splash_attention(q, k, v, segment_ids):
     """The Pallas TPU splash kernel (causal, optional segment ids), one sequence at a time
-    under ``vmap``, as MaxText calls it (``layers/attention_op.py``): [B, N, T, H] layout,
+    under ``vmap``, as MaxText calls it (``MaxText/layers/attention_op.py``): [B, N, T, H] layout,
     the 1/sqrt(H) scale applied to q beforehand (the kernel does not scale). Not run in
     this repository's tests (no TPU); T must be a multiple of the kernel's block (128).
     """
