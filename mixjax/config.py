@@ -104,6 +104,10 @@ class ModelConfig:
     init_std: float = 0.02
     scan_layers: bool = False          # blocks stacked on a "layers" axis, run by nnx.scan
     remat: str = "none"                # none | dots | full (docs/scaling.md)
+    # auto | xla | cudnn | splash: auto = cuDNN flash attention on a GPU (bf16/fp16 compute),
+    # the Pallas splash kernel on a TPU, xla otherwise (mixjax.models.transformer)
+    attention: str = "auto"
+    loss_chunk: int = 0                # positions per cross-entropy chunk; 0 = full logits
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -429,6 +433,10 @@ def validate(cfg: Config) -> Config:
     for key in ("dtype", "param_dtype"):
         _require(getattr(m, key) in ("float32", "bfloat16", "float16"), f"model.{key}",
                  f"must be float32, bfloat16 or float16, got {getattr(m, key)!r}")
+    _require(m.attention in ("auto", "xla", "cudnn", "splash"), "model.attention",
+             f"must be auto, xla, cudnn or splash, got {m.attention!r}")
+    _require(m.loss_chunk >= 0, "model.loss_chunk",
+             f"must be >= 0 (0 = unchunked), got {m.loss_chunk}")
     _require(m.norm_eps > 0, "model.norm_eps", f"must be > 0, got {m.norm_eps}")
     _require(m.init_std > 0, "model.init_std", f"must be > 0, got {m.init_std}")
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")

@@ -75,6 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax import forward_mode
 from mixjax.mixing import domain_stats, statistics
 
 Array = jax.Array
@@ -275,7 +276,8 @@ def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatc
         (tot, cnt), (dtot, _) = jax.vmap(jvp, out_axes=((None, None), (1, None)))(direction)
         return tot, cnt, dtot
 
-    tot, cnt, dtot = jax.lax.map(one_stacked if stacked else one, micro)
+    with forward_mode.tracing():   # the model picks kernels forward mode can differentiate
+        tot, cnt, dtot = jax.lax.map(one_stacked if stacked else one, micro)
     cnt = cnt.sum(axis=0)
     return (domain_stats.safe_ratio(tot.sum(axis=0), cnt), cnt,
             domain_stats.safe_ratio(dtot.sum(axis=0), cnt[:, None] if stacked else cnt))
@@ -373,7 +375,8 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         else:
             direction = jax.tree.map(lambda x: jnp.zeros(lead + x.shape, x.dtype), params)
         if config.jvp_mode == "linearize":
-            losses, lin, counts = jax.linearize(loss_vec, params, has_aux=True)
+            with forward_mode.tracing():
+                losses, lin, counts = jax.linearize(loss_vec, params, has_aux=True)
             dots = jax.vmap(lin)(direction).T if targets_stacked else lin(direction)
             transpose = jax.linear_transpose(lin, params)
             combine = lambda c: transpose(c.astype(jnp.float32))[0]   # noqa: E731

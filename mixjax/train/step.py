@@ -75,12 +75,58 @@ SampleWeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int):
-    """Per-token cross-entropy ``l`` f32[B,S] and loss mask ``m`` f32[B,S]."""
+    """Per-token cross-entropy ``l`` f32[B,S] and loss mask ``m`` f32[B,S].
+
+    ``apply(params, x) -> logits``; when ``apply.loss_chunk = C > 0`` (a
+    :class:`mixjax.models.transformer.ModelApply` whose config sets ``model.loss_chunk``)
+    the loss is computed from ``apply.hidden`` by :func:`chunked_cross_entropy` without the
+    full [B, S, V] logits; the values are the same (up to float reordering).
+    """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits = apply(params, inputs)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    chunk = getattr(apply, "loss_chunk", 0)
+    if chunk:
+        h, w = apply.hidden(params, inputs)
+        loss = chunked_cross_entropy(h, w, targets, chunk)
+    else:
+        logits = apply(params, inputs)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                               targets)
     mask = (targets != pad_id).astype(jnp.float32)
     return loss * mask, mask
+
+
+def chunked_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, chunk: int):
+    """Per-token ``l[b,t] = logsumexp_v(z[b,t,v]) - z[b,t,y[b,t]]`` with ``z = h w^T``,
+    f32[B,S], computed ``chunk`` positions at a time.
+
+    ``h`` [B,S,d] and ``w`` [V,d] in the compute dtype; each chunk's logits are one matmul
+    in that dtype accumulated in fp32 (``preferred_element_type``), then logsumexp and the
+    target logit in fp32. ``lax.map`` runs the chunks in sequence and ``jax.checkpoint``
+    makes the backward pass recompute a chunk's logits instead of saving them, so neither
+    pass holds more than [B, chunk, V] logits (the unchunked path holds [B, S, V] fp32 for
+    the backward). S is padded up to a multiple of ``chunk`` (the padded positions are
+    dropped). levanter's ``maybe_fused_next_token_loss`` (``levanter/models/loss.py``) blocks
+    the vocabulary instead; chunking positions keeps each chunk's logsumexp exact in one
+    pass and needs no running max across blocks.
+    """
+    b, s, d = h.shape
+    n = -(-s // chunk)
+    pad = n * chunk - s
+    if pad:
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    hc = h.reshape(b, n, chunk, d).swapaxes(0, 1)          # [n, B, C, d]
+    yc = targets.reshape(b, n, chunk).swapaxes(0, 1)       # [n, B, C]
+
+    @jax.checkpoint
+    def one(w, hx, y):
+        logits = jnp.einsum("bcd,vd->bcv", hx, w, preferred_element_type=jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        target = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+        return lse - target
+
+    loss = jax.lax.map(lambda xs: one(w, *xs), (hc, yc))    # [n, B, C]
+    return loss.swapaxes(0, 1).reshape(b, n * chunk)[:, :s]
 
 
 def domain_sums(token_loss, token_mask, domain_id, num_domains: int):
