@@ -21,11 +21,11 @@ from train_fakes import PAD, VOCAB, fake_data, tiny_config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_example():
+def _load_example(file: str = "extending_example.py"):
     import sys
-    name = "mixjax_docs_extending_example"
+    name = "mixjax_docs_" + file[:-len(".py")]
     if name not in sys.modules:   # registering twice would be an error: load once
-        spec = importlib.util.spec_from_file_location(name, ROOT / "docs/extending_example.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / file)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod      # dataclasses look the module up while it executes
         spec.loader.exec_module(mod)
@@ -93,3 +93,14 @@ def test_the_new_methods_check_runs_at_config_validation(tmp_path):
     with pytest.raises(config_lib.ConfigError,
                        match=r"train.objective_hparams.*ema decay must be in \[0, 1\), got 1.5"):
         config_lib.validate(cfg)
+
+
+def test_an_aggregator_over_examples_trains(tmp_path):
+    """docs/extending.md section 4: UPGrad over the batch's sequences, 3 steps."""
+    _load_example("extending_example_examples.py")
+    cfg = tiny_config(tmp_path / "ex", steps=3, eval_every=0, ckpt_every=0)
+    cfg.mixing.name = "upgrad_examples"
+    res = loop.train(cfg, data=fake_data(cfg))
+    recs = metrics_lib.read_jsonl(tmp_path / "ex" / "metrics.jsonl")
+    assert int(res.state.step) == 3 and [r["step"] for r in recs] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in recs)
