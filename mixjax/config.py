@@ -87,6 +87,9 @@ class DataConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class ModelConfig:
+    # The registered model kind (mixjax.models.registry); its own knobs go in hparams.
+    kind: str = "transformer"
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     vocab_size: int | None = None      # None: from the tokenizer (data.tokenizer.vocab_multiple)
     # Start from these parameters: a mixjax run dir (its latest checkpoint) or a
     # safetensors file / HF Llama directory (mixjax.models.hf_io).
@@ -492,7 +495,21 @@ def validate(cfg: Config) -> Config:
              f"got {g.target!r}")
     _validate_mixer(cfg)
     _validate_objective(cfg)
+    _validate_model_kind(cfg)
     return cfg
+
+
+def _validate_model_kind(cfg: Config) -> None:
+    """``model.kind`` names a registered model (mixjax.models.registry), resolved here and
+    when the run is built, never when the config is loaded."""
+    from mixjax.models import registry as model_registry   # light: imports no model
+    try:
+        model_registry.check(cfg.model.kind)
+    except KeyError as e:
+        raise ConfigError(f"config key 'model.kind': {e.args[0]}") from None
+    _require(cfg.model.kind == "transformer" or not cfg.model.init_from, "model.init_from",
+             f"pretrained parameters load into the transformer only, not model.kind="
+             f"{cfg.model.kind!r}")
 
 
 def _validate_objective(cfg: Config) -> None:

@@ -104,3 +104,34 @@ def test_an_aggregator_over_examples_trains(tmp_path):
     recs = metrics_lib.read_jsonl(tmp_path / "ex" / "metrics.jsonl")
     assert int(res.state.step) == 3 and [r["step"] for r in recs] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in recs)
+
+
+def test_a_registered_model_kind_trains(tmp_path):
+    """docs/extending.md section 5: a one-layer MLP-mixer LM as model.kind, 3 steps."""
+    import json
+    _load_example("extending_example_model.py")
+    cfg = tiny_config(tmp_path / "mm", steps=3, eval_every=3, ckpt_every=0)
+    cfg.model.kind, cfg.model.hparams = "mlp_mixer", {"max_len": 16, "d_ff": 48}
+    res = loop.train(cfg, data=fake_data(cfg))
+    assert set(res.state.params) == {"embed", "token_mix", "mlp_in", "mlp_out", "norm1",
+                                     "norm2", "norm_out"}
+    info = json.loads((tmp_path / "mm" / "run_info.json").read_text())
+    assert info["model"]["max_len"] == 16 and info["num_params"] == 32 * 32 + 16 * 16 + 2 * 32 * 48 + 3 * 32
+    recs = metrics_lib.read_jsonl(tmp_path / "mm" / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in recs)
+    assert np.isfinite(res.final_eval["loss_avg"])
+
+
+def test_an_unknown_model_kind_is_a_config_error_naming_model_kind(tmp_path):
+    from mixjax import config as config_lib
+    cfg = tiny_config(tmp_path / "bad", steps=2)
+    cfg.model.kind = "no_such_model"
+    with pytest.raises(config_lib.ConfigError, match=r"model.kind.*no_such_model.*transformer"):
+        config_lib.validate(cfg)
+
+
+def test_the_cli_exits_2_on_an_unknown_model_kind(capsys):
+    from mixjax.cli import main
+    rc = main(["train", str(ROOT / "configs" / "lm_tiny_uniform.py"),
+               "--set", "model.kind=no_such_model"])
+    assert rc == 2 and "'model.kind'" in capsys.readouterr().err
