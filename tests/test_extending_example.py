@@ -135,3 +135,31 @@ def test_the_cli_exits_2_on_an_unknown_model_kind(capsys):
     rc = main(["train", str(ROOT / "configs" / "lm_tiny_uniform.py"),
                "--set", "model.kind=no_such_model"])
     assert rc == 2 and "'model.kind'" in capsys.readouterr().err
+
+
+def test_a_test_time_dg_algorithm_is_evaluated_through_its_hook(tmp_path, capsys):
+    """docs/extending.md section 7: a kNN memory classifier; the evaluation calls its
+    test-time procedure per environment (memory writes only in the test env)."""
+    import json
+    from mixjax.cli import main
+    from mixjax.dg import algorithms as A
+    from mixjax.dg import test_time
+    _load_example("extending_example_dg.py")
+    # only an algorithm that overrides predict_with_state takes the per-environment path
+    assert test_time.uses_hook(A.get("knn_memory")) and not test_time.uses_hook(A.get("erm"))
+    tiny = str(ROOT / "configs" / "dg_tiny.py")
+    run = tmp_path / "dg"
+    args = ["dg", "sweep", tiny, "--run-dir", str(run), "--set", "steps=12",
+            "--set", "algorithms=['knn_memory']", "--set", "test_envs=single",
+            "--set", "n_hparams=1", "--set", "n_trials=1", "--no-table"]
+    assert main(args) == 0
+    recs = [json.loads(line) for f in sorted(run.glob("*/results.jsonl"))
+            for line in f.read_text().splitlines()]
+    assert recs and all(r["test_time_s"] > 0 for r in recs)
+    for r in recs:
+        (test_env,) = r["args"]["test_envs"]
+        envs = sorted(int(k[3:-len("_in_acc")]) for k in r if k.endswith("_in_acc"))
+        for e in envs:
+            assert 0.0 <= r[f"env{e}_in_acc"] <= 1.0
+            # adaptation writes every example of the test env to memory, none elsewhere
+            assert r[f"env{e}_tt_cost"] == (40 if e == test_env else 0)
