@@ -60,6 +60,16 @@ class TokenizerConfig:
 
 
 @dataclasses.dataclass(kw_only=True)
+class SelectionConfig:
+    """``data.selection``: a selection file of per-document weights (mixjax.data.selection)
+    applied to each domain's train split: ``drop`` (weight 0 removed) or ``resample``
+    (documents drawn with probability proportional to their weight)."""
+
+    path: str | None = None            # None: no selection
+    mode: str = "drop"                 # drop | resample
+
+
+@dataclasses.dataclass(kw_only=True)
 class DataConfig:
     corpus: str = "mixpile-tiny"       # a corpus name (mixjax.data.corpus) ...
     spec: str | None = None            # ... or a dataset-spec file (overrides corpus)
@@ -83,6 +93,7 @@ class DataConfig:
     split_min_bytes: int | None = None
     text_field: str = "text"           # JSON key of the text (corpus dirs, spec domains without one)
     on_error: str = "raise"            # bad JSONL lines: raise | skip
+    selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -403,6 +414,10 @@ def validate(cfg: Config) -> Config:
     for key in ("split_min_docs", "split_min_bytes"):
         v = getattr(d, key)
         _require(v is None or v >= 0, f"data.{key}", f"must be >= 0, got {v}")
+    _require(d.selection.mode in ("drop", "resample"), "data.selection.mode",
+             f"must be drop or resample, got {d.selection.mode!r}"
+             + (" (per-sequence weights need the packer to carry document weights: not "
+                "implemented; use resample)" if d.selection.mode == "weight" else ""))
     _require(d.on_error in ("raise", "skip"), "data.on_error", f"must be raise or skip, got {d.on_error!r}")
     _require(bool(d.text_field), "data.text_field", "must not be empty")
     tk = d.tokenizer

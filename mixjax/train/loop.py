@@ -474,6 +474,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                                        f"{cfg.train.run_dir!r} has no checkpoints")
     notes = check_run_dir(cfg, resume, rebuild_schedule=rebuild_schedule)  # before building
     trainer = Trainer(cfg, data)
+    if resume:   # the data stream depends on the selection file: the same one, by checksum
+        from mixjax.data import selection as selection_lib
+        selection_lib.check_resume(cfg.train.run_dir, getattr(trainer.data, "selection", None))
     main = distributed.is_main_process()   # multi-host: process 0 writes the run files
     # The sampler is built (and checks its data) before anything is written.
     sampler = trainer.data.make_sampler(trainer.sampler_weights())
@@ -533,6 +536,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                           "tokenizer": config_lib.to_dict(cfg)["data"]["tokenizer"],
                           "seq_len": cfg.data.seq_len},
             "tokenizer": getattr(trainer.data, "tokenizer", None),
+            "data_selection": getattr(trainer.data, "selection", None),
             "init_from": getattr(trainer, "init_from", None), **provenance.collect()}
     if main:
         atomic.write_text(run_dir / "run_info.json", json.dumps(run_info, indent=2))
