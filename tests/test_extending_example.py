@@ -163,3 +163,24 @@ def test_a_test_time_dg_algorithm_is_evaluated_through_its_hook(tmp_path, capsys
             assert 0.0 <= r[f"env{e}_in_acc"] <= 1.0
             # adaptation writes every example of the test env to memory, none elsewhere
             assert r[f"env{e}_tt_cost"] == (40 if e == test_env else 0)
+
+
+def test_a_scorer_writes_a_selection_the_sampler_applies(tmp_path):
+    """docs/extending.md section 6: the quality scorer, its file, drop mode in the sampler."""
+    import json
+    from mixjax.data import DomainSampler, selection
+    ex = _load_example("extending_example_selection.py")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    good = [f"doc{i} " + "words and more words " * (1 + i % 5) for i in range(30)]
+    bad = [f"#{i} | 12 | 34 | 56 | 78 |" for i in range(10)]
+    (corpus / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in good + bad))
+    sha = ex.write_selection(str(corpus), str(tmp_path / "q.jsonl"))
+    sel = selection.load(tmp_path / "q.jsonl")
+    assert sel.sha256 == sha and sel.scorer == "quality-v1"
+    assert all(sel.weight(d) > 0 for d in good) and all(sel.weight(d) == 0 for d in bad)
+    from mixjax.data.spec import resolve_sources
+    src = selection.select(resolve_sources(str(corpus))["a"], sel, "drop", seed=0)
+    sampler = DomainSampler({"a": src}, seq_len=32, batch_size=4, split=None, chunk=4)
+    text = "".join(sampler.tokenizer.decode(r) for _ in range(20) for r in next(sampler)["tokens"])
+    assert "doc" in text and "|" not in text
