@@ -62,11 +62,12 @@ class TokenizerConfig:
 @dataclasses.dataclass(kw_only=True)
 class SelectionConfig:
     """``data.selection``: a selection file of per-document weights (mixjax.data.selection)
-    applied to each domain's train split: ``drop`` (weight 0 removed) or ``resample``
-    (documents drawn with probability proportional to their weight)."""
+    applied to each domain's train split: ``drop`` (weight 0 removed), ``resample``
+    (documents drawn with probability proportional to their weight) or ``weight`` (every
+    sequence's loss weighted by its documents' weights)."""
 
     path: str | None = None            # None: no selection
-    mode: str = "drop"                 # drop | resample
+    mode: str = "drop"                 # drop | resample | weight
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -414,10 +415,8 @@ def validate(cfg: Config) -> Config:
     for key in ("split_min_docs", "split_min_bytes"):
         v = getattr(d, key)
         _require(v is None or v >= 0, f"data.{key}", f"must be >= 0, got {v}")
-    _require(d.selection.mode in ("drop", "resample"), "data.selection.mode",
-             f"must be drop or resample, got {d.selection.mode!r}"
-             + (" (per-sequence weights need the packer to carry document weights: not "
-                "implemented; use resample)" if d.selection.mode == "weight" else ""))
+    _require(d.selection.mode in ("drop", "resample", "weight"), "data.selection.mode",
+             f"must be drop, resample or weight, got {d.selection.mode!r}")
     _require(d.on_error in ("raise", "skip"), "data.on_error", f"must be raise or skip, got {d.on_error!r}")
     _require(bool(d.text_field), "data.text_field", "must not be empty")
     tk = d.tokenizer

@@ -97,8 +97,8 @@ def test_bad_files_and_modes_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl:2: weight must be finite and >= 0"):
         selection.load(bad)
     cfg = config_lib.Config(name="t")
-    cfg.data.selection.mode = "weight"
-    with pytest.raises(config_lib.ConfigError, match="data.selection.mode.*not implemented"):
+    cfg.data.selection.mode = "reweight"
+    with pytest.raises(config_lib.ConfigError, match="data.selection.mode.*drop, resample or weight"):
         config_lib.validate(cfg)
     src = ListSource(DOCS[:5], "a")
     selection.write(tmp_path / "zero.jsonl", {}, scorer="none", default=0.0)
@@ -118,3 +118,85 @@ def test_data_select_cli_writes_a_file_the_run_reads(tmp_path, capsys):
     assert sel.scorer == "length(min_chars=10)"
     assert all(sel.weight(d) == float(len(d) >= 10) for d in DOCS)
     assert main(["data", "select", str(corpus), "--out", str(out), "--scorer", "nope"]) == 2
+
+
+def _letter_docs():
+    # doc i: one letter repeated; weight by letter. Distinct lengths keep the hashes distinct.
+    docs = [("abc"[i % 3]) * (3 + i) for i in range(60)]
+    weight = {"a": 1.0, "b": 3.0, "c": 0.5}
+    return docs, weight
+
+
+def test_weight_mode_gives_each_sequence_the_mean_weight_of_its_target_tokens(tmp_path):
+    docs, weight = _letter_docs()
+    selection.write(tmp_path / "w.jsonl", {selection.content_hash(d): weight[d[0]] for d in docs},
+                    scorer="letter")
+    sel = selection.load(tmp_path / "w.jsonl")
+    kw = dict(seq_len=16, batch_size=4, split=None, seed=1, chunk=4)
+    s1 = selection.weighted_sampler({"a": ListSource(docs, "a")}, selection=sel, **kw)
+    tok = s1.tokenizer
+    for _ in range(6):
+        b = next(s1)
+        for row, s in zip(b["tokens"], b["sample_weight"]):
+            # the weight of target token t: its own letter's, or for EOS the letter before it
+            letters = [tok.decode([x]) or tok.decode([row[t - 1]]) for t, x in enumerate(row)
+                       if t >= 1]
+            assert s == pytest.approx(np.mean([weight[c] for c in letters]), abs=1e-4)
+    state = json.loads(json.dumps(s1.get_state()))
+    want = [next(s1) for _ in range(4)]
+    s2 = selection.weighted_sampler({"a": ListSource(docs, "a")}, selection=sel, **kw)
+    s2.set_state(state)
+    for w in want:
+        got = next(s2)
+        assert np.array_equal(got["tokens"], w["tokens"])
+        assert np.array_equal(got["sample_weight"], w["sample_weight"])
+
+
+def test_the_step_weights_each_sequence_by_sample_weight():
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from mixjax import mixing
+    from mixjax.train import state as state_lib
+    from mixjax.train import step as step_lib
+    emb = jax.random.normal(jax.random.PRNGKey(0), (12, 12))
+    apply = lambda p, x: p["emb"][x]   # noqa: E731
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 7), 1, 12)
+    s = jnp.asarray([1.0, 0.0, 2.0, 0.5])
+    mixer, tx = mixing.get("uniform"), optax.sgd(0.1)
+    step = step_lib.make_train_step(apply=apply, mixer=mixer, tx=tx, num_domains=2, pad_id=0,
+                                    jit=False)
+    st = state_lib.init_state({"emb": emb}, tx, mixer, 2, 0)
+    batch = {"tokens": tokens, "domain_id": jnp.asarray([0, 1, 0, 1], jnp.int32),
+             "sampling_weights": jnp.full((2,), 0.5), "sample_weight": s}
+    _, m = step(st, batch)
+    tl, tm = step_lib.token_losses(apply, {"emb": emb}, tokens, 0)
+    want = float((s[:, None] * tl * tm).sum() / (s[:, None] * tm).sum())
+    assert float(m["objective"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_run_in_weight_mode_hands_the_weights_to_the_step(tmp_path):
+    from mixjax.train import loop
+    from train_fakes import tiny_config
+    docs, weight = _letter_docs()
+    _write_jsonl(tmp_path / "a.jsonl", docs)
+    (tmp_path / "spec.json").write_text(json.dumps({"domains": [
+        {"name": "a", "kind": "jsonl", "path": str(tmp_path / "a.jsonl")}]}))
+    selection.write(tmp_path / "w.jsonl", {selection.content_hash(d): weight[d[0]] for d in docs},
+                    scorer="letter")
+    cfg = tiny_config(tmp_path / "run", steps=2, eval_every=0, ckpt_every=0)
+    cfg.data.spec, cfg.data.cache_dir, cfg.data.batch_size = str(tmp_path / "spec.json"), "", 4
+    cfg.data.split_min_docs, cfg.data.split_min_bytes = 2, 0
+    cfg.eval.num_seqs = cfg.eval.batch_size = 2
+    cfg.data.selection.path, cfg.data.selection.mode = str(tmp_path / "w.jsonl"), "weight"
+    # the loop hands the sampler's per-sequence weights to the step, row for row
+    trainer = loop.Trainer(cfg)
+    assert trainer.data.selection["mode"] == "weight"
+    host = trainer.data.make_sampler(np.asarray([1.0]))
+    hb = next(host)
+    while len(set(hb["sample_weight"].tolist())) < 2:   # a batch whose rows differ
+        hb = next(host)
+    placed = loop.batch_maker(trainer)(hb, np.asarray([1.0]), 0)
+    np.testing.assert_array_equal(np.asarray(placed["sample_weight"]), hb["sample_weight"])
+    state, m = trainer.train_step(trainer.initial_state, placed)
+    assert int(state.step) == 1 and np.isfinite(float(m["objective"]))

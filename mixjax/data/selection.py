@@ -19,7 +19,7 @@ pre-tokenized document), its first 32 hex digits. A document the file does not l
   crc32(domain), file checksum])``, drawn once per run); the sampler's epochs reshuffle
   that multiset as they shuffle any source.
 
-Both act on the *train split* of each domain, after the split is made (the split is a
+``drop`` and ``resample`` act on the *train split* of each domain, after the split is made (the split is a
 function of the unselected domain, so validation/test documents never move into
 training), by wrapping each domain's source (:class:`SelectedSource`) before the sampler
 is built: the sampler itself is unchanged, its stream is a function of (seed, selection
@@ -27,9 +27,15 @@ file), and a resumed run continues it exactly. The file's sha256 is recorded in
 ``run_info.json`` (``data_selection``) and a resume with a different file is refused.
 Token counts (the ``natural`` mixture) are those of the selected train split.
 
-A per-sequence *weight* mode (the weight passed to the step as a sample weight) would need
-the packer to carry document weights next to the tokens; it is not implemented (config
-validation says so).
+* ``weight``: every document is kept; each training sequence b gets the sample weight
+  ``s_b = (1/S) sum_{t=1..S} w(doc of target token t)`` (the token-weighted mean of its
+  documents' weights), passed to the step as ``batch["sample_weight"]`` f32[B], which
+  multiplies the token weights: ``L = sum_b s_b r_d(b) sum_t m l / sum_b s_b r_d(b) sum_t m``
+  (``mixjax.train.step``; a mixer with ``model_gradient = "coeffs"`` ignores it). The
+  weights travel in a second packed stream per domain, in lockstep with the tokens
+  (:class:`WeightedDomainSampler`: the same documents, shuffle and framing; each token's
+  weight as an int32 fixed-point code, ``round(w * 2^16)``, so weights above 32767 are
+  clipped and the resolution is 2^-16). It costs a second tokenization of every document.
 
 ``mixjax data select CORPUS --scorer length --out FILE`` writes a file from a built-in
 scorer (:data:`SCORERS`); docs/extending.md section 6 writes a scorer of its own.
@@ -50,7 +56,9 @@ import numpy as np
 from mixjax.data.sources import DataError, DomainSource
 
 FORMAT = "mixjax.selection/1"
-MODES = ("drop", "resample")
+MODES = ("drop", "resample", "weight")
+SELECT_MODES = ("drop", "resample")          # the ones that change which documents are read
+WEIGHT_SCALE = 1 << 16                       # weight mode: fixed-point code of a token's weight
 
 
 def content_hash(doc: Any) -> str:
@@ -186,8 +194,8 @@ class SelectedSource(DomainSource):
 def select(source: DomainSource, selection: Selection, mode: str, *, seed: int,
            domain: str | None = None) -> SelectedSource:
     """``source`` with ``selection`` applied in ``mode`` (see the module docstring)."""
-    if mode not in MODES:
-        raise ValueError(f"selection mode must be one of {MODES}, got {mode!r}")
+    if mode not in SELECT_MODES:
+        raise ValueError(f"selection mode must be one of {SELECT_MODES}, got {mode!r}")
     domain = domain or source.domain
     w = np.asarray([selection.weight(source[i]) for i in range(len(source))], np.float64)
     if mode == "drop":
@@ -223,3 +231,94 @@ def check_resume(run_dir: str | pathlib.Path, info: dict | None) -> None:
         from mixjax.config import ConfigError
         raise ConfigError(f"config key 'data.selection': the run started with selection "
                           f"sha256 {was}, now {now}; resuming would change its data stream")
+
+
+# -- weight mode: per-sequence sample weights -------------------------------------------------
+class WeightCodes:
+    """grain map: a chunk of documents -> the int32 weight code of every token of its framed
+    stream piece (the same lengths as ``packing.TokenizeChunk``'s output)."""
+
+    def __init__(self, tokenizer, selection: Selection, *, bos: bool = False):
+        self.tokenizer, self.selection, self.bos = tokenizer, selection, bool(bos)
+
+    def __call__(self, docs: list) -> np.ndarray:
+        from mixjax.data.packing import tokenize
+        parts = []
+        for d in docs:
+            n = len(tokenize(d, self.tokenizer)) + 1 + int(self.bos)   # + EOS (+ BOS)
+            code = min(round(self.selection.weight(d) * WEIGHT_SCALE), np.iinfo(np.int32).max)
+            parts.append(np.full(n, code, np.int32))
+        return np.concatenate(parts)
+
+
+def _weighted_sampler_class():
+    import grain
+
+    from mixjax.data.packing import PackIterDataset
+    from mixjax.data.sampler import DomainSampler, domain_seed
+    from mixjax.data.shuffling import ShuffledDocChunks
+
+    class WeightedDomainSampler(DomainSampler):
+        """A :class:`~mixjax.data.DomainSampler` whose batches also hold ``sample_weight``
+        f32[B] (``data.selection.mode = "weight"``): per domain, a second pipeline packs
+        the weight codes of the same document stream (same shuffle seed, chunking and
+        framing), read in lockstep with the tokens and checkpointed with them."""
+
+        def __init__(self, sources, *, selection: Selection, **kwargs):
+            super().__init__(sources, **kwargs)
+            self.selection = selection
+            self._witers: list = [None] * len(self.domains)
+
+        def _weight_iterator(self, d: int):
+            it = self._witers[d]
+            if it is None:
+                ds = ShuffledDocChunks(self.sources[d],
+                                       seed=domain_seed(self.seed, self.domains[d]),
+                                       chunk=self.chunk, process_index=self.process_index,
+                                       process_count=self.process_count)
+                ds = ds.map(WeightCodes(self.tokenizer, self.selection, bos=self.bos))
+                ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+                it = self._witers[d] = iter(PackIterDataset(ds, length=self.seq_len + 1,
+                                                            eos_id=None))
+            return it
+
+        def read_weights(self, ids: np.ndarray) -> np.ndarray:
+            """f32[len(ids)]: s_b, the mean weight of the target tokens of each row."""
+            ids = np.asarray(ids)
+            out = np.empty((len(ids),), np.float32)
+            for d in np.unique(ids):
+                rows = np.flatnonzero(ids == d)
+                codes = self._weight_iterator(int(d)).take(len(rows))
+                out[rows] = codes[:, 1:].astype(np.float64).mean(axis=1) / WEIGHT_SCALE
+            return out
+
+        def __next__(self):
+            ids, counts = self.composer.next_ids()
+            b = self.local_batch_size
+            ids = ids[self.process_index * b:(self.process_index + 1) * b]
+            return {"tokens": self.read_rows(ids), "domain_id": ids, "domain_counts": counts,
+                    "sample_weight": self.read_weights(ids)}
+
+        def _config(self):
+            return {**super()._config(), "selection": self.selection.sha256}
+
+        def get_state(self):
+            return {**super().get_state(),
+                    "weights": {n: (None if it is None else it.get_state())
+                                for n, it in zip(self.domains, self._witers)}}
+
+        def set_state(self, state):
+            super().set_state(state)
+            for d, name in enumerate(self.domains):
+                saved = state.get("weights", {}).get(name)
+                if saved is None:
+                    self._witers[d] = None
+                else:
+                    self._weight_iterator(d).set_state(saved)
+
+    return WeightedDomainSampler
+
+
+def weighted_sampler(sources, *, selection: Selection, **kwargs):
+    """The sampler of ``data.selection.mode = "weight"`` (see :func:`_weighted_sampler_class`)."""
+    return _weighted_sampler_class()(sources, selection=selection, **kwargs)

@@ -14,6 +14,7 @@ tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -172,7 +173,12 @@ def build_data(cfg: Config) -> TrainData:
         target_sets = {t: target_sets[t] for t in targets}
 
     def make_sampler(weights: np.ndarray):
-        return data.DomainSampler(train_sources, split=train_split, seq_len=cfg.data.seq_len,
+        sampler_cls = data.DomainSampler
+        if selection_info is not None and selection_info["mode"] == "weight":
+            from mixjax.data import selection   # batches also hold sample_weight f32[B]
+            sel = selection.load(cfg.data.selection.path)
+            sampler_cls = functools.partial(selection.weighted_sampler, selection=sel)
+        return sampler_cls(train_sources, split=train_split, seq_len=cfg.data.seq_len,
                                   batch_size=cfg.data.batch_size, weights=np.asarray(weights),
                                   tokenizer=tok, mode=cfg.data.sampler, lag=cfg.data.lag,
                                   seed=seed, num_workers=cfg.data.workers,
@@ -202,5 +208,7 @@ def _selected_train(cfg: Config, sources, fractions, seed: int):
         sel = selection.load(sel_cfg.path)
     except FileNotFoundError as e:
         raise ConfigError(f"config key 'data.selection.path': {e}") from None
+    if sel_cfg.mode == "weight":   # every document kept; the sampler weights the sequences
+        return sources, "train", sel.info(sel_cfg.mode)
     train = splits.split_sources(sources, "train", fractions=fractions)
     return selection.select_all(train, sel, sel_cfg.mode, seed=seed), None, sel.info(sel_cfg.mode)

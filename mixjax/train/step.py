@@ -13,7 +13,8 @@ What one step does (B sequences, S tokens, K domains, d = domain of a token)::
          sampling:  r_d = 1
          loss:      r_d = w_d / p_d            (importance correction; 0 if p_d = 0)
          both:      r_d = w_d
-       optional per-sequence weights s_b = sample_weights(sample_loss, step)
+       optional per-sequence weights s_b = sample_weights(sample_loss, step), times
+       batch["sample_weight"] when the data supply one (data.selection mode "weight")
        objective  L = sum_{b,t} s_b r_d(b) m l / sum_{b,t} s_b r_d(b) m
        (self-normalised importance weighting: for batches drawn with p it
        estimates sum_d w_d E[loss_d] / sum_d w_d, and stays finite when a
@@ -229,6 +230,8 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         r = domain_token_weights(apply_to, weights, p)[domain_id]            # [B]
         if sample_weights is not None:
             r = r * jax.lax.stop_gradient(sample_weights(seq_loss, step)).astype(jnp.float32)
+        if "sample_weight" in batch:   # per-sequence weights from the data (data.selection)
+            r = r * batch["sample_weight"].astype(jnp.float32)
         tw = r[:, None] * tm                                                # [B, S]
         z = jnp.sum(tw)
         cotangent = tw / jnp.where(z > 0, z, 1.0)
