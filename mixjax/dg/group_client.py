@@ -27,6 +27,7 @@ from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import hparams as H
 from mixjax.dg import image_pipeline as P
+from mixjax.dg import test_time
 from mixjax.dg.config import SweepConfig
 from mixjax.dg.group_runner import DeviceData, GroupRunner
 from mixjax.dg.jobs import RNG_IMPL, Job, group_key, net_spec
@@ -120,8 +121,13 @@ class DGClient(engine.Client):
         metrics = jax.block_until_ready(jax.tree.map(lambda v: v / self.n, self.total))
         step_time = (time.perf_counter() - self.t0) / self.n / len(self.jobs)  # a vmapped group shares the time
         step = done - 1
-        in_acc, out_acc = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
-        in_acc, out_acc, metrics = jax.device_get((in_acc, out_acc, metrics))
+        tt_cost = None
+        if test_time.uses_hook(self.runner.alg):   # the algorithm's test-time procedure, per env
+            in_acc, out_acc, tt_cost = test_time.evaluate(self.runner, state["alg"], self.jd, self.dev,
+                                                          len(self.jobs))
+        else:
+            in_acc, out_acc = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
+        in_acc, out_acc, metrics, tt_cost = jax.device_get((in_acc, out_acc, metrics, tt_cost))
         for g, job in enumerate(self.jobs):
             pick = (lambda a: a[g]) if self.batched else (lambda a: a)
             rec = {"step": step, "epoch": step / self.steps_per_epoch[job], "step_time": step_time}
@@ -130,6 +136,11 @@ class DGClient(engine.Client):
                 rec[f"env{e}_out_acc"] = float(pick(out_acc)[e])
             for k, v in metrics.items():
                 rec[k] = float(pick(v))
+            if tt_cost is not None:
+                rec["test_time_s"] = tt_cost["test_time_s"]
+                for e in range(self.num_envs):
+                    if np.isfinite(c := float(pick(tt_cost["tt_cost"])[e])):
+                        rec[f"env{e}_tt_cost"] = c
             rec["hparams"] = dict(job.hparams)
             self.records[job].append(rec)
         self.total, self.n, self.t0 = None, 0, time.perf_counter()

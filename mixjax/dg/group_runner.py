@@ -9,6 +9,7 @@ import numpy as np
 
 from mixjax.dg import algorithms as A
 from mixjax.dg import hparams as H
+from mixjax.dg import test_time
 from mixjax.dg import transforms as T
 from mixjax.dg import datasets as D
 from mixjax.dg.jobs import RNG_IMPL, Job, split_env
@@ -27,6 +28,7 @@ class DeviceData:
         for i, (xi, yi) in enumerate(data.envs):
             x[i, : len(yi)], y[i, : len(yi)] = xi, yi
         self.X, self.Y = jnp.asarray(x), jnp.asarray(y)
+        self.env_meta = test_time.env_metadata(data)   # per-env numbers for test-time hooks
 
     def job_arrays(self, job: Job, holdout_fraction: float) -> dict[str, np.ndarray]:
         e, n = self.Y.shape

@@ -42,14 +42,18 @@ def batch_maker(trainer) -> Callable[[dict, Any, int], dict]:
     def make(host_batch: dict, p, t: int) -> dict:
         tokens = np.asarray(host_batch["tokens"], np.int32)
         domain_id = np.asarray(host_batch["domain_id"], np.int32)
+        # per-sequence sample weights of data.selection.mode=weight (mixjax.data.selection)
+        rows = {} if "sample_weight" not in host_batch else {
+            "sample_weight": np.asarray(host_batch["sample_weight"], np.float32)}
         if trainer.check_stratified:
             _check_stratified(host_batch, cfg, t, trainer.domains)
             if blocked:   # rows grouped by domain here, so the step only reshapes
                 order = grads.block_rows(domain_id)
                 tokens, domain_id = tokens[order], domain_id[order]
+                rows = {k: v[order] for k, v in rows.items()}
         # This process's rows -> global arrays on the mesh's batch axes.
         batch = sharding.shard_batch({
-            "tokens": tokens, "domain_id": domain_id,
+            "tokens": tokens, "domain_id": domain_id, **rows,
             "sampling_weights": np.asarray(p, np.float32)}, mesh, cfg.data.batch_size)
         if target is not None:
             batch["target_tokens"] = target

@@ -9,14 +9,13 @@ from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import evaluate as eval_lib
 from mixjax.train import step as step_lib
 from mixjax.train.data import TrainData, build_data
-from mixjax.train.lm_model import model_config
+from mixjax.train.lm_model import build_model
 
 
 def evaluate_run(run_dir: str | pathlib.Path, *, step: int | None = None,
                  split: str | None = None, num_seqs: int | None = None,
                  data: TrainData | None = None) -> dict:
     """Evaluates checkpoint ``step`` (latest when None) of a run on its eval sets."""
-    from mixjax.models import transformer
     run_dir = pathlib.Path(run_dir)
     cfg = config_lib.load_run_config(run_dir)
     if split is not None:
@@ -26,7 +25,8 @@ def evaluate_run(run_dir: str | pathlib.Path, *, step: int | None = None,
     config_lib.validate(cfg)
     data = data if data is not None else build_data(cfg)
     domains = tuple(data.domains)
-    apply, abstract_params, _ = transformer.abstract_init(model_config(cfg, data.vocab_size))
+    spec = build_model(cfg, data.vocab_size)
+    apply, abstract_params = spec.apply, spec.abstract_params
     ck = ckpt_lib.Checkpointer(run_dir / "checkpoints")
     step = ck.latest_step() if step is None else step
     if step is None:

@@ -50,7 +50,7 @@ from mixjax.train.data import TrainData, build_data
 from mixjax.train.eval_run import evaluate_run, format_eval  # noqa: F401
 from mixjax.train.lm_client import MAX_PENDING, LMClient, NonFiniteLossError  # noqa: F401
 from mixjax.train.lm_client import normalised as _normalised
-from mixjax.train.lm_model import model_config
+from mixjax.train.lm_model import build_model, model_config  # noqa: F401
 from mixjax.train.reference import load_reference
 from mixjax.train.run_dir import (RESUMABLE_CHANGES, RunDirError, check_run_dir,  # noqa: F401
                                   load_run_config, prepare_run_dir)
@@ -88,12 +88,14 @@ class Trainer:
             key = "mixing" if isinstance(e, KeyError) else "mixing.hparams"
             raise ConfigError(f"config key {key!r}: {msg}") from e
         self.pad_id = self.data.pad_id
-        from mixjax.models import transformer
-        self.model_cfg = model_config(cfg, self.data.vocab_size)
+        # The model of model.kind (mixjax.models.registry; default the transformer).
+        spec = build_model(cfg, self.data.vocab_size)
+        self.model_cfg = spec.config
+        self.apply, abstract, self.logical_axes = (spec.apply, spec.abstract_params,
+                                                   spec.logical_axes)
         self.init_from = None
         if cfg.model.init_from:   # pretrained parameters (mixjax.models.hf_io)
             from mixjax.models import hf_io
-            self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
             try:
                 params, self.init_from = hf_io.load_init_params(cfg.model.init_from,
                                                                 self.model_cfg, abstract)
@@ -104,10 +106,9 @@ class Trainer:
         else:
             # Created inside the jitted, sharded state init below (a function, not arrays):
             # every parameter is born in its shards, no device ever holds the whole model.
-            self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
-            model_cfg, seed = self.model_cfg, cfg.train.seed
-            params = lambda: transformer.init_params(model_cfg, seed)   # noqa: E731
-        self.num_params = transformer.count_params(abstract)
+            seed = cfg.train.seed
+            params = lambda: spec.init(seed)   # noqa: E731
+        self.num_params = spec.num_params
         # The LR schedule's length: train.steps, or the original run's on an extended resume.
         self.schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, self.schedule_steps)
@@ -215,6 +216,7 @@ def run_info(cfg: Config, trainer: Trainer) -> dict:
                       "tokenizer": config_lib.to_dict(cfg)["data"]["tokenizer"],
                       "seq_len": cfg.data.seq_len},
         "tokenizer": getattr(data, "tokenizer", None),
+        "data_selection": getattr(data, "selection", None),
         "init_from": getattr(trainer, "init_from", None)}
 
 
@@ -237,6 +239,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                                        f"{cfg.train.run_dir!r} has no checkpoints")
     notes = check_run_dir(cfg, resume, rebuild_schedule=rebuild_schedule)  # before building
     trainer = Trainer(cfg, data)
+    if resume:   # the data stream depends on the selection file: the same one, by checksum
+        from mixjax.data import selection as selection_lib
+        selection_lib.check_resume(cfg.train.run_dir, getattr(trainer.data, "selection", None))
     main = distributed.is_main_process()   # multi-host: process 0 writes the run files
     # The sampler is built (and checks its data) before anything is written.
     sampler = trainer.data.make_sampler(trainer.sampler_weights())
