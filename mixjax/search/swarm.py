@@ -170,11 +170,9 @@ class UpsampleBatches:
         self._weights.flags.writeable = False   # shared by every batch
 
     def __next__(self) -> dict[str, np.ndarray]:
+        from mixjax.data.composer import next_ids_many
         n, b = len(self.composers), self.sampler.batch_size
-        ids = np.empty((n, b), np.int32)
-        counts = np.empty((n, len(self.sampler.domains)), np.int32)
-        for p, comp in enumerate(self.composers):   # each proxy's own counter-based RNG
-            ids[p], counts[p] = comp.next_ids()
+        ids, counts = next_ids_many(self.composers)   # = each composer's next_ids()
         # All proxies' rows in one read, proxy-major: domain d's pipeline hands its next
         # sum_p n_{p,d} sequences to the rows of d in (proxy, row) order, which is the
         # order of one read per proxy, so the tokens and the iterator states are the
