@@ -49,6 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mixjax import config as config_lib  # noqa: E402
+from mixjax.train import checkpoint as ckpt_lib  # noqa: E402
 from mixjax.train import contract, loop, prefetch  # noqa: E402
 from mixjax.train.data import build_data  # noqa: E402
 
@@ -83,7 +84,8 @@ def null_step(trainer: loop.Trainer, online: bool):
 
 
 def run(cfg, data, warmup: int, online: bool, prof: cProfile.Profile | None = None) -> np.ndarray:
-    """(wall, process CPU) seconds per step after warm-up (see the module docstring).
+    """Seconds after warm-up: (wall per step, process CPU per step, wall per step less the
+    checkpoints', wall per checkpoint) (see the module docstring).
 
     ``prof``: profiles the main thread over the timed window only."""
     marks, trainers = {}, []
@@ -115,12 +117,30 @@ def run(cfg, data, warmup: int, online: bool, prof: cProfile.Profile | None = No
             if prof is not None:
                 prof.enable()
 
-    loop.Trainer = NullStepTrainer
+    # Checkpoints (the finiteness check and the save call) are timed on their own too.
+    ckpt_times = []
+    finite, save = loop._all_finite, ckpt_lib.Checkpointer.save
+
+    def timed(f):
+        def g(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                if "start" in marks and "end" not in marks:
+                    ckpt_times.append(time.perf_counter() - t0)
+        return g
+
+    loop.Trainer, loop._all_finite = NullStepTrainer, timed(finite)
+    ckpt_lib.Checkpointer.save = timed(save)
     try:
         loop.train(cfg, data=data, on_step=on_step)
     finally:
-        loop.Trainer = base
-    return (marks["end"] - marks["start"]) / (cfg.train.steps - warmup)
+        loop.Trainer, loop._all_finite, ckpt_lib.Checkpointer.save = base, finite, save
+    n = cfg.train.steps - warmup
+    wall, cpu = (marks["end"] - marks["start"]) / n
+    saves = max(1, len(ckpt_times) // 2)
+    return np.array([wall, cpu, wall - sum(ckpt_times) / n, sum(ckpt_times) / saves])
 
 
 def _now():
@@ -170,7 +190,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--lag", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--ckpt-every", type=int, default=250,
+    ap.add_argument("--ckpt-every", type=int, default=100,
                     help="train.ckpt_every (0: only the final checkpoint, outside the window)")
     ap.add_argument("--profile", default=None, metavar="PATH",
                     help="write cProfile profiles PATH.main.prof and PATH.prefetch.prof")
@@ -181,8 +201,9 @@ def main(argv=None):
     print(f"host ms/step, null step, {dev.platform} ({dev.device_kind}); {args.steps} steps after "
           f"{args.warmup} warm-up, median of {args.reps}; lag {args.lag}, log every "
           f"{args.log_every}, checkpoint every {args.ckpt_every}; load {loadavg()}")
-    print(f"| mixer | B x S | host ms/step | CPU ms/step | target ms | met | load |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| mixer | B x S | host ms/step | CPU ms/step | ms/step without checkpoints | "
+          "ms per checkpoint | target ms/step | met | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     prof = cProfile.Profile() if args.profile else None
     ctx = profiled(pathlib.Path(args.profile), prof) if args.profile else contextlib.nullcontext()
     n = 0
@@ -204,11 +225,11 @@ def main(argv=None):
                     data = data or build_data(cfg)
                     times.append(run(cfg, data, args.warmup, online=mixer != "uniform",
                                      prof=prof))
-                wall, cpu = np.median(np.stack(times), axis=0) * 1e3
+                wall, cpu, bare, ckpt = np.median(np.stack(times), axis=0) * 1e3
                 target = TARGET_MS.get(shape)
                 met = "" if target is None else ("yes" if wall <= target else "no")
-                print(f"| {mixer} | {b} x {s} | {wall:.3f} | {cpu:.3f} | {target or '-'} | {met} "
-                      f"| {loadavg()} |", flush=True)
+                print(f"| {mixer} | {b} x {s} | {wall:.3f} | {cpu:.3f} | {bare:.3f} | {ckpt:.0f} "
+                      f"| {target or '-'} | {met} | {loadavg()} |", flush=True)
 
 
 if __name__ == "__main__":

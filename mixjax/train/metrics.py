@@ -13,8 +13,11 @@ Files in the run directory:
   averages).
 * ``weights.jsonl``: ``{"step", "weights": {domain: w}}`` every step the
   mixer's weights change (and at step 0), i.e. the weight trajectory.
-* ``tb/``: TensorBoard event files (tensorboardX) with the same scalars, and
-  whatever other trackers ``train.trackers`` names (mixjax.train.tracking).
+* ``tb/``: TensorBoard event files (tensorboardX) with the same scalars (one event
+  per record), and whatever other trackers ``train.trackers`` names
+  (mixjax.train.tracking). ``weights.jsonl`` is written in batches, on log steps,
+  evaluations and checkpoints; the trackers' ``weights/<domain>`` get the latest
+  change at that cadence (:class:`MetricsWriter`).
 
 On resume from step ``k`` the records of steps after ``k`` (written by the
 interrupted run after its last checkpoint) are dropped first, from the JSONL
