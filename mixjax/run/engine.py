@@ -70,9 +70,17 @@ class Outcome:
 
 
 def all_finite(tree) -> bool:
-    """Every floating leaf of ``tree`` finite (one device read per leaf)."""
+    """Every floating leaf of ``tree`` finite (one program, one transfer)."""
+    return bool(jax.device_get(_all_finite_jit(tree)))
+
+
+@jax.jit
+def _all_finite_jit(tree) -> jax.Array:
+    # One program and one transfer per checkpoint: a reduction per leaf compiled once
+    # per shape and read back one by one cost ~0.7 s at the first checkpoint.
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return bool(all(jax.device_get(jnp.all(jnp.isfinite(x))) for x in leaves))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves \
+        else jnp.bool_(True)
 
 
 def run_steps(client: Client, state, feed: Feed, *, start: int, total: int, checkpointer,
