@@ -45,6 +45,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mixjax import run_identity
+
 DEFAULTS: dict[str, Any] = {
     "proxies": 32,
     "design": "regmix",            # regmix | dirichlet | lhs | onehot
@@ -207,10 +209,13 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
     # baselines only add target runs: a repeated search may add or drop them
     record = {"method": method, "domains": list(domains),
               "settings": {k: v for k, v in settings.items() if k not in LAYOUT_ONLY},
-              "target_config": _cfg_dict(target_cfg), "proxy_config": _cfg_dict(proxy_cfg)}
+              "target_config": run_identity.identity_dict(target_cfg),
+              "proxy_config": run_identity.identity_dict(proxy_cfg)}
     saved = out / "search.json"
     if saved.exists():
         old = json.loads(saved.read_text())
+        for key in ("target_config", "proxy_config"):   # written with other neutral keys
+            old[key] = _identity_of_saved(old.get(key))
         diff = sorted(key for key in record if json.dumps(old.get(key), default=_default,
                                                           sort_keys=True)
                       != json.dumps(record[key], default=_default, sort_keys=True))
@@ -440,24 +445,18 @@ def extrapolate_losses(res, alive: np.ndarray, step: float, restarts: int) -> np
     return out
 
 
-def _cfg_dict(cfg) -> dict:
+def _identity_of_saved(d):
+    """A config dict saved in search.json, as :func:`run_identity.identity_dict` sees it."""
     from mixjax import config as config_lib
-    d = config_lib.to_dict(cfg)
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "run_dir")}
-    return d
+    try:
+        return run_identity.identity_dict(config_lib.from_dict(d))
+    except (config_lib.ConfigError, TypeError, AttributeError):
+        return d
 
 
 def _train_target(cfg, run_dir: pathlib.Path, seed: int, mixture, log, name) -> dict:
     from mixjax import config as config_lib
     from mixjax.train import loop
-    marker = run_dir / "result.json"
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        if done["mixture"] != mixture:
-            raise SearchError(f"{run_dir} was trained on another mixture ({done['mixture']}); "
-                              "remove it or pick another --out")
-        log(f"target {name} seed {seed}: reusing {run_dir}")
-        return done["eval"]
     c = config_lib.from_dict(config_lib.to_dict(cfg))
     c.name, c.train.run_dir, c.train.seed, c.data.seed = f"{cfg.name}_{name}", str(run_dir), \
         seed, seed
@@ -468,12 +467,25 @@ def _train_target(cfg, run_dir: pathlib.Path, seed: int, mixture, log, name) -> 
     else:
         c.mixing.name, c.mixing.hparams = mixture, {}
     config_lib.validate(c)
-    log(f"target {name} seed {seed}: {c.train.steps} steps -> {run_dir}")
-    result = loop.train(c, resume=(run_dir / "config.json").exists())
-    if result.interrupted:
-        raise KeyboardInterrupt(f"target run {run_dir} was stopped; repeat the command")
-    marker.write_text(json.dumps({"mixture": mixture, "eval": result.final_eval}, indent=2) + "\n")
-    return result.final_eval
+    legacy = run_identity.read_marker(run_dir)     # a result.json of a run of another mixture
+    if legacy is not None and legacy["config_hash"] is None and \
+            legacy["record"].get("mixture") != mixture:
+        raise SearchError(f"{run_dir} was trained on another mixture "
+                          f"({legacy['record'].get('mixture')}); remove it or pick another --out")
+
+    def train(resume: bool) -> dict:
+        log(f"target {name} seed {seed}: {c.train.steps} steps -> {run_dir}")
+        result = loop.train(c, resume=resume)
+        if result.interrupted:
+            raise KeyboardInterrupt(f"target run {run_dir} was stopped; repeat the command")
+        return {"mixture": mixture, "eval": result.final_eval}
+
+    try:
+        rec, _ = run_identity.train_or_reuse(
+            c, run_dir, train, log=lambda m: log(f"target {name} seed {seed}: {m}"))
+    except run_identity.RunIdentityError as e:
+        raise SearchError(str(e)) from None
+    return rec["eval"]
 
 
 # ------------------------------------------------------------------------ report

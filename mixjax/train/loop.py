@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import methods, mixing, provenance
+from mixjax import methods, mixing, provenance, run_identity
 from mixjax.config import Config, ConfigError
 from mixjax.mixing import grads
 from mixjax.parallel import distributed, sharding
@@ -49,17 +49,14 @@ from mixjax.train.data import TrainData, build_data
 from mixjax.train.prefetch import BatchPrefetcher
 from mixjax.train.reference import load_reference
 
-# Keys that may differ between a run's saved config and the one it is resumed with.
-RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
-                     "train.ckpt_every", "train.keep_ckpts",
-                     # the saved config is read from the dir, whatever its path is now
-                     "train.run_dir",
-                     # set on resume to keep the LR schedule (check_run_dir)
-                     "optim.schedule_steps",
-                     # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
-                     "mesh.data", "mesh.fsdp", "mesh.tensor",
-                     # where tokenized data is cached does not change the data
-                     "data.cache_dir", "train.trackers", "train.tracker_args")
+# Keys that may differ between a run's saved config and the one it is resumed with: the
+# result-neutral ones (run_identity.NEUTRAL_KEYS) and those a resume may change on purpose.
+RESUMABLE_CHANGES = run_identity.NEUTRAL_KEYS + (
+    "train.steps", "train.eval_every",
+    # set on resume to keep the LR schedule (check_run_dir)
+    "optim.schedule_steps",
+    # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
+    "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
 class RunDirError(ValueError):
