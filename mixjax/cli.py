@@ -9,7 +9,7 @@ Each command group lives in the module that owns it and exposes
     mixjax mix {doremi,doge} CONFIG ...         mixjax.workflows
     mixjax dg {sweep,table} ...                 mixjax.dg.cli
     mixjax compare CONFIG... --seeds N          mixjax.compare.cli
-    mixjax export RUN_DIR --format hf|safetensors   mixjax.models.hf_io
+    mixjax export RUN_DIR --format hf|safetensors   mixjax.train.export
     mixjax --version                            (also: python -m mixjax)
     mixjax search {regmix,law,skillit-graph} CONFIG ...  mixjax.search.pipeline
 
@@ -37,7 +37,7 @@ COMMANDS = {
     "mix": ("mixjax.workflows", "multi-run mixture searches (DoReMi, DoGE)"),
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
     "compare": ("mixjax.compare.cli", "several methods x seeds on one budget: table with intervals"),
-    "export": ("mixjax.models.hf_io", "write a run's parameters as safetensors or an HF Llama dir"),
+    "export": ("mixjax.train.export", "write a run's parameters as safetensors or an HF Llama dir"),
     "search": ("mixjax.search.pipeline", "offline mixture search: proxy swarm -> fit -> search"),
 }
 

@@ -52,7 +52,10 @@ NEUTRAL_KEYS: tuple[str, ...] = (
 STATIC_MIXERS: tuple[str, ...] = ("uniform", "natural", "manual", "temperature")
 
 MARKER = "finished.json"          # {"config_hash": ..., "record": {...}} in a finished run dir
-LEGACY_MARKERS = ("result.json", "done")   # `mix`/`search` (result.json) and `dg sweep` (done)
+# A DG sweep job's directory is named by its identity (DomainBed's md5 of the job's
+# arguments), and its marker is DomainBed's `done` (DomainBed's collect_results reads it).
+JOB_MARKER = "done"
+LEGACY_MARKERS = ("result.json",)   # `mix` phases and `search` targets before MARKER
 
 
 class RunIdentityError(ConfigError):
@@ -109,17 +112,24 @@ def mark_finished(run_dir: str | os.PathLike, identity: str, record: Any = None)
     return path
 
 
+def mark_job_done(job_dir: str | os.PathLike) -> pathlib.Path:
+    """Writes a DG job's marker (DomainBed's ``done``; the identity is the dir's name)."""
+    path = pathlib.Path(job_dir) / JOB_MARKER
+    _write_atomic(path, "done")
+    return path
+
+
 def read_marker(run_dir: str | os.PathLike) -> dict | None:
     """``{"config_hash", "record"}`` of a finished run dir, or None. Reads the markers written
     before there was one (``result.json`` of `mix`/`search` runs: hash None, the file is the
-    record; ``done`` of DG jobs: hash None, record None)."""
+    record) and DG jobs' ``done`` (hash None, record None)."""
     run_dir = pathlib.Path(run_dir)
     path = run_dir / MARKER
     if path.is_file():
         return json.loads(path.read_text())
     if (run_dir / "result.json").is_file():
         return {"config_hash": None, "record": json.loads((run_dir / "result.json").read_text())}
-    if (run_dir / "done").is_file():
+    if (run_dir / JOB_MARKER).is_file():
         return {"config_hash": None, "record": None}
     return None
 

@@ -134,6 +134,9 @@ def run_recipe(recipe: Recipe, cfg, out: pathlib.Path, *, rounds: int = 1, seeds
     for item in base_overrides:               # checked now, before anything trains
         config_lib.apply_override(base_cfg, item)
     config_lib.validate(base_cfg)
+    from mixjax.train import checks
+    for c in (cfg, base_cfg):                 # registered names, before anything trains
+        checks.check_names(c)
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -139,9 +139,10 @@ def test_dg_job_identity_and_marker(tmp_path):
     assert job.hash(dataclasses.replace(cfg, vmap=True, output_dir="elsewhere")) == h
     assert job.hash(dataclasses.replace(cfg, steps=cfg.steps + 1)) != h
     d = sweep.write_job(tmp_path, cfg, job, [{"step": 0}])
-    assert d.name == h and run_identity.is_finished(d)
-    assert run_identity.read_marker(d)["config_hash"] == h
-    assert (d / "done").read_text() == "done"            # DomainBed's marker, still written
+    assert d.name == h and run_identity.is_finished(d)   # the dir's name is the identity
+    assert (d / "done").read_text() == "done"            # DomainBed's marker
+    (d / "done").unlink()
+    assert not run_identity.is_finished(d)
 
 
 def test_markers_of_older_runs_are_read(tmp_path, fake_train):

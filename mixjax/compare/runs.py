@@ -31,6 +31,7 @@ import numpy as np
 
 from mixjax import config as config_lib
 from mixjax import run_identity
+from mixjax.train import checks
 from mixjax.config import Config, ConfigError
 from mixjax.run_identity import config_hash  # noqa: F401  (re-exported: compare.config_hash)
 
@@ -82,6 +83,10 @@ def plan_grid(config_paths: Sequence[Any], seeds: int, overrides: Sequence[str],
             h = config_hash(cfg)
             cfg.train.run_dir = str(out / "runs" / f"{_safe(name)}-seed{s}-{h[:12]}")
             config_lib.validate(cfg)
+            try:
+                checks.check_names(cfg)
+            except ConfigError as e:
+                raise CompareError(f"config {path}: {e}") from None
             grid.append(GridRun(name, s, cfg, h))
     _check_same(grid, "token budget (train.steps x data.batch_size x data.seq_len)",
                 lambda r: r.cfg.train.steps * r.cfg.data.batch_size * r.cfg.data.seq_len)

@@ -448,16 +448,14 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def write_job(run_dir: pathlib.Path, cfg: SweepConfig, job: Job, records: list[dict]) -> pathlib.Path:
-    """``RUN_DIR/<md5 of args>/results.jsonl`` (DomainBed's sorted-key lines), then the run
-    identity's marker (``run_identity.mark_finished``: the job hash) and DomainBed's ``done``
-    (which its ``collect_results`` reads)."""
+    """``RUN_DIR/<md5 of args>/results.jsonl`` (DomainBed's sorted-key lines), then the job's
+    finished marker (``run_identity.mark_job_done``: DomainBed's ``done``)."""
     job_dir = run_dir / job.hash(cfg)
     job_dir.mkdir(exist_ok=True)
     args = {**job.args(cfg), "output_dir": str(job_dir)}
     lines = [json.dumps({**r, "args": args}, sort_keys=True) + "\n" for r in records]
     write_atomic(job_dir / "results.jsonl", "".join(lines))
-    run_identity.mark_finished(job_dir, job.hash(cfg), {"job": job.id, "records": len(records)})
-    write_atomic(job_dir / "done", "done")
+    run_identity.mark_job_done(job_dir)
     return job_dir
 
 

@@ -4,8 +4,8 @@ A run trains by one Method, named by ``train.objective`` (default ``mixer``; the
 keeps its first name so that stored run dirs and their config hashes stay valid). The
 run loop (``mixjax.train.loop``) knows nothing of any Method: it drives
 ``step(state, batch, frozen) -> (state, metrics)`` over one
-:class:`~mixjax.train.state.TrainState` (donated) and optional
-:class:`~mixjax.train.state.FrozenInputs` (not donated). A Method declares
+:class:`~mixjax.core.state.TrainState` (donated) and optional
+:class:`~mixjax.core.state.FrozenInputs` (not donated). A Method declares
 
 * ``name`` and ``hparams`` (its hyperparameters with their defaults, set by
   ``train.objective_hparams``) and ``check(hp)``, which config validation calls
@@ -44,7 +44,7 @@ import jax
 
 from mixjax.errors import ConfigError
 from mixjax.registry import ClassRegistry
-from mixjax.train.contract import METRIC_KEYS, first_nonfinite, step_metrics  # noqa: F401
+from mixjax.core.contract import METRIC_KEYS, first_nonfinite, step_metrics  # noqa: F401
 
 
 class WeightsView(Protocol):
@@ -157,7 +157,7 @@ def build(name: str, ctx: MethodContext, given: Mapping[str, Any] = ()) -> StepP
 
 def token_loss_fn(ctx: MethodContext) -> Callable:
     """``(params, batch) -> (token losses f32[B, S], mask f32[B, S])`` of the context's model."""
-    from mixjax.train import step as step_lib
+    from mixjax.core import step as step_lib
     apply, pad_id = ctx.apply, ctx.pad_id
 
     def loss_fn(params, batch):

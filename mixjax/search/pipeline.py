@@ -112,6 +112,9 @@ def load_search_config(path: str, overrides=(), search_overrides=(), proxy_overr
     for item in list(settings["proxy_overrides"]) + list(overrides) + list(proxy_overrides):
         config_lib.apply_override(proxy, item)
     config_lib.validate(proxy)
+    from mixjax.train import checks
+    for c in (target, proxy):     # registered names (mixer, Method), before anything trains
+        checks.check_names(c)
     return target, proxy, settings
 
 

@@ -52,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.train import loop
     if args.command == "train":
         from mixjax import config as config_lib
+        from mixjax.train import checks
         cfg = config_lib.load(args.config, args.overrides)
         if getattr(args, "out", None):   # a path, never parsed as a literal
             cfg.train.run_dir = str(args.out)
             config_lib.validate(cfg)
+        checks.check_names(cfg)          # registered names: exit 2 before anything is built
         result = loop.train(cfg, resume=args.resume, resume_from=args.resume_from,
                             rebuild_schedule=args.rebuild_schedule)
         if result.final_eval is not None:

@@ -41,10 +41,11 @@ from mixjax.mixing import grads
 from mixjax.parallel import distributed, sharding
 from mixjax.train import atomic
 from mixjax.train import checkpoint as ckpt_lib
+from mixjax.train import checks
 from mixjax.train import evaluate as eval_lib
 from mixjax.train import metrics as metrics_lib
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 from mixjax.train.data import TrainData, build_data
 from mixjax.train.prefetch import BatchPrefetcher
 from mixjax.train.reference import load_reference
@@ -198,6 +199,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, data: TrainData | None = None):
         config_lib.validate(cfg)
+        checks.check_names(cfg)     # registered names resolve when the run is built
         self.cfg = cfg
         self.data = data if data is not None else build_data(cfg)
         self.domains = tuple(self.data.domains)
@@ -218,12 +220,13 @@ class Trainer:
         from mixjax.models import transformer
         self.model_cfg = model_config(cfg, self.data.vocab_size)
         self.init_from = None
-        if cfg.model.init_from:   # pretrained parameters (mixjax.models.hf_io)
+        if cfg.model.init_from:   # pretrained parameters (mixjax.train.export, models.hf_io)
             from mixjax.models import hf_io
+            from mixjax.train import export
             self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
             try:
-                params, self.init_from = hf_io.load_init_params(cfg.model.init_from,
-                                                                self.model_cfg, abstract)
+                params, self.init_from = export.load_init_params(cfg.model.init_from,
+                                                                 self.model_cfg, abstract)
             except (hf_io.ExportError, FileNotFoundError) as e:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
             # host arrays: placed shard by shard by the sharded init below
@@ -449,7 +452,8 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     """
     from mixjax.data.eval_sets import eval_checksum
     config_lib.validate(cfg)
-    config_lib.check_runnable(cfg)
+    checks.check_names(cfg)
+    checks.check_runnable(cfg)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     resume = resume or resume_from is not None
     if resume_from is not None and not (pathlib.Path(cfg.train.run_dir) / "checkpoints").is_dir():
