@@ -55,6 +55,10 @@ class WeightsView(Protocol):
     name: str
     apply_to: str            # sampling | loss | both: whether the sampler follows the weights
     requires: frozenset      # statistics the step computes for it (mixjax.mixing.statistics)
+    # The hooks the loop reads besides (mixjax.mixing.Mixer documents them): whether
+    # grads.target may be a list, and the on-demand evaluations (None or done -> bool).
+    multi_target: bool
+    wants_eval: Callable[[Any], Any] | None
 
     def weights(self, mix_state) -> jax.Array: ...
 
@@ -71,6 +75,8 @@ class OwnWeights:
     name: str
     apply_to: str = "loss"
     requires: frozenset = frozenset()
+    multi_target: bool = False
+    wants_eval: Callable[[Any], Any] | None = None
 
     def weights(self, mix_state):
         return mix_state["weights"]
