@@ -146,6 +146,10 @@ class TrainConfig:
     # section's weights act on sampling/loss), "bilevel" (ScaleBiO), "fish" (Fish meta step).
     objective: str = "mixer"
     objective_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Modules imported before the run is built (out-of-tree mixers, Methods, statistics:
+    # mixjax.plugins); `mixjax train --plugin M` adds M. Recorded, so `mixjax eval` /
+    # `mixjax export` of the run import them again.
+    plugins: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -461,6 +465,8 @@ def validate(cfg: Config) -> Config:
     _require(d.batch_size % t.grad_accum == 0, "train.grad_accum",
              f"data.batch_size={d.batch_size} is not divisible by grad_accum={t.grad_accum}")
     _require(bool(t.run_dir), "train.run_dir", "must not be empty")
+    _require(all(isinstance(m, str) and m.strip() and " " not in m.strip() for m in t.plugins),
+             "train.plugins", f"must be module names, got {list(t.plugins)}")
     _require(x.apply_to in (None, "sampling", "loss", "both"), "mixing.apply_to",
              f"must be sampling, loss, both or None, got {x.apply_to!r}")
     _require(x.sampling_weights in ("natural", "uniform"), "mixing.sampling_weights",

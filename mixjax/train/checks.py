@@ -21,9 +21,12 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 def check_names(cfg: Config) -> Config:
     """``mixing.name``, ``mixing.hparams``, ``mixing.sample_reweight*``, ``train.objective*``
-    and ``train.trackers`` name registered things with known hyperparameters."""
+    and ``train.trackers`` name registered things with known hyperparameters (after the
+    modules in ``train.plugins`` are imported: what they register counts)."""
+    from mixjax import plugins
     from mixjax.train import tracking   # light: no tracker package is imported here
     t = cfg.train
+    plugins.load(t.plugins, where="config key 'train.plugins':")   # what they register
     bad = tracking.check(t.trackers, t.tracker_args)
     _require(bad is None, "train.tracker_args" if bad and "tracker_args" in bad else "train.trackers",
              str(bad))

@@ -121,6 +121,8 @@ def _write_hf_tokenizer(tok: dict, target: pathlib.Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mixjax import plugins
+    plugins.load_for_run(args.run_dir, log=lambda line: print(line, file=sys.stderr))
     try:
         path = export_run(args.run_dir, args.format, args.out, args.step)
     except (ExportError, FileNotFoundError) as e:

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import methods, mixing, provenance, run_identity
+from mixjax import methods, mixing, plugins, provenance, run_identity
 from mixjax.config import Config, ConfigError
 from mixjax.mixing import grads
 from mixjax.parallel import distributed, sharding
@@ -520,7 +520,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                           "tokenizer": config_lib.to_dict(cfg)["data"]["tokenizer"],
                           "seq_len": cfg.data.seq_len},
             "tokenizer": getattr(trainer.data, "tokenizer", None),
-            "init_from": getattr(trainer, "init_from", None), **provenance.collect()}
+            "init_from": getattr(trainer, "init_from", None),
+            "plugins": list(dict.fromkeys(list(cfg.train.plugins) + plugins.loaded())),
+            **provenance.collect()}
     if main:
         atomic.write_text(run_dir / "run_info.json", json.dumps(run_info, indent=2))
 
