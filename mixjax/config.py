@@ -359,6 +359,12 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
             if isinstance(value, str):  # `--set data.domains=web` -> ("web",)
                 return (value,)
+        elif origin is list:
+            if isinstance(value, (list, tuple)):
+                item = typing.get_args(a)[0] if typing.get_args(a) else Any
+                return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+            if isinstance(value, str):  # `--search-set baselines=uniform` -> ["uniform"]
+                return [value]
         elif origin is dict:
             if isinstance(value, dict):
                 kt, vt = typing.get_args(a) or (Any, Any)
@@ -371,12 +377,15 @@ def _coerce(value: Any, tp, key: str) -> Any:
                       f"{value!r}")
 
 
-def _check_types(obj, prefix: str = "") -> None:
+def check_types(obj, prefix: str = "") -> None:
+    """Coerces every field of the dataclass ``obj`` (recursively) to its declared type, or
+    raises ConfigError naming the key: the engine behind :func:`validate`, shared by the DG
+    sweep config and the search settings."""
     for f in dataclasses.fields(obj):
         key = f"{prefix}{f.name}"
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            _check_types(value, key + ".")
+            check_types(value, key + ".")
         else:
             setattr(obj, f.name, _coerce(value, _field_type(type(obj), f.name), key))
 
@@ -395,7 +404,7 @@ def validate(cfg: Config) -> Config:
     built (``mixjax train`` runs it before anything expensive)."""
     if not isinstance(cfg, Config):
         raise ConfigError(f"expected a Config, got {type(cfg).__name__}")
-    _check_types(cfg)
+    check_types(cfg)
     d, m, o, t, x, e, g = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.mixing, cfg.eval, cfg.grads
     _require(d.seq_len >= 2, "data.seq_len", f"must be >= 2, got {d.seq_len}")
     _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")

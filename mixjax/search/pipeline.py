@@ -36,6 +36,7 @@ in one message and exit status 2 before anything trains.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -47,35 +48,43 @@ import numpy as np
 
 from mixjax import run_identity
 
-DEFAULTS: dict[str, Any] = {
-    "proxies": 32,
-    "design": "regmix",            # regmix | dirichlet | lhs | onehot
-    "design_seed": 42,
-    "route": "upsample",           # upsample | upweight
-    "strategy": "auto",            # vmap | map | auto (measured per backend)
-    "models": 1,                   # devices of the models mesh axis (proxies)
-    "data_shards": 1,              # devices of the data axis (each proxy's batch rows)
-    "fsdp": 1,                     # devices of the fsdp axis (rows and d_model of params)
-    "proxy_overrides": [],         # dotted overrides: target config -> proxy config
-    "target": "average",           # average | a domain | {domain: weight}
-    "regressor": "auto",           # lightgbm | linear | auto (better held-out Spearman)
-    "lgbm_params": {},             # overrides of regmix.LGBM_PARAMS
-    "folds": 4,
-    "samples": 100_000,
-    "top_k": 128,
-    "bootstrap": 32,
-    "min_weight": {},
-    "max_weight": {},
-    "max_epochs": None,            # at most E epochs of each domain in the target run
-    "law_restarts": 16,
-    "extrapolate_step": None,      # law: fit each proxy's step law on its eval history
-                                   # (train.eval_every) and fit the mixture law to the
-                                   # losses it predicts at this step (Ye et al.'s nesting)
-    "baselines": ["uniform", "natural"],
-    "sizes": None,                 # law: proxy d_model values (2-3); one swarm per size and
-                                   # Shukor et al.'s scaling law L(N, D, h) instead of Ye's law
-    "scaling_law": "additive",     # additive | joint (with sizes)
-}
+@dataclasses.dataclass(kw_only=True)
+class SearchSettings:
+    """The search settings (``get_search()`` and ``--search-set K=V``), typed and checked by
+    the same engine as :class:`mixjax.config.Config` (``config.set_value``: a wrong type or
+    an unknown key is an error naming the key, exit status 2)."""
+
+    proxies: int = 32
+    design: str = "regmix"            # regmix | dirichlet | lhs | onehot
+    design_seed: int = 42
+    route: str = "upsample"           # upsample | upweight
+    strategy: str = "auto"            # vmap | map | auto (measured per backend)
+    models: int = 1                   # devices of the models mesh axis (proxies)
+    data_shards: int = 1              # devices of the data axis (each proxy's batch rows)
+    fsdp: int = 1                     # devices of the fsdp axis (rows and d_model of params)
+    proxy_overrides: list[str] = dataclasses.field(default_factory=list)  # target -> proxy config
+    target: str | dict[str, int | float] = "average"   # average | a domain | {domain: weight}
+    regressor: str = "auto"           # lightgbm | linear | auto (better held-out Spearman)
+    lgbm_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # regmix.LGBM_PARAMS
+    folds: int = 4
+    samples: int = 100_000
+    top_k: int = 128
+    bootstrap: int = 32
+    min_weight: dict[str, int | float] = dataclasses.field(default_factory=dict)
+    max_weight: dict[str, int | float] = dataclasses.field(default_factory=dict)
+    max_epochs: int | float | None = None   # at most E epochs of each domain in the target run
+    law_restarts: int = 16
+    # law: fit each proxy's step law on its eval history (train.eval_every) and fit the
+    # mixture law to the losses it predicts at this step (Ye et al.'s nesting)
+    extrapolate_step: int | float | None = None
+    baselines: list[str] = dataclasses.field(default_factory=lambda: ["uniform", "natural"])
+    # law: proxy d_model values (2-3); one swarm per size and Shukor et al.'s scaling law
+    # L(N, D, h) instead of Ye's law
+    sizes: list[int] | None = None
+    scaling_law: str = "additive"     # additive | joint (with sizes)
+
+
+DEFAULTS: dict[str, Any] = dataclasses.asdict(SearchSettings())
 METHODS = ("regmix", "law")
 # Settings a repeated search may change: target-run baselines, and the device layout of
 # the swarm (the same computation on another mesh; its checkpoint restores onto it).
@@ -102,12 +111,17 @@ def load_search_config(path: str, overrides=(), search_overrides=(), proxy_overr
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(root)
-    settings = dict(DEFAULTS)
+    typed = SearchSettings()
     given = module.get_search() if hasattr(module, "get_search") else {}
     for key, value in list(given.items()) + [_split(s) for s in search_overrides]:
         if key not in DEFAULTS:
             raise SearchError(f"unknown search setting {key!r}; known: {sorted(DEFAULTS)}")
-        settings[key] = value
+        try:
+            config_lib.set_value(typed, key, value)
+        except config_lib.ConfigError as e:
+            raise SearchError(f"search setting {str(e)[len('config key '):]}"
+                              if str(e).startswith("config key ") else str(e)) from None
+    settings = dataclasses.asdict(typed)
     proxy = config_lib.from_dict(config_lib.to_dict(target))
     for item in list(settings["proxy_overrides"]) + list(overrides) + list(proxy_overrides):
         config_lib.apply_override(proxy, item)
