@@ -198,6 +198,8 @@ def _first_line(e: BaseException) -> str:
     (orbax wraps TensorStore's error, e.g. ``OUT_OF_RANGE: Error reading "..." in OCDBT
     database at local file "...": ...``, in a message that ends in a bound-method repr),
     on one line of at most 300 characters."""
+    if isinstance(e, CheckpointError):    # already one clean line
+        return " ".join(str(e).split())
     chain, seen = [], set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -335,6 +337,12 @@ def restore_params(manager, step: int, abstract_params):
     that is what is wanted here, so the warning is not shown.
     """
     import warnings
-    with warnings.catch_warnings():
+    reason = None
+    with _quiet_failed_read() as quiet, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sharding info not provided")
-        return manager.restore(step, args=params_only_args(abstract_params))["state"]["params"]
+        try:
+            return manager.restore(step, args=params_only_args(abstract_params))["state"]["params"]
+        except Exception as e:   # a damaged checkpoint: its reason, without orbax's noise
+            reason = _first_line(e)
+            quiet.failed = True
+    raise CheckpointError(reason)

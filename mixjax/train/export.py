@@ -83,6 +83,9 @@ def export_run(run_dir: str | pathlib.Path, fmt: str = "hf", out: str | None = N
         raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
     try:
         params = ckpt_lib.restore_params(ck.manager, step, abstract)
+    except ckpt_lib.CheckpointError as e:
+        raise ExportError(f"run dir {str(run_dir)!r}: checkpoint {step} cannot be read: {e}") \
+            from None
     finally:
         ck.close()
     tensors = hf_io.to_llama(params, mcfg)

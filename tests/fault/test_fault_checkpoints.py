@@ -143,3 +143,20 @@ def test_damaged_checkpoint_fallback_prints_one_clean_line(trained, tmp_path, ca
                                  or '"host"' in reason), reason
     if damage == "truncated data file":   # names the file it could not read
         assert str(tmp_path / "split" / "checkpoints" / "4" / "state") in reason, reason
+
+
+def test_export_of_a_damaged_checkpoint_is_one_clean_error(trained, tmp_path, capfd):
+    from mixjax import cli
+    run, _ = trained
+    shutil.copytree(run, tmp_path / "run")
+    DAMAGE["truncated data file"](tmp_path / "run" / "checkpoints" / "4")
+    assert cli.main(["export", str(tmp_path / "run"), "--format", "safetensors"]) == 2
+    import gc
+    gc.collect()
+    out, err = capfd.readouterr()
+    for noise in ("Traceback", "Event loop is closed", "<bound method", "Exception ignored"):
+        assert noise not in out + err, (noise, err[:3000])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: run dir {str(tmp_path / 'run')!r}: checkpoint 4 cannot be read: "), err
+    assert str(tmp_path / "run" / "checkpoints" / "4" / "state") in lines[0]
