@@ -183,3 +183,25 @@ def train_or_reuse(cfg, run_dir: str | os.PathLike,
     record = train_fn((run_dir / "config.json").is_file())
     mark_finished(run_dir, h, record)
     return record, False
+
+
+def adopt_equivalent(cfg, run_dir: str | os.PathLike, pattern: str,
+                     log: Callable[[str], None] | None = None) -> pathlib.Path | None:
+    """A run dir named by an older hash (one that counted other keys as neutral) is renamed
+    to ``run_dir`` when its saved config has this config's identity: ``run_dir`` does not
+    exist and a sibling matching ``pattern`` (a glob in ``run_dir``'s parent) holds such a
+    run. Returns the old path, or None. Nothing is deleted."""
+    run_dir = pathlib.Path(run_dir)
+    if run_dir.exists() or not run_dir.parent.is_dir():
+        return None
+    h = config_hash(cfg)
+    for old in sorted(run_dir.parent.glob(pattern)):
+        if old == run_dir or not old.is_dir() or (old / MARKER).is_file():
+            continue            # a marker names today's identity: not an older name
+        if saved_config_hash(old) == h:
+            os.rename(old, run_dir)
+            if log is not None:
+                log(f"{old} holds a run of this config (named by an older config hash): "
+                    f"renamed to {run_dir}")
+            return old
+    return None

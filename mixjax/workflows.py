@@ -167,6 +167,7 @@ def run_recipe(recipe: Recipe, cfg, out: pathlib.Path, *, rounds: int = 1, seeds
         # The baseline depends on none of the recipe: one run per config hash, shared by
         # every recipe (and --out) beside this one, so `mix doge` reuses `mix doremi`'s.
         ref.train.run_dir = str(baseline_dir(out, ref))
+        run_identity.adopt_equivalent(ref, ref.train.run_dir, f"{ref.mixing.name}-*", log=log)
         per_seed.append({"seed": seed, "rounds": round_weights,
                          "base": _train(base, data_cache, log, "base", rounds, seed),
                          "baseline": _train(ref, data_cache, log, "baseline", rounds, seed)})

@@ -167,3 +167,20 @@ def test_run_identity_sits_low():
     from test_import_graph import import_graph
     deps = import_graph()["mixjax.run_identity"]
     assert deps <= {"mixjax.config", "mixjax.errors"}, deps
+
+
+def test_a_grid_run_named_by_an_older_hash_is_adopted(tmp_path, fake_train):
+    from mixjax.compare import runs
+    grid = runs.plan_grid([UNIFORM], 1, MICRO, tmp_path)
+    assert runs.run_grid(grid, progress=False)["trained"] == 1
+    new = grid[0].run_dir
+    older = new.parent / (new.name.rsplit("-", 1)[0] + "-0123456789ab")   # an older hash
+    new.rename(older)
+    (older / "finished.json").unlink()          # written before there was a marker
+    n = len(fake_train)
+    assert runs.run_grid(runs.plan_grid([UNIFORM], 1, MICRO, tmp_path), progress=False) == \
+        {"reused": 1, "trained": 0, "resumed": 0}
+    assert len(fake_train) == n and new.is_dir() and not older.exists()
+    # a sibling of another config is never adopted
+    other = runs.plan_grid([UNIFORM], 1, MICRO + [RESULT], tmp_path)
+    assert runs.run_grid(other, progress=False)["trained"] == 1 and new.is_dir()

@@ -136,6 +136,8 @@ def run_grid(grid: Sequence[GridRun], progress: bool = True) -> dict[str, int]:
     for r in bar:
         bar.set_postfix_str(f"{r.method} seed {r.seed}")
         r.cfg.train.progress = progress
+        run_identity.adopt_equivalent(r.cfg, r.run_dir, f"{_safe(r.method)}-seed{r.seed}-*",
+                                      log=lambda m: print(m, file=sys.stderr))
 
         def train(resume, r=r):
             result = loop.train(r.cfg, resume=resume)
