@@ -127,8 +127,9 @@ def read_marker(run_dir: str | os.PathLike) -> dict | None:
     path = run_dir / MARKER
     if path.is_file():
         return json.loads(path.read_text())
-    if (run_dir / "result.json").is_file():
-        return {"config_hash": None, "record": json.loads((run_dir / "result.json").read_text())}
+    for name in LEGACY_MARKERS:
+        if (run_dir / name).is_file():
+            return {"config_hash": None, "record": json.loads((run_dir / name).read_text())}
     if (run_dir / JOB_MARKER).is_file():
         return {"config_hash": None, "record": None}
     return None
