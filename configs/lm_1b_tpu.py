@@ -1,7 +1,8 @@
 """A ~1.3B-parameter (1.28B with the 50k vocabulary) Llama-style LM on a Cloud TPU v4/v5 slice.
 
 d_model 2048, 16 layers, 16 heads, SwiGLU d_ff 8192, GPT-2 BPE vocabulary (untied);
-bf16 compute with fp32 parameters and optimizer state, fully sharded over the slice
+bf16 compute with fp32 parameters and optimizer state, a chunked cross-entropy
+(``model.loss_chunk=512``), fully sharded over the slice
 (``mesh.fsdp=-1``: parameters, gradients and Adam moments split along ``embed`` over
 every chip, ZeRO-3 style; the batch is split over the same axis); 1M tokens per step
 (512 x 2048, 2 micro-batches). The mixer is a static one so the config loads anywhere;
@@ -35,8 +36,15 @@ def get_config() -> Config:
     cfg.model.d_ff = 8192
     cfg.model.mlp = "swiglu"
     cfg.model.tie_embeddings = False
-    cfg.model.dtype = "bfloat16"           # matmuls in bf16; logits and loss in fp32
+    # Precision and kernels (docs/scaling.md): bf16 matmuls with fp32 parameters, optimizer
+    # state and loss; the cross-entropy 512 positions at a time (never the whole fp32
+    # [B, T, 50304] logits). attention=auto is the Pallas splash kernel on a single TPU
+    # chip; under this config's multi-chip fsdp mesh it resolves to xla (the kernel is not
+    # wrapped in a shard_map yet, mixjax.models.transformer.resolve_attention).
+    cfg.model.dtype = "bfloat16"
     cfg.model.param_dtype = "float32"
+    cfg.model.attention = "auto"
+    cfg.model.loss_chunk = 512
     cfg.optim.lr = 3e-4
     cfg.optim.warmup_steps = 2000
     cfg.optim.weight_decay = 0.1

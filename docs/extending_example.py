@@ -4,7 +4,7 @@ new kind of step with its own state. ``tests/test_extending_example.py`` runs th
 Importing it registers everything; then ``--set mixing.name=spread`` and
 ``--set train.objective=ema`` select them (from the command line:
 ``mixjax train CONFIG --plugin docs.extending_example ...``, or a ``mixjax.plugins`` entry
-point; from Python: import the module in your own launcher; docs/extending.md, section 4).
+point; from Python: import the module in your own launcher; docs/extending.md, section 8).
 """
 
 from __future__ import annotations

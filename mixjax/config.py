@@ -63,6 +63,17 @@ class TokenizerConfig:
 
 
 @dataclasses.dataclass(kw_only=True)
+class SelectionConfig:
+    """``data.selection``: a selection file of per-document weights (mixjax.data.selection)
+    applied to each domain's train split: ``drop`` (weight 0 removed), ``resample``
+    (documents drawn with probability proportional to their weight) or ``weight`` (every
+    sequence's loss weighted by its documents' weights)."""
+
+    path: str | None = None            # None: no selection
+    mode: str = "drop"                 # drop | resample | weight
+
+
+@dataclasses.dataclass(kw_only=True)
 class DataConfig:
     corpus: str = "mixpile-tiny"       # a corpus name (mixjax.data.corpus) ...
     spec: str | None = None            # ... or a dataset-spec file (overrides corpus)
@@ -86,10 +97,14 @@ class DataConfig:
     split_min_bytes: int | None = None
     text_field: str = "text"           # JSON key of the text (corpus dirs, spec domains without one)
     on_error: str = "raise"            # bad JSONL lines: raise | skip
+    selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
 
 
 @dataclasses.dataclass(kw_only=True)
 class ModelConfig:
+    # The registered model kind (mixjax.models.registry); its own knobs go in hparams.
+    kind: str = "transformer"
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     vocab_size: int | None = None      # None: from the tokenizer (data.tokenizer.vocab_multiple)
     # Start from these parameters: a mixjax run dir (its latest checkpoint) or a
     # safetensors file / HF Llama directory (mixjax.models.hf_io).
@@ -107,6 +122,10 @@ class ModelConfig:
     init_std: float = 0.02
     scan_layers: bool = False          # blocks stacked on a "layers" axis, run by nnx.scan
     remat: str = "none"                # none | dots | full (docs/scaling.md)
+    # auto | xla | cudnn | splash: auto = cuDNN flash attention on a GPU (bf16/fp16 compute),
+    # the Pallas splash kernel on a TPU, xla otherwise (mixjax.models.transformer)
+    attention: str = "auto"
+    loss_chunk: int = 0                # positions per cross-entropy chunk; 0 = full logits
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -421,6 +440,8 @@ def validate(cfg: Config) -> Config:
     for key in ("split_min_docs", "split_min_bytes"):
         v = getattr(d, key)
         _require(v is None or v >= 0, f"data.{key}", f"must be >= 0, got {v}")
+    _require(d.selection.mode in ("drop", "resample", "weight"), "data.selection.mode",
+             f"must be drop, resample or weight, got {d.selection.mode!r}")
     _require(d.on_error in ("raise", "skip"), "data.on_error", f"must be raise or skip, got {d.on_error!r}")
     _require(bool(d.text_field), "data.text_field", "must not be empty")
     tk = d.tokenizer
@@ -450,6 +471,10 @@ def validate(cfg: Config) -> Config:
     for key in ("dtype", "param_dtype"):
         _require(getattr(m, key) in ("float32", "bfloat16", "float16"), f"model.{key}",
                  f"must be float32, bfloat16 or float16, got {getattr(m, key)!r}")
+    _require(m.attention in ("auto", "xla", "cudnn", "splash"), "model.attention",
+             f"must be auto, xla, cudnn or splash, got {m.attention!r}")
+    _require(m.loss_chunk >= 0, "model.loss_chunk",
+             f"must be >= 0 (0 = unchunked), got {m.loss_chunk}")
     _require(m.norm_eps > 0, "model.norm_eps", f"must be > 0, got {m.norm_eps}")
     _require(m.init_std > 0, "model.init_std", f"must be > 0, got {m.init_std}")
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")

@@ -13,7 +13,8 @@ What one step does (B sequences, S tokens, K domains, d = domain of a token)::
          sampling:  r_d = 1
          loss:      r_d = w_d / p_d            (importance correction; 0 if p_d = 0)
          both:      r_d = w_d
-       optional per-sequence weights s_b = sample_weights(sample_loss, step)
+       optional per-sequence weights s_b = sample_weights(sample_loss, step), times
+       batch["sample_weight"] when the data supply one (data.selection mode "weight")
        objective  L = sum_{b,t} s_b r_d(b) m l / sum_{b,t} s_b r_d(b) m
        (self-normalised importance weighting: for batches drawn with p it
        estimates sum_d w_d E[loss_d] / sum_d w_d, and stays finite when a
@@ -75,12 +76,58 @@ SampleWeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int):
-    """Per-token cross-entropy ``l`` f32[B,S] and loss mask ``m`` f32[B,S]."""
+    """Per-token cross-entropy ``l`` f32[B,S] and loss mask ``m`` f32[B,S].
+
+    ``apply(params, x) -> logits``; when ``apply.loss_chunk = C > 0`` (a
+    :class:`mixjax.models.transformer.ModelApply` whose config sets ``model.loss_chunk``)
+    the loss is computed from ``apply.hidden`` by :func:`chunked_cross_entropy` without the
+    full [B, S, V] logits; the values are the same (up to float reordering).
+    """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits = apply(params, inputs)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    chunk = getattr(apply, "loss_chunk", 0)
+    if chunk:
+        h, w = apply.hidden(params, inputs)
+        loss = chunked_cross_entropy(h, w, targets, chunk)
+    else:
+        logits = apply(params, inputs)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                               targets)
     mask = (targets != pad_id).astype(jnp.float32)
     return loss * mask, mask
+
+
+def chunked_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, chunk: int):
+    """Per-token ``l[b,t] = logsumexp_v(z[b,t,v]) - z[b,t,y[b,t]]`` with ``z = h w^T``,
+    f32[B,S], computed ``chunk`` positions at a time.
+
+    ``h`` [B,S,d] and ``w`` [V,d] in the compute dtype; each chunk's logits are one matmul
+    in that dtype accumulated in fp32 (``preferred_element_type``), then logsumexp and the
+    target logit in fp32. ``lax.map`` runs the chunks in sequence and ``jax.checkpoint``
+    makes the backward pass recompute a chunk's logits instead of saving them, so neither
+    pass holds more than [B, chunk, V] logits (the unchunked path holds [B, S, V] fp32 for
+    the backward). S is padded up to a multiple of ``chunk`` (the padded positions are
+    dropped). levanter's ``maybe_fused_next_token_loss`` (``levanter/models/loss.py``) blocks
+    the vocabulary instead; chunking positions keeps each chunk's logsumexp exact in one
+    pass and needs no running max across blocks.
+    """
+    b, s, d = h.shape
+    n = -(-s // chunk)
+    pad = n * chunk - s
+    if pad:
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    hc = h.reshape(b, n, chunk, d).swapaxes(0, 1)          # [n, B, C, d]
+    yc = targets.reshape(b, n, chunk).swapaxes(0, 1)       # [n, B, C]
+
+    @jax.checkpoint
+    def one(w, hx, y):
+        logits = jnp.einsum("bcd,vd->bcv", hx, w, preferred_element_type=jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        target = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+        return lse - target
+
+    loss = jax.lax.map(lambda xs: one(w, *xs), (hc, yc))    # [n, B, C]
+    return loss.swapaxes(0, 1).reshape(b, n * chunk)[:, :s]
 
 
 def domain_sums(token_loss, token_mask, domain_id, num_domains: int):
@@ -134,7 +181,14 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
     if mixer.model_gradient not in mixing.MODEL_GRADIENTS:
         raise ValueError(f"mixer {mixer.name!r}: model_gradient must be one of "
                          f"{mixing.MODEL_GRADIENTS}, got {mixer.model_gradient!r}")
-    domain_gradient = mixer.model_gradient == "coeffs"
+    domain_gradient = mixer.model_gradient in ("coeffs", "example_coeffs")
+    # sum_b c_b g_b over sequences (an aggregator over examples): c is f32[B]
+    example_gradient = mixer.model_gradient == "example_coeffs"
+    if example_gradient and not any(statistics.get(n).attribution == "sequence"
+                                    for n in grad_keys):
+        raise ValueError(f"mixer {mixer.name!r} prescribes the model gradient over examples "
+                         "(model_gradient='example_coeffs') but requires no per-example "
+                         "gradient statistic (e.g. example_gram)")
     if domain_gradient and not grad_keys:
         raise ValueError(f"mixer {mixer.name!r} prescribes the model gradient "
                          "(model_gradient='coeffs') but requires no gradient statistics")
@@ -171,7 +225,8 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                                               _split(cotangent, grad_accum)))
         return grads
 
-    need_sample_loss = "sample_loss" in requires or sample_weights is not None
+    need_sample_loss = ("sample_loss" in requires or sample_weights is not None
+                        or example_gradient)
     # A mixer that prescribes the model gradient (DoGE) needs no full-batch pullback: when no
     # required statistic needs the full-batch forward (per-token/per-sequence losses), the
     # per-domain loss and count come from the gradient engine's own forward pass and the
@@ -209,7 +264,9 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                                                         tokens, pad_id)[0])
         ctx.lazy("grad_stats", lambda: grad_statistics(params, batch) if gs is None else gs)
         stats = statistics.compute(requires, ctx)
-        combine = getattr(ctx.get("grad_stats"), "combine", None) if grad_keys else None
+        combine = getattr(ctx.get("grad_stats"),
+                          "combine_examples" if example_gradient else "combine",
+                          None) if grad_keys else None
 
         # 3. mixer update inside the compiled step.
         mix_state = mixing.guarded_update(mixer, state.mix_state, stats, step)
@@ -219,6 +276,8 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         r = domain_token_weights(apply_to, weights, p)[domain_id]            # [B]
         if sample_weights is not None:
             r = r * jax.lax.stop_gradient(sample_weights(seq_loss, step)).astype(jnp.float32)
+        if "sample_weight" in batch:   # per-sequence weights from the data (data.selection)
+            r = r * batch["sample_weight"].astype(jnp.float32)
         tw = r[:, None] * tm                                                # [B, S]
         z = jnp.sum(tw)
         cotangent = tw / jnp.where(z > 0, z, 1.0)
@@ -228,7 +287,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             # The mixer prescribes the model gradient sum_d c_d g_d (e.g. DoGE).
             coeffs = mixer.gradient_coeffs(mix_state, stats)
             grads = combine(coeffs)
-            objective = jnp.sum(coeffs * loss_d)
+            objective = jnp.sum(coeffs * (seq_loss if example_gradient else loss_d))
         else:
             objective = jnp.sum(cotangent * tl_ng)
             grads = backward(params, tokens, pullback, cotangent)

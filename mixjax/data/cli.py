@@ -3,6 +3,7 @@
     mixjax data build NAME [--overwrite] [--out DIR] [--cache-dir DIR] [--offline] [--mathgen]
     mixjax data info NAME|DIR [--sources] [--verify] [--split-seed S] [--json]
     mixjax data mathgen [--cache-dir DIR] [--bytes N]   (optional generated math input)
+    mixjax data select NAME|DIR|SPEC.json --out FILE [--scorer length] [--arg K=V ...]
 
 ``info`` counts tokens under the byte tokenizer (UTF-8 bytes + 1 EOS per document) and
 documents per split with :mod:`mixjax.data.splits` (the split the sampler and eval sets use).
@@ -36,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -
     i.add_argument("--verify", action="store_true", help="check the manifest's sha256 checksums")
     i.add_argument("--split-seed", type=int, default=0, help="split seed (as in the data config; default 0)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s = sub.add_parser("select", help="score every document with a built-in scorer and write a "
+                                      "selection file (mixjax.data.selection; data.selection)")
+    s.add_argument("name", help="corpus name, a directory of <domain>.jsonl files or a dataset-spec .json")
+    s.add_argument("--out", required=True, help="the selection file to write")
+    s.add_argument("--scorer", default="length", help="built-in scorer (default: length)")
+    s.add_argument("--arg", action="append", default=[], metavar="K=V",
+                   help="scorer argument, e.g. min_chars=200 (repeatable)")
     m = sub.add_parser("mathgen", help="generate the optional DeepMind-math input once into the download cache")
     m.add_argument("--cache-dir", default=None)
     m.add_argument("--bytes", type=int, default=None, help="text bytes to generate (default 2,000,000: ~3,000 documents)")
@@ -162,9 +170,38 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_info(stats, args.sources)
         return 0
+    if args.data_command == "select":
+        return _select(args)
     if args.data_command == "mathgen":
         from mixjax.data.corpus import mathgen
         path = mathgen.generate(cache_dir=args.cache_dir, nbytes=args.bytes, seed=args.seed)
         print(f"generated {path}")
         return 0
     raise ValueError(f"unknown data command {args.data_command!r}")
+
+
+def _select(args: argparse.Namespace) -> int:
+    """``mixjax data select``: every document of every domain scored, one selection file."""
+    import ast
+    from mixjax.data import selection
+    from mixjax.data.spec import resolve_sources
+    if args.scorer not in selection.SCORERS:
+        raise KeyError(f"unknown scorer {args.scorer!r}; known: {', '.join(selection.SCORERS)}")
+    kwargs = {}
+    for item in args.arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--arg {item!r}: want K=V")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    where = Path(args.name)
+    spec = json.loads(where.read_text()) if where.suffix == ".json" and where.is_file() else args.name
+    sources = resolve_sources(spec)
+    weights = selection.score(sources, selection.SCORERS[args.scorer](**kwargs))
+    sha = selection.write(args.out, weights,
+                          scorer=f"{args.scorer}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
+    kept = sum(w > 0 for w in weights.values())
+    print(f"{args.out}: {len(weights)} documents, {kept} with weight > 0, sha256 {sha}")
+    return 0

@@ -20,6 +20,10 @@ class EnvDataset:
     # and whether training draws are re-read and augmented (mixjax.dg.image_pipeline)
     files: tuple[tuple[str, ...], ...] | None = None
     augment: bool = False
+    # numbers known about each environment (a rotation angle, a colour correlation, ...),
+    # ``env_metadata[i] = {name: float}``, the same names for every env; passed to an
+    # algorithm's test-time procedure (mixjax.dg.test_time)
+    env_metadata: tuple[dict[str, float], ...] | None = None
 
     def __post_init__(self):
         if len(self.env_names) != len(self.envs):

@@ -65,6 +65,7 @@ from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import hparams as H
 from mixjax.dg import image_pipeline as P
+from mixjax.dg import test_time
 from mixjax.dg import transforms as T
 from mixjax import run_identity
 from mixjax.config import ConfigError
@@ -216,6 +217,7 @@ class DeviceData:
         for i, (xi, yi) in enumerate(data.envs):
             x[i, : len(yi)], y[i, : len(yi)] = xi, yi
         self.X, self.Y = jnp.asarray(x), jnp.asarray(y)
+        self.env_meta = test_time.env_metadata(data)   # per-env numbers for test-time hooks
 
     def job_arrays(self, job: Job, holdout_fraction: float) -> dict[str, np.ndarray]:
         e, n = self.Y.shape
@@ -420,8 +422,13 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
             metrics = jax.block_until_ready(metrics)
             step_time = (time.perf_counter() - t0) / n / len(group_jobs)  # a vmapped group shares the time
             step += n
-            in_acc, out_acc = runner.evaluate(state, jd, dev.X, dev.Y, len(group_jobs))
-            in_acc, out_acc, metrics = jax.device_get((in_acc, out_acc, metrics))
+            tt_cost = None
+            if test_time.uses_hook(alg):   # the algorithm's test-time procedure, per env
+                in_acc, out_acc, tt_cost = test_time.evaluate(runner, state, jd, dev,
+                                                              len(group_jobs))
+            else:
+                in_acc, out_acc = runner.evaluate(state, jd, dev.X, dev.Y, len(group_jobs))
+            in_acc, out_acc, metrics, tt_cost = jax.device_get((in_acc, out_acc, metrics, tt_cost))
             for g, job in enumerate(group_jobs):
                 pick = (lambda a: a[g]) if batched else (lambda a: a)
                 rec = {"step": step, "epoch": step / steps_per_epoch[job], "step_time": step_time}
@@ -430,6 +437,11 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
                     rec[f"env{e}_out_acc"] = float(pick(out_acc)[e])
                 for k, v in metrics.items():
                     rec[k] = float(pick(v))
+                if tt_cost is not None:
+                    rec["test_time_s"] = tt_cost["test_time_s"]
+                    for e in range(data.num_envs):
+                        if np.isfinite(c := float(pick(tt_cost["tt_cost"])[e])):
+                            rec[f"env{e}_tt_cost"] = c
                 rec["hparams"] = dict(job.hparams)
                 records[job].append(rec)
         if fed:

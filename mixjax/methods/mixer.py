@@ -82,7 +82,9 @@ def _grad_stats(ctx: MethodContext, needs):
         grads.check_request(gcfg, needs, who=f"mixer {ctx.mixer.name!r}")
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if gcfg.stratified:
+    # the per-example statistics take any batch composition; only per-domain ones regroup
+    if gcfg.stratified and set(needs) - grads.EXAMPLE_STATS:
         require_per_domain(cfg, f"grads.layout={gcfg.layout!r} with strategy "
                                 f"{gcfg.strategy!r}", " (or grads.layout=rows / grads.strategy=jvp)")
-    return grads.make_grad_stats(gcfg, ctx.num_domains), gcfg.stratified
+    return (grads.make_grad_stats(gcfg, ctx.num_domains),
+            gcfg.stratified and bool(set(needs) - grads.EXAMPLE_STATS))

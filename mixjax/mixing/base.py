@@ -68,7 +68,9 @@ APPLY_TO = ("sampling", "loss", "both")
 STATS: Mapping[str, str] = statistics.DESCRIPTIONS
 
 # How the model gradient is formed (``Mixer.model_gradient``).
-MODEL_GRADIENTS = ("loss", "coeffs")
+# "example_coeffs": ``sum_b c_b g_b`` over the batch's sequences (c f32[B] from
+# ``gradient_coeffs``; the engine's ``combine_examples``), for aggregators over examples.
+MODEL_GRADIENTS = ("loss", "coeffs", "example_coeffs")
 
 
 class NonFiniteStatsError(FloatingPointError):
@@ -143,7 +145,8 @@ class Mixer:
         return average_weights(state)
 
     def gradient_coeffs(self, state: State, stats: Mapping[str, Array]) -> Array:
-        """``c`` f32[K]: the model gradient is ``sum_d c_d g_d`` (``model_gradient="coeffs"``)."""
+        """``c`` f32[K]: the model gradient is ``sum_d c_d g_d`` (``model_gradient="coeffs"``);
+        ``c`` f32[B]: it is ``sum_b c_b g_b`` over sequences (``"example_coeffs"``)."""
         raise NotImplementedError(f"mixer {self.name!r} has model_gradient "
                                   f"{self.model_gradient!r}; only 'coeffs' mixers give coefficients")
 

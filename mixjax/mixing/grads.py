@@ -14,6 +14,17 @@ a validation set, ...). The engine returns what a mixer's ``requires`` names:
 and a ``combine(c)`` function giving the training gradient ``sum_d c_d g_d``
 over *all* parameters (e.g. DoGE's ``sum_d alpha_d clip(g_d)``).
 
+Per example (B sequences; :func:`example_grads`): with ``L_b = sum_t m_bt l_bt /
+max(n_b, 1)`` the mean token loss of sequence b and ``g_b = grad L_b``,
+
+* ``example_gram`` f32[B,B]  ``E_ab = <g_a, g_b>``
+
+and ``combine_examples(c)`` = ``sum_b c_b g_b`` (c f32[B]), the model gradient of a
+mixer with ``model_gradient = "example_coeffs"`` (an aggregator over sequences:
+UPGrad/PCGrad over examples, docs/extending.md). The B per-sequence gradients are
+materialised by one ``vmap`` of ``grad`` over the rows (memory B x params, or B x the
+``param_filter``'s leaves), whatever ``strategy`` says: the strategies are about domains.
+
 With several target domains (``grads.target`` a list: the target batch is
 ``[T, N, S+1]``, one row block per target domain ``t``, each with its own
 gradient ``g_t``), ``grad_dot`` is f32[K, T] ``<g_d, g_t>`` and
@@ -75,6 +86,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax import forward_mode
 from mixjax.mixing import domain_stats, statistics
 
 Array = jax.Array
@@ -85,6 +97,8 @@ STRATEGIES = ("vmap", "jvp", "chunked")
 LAYOUTS = ("stratified", "rows")
 # What the engine supplies: the statistics whose registry entry needs the gradient engine.
 GRAD_STATS = tuple(sorted(statistics.needing("gradient_engine")))
+# Of those, the per-example ones (axis 0 is the batch axis B), computed by example_grads.
+EXAMPLE_STATS = frozenset({"example_gram"})
 # Keys of a batch that are not per-sequence arrays (never regrouped by domain).
 _NOT_PER_EXAMPLE = ("domain_counts",)
 _HI = jax.lax.Precision.HIGHEST
@@ -275,7 +289,8 @@ def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatc
         (tot, cnt), (dtot, _) = jax.vmap(jvp, out_axes=((None, None), (1, None)))(direction)
         return tot, cnt, dtot
 
-    tot, cnt, dtot = jax.lax.map(one_stacked if stacked else one, micro)
+    with forward_mode.tracing():   # the model picks kernels forward mode can differentiate
+        tot, cnt, dtot = jax.lax.map(one_stacked if stacked else one, micro)
     cnt = cnt.sum(axis=0)
     return (domain_stats.safe_ratio(tot.sum(axis=0), cnt), cnt,
             domain_stats.safe_ratio(dtot.sum(axis=0), cnt[:, None] if stacked else cnt))
@@ -340,7 +355,7 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
     directions on a leading axis (:func:`target_grads`); then ``grad_dot`` is
     [K, T] and ``target_grad_norm`` [T]. Call inside ``jit``.
     """
-    needs = frozenset(needs) & frozenset(GRAD_STATS)
+    needs = (frozenset(needs) & frozenset(GRAD_STATS)) - EXAMPLE_STATS
     check_request(config, needs)
     if needs & {"grad_dot", "target_grad_norm"} and target is None:
         raise ValueError(f"grad_dot/target_grad_norm need a target direction (target=...); "
@@ -373,7 +388,8 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         else:
             direction = jax.tree.map(lambda x: jnp.zeros(lead + x.shape, x.dtype), params)
         if config.jvp_mode == "linearize":
-            losses, lin, counts = jax.linearize(loss_vec, params, has_aux=True)
+            with forward_mode.tracing():
+                losses, lin, counts = jax.linearize(loss_vec, params, has_aux=True)
             dots = jax.vmap(lin)(direction).T if targets_stacked else lin(direction)
             transpose = jax.linear_transpose(lin, params)
             combine = lambda c: transpose(c.astype(jnp.float32))[0]   # noqa: E731
@@ -476,6 +492,56 @@ def direct_domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mappi
         params) for d in range(num_domains)]
 
 
+# -- per-example gradients ------------------------------------------------------------------
+class ExampleGrads(NamedTuple):
+    """Per-sequence statistics: ``loss`` f32[B] (L_b), ``gram`` f32[B,B] (<g_a, g_b>) and
+    ``combine(c f32[B]) = sum_b c_b g_b`` over all parameters."""
+
+    loss: Array
+    gram: Array
+    combine: Callable[[Array], PyTree]
+
+
+def example_loss_vector(token_loss_fn: TokenLossFn, params: PyTree,
+                        batch: Mapping[str, Array]) -> Array:
+    """``L`` f32[B]: ``L_b = sum_t m_bt l_bt / max(n_b, 1)`` (0 for an all-pad sequence)."""
+    tl, tm = token_loss_fn(params, _per_example(batch))
+    tl, tm = tl.astype(jnp.float32), tm.astype(jnp.float32)
+    return (tl * tm).sum(axis=1) / jnp.maximum(tm.sum(axis=1), 1.0)
+
+
+def example_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array], *,
+                  param_filter: str | None = None) -> ExampleGrads:
+    """The B per-sequence gradients ``g_b = grad L_b`` (one ``vmap`` of ``grad`` over rows,
+    each row a batch of one) and their Gram matrix, restricted to ``param_filter``'s leaves;
+    ``combine`` covers all parameters (an extra weighted backward when filtered)."""
+    mask = param_mask(params, param_filter)
+    sel, rest = _split(params, mask)
+    ex = _per_example(batch)
+
+    def one(s, row):
+        return example_loss_vector(token_loss_fn, _merge(s, rest),
+                                   jax.tree.map(lambda v: v[None], row))[0]
+
+    losses, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0))(sel, ex)
+    gram = _gram(g, g)
+
+    def backward(c):   # grad of sum_b c_b L_b: one weighted backward over all parameters
+        _, pull = jax.vjp(lambda p: example_loss_vector(token_loss_fn, p, batch), params)
+        return pull(c.astype(jnp.float32))[0]
+
+    combine = (lambda c: _weighted_sum(c, g)) if param_filter is None else backward
+    return ExampleGrads(losses, gram, combine)
+
+
+def direct_example_grads(token_loss_fn: TokenLossFn, params: PyTree,
+                         batch: Mapping[str, Array]) -> list[PyTree]:
+    """Reference: one ``jax.grad`` per sequence of the full batch (tests)."""
+    b = batch["domain_id"].shape[0]
+    return [jax.grad(lambda p, i=i: example_loss_vector(token_loss_fn, p, batch)[i])(params)
+            for i in range(b)]
+
+
 # -- the train step's hook ------------------------------------------------------------------
 class GradStats(dict):
     """The statistics dict the train step merges into its stats, plus ``combine``.
@@ -491,6 +557,9 @@ class GradStats(dict):
     # reads its loss statistics from here and runs no separate full-batch forward.
     domain_loss: Array
     domain_count: Array
+    # ``c f32[B] -> sum_b c_b g_b`` when a per-example statistic was asked for (the model
+    # gradient of ``model_gradient = "example_coeffs"`` mixers); else None.
+    combine_examples: Callable[[Array], PyTree] | None = None
 
 
 def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradStats]:
@@ -503,6 +572,18 @@ def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradS
     def grad_stats(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
                    keys: frozenset[str] | set[str]) -> GradStats:
         keys = frozenset(keys) & frozenset(GRAD_STATS)
+        ex = None
+        if keys & EXAMPLE_STATS:
+            ex = example_grads(token_loss_fn, params, batch, param_filter=config.param_filter)
+            keys = keys - EXAMPLE_STATS
+            if not keys:   # nothing per domain: the step runs its own forward for loss_d
+                res = GradStats({"example_gram": ex.gram})
+                res.combine_examples = ex.combine
+                res.domain_loss = res.domain_count = None
+                res.combine = lambda c: jax.grad(   # noqa: E731
+                    lambda p: jnp.dot(c, domain_loss_vector(token_loss_fn, p, batch,
+                                                            num_domains)[0]))(params)
+                return res
         target, stacked = None, False
         if keys & {"grad_dot", "target_grad_norm"}:
             tb = target_batch(batch)
@@ -513,6 +594,9 @@ def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradS
         res = GradStats({k: v for k, v in out.stats.items() if k in keys})
         res.combine = out.combine
         res.domain_loss, res.domain_count = out.stats["loss"], out.stats["count"]
+        if ex is not None:
+            res["example_gram"] = ex.gram
+            res.combine_examples = ex.combine
         return res
 
     return grad_stats

@@ -210,6 +210,13 @@ declare("target_grad_norm", shape="f32[]", attribution="none",
         needs={"gradient_engine", "target_batch"},
         doc="norm of the target gradient g_target (mixjax.mixing.grads)",
         compute=_engine("target_grad_norm"))
+# Per-example objectives (sample-level reweighting, aggregators over sequences): the
+# per-sequence loss is ``sample_loss`` (L_b, the mean token loss of sequence b); the engine
+# gives the B x B Gram of the per-sequence gradients g_b = grad L_b.
+declare("example_gram", shape="f32[B,B]", attribution="sequence", needs={"gradient_engine"},
+        doc="inner products <g_a, g_b> of the per-sequence gradients g_b = grad L_b "
+            "(L_b = mean token loss of sequence b; memory B x params)",
+        compute=_engine("example_gram"))
 declare("eval_loss", shape="f32[K]", attribution="domain", needs={"evaluation"},
         doc="per-domain validation loss (latest evaluation)", compute=lambda ctx: ctx.eval_loss)
 declare("sampling_weights", shape="f32[K]", attribution="domain",

@@ -16,6 +16,24 @@ Parameters are created in ``param_dtype`` (fp32 by default) and cast to
 ``dtype`` (e.g. bf16) for the matmuls; logits are returned in fp32 so the loss
 is computed in fp32 whatever the compute dtype.
 
+Attention (``attention`` = ``auto`` | ``xla`` | ``cudnn`` | ``splash``, resolved by
+:func:`resolve_attention` when the step is traced): ``xla`` is
+``jax.nn.dot_product_attention(implementation="xla")``, which materialises the
+[B, N, T, T] scores; ``cudnn`` is the cuDNN flash kernel (same call,
+``implementation="cudnn"``: bf16/fp16 inputs only, so an fp32 model falls back to ``xla``);
+``splash`` is the Pallas TPU splash kernel. ``auto`` = cudnn on an NVIDIA GPU, splash on
+a TPU (one device only, see :func:`_splash_attention`), xla elsewhere.
+
+Packed documents: ``segment_ids`` i32[B, T] (optional, on every entry point) restricts
+attention to ``causal AND same segment``. Positions are not restarted per document:
+RoPE scores depend on ``i - j`` only, so a document attends exactly as it would alone
+(up to the rounding of the rotation angles; ``tests/test_model_attention.py``).
+
+The loss does not need the logits: ``apply.hidden(params, tokens)`` returns the final
+normalised hidden states and the unembedding ``(h [B,T,d], w [V,d])``, with
+``logits = h w^T``; ``mixjax.core.step.token_losses`` uses it to compute the
+cross-entropy over chunks of the sequence when ``loss_chunk > 0``.
+
 Every parameter carries logical axis names (``nnx.with_partitioning``):
 ``vocab``, ``embed``, ``heads``, ``head_dim``, ``mlp``, ``norm``. A mesh only
 needs rules mapping these names to mesh axes (see ``mixjax.parallel.sharding``).
@@ -35,6 +53,7 @@ Pure-function API (what the train step uses)::
     graphdef, params, rest = split(model)      # params: nested dict of arrays
     apply = make_apply(graphdef, rest)
     logits = apply(params, tokens)             # f32[B, T, V]
+    h, w = apply.hidden(params, tokens)        # dtype[B, T, d], dtype[V, d]
 
 ``params`` is a plain nested dict, so ``jax.grad``, ``jax.vmap``, ``jax.jvp``
 and optax act on it directly.
@@ -50,6 +69,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mixjax import forward_mode
+from mixjax.parallel import sharding
 from mixjax.parallel.sharding import constrain   # a no-op unless a sharded step is being traced
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -63,6 +84,95 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
+
+
+ATTENTION = ("auto", "xla", "cudnn", "splash")
+
+
+def _splash_available() -> bool:
+    try:
+        from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: F401
+            splash_attention_kernel, splash_attention_mask)
+    except Exception:   # an ImportError, or a Pallas/Mosaic build without the TPU ops
+        return False
+    return True
+
+
+def resolve_attention(choice: str, dtype, backend: str | None = None) -> str:
+    """The implementation ``choice`` runs as on ``backend`` (default: jax's) for ``dtype``.
+
+    ``auto``: ``cudnn`` on a CUDA GPU, ``splash`` on a TPU when the Pallas splash kernel
+    imports and no multi-device activation sharding is active (the kernel is not
+    auto-partitioned), else ``xla``. ``cudnn`` needs bf16/fp16 inputs: with an fp32 compute
+    dtype it resolves to ``xla`` (explicit or auto), as does ``splash`` when unavailable.
+    Both kernels are ``jax.custom_vjp`` functions without a forward-mode rule: while a
+    model is traced for ``jax.jvp`` (inside ``mixjax.forward_mode.tracing``, as the
+    gradient engine's ``jvp`` strategy does) every choice resolves to ``xla``.
+    """
+    if forward_mode.active():
+        return "xla"
+    backend = backend or jax.default_backend()
+    if choice == "auto":
+        if backend in ("gpu", "cuda"):
+            choice = "cudnn"
+        elif backend == "tpu":
+            choice = "splash"
+        else:
+            choice = "xla"
+    if choice == "cudnn" and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        return "xla"
+    if choice == "splash" and (not _splash_available() or _sharded_trace()):
+        return "xla"
+    return choice
+
+
+def _sharded_trace() -> bool:
+    """Whether a step is being traced under a multi-device activation sharding."""
+    ctx = getattr(sharding._ACTIVE, "ctx", None)
+    return ctx is not None and ctx[0].size > 1
+
+
+def segment_mask(segment_ids):
+    """bool[B, 1, T, T]: query i may see key j iff both are in the same segment (the
+    causal part is the kernels' ``is_causal``)."""
+    return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+
+
+def attention(q, k, v, *, implementation: str, segment_ids=None):
+    """Causal multi-head attention of q, k, v [B, T, N, H] (all one dtype) -> [B, T, N, H].
+
+    ``implementation`` is a resolved one (``xla`` | ``cudnn`` | ``splash``). With
+    ``segment_ids`` the mask is ``causal AND same segment``. cuDNN through
+    ``jax.nn.dot_product_attention`` (jax 0.10/0.11) takes no segment ids; only a boolean
+    ``mask``, which it turns into an additive [B, 1, T, T] bias: one T x T matrix per
+    sequence (not per head), still without materialising the [B, N, T, T] scores.
+    """
+    if implementation == "splash":
+        return _splash_attention(q, k, v, segment_ids)
+    mask = None if segment_ids is None else segment_mask(segment_ids)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                        implementation=implementation)
+
+
+def _splash_attention(q, k, v, segment_ids):
+    """The Pallas TPU splash kernel (causal, optional segment ids), one sequence at a time
+    under ``vmap``, as MaxText calls it (``MaxText/layers/attention_op.py``): [B, N, T, H] layout,
+    the 1/sqrt(H) scale applied to q beforehand (the kernel does not scale). Not run in
+    this repository's tests (no TPU); T must be a multiple of the kernel's block (128).
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk, splash_attention_mask as sm)
+    _, t, n, h = q.shape
+    mask = sm.MultiHeadMask([sm.CausalMask(shape=(t, t)) for _ in range(n)])
+    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
+    qt = (q * jnp.asarray(h ** -0.5, q.dtype)).swapaxes(1, 2)
+    kt, vt = k.swapaxes(1, 2), v.swapaxes(1, 2)
+    if segment_ids is None:
+        out = jax.vmap(kernel)(qt, kt, vt)
+    else:
+        seg = sk.SegmentIds(q=segment_ids, kv=segment_ids)
+        out = jax.vmap(lambda a, b, c, s: kernel(a, b, c, segment_ids=s))(qt, kt, vt, seg)
+    return out.swapaxes(1, 2)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,6 +195,11 @@ class TransformerConfig:
     # instead of num_layers). False keeps the per-block layout (params["blocks"][i]).
     scan_layers: bool = False
     remat: str = "none"          # "none" | "dots" | "full": what the backward pass recomputes
+    attention: str = "auto"      # "auto" | "xla" | "cudnn" | "splash" (resolve_attention)
+    # Sequence positions per cross-entropy chunk (mixjax.core.step.token_losses); 0 = the
+    # full [B, T, V] logits at once. A model property so every caller of token_losses
+    # (step, gradient engine, swarm, reference forward) computes the loss the same way.
+    loss_chunk: int = 0
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
@@ -101,6 +216,11 @@ class TransformerConfig:
             if getattr(self, key) not in DTYPES:
                 raise ValueError(f"model.{key} must be one of {sorted(DTYPES)}, "
                                  f"got {getattr(self, key)!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"model.attention must be one of {ATTENTION}, "
+                             f"got {self.attention!r}")
+        if self.loss_chunk < 0:
+            raise ValueError(f"model.loss_chunk must be >= 0, got {self.loss_chunk}")
 
     @property
     def head_dim(self) -> int:
@@ -178,14 +298,15 @@ class Attention(nnx.Module):
         self.wo = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), std_out, pd)
         self.cfg = cfg
 
-    def __call__(self, x):
+    def __call__(self, x, segment_ids=None):
         dt = x.dtype
         heads = ("act_batch", "act_length", "act_heads", "act_head_dim")
         q = rope(jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt)), self.cfg.rope_base)
         k = rope(jnp.einsum("btd,dnh->btnh", x, self.wk[...].astype(dt)), self.cfg.rope_base)
         v = jnp.einsum("btd,dnh->btnh", x, self.wv[...].astype(dt))
         q, k, v = (constrain(a, heads) for a in (q, k, v))
-        o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+        o = attention(q, k, v, implementation=resolve_attention(self.cfg.attention, dt),
+                      segment_ids=segment_ids)
         return jnp.einsum("btnh,nhd->btd", constrain(o, heads), self.wo[...].astype(dt))
 
 
@@ -219,20 +340,21 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x):
-        x = x + self.attn(self.attn_norm(x))
+    def __call__(self, x, segment_ids=None):
+        x = x + self.attn(self.attn_norm(x), segment_ids)
         return constrain(x + self.mlp(self.mlp_norm(x)), RESIDUAL)
 
 
 RESIDUAL = ("act_batch", "act_length", "act_embed")
 
 
-def _run_block(block: Block, x):
-    return block(x)
+def _run_block(block: Block, x, segment_ids=None):
+    return block(x, segment_ids)
 
 
 def _block_fn(remat: str):
-    """``(block, x) -> block(x)``, rematerialised by the ``remat`` policy."""
+    """``(block, x, segment_ids) -> block(x, segment_ids)``, rematerialised by the
+    ``remat`` policy."""
     if remat == "none":
         return _run_block
     return nnx.remat(_run_block, policy=REMAT_POLICIES[remat])
@@ -262,21 +384,26 @@ class Transformer(nnx.Module):
             self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                                   cfg.init_std, pd)
 
-    def __call__(self, tokens):
+    def __call__(self, tokens, segment_ids=None):
+        x, w = self.hidden(tokens, segment_ids)
+        logits = jnp.einsum("btd,vd->btv", x, w)
+        return constrain(logits, ("act_batch", "act_length", "act_vocab")).astype(jnp.float32)
+
+    def hidden(self, tokens, segment_ids=None):
+        """``(h, w)``: final normalised hidden states [B, T, d] and the unembedding [V, d],
+        both in the compute dtype, with ``logits = h w^T``."""
         dt = DTYPES[self.cfg.dtype]
         x = constrain(jnp.take(self.embed[...], tokens, axis=0).astype(dt), RESIDUAL)
         block_fn = _block_fn(self.cfg.remat)
         if self.cfg.scan_layers:
-            x = nnx.scan(block_fn, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(self.layers, x)
+            x = nnx.scan(block_fn, in_axes=(0, nnx.Carry, None),
+                         out_axes=nnx.Carry)(self.layers, x, segment_ids)
         else:
             for block in self.blocks:
-                x = block_fn(block, x)
+                x = block_fn(block, x, segment_ids)
         x = self.final_norm(x)
-        if self.cfg.tie_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt))
-        else:
-            logits = x @ self.unembed[...].astype(dt)
-        return constrain(logits, ("act_batch", "act_length", "act_vocab")).astype(jnp.float32)
+        w = self.embed[...] if self.cfg.tie_embeddings else self.unembed[...].T
+        return x, w.astype(dt)
 
 
 # -- the pure-function API ---------------------------------------------------
@@ -289,13 +416,27 @@ def split(model: nnx.Module):
     return graphdef, nnx.to_pure_dict(params), rest
 
 
-def make_apply(graphdef, rest) -> Callable[[Params, jax.Array], jax.Array]:
+class ModelApply:
+    """The pure model: ``apply(params, tokens, segment_ids=None) -> logits`` f32[B, T, V],
+    ``apply.hidden(params, tokens, segment_ids=None) -> (h, w)`` (see
+    :meth:`Transformer.hidden`) and ``apply.loss_chunk`` (the config's; read by
+    ``mixjax.core.step.token_losses``). A plain function ``(params, tokens) -> logits``
+    is an apply too: the loss then takes the unchunked path."""
+
+    def __init__(self, graphdef, rest, loss_chunk: int = 0):
+        self._graphdef, self._rest = graphdef, rest
+        self.loss_chunk = loss_chunk
+
+    def __call__(self, params: Params, tokens: jax.Array, segment_ids=None) -> jax.Array:
+        return nnx.merge(self._graphdef, params, self._rest)(tokens, segment_ids)
+
+    def hidden(self, params: Params, tokens: jax.Array, segment_ids=None):
+        return nnx.merge(self._graphdef, params, self._rest).hidden(tokens, segment_ids)
+
+
+def make_apply(graphdef, rest, loss_chunk: int = 0) -> ModelApply:
     """Returns the pure ``apply(params, tokens) -> logits`` (params: nested dict)."""
-
-    def apply(params: Params, tokens: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, params, rest)(tokens)
-
-    return apply
+    return ModelApply(graphdef, rest, loss_chunk)
 
 
 def init(cfg: TransformerConfig, seed: int):
@@ -306,7 +447,7 @@ def init(cfg: TransformerConfig, seed: int):
     model = Transformer(cfg, rngs=nnx.Rngs(seed))
     graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
     params = nnx.to_pure_dict(param_state)
-    apply = make_apply(graphdef, rest)
+    apply = make_apply(graphdef, rest, cfg.loss_chunk)
     return apply, params, logical_axes(param_state)
 
 
@@ -336,7 +477,8 @@ def abstract_init(cfg: TransformerConfig):
     """Like ``init`` without allocating: params are ``jax.ShapeDtypeStruct``s."""
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
-    return make_apply(graphdef, rest), nnx.to_pure_dict(param_state), logical_axes(param_state)
+    return (make_apply(graphdef, rest, cfg.loss_chunk), nnx.to_pure_dict(param_state),
+            logical_axes(param_state))
 
 
 def logical_axes(param_state) -> dict:

@@ -53,7 +53,9 @@ MESH_AXES = ("data", "fsdp", "tensor")
 class ShardingFallbackWarning(UserWarning):
     """A rule's mesh axis does not divide a parameter dimension: that dimension is replicated."""
 
-RULES: tuple[tuple[str, Any], ...] = (
+# A list, extended in place by declare_axes (a registered model kind's own logical names),
+# so the functions' ``rules=RULES`` defaults see the additions.
+RULES: list[tuple[str, Any]] = [
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
@@ -62,7 +64,27 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("norm", None),
     ("layers", None),         # the stacked-blocks axis of model.scan_layers (scanned over)
-)
+]
+
+
+def declare_axes(axis_rules: dict[str, Any], who: str = "a model") -> None:
+    """Adds ``{logical name: mesh axis or None}`` to :data:`RULES` (``mixjax.models.registry``).
+
+    Declaring a name again with the same mesh axis is a no-op; with another, an error.
+    """
+    table = dict(RULES)
+    for name, axis in axis_rules.items():
+        if axis is not None and not all(a in MESH_AXES for a in
+                                        (axis if isinstance(axis, tuple) else (axis,))):
+            raise ValueError(f"{who}: logical axis {name!r} maps to {axis!r}, not a mesh axis "
+                             f"of {MESH_AXES}")
+        if name in table:
+            if table[name] != axis:
+                raise ValueError(f"{who}: logical axis {name!r} already maps to "
+                                 f"{table[name]!r}, not {axis!r}")
+            continue
+        RULES.append((name, axis))
+        table[name] = axis
 
 # Activations (MaxText-style logical names, set in the model by ``constrain``): the batch on
 # the data axes, heads / MLP hidden / logits on tensor; the residual stream is replicated

@@ -229,6 +229,9 @@ class Swarm:
         from mixjax.train.loop import model_config
         if route not in ROUTES:
             raise SwarmError(f"swarm route must be one of {ROUTES}, got {route!r}")
+        if getattr(cfg.model, "kind", "transformer") != "transformer":   # proxies: transformers
+            raise SwarmError(f"the proxy swarm trains transformers; model.kind="
+                             f"{cfg.model.kind!r} is not supported here")
         self.cfg, self.route = cfg, route
         self.strategy = resolve_strategy(strategy)
         self.data = data if data is not None else build_data(cfg)

@@ -20,8 +20,8 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 
 def check_names(cfg: Config) -> Config:
-    """``mixing.name``, ``mixing.hparams``, ``mixing.sample_reweight*``, ``train.objective*``
-    and ``train.trackers`` name registered things with known hyperparameters (after the
+    """``mixing.name``, ``mixing.hparams``, ``mixing.sample_reweight*``, ``train.objective*``,
+    ``model.kind`` and ``train.trackers`` name registered things with known hyperparameters (after the
     modules in ``train.plugins`` are imported: what they register counts)."""
     from mixjax import plugins
     from mixjax.train import tracking   # light: no tracker package is imported here
@@ -32,6 +32,7 @@ def check_names(cfg: Config) -> Config:
              str(bad))
     _check_mixer(cfg)
     _check_objective(cfg)
+    _check_model_kind(cfg)
     return cfg
 
 
@@ -43,6 +44,18 @@ def check_runnable(cfg: Config) -> None:
     m = cfg.model
     _require(m.init_from is None or pathlib.Path(m.init_from).exists(), "model.init_from",
              f"no such file or directory: {m.init_from!r}")
+
+
+def _check_model_kind(cfg: Config) -> None:
+    """``model.kind`` names a registered model (mixjax.models.registry)."""
+    from mixjax.models import registry as model_registry   # light: imports no model
+    try:
+        model_registry.check(cfg.model.kind)
+    except KeyError as e:
+        raise ConfigError(f"config key 'model.kind': {e.args[0]}") from None
+    _require(cfg.model.kind == "transformer" or not cfg.model.init_from, "model.init_from",
+             f"pretrained parameters load into the transformer only, not model.kind="
+             f"{cfg.model.kind!r}")
 
 
 def _check_objective(cfg: Config) -> None:

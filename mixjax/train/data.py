@@ -14,6 +14,7 @@ tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -41,6 +42,8 @@ class TrainData:
     eval_checksum: str | None = None
     # The tokenizer's describe() plus its checksum (recorded in run_info.json).
     tokenizer: dict | None = None
+    # data.selection's file, mode and sha256 (mixjax.data.selection; run_info.json), or None
+    selection: dict | None = None
 
 
 def _all_sources(cfg: Config):
@@ -139,14 +142,18 @@ def build_data(cfg: Config) -> TrainData:
     sources, heldout = _sources(cfg)
     domains = tuple(sources)
     fractions = split_fractions(cfg)
+    seed = cfg.train.seed if cfg.data.seed is None else cfg.data.seed
+    # data.selection: each domain's train split, selected (mixjax.data.selection); the
+    # sampler and the token counts then read these with split=None.
+    train_sources, train_split, selection_info = _selected_train(cfg, sources, fractions, seed)
     # The splits depend on the fractions and on each source's floors: both are in the key.
     floors = {d: repr(getattr(s, "split_floors", None)) for d, s in {**sources, **heldout}.items()}
     cache = token_cache.resolve_dir(cfg.data.cache_dir)
-    key = token_cache.cache_key("token_counts", tok, sources, split="train",
+    key = token_cache.cache_key("token_counts", tok, train_sources, split=train_split,
                                 split_fractions=fractions, floors=floors)
     n, _ = token_cache.cached_arrays(cache, key, lambda: {
         d: np.asarray(c, np.int64)
-        for d, c in data.token_counts(sources, tokenizer=tok, split="train",
+        for d, c in data.token_counts(train_sources, tokenizer=tok, split=train_split,
                                       split_fractions=fractions).items()})
     counts = tuple(float(n[d]) for d in domains)   # incl. one EOS per doc
     everything = {**sources, **heldout}
@@ -164,10 +171,14 @@ def build_data(cfg: Config) -> TrainData:
             split="validation", num_sequences=cfg.eval.num_seqs, tokenizer=tok,
             split_fractions=fractions))
         target_sets = {t: target_sets[t] for t in targets}
-    seed = cfg.train.seed if cfg.data.seed is None else cfg.data.seed
 
     def make_sampler(weights: np.ndarray):
-        return data.DomainSampler(sources, seq_len=cfg.data.seq_len,
+        sampler_cls = data.DomainSampler
+        if selection_info is not None and selection_info["mode"] == "weight":
+            from mixjax.data import selection   # batches also hold sample_weight f32[B]
+            sel = selection.load(cfg.data.selection.path)
+            sampler_cls = functools.partial(selection.weighted_sampler, selection=sel)
+        return sampler_cls(train_sources, split=train_split, seq_len=cfg.data.seq_len,
                                   batch_size=cfg.data.batch_size, weights=np.asarray(weights),
                                   tokenizer=tok, mode=cfg.data.sampler, lag=cfg.data.lag,
                                   seed=seed, num_workers=cfg.data.workers,
@@ -181,4 +192,23 @@ def build_data(cfg: Config) -> TrainData:
                      pad_id=tok.pad_id, eval_sets=eval_sets, make_sampler=make_sampler,
                      heldout_domains=tuple(heldout), target_sets=target_sets,
                      eval_checksum=data.eval_sets.eval_checksum(eval_sets, tok.checksum()),
-                     tokenizer={**tok.describe(), "checksum": tok.checksum()})
+                     tokenizer={**tok.describe(), "checksum": tok.checksum()},
+                     selection=selection_info)
+
+
+def _selected_train(cfg: Config, sources, fractions, seed: int):
+    """``(sources, split, info)`` the sampler and the token counts read: the sources and
+    ``"train"`` without a selection; else each domain's train split with
+    ``data.selection`` applied, ``None`` (already split) and the selection's record."""
+    sel_cfg = cfg.data.selection
+    if not sel_cfg.path:
+        return sources, "train", None
+    from mixjax.data import selection, splits
+    try:
+        sel = selection.load(sel_cfg.path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config key 'data.selection.path': {e}") from None
+    if sel_cfg.mode == "weight":   # every document kept; the sampler weights the sequences
+        return sources, "train", sel.info(sel_cfg.mode)
+    train = splits.split_sources(sources, "train", fractions=fractions)
+    return selection.select_all(train, sel, sel_cfg.mode, seed=seed), None, sel.info(sel_cfg.mode)

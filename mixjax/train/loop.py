@@ -84,10 +84,23 @@ class RunResult:
 
 
 def model_config(cfg: Config, vocab_size: int):
-    from mixjax.models.transformer import TransformerConfig
-    arch = {k: v for k, v in dataclasses.asdict(cfg.model).items()
-            if k not in ("vocab_size", "init_from")}   # the vocabulary comes from the data
-    return TransformerConfig(vocab_size=vocab_size, **arch)
+    """The ``TransformerConfig`` of ``cfg.model`` (the vocabulary comes from the data); other
+    kinds: ``mixjax.models.registry.build(cfg.model, vocab_size).config``."""
+    from mixjax.models import registry as model_registry
+    return model_registry.transformer_config(cfg.model, vocab_size)
+
+
+def build_model(cfg: Config, vocab_size: int):
+    """The :class:`~mixjax.models.registry.ModelSpec` of ``model.kind``; a bad kind or
+    hyperparameter is a config error naming ``model.kind`` / ``model.hparams``."""
+    from mixjax.models import registry as model_registry
+    try:
+        return model_registry.build(cfg.model, vocab_size)
+    except KeyError as e:
+        raise ConfigError(f"config key 'model.kind': {e.args[0]}") from None
+    except (ValueError, TypeError) as e:
+        key = "model" if cfg.model.kind == "transformer" else "model.hparams"
+        raise ConfigError(f"config key {key!r}: {e}") from None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -217,13 +230,15 @@ class Trainer:
             key = "mixing" if isinstance(e, KeyError) else "mixing.hparams"
             raise ConfigError(f"config key {key!r}: {msg}") from e
         self.pad_id = self.data.pad_id
-        from mixjax.models import transformer
-        self.model_cfg = model_config(cfg, self.data.vocab_size)
+        # The model of model.kind (mixjax.models.registry; default the transformer).
+        spec = build_model(cfg, self.data.vocab_size)
+        self.model_cfg = spec.config
+        self.apply, abstract, self.logical_axes = (spec.apply, spec.abstract_params,
+                                                   spec.logical_axes)
         self.init_from = None
         if cfg.model.init_from:   # pretrained parameters (mixjax.train.export, models.hf_io)
             from mixjax.models import hf_io
             from mixjax.train import export
-            self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
             try:
                 params, self.init_from = export.load_init_params(cfg.model.init_from,
                                                                  self.model_cfg, abstract)
@@ -234,10 +249,9 @@ class Trainer:
         else:
             # Created inside the jitted, sharded state init below (a function, not arrays):
             # every parameter is born in its shards, no device ever holds the whole model.
-            self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
-            model_cfg, seed = self.model_cfg, cfg.train.seed
-            params = lambda: transformer.init_params(model_cfg, seed)   # noqa: E731
-        self.num_params = transformer.count_params(abstract)
+            seed = cfg.train.seed
+            params = lambda: spec.init(seed)   # noqa: E731
+        self.num_params = spec.num_params
         # The LR schedule's length: train.steps, or the original run's on an extended resume.
         self.schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
         self.tx, self.schedule = state_lib.make_optimizer(cfg.optim, self.schedule_steps)
@@ -359,14 +373,18 @@ def batch_maker(trainer: "Trainer") -> Callable[[dict, Any, int], dict]:
     def make(host_batch: dict, p, t: int) -> dict:
         tokens = np.asarray(host_batch["tokens"], np.int32)
         domain_id = np.asarray(host_batch["domain_id"], np.int32)
+        # per-sequence sample weights of data.selection.mode=weight (mixjax.data.selection)
+        rows = {} if "sample_weight" not in host_batch else {
+            "sample_weight": np.asarray(host_batch["sample_weight"], np.float32)}
         if trainer.check_stratified:
             _check_stratified(host_batch, cfg, t, trainer.domains)
             if blocked:   # rows grouped by domain here, so the step only reshapes
                 order = grads.block_rows(domain_id)
                 tokens, domain_id = tokens[order], domain_id[order]
+                rows = {k: v[order] for k, v in rows.items()}
         # This process's rows -> global arrays on the mesh's batch axes.
         batch = sharding.shard_batch({
-            "tokens": tokens, "domain_id": domain_id,
+            "tokens": tokens, "domain_id": domain_id, **rows,
             "sampling_weights": np.asarray(p, np.float32)}, mesh, cfg.data.batch_size)
         if target is not None:
             batch["target_tokens"] = target
@@ -461,6 +479,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                                        f"{cfg.train.run_dir!r} has no checkpoints")
     notes = check_run_dir(cfg, resume, rebuild_schedule=rebuild_schedule)  # before building
     trainer = Trainer(cfg, data)
+    if resume:   # the data stream depends on the selection file: the same one, by checksum
+        from mixjax.data import selection as selection_lib
+        selection_lib.check_resume(cfg.train.run_dir, getattr(trainer.data, "selection", None))
     main = distributed.is_main_process()   # multi-host: process 0 writes the run files
     # The sampler is built (and checks its data) before anything is written.
     sampler = trainer.data.make_sampler(trainer.sampler_weights())
@@ -520,6 +541,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                           "tokenizer": config_lib.to_dict(cfg)["data"]["tokenizer"],
                           "seq_len": cfg.data.seq_len},
             "tokenizer": getattr(trainer.data, "tokenizer", None),
+            "data_selection": getattr(trainer.data, "selection", None),
             "init_from": getattr(trainer, "init_from", None),
             "plugins": list(dict.fromkeys(list(cfg.train.plugins) + plugins.loaded())),
             **provenance.collect()}
@@ -676,7 +698,6 @@ def evaluate_run(run_dir: str | pathlib.Path, *, step: int | None = None,
                  split: str | None = None, num_seqs: int | None = None,
                  data: TrainData | None = None) -> dict:
     """Evaluates checkpoint ``step`` (latest when None) of a run on its eval sets."""
-    from mixjax.models import transformer
     run_dir = pathlib.Path(run_dir)
     cfg = load_run_config(run_dir)
     if split is not None:
@@ -686,7 +707,8 @@ def evaluate_run(run_dir: str | pathlib.Path, *, step: int | None = None,
     config_lib.validate(cfg)
     data = data if data is not None else build_data(cfg)
     domains = tuple(data.domains)
-    apply, abstract_params, _ = transformer.abstract_init(model_config(cfg, data.vocab_size))
+    spec = build_model(cfg, data.vocab_size)
+    apply, abstract_params = spec.apply, spec.abstract_params
     ck = ckpt_lib.Checkpointer(run_dir / "checkpoints")
     step = ck.latest_step() if step is None else step
     if step is None:

@@ -9,7 +9,6 @@ calls it only when its statistics need a reference model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
@@ -17,22 +16,24 @@ from mixjax import config as config_lib
 from mixjax.train import checkpoint as ckpt_lib
 
 
-def run_model_config(run_dir: str | pathlib.Path, vocab_size: int):
-    """The ``TransformerConfig`` a run dir's ``config.json`` describes."""
-    from mixjax.models.transformer import TransformerConfig
+def _run_config(run_dir: str | pathlib.Path):
     path = pathlib.Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no config.json)")
-    cfg = config_lib.from_dict(json.loads(path.read_text()))
-    arch = {k: v for k, v in dataclasses.asdict(cfg.model).items()
-            if k not in ("vocab_size", "init_from")}   # the vocabulary comes from the data
-    return TransformerConfig(vocab_size=vocab_size, **arch)
+    return config_lib.from_dict(json.loads(path.read_text()))
+
+
+def run_model_config(run_dir: str | pathlib.Path, vocab_size: int):
+    """The ``TransformerConfig`` a run dir's ``config.json`` describes."""
+    from mixjax.models import registry as model_registry
+    return model_registry.transformer_config(_run_config(run_dir).model, vocab_size)
 
 
 def load_reference(run_dir: str, vocab_size: int):
-    """``(apply, params)`` of the latest checkpoint of a reference run."""
-    from mixjax.models import transformer
-    apply, abstract_params, _ = transformer.abstract_init(run_model_config(run_dir, vocab_size))
+    """``(apply, params)`` of the latest checkpoint of a reference run (any ``model.kind``)."""
+    from mixjax.models import registry as model_registry
+    spec = model_registry.build(_run_config(run_dir).model, vocab_size)
+    apply, abstract_params = spec.apply, spec.abstract_params
     ck = ckpt_lib.Checkpointer(pathlib.Path(run_dir) / "checkpoints")
     step = ck.latest_step()
     if step is None:

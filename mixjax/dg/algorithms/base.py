@@ -7,6 +7,8 @@ with three pure functions:
     state = alg.init(key, hp)                       # params, optimiser state, step, extras
     state, metrics = alg.update(hp, state, xs, ys, key)   # one step on per-env batches
     logits = alg.predict(state, x)
+    logits, tt = alg.predict_with_state(state, tt, x, valid)   # test time, per environment
+                                                  # (tt = alg.test_time_init(state, meta))
 
 ``xs: f32[K, b, H, W, C]`` and ``ys: int32[K, b]`` hold one minibatch per
 training environment (DomainBed's ``minibatches``). ``hp`` is a dict of f32
@@ -121,6 +123,28 @@ class Algorithm:
 
     def predict(self, state: State, x: Array) -> Array:
         return self.logits(state["params"], x)
+
+    # ---- test time (mixjax.dg.test_time)
+    def test_time_init(self, state: State, meta: Mapping[str, Array]) -> State:
+        """The test-time state for one evaluation environment, from the trained ``state`` and
+        the environment's metadata ``meta`` (``env`` i32[], ``is_test`` bool[], ``size``
+        i32[] and the dataset's per-environment numbers, ``EnvDataset.env_metadata``).
+        Built afresh for every environment, so one environment never sees another's data.
+        A key ``cost`` f32[], if present, is reported per environment (``env{e}_tt_cost``)."""
+        del state, meta
+        return {}
+
+    def predict_with_state(self, state: State, tt_state: State, x: Array,
+                           valid: Array) -> tuple[Array, State]:
+        """``(logits, tt_state')`` for one evaluation chunk ``x`` (``valid`` bool[n]: rows
+        that are real examples, not padding). The evaluation calls it on an environment's
+        examples in index order, chunk after chunk, threading ``tt_state``; memory,
+        statistics re-estimated at test time or adaptation steps live there. The default is
+        plain :meth:`predict`; an algorithm that overrides this method is evaluated through
+        it (``mixjax.dg.test_time.uses_hook``), every other one by the batched plain
+        ``predict`` as before."""
+        del valid
+        return self.predict(state, x), tt_state
 
     # ---- optimisation
     def tx(self, hp: Mapping[str, Array]) -> optax.GradientTransformation:

@@ -1,0 +1,97 @@
+"""Test-time procedures in the DG evaluation: memory, statistics or adaptation per environment.
+
+An algorithm that overrides ``Algorithm.predict_with_state`` (``mixjax.dg.algorithms.base``)
+is evaluated environment by environment: for every environment e of the dataset (training
+and test environments alike; ``meta["is_test"]`` tells them apart)
+
+    tt_0 = alg.test_time_init(state, meta_e)
+    (logits_c, tt_{c+1}) = alg.predict_with_state(state, tt_c, x_c, valid_c),  c = 0, 1, ...
+
+over the environment's examples in index order, in chunks of ``chunk`` rows (``valid_c``
+marks the padding of the last chunk), and the accuracies of the in/out splits are read from
+``argmax logits`` as for plain prediction. Deterministic: a fixed order, no randomness, and a
+fresh ``tt_0`` per environment. ``meta_e`` = ``{"env": e, "is_test": e not in the job's
+training envs, "size": N_e, **EnvDataset.env_metadata[e]}`` (scalars).
+
+Its cost is reported in every record: ``test_time_s`` (wall seconds of the evaluation per
+job) and, when the test-time state has a ``cost`` entry, ``env{e}_tt_cost`` (the algorithm's
+own count: adaptation steps, memory writes, ...). An algorithm that keeps the default
+``predict_with_state`` is evaluated by the batched plain ``predict`` (``GroupRunner.evaluate``),
+unchanged. docs/extending.md section 7 is a worked example (a kNN memory classifier).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax.dg.algorithms.base import Algorithm
+
+
+def uses_hook(alg: Algorithm | type[Algorithm]) -> bool:
+    """Whether ``alg`` (an algorithm or its class) defines its own test-time procedure."""
+    cls = alg if isinstance(alg, type) else type(alg)
+    return cls.predict_with_state is not Algorithm.predict_with_state
+
+
+def env_metadata(data) -> dict[str, np.ndarray]:
+    """``{name: f32[E]}``: the dataset's per-environment numbers plus ``size`` (i32[E])."""
+    out = {"size": np.asarray(data.sizes(), np.int32)}
+    meta = getattr(data, "env_metadata", None)
+    if meta:
+        names = sorted(meta[0])
+        if any(sorted(m) != names for m in meta):
+            raise ValueError(f"{data.name}: env_metadata must name the same fields for every env")
+        out.update({k: np.asarray([float(m[k]) for m in meta], np.float32) for k in names})
+    return out
+
+
+def _evaluate_fn(alg: Algorithm, meta: dict, chunk: int, batched: bool):
+    def ev(state, jd, X, Y):
+        e, n = Y.shape
+        valid_rows = jd["in_mask"] | jd["out_mask"]
+        is_test = ~jnp.any(jnp.arange(e)[:, None] == jd["train_envs"][None, :], axis=1)
+        pad = (-n) % chunk
+
+        def one_env(i):
+            me = {"env": i, "is_test": is_test[i], **{k: jnp.asarray(v)[i] for k, v in meta.items()}}
+            tt = alg.test_time_init(state, me)
+            x = jnp.concatenate([X[i], jnp.zeros((pad, *X.shape[2:]), X.dtype)])
+            v = jnp.concatenate([valid_rows[i], jnp.zeros((pad,), bool)])
+            xs = x.reshape(-1, chunk, *X.shape[2:])
+            vs = v.reshape(-1, chunk)
+
+            def body(tt, xv):
+                logits, tt = alg.predict_with_state(state, tt, *xv)
+                return tt, jnp.argmax(logits, -1)
+
+            tt, preds = jax.lax.scan(body, tt, (xs, vs))
+            cost = jnp.asarray(tt.get("cost", jnp.nan), jnp.float32) if isinstance(tt, dict) \
+                else jnp.float32(jnp.nan)
+            return preds.reshape(-1)[:n], cost
+
+        preds, cost = jax.lax.map(one_env, jnp.arange(e))   # one environment after another
+        correct = (preds == Y).astype(jnp.float32)
+        acc = lambda m: (correct * m).sum(1) / jnp.maximum(m.sum(1), 1)  # noqa: E731
+        return acc(jd["in_mask"]), acc(jd["out_mask"]), cost
+
+    if batched:
+        ev = jax.vmap(ev, in_axes=(0, 0, None, None))
+    return jax.jit(ev)
+
+
+def evaluate(runner, state, jd, dev, group_size: int):
+    """``(in_acc, out_acc, cost)`` like ``GroupRunner.evaluate`` plus the cost: ``{"test_time_s":
+    seconds per job, "tt_cost": f32[(G,) E] (NaN where the algorithm reports none)}``."""
+    fn = getattr(runner, "_test_time_eval", None)
+    if fn is None:   # compiled here, so that test_time_s times the procedure, not XLA
+        fn = _evaluate_fn(runner.alg, dev.env_meta, max(32, runner.eval_batch // group_size),
+                          runner.batched).lower(state, jd, dev.X, dev.Y).compile()
+        runner._test_time_eval = fn
+    t0 = time.perf_counter()
+    in_acc, out_acc, cost = jax.block_until_ready(fn(state, jd, dev.X, dev.Y))
+    return in_acc, out_acc, {"test_time_s": (time.perf_counter() - t0) / group_size,
+                             "tt_cost": cost}
