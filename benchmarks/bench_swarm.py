@@ -23,6 +23,12 @@ Re-run on an idle machine (the issue's target: >= 3x at the search's proxy count
     python benchmarks/bench_swarm.py --skip-separate                # sections 1-2 only
 
 On a GPU the same script runs P up to 512 (``--proxies 1,8,32,128,512``).
+
+``--host-only``: the host side alone, ms per ``next(batches)`` of the upsample route
+(every proxy's composition and rows) at each P, the current draw (all proxies' rows in one
+read) next to the previous one (one read per proxy), alternating, same stream::
+
+    python benchmarks/bench_swarm.py --host-only --proxies 128,512 --steps 20
 Every number printed comes from this run; note the machine's load (printed) when
 comparing runs.
 """
@@ -40,6 +46,7 @@ import tempfile
 import time
 
 import jax
+import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,6 +86,32 @@ def bench_step(cfg, data, p: int, strategy: str, route: str, steps: int) -> dict
     return {"P": p, "strategy": strategy, "proxy_steps_per_s": p * steps / dt,
             "compile_s": compile_s, "est_MiB": est / 2**20, "xla_MiB": xla / 2**20,
             "est_over_xla": est / max(xla, 1)}
+
+
+def bench_host(cfg, data, p: int, steps: int, reps: int = 3) -> dict:
+    """ms per upsample batch: the current draw vs one read per proxy (the previous one)."""
+    mix = designs.dirichlet(p, len(data.domains), seed=0)
+    sw = S.Swarm(cfg, mix, route="upsample", strategy="vmap", data=data)
+
+    def per_proxy(b):   # the draw before all proxies' rows were read at once
+        n, s = len(b.composers), b.sampler.seq_len + 1
+        tokens = np.empty((n, b.sampler.batch_size, s), np.int32)
+        for q, comp in enumerate(b.composers):
+            ids, _ = comp.next_ids()
+            tokens[q] = b.sampler.read_rows(ids)
+        return tokens
+
+    out = {"now": [], "before": []}
+    for _ in range(reps):
+        for name in out:
+            b = sw.make_batches()
+            draw = (lambda: next(b)) if name == "now" else (lambda: per_proxy(b))
+            draw()   # pipelines built, first documents read
+            t = time.perf_counter()
+            for _ in range(steps):
+                draw()
+            out[name].append((time.perf_counter() - t) / steps * 1e3)
+    return {k: float(np.median(v)) for k, v in out.items()}
 
 
 def _child_cpu() -> float:
@@ -134,6 +167,8 @@ def main() -> None:
     ap.add_argument("--separate", type=int, default=8,
                     help="proxies of the swarm vs separate processes comparison")
     ap.add_argument("--skip-separate", action="store_true")
+    ap.add_argument("--host-only", action="store_true",
+                    help="time the upsample route's batch drawing alone (see the docstring)")
     ap.add_argument("--swarm-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--swarm-seed", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--swarm-out", default=None, help=argparse.SUPPRESS)
@@ -148,6 +183,13 @@ def main() -> None:
           f"{os.cpu_count()}, load {loadavg()}; proxy d_model {proxy.model.d_model} x "
           f"{proxy.model.num_layers} layers, batch {proxy.data.batch_size} x "
           f"{proxy.data.seq_len}, route {settings['route']}", flush=True)
+    if args.host_only:
+        print(f"{'P':>4} {'ms/batch now':>13} {'ms/batch before':>16} {'speed-up':>9}  load")
+        for p in (int(x) for x in args.proxies.split(",")):
+            r = bench_host(proxy, data, p, args.steps)
+            print(f"{p:>4} {r['now']:>13.2f} {r['before']:>16.2f} "
+                  f"{r['before'] / r['now']:>8.1f}x  {loadavg()}", flush=True)
+        return
     if not args.skip_steps:
         print(f"{'P':>4} {'strategy':>8} {'proxy*steps/s':>14} {'compile s':>10} "
               f"{'est MiB':>8} {'XLA MiB':>8} {'est/XLA':>8}")

@@ -240,3 +240,21 @@ def test_memory_estimate_agrees_with_xla_memory_analysis(data, shape, strategy, 
     est = sw.memory_estimate()["total"]
     xla = S.compiled_memory_bytes(sw)
     assert 0.8 <= est / xla <= 1.2, f"estimate {est} B vs XLA {xla} B: ratio {est / xla:.3f}"
+
+
+@pytest.mark.parametrize("mode", ["stratified", "multinomial"])
+def test_upsample_one_read_for_all_proxies_equals_one_read_per_proxy(data, mode):
+    """The upsample route reads every proxy's rows at once; the rows and the pipelines'
+    states after are those of reading proxy by proxy (the swarm's stream is unchanged)."""
+    h = np.array([[0.5, 0.25, 0.25, 0, 0, 0, 0, 0],
+                  [0, 0, 0, 0, 0, 0, 0.125, 0.875],
+                  [1 / 8] * 8, [0.3, 0, 0.1, 0.1, 0, 0.2, 0.2, 0.1]])
+    sw = S.Swarm(tiny_cfg(), h, route="upsample", data=data)
+    fast, slow = sw.make_batches(mode), sw.make_batches(mode)
+    for _ in range(4):
+        got = next(fast)
+        ids = np.stack([c.next_ids()[0] for c in slow.composers])
+        want = np.stack([slow.sampler.read_rows(i) for i in ids])
+        np.testing.assert_array_equal(got["domain_id"], ids)
+        np.testing.assert_array_equal(got["tokens"], want)
+    assert fast.get_state() == slow.get_state()

@@ -146,11 +146,14 @@ class BatchComposer:
         ids = np.repeat(np.arange(len(self.domains), dtype=np.int32), counts)
         if self.mode != "per_domain":
             ids = ids[rng.permutation(len(ids))]
-        self.step = t + 1
+        self._advance()
+        return ids, counts.astype(np.int32)
+
+    def _advance(self) -> None:
+        self.step += 1
         # Drop schedule entries no future batch can use.
         keep = [i for i, (s, _) in enumerate(self._schedule) if s <= self.step]
         self._schedule = self._schedule[keep[-1]:] if keep else self._schedule
-        return ids, counts.astype(np.int32)
 
     # -- state ----------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -170,3 +173,48 @@ class BatchComposer:
         self._schedule = sched
         self._last_set_step = state["last_set_step"]
         self._remainder = np.asarray(state["remainder"], np.float64)
+
+
+def next_ids_many(composers: list[BatchComposer]) -> tuple[np.ndarray, np.ndarray]:
+    """``next_ids`` of every composer at once: (domain_id int32[P, B], counts int32[P, K]).
+
+    Equal to ``[c.next_ids() for c in composers]`` (and leaves the same states), for
+    many composers of one batch size and step, e.g. a proxy swarm's (one per proxy). In
+    ``stratified`` mode the largest-remainder counts are computed for all of them in
+    array operations: with ``g_d = target_d - floor(target_d)`` in [0, 1) and a deficit
+    ``D = B - sum_d floor(target_d)`` no larger than the number of live domains with
+    ``target_d >= 0``, the greedy loop of ``_counts`` gives one extra row to each of
+    the ``D`` largest ``g_d`` (ties to the lower index: a stable sort), since a domain
+    that got its row falls below every ``g >= 0``. Other composers (and other modes)
+    take the loop. Each composer still draws its permutation from its own
+    ``default_rng([seed, t])``, so the rows are the same.
+    """
+    if not composers:
+        raise ValueError("next_ids_many: no composers")
+    c0 = composers[0]
+    t, b, k = c0.step, c0.batch_size, len(c0.domains)
+    if c0.mode != "stratified" or any(c.mode != c0.mode or c.step != t or c.batch_size != b
+                                      or len(c.domains) != k for c in composers):
+        ids, counts = zip(*(c.next_ids() for c in composers))
+        return np.stack(ids), np.stack(counts)
+    w = np.stack([c.weights_for(t) for c in composers])               # float64[P, K]
+    live = w > 0
+    target = w * b + np.where(live, np.stack([c._remainder for c in composers]), 0.0)
+    counts = np.where(live, np.floor(np.maximum(target, 0.0)), 0).astype(np.int64)
+    deficit = b - counts.sum(axis=1)
+    simple = (deficit >= 0) & (deficit <= (live & (target >= 0)).sum(axis=1))
+    order = np.argsort(np.where(live, counts - target, np.inf), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(k)[None, :].repeat(len(composers), 0), axis=1)
+    counts += simple[:, None] & (rank < deficit[:, None])
+    remainder = np.where(live, target - counts, 0.0)
+    for p in np.flatnonzero(~simple):    # a dropped remainder left a surplus: the loop
+        counts[p] = composers[p]._counts(w[p], None)
+        remainder[p] = composers[p]._remainder
+    base = np.repeat(np.tile(np.arange(k, dtype=np.int32), len(composers)), counts.reshape(-1))
+    ids = base.reshape(len(composers), b)
+    for p, c in enumerate(composers):
+        ids[p] = ids[p][np.random.default_rng([c.seed, t]).permutation(b)]
+        c._remainder = remainder[p]
+        c._advance()
+    return ids, counts.astype(np.int32)

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import grain
 import numpy as np
 
-from mixjax.data.tokenizers import Tokenizer
+from mixjax.data.tokenizers import ByteTokenizer, Tokenizer
 
 
 def tokenize(doc: Any, tokenizer: Tokenizer) -> np.ndarray:
@@ -59,8 +59,35 @@ class TokenizeChunk(grain.transforms.Map):
 
     def map(self, docs: list) -> np.ndarray:
         bos = self.tokenizer.bos_id if self.bos else None
-        return np.concatenate([_frame(tokenize(d, self.tokenizer), self.tokenizer.eos_id, bos)
-                               for d in docs])
+        eos = self.tokenizer.eos_id
+        if isinstance(self.tokenizer, ByteTokenizer) and all(isinstance(d, str) for d in docs):
+            return _frame_bytes([d.encode("utf-8") for d in docs], eos, bos)
+        # one concatenation for the chunk, not one per document
+        eos_a, parts = np.asarray([eos], np.int32), []
+        for d in docs:
+            if bos is not None:
+                parts.append(np.asarray([bos], np.int32))
+            parts += [tokenize(d, self.tokenizer).astype(np.int32, copy=False).reshape(-1), eos_a]
+        return np.concatenate(parts) if parts else np.empty(0, np.int32)
+
+
+def _frame_bytes(encoded: list[bytes], eos_id: int, bos_id: int | None) -> np.ndarray:
+    """``[BOS] b_1 EOS [BOS] b_2 EOS ...`` of UTF-8 byte strings as int32, in array operations.
+
+    The bytes are the byte tokenizer's ids (0-255), so the chunk is one ``frombuffer`` of
+    the joined documents with the frame ids inserted at the documents' ends (and starts):
+    no per-document array, cast or concatenation.
+    """
+    lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    ends = np.cumsum(lens)
+    tokens = np.frombuffer(b"".join(encoded), np.uint8).astype(np.int32)
+    if bos_id is None:
+        return np.insert(tokens, ends, eos_id)
+    # at a position where one document ends and the next starts: its EOS, then the BOS
+    # (np.insert keeps the given order of equal positions)
+    where = np.stack([ends - lens, ends], axis=1).reshape(-1)
+    frame = np.tile(np.asarray([bos_id, eos_id], np.int32), len(encoded))
+    return np.insert(tokens, where, frame)
 
 
 def _frame(tokens: np.ndarray, eos_id: int, bos_id: int | None) -> np.ndarray:

@@ -39,6 +39,7 @@ TPU slice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from typing import Any, Callable
@@ -369,6 +370,13 @@ def batch_axes(mesh) -> tuple[str, ...]:
 REPLICATED_BATCH_KEYS = ("domain_counts", "sampling_weights", "target_tokens")
 
 
+@functools.lru_cache(maxsize=64)
+def _batch_sharding(mesh, axes: tuple[str, ...], ndim: int, key: str) -> NamedSharding:
+    if key in REPLICATED_BATCH_KEYS:
+        return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P(tuple(axes), *([None] * (ndim - 1))))
+
+
 def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
     """Places a host batch: per-sequence arrays split over the batch axes, the rest replicated.
 
@@ -387,6 +395,15 @@ def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
         global_batch_size = rows
     axes = batch_axes(mesh)
     distributed.check_batch_divides(global_batch_size, mesh, axes)
+    if jax.process_count() == 1:
+        # One process holds the whole batch: one device_put for every key (a third of the
+        # cost of one make_array_from_process_local_data per key); the same arrays.
+        if rows != global_batch_size:
+            raise ValueError(f"batch has {rows} rows, expected the global batch of "
+                             f"{global_batch_size}")
+        host = {k: np.asarray(v) for k, v in batch.items()}
+        return jax.device_put(host, {k: _batch_sharding(mesh, axes, v.ndim, k)
+                                     for k, v in host.items()})
     per_example = {k: np.asarray(v) for k, v in batch.items() if k not in REPLICATED_BATCH_KEYS}
     out = distributed.global_batch(per_example, mesh, axes, global_batch_size, replicated=())
     rep = NamedSharding(mesh, P())

@@ -166,17 +166,20 @@ class UpsampleBatches:
         self.composers = [BatchComposer(sampler.domains, batch_size=sampler.batch_size,
                                         weights=np.asarray(mixtures, np.float64)[p], mode=mode,
                                         seed=proxy_seed(seed, p)) for p in proxies]
+        self._weights = self.mixtures.astype(np.float32)
+        self._weights.flags.writeable = False   # shared by every batch
 
     def __next__(self) -> dict[str, np.ndarray]:
-        n, b, s = len(self.composers), self.sampler.batch_size, self.sampler.seq_len + 1
-        tokens = np.empty((n, b, s), np.int32)
-        ids = np.empty((n, b), np.int32)
-        counts = np.empty((n, len(self.sampler.domains)), np.int32)
-        for p, comp in enumerate(self.composers):
-            ids[p], counts[p] = comp.next_ids()
-            tokens[p] = self.sampler.read_rows(ids[p])
+        from mixjax.data.composer import next_ids_many
+        n, b = len(self.composers), self.sampler.batch_size
+        ids, counts = next_ids_many(self.composers)   # = each composer's next_ids()
+        # All proxies' rows in one read, proxy-major: domain d's pipeline hands its next
+        # sum_p n_{p,d} sequences to the rows of d in (proxy, row) order, which is the
+        # order of one read per proxy, so the tokens and the iterator states are the
+        # same (tests/test_search_swarm.py), with K block copies instead of P x K.
+        tokens = self.sampler.read_rows(ids.reshape(-1)).reshape(n, b, -1)
         return {"tokens": tokens, "domain_id": ids, "domain_counts": counts,
-                "sampling_weights": self.mixtures.astype(np.float32)}
+                "sampling_weights": self._weights}
 
     def get_state(self) -> dict:
         return {"sampler": self.sampler.get_state(),

@@ -13,8 +13,11 @@ Files in the run directory:
   averages).
 * ``weights.jsonl``: ``{"step", "weights": {domain: w}}`` every step the
   mixer's weights change (and at step 0), i.e. the weight trajectory.
-* ``tb/``: TensorBoard event files (tensorboardX) with the same scalars, and
-  whatever other trackers ``train.trackers`` names (mixjax.train.tracking).
+* ``tb/``: TensorBoard event files (tensorboardX) with the same scalars (one event
+  per record), and whatever other trackers ``train.trackers`` names
+  (mixjax.train.tracking). ``weights.jsonl`` is written in batches, on log steps,
+  evaluations and checkpoints; the trackers' ``weights/<domain>`` get the latest
+  change at that cadence (:class:`MetricsWriter`).
 
 On resume from step ``k`` the records of steps after ``k`` (written by the
 interrupted run after its last checkpoint) are dropped first, from the JSONL
@@ -160,6 +163,18 @@ def _framed_size(records: list[bytes]) -> int:
 
 
 class MetricsWriter:
+    """Writes a run's JSONL logs and mirrors them to the trackers.
+
+    An online mixer changes its weights every step, so ``weights`` only buffers:
+    the buffered ``weights.jsonl`` lines go to the file in one write with the next
+    record of another log (``metrics.jsonl`` on log steps, ``eval.jsonl``), on
+    ``flush`` (every checkpoint) and on ``close``, so the file holds every change
+    and nothing is formatted or written per step. The trackers get ``weights`` at
+    that cadence too, with the latest change only (``weights/<domain>`` in
+    TensorBoard: one point per log record; every log record also carries
+    ``weight/<domain>``); ``weights.jsonl`` stays the full trajectory.
+    """
+
     def __init__(self, run_dir: str | pathlib.Path, domains: tuple[str, ...],
                  tensorboard: bool = True, trackers=None):
         self.run_dir = pathlib.Path(run_dir)
@@ -170,11 +185,14 @@ class MetricsWriter:
             from mixjax.train.tracking import TensorBoardTracker
             trackers = [TensorBoardTracker(self.run_dir)]
         self._trackers = list(trackers or [])
+        self._weights_lines: list[str] = []          # weights.jsonl lines not yet written
+        self._weights_latest: tuple[int, dict] | None = None   # for the trackers
 
     def per_domain(self, prefix: str, values) -> dict[str, float]:
         return {f"{prefix}/{d}": float(v) for d, v in zip(self.domains, np.asarray(values))}
 
     def write(self, name: str, record: Mapping[str, Any]) -> None:
+        self._write_weights()
         record = _plain(dict(record))
         self._files[name].write(json.dumps(record) + "\n")
         self._files[name].flush()
@@ -183,13 +201,26 @@ class MetricsWriter:
                 t.log(name.split(".")[0], record["step"], record)
 
     def weights(self, step: int, weights) -> None:
-        w = {d: float(x) for d, x in zip(self.domains, np.asarray(weights))}
-        self.write("weights.jsonl", {"step": step, "weights": w})
-        for t in self._trackers:
-            t.weights(step, w)
+        """Records the weights in force from ``step`` on (buffered: see the class docstring)."""
+        w = dict(zip(self.domains, map(float, np.asarray(weights).tolist())))
+        self._weights_lines.append(json.dumps({"step": int(step), "weights": _plain(w)}) + "\n")
+        self._weights_latest = (int(step), w)
+
+    def _write_weights(self) -> None:
+        if self._weights_lines:
+            f = self._files["weights.jsonl"]
+            f.write("".join(self._weights_lines))
+            f.flush()
+            self._weights_lines.clear()
+        if self._weights_latest is not None:
+            step, w = self._weights_latest
+            self._weights_latest = None
+            for t in self._trackers:
+                t.weights(step, w)
 
     def flush(self) -> None:
         """Writes every buffered record and event through to the disk (fsync)."""
+        self._write_weights()
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
@@ -197,6 +228,7 @@ class MetricsWriter:
             getattr(t, "flush", lambda: None)()
 
     def close(self) -> None:
+        self._write_weights()
         for f in self._files.values():
             f.close()
         for t in self._trackers:
@@ -215,4 +247,10 @@ class NullWriter(MetricsWriter):
         pass
 
     def weights(self, step: int, weights) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass

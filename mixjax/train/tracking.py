@@ -69,12 +69,22 @@ class EventWriter:
         self._writer = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}")
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.add_scalars({tag: value}, step)
+
+    def add_scalars(self, values: Mapping[str, float], step: int) -> None:
+        """Every ``tag: value`` of one step in one event (one record, one CRC pass, instead
+        of one per scalar: a per-domain record is ~3x cheaper to write; readers see the
+        same scalars, ``mixjax.train.metrics.read_tensorboard_scalars``)."""
         import time
 
-        from tensorboardX.proto import event_pb2
+        from tensorboardX.proto import event_pb2, summary_pb2
         from tensorboardX.summary import scalar
+        if not values:
+            return
+        summary = summary_pb2.Summary(value=[v for tag, x in values.items()
+                                             for v in scalar(tag, x).value])
         self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                                 summary=scalar(tag, value)))
+                                                 summary=summary))
 
     def flush(self) -> None:
         self._writer.flush()
@@ -91,12 +101,10 @@ class TensorBoardTracker(Tracker):
         self._tb = EventWriter(pathlib.Path(run_dir) / "tb")
 
     def log(self, group, step, record):
-        for key, value in _scalars(record):
-            self._tb.add_scalar(f"{group}/{key}", value, step)
+        self._tb.add_scalars({f"{group}/{key}": value for key, value in _scalars(record)}, step)
 
     def weights(self, step, weights):
-        for d, x in weights.items():
-            self._tb.add_scalar(f"weights/{d}", x, step)
+        self._tb.add_scalars({f"weights/{d}": x for d, x in weights.items()}, step)
 
     def flush(self):
         self._tb.flush()
