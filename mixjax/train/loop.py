@@ -35,31 +35,29 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import methods, mixing, provenance
+from mixjax import methods, mixing, plugins, provenance, run_identity
 from mixjax.config import Config, ConfigError
 from mixjax.mixing import grads
 from mixjax.parallel import distributed, sharding
 from mixjax.train import atomic
 from mixjax.train import checkpoint as ckpt_lib
+from mixjax.train import checks
 from mixjax.train import evaluate as eval_lib
 from mixjax.train import metrics as metrics_lib
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 from mixjax.train.data import TrainData, build_data
 from mixjax.train.prefetch import BatchPrefetcher
 from mixjax.train.reference import load_reference
 
-# Keys that may differ between a run's saved config and the one it is resumed with.
-RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
-                     "train.ckpt_every", "train.keep_ckpts",
-                     # the saved config is read from the dir, whatever its path is now
-                     "train.run_dir",
-                     # set on resume to keep the LR schedule (check_run_dir)
-                     "optim.schedule_steps",
-                     # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
-                     "mesh.data", "mesh.fsdp", "mesh.tensor",
-                     # where tokenized data is cached does not change the data
-                     "data.cache_dir", "train.trackers", "train.tracker_args")
+# Keys that may differ between a run's saved config and the one it is resumed with: the
+# result-neutral ones (run_identity.NEUTRAL_KEYS) and those a resume may change on purpose.
+RESUMABLE_CHANGES = run_identity.NEUTRAL_KEYS + (
+    "train.steps", "train.eval_every",
+    # set on resume to keep the LR schedule (check_run_dir)
+    "optim.schedule_steps",
+    # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
+    "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
 class RunDirError(ValueError):
@@ -214,6 +212,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, data: TrainData | None = None):
         config_lib.validate(cfg)
+        checks.check_names(cfg)     # registered names resolve when the run is built
         self.cfg = cfg
         self.data = data if data is not None else build_data(cfg)
         self.domains = tuple(self.data.domains)
@@ -237,11 +236,12 @@ class Trainer:
         self.apply, abstract, self.logical_axes = (spec.apply, spec.abstract_params,
                                                    spec.logical_axes)
         self.init_from = None
-        if cfg.model.init_from:   # pretrained parameters (mixjax.models.hf_io)
+        if cfg.model.init_from:   # pretrained parameters (mixjax.train.export, models.hf_io)
             from mixjax.models import hf_io
+            from mixjax.train import export
             try:
-                params, self.init_from = hf_io.load_init_params(cfg.model.init_from,
-                                                                self.model_cfg, abstract)
+                params, self.init_from = export.load_init_params(cfg.model.init_from,
+                                                                 self.model_cfg, abstract)
             except (hf_io.ExportError, FileNotFoundError) as e:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
             # host arrays: placed shard by shard by the sharded init below
@@ -479,7 +479,8 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     """
     from mixjax.data.eval_sets import eval_checksum
     config_lib.validate(cfg)
-    config_lib.check_runnable(cfg)
+    checks.check_names(cfg)
+    checks.check_runnable(cfg)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     resume = resume or resume_from is not None
     if resume_from is not None and not (pathlib.Path(cfg.train.run_dir) / "checkpoints").is_dir():
@@ -550,7 +551,9 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
                           "seq_len": cfg.data.seq_len},
             "tokenizer": getattr(trainer.data, "tokenizer", None),
             "data_selection": getattr(trainer.data, "selection", None),
-            "init_from": getattr(trainer, "init_from", None), **provenance.collect()}
+            "init_from": getattr(trainer, "init_from", None),
+            "plugins": list(dict.fromkeys(list(cfg.train.plugins) + plugins.loaded())),
+            **provenance.collect()}
     if main:
         atomic.write_text(run_dir / "run_info.json", json.dumps(run_info, indent=2))
 
