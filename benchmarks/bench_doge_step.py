@@ -4,7 +4,7 @@
 pullback unused: DoGE's model gradient is the engine's ``sum_d c_d g_d``) and
 then the gradient engine's stratified per-domain forward + backward.
 ``one-pass``: the per-domain loss and count come from the engine's pass
-(``mixjax.train.step``, ``engine_losses``). The two-pass step is rebuilt here by
+(``mixjax.core.step``, ``engine_losses``). The two-pass step is rebuilt here by
 handing the step an engine hook that hides its losses, the fallback the step
 keeps for hooks that do not expose them (same code path as before the change).
 
@@ -33,8 +33,8 @@ import optax
 from mixjax import mixing
 from mixjax.mixing import grads
 from mixjax.models import transformer
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 
 
 def hide_losses(hook):

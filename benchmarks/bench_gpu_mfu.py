@@ -1,7 +1,7 @@
 """Training throughput and MFU of the 124M config for plain training, DoReMi, DoGE and DGA,
 and A/B comparisons of the attention kernel and the loss on the plain step.
 
-Runs the real train step (``mixjax.train.step``, placed and jitted by
+Runs the real train step (``mixjax.core.step``, placed and jitted by
 ``mixjax.parallel.sharding`` over every local device, ``mesh.data=-1`` as in
 ``configs/lm_124m_gpu.py``) for N timed steps per variant, side by side in one
 process, on synthetic token batches (throughput does not depend on the text):
@@ -62,8 +62,8 @@ from mixjax import mixing
 from mixjax.mixing import grads
 from mixjax.parallel import sharding
 from mixjax.models import transformer
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 from mixjax.mixing import statistics as stat_registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

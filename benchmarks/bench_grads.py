@@ -47,7 +47,7 @@ import optax
 
 from mixjax.mixing import grads as G
 from mixjax.models import transformer
-from mixjax.train import step as step_lib
+from mixjax.core import step as step_lib
 
 
 def build(args, vocab=256):

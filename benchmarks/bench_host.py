@@ -2,7 +2,7 @@
 
 The device's share of a step is removed by replacing the Trainer's step with a
 *null step*: a jitted function that returns the state (its ``step`` counter
-advanced) and metrics of the contract's structure (:func:`mixjax.train.contract.
+advanced) and metrics of the contract's structure (:func:`mixjax.core.contract.
 step_metrics`) at once. Everything else is the real ``mixjax.train.loop.train``:
 the sampler (mixpile-tiny, byte tokenizer, grain pipelines and packing), the
 batch composer, the prefetch thread (draw, check, place), the lag-L wait of an
@@ -50,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from mixjax import config as config_lib  # noqa: E402
 from mixjax.train import checkpoint as ckpt_lib  # noqa: E402
-from mixjax.train import contract, loop, prefetch  # noqa: E402
+from mixjax.core import contract  # noqa: E402
+from mixjax.train import loop, prefetch  # noqa: E402
 from mixjax.train.data import build_data  # noqa: E402
 
 # mixer -> (config, overrides); the online ones feed the sampler every step.

@@ -1,7 +1,7 @@
 """Activation memory of the 124M config with and without scan / remat (XLA memory analysis).
 
 For each layout (``model.scan_layers``) and remat policy (``model.remat``) the
-loss-and-gradient of the train step's token loss (``mixjax.train.step.token_losses``,
+loss-and-gradient of the train step's token loss (``mixjax.core.step.token_losses``,
 mean over the batch) for ``configs/lm_124m_gpu.py``'s model (GPT-2 vocabulary,
 bf16 compute, fp32 params) at batch 32 x 1024 is compiled on CPU — compiled only,
 never run — and XLA's buffer assignment is read:
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from mixjax.models import transformer
-from mixjax.train import step as step_lib
+from mixjax.core import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GPT2_VOCAB = 50257

@@ -3,7 +3,7 @@
     python benchmarks/bench_mixers.py [--d-model 128 --layers 2 --seq 128 --batch 16
                                        --domains 8 --steps 20 --rounds 5]
 
-Every method compiles the same train step (``mixjax.train.step.make_train_step``)
+Every method compiles the same train step (``mixjax.core.step.make_train_step``)
 for the same model, optimiser and batch; only the mixer (and for DoReMi/tDRO
 the frozen reference forward pass) differs. Methods run in interleaved rounds
 (a shuffled order each round) so machine-load drift hits them alike. Each
@@ -48,8 +48,8 @@ from mixjax import mixing
 from mixjax.config import OptimConfig
 from mixjax.mixing import sample_reweight
 from mixjax.models import transformer
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 from mixjax.mixing import statistics as stat_registry
 
 TARGETS = {"aioli": 1.05, "skillit": 1.05, "pcgrad": 1.25, "mgda": 1.25, "upgrad": 1.25,

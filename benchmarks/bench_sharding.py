@@ -1,6 +1,6 @@
 """Sharded train step on 1 vs 8 fake CPU devices: a check that nothing degenerates.
 
-Runs the real train step (``mixjax.train.step`` placed and jitted by
+Runs the real train step (``mixjax.core.step`` placed and jitted by
 ``mixjax.parallel.sharding``, exactly as ``mixjax train`` does) for the tiny default
 transformer on several meshes, side by side in one process, and prints the median
 step time, its ratio to the 1-device mesh and the number of compilations. Fake CPU
@@ -33,8 +33,8 @@ from mixjax.mixing import grads
 from mixjax.parallel import sharding
 from mixjax.config import Config  # noqa: E402
 from mixjax.models import transformer  # noqa: E402
-from mixjax.train import state as state_lib  # noqa: E402
-from mixjax.train import step as step_lib  # noqa: E402
+from mixjax.core import state as state_lib  # noqa: E402
+from mixjax.core import step as step_lib  # noqa: E402
 from mixjax.mixing import statistics as stat_registry
 
 MESHES = {"1 device": (1, 1, 1), "data=8": (8, 1, 1), "data=2 x fsdp=4": (2, 4, 1),

@@ -34,8 +34,8 @@ import optax
 from mixjax import mixing
 from mixjax.config import OptimConfig
 from mixjax.models import transformer as T
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 
 MODELS = {
     "tiny": dict(model=dict(d_model=128, num_layers=2, num_heads=4), batch=16, seq=128),

@@ -2,8 +2,9 @@
 new kind of step with its own state. ``tests/test_extending_example.py`` runs this file.
 
 Importing it registers everything; then ``--set mixing.name=spread`` and
-``--set train.objective=ema`` select them (``mixjax train --plugin`` is not needed:
-import the module from your own launcher, or add it to your fork's package).
+``--set train.objective=ema`` select them (from the command line:
+``mixjax train CONFIG --plugin docs.extending_example ...``, or a ``mixjax.plugins`` entry
+point; from Python: import the module in your own launcher; docs/extending.md, section 8).
 """
 
 from __future__ import annotations

@@ -9,12 +9,14 @@ Each command group lives in the module that owns it and exposes
     mixjax mix {doremi,doge} CONFIG ...         mixjax.workflows
     mixjax dg {sweep,table} ...                 mixjax.dg.cli
     mixjax compare CONFIG... --seeds N          mixjax.compare.cli
-    mixjax export RUN_DIR --format hf|safetensors   mixjax.models.hf_io
+    mixjax export RUN_DIR --format hf|safetensors   mixjax.train.export
     mixjax --version                            (also: python -m mixjax)
     mixjax search {regmix,law,skillit-graph} CONFIG ...  mixjax.search.pipeline
 
 Every command that writes a directory takes it as ``--out DIR`` (older
-spellings stay as aliases: ``dg sweep --run-dir``).
+spellings stay as aliases: ``dg sweep --run-dir``). Every command takes ``--plugin MODULE``
+(repeatable): out-of-tree mixers and Methods (:mod:`mixjax.plugins`; installed
+``mixjax.plugins`` entry points are imported at every start).
 
 Errors in what the user gave (config, data, run dir, checkpoints, a run that
 diverged) print one ``error: ...`` line and exit with status 2; ``--debug``
@@ -37,7 +39,7 @@ COMMANDS = {
     "mix": ("mixjax.workflows", "multi-run mixture searches (DoReMi, DoGE)"),
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
     "compare": ("mixjax.compare.cli", "several methods x seeds on one budget: table with intervals"),
-    "export": ("mixjax.models.hf_io", "write a run's parameters as safetensors or an HF Llama dir"),
+    "export": ("mixjax.train.export", "write a run's parameters as safetensors or an HF Llama dir"),
     "search": ("mixjax.search.pipeline", "offline mixture search: proxy swarm -> fit -> search"),
 }
 
@@ -71,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MIXJAX_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
+    from mixjax import plugins
+    try:   # out-of-tree extensions, before any command module is imported
+        argv, plugin_modules = plugins.split_argv(argv)
+        plugins.load_entry_points()
+        plugins.load(plugin_modules)
+    except plugins.PluginError as e:
+        if debug:
+            raise
+        print(error_line(e), file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="mixjax", description=__doc__.splitlines()[0])
     from mixjax import __version__
     parser.add_argument("--version", action="version", version=f"mixjax {__version__}")
@@ -82,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module).add_arguments(p, name)
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (also MIXJAX_DEBUG=1)")
+    parser.add_argument("--plugin", metavar="MODULE", action="append", default=[],
+                        help="import MODULE first (out-of-tree mixers, Methods; repeatable, "
+                             "with any command; installed `mixjax.plugins` entry points are "
+                             "always imported)")
     args = parser.parse_args(argv)
+    args.plugin = plugin_modules
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)

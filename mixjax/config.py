@@ -22,7 +22,10 @@ bare)::
         --set mixing.name=temperature --set mixing.hparams.tau=3.0
 
 Every error (unknown key, wrong type, impossible value) raises
-:class:`ConfigError` naming the key, before anything is built or compiled.
+:class:`ConfigError` naming the key, before anything is built or compiled. This module
+imports nothing of mixjax but ``errors``: registered names (mixers, Methods, trackers) are
+checked when a run is built (``mixjax.train.checks``), so a stored run's config always
+loads.
 """
 
 from __future__ import annotations
@@ -162,6 +165,10 @@ class TrainConfig:
     # section's weights act on sampling/loss), "bilevel" (ScaleBiO), "fish" (Fish meta step).
     objective: str = "mixer"
     objective_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Modules imported before the run is built (out-of-tree mixers, Methods, statistics:
+    # mixjax.plugins); `mixjax train --plugin M` adds M. Recorded, so `mixjax eval` /
+    # `mixjax export` of the run import them again.
+    plugins: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -371,6 +378,12 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
             if isinstance(value, str):  # `--set data.domains=web` -> ("web",)
                 return (value,)
+        elif origin is list:
+            if isinstance(value, (list, tuple)):
+                item = typing.get_args(a)[0] if typing.get_args(a) else Any
+                return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+            if isinstance(value, str):  # `--search-set baselines=uniform` -> ["uniform"]
+                return [value]
         elif origin is dict:
             if isinstance(value, dict):
                 kt, vt = typing.get_args(a) or (Any, Any)
@@ -383,12 +396,15 @@ def _coerce(value: Any, tp, key: str) -> Any:
                       f"{value!r}")
 
 
-def _check_types(obj, prefix: str = "") -> None:
+def check_types(obj, prefix: str = "") -> None:
+    """Coerces every field of the dataclass ``obj`` (recursively) to its declared type, or
+    raises ConfigError naming the key: the engine behind :func:`validate`, shared by the DG
+    sweep config and the search settings."""
     for f in dataclasses.fields(obj):
         key = f"{prefix}{f.name}"
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            _check_types(value, key + ".")
+            check_types(value, key + ".")
         else:
             setattr(obj, f.name, _coerce(value, _field_type(type(obj), f.name), key))
 
@@ -399,10 +415,15 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Checks types and values; raises ConfigError naming the first bad key."""
+    """Checks types and values; raises ConfigError naming the first bad key.
+
+    Names of registered things (mixers, Methods, trackers) are not checked here: config
+    loading imports no registry, so a stored run's config loads even where the mixer it
+    names is not importable. ``mixjax.train.checks.check_names`` checks them when a run is
+    built (``mixjax train`` runs it before anything expensive)."""
     if not isinstance(cfg, Config):
         raise ConfigError(f"expected a Config, got {type(cfg).__name__}")
-    _check_types(cfg)
+    check_types(cfg)
     d, m, o, t, x, e, g = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.mixing, cfg.eval, cfg.grads
     _require(d.seq_len >= 2, "data.seq_len", f"must be >= 2, got {d.seq_len}")
     _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
@@ -478,10 +499,8 @@ def validate(cfg: Config) -> Config:
     _require(d.batch_size % t.grad_accum == 0, "train.grad_accum",
              f"data.batch_size={d.batch_size} is not divisible by grad_accum={t.grad_accum}")
     _require(bool(t.run_dir), "train.run_dir", "must not be empty")
-    from mixjax.train import tracking   # light: no tracker is imported here
-    bad = tracking.check(t.trackers, t.tracker_args)
-    _require(bad is None, "train.tracker_args" if bad and "tracker_args" in bad else "train.trackers",
-             str(bad))
+    _require(all(isinstance(m, str) and m.strip() and " " not in m.strip() for m in t.plugins),
+             "train.plugins", f"must be module names, got {list(t.plugins)}")
     _require(x.apply_to in (None, "sampling", "loss", "both"), "mixing.apply_to",
              f"must be sampling, loss, both or None, got {x.apply_to!r}")
     _require(x.sampling_weights in ("natural", "uniform"), "mixing.sampling_weights",
@@ -515,87 +534,7 @@ def validate(cfg: Config) -> Config:
     _require(not isinstance(g.target, tuple) or (g.target and len(set(g.target)) == len(g.target)),
              "grads.target", f"a list of target domains must be non-empty and without repeats, "
              f"got {g.target!r}")
-    _validate_mixer(cfg)
-    _validate_objective(cfg)
-    _validate_model_kind(cfg)
     return cfg
-
-
-def _validate_model_kind(cfg: Config) -> None:
-    """``model.kind`` names a registered model (mixjax.models.registry), resolved here and
-    when the run is built, never when the config is loaded."""
-    from mixjax.models import registry as model_registry   # light: imports no model
-    try:
-        model_registry.check(cfg.model.kind)
-    except KeyError as e:
-        raise ConfigError(f"config key 'model.kind': {e.args[0]}") from None
-    _require(cfg.model.kind == "transformer" or not cfg.model.init_from, "model.init_from",
-             f"pretrained parameters load into the transformer only, not model.kind="
-             f"{cfg.model.kind!r}")
-
-
-def _validate_objective(cfg: Config) -> None:
-    """``train.objective`` names a registered Method (mixjax.methods) and its hyperparameters."""
-    from mixjax import methods
-
-    t = cfg.train
-    if t.objective not in methods.names():
-        raise ConfigError(f"config key 'train.objective': unknown method {t.objective!r}; "
-                          f"known: {', '.join(methods.names())}")
-    method = methods.get(t.objective)
-    try:
-        method.check(methods.resolved_hparams(t.objective, t.objective_hparams))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key 'train.objective_hparams': {e}") from None
-    if method.uses_mixer:
-        return
-    # A Method that owns the weights and the model update: the mixing section must be empty.
-    x = cfg.mixing
-    _require(x.name == "uniform" and not x.hparams and x.apply_to is None
-             and x.sample_reweight is None, "mixing.name",
-             f"train.objective={t.objective!r} computes its own domain weights; leave the "
-             f"mixing section at its defaults (got mixing.name={x.name!r})")
-    _require(t.grad_accum == 1, "train.grad_accum",
-             f"train.objective={t.objective!r} does not support gradient accumulation")
-    _require(t.reference is None, "train.reference",
-             f"train.objective={t.objective!r} uses no reference model")
-
-
-def _validate_mixer(cfg: Config) -> None:
-    from mixjax import mixing  # light: numpy/jax only, no model code
-
-    x = cfg.mixing
-    if x.name not in mixing.names():
-        raise ConfigError(f"config key 'mixing.name': unknown mixer {x.name!r}; "
-                          f"known: {', '.join(mixing.names())}")
-    from mixjax.mixing import base as mixing_base
-    known = set(mixing_base.hparam_names(x.name)) - {"apply_to_override"}
-    unknown = sorted(set(x.hparams) - known)
-    if unknown:
-        raise ConfigError(f"config key 'mixing.hparams': mixer {x.name!r} has no "
-                          f"hyperparameter(s) {unknown}; known: {sorted(known)}")
-    if x.sample_reweight is None and x.sample_reweight_hparams:
-        raise ConfigError("config key 'mixing.sample_reweight_hparams' is set but "
-                          "mixing.sample_reweight is None (the hyperparameters would be ignored)")
-    if x.sample_reweight is not None:
-        from mixjax.mixing import sample_reweight
-        try:
-            sample_reweight.get(x.sample_reweight, **x.sample_reweight_hparams)
-        except (KeyError, TypeError, ValueError) as e:
-            key = "mixing.sample_reweight" if x.sample_reweight not in sample_reweight.names() \
-                else "mixing.sample_reweight_hparams"
-            raise ConfigError(f"config key {key!r}: {e}") from e
-
-
-def check_runnable(cfg: Config) -> None:
-    """What a training run needs from this machine (``validate`` checks only the values, so a
-    saved config still loads for eval/export elsewhere): tracker packages, ``model.init_from``."""
-    from mixjax.train import tracking
-    bad = tracking.check(cfg.train.trackers, cfg.train.tracker_args, installed=True)
-    _require(bad is None, "train.trackers", str(bad))
-    m = cfg.model
-    _require(m.init_from is None or pathlib.Path(m.init_from).exists(), "model.init_from",
-             f"no such file or directory: {m.init_from!r}")
 
 
 def check_domains(cfg: Config, domains: tuple[str, ...]) -> None:

@@ -21,11 +21,12 @@ round, mean and std over seeds, and per seed), ``perplexity.md`` /
 mean ± std over seeds), ``weights.png`` (the proxy's weight trajectory, last
 round, every seed), and one run directory per phase
 (``round<r>/seed<s>/<phase>``; the baseline's is ``../mix_baselines/<mixer>-<hash>``
-beside ``--out``, keyed by :func:`config_hash`, so every recipe with the same
-config and seed reuses one finished baseline run). Each phase shows its progress
-bar (``train.progress``). A phase whose run finished (``result.json``
-in its run dir) is reused when the command is repeated with the same
-``--out``, so an interrupted recipe continues where it stopped.
+beside ``--out``, keyed by :func:`mixjax.run_identity.config_hash`, so every recipe
+with the same config and seed reuses one finished baseline run). Each phase shows its
+progress bar (``train.progress``). A phase whose run finished (the marker of
+:func:`mixjax.run_identity.train_or_reuse` in its run dir; ``result.json`` of older
+runs) is reused when the command is repeated with the same ``--out``, so an
+interrupted recipe continues where it stopped.
 
 Another recipe (DoGE: proxy without reference) registers a :class:`Recipe`
 in ``RECIPES``; the phases, tables and plots are shared.
@@ -43,6 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mixjax import run_identity
+from mixjax.run_identity import config_hash  # noqa: F401  (workflows.config_hash: the one run identity)
 from mixjax.train import atomic
 
 BASELINES = ("natural", "uniform")
@@ -131,6 +134,9 @@ def run_recipe(recipe: Recipe, cfg, out: pathlib.Path, *, rounds: int = 1, seeds
     for item in base_overrides:               # checked now, before anything trains
         config_lib.apply_override(base_cfg, item)
     config_lib.validate(base_cfg)
+    from mixjax.train import checks
+    for c in (cfg, base_cfg):                 # registered names, before anything trains
+        checks.check_names(c)
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +167,7 @@ def run_recipe(recipe: Recipe, cfg, out: pathlib.Path, *, rounds: int = 1, seeds
         # The baseline depends on none of the recipe: one run per config hash, shared by
         # every recipe (and --out) beside this one, so `mix doge` reuses `mix doremi`'s.
         ref.train.run_dir = str(baseline_dir(out, ref))
+        run_identity.adopt_equivalent(ref, ref.train.run_dir, f"{ref.mixing.name}-*", log=log)
         per_seed.append({"seed": seed, "rounds": round_weights,
                          "base": _train(base, data_cache, log, "base", rounds, seed),
                          "baseline": _train(ref, data_cache, log, "baseline", rounds, seed)})
@@ -170,33 +177,6 @@ def run_recipe(recipe: Recipe, cfg, out: pathlib.Path, *, rounds: int = 1, seeds
     summary["seconds"] = time.perf_counter() - t0
     atomic.write_text(out / "timing.json", json.dumps({"seconds": summary["seconds"]}) + "\n")
     return summary
-
-
-# Keys that do not change what a run computes (names, where it writes, how it reports).
-_NOT_HASHED = ("name", "train.run_dir", "train.progress", "train.log_every", "train.ckpt_every",
-               "train.keep_ckpts")
-
-
-def config_hash(cfg) -> str:
-    """SHA-256 of the resolved config without the keys that do not change the result.
-
-    A static-mixer run with the default objective reads no ``grads.*`` key, so that
-    section is left out too (a DoGE and a DoReMi config then share their baseline).
-    """
-    import hashlib
-
-    from mixjax import config as config_lib
-    d = config_lib.to_dict(cfg)
-    for key in _NOT_HASHED:
-        *parents, last = key.split(".")
-        node = d
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(last, None)
-    if cfg.mixing.name in BASELINES + ("manual", "temperature") and \
-            cfg.train.objective == type(cfg.train)().objective:
-        d.pop("grads", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def baseline_dir(out: pathlib.Path, cfg) -> pathlib.Path:
@@ -248,33 +228,33 @@ def _train(cfg, data_cache: dict, log, phase: str, rnd: int, seed: int,
     from mixjax import mixing
     from mixjax.train import loop
     run_dir = pathlib.Path(cfg.train.run_dir)
-    marker = run_dir / "result.json"
-    if marker.exists():
-        log(f"[round {rnd} seed {seed}] {phase}: reusing {run_dir} (finished run, same config)")
-        return json.loads(marker.read_text())
-    log(f"[round {rnd} seed {seed}] {phase}: {cfg.mixing.name}, {cfg.train.steps} steps "
-        f"-> {run_dir}")
-    data = _data_for(cfg, data_cache)
-    resume = (run_dir / "config.json").exists()
-    result = loop.train(cfg, data=data, resume=resume)
-    if result.interrupted:
-        raise KeyboardInterrupt(f"{phase} run {run_dir} was stopped; rerun to continue")
-    if result.final_eval is None:
-        raise RuntimeError(f"{phase} run {run_dir} finished without a final evaluation")
-    domains = list(data.domains)
-    rec: dict[str, Any] = {"phase": phase, "round": rnd, "seed": seed, "domains": domains,
-                           "run_dir": str(run_dir),
-                           "mixer": cfg.mixing.name, "steps": result.steps_done,
-                           "eval": result.final_eval}
-    if recipe is not None:
-        mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=tuple(domains),
-                             token_counts=data.token_counts, apply_to=cfg.mixing.apply_to)
-        get = recipe.proxy_weights or _mixer_weights
-        final, avg = get(mixer, result.state.mix_state)
-        mixing.check_weight_vector(final / final.sum(), tuple(domains), f"{phase} final weights")
-        rec["weights_final"] = dict(zip(domains, (final / final.sum()).tolist()))
-        rec["weights_average"] = dict(zip(domains, (avg / avg.sum()).tolist()))
-    atomic.write_text(marker, json.dumps(rec, indent=2) + "\n")
+
+    def train(resume: bool) -> dict:
+        log(f"[round {rnd} seed {seed}] {phase}: {cfg.mixing.name}, {cfg.train.steps} steps "
+            f"-> {run_dir}")
+        data = _data_for(cfg, data_cache)
+        result = loop.train(cfg, data=data, resume=resume)
+        if result.interrupted:
+            raise KeyboardInterrupt(f"{phase} run {run_dir} was stopped; rerun to continue")
+        if result.final_eval is None:
+            raise RuntimeError(f"{phase} run {run_dir} finished without a final evaluation")
+        domains = list(data.domains)
+        rec: dict[str, Any] = {"phase": phase, "round": rnd, "seed": seed, "domains": domains,
+                               "run_dir": str(run_dir),
+                               "mixer": cfg.mixing.name, "steps": result.steps_done,
+                               "eval": result.final_eval}
+        if recipe is not None:
+            mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=tuple(domains),
+                                 token_counts=data.token_counts, apply_to=cfg.mixing.apply_to)
+            get = recipe.proxy_weights or _mixer_weights
+            final, avg = get(mixer, result.state.mix_state)
+            mixing.check_weight_vector(final / final.sum(), tuple(domains), f"{phase} final weights")
+            rec["weights_final"] = dict(zip(domains, (final / final.sum()).tolist()))
+            rec["weights_average"] = dict(zip(domains, (avg / avg.sum()).tolist()))
+        return rec
+
+    rec, _ = run_identity.train_or_reuse(
+        cfg, run_dir, train, log=lambda m: log(f"[round {rnd} seed {seed}] {phase}: {m}"))
     return rec
 
 

@@ -22,8 +22,8 @@ from mixjax import mixing
 from mixjax.mixing import grads
 from mixjax.parallel import sharding
 from mixjax.models import transformer
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 from mixjax.mixing import statistics
 
 DOMAINS = ("code", "math", "prose", "web")

@@ -85,8 +85,10 @@ def test_grid_reuses_finished_runs_and_never_a_changed_config(tmp_path, monkeypa
     changed = runs_lib.plan_grid([UNIFORM], 2, MICRO + ["optim.lr=0.001"], tmp_path)
     assert not {r.run_dir for r in changed} & {r.run_dir for r in grid}
     assert runs_lib.run_grid(changed, progress=False)["trained"] == 2
-    # an interrupted run (config.json, no final evaluation) is resumed, not restarted
+    # an interrupted run (config.json, no final evaluation, no finished marker) is resumed,
+    # not restarted
     (changed[0].run_dir / "eval.jsonl").unlink()
+    (changed[0].run_dir / "finished.json").unlink()
     assert runs_lib.run_grid(changed, progress=False) == {"reused": 1, "trained": 0, "resumed": 1}
     assert calls[-1] == ("lm_tiny_uniform", 0, True)
     # progress and run_dir do not change results, so they do not change the hash

@@ -60,19 +60,22 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ("mixing.sample_reweight_hparams={'temperature': 2.0}", "mixing.sample_reweight_hparams"),
 ])
 def test_bad_values_name_the_key(override, key):
+    # values are checked by config loading, registered names (mixers) when the run is built
+    from mixjax.train import checks
     with pytest.raises(ConfigError) as e:
-        cfg = C.load(ROOT / "configs" / "lm_tiny_uniform.py", [override])
+        cfg = checks.check_names(C.load(ROOT / "configs" / "lm_tiny_uniform.py", [override]))
     assert repr(key) in str(e.value) or key in str(e.value), str(e.value)
 
 
 def test_sample_reweight_hparams_are_checked():
+    from mixjax.train import checks
     base = ROOT / "configs" / "lm_tiny_uniform.py"
-    cfg = C.load(base, ["mixing.sample_reweight=quadratic",
-                        "mixing.sample_reweight_hparams={'burn_in': 10}"])
+    cfg = checks.check_names(C.load(base, ["mixing.sample_reweight=quadratic",
+                                           "mixing.sample_reweight_hparams={'burn_in': 10}"]))
     assert cfg.mixing.sample_reweight == "quadratic"
     with pytest.raises(ConfigError, match="'mixing.sample_reweight_hparams'.*temperature"):
-        C.load(base, ["mixing.sample_reweight=quadratic",
-                      "mixing.sample_reweight_hparams={'temperature': -1.0}"])
+        checks.check_names(C.load(base, ["mixing.sample_reweight=quadratic",
+                                         "mixing.sample_reweight_hparams={'temperature': -1.0}"]))
 
 
 def test_domain_dependent_checks():
@@ -95,6 +98,28 @@ def test_missing_file_and_missing_get_config(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="get_config"):
         C.load(bad)
+
+
+def test_a_stored_config_loads_whatever_mixer_it_names(tmp_path):
+    """Config loading imports no registry: a run trained with an out-of-tree mixer (not
+    importable here) still loads for `mixjax eval` / `mixjax export`; building it refuses."""
+    import subprocess
+    import sys
+    d = C.to_dict(C.Config())
+    d["mixing"]["name"], d["mixing"]["hparams"] = "not_installed_here", {"eta": 1.0}
+    d["train"]["objective"] = "nor_this"
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    cfg = C.load_run_config(tmp_path)
+    assert cfg.mixing.name == "not_installed_here" and cfg.train.objective == "nor_this"
+    from mixjax.train import checks
+    with pytest.raises(ConfigError, match="'mixing.name': unknown mixer 'not_installed_here'"):
+        checks.check_names(cfg)
+    code = ("import sys, mixjax.config as C; C.load_run_config(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.startswith('mixjax')))")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "['mixjax', 'mixjax.config', 'mixjax.errors']"
 
 
 def test_json_round_trip():

@@ -157,8 +157,8 @@ def test_the_step_weights_each_sequence_by_sample_weight():
     import jax.numpy as jnp
     import optax
     from mixjax import mixing
-    from mixjax.train import state as state_lib
-    from mixjax.train import step as step_lib
+    from mixjax.core import state as state_lib
+    from mixjax.core import step as step_lib
     emb = jax.random.normal(jax.random.PRNGKey(0), (12, 12))
     apply = lambda p, x: p["emb"][x]   # noqa: E731
     tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 7), 1, 12)

@@ -18,8 +18,8 @@ import optax
 from mixjax import mixing
 from mixjax.mixing import grads
 from mixjax.models import transformer as T
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 from train_fakes import PAD, VOCAB, domain_sequence
 
 K, S, PER = 3, 8, 2

@@ -7,8 +7,8 @@ import optax
 
 from mixjax import mixing
 from mixjax.mixing import aggregators, grads
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 
 from grad_fakes import init_params, make_batch, token_loss_fn  # noqa: E402
 

@@ -160,7 +160,7 @@ def test_transformer_last_block_subset_matches_direct_grad():
     """The project's transformer: vmap and jvp agree with direct per-domain grads on the
     last block + final norm (the docs' param_filter example)."""
     from mixjax.models import transformer
-    from mixjax.train import step as step_lib
+    from mixjax.core import step as step_lib
     cfg = transformer.TransformerConfig(vocab_size=V, d_model=16, num_layers=2, num_heads=2)
     apply, params, _ = transformer.init(cfg, 0)
 

@@ -1,4 +1,4 @@
-"""The package imports cleanly and its module graph has no circles.
+"""The package imports cleanly, its module graph has no circles, and its layers point down.
 
 Every ``import`` / ``from ... import`` statement naming a mixjax module counts,
 including the ones inside functions (a deferred import is still a dependency:
@@ -88,10 +88,10 @@ def test_find_cycle_detects_a_circle():
 
 def test_graph_sees_deferred_imports():
     graph = import_graph()
-    # methods.base imports train.step only inside token_loss_fn; config imports the
-    # Methods only inside its validation
-    assert "mixjax.train.step" in graph["mixjax.methods.base"]
-    assert "mixjax.methods" in graph["mixjax.config"]
+    # methods.base imports core.step only inside token_loss_fn; the run-build checks import
+    # the Methods only inside a function
+    assert "mixjax.core.step" in graph["mixjax.methods.base"]
+    assert "mixjax.methods" in graph["mixjax.train.checks"]
 
 
 def test_module_graph_is_acyclic():
@@ -110,3 +110,58 @@ def test_every_module_imports_in_a_fresh_interpreter():
                                            "JAX_PLATFORMS": "cpu"})
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.startswith("ok")
+
+
+# The layers, lowest first. A module may import its own layer and any lower one, never a
+# higher one (deferred imports inside functions count). Packages not listed (data, parallel,
+# dg, search, compare, cli, ...) are free of this rule except that no listed layer below
+# them may import them back through it (checked by the acyclic test above).
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("config", ("mixjax.errors", "mixjax.registry", "mixjax.config", "mixjax.plugins")),
+    ("run identity", ("mixjax.run_identity",)),
+    ("models", ("mixjax.models",)),
+    ("mixing", ("mixjax.mixing",)),
+    ("core (state, step, contract)", ("mixjax.core",)),
+    ("methods", ("mixjax.methods",)),
+    ("engine (train loop, run engine, eval, export)", ("mixjax.train", "mixjax.run")),
+]
+
+
+def layer_of(module: str) -> int | None:
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` edges where ``b`` sits in a higher layer than ``a``."""
+    bad = []
+    for mod, deps in sorted(graph.items()):
+        lo = layer_of(mod)
+        if lo is None:
+            continue
+        for dep in sorted(deps):
+            hi = layer_of(dep)
+            if hi is not None and hi > lo:
+                bad.append(f"{mod} ({LAYERS[lo][0]}) imports {dep} ({LAYERS[hi][0]})")
+    return bad
+
+
+def test_layer_check_detects_an_upward_import():
+    graph = {"mixjax.methods.base": {"mixjax.train.loop"}, "mixjax.train.loop": {"mixjax.methods"},
+             "mixjax.models.hf_io": {"mixjax.train.checkpoint"}, "mixjax.config": {"mixjax.mixing"}}
+    assert layer_violations(graph) == [
+        "mixjax.config (config) imports mixjax.mixing (mixing)",
+        "mixjax.methods.base (methods) imports mixjax.train.loop (engine (train loop, run engine, "
+        "eval, export))",
+        "mixjax.models.hf_io (models) imports mixjax.train.checkpoint (engine (train loop, run "
+        "engine, eval, export))"]
+
+
+def test_layers_point_down():
+    """config < run identity < models < mixing < core < methods < engine (train/, run/):
+    config loading imports no registry, models never read checkpoints, methods never import
+    the loop."""
+    bad = layer_violations(import_graph())
+    assert not bad, "imports against the layer order:\n" + "\n".join(bad)

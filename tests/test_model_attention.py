@@ -114,7 +114,7 @@ def test_forward_mode_tracing_uses_xla_attention(monkeypatch):
     to cuDNN (a custom_vjp kernel, which jax.jvp cannot differentiate) runs xla there and
     cuDNN in the reverse-mode pass."""
     from mixjax.mixing import grads
-    from mixjax.train import step as step_lib
+    from mixjax.core import step as step_lib
     seen = []
     real = jax.nn.dot_product_attention
 

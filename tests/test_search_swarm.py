@@ -12,7 +12,7 @@ import pytest
 
 from mixjax.config import Config
 from mixjax.search import swarm as S
-from mixjax.train import step as step_lib
+from mixjax.core import step as step_lib
 
 
 def tiny_cfg(steps=4) -> Config:

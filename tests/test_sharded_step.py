@@ -1,6 +1,6 @@
 """Sharding contract: every mixer gives the same weights and losses on 1 and 8 devices.
 
-The real train step (``mixjax.train.step``) runs for 3 steps for every registered
+The real train step (``mixjax.core.step``) runs for 3 steps for every registered
 mixer (``mixing.names()``, so mixers added later are covered without editing this
 file) on a 1-device mesh and on 8 fake CPU devices. Per-step weights, per-domain
 losses and counts, loss, objective and gradient norm must agree within 1e-4

@@ -16,8 +16,8 @@ import pytest
 
 from mixjax import config as config_lib, mixing
 from mixjax.mixing import domain_stats, grads, statistics
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 
 K, B, S, V = 3, 6, 8, 11
 

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from mixjax import mixing
 from mixjax.parallel import sharding
 from mixjax.train import checkpoint as ckpt_lib
-from mixjax.train import state as state_lib
+from mixjax.core import state as state_lib
 
 PARAMS = {"w": jnp.arange(16 * 32, dtype=jnp.float32).reshape(16, 32) / 100.0,
           "scale": jnp.ones((16,))}

@@ -12,8 +12,8 @@ import pytest
 
 from mixjax import config as config_lib, mixing
 from mixjax.models import transformer as T
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 from train_fakes import PAD, VOCAB, domain_sequence
 
 K = 3

@@ -63,7 +63,7 @@ def test_loaded_host_weights_are_placed_shard_by_shard():
     """Pretrained weights (``model.init_from``: host numpy arrays) reach each device as
     its own shard only; the state equals the one built from the same values on device."""
     from mixjax.parallel import sharding
-    from mixjax.train import state as state_lib
+    from mixjax.core import state as state_lib
     import optax
 
     cfg = tiny_config("unused")

@@ -1,11 +1,12 @@
 """Runs of a comparison: the grid (configs x seeds) that ``mixjax compare`` trains or reuses,
 and the finished runs it reads back (final validation/test evaluation, weights, losses).
 
-A grid run lives in ``OUT/runs/<name>-seed<s>-<hash>`` where ``hash`` is the sha256
-of the full resolved config (``config_hash``: every key except ``train.run_dir``
-and ``train.progress``, which do not change results). A run whose directory
-holds a finished run (final evaluation at ``train.steps``) is reused; an
-interrupted one is resumed; a changed config has another hash, hence another
+A grid run lives in ``OUT/runs/<name>-seed<s>-<hash>`` where ``hash`` is the run
+identity of the resolved config (:func:`mixjax.run_identity.config_hash`: every key
+except the result-neutral ones, ``run_identity.NEUTRAL_KEYS``). A run whose directory
+holds a finished run (``run_identity.train_or_reuse``'s marker; a run finished before
+the marker existed counts when it has its final evaluation at ``train.steps``) is
+reused; an interrupted one is resumed; a changed config has another hash, hence another
 directory, and never reuses old results.
 
 Fairness (checked before anything trains, :class:`CompareError` otherwise):
@@ -29,22 +30,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from mixjax import config as config_lib
+from mixjax import run_identity
+from mixjax.train import checks
 from mixjax.config import Config, ConfigError
-
-# keys that do not change what a run computes (excluded from the config hash)
-_NOT_HASHED = (("train", "run_dir"), ("train", "progress"))
+from mixjax.run_identity import config_hash  # noqa: F401  (re-exported: compare.config_hash)
 
 
 class CompareError(ValueError):
     """Bad input to ``mixjax compare`` (message names the culprit); exit code 2."""
-
-
-def config_hash(cfg: Config) -> str:
-    """sha256 of the resolved config without ``train.run_dir`` / ``train.progress``."""
-    d = config_lib.to_dict(cfg)
-    for section, key in _NOT_HASHED:
-        d[section].pop(key, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclasses.dataclass
@@ -90,6 +83,10 @@ def plan_grid(config_paths: Sequence[Any], seeds: int, overrides: Sequence[str],
             h = config_hash(cfg)
             cfg.train.run_dir = str(out / "runs" / f"{_safe(name)}-seed{s}-{h[:12]}")
             config_lib.validate(cfg)
+            try:
+                checks.check_names(cfg)
+            except ConfigError as e:
+                raise CompareError(f"config {path}: {e}") from None
             grid.append(GridRun(name, s, cfg, h))
     _check_same(grid, "token budget (train.steps x data.batch_size x data.seq_len)",
                 lambda r: r.cfg.train.steps * r.cfg.data.batch_size * r.cfg.data.seq_len)
@@ -121,7 +118,8 @@ def _check_same(items, what: str, key) -> None:
 
 
 def finished(run_dir: pathlib.Path, steps: int) -> bool:
-    """A run dir holds a finished run: config.json and an evaluation at step ``steps``."""
+    """A run dir holds a run that finished before the marker existed: config.json and an
+    evaluation at step ``steps``."""
     from mixjax.train import metrics
     if not (run_dir / "config.json").is_file():
         return False
@@ -137,18 +135,25 @@ def run_grid(grid: Sequence[GridRun], progress: bool = True) -> dict[str, int]:
     bar = tqdm(grid, desc="compare grid", unit="run", disable=not progress, position=0, file=sys.stderr)
     for r in bar:
         bar.set_postfix_str(f"{r.method} seed {r.seed}")
-        if finished(r.run_dir, r.cfg.train.steps):
-            saved = json.loads((r.run_dir / "config.json").read_text())
-            if config_hash(config_lib.from_dict(saved)) != r.hash:  # pragma: no cover - hash is in the name
-                raise CompareError(f"{r.run_dir}: holds a run of another config")
-            done["reused"] += 1
-            continue
-        resume = (r.run_dir / "config.json").is_file()
         r.cfg.train.progress = progress
-        result = loop.train(r.cfg, resume=resume)
-        if result.interrupted:
-            raise KeyboardInterrupt(f"stopped during {r.run_dir}; rerun the same command to resume")
-        done["resumed" if resume else "trained"] += 1
+        run_identity.adopt_equivalent(r.cfg, r.run_dir, f"{_safe(r.method)}-seed{r.seed}-*",
+                                      log=lambda m: print(m, file=sys.stderr))
+
+        def train(resume, r=r):
+            result = loop.train(r.cfg, resume=resume)
+            if result.interrupted:
+                raise KeyboardInterrupt(f"stopped during {r.run_dir}; rerun the same command "
+                                        "to resume")
+            done["resumed" if resume else "trained"] += 1
+            return {"steps": result.steps_done}
+
+        try:
+            _, reused = run_identity.train_or_reuse(
+                r.cfg, r.run_dir, train,
+                legacy=lambda d, r=r: {} if finished(d, r.cfg.train.steps) else None)
+        except run_identity.RunIdentityError as e:  # pragma: no cover - the hash is in the name
+            raise CompareError(str(e)) from None
+        done["reused"] += int(reused)
     bar.close()
     return done
 

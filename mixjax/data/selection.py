@@ -31,7 +31,7 @@ Token counts (the ``natural`` mixture) are those of the selected train split.
   ``s_b = (1/S) sum_{t=1..S} w(doc of target token t)`` (the token-weighted mean of its
   documents' weights), passed to the step as ``batch["sample_weight"]`` f32[B], which
   multiplies the token weights: ``L = sum_b s_b r_d(b) sum_t m l / sum_b s_b r_d(b) sum_t m``
-  (``mixjax.train.step``; a mixer with ``model_gradient = "coeffs"`` ignores it). The
+  (``mixjax.core.step``; a mixer with ``model_gradient = "coeffs"`` ignores it). The
   weights travel in a second packed stream per domain, in lockstep with the tokens
   (:class:`WeightedDomainSampler`: the same documents, shuffle and framing; each token's
   weight as an int32 fixed-point code, ``round(w * 2^16)``, so weights above 32767 are

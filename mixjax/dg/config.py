@@ -17,7 +17,7 @@ import json
 import pathlib
 from typing import Any
 
-from mixjax.config import ConfigError, parse_value, run_config_file, set_value
+from mixjax.config import ConfigError, check_types, parse_value, run_config_file, set_value
 
 TEST_ENV_MODES = ("single", "single+pairs")
 DATA_SEED_MODES = ("shared", "per_job")
@@ -87,11 +87,15 @@ class SweepConfig:
 
 
 def validate(cfg: SweepConfig) -> SweepConfig:
+    """Types first (``mixjax.config.check_types``: the engine behind ``Config``; a wrong type
+    is an error naming the key), then the values."""
     from mixjax.dg import algorithms, datasets, hparams
 
     def need(cond, key, msg):
         if not cond:
             raise ConfigError(f"config key {key!r}: {msg}")
+
+    check_types(cfg)
 
     need(len(cfg.algorithms) > 0, "algorithms", "empty")
     for a in cfg.algorithms:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 from typing import Any, Iterable
 
 import numpy as np
 
+from mixjax import run_identity
 from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import hparams as H
@@ -81,8 +81,10 @@ class Job:
         return json.loads(json.dumps(out))  # tuples -> lists, as read back
 
     def hash(self, cfg: SweepConfig) -> str:
-        """DomainBed's job directory name: md5 of the sorted-key JSON of the job's arguments."""
-        return hashlib.md5(json.dumps(self.args(cfg), sort_keys=True).encode("utf-8")).hexdigest()
+        """The job's identity and DomainBed's job directory name: md5 of the sorted-key JSON
+        of the job's arguments (which hold no result-neutral setting: not ``output_dir``,
+        ``vmap`` or the sweep's progress)."""
+        return run_identity.digest(self.args(cfg), "md5")
 
 
 def test_env_sets(num_envs: int, mode: str) -> list[tuple[int, ...]]:

@@ -60,6 +60,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from mixjax import run_identity
 from mixjax.config import ConfigError
 from mixjax.dg import datasets as D
 from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
@@ -83,13 +84,14 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def write_job(run_dir: pathlib.Path, cfg: SweepConfig, job: Job, records: list[dict]) -> pathlib.Path:
-    """``RUN_DIR/<md5 of args>/results.jsonl`` (DomainBed's sorted-key lines) then ``done``."""
+    """``RUN_DIR/<md5 of args>/results.jsonl`` (DomainBed's sorted-key lines), then the job's
+    finished marker (``run_identity.mark_job_done``: DomainBed's ``done``)."""
     job_dir = run_dir / job.hash(cfg)
     job_dir.mkdir(exist_ok=True)
     args = {**job.args(cfg), "output_dir": str(job_dir)}
     lines = [json.dumps({**r, "args": args}, sort_keys=True) + "\n" for r in records]
     write_atomic(job_dir / "results.jsonl", "".join(lines))
-    write_atomic(job_dir / "done", "done")
+    run_identity.mark_job_done(job_dir)
     return job_dir
 
 
@@ -136,7 +138,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     log(f"dataset {data.name}: envs {list(data.env_names)} sizes {data.sizes()} shape {data.input_shape}"
         + (" (one realisation per job)" if per_job else ""))
     all_jobs = make_jobs(cfg, data.num_envs)
-    jobs = [j for j in all_jobs if not (run_dir / j.hash(cfg) / "done").exists()]
+    jobs = [j for j in all_jobs if not run_identity.is_finished(run_dir / j.hash(cfg))]
     # per-job data: a job trains on its own arrays, so jobs run one by one
     batched = use_vmap(cfg, data) and not per_job
     groups = make_groups(jobs, cfg.max_group, batched)

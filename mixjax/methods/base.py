@@ -4,8 +4,8 @@ A run trains by one Method, named by ``train.objective`` (default ``mixer``; the
 keeps its first name so that stored run dirs and their config hashes stay valid). The
 run loop (``mixjax.train.loop``) knows nothing of any Method: it drives
 ``step(state, batch, frozen) -> (state, metrics)`` over one
-:class:`~mixjax.train.state.TrainState` (donated) and optional
-:class:`~mixjax.train.state.FrozenInputs` (not donated). A Method declares
+:class:`~mixjax.core.state.TrainState` (donated) and optional
+:class:`~mixjax.core.state.FrozenInputs` (not donated). A Method declares
 
 * ``name`` and ``hparams`` (its hyperparameters with their defaults, set by
   ``train.objective_hparams``) and ``check(hp)``, which config validation calls
@@ -44,7 +44,7 @@ import jax
 
 from mixjax.errors import ConfigError
 from mixjax.registry import ClassRegistry
-from mixjax.train.contract import METRIC_KEYS, first_nonfinite, step_metrics  # noqa: F401
+from mixjax.core.contract import METRIC_KEYS, first_nonfinite, step_metrics  # noqa: F401
 
 
 class WeightsView(Protocol):
@@ -55,6 +55,10 @@ class WeightsView(Protocol):
     name: str
     apply_to: str            # sampling | loss | both: whether the sampler follows the weights
     requires: frozenset      # statistics the step computes for it (mixjax.mixing.statistics)
+    # The hooks the loop reads besides (mixjax.mixing.Mixer documents them): whether
+    # grads.target may be a list, and the on-demand evaluations (None or done -> bool).
+    multi_target: bool
+    wants_eval: Callable[[Any], Any] | None
 
     def weights(self, mix_state) -> jax.Array: ...
 
@@ -71,6 +75,8 @@ class OwnWeights:
     name: str
     apply_to: str = "loss"
     requires: frozenset = frozenset()
+    multi_target: bool = False
+    wants_eval: Callable[[Any], Any] | None = None
 
     def weights(self, mix_state):
         return mix_state["weights"]
@@ -157,7 +163,7 @@ def build(name: str, ctx: MethodContext, given: Mapping[str, Any] = ()) -> StepP
 
 def token_loss_fn(ctx: MethodContext) -> Callable:
     """``(params, batch) -> (token losses f32[B, S], mask f32[B, S])`` of the context's model."""
-    from mixjax.train import step as step_lib
+    from mixjax.core import step as step_lib
     apply, pad_id = ctx.apply, ctx.pad_id
 
     def loss_fn(params, batch):

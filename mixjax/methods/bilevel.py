@@ -45,7 +45,7 @@ from mixjax import mixing
 from mixjax.methods.base import (Method, MethodContext, OwnWeights, StepParts, first_nonfinite,
                                  register, step_metrics, token_loss_fn)
 from mixjax.mixing import grads as G
-from mixjax.train import state as state_lib
+from mixjax.core import state as state_lib
 
 PyTree = Any
 

@@ -36,7 +36,7 @@ from mixjax.methods.base import (Method, MethodContext, StepParts, first_nonfini
                                  require_per_domain, step_metrics, token_loss_fn)
 from mixjax.mixing import domain_stats
 from mixjax.mixing import grads as G
-from mixjax.train import state as state_lib
+from mixjax.core import state as state_lib
 
 PyTree = Any
 

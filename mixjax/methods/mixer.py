@@ -3,7 +3,7 @@
 The mixer (``mixjax.mixing``: GroupDRO, DoReMi, DoGE, DGA, R&B, ...) updates
 the weights inside the compiled step, from the statistics it ``requires``
 (``mixjax.mixing.statistics``); the weights act on sampling and/or the loss
-(``mixjax.train.step.make_train_step`` has the equations). What the step needs
+(``mixjax.core.step.make_train_step`` has the equations). What the step needs
 follows from those statistics: a reference model (``train.reference``), a
 target batch (``grads.target``) or the gradient engine (``grads`` section).
 """
@@ -14,8 +14,8 @@ from mixjax import mixing
 from mixjax.errors import ConfigError
 from mixjax.methods.base import Method, MethodContext, StepParts, register, require_per_domain
 from mixjax.mixing import grads, sample_reweight, statistics
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 
 
 def weights_can_change(mixer) -> bool:

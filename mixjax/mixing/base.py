@@ -12,6 +12,9 @@ frozen dataclass whose fields are its hyperparameters::
     mixer.average(state)            # f32[K] time-averaged weights
     mixer.apply_to                  # "sampling", "loss" or "both"
     mixer.model_gradient            # "loss" (default) or "coeffs" (gradient_coeffs)
+    mixer.multi_target              # False (default): grads.target names one domain
+    mixer.wants_eval                # None (default) or wants_eval(done) -> bool
+    mixer.average_includes_initial  # whether average() counts the initial weights
 
 ``apply_to`` chooses the "upsample or upweight" route:
 
@@ -44,7 +47,7 @@ decorated with :func:`register`; nothing else changes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +90,20 @@ class Mixer:
     # token-mean objective, the default) or "coeffs" (``sum_d c_d g_d`` from the gradient
     # engine with ``c = gradient_coeffs(mix_state, stats)``, e.g. DoGE, PCGrad, MGDA).
     model_gradient: ClassVar[str] = "loss"
+
+    # -- hooks the loop and the step read (declared here so a new mixer sees all of them) --
+    multi_target: ClassVar[bool] = False
+    """Whether ``grads.target`` may name several domains (a tuple): the loop then supplies
+    one target batch per domain and the ``grad_dot`` statistic has one column each (DoGE's
+    out-of-domain rule). False: a tuple there is a config error naming ``grads.target``."""
+
+    wants_eval: ClassVar[Callable[[Any], Any] | None] = None
+    """On-demand evaluations, independent of ``train.eval_every``: None (the default) or a
+    method ``wants_eval(done) -> bool`` that the loop calls after every step with the number
+    of completed steps; True evaluates the validation sets then and hands the per-domain
+    losses to the next ``update`` as the ``eval_loss`` statistic (Aioli's probes, Skill-it's
+    rounds). A mixer that only needs ``eval_loss`` on the ``eval_every`` grid leaves it None
+    and lists ``"eval_loss"`` in ``requires``."""
 
     # Overrides ``default_apply_to`` when set (the config's "upsample or upweight").
     apply_to_override: str | None = None

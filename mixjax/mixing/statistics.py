@@ -1,7 +1,7 @@
 """The registry of training statistics: each one declared once.
 
 A mixer names the statistics it needs in ``requires``; the train step
-(``mixjax.train.step``) computes exactly those, by asking this registry. Each
+(``mixjax.core.step``) computes exactly those, by asking this registry. Each
 :class:`Statistic` says
 
 * ``shape``: its shape in K (domains), B (sequences), S (tokens per sequence);

@@ -1,4 +1,7 @@
-"""Pretrained weights in and out: Hugging Face Llama naming, safetensors files, ``mixjax export``.
+"""Pretrained weights in and out: Hugging Face Llama naming, safetensors files.
+
+The ``mixjax export`` command and reading a run's checkpoint live above the models, in
+:mod:`mixjax.train.export` (models never import train/).
 
 mixjax's transformer (mixjax.models.transformer) is a Llama: pre-norm RMSNorm
 blocks, RoPE, SwiGLU MLP, no biases, tied or untied embeddings. Its parameters
@@ -40,18 +43,15 @@ biases, ``rope_scaling`` and an activation other than SiLU.
     mixjax export RUN_DIR --format safetensors [--out FILE]
         -> one safetensors file in the Llama naming (metadata: the mixjax model config)
 
-``model.init_from`` (mixjax.train.loop) accepts a mixjax run dir, such a
-safetensors file or an HF Llama directory (see :func:`load_init_params`).
+``model.init_from`` (mixjax.train.loop) accepts a mixjax run dir
+(:func:`mixjax.train.export.load_init_params`), such a safetensors file or an HF Llama
+directory (see :func:`load_init_params`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import pathlib
-import shutil
-import sys
 from typing import Any
 
 import numpy as np
@@ -210,7 +210,9 @@ def load_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict) -> tuple[dict, dict]:
-    """``(params, info)`` for ``model.init_from``: a mixjax run dir, a safetensors file, an HF dir.
+    """``(params, info)`` for ``model.init_from``: a safetensors file or an HF Llama dir (a
+    mixjax run dir is read by :func:`mixjax.train.export.load_init_params`, which knows
+    checkpoints).
 
     The parameters get ``abstract_params``' dtypes; shapes must match exactly.
     """
@@ -218,20 +220,8 @@ def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict)
     path = pathlib.Path(source)
     where = f"model.init_from={source!r}"
     if path.is_dir() and (path / "config.json").exists() and (path / "checkpoints").exists():
-        from mixjax.train import checkpoint as ckpt_lib
-        ck = ckpt_lib.Checkpointer(path / "checkpoints")
-        step = ck.latest_step()
-        if step is None:
-            ck.close()
-            raise ExportError(f"{where}: the run has no checkpoint")
-        try:
-            params = ckpt_lib.restore_params(ck.manager, step, abstract_params)
-        except Exception as e:   # orbax: shape/structure mismatch
-            raise ExportError(f"{where}: checkpoint step {step} does not fit this model "
-                              f"({type(e).__name__}: {str(e)[:300]})") from None
-        finally:
-            ck.close()
-        info = {"kind": "mixjax", "path": str(path), "step": step}
+        raise ExportError(f"{where}: a mixjax run dir; mixjax.train.export.load_init_params "
+                          "reads its checkpoint")
     elif path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if not (path / "config.json").exists() or not files:
@@ -256,85 +246,3 @@ def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict)
     return params, info
 
 
-# -- mixjax export -------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument("run_dir", help="a run directory written by `mixjax train`")
-    parser.add_argument("--format", choices=("hf", "safetensors"), default="hf",
-                        help="hf: a Hugging Face Llama directory; safetensors: one file")
-    parser.add_argument("--out", default=None,
-                        help="output directory (hf) or file (safetensors); default: "
-                             "RUN_DIR/export_hf or RUN_DIR/model.safetensors")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (latest)")
-
-
-def export_run(run_dir: str | pathlib.Path, fmt: str = "hf", out: str | None = None,
-               step: int | None = None) -> pathlib.Path:
-    """Writes the run's parameters (checkpoint ``step``, latest when None); returns the path."""
-    from mixjax.models import transformer
-    from mixjax import config as config_lib
-    from mixjax.train import checkpoint as ckpt_lib
-    run_dir = pathlib.Path(run_dir)
-    info_path = run_dir / "run_info.json"
-    if not info_path.exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no run_info.json)")
-    info = json.loads(info_path.read_text())
-    cfg = config_lib.load_run_config(run_dir)
-    mcfg = TransformerConfig(**info["model"])
-    check_expressible(mcfg)     # before reading any checkpoint
-    target = pathlib.Path(out) if out else (run_dir / ("export_hf" if fmt == "hf"
-                                                       else "model.safetensors"))
-    if target.exists() and (target.is_file() or any(target.iterdir())):
-        raise ExportError(f"output {str(target)!r} already exists; pick another --out")
-    _, abstract, _ = transformer.abstract_init(mcfg)
-    ck = ckpt_lib.Checkpointer(run_dir / "checkpoints")
-    step = ck.latest_step() if step is None else step
-    if step is None:
-        ck.close()
-        raise FileNotFoundError(f"run dir {str(run_dir)!r} has no checkpoint")
-    try:
-        params = ckpt_lib.restore_params(ck.manager, step, abstract)
-    finally:
-        ck.close()
-    tensors = to_llama(params, mcfg)
-    meta = {"mixjax_model": json.dumps(dataclasses.asdict(mcfg)), "mixjax_step": str(step),
-            "mixjax_run": str(run_dir)}
-    tok = info.get("tokenizer") or {}
-    if fmt == "safetensors":
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_safetensors(tensors, target, meta)
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    save_safetensors(tensors, target / "model.safetensors", meta)
-    hc = hf_config(mcfg, max_positions=cfg.data.seq_len, tokenizer=tok)
-    (target / "config.json").write_text(json.dumps(hc, indent=2) + "\n")
-    gen = {k: hc[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    (target / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    if tok.get("name") == "hf":
-        _write_hf_tokenizer(tok, target)
-    return target
-
-
-def _write_hf_tokenizer(tok: dict, target: pathlib.Path) -> None:
-    src = pathlib.Path(tok["path"])
-    src = src / "tokenizer.json" if src.is_dir() else src
-    if not src.exists():
-        raise FileNotFoundError(f"the run's tokenizer file {str(src)!r} is gone; cannot copy it")
-    shutil.copyfile(src, target / "tokenizer.json")
-    from tokenizers import Tokenizer
-    t = Tokenizer.from_file(str(src))
-    names = {k: t.id_to_token(tok[f"{k}_id"]) for k in ("eos", "pad", "bos")}
-    special = {f"{k}_token": v for k, v in names.items() if v is not None}
-    (target / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    (target / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False,
-         "add_eos_token": False, **special}, indent=2) + "\n")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        path = export_run(args.run_dir, args.format, args.out, args.step)
-    except (ExportError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0

@@ -14,7 +14,7 @@ What the rest of mixjax relies on (the trainer, evaluation, reference models, sh
 
 * ``apply(params, tokens i32[B,S]) -> logits f32[B,S,V]``: a pure causal LM (logits at
   position t may depend on tokens[:, :t+1] only); the step's loss is
-  ``CE(apply(params, x[:, :-1]), x[:, 1:])`` (``mixjax.train.step.token_losses``);
+  ``CE(apply(params, x[:, :-1]), x[:, 1:])`` (``mixjax.core.step.token_losses``);
 * ``init(seed) -> params``: a pure function of ``seed``, run inside one jitted call with
   ``out_shardings`` so that every parameter is born in its shards
   (``mixjax.parallel.sharding.init_state_sharded``);

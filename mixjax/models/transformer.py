@@ -31,7 +31,7 @@ RoPE scores depend on ``i - j`` only, so a document attends exactly as it would 
 
 The loss does not need the logits: ``apply.hidden(params, tokens)`` returns the final
 normalised hidden states and the unembedding ``(h [B,T,d], w [V,d])``, with
-``logits = h w^T``; ``mixjax.train.step.token_losses`` uses it to compute the
+``logits = h w^T``; ``mixjax.core.step.token_losses`` uses it to compute the
 cross-entropy over chunks of the sequence when ``loss_chunk > 0``.
 
 Every parameter carries logical axis names (``nnx.with_partitioning``):
@@ -196,7 +196,7 @@ class TransformerConfig:
     scan_layers: bool = False
     remat: str = "none"          # "none" | "dots" | "full": what the backward pass recomputes
     attention: str = "auto"      # "auto" | "xla" | "cudnn" | "splash" (resolve_attention)
-    # Sequence positions per cross-entropy chunk (mixjax.train.step.token_losses); 0 = the
+    # Sequence positions per cross-entropy chunk (mixjax.core.step.token_losses); 0 = the
     # full [B, T, V] logits at once. A model property so every caller of token_losses
     # (step, gradient engine, swarm, reference forward) computes the loss the same way.
     loss_chunk: int = 0
@@ -420,7 +420,7 @@ class ModelApply:
     """The pure model: ``apply(params, tokens, segment_ids=None) -> logits`` f32[B, T, V],
     ``apply.hidden(params, tokens, segment_ids=None) -> (h, w)`` (see
     :meth:`Transformer.hidden`) and ``apply.loss_chunk`` (the config's; read by
-    ``mixjax.train.step.token_losses``). A plain function ``(params, tokens) -> logits``
+    ``mixjax.core.step.token_losses``). A plain function ``(params, tokens) -> logits``
     is an apply too: the loss then takes the unchunked path."""
 
     def __init__(self, graphdef, rest, loss_chunk: int = 0):

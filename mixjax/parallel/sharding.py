@@ -259,13 +259,13 @@ def mirror_shardings(tree, params, param_sharding, mesh):
 def train_state_shardings(state, logical_axes, mesh, rules=RULES):
     """Shardings of a train state, decided per field.
 
-    A :class:`~mixjax.train.state.TrainState`: ``params`` follow the logical
+    A :class:`~mixjax.core.state.TrainState`: ``params`` follow the logical
     rules; ``opt_state`` and the method-owned ``extra`` mirror them (every
     subtree with the params' structure, e.g. Adam's moments or bilevel's lower
     model, is sharded like ``params``; every other leaf replicated);
     ``mix_state``, ``step``, ``rng`` and ``eval_loss`` (small per-domain
     vectors) are replicated. A plain mapping with a ``params`` key (a bare
-    ``{params, opt_state}`` init, a :class:`~mixjax.train.state.FrozenInputs`
+    ``{params, opt_state}`` init, a :class:`~mixjax.core.state.FrozenInputs`
     tree) is treated the same way: ``params`` by the rules, the rest mirrored.
     """
     params = state.params if hasattr(state, "params") else state["params"]

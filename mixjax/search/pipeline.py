@@ -36,6 +36,7 @@ in one message and exit status 2 before anything trains.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -45,35 +46,45 @@ from typing import Any, Callable
 
 import numpy as np
 
-DEFAULTS: dict[str, Any] = {
-    "proxies": 32,
-    "design": "regmix",            # regmix | dirichlet | lhs | onehot
-    "design_seed": 42,
-    "route": "upsample",           # upsample | upweight
-    "strategy": "auto",            # vmap | map | auto (measured per backend)
-    "models": 1,                   # devices of the models mesh axis (proxies)
-    "data_shards": 1,              # devices of the data axis (each proxy's batch rows)
-    "fsdp": 1,                     # devices of the fsdp axis (rows and d_model of params)
-    "proxy_overrides": [],         # dotted overrides: target config -> proxy config
-    "target": "average",           # average | a domain | {domain: weight}
-    "regressor": "auto",           # lightgbm | linear | auto (better held-out Spearman)
-    "lgbm_params": {},             # overrides of regmix.LGBM_PARAMS
-    "folds": 4,
-    "samples": 100_000,
-    "top_k": 128,
-    "bootstrap": 32,
-    "min_weight": {},
-    "max_weight": {},
-    "max_epochs": None,            # at most E epochs of each domain in the target run
-    "law_restarts": 16,
-    "extrapolate_step": None,      # law: fit each proxy's step law on its eval history
-                                   # (train.eval_every) and fit the mixture law to the
-                                   # losses it predicts at this step (Ye et al.'s nesting)
-    "baselines": ["uniform", "natural"],
-    "sizes": None,                 # law: proxy d_model values (2-3); one swarm per size and
-                                   # Shukor et al.'s scaling law L(N, D, h) instead of Ye's law
-    "scaling_law": "additive",     # additive | joint (with sizes)
-}
+from mixjax import run_identity
+
+@dataclasses.dataclass(kw_only=True)
+class SearchSettings:
+    """The search settings (``get_search()`` and ``--search-set K=V``), typed and checked by
+    the same engine as :class:`mixjax.config.Config` (``config.set_value``: a wrong type or
+    an unknown key is an error naming the key, exit status 2)."""
+
+    proxies: int = 32
+    design: str = "regmix"            # regmix | dirichlet | lhs | onehot
+    design_seed: int = 42
+    route: str = "upsample"           # upsample | upweight
+    strategy: str = "auto"            # vmap | map | auto (measured per backend)
+    models: int = 1                   # devices of the models mesh axis (proxies)
+    data_shards: int = 1              # devices of the data axis (each proxy's batch rows)
+    fsdp: int = 1                     # devices of the fsdp axis (rows and d_model of params)
+    proxy_overrides: list[str] = dataclasses.field(default_factory=list)  # target -> proxy config
+    target: str | dict[str, int | float] = "average"   # average | a domain | {domain: weight}
+    regressor: str = "auto"           # lightgbm | linear | auto (better held-out Spearman)
+    lgbm_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # regmix.LGBM_PARAMS
+    folds: int = 4
+    samples: int = 100_000
+    top_k: int = 128
+    bootstrap: int = 32
+    min_weight: dict[str, int | float] = dataclasses.field(default_factory=dict)
+    max_weight: dict[str, int | float] = dataclasses.field(default_factory=dict)
+    max_epochs: int | float | None = None   # at most E epochs of each domain in the target run
+    law_restarts: int = 16
+    # law: fit each proxy's step law on its eval history (train.eval_every) and fit the
+    # mixture law to the losses it predicts at this step (Ye et al.'s nesting)
+    extrapolate_step: int | float | None = None
+    baselines: list[str] = dataclasses.field(default_factory=lambda: ["uniform", "natural"])
+    # law: proxy d_model values (2-3); one swarm per size and Shukor et al.'s scaling law
+    # L(N, D, h) instead of Ye's law
+    sizes: list[int] | None = None
+    scaling_law: str = "additive"     # additive | joint (with sizes)
+
+
+DEFAULTS: dict[str, Any] = dataclasses.asdict(SearchSettings())
 METHODS = ("regmix", "law")
 # Settings a repeated search may change: target-run baselines, and the device layout of
 # the swarm (the same computation on another mesh; its checkpoint restores onto it).
@@ -100,16 +111,24 @@ def load_search_config(path: str, overrides=(), search_overrides=(), proxy_overr
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(root)
-    settings = dict(DEFAULTS)
+    typed = SearchSettings()
     given = module.get_search() if hasattr(module, "get_search") else {}
     for key, value in list(given.items()) + [_split(s) for s in search_overrides]:
         if key not in DEFAULTS:
             raise SearchError(f"unknown search setting {key!r}; known: {sorted(DEFAULTS)}")
-        settings[key] = value
+        try:
+            config_lib.set_value(typed, key, value)
+        except config_lib.ConfigError as e:
+            raise SearchError(f"search setting {str(e)[len('config key '):]}"
+                              if str(e).startswith("config key ") else str(e)) from None
+    settings = dataclasses.asdict(typed)
     proxy = config_lib.from_dict(config_lib.to_dict(target))
     for item in list(settings["proxy_overrides"]) + list(overrides) + list(proxy_overrides):
         config_lib.apply_override(proxy, item)
     config_lib.validate(proxy)
+    from mixjax.train import checks
+    for c in (target, proxy):     # registered names (mixer, Method), before anything trains
+        checks.check_names(c)
     return target, proxy, settings
 
 
@@ -207,10 +226,13 @@ def run_search(method: str, target_cfg, proxy_cfg, settings: dict, out: pathlib.
     # baselines only add target runs: a repeated search may add or drop them
     record = {"method": method, "domains": list(domains),
               "settings": {k: v for k, v in settings.items() if k not in LAYOUT_ONLY},
-              "target_config": _cfg_dict(target_cfg), "proxy_config": _cfg_dict(proxy_cfg)}
+              "target_config": run_identity.identity_dict(target_cfg),
+              "proxy_config": run_identity.identity_dict(proxy_cfg)}
     saved = out / "search.json"
     if saved.exists():
         old = json.loads(saved.read_text())
+        for key in ("target_config", "proxy_config"):   # written with other neutral keys
+            old[key] = _identity_of_saved(old.get(key))
         diff = sorted(key for key in record if json.dumps(old.get(key), default=_default,
                                                           sort_keys=True)
                       != json.dumps(record[key], default=_default, sort_keys=True))
@@ -440,24 +462,18 @@ def extrapolate_losses(res, alive: np.ndarray, step: float, restarts: int) -> np
     return out
 
 
-def _cfg_dict(cfg) -> dict:
+def _identity_of_saved(d):
+    """A config dict saved in search.json, as :func:`run_identity.identity_dict` sees it."""
     from mixjax import config as config_lib
-    d = config_lib.to_dict(cfg)
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "run_dir")}
-    return d
+    try:
+        return run_identity.identity_dict(config_lib.from_dict(d))
+    except (config_lib.ConfigError, TypeError, AttributeError):
+        return d
 
 
 def _train_target(cfg, run_dir: pathlib.Path, seed: int, mixture, log, name) -> dict:
     from mixjax import config as config_lib
     from mixjax.train import loop
-    marker = run_dir / "result.json"
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        if done["mixture"] != mixture:
-            raise SearchError(f"{run_dir} was trained on another mixture ({done['mixture']}); "
-                              "remove it or pick another --out")
-        log(f"target {name} seed {seed}: reusing {run_dir}")
-        return done["eval"]
     c = config_lib.from_dict(config_lib.to_dict(cfg))
     c.name, c.train.run_dir, c.train.seed, c.data.seed = f"{cfg.name}_{name}", str(run_dir), \
         seed, seed
@@ -468,12 +484,25 @@ def _train_target(cfg, run_dir: pathlib.Path, seed: int, mixture, log, name) -> 
     else:
         c.mixing.name, c.mixing.hparams = mixture, {}
     config_lib.validate(c)
-    log(f"target {name} seed {seed}: {c.train.steps} steps -> {run_dir}")
-    result = loop.train(c, resume=(run_dir / "config.json").exists())
-    if result.interrupted:
-        raise KeyboardInterrupt(f"target run {run_dir} was stopped; repeat the command")
-    marker.write_text(json.dumps({"mixture": mixture, "eval": result.final_eval}, indent=2) + "\n")
-    return result.final_eval
+    legacy = run_identity.read_marker(run_dir)     # a result.json of a run of another mixture
+    if legacy is not None and legacy["config_hash"] is None and \
+            legacy["record"].get("mixture") != mixture:
+        raise SearchError(f"{run_dir} was trained on another mixture "
+                          f"({legacy['record'].get('mixture')}); remove it or pick another --out")
+
+    def train(resume: bool) -> dict:
+        log(f"target {name} seed {seed}: {c.train.steps} steps -> {run_dir}")
+        result = loop.train(c, resume=resume)
+        if result.interrupted:
+            raise KeyboardInterrupt(f"target run {run_dir} was stopped; repeat the command")
+        return {"mixture": mixture, "eval": result.final_eval}
+
+    try:
+        rec, _ = run_identity.train_or_reuse(
+            c, run_dir, train, log=lambda m: log(f"target {name} seed {seed}: {m}"))
+    except run_identity.RunIdentityError as e:
+        raise SearchError(str(e)) from None
+    return rec["eval"]
 
 
 # ------------------------------------------------------------------------ report

@@ -1,7 +1,7 @@
 """A swarm of P proxy models with identical shapes, trained together in one compiled step.
 
 Every proxy p has a mixture h_p (float[K]) and a seed. Its train state is the
-ordinary train-step state of :mod:`mixjax.train.step` (params, AdamW state, a
+ordinary train-step state of :mod:`mixjax.core.step` (params, AdamW state, a
 static ``uniform`` mixer whose weights are set to h_p, step, rng); the swarm
 stacks the P states on a leading axis and runs the *unchanged* step
 (``make_train_step(..., jit=False)``) for every proxy inside one ``jax.jit``:
@@ -75,8 +75,8 @@ from mixjax.search.swarm_mesh import (FASTER_ON, PARAM_RULES, ROUTES, STRATEGIES
                                       resolve_strategy, swarm_mesh)
 from mixjax.search.swarm_train import (SwarmResult, load_result, save_result,  # noqa: F401
                                        train_swarm)
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
 
 
 class Swarm:

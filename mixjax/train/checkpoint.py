@@ -32,10 +32,16 @@ never deleted.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import io
 import json
 import os
 import pathlib
+import re
+import sys
+import tempfile
+import threading
 from typing import Any
 
 import jax
@@ -108,11 +114,16 @@ class Checkpointer:
         if not (self.directory / str(step)).is_dir():
             raise CheckpointError(f"checkpoint {step} does not exist in {self.directory} "
                                   f"(have {self.all_steps()})")
-        try:
-            state, host = self.restore(step, abstract_state)
-            own = self.restore_process(step)
-        except Exception as e:   # orbax/tensorstore raise many kinds; name the first line
-            raise CheckpointError(f"checkpoint {step} is damaged: {_first_line(e)}") from e
+        reason = None
+        with _quiet_failed_read() as quiet:
+            try:
+                state, host = self.restore(step, abstract_state)
+                own = self.restore_process(step)
+            except Exception as e:   # orbax/tensorstore raise many kinds; name the reason
+                reason = _first_line(e)
+                quiet.failed = True
+        if reason is not None:   # not chained: the orbax traceback would keep its coroutines alive
+            raise CheckpointError(f"checkpoint {step} is damaged: {reason}") from None
         problem = _host_problem(host, step) or _tree_problem(state, abstract_state)
         if problem:
             raise CheckpointError(f"checkpoint {step} is damaged: {problem}")
@@ -179,11 +190,131 @@ def _tree_problem(state, abstract_state) -> str | None:
     return None
 
 
+_NOISE = re.compile(r"\s*(See full TensorStore details:\s*)?<bound method .*$", re.S)
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else ""
-    line = line if len(line) <= 200 else line[:197] + "..."
-    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+    """``Type: message`` of the innermost exception in ``e``'s chain that says something
+    (orbax wraps TensorStore's error, e.g. ``OUT_OF_RANGE: Error reading "..." in OCDBT
+    database at local file "...": ...``, in a message that ends in a bound-method repr),
+    on one line of at most 300 characters."""
+    if isinstance(e, CheckpointError):    # already one clean line
+        return " ".join(str(e).split())
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    best = ""
+    for x in chain:                                # outermost first; the innermost wins
+        msg = x.args[0] if isinstance(x, KeyError) and x.args and isinstance(x.args[0], str) \
+            else str(x)
+        text = " ".join(_NOISE.sub("", msg).split())
+        if text:
+            best = f"{type(x).__name__}: {text}"
+    if not best:
+        best = type(chain[0]).__name__ if chain else "unknown error"
+    return best if len(best) <= 300 else best[:297] + "..."
+
+
+def _is_late_read_error(exc_type, exc, tb) -> bool:
+    """The error a failed read's abandoned TensorStore reads raise when they complete after
+    orbax closed its event loop: ``RuntimeError: Event loop is closed`` from asyncio's
+    ``call_soon_threadsafe``, or an orbax read coroutine that was never awaited."""
+    if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is not None and "asyncio" in tb.tb_frame.f_code.co_filename
+    return False
+
+
+_late_hooks_installed = False
+
+
+def _drop_late_read_errors() -> None:
+    """After a failed checkpoint read, its abandoned reads may still finish (in TensorStore's
+    threads, printing through ``sys.excepthook``/``sys.unraisablehook``) once the loop that
+    awaited them is gone: those and only those are dropped from then on."""
+    global _late_hooks_installed
+    if _late_hooks_installed:
+        return
+    _late_hooks_installed = True
+    excepthook, unraisablehook, threadhook = sys.excepthook, sys.unraisablehook, threading.excepthook
+
+    def on_except(exc_type, exc, tb):
+        if not _is_late_read_error(exc_type, exc, tb):
+            excepthook(exc_type, exc, tb)
+
+    def on_unraisable(args):
+        code = getattr(getattr(args, "object", None), "cr_code", None)
+        late = _is_late_read_error(args.exc_type, args.exc_value, args.exc_traceback) or (
+            code is not None and "orbax" in code.co_filename)
+        if not late:
+            unraisablehook(args)
+
+    def on_thread(args):
+        if not _is_late_read_error(args.exc_type, args.exc_value, args.exc_traceback):
+            threadhook(args)
+
+    sys.excepthook, sys.unraisablehook, threading.excepthook = on_except, on_unraisable, on_thread
+
+
+class _quiet_failed_read:
+    """While a checkpoint is read: what orbax, asyncio and TensorStore print when the read
+    fails (``RuntimeError: Event loop is closed`` from callbacks, never-awaited read
+    coroutines, TensorStore specs) is held back, and dropped if the read failed (the
+    caller reports it in one line); a read that succeeds prints what it printed.
+    ``MIXJAX_DEBUG=1`` shows everything."""
+
+    def __init__(self):
+        self.failed = False
+        self.active = os.environ.get("MIXJAX_DEBUG") != "1"
+
+    def __enter__(self):
+        if not self.active:
+            return self
+        self._held_unraisable, self._held_thread = [], []
+        self._unraisablehook, self._threadhook = sys.unraisablehook, threading.excepthook
+        sys.unraisablehook = self._held_unraisable.append
+        threading.excepthook = self._held_thread.append
+        self._stderr = sys.stderr
+        sys.stderr.flush()
+        sys.stderr = io.StringIO()
+        try:
+            self._fd = os.dup(2)
+            self._tmp = tempfile.TemporaryFile()
+            os.dup2(self._tmp.fileno(), 2)
+        except OSError:               # no fd 2 to redirect (embedded interpreters)
+            self._fd = None
+        return self
+
+    def __exit__(self, *exc):
+        if not self.active:
+            return False
+        if self.failed:
+            gc.collect()              # the failed read's coroutines report here, into the hooks
+        python_text = sys.stderr.getvalue()
+        sys.stderr = self._stderr
+        native = b""
+        if self._fd is not None:
+            os.dup2(self._fd, 2)
+            os.close(self._fd)
+            self._tmp.seek(0)
+            native = self._tmp.read()
+            self._tmp.close()
+        sys.unraisablehook, threading.excepthook = self._unraisablehook, self._threadhook
+        if self.failed:
+            _drop_late_read_errors()
+        if not self.failed and exc[0] is None:   # a good read: nothing is hidden
+            sys.stderr.write(python_text)
+            sys.stderr.flush()
+            if native:
+                os.write(2, native)
+            for args in self._held_unraisable:
+                sys.unraisablehook(args)
+            for args in self._held_thread:
+                threading.excepthook(args)
+        return False
 
 
 def _abstract(x):
@@ -206,6 +337,12 @@ def restore_params(manager, step: int, abstract_params):
     that is what is wanted here, so the warning is not shown.
     """
     import warnings
-    with warnings.catch_warnings():
+    reason = None
+    with _quiet_failed_read() as quiet, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sharding info not provided")
-        return manager.restore(step, args=params_only_args(abstract_params))["state"]["params"]
+        try:
+            return manager.restore(step, args=params_only_args(abstract_params))["state"]["params"]
+        except Exception as e:   # a damaged checkpoint: its reason, without orbax's noise
+            reason = _first_line(e)
+            quiet.failed = True
+    raise CheckpointError(reason)

@@ -3,6 +3,7 @@
     mixjax train CONFIG.py [--set key=value ...] [--resume | --resume-from STEP]
                            [--rebuild-schedule]  [--out RUN_DIR]
     mixjax eval RUN_DIR [--step N] [--split validation|test] [--num-seqs N]
+    (both take --plugin MODULE; eval imports the plugins the run recorded by itself)
 
 Exit codes: 0 done; 2 bad config, data, run dir or checkpoint, or a run stopped
 by a non-finite loss (one ``error:`` line, :func:`mixjax.cli.main`); 128 + signal
@@ -52,10 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.train import loop
     if args.command == "train":
         from mixjax import config as config_lib
+        from mixjax.train import checks
         cfg = config_lib.load(args.config, args.overrides)
         if getattr(args, "out", None):   # a path, never parsed as a literal
             cfg.train.run_dir = str(args.out)
             config_lib.validate(cfg)
+        given = tuple(getattr(args, "plugin", None) or ())
+        if given:                        # recorded: eval/export of the run import them again
+            cfg.train.plugins = tuple(dict.fromkeys(tuple(cfg.train.plugins) + given))
+        checks.check_names(cfg)          # registered names: exit 2 before anything is built
         result = loop.train(cfg, resume=args.resume, resume_from=args.resume_from,
                             rebuild_schedule=args.rebuild_schedule)
         if result.final_eval is not None:
@@ -67,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
             return 128 + int(result.signal)
         print(f"done: {result.steps_done} steps, run dir {result.run_dir}")
         return 0
+    from mixjax import plugins
+    plugins.load_for_run(args.run_dir, log=lambda line: print(line, file=sys.stderr))
     result = loop.evaluate_run(args.run_dir, step=args.step, split=args.split,
                                num_seqs=args.num_seqs)
     domains = _domains(pathlib.Path(args.run_dir))

@@ -7,7 +7,7 @@ import pathlib
 from mixjax import config as config_lib
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import evaluate as eval_lib
-from mixjax.train import step as step_lib
+from mixjax.core import step as step_lib
 from mixjax.train.data import TrainData, build_data
 from mixjax.train.lm_model import build_model
 

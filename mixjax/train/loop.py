@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax import methods, mixing
+from mixjax import methods, mixing, plugins
 from mixjax.config import Config, ConfigError
 from mixjax.parallel import distributed, sharding
 from mixjax.run import checkpoints as run_ckpt
@@ -43,8 +43,9 @@ from mixjax.run import engine, feeds, logs
 from mixjax.run.checkpoints import restore_good_checkpoint as _restore_good_checkpoint  # noqa: F401
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import evaluate as eval_lib
-from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
+from mixjax.core import state as state_lib
+from mixjax.core import step as step_lib
+from mixjax.train import checks
 from mixjax.train.batches import batch_maker, whole_batch_on_host  # noqa: F401
 from mixjax.train.data import TrainData, build_data
 from mixjax.train.eval_run import evaluate_run, format_eval  # noqa: F401
@@ -71,6 +72,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, data: TrainData | None = None):
         config_lib.validate(cfg)
+        checks.check_names(cfg)     # registered names resolve when the run is built
         self.cfg = cfg
         self.data = data if data is not None else build_data(cfg)
         self.domains = tuple(self.data.domains)
@@ -94,11 +96,12 @@ class Trainer:
         self.apply, abstract, self.logical_axes = (spec.apply, spec.abstract_params,
                                                    spec.logical_axes)
         self.init_from = None
-        if cfg.model.init_from:   # pretrained parameters (mixjax.models.hf_io)
+        if cfg.model.init_from:   # pretrained parameters (mixjax.train.export, models.hf_io)
             from mixjax.models import hf_io
+            from mixjax.train import export
             try:
-                params, self.init_from = hf_io.load_init_params(cfg.model.init_from,
-                                                                self.model_cfg, abstract)
+                params, self.init_from = export.load_init_params(cfg.model.init_from,
+                                                                 self.model_cfg, abstract)
             except (hf_io.ExportError, FileNotFoundError) as e:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
             # host arrays: placed shard by shard by the sharded init below
@@ -217,7 +220,8 @@ def run_info(cfg: Config, trainer: Trainer) -> dict:
                       "seq_len": cfg.data.seq_len},
         "tokenizer": getattr(data, "tokenizer", None),
         "data_selection": getattr(data, "selection", None),
-        "init_from": getattr(trainer, "init_from", None)}
+        "init_from": getattr(trainer, "init_from", None),
+        "plugins": list(dict.fromkeys(list(cfg.train.plugins) + plugins.loaded()))}
 
 
 def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
@@ -231,7 +235,8 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     ``log``: where one-line notes go (resume point, damaged checkpoints; stderr).
     """
     config_lib.validate(cfg)
-    config_lib.check_runnable(cfg)
+    checks.check_names(cfg)
+    checks.check_runnable(cfg)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     resume = resume or resume_from is not None
     if resume_from is not None and not (pathlib.Path(cfg.train.run_dir) / "checkpoints").is_dir():

@@ -6,20 +6,18 @@ import json
 import pathlib
 
 from mixjax import config as config_lib
+from mixjax import run_identity
 from mixjax.config import Config, ConfigError
 from mixjax.train import atomic
 
-# Keys that may differ between a run's saved config and the one it is resumed with.
-RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
-                     "train.ckpt_every", "train.keep_ckpts",
-                     # the saved config is read from the dir, whatever its path is now
-                     "train.run_dir",
-                     # set on resume to keep the LR schedule (check_run_dir)
-                     "optim.schedule_steps",
-                     # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
-                     "mesh.data", "mesh.fsdp", "mesh.tensor",
-                     # where tokenized data is cached does not change the data
-                     "data.cache_dir", "train.trackers", "train.tracker_args")
+# Keys that may differ between a run's saved config and the one it is resumed with: the
+# result-neutral ones (run_identity.NEUTRAL_KEYS) and those a resume may change on purpose.
+RESUMABLE_CHANGES = run_identity.NEUTRAL_KEYS + (
+    "train.steps", "train.eval_every",
+    # set on resume to keep the LR schedule (check_run_dir)
+    "optim.schedule_steps",
+    # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
+    "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
 class RunDirError(ValueError):

@@ -115,3 +115,48 @@ def test_resume_past_a_damaged_checkpoint_equals_uninterrupted_run(trained, tmp_
     for name in metrics_lib.FILES:
         assert strip(metrics_lib.read_jsonl(tmp_path / "full" / name)) == \
             strip(metrics_lib.read_jsonl(tmp_path / "split" / name)), name
+
+
+@pytest.mark.parametrize("damage", ["truncated data file", "host/ deleted"])
+def test_damaged_checkpoint_fallback_prints_one_clean_line(trained, tmp_path, capfd, damage):
+    """No asyncio/orbax tracebacks, no TensorStore spec or bound-method repr: one line that
+    names the checkpoint and the reason, whatever the damage."""
+    run, _ = trained
+    shutil.copytree(run, tmp_path / "split")
+    DAMAGE[damage](tmp_path / "split" / "checkpoints" / "4")
+    cfg = _config(tmp_path / "split", 6)
+    loop.train(cfg, data=fake_data(cfg), resume=True)
+    import gc
+    gc.collect()                        # what a failed read leaves behind reports now, if ever
+    out, err = capfd.readouterr()
+    text = out + err
+    for noise in ("Traceback", "Event loop is closed", "<bound method", "pybind11",
+                  "Exception ignored", "TensorStore({"):
+        assert noise not in text, (noise, text[:3000])
+    lines = [line for line in err.splitlines() if " is damaged: " in line]
+    assert len(lines) == 1, err
+    moved = tmp_path / "split" / "checkpoints_damaged" / "4"
+    assert lines[0].startswith("checkpoint 4 is damaged: ") and \
+        lines[0].endswith(f"; resuming from 2 (moved to {moved})")
+    reason = lines[0][len("checkpoint 4 is damaged: "):lines[0].index("; resuming from 2")]
+    assert len(reason) > 20 and ("Error reading" in reason or "'host'" in reason
+                                 or '"host"' in reason), reason
+    if damage == "truncated data file":   # names the file it could not read
+        assert str(tmp_path / "split" / "checkpoints" / "4" / "state") in reason, reason
+
+
+def test_export_of_a_damaged_checkpoint_is_one_clean_error(trained, tmp_path, capfd):
+    from mixjax import cli
+    run, _ = trained
+    shutil.copytree(run, tmp_path / "run")
+    DAMAGE["truncated data file"](tmp_path / "run" / "checkpoints" / "4")
+    assert cli.main(["export", str(tmp_path / "run"), "--format", "safetensors"]) == 2
+    import gc
+    gc.collect()
+    out, err = capfd.readouterr()
+    for noise in ("Traceback", "Event loop is closed", "<bound method", "Exception ignored"):
+        assert noise not in out + err, (noise, err[:3000])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: run dir {str(tmp_path / 'run')!r}: checkpoint 4 cannot be read: "), err
+    assert str(tmp_path / "run" / "checkpoints" / "4" / "state") in lines[0]

@@ -7,7 +7,7 @@ import numpy as np
 
 from mixjax.train import loop
 from mixjax.train import metrics as metrics_lib
-from mixjax.train import state as state_lib
+from mixjax.core import state as state_lib
 from train_fakes import fake_data, tiny_config
 
 

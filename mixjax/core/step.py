@@ -40,9 +40,9 @@ statistics and cotangents are computed on the full batch, and a second scan
 pulls them back per micro-batch and sums the gradients. The result equals the
 M = 1 step up to float reordering; the cost is one extra forward pass.
 
-The state is a :class:`~mixjax.train.state.TrainState` (``params``,
+The state is a :class:`~mixjax.core.state.TrainState` (``params``,
 ``opt_state``, ``mix_state``, ``step``, ``rng``, ``eval_loss``, ``extra``),
-donated; a reference model comes in :class:`~mixjax.train.state.FrozenInputs`,
+donated; a reference model comes in :class:`~mixjax.core.state.FrozenInputs`,
 the step's third argument, never donated nor updated. Which statistics exist,
 what each needs and how it is computed is declared once in
 ``mixjax.mixing.statistics``.
@@ -58,8 +58,8 @@ import optax
 
 from mixjax import mixing
 from mixjax.mixing import domain_stats, statistics
-from mixjax.train import contract
-from mixjax.train.state import FrozenInputs, TrainState
+from mixjax.core import contract
+from mixjax.core.state import FrozenInputs, TrainState
 
 State = TrainState
 Batch = Mapping[str, jax.Array]
@@ -164,7 +164,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
     ``step(state, batch, frozen=None) -> (state, metrics)``. ``batch``: ``tokens``
     i32[B,S+1], ``domain_id`` i32[B] and ``sampling_weights`` f32[K] (the weights
     the batch was drawn with; the loop adds them). ``frozen``:
-    :class:`~mixjax.train.state.FrozenInputs` (the reference model), never donated.
+    :class:`~mixjax.core.state.FrozenInputs` (the reference model), never donated.
     Statistics the mixer does not require are not computed.
     """
     requires = frozenset(mixer.requires)
