@@ -56,11 +56,6 @@ only the rows its devices hold (:meth:`Swarm.local_block`,
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import pathlib
-import time
-import zlib
 from typing import Callable
 
 import jax
@@ -70,142 +65,18 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mixjax import methods, mixing
-from mixjax.parallel import distributed, sharding
 from mixjax.config import Config, ConfigError
+from mixjax.parallel import distributed, sharding
+from mixjax.search.swarm_batches import UpsampleBatches, UpweightBatches, _stratified_copy
+from mixjax.search.swarm_memory import (available_memory_bytes, check_memory,  # noqa: F401
+                                        compiled_memory_bytes, estimate_memory)
+from mixjax.search.swarm_mesh import (FASTER_ON, PARAM_RULES, ROUTES, STRATEGIES,  # noqa: F401
+                                      SWARM_AXES, SwarmError, models_mesh, proxy_seed,
+                                      resolve_strategy, swarm_mesh)
+from mixjax.search.swarm_train import (SwarmResult, load_result, save_result,  # noqa: F401
+                                       train_swarm)
 from mixjax.core import state as state_lib
 from mixjax.core import step as step_lib
-
-ROUTES = ("upsample", "upweight")
-STRATEGIES = ("vmap", "map", "auto")
-# Measured default per backend (benchmarks/bench_swarm.py; docs/search.md).
-FASTER_ON = {"cpu": "map", "gpu": "vmap", "tpu": "vmap"}
-
-
-class SwarmError(ValueError):
-    """A swarm that cannot be built as asked (bad mixture, route, memory, mesh)."""
-
-
-def resolve_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        raise SwarmError(f"swarm strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy == "auto":
-        return FASTER_ON.get(jax.default_backend(), "vmap")
-    return strategy
-
-
-SWARM_AXES = ("models", "data", "fsdp")
-# Parameter rules inside one proxy: the data-parallel rules of mixjax.parallel.sharding without
-# tensor parallelism (the swarm mesh has no tensor axis).
-PARAM_RULES = tuple((name, None if axis == "tensor" else axis)
-                    for name, axis in sharding.RULES)
-
-
-def swarm_mesh(models: int, data: int = 1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
-    """A ``("models", "data", "fsdp")`` mesh over the first models x data x fsdp devices.
-
-    ``models`` is the outermost axis: with devices ordered by process (``jax.devices()``
-    is), each host holds whole proxies as long as data x fsdp <= its local devices.
-    """
-    devices = list(jax.devices() if devices is None else devices)
-    for name, size in (("models", models), ("data", data), ("fsdp", fsdp)):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise SwarmError(f"swarm mesh axis {name} must be a positive integer, got {size!r}")
-    n = models * data * fsdp
-    if n > len(devices):
-        raise SwarmError(f"swarm mesh models={models} x data={data} x fsdp={fsdp} needs {n} "
-                         f"devices; {len(devices)} available")
-    return jax.make_mesh((models, data, fsdp), SWARM_AXES,
-                         axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices[:n])
-
-
-def models_mesh(num_devices: int, devices=None) -> jax.sharding.Mesh:
-    """The swarm mesh with only the proxy axis: ``models=num_devices``."""
-    return swarm_mesh(num_devices, devices=devices)
-
-
-def proxy_seed(seed: int, p: int) -> int:
-    """The seed of proxy p (model init and composition RNG)."""
-    return zlib.crc32(f"{int(seed)}/proxy/{int(p)}".encode()) & 0x7FFFFFFF
-
-
-# ---------------------------------------------------------------------------- data
-class UpweightBatches:
-    """One stratified uniform batch per step, shared by every proxy."""
-
-    route = "upweight"
-
-    def __init__(self, sampler):
-        self.sampler = sampler
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        b = next(self.sampler)
-        counts = np.asarray(b["domain_counts"], np.float64)
-        return {"tokens": np.asarray(b["tokens"], np.int32),
-                "domain_id": np.asarray(b["domain_id"], np.int32),
-                "sampling_weights": (counts / counts.sum()).astype(np.float32)}
-
-    def get_state(self) -> dict:
-        return {"sampler": self.sampler.get_state()}
-
-    def set_state(self, state: dict) -> None:
-        self.sampler.set_state(state["sampler"])
-
-
-class UpsampleBatches:
-    """Per-proxy batches [P, B, S+1]: one composer per proxy, shared domain pipelines."""
-
-    route = "upsample"
-
-    def __init__(self, sampler, mixtures: np.ndarray, *, mode: str, seed: int,
-                 proxies: range | None = None):
-        from mixjax.data.composer import BatchComposer
-        self.sampler = sampler          # its per-domain iterators supply every proxy's rows
-        # the proxies this process draws (all of them on one host; its block on a pod)
-        proxies = range(len(mixtures)) if proxies is None else proxies
-        self.mixtures = np.asarray(mixtures, np.float64)[proxies.start:proxies.stop]
-        self.composers = [BatchComposer(sampler.domains, batch_size=sampler.batch_size,
-                                        weights=np.asarray(mixtures, np.float64)[p], mode=mode,
-                                        seed=proxy_seed(seed, p)) for p in proxies]
-        self._weights = self.mixtures.astype(np.float32)
-        self._weights.flags.writeable = False   # shared by every batch
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        from mixjax.data.composer import next_ids_many
-        n, b = len(self.composers), self.sampler.batch_size
-        ids, counts = next_ids_many(self.composers)   # = each composer's next_ids()
-        # All proxies' rows in one read, proxy-major: domain d's pipeline hands its next
-        # sum_p n_{p,d} sequences to the rows of d in (proxy, row) order, which is the
-        # order of one read per proxy, so the tokens and the iterator states are the
-        # same (tests/test_search_swarm.py), with K block copies instead of P x K.
-        tokens = self.sampler.read_rows(ids.reshape(-1)).reshape(n, b, -1)
-        return {"tokens": tokens, "domain_id": ids, "domain_counts": counts,
-                "sampling_weights": self._weights}
-
-    def get_state(self) -> dict:
-        return {"sampler": self.sampler.get_state(),
-                "composers": [c.get_state() for c in self.composers]}
-
-    def set_state(self, state: dict) -> None:
-        self.sampler.set_state(state["sampler"])
-        for c, s in zip(self.composers, state["composers"]):
-            c.set_state(s)
-
-
-# --------------------------------------------------------------------------- swarm
-@dataclasses.dataclass
-class SwarmResult:
-    losses: np.ndarray          # float64[P, K'] final per-domain eval loss (K' incl. held out)
-    eval_domains: tuple[str, ...]
-    alive: np.ndarray           # bool[P]
-    died_at: np.ndarray         # int[P] (-1: alive)
-    steps: int
-    seconds: float
-    history: list               # [(step, float[P, K'])] evaluations on the eval_every grid
-    # wall seconds per phase of this call (init, batches, first_step = compile + one step,
-    # steps, eval, checkpoint); measured with the device synchronised at phase ends only
-    # where the loop already waits (logging, eval, checkpoint), so "steps" includes the
-    # asynchronous device time of the steps it overlapped
-    timings: dict = dataclasses.field(default_factory=dict)
 
 
 class Swarm:
@@ -229,7 +100,7 @@ class Swarm:
         from mixjax.models import transformer
         from mixjax.train import evaluate as eval_lib
         from mixjax.train.data import build_data
-        from mixjax.train.loop import model_config
+        from mixjax.train.lm_model import model_config
         if route not in ROUTES:
             raise SwarmError(f"swarm route must be one of {ROUTES}, got {route!r}")
         if getattr(cfg.model, "kind", "transformer") != "transformer":   # proxies: transformers
@@ -528,243 +399,9 @@ class Swarm:
                                self.strategy, self.route)
 
 
-def _stratified_copy(sampler, data_lib):
-    """The same sampler in stratified mode (the upweight route needs fixed proportions)."""
-    return data_lib.DomainSampler(
-        dict(zip(sampler.domains, sampler.sources)), seq_len=sampler.seq_len,
-        batch_size=sampler.batch_size, weights=None, tokenizer=sampler.tokenizer,
-        mode="stratified", lag=sampler.lag, seed=sampler.seed, split=None,
-        num_workers=sampler.num_workers, bos=sampler.bos, chunk=sampler.chunk,
-        process_index=sampler.process_index, process_count=sampler.process_count)
-
-
 def _eval_sums(apply, pad_id, params, tokens):
     tl, tm = step_lib.token_losses(apply, params, tokens, pad_id)
     return (tl * tm).sum(axis=1), tm.sum(axis=1)
-
-
-def estimate_memory(model_cfg, params_per_proxy: int, num_proxies: int, batch: int,
-                    seq_len: int, strategy: str, route: str) -> dict:
-    """A config-only estimate of the swarm step's device memory (bytes, fp32).
-
-    state:  vmap: P x params x 4 B x 4.5 (params, Adam mu and nu, the gradient and part of
-            the update; the donated state is updated in place); map: P x params x 4 B x 6
-            (the loop's stacked output is a second copy of params, mu, nu; the slope in P
-            of XLA's figure for P = 8 -> 32)
-    acts:   per proxy, per token, the values kept for the backward pass:
-            2 V (logits and their gradient) + per layer 8 d + 6 d_ff (SwiGLU; 4 d_ff for
-            GELU) + 3 H S (attention scores, probabilities and their gradient);
-            times the proxies alive at once (P for vmap, 1 for map)
-    batch:  tokens (P copies for upsample, 1 for upweight)
-
-    The constants are a non-negative least-squares fit to XLA's compiled memory analysis
-    (:func:`compiled_memory_bytes`) of ten proxy shapes on CPU (d_model 16-128, 1-3 layers,
-    S 16-128, B 4-16, 2-8 heads, SwiGLU and GELU; every one within 12%), rounded;
-    ``tests/test_search_swarm.py`` checks other shapes within 20%, and
-    benchmarks/bench_swarm.py prints both for the benchmark's proxies.
-    """
-    b4 = 4
-    d, layers, v = model_cfg.d_model, model_cfg.num_layers, model_cfg.vocab_size
-    heads = model_cfg.num_heads
-    d_ff = getattr(model_cfg, "ff_dim", None) or model_cfg.d_ff or 4 * d
-    ff_values = 6 if getattr(model_cfg, "mlp", "swiglu") == "swiglu" else 4
-    tokens = batch * seq_len
-    copies = 4.5 if strategy == "vmap" else 6.0
-    state = int(copies * num_proxies * params_per_proxy * b4)
-    per_proxy_acts = tokens * b4 * (2 * v + layers * (8 * d + ff_values * d_ff
-                                                      + 3 * heads * seq_len))
-    live = num_proxies if strategy == "vmap" else 1
-    acts = live * per_proxy_acts
-    data = (num_proxies if route == "upsample" else 1) * batch * (seq_len + 1) * 4
-    return {"state": state, "activations": acts, "batch": data, "total": state + acts + data}
-
-
-def compiled_memory_bytes(swarm: Swarm) -> int:
-    """Device bytes of the swarm's compiled train step by XLA's memory analysis:
-    arguments + outputs - aliased (the donated state) + temporaries. Compiles the step
-    for the swarm's shapes (abstract: nothing is initialised or run); one device."""
-    state = jax.eval_shape(swarm.init_state_unplaced)
-    n, b, s1 = swarm.num_proxies, swarm.cfg.data.batch_size, swarm.cfg.data.seq_len + 1
-    k = len(swarm.domains)
-    lead = (n,) if swarm.route == "upsample" else ()
-    batch = {"tokens": jax.ShapeDtypeStruct(lead + (b, s1), jnp.int32),
-             "domain_id": jax.ShapeDtypeStruct(lead + (b,), jnp.int32),
-             "sampling_weights": jax.ShapeDtypeStruct(lead + (k,), jnp.float32)}
-    compiled = jax.jit(swarm.swarm_step_fn(), donate_argnums=(0,)).lower(state, batch).compile()
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-               + m.temp_size_in_bytes)
-
-
-def available_memory_bytes() -> int | None:
-    """Free memory of the first device (accelerator stats, else the host's MemAvailable)."""
-    dev = jax.devices()[0]
-    try:
-        stats = dev.memory_stats()
-    except Exception:   # noqa: BLE001 - not every backend reports stats
-        stats = None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def check_memory(swarm: Swarm, fraction: float = 0.8) -> dict:
-    """Refuses (SwarmError, with the estimate) a swarm whose estimate exceeds ``fraction``
-    of the free memory of one device; returns the estimate."""
-    est = swarm.memory_estimate()
-    shape = {"models": 1, "data": 1, "fsdp": 1} if swarm.mesh is None else swarm.mesh.shape
-    m, rows = shape["models"], shape["data"] * shape["fsdp"]
-    # state split over models x fsdp; activations and batch over models x data x fsdp
-    # (map: one proxy per models shard is live, its activations split over data x fsdp)
-    acts = est["activations"] / (rows * (m if swarm.strategy == "vmap" else 1))
-    per_device = est["state"] / (m * shape["fsdp"]) + acts + est["batch"] / (m * rows)
-    free = available_memory_bytes()
-    if free is not None and per_device > fraction * free:
-        raise SwarmError(
-            f"a swarm of {swarm.num_proxies} proxies ({swarm.params_per_proxy} parameters each, "
-            f"strategy {swarm.strategy}) needs about {per_device / 2**30:.2f} GiB per device "
-            f"(state {est['state'] / 2**30:.2f} GiB, activations "
-            f"{est['activations'] / 2**30:.2f} GiB); {free / 2**30:.2f} GiB are free. Use "
-            "--strategy map, fewer proxies, or more devices (--models)")
-    return est
-
-
-# ----------------------------------------------------------------------- the loop
-def train_swarm(swarm: Swarm, out_dir: str | pathlib.Path, *, steps: int | None = None,
-                ckpt_every: int | None = None, eval_every: int | None = None,
-                progress: bool = False, log: Callable[[str], None] | None = None,
-                stop_after: int | None = None) -> SwarmResult:
-    """Trains the swarm for ``steps`` (cfg.train.steps), resuming from ``out_dir``'s
-    latest checkpoint if there is one; evaluates every proxy at the end.
-
-    ``out_dir`` holds ``checkpoints/`` (orbax: the stacked state + the data stream's
-    state, so a resumed swarm continues bit for bit), ``metrics.jsonl`` (mean and
-    per-proxy train loss every ``log_every`` steps) and ``result.json``.
-    ``stop_after``: return after that many steps of this call (tests of resume).
-    """
-    from mixjax.train import checkpoint as ckpt_lib
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = swarm.cfg
-    steps = cfg.train.steps if steps is None else steps
-    ckpt_every = cfg.train.ckpt_every if ckpt_every is None else ckpt_every
-    eval_every = cfg.train.eval_every if eval_every is None else eval_every
-    t0 = time.perf_counter()
-    timings = {k: 0.0 for k in ("init", "batches", "first_step", "steps", "eval", "checkpoint")}
-    state = swarm.init_state()
-    batches = swarm.make_batches()
-    ck = ckpt_lib.Checkpointer(out / "checkpoints", keep=1)
-    start = 0
-    history: list = []
-    latest = ck.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(ckpt_lib._abstract, state)
-        state, host = ck.restore(latest, abstract)
-        state = swarm.place(state)
-        own = ck.restore_process(latest) if jax.process_count() > 1 else None
-        batches.set_state(own["data"] if own else host["data"])
-        start = int(host["step"])
-        history = [(s, np.asarray(v)) for s, v in host.get("history", [])]
-        if log:
-            log(f"swarm: resumed at step {start} from {out / 'checkpoints'}")
-    step = swarm.train_step()
-    timings["init"] = time.perf_counter() - t0
-    bar = None
-    if progress:
-        from mixjax import progress
-        bar = progress.bar(total=steps, initial=start, desc=f"swarm x{swarm.num_proxies}",
-                           unit="step")
-    metrics_path = out / "metrics.jsonl"
-    if start == 0:
-        metrics_path.unlink(missing_ok=True)
-    log_every = max(cfg.train.log_every, 1)
-
-    def save(done: int) -> None:
-        # multi-host: each process's data stream (its proxies' composers) in its own file
-        data_state = batches.get_state()
-        own = {"data": data_state} if jax.process_count() > 1 else None
-        ck.save(done, state, {"step": done, "data": data_state,
-                              "history": [(s, v.tolist()) for s, v in history]}, process=own)
-
-    done = start
-    try:
-        with open(metrics_path, "a") as mf:
-            for t in range(start, steps):
-                if stop_after is not None and t - start >= stop_after:
-                    break
-                tb = time.perf_counter()
-                batch = swarm.device_batch(next(batches))
-                ts = time.perf_counter()
-                timings["batches"] += ts - tb
-                state, m = step(state, batch)
-                if t == start:    # compilation + the first step
-                    jax.block_until_ready(m)
-                    timings["first_step"] += time.perf_counter() - ts
-                    ts = None
-                done = t + 1
-                if done % log_every == 0 or done == steps:
-                    loss = np.asarray(distributed.fetch(m["loss"]), np.float64)
-                    alive = np.asarray(distributed.fetch(state["alive"]))
-                    if distributed.is_main_process():
-                        mf.write(json.dumps({"step": done, "loss_mean_alive": float(
-                            loss[alive].mean()) if alive.any() else None,
-                            "alive": int(alive.sum()), "loss": [
-                                None if not np.isfinite(x) else float(x) for x in loss]}) + "\n")
-                if ts is not None:   # the logging above waits for the device
-                    timings["steps"] += time.perf_counter() - ts
-                if eval_every and done % eval_every == 0 and done != steps:
-                    te = time.perf_counter()
-                    history.append((done, swarm.evaluate(state)))
-                    timings["eval"] += time.perf_counter() - te
-                if (ckpt_every and done % ckpt_every == 0) or done == steps:
-                    tc = time.perf_counter()
-                    save(done)
-                    timings["checkpoint"] += time.perf_counter() - tc
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        ck.close()
-    te = time.perf_counter()
-    losses = swarm.evaluate(state)
-    timings["eval"] += time.perf_counter() - te
-    alive = np.asarray(distributed.fetch(state["alive"]))
-    died = np.asarray(distributed.fetch(state["died_at"]))
-    # A proxy alive whose eval loss is not finite is treated as diverged too.
-    alive = alive & np.all(np.isfinite(losses), axis=1)
-    result = SwarmResult(losses=losses, eval_domains=swarm.eval_domains, alive=alive,
-                         died_at=died, steps=done, seconds=time.perf_counter() - t0,
-                         history=history, timings=timings)
-    result.state = state
-    return result
-
-
-def save_result(result: SwarmResult, mixtures: np.ndarray, domains, path) -> None:
-    rec = {"domains": list(domains), "eval_domains": list(result.eval_domains),
-           "mixtures": np.asarray(mixtures).tolist(),
-           "losses": [[None if not np.isfinite(x) else float(x) for x in row]
-                      for row in result.losses],
-           "alive": result.alive.tolist(), "died_at": result.died_at.tolist(),
-           "steps": result.steps, "seconds": result.seconds,
-           "history": [(s, np.asarray(v).tolist()) for s, v in result.history]}
-    pathlib.Path(path).write_text(json.dumps(rec) + "\n")
-
-
-def load_result(path) -> tuple[SwarmResult, np.ndarray, tuple[str, ...]]:
-    rec = json.loads(pathlib.Path(path).read_text())
-    losses = np.array([[np.nan if x is None else x for x in row] for row in rec["losses"]])
-    res = SwarmResult(losses=losses, eval_domains=tuple(rec["eval_domains"]),
-                      alive=np.array(rec["alive"], bool), died_at=np.array(rec["died_at"]),
-                      steps=rec["steps"], seconds=rec["seconds"],
-                      history=[(s, np.array(v)) for s, v in rec.get("history", [])])
-    return res, np.array(rec["mixtures"]), tuple(rec["domains"])
 
 
 def check_config(cfg: Config) -> None:

@@ -92,12 +92,12 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict]:
     return records
 
 
-def truncate_after(run_dir: pathlib.Path, step: int) -> None:
-    """Drops records with ``step > step`` from the run's logs (JSONL and TensorBoard).
+def truncate_after(run_dir: pathlib.Path, step: int, files: tuple[str, ...] = FILES) -> None:
+    """Drops records with ``step > step`` from the run's logs (JSONL ``files`` and TensorBoard).
 
     Each file is replaced atomically; a torn last line is dropped.
     """
-    for name in FILES:
+    for name in files:
         path = run_dir / name
         if path.exists():
             keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
@@ -105,9 +105,9 @@ def truncate_after(run_dir: pathlib.Path, step: int) -> None:
     trim_tensorboard(run_dir / "tb", step)
 
 
-def clear_logs(run_dir: pathlib.Path) -> None:
+def clear_logs(run_dir: pathlib.Path, files: tuple[str, ...] = FILES) -> None:
     """Removes the run's JSONL logs and TensorBoard event files (a fresh start)."""
-    for name in FILES:
+    for name in files:
         (run_dir / name).unlink(missing_ok=True)
     if (run_dir / "tb").is_dir():
         for path in _event_files(run_dir / "tb"):
@@ -176,10 +176,10 @@ class MetricsWriter:
     """
 
     def __init__(self, run_dir: str | pathlib.Path, domains: tuple[str, ...],
-                 tensorboard: bool = True, trackers=None):
+                 tensorboard: bool = True, trackers=None, files: tuple[str, ...] = FILES):
         self.run_dir = pathlib.Path(run_dir)
         self.domains = tuple(domains)
-        self._files = {name: open(self.run_dir / name, "a") for name in FILES}
+        self._files = {name: open(self.run_dir / name, "a") for name in files}
         # trackers=None: TensorBoard only (if `tensorboard`); else exactly the given ones
         if trackers is None and tensorboard:
             from mixjax.train.tracking import TensorBoardTracker
@@ -242,6 +242,7 @@ class NullWriter(MetricsWriter):
         self.run_dir = pathlib.Path(run_dir)
         self.domains = tuple(domains)
         self._files, self._trackers = {}, []
+        self._weights_lines, self._weights_latest = [], None   # flush/close find nothing
 
     def write(self, name: str, record: Mapping[str, Any]) -> None:
         pass

@@ -1,0 +1,132 @@
+"""Feeds: the batches of steps ``start, start + 1, ...`` handed to the step loop in order.
+
+A feed knows how many batches it has drawn and the state of its data stream after
+them (what a checkpoint saves), so a checkpoint at ``k`` completed steps holds the
+stream after exactly ``k`` batches. :class:`PrefetchFeed` draws on a background
+thread (:class:`mixjax.train.prefetch.BatchPrefetcher`: a bounded queue, holds
+before checkpoint batches, a drain on stop); :class:`InlineFeed` draws on the loop's
+thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mixjax.train.prefetch import BatchPrefetcher
+
+
+class Feed:
+    """The protocol, with the defaults of a feed that draws on demand."""
+
+    def next(self) -> Any:
+        raise NotImplementedError
+
+    def drawn(self) -> int:
+        """Index of the next batch the stream will draw."""
+        raise NotImplementedError
+
+    def state(self) -> Any:
+        """The stream's state after :meth:`drawn` batches (JSON)."""
+        raise NotImplementedError
+
+    def stop_drawing(self) -> None:
+        """No further draws (a stop): the loop trains on what :meth:`ready` still holds."""
+
+    def ready(self) -> int:
+        """Batches drawn and not yet taken."""
+        return 0
+
+    def release(self, done: int) -> None:
+        """The checkpoint at ``done`` steps has read :meth:`state`."""
+
+    def close(self) -> None:
+        pass
+
+
+class InlineFeed(Feed):
+    """Draws batch ``t`` when the loop asks: ``make(next(stream), t)``.
+
+    ``stream``: ``__next__`` and ``get_state()`` (the data stream's state).
+    """
+
+    def __init__(self, stream, make: Callable[[Any, int], Any] = lambda b, t: b, *,
+                 start: int = 0):
+        self._stream, self._make, self._next = stream, make, int(start)
+
+    def next(self):
+        t = self._next
+        batch = self._make(next(self._stream), t)
+        self._next = t + 1
+        return batch
+
+    def drawn(self) -> int:
+        return self._next
+
+    def state(self):
+        return self._stream.get_state()
+
+
+class _Stream:
+    """A weightless stream as the prefetcher's sampler (it asks for ``weights_for(t)``)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def weights_for(self, t):
+        return None
+
+    def __next__(self):
+        return next(self._stream)
+
+    def get_state(self):
+        return self._stream.get_state()
+
+
+class PrefetchFeed(Feed):
+    """Batches drawn and placed on a background thread (``BatchPrefetcher``).
+
+    ``sampler``: a :class:`mixjax.data.DomainSampler`-like object (``weights_for``,
+    ``__next__``, ``get_state``, ``set_weights``), or any stream with ``__next__`` and
+    ``get_state`` when ``weighted`` is False. ``make(host_batch, weights, t)`` runs on
+    the thread. ``holds(t)``: batch ``t`` waits for :meth:`release` (checkpoints).
+    """
+
+    def __init__(self, sampler, make: Callable[[Any, Any, int], Any], *, start: int,
+                 end: int, lag: int = 1, gated: bool = False, weighted: bool = True,
+                 holds: Callable[[int], bool] = lambda t: False, depth: int = 2):
+        self.prefetcher = BatchPrefetcher(sampler if weighted else _Stream(sampler), make,
+                                          start=start, end=end, lag=lag, gated=gated,
+                                          depth=depth, holds=holds)
+
+    def next(self):
+        return self.prefetcher.get()[1]
+
+    def drawn(self) -> int:
+        return self.prefetcher.drawn()
+
+    def state(self):
+        return self.prefetcher.sampler_state()
+
+    def stop_drawing(self) -> None:
+        self.prefetcher.stop_drawing()
+
+    def ready(self) -> int:
+        return self.prefetcher.ready()
+
+    def release(self, done: int) -> None:
+        self.prefetcher.release(done)
+
+    def close(self) -> None:
+        self.prefetcher.close()
+
+    # the weights route of an online mixer (mixjax.train.loop)
+    def set_weights(self, weights, step: int) -> None:
+        self.prefetcher.set_weights(weights, step=step)
+
+    def weights_through(self, step: int) -> None:
+        self.prefetcher.weights_through(step)
+
+
+def every(n: int | None) -> Callable[[int], bool]:
+    """``done -> bool``: true every ``n`` completed steps (never when ``n`` is 0/None)."""
+    return (lambda done: False) if not n else (lambda done: done % n == 0)
