@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from mixjax import config as config_lib  # noqa: E402
 from mixjax.train import checkpoint as ckpt_lib  # noqa: E402
 from mixjax.core import contract  # noqa: E402
+from mixjax.run import engine  # noqa: E402
 from mixjax.train import loop, prefetch  # noqa: E402
 from mixjax.train.data import build_data  # noqa: E402
 
@@ -120,7 +121,7 @@ def run(cfg, data, warmup: int, online: bool, prof: cProfile.Profile | None = No
 
     # Checkpoints (the finiteness check and the save call) are timed on their own too.
     ckpt_times = []
-    finite, save = loop._all_finite, ckpt_lib.Checkpointer.save
+    finite, save = engine.all_finite, ckpt_lib.Checkpointer.save
 
     def timed(f):
         def g(*a, **k):
@@ -132,12 +133,12 @@ def run(cfg, data, warmup: int, online: bool, prof: cProfile.Profile | None = No
                     ckpt_times.append(time.perf_counter() - t0)
         return g
 
-    loop.Trainer, loop._all_finite = NullStepTrainer, timed(finite)
+    loop.Trainer, engine.all_finite = NullStepTrainer, timed(finite)
     ckpt_lib.Checkpointer.save = timed(save)
     try:
         loop.train(cfg, data=data, on_step=on_step)
     finally:
-        loop.Trainer, loop._all_finite, ckpt_lib.Checkpointer.save = base, finite, save
+        loop.Trainer, engine.all_finite, ckpt_lib.Checkpointer.save = base, finite, save
     n = cfg.train.steps - warmup
     wall, cpu = (marks["end"] - marks["start"]) / n
     saves = max(1, len(ckpt_times) // 2)

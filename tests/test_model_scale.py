@@ -62,7 +62,7 @@ def test_remat_policies_give_the_same_gradients():
                      got, stacked_want if scan else want)
 
 
-def test_remat_full_keeps_fewer_residuals():
+def test_remat_full_keeps_fewer_residuals(xla_optimised):
     """The compiled backward of remat=full holds less temporary memory than remat=none."""
     big = dict(BASE, d_model=32, num_heads=2, num_layers=2)
     toks = jnp.zeros((4, 65), jnp.int32)

@@ -50,7 +50,7 @@ def check_every_array_sharded(params, axes):
     return seen
 
 
-def test_sharded_init_creates_every_parameter_in_its_shards():
+def test_sharded_init_creates_every_parameter_in_its_shards(xla_optimised):
     cfg = T.TransformerConfig(vocab_size=64, d_model=64, num_layers=2, num_heads=4,
                               scan_layers=True)
     _, abstract, axes = T.abstract_init(cfg)
@@ -98,7 +98,7 @@ def _config_1b():
                                param_dtype=m.param_dtype, scan_layers=True)
 
 
-def test_1b_init_compiles_to_fsdp_shards_without_an_unsharded_parameter():
+def test_1b_init_compiles_to_fsdp_shards_without_an_unsharded_parameter(xla_optimised):
     """configs/lm_1b_tpu.py (1.28B params, fp32 params + AdamW moments = 15 GB): compiled
     only. Per device: a 1/8 shard of everything, and less temporary memory than the
     largest single parameter."""

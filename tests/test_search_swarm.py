@@ -229,7 +229,8 @@ def synthetic_batches(h, vocab: int, steps: int, batch: int = 8, seq: int = 17, 
     ({"d_model": 24, "num_layers": 3, "num_heads": 2, "seq_len": 24, "batch": 12,
       "mlp": "gelu"}, "map", "upweight"),
 ])
-def test_memory_estimate_agrees_with_xla_memory_analysis(data, shape, strategy, route):
+def test_memory_estimate_agrees_with_xla_memory_analysis(data, shape, strategy, route,
+                                                      xla_optimised):
     """The config-only estimate is within 20% of XLA's compiled memory analysis
     (arguments + outputs - aliased + temporaries) of the same swarm step."""
     cfg = tiny_cfg()
