@@ -14,7 +14,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Tests run tiny programs: compiling them is most of their cost, running them is not.
 # Unoptimised XLA (same semantics) compiles much faster: on the same 4 files, 253 s of CPU
-# -> 141 s with the cold cache above. Tests that read XLA's optimised memory figures turn
+# (neither) -> 141 s (this and the cold cache above), on an idle machine. Tests that read XLA's optimised memory figures turn
 # the optimisations back on for themselves (the `xla_optimised` fixture).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
