@@ -12,6 +12,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                                    ".cache", "jax-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# A whole run writes ~90 MB and reruns mostly reuse it; delete the folder to reclaim it.
+# (jax's size-capped LRU mode, JAX_COMPILATION_CACHE_MAX_SIZE, fails on entries written
+# without it: "Error writing persistent compilation cache entry ... -atime".)
 # Tests run tiny programs: compiling them is most of their cost, running them is not.
 # Unoptimised XLA (same semantics) compiles much faster: on the same 4 files, 253 s of CPU
 # (neither) -> 141 s (this and the cold cache above), on an idle machine. Tests that read XLA's optimised memory figures turn
