@@ -20,9 +20,9 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Callable
 
+from mixjax import atomic
 from mixjax import config as config_lib
 from mixjax.errors import ConfigError
 
@@ -89,33 +89,20 @@ def config_hash(cfg) -> str:
     return digest(identity_dict(cfg))
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def mark_finished(run_dir: str | os.PathLike, identity: str, record: Any = None) -> pathlib.Path:
     """Writes ``run_dir/finished.json`` (atomically): the identity it finished with and a record."""
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / MARKER
-    _write_atomic(path, json.dumps({"config_hash": identity, "record": record}, indent=2,
-                                   default=str) + "\n")
+    atomic.write_text(path, json.dumps({"config_hash": identity, "record": record}, indent=2,
+                                       default=str) + "\n")
     return path
 
 
 def mark_job_done(job_dir: str | os.PathLike) -> pathlib.Path:
     """Writes a DG job's marker (DomainBed's ``done``; the identity is the dir's name)."""
     path = pathlib.Path(job_dir) / JOB_MARKER
-    _write_atomic(path, "done")
+    atomic.write_text(path, "done")
     return path
 
 

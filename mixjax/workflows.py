@@ -46,7 +46,7 @@ import numpy as np
 
 from mixjax import run_identity
 from mixjax.run_identity import config_hash  # noqa: F401  (workflows.config_hash: the one run identity)
-from mixjax.train import atomic
+from mixjax import atomic
 
 BASELINES = ("natural", "uniform")
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from test_import_graph import import_graph  # noqa: E402
 
 ALLOWED = {"mixjax.train.checkpoint", "mixjax.train.metrics", "mixjax.train.tracking",
-           "mixjax.train.atomic", "mixjax.train.prefetch", "mixjax.train.process_json",
+           "mixjax.atomic", "mixjax.train.prefetch", "mixjax.train.process_json",
            "mixjax.progress", "mixjax.provenance", "mixjax"}
 
 

@@ -166,7 +166,7 @@ def test_markers_of_older_runs_are_read(tmp_path, fake_train):
 def test_run_identity_sits_low():
     from test_import_graph import import_graph
     deps = import_graph()["mixjax.run_identity"]
-    assert deps <= {"mixjax.config", "mixjax.errors"}, deps
+    assert deps <= {"mixjax.config", "mixjax.errors", "mixjax.atomic"}, deps
 
 
 def test_a_grid_run_named_by_an_older_hash_is_adopted(tmp_path, fake_train):

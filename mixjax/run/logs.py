@@ -14,7 +14,7 @@ import pathlib
 from typing import Any, Mapping
 
 from mixjax import provenance
-from mixjax.train import atomic
+from mixjax import atomic
 from mixjax.train import metrics as metrics_lib
 
 

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"step {result['step']}, split {result['split']}")
     print(loop.format_eval(result, domains))
     out = pathlib.Path(args.run_dir) / f"eval_step{result['step']}_{result['split']}.json"
-    from mixjax.train import atomic
+    from mixjax import atomic
     atomic.write_text(out, json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -22,7 +22,7 @@ Files in the run directory:
 On resume from step ``k`` the records of steps after ``k`` (written by the
 interrupted run after its last checkpoint) are dropped first, from the JSONL
 files and the TensorBoard event files alike, so every file reads as one
-uninterrupted run. Each such rewrite is atomic (:mod:`mixjax.train.atomic`), and
+uninterrupted run. Each such rewrite is atomic (:mod:`mixjax.atomic`), and
 an unfinished last line (what a crash in the middle of a write leaves) is
 ignored by the readers and dropped by the rewrite.
 """
@@ -37,7 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mixjax.train import atomic
+from mixjax import atomic
 
 FILES = ("metrics.jsonl", "eval.jsonl", "weights.jsonl")
 

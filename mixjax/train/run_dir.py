@@ -8,7 +8,7 @@ import pathlib
 from mixjax import config as config_lib
 from mixjax import run_identity
 from mixjax.config import Config, ConfigError
-from mixjax.train import atomic
+from mixjax import atomic
 
 # Keys that may differ between a run's saved config and the one it is resumed with: the
 # result-neutral ones (run_identity.NEUTRAL_KEYS) and those a resume may change on purpose.
