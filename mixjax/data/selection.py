@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from mixjax.data.sources import DataError, DomainSource
+from mixjax.data.splits import IndexedView
 
 FORMAT = "mixjax.selection/1"
 MODES = ("drop", "resample", "weight")
@@ -163,24 +164,13 @@ SCORERS: dict[str, Callable[..., Callable[[Any], float]]] = {"length": _length_s
 
 
 # -- applying a selection ---------------------------------------------------------------------
-class SelectedSource(DomainSource):
+class SelectedSource(IndexedView):
     """The documents of ``source`` at ``indices`` (kept or drawn), with the selection's
     checksum in the fingerprint (token caches of selected data are their own)."""
 
     def __init__(self, source: DomainSource, indices: np.ndarray, sha256: str, mode: str):
-        self.source, self.indices = source, np.asarray(indices, np.int64)
+        super().__init__(source, indices)
         self.sha256, self.mode = sha256, mode
-        self.domain = source.domain
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, index):
-        return self.source[int(self.indices[index])]
-
-    def group_keys(self):
-        keys = self.source.group_keys()
-        return None if keys is None else keys[self.indices]
 
     def fingerprint(self):
         base = self.source.fingerprint()

@@ -198,15 +198,13 @@ def source_floors(source: DomainSource) -> Floors | None:
     return getattr(source, "split_floors", None)
 
 
-class SplitSource(DomainSource):
-    """The documents of ``source`` at ``indices`` (a view; picklable)."""
+class IndexedView(DomainSource):
+    """The documents of ``source`` at ``indices`` (a view; picklable): the one subset
+    mechanism behind splits and data selections."""
 
-    def __init__(self, source: DomainSource, indices: np.ndarray, split: str, domain: str | None = None):
-        self.source, self.indices, self.split = source, np.asarray(indices, np.int64), split
+    def __init__(self, source: DomainSource, indices: np.ndarray, domain: str | None = None):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
         self.domain = domain or source.domain
-        if len(self.indices) == 0:
-            raise DataError(f"domain {self.domain!r}: split {split!r} has zero documents "
-                            f"(domain has {len(source)}); change the split fractions")
 
     def __len__(self):
         return len(self.indices)
@@ -217,6 +215,17 @@ class SplitSource(DomainSource):
     def group_keys(self):
         keys = self.source.group_keys()
         return None if keys is None else keys[self.indices]
+
+
+class SplitSource(IndexedView):
+    """The documents of ``source`` in one split."""
+
+    def __init__(self, source: DomainSource, indices: np.ndarray, split: str, domain: str | None = None):
+        super().__init__(source, indices, domain)
+        self.split = split
+        if len(self.indices) == 0:
+            raise DataError(f"domain {self.domain!r}: split {split!r} has zero documents "
+                            f"(domain has {len(source)}); change the split fractions")
 
     def describe(self):
         return f"{self.source.describe()}[{self.split}: {len(self)} docs]"
