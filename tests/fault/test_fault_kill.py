@@ -9,7 +9,6 @@ a persistent XLA compilation cache, so only the first process compiles.
 """
 
 import collections
-import os
 import pathlib
 import random
 import signal
@@ -18,24 +17,14 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from mixjax.train import checkpoint as ckpt_lib
+import checkpoint_read
+
 from mixjax.train import metrics as metrics_lib
 
 WORKER = pathlib.Path(__file__).resolve().parent / "fault_worker.py"
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 EVAL_EVERY, CKPT_EVERY = 3, 2          # as in fault_worker.config
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xla_cache")
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
-            "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def _worker(env, run_dir, mixer, steps, resume, phase="none", at=0, delay=0.0):
@@ -46,11 +35,7 @@ def _worker(env, run_dir, mixer, steps, resume, phase="none", at=0, delay=0.0):
 
 
 def _final_state(run_dir, step):
-    ck = ckpt_lib.Checkpointer(run_dir / "checkpoints")
-    got = ck.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), host=ocp.args.JsonRestore()))
-    ck.close()
-    return got["state"], got["host"]
+    return checkpoint_read.restore(run_dir / "checkpoints", step)
 
 
 def _strip(records):

@@ -5,7 +5,6 @@ state and the final evaluations bit for bit."""
 
 import collections
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -13,24 +12,15 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+
+import checkpoint_read
 
 from mixjax.train import checkpoint as ckpt_lib
 from mixjax.train import metrics as metrics_lib
 
 WORKER = pathlib.Path(__file__).resolve().parent / "swarm_worker.py"
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 8
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xla_cache")
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
-            "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def _worker(env, out, phase="none", at=0):
@@ -40,11 +30,7 @@ def _worker(env, out, phase="none", at=0):
 
 
 def _state(out):
-    ck = ckpt_lib.Checkpointer(out / "checkpoints")
-    got = ck.manager.restore(STEPS, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), host=ocp.args.JsonRestore()))
-    ck.close()
-    return got["state"], got["host"]
+    return checkpoint_read.restore(out / "checkpoints", STEPS)
 
 
 def _result(out):
