@@ -20,7 +20,8 @@ spellings stay as aliases: ``dg sweep --run-dir``). Every command takes ``--plug
 
 Errors in what the user gave (config, data, run dir, checkpoints, a run that
 diverged) print one ``error: ...`` line and exit with status 2; ``--debug``
-(anywhere on the command line) or ``MIXJAX_DEBUG=1`` shows the traceback.
+(anywhere on the command line) or ``MIXJAX_DEBUG=1`` shows the traceback. A job stopped by
+SIGTERM/SIGINT checkpoints and exits with 128 + the signal's number; the same command resumes it.
 """
 
 from __future__ import annotations
@@ -101,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.plugin = plugin_modules
     module = importlib.import_module(COMMANDS[args.command][0])
+    from mixjax.run.signals import Interrupted
     try:
         return int(module.run(args) or 0)
+    except Interrupted as e:    # checkpointed; the same command resumes (exit 128 + signal)
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     except Exception as e:
         if debug or not isinstance(e, user_error_types()):
             raise

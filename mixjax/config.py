@@ -31,6 +31,7 @@ loads.
 from __future__ import annotations
 
 import ast
+import collections.abc
 import dataclasses
 import importlib.util
 import json
@@ -378,14 +379,18 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
             if isinstance(value, str):  # `--set data.domains=web` -> ("web",)
                 return (value,)
+        elif origin is collections.abc.Sequence:    # a hyperparameter's Sequence[float]
+            if isinstance(value, (list, tuple)):
+                item = typing.get_args(a)[0] if typing.get_args(a) else Any
+                return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
         elif origin is list:
             if isinstance(value, (list, tuple)):
                 item = typing.get_args(a)[0] if typing.get_args(a) else Any
                 return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
             if isinstance(value, str):  # `--search-set baselines=uniform` -> ["uniform"]
                 return [value]
-        elif origin is dict:
-            if isinstance(value, dict):
+        elif origin in (dict, collections.abc.Mapping):
+            if isinstance(value, collections.abc.Mapping):
                 kt, vt = typing.get_args(a) or (Any, Any)
                 return {_coerce(k, kt, f"{key} key"): _coerce(v, vt, f"{key}[{k!r}]")
                         for k, v in value.items()}
@@ -407,6 +412,18 @@ def check_types(obj, prefix: str = "") -> None:
             check_types(value, key + ".")
         else:
             setattr(obj, f.name, _coerce(value, _field_type(type(obj), f.name), key))
+
+
+def check_hparams(cls: type, hparams: dict, prefix: str) -> None:
+    """Raises ConfigError naming ``prefix.key`` where a value of ``hparams`` does not fit the
+    type of the dataclass ``cls``'s field (a mixer's hyperparameters are typed by the class
+    that owns them). The values are left as given (the run's identity hashes them as written);
+    names ``cls`` does not declare are left to the caller's check."""
+    hints = typing.get_type_hints(cls)
+    fields = _field_names(cls)
+    for k, v in hparams.items():
+        if k in fields:
+            _coerce(v, hints[k], f"{prefix}.{k}")
 
 
 def _require(cond: bool, key: str, msg: str) -> None:

@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mixjax import run_identity
+from mixjax.run.signals import Interrupted
 from mixjax.run_identity import config_hash  # noqa: F401  (workflows.config_hash: the one run identity)
 from mixjax import atomic
 
@@ -235,7 +236,8 @@ def _train(cfg, data_cache: dict, log, phase: str, rnd: int, seed: int,
         data = _data_for(cfg, data_cache)
         result = loop.train(cfg, data=data, resume=resume)
         if result.interrupted:
-            raise KeyboardInterrupt(f"{phase} run {run_dir} was stopped; rerun to continue")
+            raise Interrupted(f"{phase} run {run_dir} stopped by signal {result.signal}; the "
+                              "same command resumes it", result.signal)
         if result.final_eval is None:
             raise RuntimeError(f"{phase} run {run_dir} finished without a final evaluation")
         domains = list(data.domains)

@@ -78,6 +78,19 @@ def test_sample_reweight_hparams_are_checked():
                                          "mixing.sample_reweight_hparams={'temperature': -1.0}"]))
 
 
+def test_mixer_hparams_are_typed_by_the_mixer_class():
+    from mixjax.train import checks
+    base = ROOT / "configs" / "lm_tiny_uniform.py"
+    cfg = checks.check_names(C.load(base, ["mixing.name=doremi", "mixing.hparams={'eta': 2}",
+                                           "mixing.hparams.initial_weights=[1, 2]"]))
+    assert cfg.mixing.hparams == {"eta": 2, "initial_weights": [1, 2]}    # as written (hashed)
+    with pytest.raises(ConfigError, match=r"'mixing.hparams.eta': expected .*float.*got str 'fast'"):
+        checks.check_names(C.load(base, ["mixing.name=doremi", "mixing.hparams.eta=fast"]))
+    with pytest.raises(ConfigError, match=r"'mixing.hparams.initial_weights\[1\]'"):
+        checks.check_names(C.load(base, ["mixing.name=doremi",
+                                         "mixing.hparams.initial_weights=[0.5, 'x']"]))
+
+
 def test_domain_dependent_checks():
     cfg = C.Config()
     cfg.data.sampler = "per_domain"

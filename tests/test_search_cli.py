@@ -27,7 +27,10 @@ CONFIG = textwrap.dedent('''
         return cfg
 
     def get_search():
+        # one target domain: one mixing-law fit per restart, fold and bootstrap sample instead
+        # of eight (the uniform-average target's fits are tests/test_search_fit.py's)
         return {"proxies": 20, "design": "lhs", "route": "upweight", "strategy": "map",
+                "target": "code",
                 "bootstrap": 2, "samples": 2000, "law_restarts": 2, "folds": 2,
                 "proxy_overrides": ["train.steps=3", "train.ckpt_every=0"]}
 ''')

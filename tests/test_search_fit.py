@@ -143,6 +143,15 @@ def test_ye_law_recovers_its_parameters_and_search_finds_the_known_optimum():
     assert np.abs(w - g[ok][np.argmin(true[ok])]).max() < 5e-3
 
 
+def test_ye_jacobian_equals_finite_differences():
+    rng = np.random.default_rng(0)
+    p, r = rng.normal(0, 1, 5), rng.dirichlet(np.ones(4), size=7)
+    eps, jac = 1e-6, laws.ye_jacobian(p, r)
+    num = np.stack([(laws.ye_predict(p + eps * e, r) - laws.ye_predict(p - eps * e, r)) / (2 * eps)
+                    for e in np.eye(5)], axis=1)
+    np.testing.assert_allclose(jac, num, rtol=1e-6, atol=1e-9)
+
+
 def test_ye_law_needs_enough_mixtures():
     with pytest.raises(regmix.FitError, match="at least 6 mixtures"):
         laws.fit_ye(designs.lhs(5, 4, seed=0), np.ones(5))

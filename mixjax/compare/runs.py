@@ -31,6 +31,7 @@ import numpy as np
 
 from mixjax import config as config_lib
 from mixjax import run_identity
+from mixjax.run.signals import Interrupted
 from mixjax.train import checks
 from mixjax.config import Config, ConfigError
 from mixjax.run_identity import config_hash  # noqa: F401  (re-exported: compare.config_hash)
@@ -142,8 +143,8 @@ def run_grid(grid: Sequence[GridRun], progress: bool = True) -> dict[str, int]:
         def train(resume, r=r):
             result = loop.train(r.cfg, resume=resume)
             if result.interrupted:
-                raise KeyboardInterrupt(f"stopped during {r.run_dir}; rerun the same command "
-                                        "to resume")
+                raise Interrupted(f"stopped by signal {result.signal} during {r.run_dir}; the "
+                                  "same command resumes it", result.signal)
             done["resumed" if resume else "trained"] += 1
             return {"steps": result.steps_done}
 

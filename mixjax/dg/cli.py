@@ -1,4 +1,8 @@
-"""``mixjax dg sweep CONFIG [--set k=v ...] [--out DIR] [--data-dir DIR]`` and ``mixjax dg table RUN_DIR [--latex]``."""
+"""``mixjax dg sweep CONFIG [--set k=v ...] [--out DIR] [--data-dir DIR]`` and ``mixjax dg table RUN_DIR [--latex]``.
+
+Exit codes of ``sweep``: 0 done; 2 bad config or data; 128 + signal number when stopped by
+SIGTERM/SIGINT (the running unit checkpointed; the same command resumes it).
+"""
 
 from __future__ import annotations
 

@@ -33,11 +33,8 @@ from mixjax.dg.group_runner import DeviceData, GroupRunner
 from mixjax.dg.jobs import RNG_IMPL, Job, group_key, net_spec
 from mixjax.run import checkpoints as run_ckpt
 from mixjax.run import engine, feeds
+from mixjax.run.signals import Interrupted
 from mixjax.train import checkpoint as ckpt_lib
-
-
-class Interrupted(RuntimeError):
-    """A signal stopped the sweep; the running unit checkpointed (rerun to resume)."""
 
 
 def record_marks(steps: int, freq: int) -> set[int]:
@@ -228,5 +225,5 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
                 ck.close()
         if out.stopped:
             raise Interrupted(f"stopped at step {out.done} of {unit_jobs[0].id} (signal {out.signal}); "
-                              "rerun the sweep to resume it")
+                              "rerun the sweep to resume it", out.signal)
     return records

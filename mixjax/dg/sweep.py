@@ -124,7 +124,8 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     """Run (or resume, or extend) the sweep described by ``cfg``; returns the run directory.
 
     Raises ``ConfigError`` before anything is written or built when ``run_dir`` holds a sweep
-    made with different settings (see ``config.merge_into_existing``).
+    made with different settings (see ``config.merge_into_existing``), and ``Interrupted``
+    when SIGTERM/SIGINT stopped it (the running unit checkpointed; calling again resumes).
     """
     run_dir = pathlib.Path(run_dir or cfg.output_dir)
     cfg, extended = resolve_config(cfg, run_dir)
@@ -161,7 +162,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
         except Interrupted as e:
             bar.close()
             log(f"sweep interrupted: {e}")
-            return run_dir
+            raise
         dt = time.perf_counter() - t0
         for job, recs in records.items():
             write_job(run_dir, cfg, job, recs)

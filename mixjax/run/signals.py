@@ -5,6 +5,19 @@ from __future__ import annotations
 import signal
 
 
+class Interrupted(RuntimeError):
+    """A signal stopped a job after it checkpointed; the same command resumes it.
+    ``signal``: its number (the commands exit with 128 + it, as ``mixjax train`` does)."""
+
+    def __init__(self, message: str, signal: int | None):
+        super().__init__(message)
+        self.signal = signal
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal or 0)
+
+
 class StopOnSignal:
     """SIGTERM/SIGINT set ``signum``; the loop saves a checkpoint and returns.
 

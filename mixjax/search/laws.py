@@ -61,14 +61,18 @@ class LawFit:
 
 
 def _fit(residual_fn, init_fn, n_params: int, *, restarts: int, seed: int, delta: float,
-         what: str, max_nfev: int = 2000, tol: float = 1e-8) -> tuple[np.ndarray, float, float, bool]:
+         what: str, max_nfev: int = 2000, tol: float = 1e-8,
+         jac: Callable | str = "2-point") -> tuple[np.ndarray, float, float, bool]:
+    """Huber least squares from ``restarts`` random inits; the best finite fit.
+    ``jac``: the residuals' Jacobian (params -> float[n, n_params]) where the law has a
+    closed form (one evaluation per iteration instead of ``n_params`` extra ones)."""
     rng = np.random.default_rng(seed)
     best = None
     for _ in range(restarts):
         x0 = init_fn(rng)
         try:
             with np.errstate(all="ignore"):   # a bad init may overflow; it then loses
-                r = least_squares(residual_fn, x0, loss="huber", f_scale=delta,
+                r = least_squares(residual_fn, x0, jac=jac, loss="huber", f_scale=delta,
                                   max_nfev=max_nfev, x_scale="jac", ftol=tol, xtol=tol,
                                   gtol=tol)
         except (ValueError, FloatingPointError):
@@ -91,6 +95,14 @@ def ye_predict(params: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.exp(params[0]) + np.exp(np.clip(r @ params[1:], -50, 50))
 
 
+def ye_jacobian(params: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """d ye_predict / d params: ``[exp(a), exp(u . r) r]`` (0 where u . r is clipped)."""
+    r = np.atleast_2d(r)
+    s = r @ params[1:]
+    e = np.where(np.abs(s) <= 50, np.exp(np.clip(s, -50, 50)), 0.0)
+    return np.concatenate([np.full((len(r), 1), np.exp(params[0])), e[:, None] * r], axis=1)
+
+
 def fit_ye(r: np.ndarray, y: np.ndarray, *, restarts: int = 16, seed: int = 0,
            delta: float = 0.01) -> LawFit:
     """Fits one domain's law (module docstring); needs at least K + 2 mixtures."""
@@ -107,7 +119,8 @@ def fit_ye(r: np.ndarray, y: np.ndarray, *, restarts: int = 16, seed: int = 0,
         return np.concatenate([[a], u])
 
     x, cost, rms, ok = _fit(lambda p: ye_predict(p, r) - y, init, k + 1, restarts=restarts,
-                            seed=seed, delta=delta, what="mixing law")
+                            seed=seed, delta=delta, what="mixing law",
+                            jac=lambda p: ye_jacobian(p, r))
     return LawFit(x, cost, rms, ok, lambda q, x=x: ye_predict(x, q))
 
 

@@ -47,6 +47,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mixjax import run_identity
+from mixjax.run.signals import Interrupted
+
 
 @dataclasses.dataclass(kw_only=True)
 class SearchSettings:
@@ -494,7 +496,8 @@ def _train_target(cfg, run_dir: pathlib.Path, seed: int, mixture, log, name) -> 
         log(f"target {name} seed {seed}: {c.train.steps} steps -> {run_dir}")
         result = loop.train(c, resume=resume)
         if result.interrupted:
-            raise KeyboardInterrupt(f"target run {run_dir} was stopped; repeat the command")
+            raise Interrupted(f"target run {run_dir} stopped by signal {result.signal}; the same "
+                              "command resumes it", result.signal)
         return {"mixture": mixture, "eval": result.final_eval}
 
     try:

@@ -20,6 +20,7 @@ import numpy as np
 from mixjax.parallel import distributed
 from mixjax.run import checkpoints as run_ckpt
 from mixjax.run import engine, feeds, logs
+from mixjax.run.signals import Interrupted
 from mixjax.train import checkpoint as ckpt_lib
 
 LOGS = ("metrics.jsonl",)
@@ -81,8 +82,9 @@ def train_swarm(swarm, out_dir: str | pathlib.Path, *, steps: int | None = None,
     ``out_dir`` holds ``checkpoints/`` (orbax: the stacked state + the data stream's
     state, so a resumed swarm continues bit for bit), ``metrics.jsonl`` (mean and
     per-proxy train loss every ``log_every`` steps) and ``result.json``.
-    ``stop_after``: checkpoint and return after that many steps of this call (as a
-    SIGTERM does).
+    ``stop_after``: checkpoint and return after that many steps of this call.
+    Raises :class:`mixjax.run.signals.Interrupted` when SIGTERM/SIGINT stopped it (after the
+    checkpoint; nothing is evaluated, so no caller fits or saves a half-trained swarm).
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,9 @@ def train_swarm(swarm, out_dir: str | pathlib.Path, *, steps: int | None = None,
             writer.close()
         ck.close()
     state, done = res.state, res.done
+    if res.signal is not None:
+        raise Interrupted(f"swarm stopped by signal {res.signal} at step {done} of {steps}; "
+                          "the same command resumes it", res.signal)
     timings = {"init": t_init, **res.timings}
     te = time.perf_counter()
     losses = swarm.evaluate(state)

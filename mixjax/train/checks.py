@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pathlib
 
-from mixjax.config import Config, ConfigError
+from mixjax.config import Config, ConfigError, check_hparams
 
 
 def _require(cond: bool, key: str, msg: str) -> None:
@@ -98,6 +98,7 @@ def _check_mixer(cfg: Config) -> None:
     if unknown:
         raise ConfigError(f"config key 'mixing.hparams': mixer {x.name!r} has no "
                           f"hyperparameter(s) {unknown}; known: {sorted(known)}")
+    check_hparams(mixing.mixer_class(x.name), x.hparams, "mixing.hparams")
     if x.sample_reweight is None and x.sample_reweight_hparams:
         raise ConfigError("config key 'mixing.sample_reweight_hparams' is set but "
                           "mixing.sample_reweight is None (the hyperparameters would be ignored)")

@@ -36,7 +36,10 @@ def main(run_dir, phase, at):
             os.kill(os.getpid(), signal.SIGTERM)
     group_client.DGClient.after_step = after_step
     S.discard_checkpoints = lambda *a, **k: None
-    S.sweep(cfg, run_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        S.sweep(cfg, run_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except group_client.Interrupted as e:       # as `mixjax dg sweep` exits
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

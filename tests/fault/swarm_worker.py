@@ -3,7 +3,7 @@
     python swarm_worker.py OUT_DIR PHASE AT
 
 PHASE: none | kill (SIGKILL right after step AT's metrics record is written) | term
-(SIGTERM at step AT: the engine checkpoints and returns). Writes OUT_DIR/result.json
+(SIGTERM at step AT: the engine checkpoints; exits 128 + SIGTERM as the CLI does). Writes OUT_DIR/result.json
 when the run finishes.
 """
 
@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from mixjax.config import Config  # noqa: E402
+from mixjax.run.signals import Interrupted  # noqa: E402
 from mixjax.search import swarm as S  # noqa: E402
 from mixjax.search import swarm_train  # noqa: E402
 
@@ -46,9 +47,13 @@ def main(out, phase, at):
         if t + 1 == at and phase == "term":
             os.kill(os.getpid(), signal.SIGTERM)
     swarm_train.SwarmClient.after_step = after_step
-    res = S.train_swarm(sw, out, log=lambda line: print(line, file=sys.stderr, flush=True))
-    if res.steps == STEPS:
-        S.save_result(res, mix, sw.domains, pathlib.Path(out) / "result.json")
+    try:
+        res = S.train_swarm(sw, out, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except Interrupted as e:        # as the `mixjax search` commands exit
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_code)
+    assert res.steps == STEPS
+    S.save_result(res, mix, sw.domains, pathlib.Path(out) / "result.json")
 
 
 if __name__ == "__main__":

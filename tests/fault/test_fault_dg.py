@@ -57,7 +57,7 @@ def reference(env, tmp_path_factory):
     return ref
 
 
-@pytest.mark.parametrize("phase,sig", [("kill", -signal.SIGKILL), ("term", 0)])
+@pytest.mark.parametrize("phase,sig", [("kill", -signal.SIGKILL), ("term", 128 + signal.SIGTERM)])
 def test_dg_job_stopped_between_checkpoints_resumes_exactly(env, reference, tmp_path, phase, sig):
     run = tmp_path / "run"
     # step 7 of 12: records (and checkpoints) after steps 1 and 5; the next is after 9

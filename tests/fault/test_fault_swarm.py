@@ -47,7 +47,7 @@ def reference(env, tmp_path_factory):
     return ref
 
 
-@pytest.mark.parametrize("phase,sig", [("kill", -signal.SIGKILL), ("term", 0)])
+@pytest.mark.parametrize("phase,sig", [("kill", -signal.SIGKILL), ("term", 128 + signal.SIGTERM)])
 def test_swarm_stopped_between_checkpoints_resumes_exactly(env, reference, tmp_path, phase, sig):
     run = tmp_path / "run"
     # step 3: checkpoint 2 is the latest; the metrics record of step 3 is on disk
