@@ -106,6 +106,10 @@ def _method(cfg: Config, name: str) -> Config:
     elif name == "feasible":   # configs/lm_tiny_feasible.py
         d.sampler, m.name = "multinomial", "feasible"
         m.hparams = {"eps": 2.5, "dual_lr": 1.0, "slack_decay": 1.0}
+    elif name == "iwrm":   # configs/lm_tiny_iwrm.py
+        d.sampler, m.name = "multinomial", "iwrm"
+        m.hparams = {"norm_eps": 1e-4, "reg_eps": 1e-4}
+        g.strategy = "vmap"
     elif name in ("aioli", "skillit"):   # configs/lm_tiny_{aioli,skillit}.py, rounds of steps // 3
         d.sampler, m.name = "multinomial", name
         rounds = {"update_steps": cfg.train.steps // 3}
@@ -145,7 +149,7 @@ METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", 
            "aioli", "skillit", "pcgrad", "mgda", "upgrad", "upgrad_target",
            "upsample_end", "staged", "linear_schedule",
            # sample-level rules (docs/selection.md)
-           "prospect", "feasible")
+           "prospect", "feasible", "iwrm")
 
 
 def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:

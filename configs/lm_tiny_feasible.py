@@ -11,7 +11,11 @@ Each sequence's mean token loss is bounded by eps = 2.5 nats; a multiplier per s
 of 2^16 slots keyed by the hash of the token row, in the checkpointed mixer state) rises by
 dual_lr (l - eps - slack_decay lam) and weights that sequence's loss (mixjax.mixing.feasible).
 
-MEASURED
+Measured (1 seed, shared 2-core CPU): 126 s wall, 53 s CPU (user + sys) for 200 steps. Final
+validation loss averaged over the 8 domains 2.909 vs 2.914 for configs/lm_tiny_uniform.py (same
+seed, steps and machine); worst domain (math) perplexity 25.52 vs 26.84. On a stream that does
+not revisit sequences within 200 steps every multiplier is used once (the hinge weighting of
+the module docstring). One seed: expect about the uniform run's loss.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform
