@@ -100,6 +100,16 @@ def _method(cfg: Config, name: str) -> Config:
     elif name == "sample_reweight":
         d.sampler = "multinomial"
         m.sample_reweight, m.sample_reweight_hparams = "quadratic", {"temperature": 1.0, "burn_in": 50}
+    elif name == "prospect":   # configs/lm_tiny_prospect.py
+        d.sampler, m.name = "multinomial", "prospect"
+        m.hparams = {"spectrum": "extremile", "level": 2.0, "penalty": "chi2", "shift_cost": 1.0}
+    elif name == "feasible":   # configs/lm_tiny_feasible.py
+        d.sampler, m.name = "multinomial", "feasible"
+        m.hparams = {"eps": 2.5, "dual_lr": 1.0, "slack_decay": 1.0}
+    elif name == "iwrm":   # configs/lm_tiny_iwrm.py
+        d.sampler, m.name = "multinomial", "iwrm"
+        m.hparams = {"norm_eps": 1e-4, "reg_eps": 1e-4}
+        g.strategy = "vmap"
     elif name in ("aioli", "skillit"):   # configs/lm_tiny_{aioli,skillit}.py, rounds of steps // 3
         d.sampler, m.name = "multinomial", name
         rounds = {"update_steps": cfg.train.steps // 3}
@@ -137,7 +147,9 @@ METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", 
            "ado", "doge", "dga", "rnb", "bilevel", "sample_reweight",
            # second round (docs/mixing.md); not yet in the published table of docs/leaderboard.md
            "aioli", "skillit", "pcgrad", "mgda", "upgrad", "upgrad_target",
-           "upsample_end", "staged", "linear_schedule")
+           "upsample_end", "staged", "linear_schedule",
+           # sample-level rules (docs/selection.md)
+           "prospect", "feasible", "iwrm")
 
 
 def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:

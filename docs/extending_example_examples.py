@@ -6,7 +6,9 @@ statistic ``example_gram``), the update is ``sum_b c_b g_b`` with
 ``c = sum_i v^(i)``, ``v^(i) = argmin_v v^T E v  s.t.  v >= e_i / B`` (after
 normalising E by its trace), i.e. the projection of every g_b onto the dual cone
 of all of them: no sequence's loss goes up to first order.
-tests/test_extending_example.py trains a tiny model with it for 3 steps.
+tests/test_extending_example.py trains a tiny model with it for 3 steps. The package's own
+registered form of this rule is ``iwrm`` (mixjax.mixing.iwrm: all-pad rows left out, the
+hyperparameters of ``upgrad``, per-domain shares of c logged).
 """
 
 from __future__ import annotations

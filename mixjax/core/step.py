@@ -14,7 +14,9 @@ What one step does (B sequences, S tokens, K domains, d = domain of a token)::
          loss:      r_d = w_d / p_d            (importance correction; 0 if p_d = 0)
          both:      r_d = w_d
        optional per-sequence weights s_b = sample_weights(sample_loss, step), times
-       batch["sample_weight"] when the data supply one (data.selection mode "weight")
+       mixer.example_weights(mix_state', stats) when ``mixer.example_weighting`` (Prospect,
+       Feasible Learning), times batch["sample_weight"] when the data supply one
+       (data.selection mode "weight")
        objective  L = sum_{b,t} s_b r_d(b) m l / sum_{b,t} s_b r_d(b) m
        (self-normalised importance weighting: for batches drawn with p it
        estimates sum_d w_d E[loss_d] / sum_d w_d, and stays finite when a
@@ -225,6 +227,10 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
                                               _split(cotangent, grad_accum)))
         return grads
 
+    example_weighting = bool(getattr(mixer, "example_weighting", False))
+    if example_weighting and domain_gradient:
+        raise ValueError(f"mixer {mixer.name!r}: example_weighting weights the loss, but the "
+                         f"model gradient is prescribed ({mixer.model_gradient!r})")
     need_sample_loss = ("sample_loss" in requires or sample_weights is not None
                         or example_gradient)
     # A mixer that prescribes the model gradient (DoGE) needs no full-batch pullback: when no
@@ -244,7 +250,8 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         p = batch["sampling_weights"].astype(jnp.float32)
 
         # 1-2. forward pass and the statistics the mixer asks for (the registry computes them).
-        ctx = _Context(num_domains=k, step=step, domain_id=domain_id, sampling_weights=p)
+        ctx = _Context(num_domains=k, step=step, domain_id=domain_id, sampling_weights=p,
+                       tokens=tokens)
         gs = grad_statistics(params, batch) if engine_losses else None
         if gs is not None and getattr(gs, "domain_loss", None) is not None:
             tl_ng = pullback = None
@@ -276,6 +283,9 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         r = domain_token_weights(apply_to, weights, p)[domain_id]            # [B]
         if sample_weights is not None:
             r = r * jax.lax.stop_gradient(sample_weights(seq_loss, step)).astype(jnp.float32)
+        if example_weighting:          # per-example rules (Prospect, Feasible Learning)
+            r = r * jax.lax.stop_gradient(mixer.example_weights(mix_state, stats)).astype(
+                jnp.float32)
         if "sample_weight" in batch:   # per-sequence weights from the data (data.selection)
             r = r * batch["sample_weight"].astype(jnp.float32)
         tw = r[:, None] * tm                                                # [B, S]

@@ -4,6 +4,8 @@
     mixjax data info NAME|DIR [--sources] [--verify] [--split-seed S] [--json]
     mixjax data mathgen [--cache-dir DIR] [--bytes N]   (optional generated math input)
     mixjax data select NAME|DIR|SPEC.json --out FILE [--scorer length] [--arg K=V ...]
+    mixjax data select NAME|DIR|SPEC.json --out FILE --method gio|ingenious --budget F
+                       [--target T.jsonl] [--cache-dir DIR] [--arg k=1]
 
 ``info`` counts tokens under the byte tokenizer (UTF-8 bytes + 1 EOS per document) and
 documents per split with :mod:`mixjax.data.splits` (the split the sampler and eval sets use).
@@ -44,6 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -
     s.add_argument("--scorer", default="length", help="built-in scorer (default: length)")
     s.add_argument("--arg", action="append", default=[], metavar="K=V",
                    help="scorer argument, e.g. min_chars=200 (repeatable)")
+    s.add_argument("--method", default=None, choices=("gio", "ingenious"),
+                   help="set-level selection instead of a scorer (mixjax.data.subset_select): "
+                        "gio (toward --target) or ingenious (facility location per domain)")
+    s.add_argument("--budget", default=None,
+                   help="--method: fraction of the documents to select, in (0, 1]")
+    s.add_argument("--target", default=None,
+                   help="gio: the target set, a .jsonl file of {\"text\": ...} lines or a directory")
+    s.add_argument("--cache-dir", default=None,
+                   help="--method: embedding cache (default $MIXJAX_CACHE_DIR/embeddings or "
+                        "~/.cache/mixjax/embeddings)")
     m = sub.add_parser("mathgen", help="generate the optional DeepMind-math input once into the download cache")
     m.add_argument("--cache-dir", default=None)
     m.add_argument("--bytes", type=int, default=None, help="text bytes to generate (default 2,000,000: ~3,000 documents)")
@@ -185,6 +197,8 @@ def _select(args: argparse.Namespace) -> int:
     import ast
     from mixjax.data import selection
     from mixjax.data.spec import resolve_sources
+    if args.method is not None:
+        return _select_subset(args)
     if args.scorer not in selection.SCORERS:
         raise KeyError(f"unknown scorer {args.scorer!r}; known: {', '.join(selection.SCORERS)}")
     kwargs = {}
@@ -204,4 +218,46 @@ def _select(args: argparse.Namespace) -> int:
                           scorer=f"{args.scorer}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
     kept = sum(w > 0 for w in weights.values())
     print(f"{args.out}: {len(weights)} documents, {kept} with weight > 0, sha256 {sha}")
+    return 0
+
+
+def _select_subset(args: argparse.Namespace) -> int:
+    """``mixjax data select --method``: a subset of the whole corpus (mixjax.data.subset_select).
+    The arguments (budget, target set, method options) are checked before the corpus is read;
+    on any error nothing is written."""
+    import os
+    from mixjax.data import selection, subset_select
+    from mixjax.data.sources import DataError
+    from mixjax.data.spec import resolve_sources
+    budget = subset_select.check_budget(args.budget)
+    target = None
+    if args.method == "gio":
+        if args.target is None:
+            raise DataError("--method gio needs --target (the target set)")
+        target = subset_select.read_target(args.target)
+        if len(target) < 2:
+            raise DataError(f"target set {args.target!r} has {len(target)} document; GIO's "
+                            "k-NN estimate needs at least 2")
+    elif args.target is not None:
+        raise DataError(f"--target is for --method gio, not {args.method}")
+    k = 1
+    for item in args.arg:
+        key, sep, value = item.partition("=")
+        if key != "k" or not sep or not value.isdigit() or int(value) < 1:
+            raise DataError(f"--arg {item!r}: --method takes only k=<int >= 1> (gio's neighbour)")
+        k = int(value)
+    cache = args.cache_dir or os.path.join(
+        os.environ.get("MIXJAX_CACHE_DIR", os.path.expanduser("~/.cache/mixjax")), "embeddings")
+    where = Path(args.name)
+    spec = json.loads(where.read_text()) if where.suffix == ".json" and where.is_file() else args.name
+    sources = resolve_sources(spec)
+    weights, info = subset_select.select_subset(sources, args.method, budget, target=target,
+                                                cache_dir=cache, k=k)
+    scorer = f"{args.method}(budget={budget!r}" + (f", k={k}, target={args.target!r}"
+                                                     if args.method == "gio" else "") + ")"
+    sha = selection.write(args.out, weights, scorer=scorer, default=0.0, complete=True)
+    kept = sum(w > 0 for w in weights.values())
+    print(f"{args.out}: {len(weights)} documents, {kept} selected "
+          f"({', '.join(f'{d} {n}' for d, n in info['selected'].items())}); "
+          f"{info['embedded']} embedded, {info['cached']} from the cache; sha256 {sha}")
     return 0

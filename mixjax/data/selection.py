@@ -80,13 +80,20 @@ class Selection:
     sha256: str                        # of the file's bytes (run identity / provenance)
     path: str
     scorer: str | None = None
+    # written by a set-level method (mixjax.data.subset_select): every document of the corpus
+    # is listed, and ``corpus`` is the checksum of their hashes (:func:`corpus_checksum`)
+    complete: bool = False
+    corpus: str | None = None
 
     def weight(self, doc: Any) -> float:
         return float(self.weights.get(content_hash(doc), self.default))
 
     def info(self, mode: str) -> dict:
-        return {"path": self.path, "mode": mode, "sha256": self.sha256, "scorer": self.scorer,
-                "documents": len(self.weights), "default": self.default}
+        out = {"path": self.path, "mode": mode, "sha256": self.sha256, "scorer": self.scorer,
+               "documents": len(self.weights), "default": self.default}
+        if self.corpus is not None:
+            out["corpus"] = self.corpus
+        return out
 
 
 def _check_weight(w: Any, where: str) -> float:
@@ -96,13 +103,21 @@ def _check_weight(w: Any, where: str) -> float:
     return w
 
 
+def corpus_checksum(hashes: Iterable[str]) -> str:
+    """sha256 of the sorted, distinct content hashes of a corpus's documents."""
+    return hashlib.sha256("\n".join(sorted(set(hashes))).encode()).hexdigest()
+
+
 def write(path: str | pathlib.Path, weights: Mapping[str, float], *, scorer: str,
-          default: float = 1.0) -> str:
+          default: float = 1.0, complete: bool = False) -> str:
     """Writes a selection file (documents sorted by hash: the same weights, the same bytes);
-    returns its sha256."""
+    returns its sha256. ``complete``: ``weights`` lists every document of the corpus (the
+    header then holds the corpus checksum, and a run checks its corpus against it)."""
     path = pathlib.Path(path)
-    lines = [json.dumps({"format": FORMAT, "scorer": scorer,
-                         "default": _check_weight(default, "default")})]
+    header = {"format": FORMAT, "scorer": scorer, "default": _check_weight(default, "default")}
+    if complete:
+        header.update(complete=True, corpus=corpus_checksum(weights))
+    lines = [json.dumps(header)]
     lines += [json.dumps({"hash": h, "weight": _check_weight(weights[h], f"document {h}")})
               for h in sorted(weights)]
     data = ("\n".join(lines) + "\n").encode()
@@ -136,7 +151,22 @@ def load(path: str | pathlib.Path) -> Selection:
             raise DataError(f"{path}:{n}: want {{\"hash\": ..., \"weight\": ...}}") from None
         weights[h] = _check_weight(w, f"{path}:{n}")
     return Selection(weights, _check_weight(header.get("default", 1.0), f"{path}:1 default"),
-                     hashlib.sha256(data).hexdigest(), str(path), header.get("scorer"))
+                     hashlib.sha256(data).hexdigest(), str(path), header.get("scorer"),
+                     bool(header.get("complete", False)), header.get("corpus"))
+
+
+def check_corpus(sources: Mapping[str, DomainSource], sel: Selection) -> None:
+    """A *complete* selection file (written by ``mixjax data select --method``) must list every
+    document of the corpus it is applied to: a DataError naming the file, the domain and the
+    count of unlisted documents otherwise (another corpus, or an edited one)."""
+    if not sel.complete:
+        return
+    for domain, src in sources.items():
+        missing = sum(content_hash(src[i]) not in sel.weights for i in range(len(src)))
+        if missing:
+            raise DataError(f"selection file {sel.path!r} does not match the corpus: {missing} "
+                            f"of the {len(src)} documents of domain {domain!r} are not in it "
+                            f"(it was written for corpus checksum {str(sel.corpus)[:16]}...)")
 
 
 def score(sources: Mapping[str, DomainSource] | Iterable[DomainSource],

@@ -105,6 +105,12 @@ class Mixer:
     rounds). A mixer that only needs ``eval_loss`` on the ``eval_every`` grid leaves it None
     and lists ``"eval_loss"`` in ``requires``."""
 
+    example_weighting: ClassVar[bool] = False
+    """Whether the step multiplies sequence b's loss by ``example_weights(state, stats)[b]``
+    (f32[B], computed from the *updated* state, held constant in the gradient): per-example
+    reweighting rules (Prospect's spectral risk, Feasible Learning's multipliers). The weights
+    compose with the domain weights r_d and the data's ``sample_weight`` (mixjax.core.step)."""
+
     # Overrides ``default_apply_to`` when set (the config's "upsample or upweight").
     apply_to_override: str | None = None
 
@@ -115,6 +121,9 @@ class Mixer:
             raise TypeError(f"mixer {cls.__qualname__}: model_gradient must be one of "
                             f"{MODEL_GRADIENTS}, got {mode!r}")
         # A gradient_coeffs without model_gradient = "coeffs" would be silently ignored.
+        if "example_weights" in cls.__dict__ and not getattr(cls, "example_weighting", False):
+            raise TypeError(f"mixer {cls.__qualname__} defines example_weights but its "
+                            "example_weighting is False; set example_weighting = True")
         if "gradient_coeffs" in cls.__dict__ and getattr(cls, "model_gradient", None) == "loss":
             raise TypeError(f"mixer {cls.__qualname__} defines gradient_coeffs but its "
                             "model_gradient is 'loss'; set model_gradient = 'coeffs'")
@@ -143,6 +152,11 @@ class Mixer:
 
     def average(self, state: State) -> Array:
         return average_weights(state)
+
+    def example_weights(self, state: State, stats: Mapping[str, Array]) -> Array:
+        """f32[B] per-sequence loss weights (``example_weighting = True``)."""
+        raise NotImplementedError(f"mixer {self.name!r} has example_weighting False; "
+                                  "it gives no per-example weights")
 
     def gradient_coeffs(self, state: State, stats: Mapping[str, Array]) -> Array:
         """``c`` f32[K]: the model gradient is ``sum_d c_d g_d`` (``model_gradient="coeffs"``);

@@ -208,6 +208,7 @@ def _selected_train(cfg: Config, sources, fractions, seed: int):
         sel = selection.load(sel_cfg.path)
     except FileNotFoundError as e:
         raise ConfigError(f"config key 'data.selection.path': {e}") from None
+    selection.check_corpus(sources, sel)   # a set-level selection lists the whole corpus
     if sel_cfg.mode == "weight":   # every document kept; the sampler weights the sequences
         return sources, "train", sel.info(sel_cfg.mode)
     train = splits.split_sources(sources, "train", fractions=fractions)
