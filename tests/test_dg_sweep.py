@@ -27,6 +27,8 @@ def test_sweep_table_resume_and_vmap_equivalence(tmp_path, capsys):
     assert all(0.0 <= r["env0_in_acc"] <= 1.0 for r in recs)
     assert {r["hparams"]["batch_size"] for r in recs} == {8}  # hparam_overrides applied
     assert len({r["hparams"]["lr"] for r in recs}) > 1  # hparams seed 1 draws a random lr
+    info = json.loads((run / "run_info.json").read_text())   # what produced the sweep
+    assert info["kind"] == "dg_sweep" and info["algorithms"] == ["erm"] and info["libraries"]["jax"]
 
     assert main(["dg", "table", str(run)]) == 0
     md = (run / "results.md").read_text()

@@ -4,6 +4,8 @@ Tiny proxies (d_model 16, one layer) on mixpile-tiny (8 domains), 8 rows of 17 t
 compilation, not arithmetic, is the cost, so each test compiles one or two swarm steps.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,6 +154,8 @@ def test_swarm_resume_is_exact(data, tmp_path):
     straight = S.train_swarm(sw, tmp_path / "a")
     part = S.train_swarm(sw, tmp_path / "b", stop_after=2)
     assert part.steps == 2
+    info = json.loads((tmp_path / "b" / "run_info.json").read_text())   # what produced it
+    assert info["kind"] == "swarm" and info["proxies"] == 2 and info["libraries"]["jax"]
     resumed = S.train_swarm(sw, tmp_path / "b")
     assert resumed.steps == 4
     for x, y in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):

@@ -61,6 +61,7 @@ import jax
 import numpy as np
 
 from mixjax import run_identity
+from mixjax.run import logs
 from mixjax.config import ConfigError
 from mixjax.dg import datasets as D
 from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
@@ -136,6 +137,9 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.json", to_json(cfg))
     write_atomic(run_dir / "envs.json", json.dumps({cfg.dataset.name: list(data.env_names)}))
+    logs.write_run_info(run_dir, {"kind": "dg_sweep", "dataset": cfg.dataset.name,
+                                  "envs": list(data.env_names), "algorithms": list(cfg.algorithms),
+                                  "devices": [str(d) for d in jax.devices()]})
     log(f"dataset {data.name}: envs {list(data.env_names)} sizes {data.sizes()} shape {data.input_shape}"
         + (" (one realisation per job)" if per_job else ""))
     all_jobs = make_jobs(cfg, data.num_envs)

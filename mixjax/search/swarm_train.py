@@ -108,6 +108,8 @@ def train_swarm(swarm, out_dir: str | pathlib.Path, *, steps: int | None = None,
             log(f"swarm: resumed at step {start} from {out / 'checkpoints'}")
         writer = logs.open_logs(out, resumed_step=None if got is None else start, files=LOGS,
                                 trackers=[], main=distributed.is_main_process())
+        if distributed.is_main_process():
+            logs.write_run_info(out, run_info(swarm))
         step = swarm.train_step()
         ckpt_at = feeds.every(ckpt_every)
         stop_at = None if stop_after is None else start + stop_after
@@ -148,6 +150,18 @@ def train_swarm(swarm, out_dir: str | pathlib.Path, *, steps: int | None = None,
                          history=history, timings=timings)
     result.state = state
     return result
+
+
+def run_info(swarm) -> dict:
+    """What ``run_info.json`` says of a swarm (provenance is added when it is written)."""
+    import jax
+    return {"kind": "swarm", "proxies": swarm.num_proxies,
+            "params_per_proxy": swarm.params_per_proxy, "domains": list(swarm.domains),
+            "route": swarm.route, "strategy": swarm.strategy,
+            "model": dataclasses.asdict(swarm.model_cfg),
+            "devices": [str(d) for d in jax.devices()],
+            "mesh": None if swarm.mesh is None else dict(swarm.mesh.shape),
+            "processes": jax.process_count()}
 
 
 def save_result(result: SwarmResult, mixtures: np.ndarray, domains, path) -> None:
