@@ -100,6 +100,16 @@ def test_bad_input_exits_2_with_one_line_before_training(config, tmp_path, capsy
     assert not any(out.glob("swarm_*"))
 
 
+def test_an_out_dir_of_another_search_is_refused(tmp_path):
+    from mixjax.search import cpt_search
+    from mixjax.search.pipeline import SearchError
+    rec = {"method": "dcpt", "ratios": np.array([0.0, 0.5, 1.0]), "init_from": ["a"]}
+    cpt_search._claim_out(tmp_path, rec)
+    cpt_search._claim_out(tmp_path, dict(rec))          # the same search: reused
+    with pytest.raises(SearchError, match=r"holds a different search \(ratios differ\)"):
+        cpt_search._claim_out(tmp_path, {**rec, "ratios": np.array([0.0, 1.0, 0.2])})
+
+
 @pytest.mark.slow
 def test_tiny_dcpt_search_runs_end_to_end(tmp_path):
     """Two tiny pre-trained runs (d_model 16 and 32), then the dcpt search on them."""
@@ -126,3 +136,10 @@ def test_tiny_dcpt_search_runs_end_to_end(tmp_path):
     assert w["weights_by_domain"]["news"] == pytest.approx(1 - r)
     assert fit["usages"]["general_loss_at_ratio"] <= fit["usages"]["general_budget"] + 1e-9
     assert len(fit["sizes_N"]) == 2 and (out / "dcpt.png").exists()
+    # a repeat reuses both swarms; other ratios into the same --out are refused
+    args = ["search", "dcpt", "configs/search_tiny_dcpt.py", "--init-from", ",".join(runs),
+            "--out", str(out), "--proxy-set", "train.steps=20", "--proxy-set",
+            "train.eval_every=5", "--set", "data.seq_len=16"]
+    assert cli.main(args) == 0
+    assert json.loads((out / "fit.json").read_text())["usages"]["ratio_under_budget"] == r
+    assert cli.main(args + ["--search-set", "ratios=[0.0, 0.5, 1.0]"]) == 2

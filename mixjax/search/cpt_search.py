@@ -93,6 +93,25 @@ def _evals_needed(proxy_cfg, need: int, what: str) -> None:
                           f"proxy config has train.steps={steps}, train.eval_every={every}")
 
 
+def _claim_out(out: pathlib.Path, record: dict) -> None:
+    """Writes design.json, or checks that an existing one is this search's (the swarms
+    under --out are reused on a repeat, so a different search must not find them)."""
+    from mixjax.search.pipeline import _default
+    path = out / "design.json"
+    text = json.dumps(record, default=_default, sort_keys=True)
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(record)
+                      if json.dumps(old.get(k), default=_default, sort_keys=True)
+                      != json.dumps(json.loads(text).get(k), sort_keys=True))
+        if diff:
+            raise SearchError(f"--out {str(out)!r} holds a different search ({', '.join(diff)} "
+                              "differ); pick another --out or repeat the same command")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(path, json.loads(text))
+
+
 def _proxy_for_run(proxy_cfg, run: str):
     """The proxy config continuing ``run``: that run's model shape with model.init_from."""
     from mixjax import config as config_lib
@@ -178,11 +197,11 @@ def run_dcpt(target_cfg, proxy_cfg, settings: dict, runs: list[str], out: pathli
     mix[:, g], mix[:, d] = 1.0 - ratios, ratios
     mixtures = np.repeat(mix, reps, axis=0)          # proxy axis = mixtures x seeds
     r_of = np.repeat(ratios, reps)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "design.json", {"general": settings["general"],
-                                      "domain": settings["domain"], "ratios": ratios,
-                                      "seeds_per_mixture": reps, "init_from": runs,
-                                      "mixtures": mixtures})
+    from mixjax import run_identity
+    _claim_out(out, {"method": "dcpt", "general": settings["general"],
+                     "domain": settings["domain"], "ratios": ratios,
+                     "seeds_per_mixture": reps, "init_from": runs, "mixtures": mixtures,
+                     "proxies": {n: run_identity.identity_dict(c) for n, c in cfgs.items()}})
     results = _train_swarms(cfgs, mixtures, settings, data, out, log)
     tps = proxy_cfg.data.batch_size * proxy_cfg.data.seq_len
     cols = {"n": [], "d": [], "r": [], "lg": [], "ld": [], "last": []}
@@ -334,9 +353,9 @@ def run_sft(target_cfg, proxy_cfg, settings: dict, runs: list[str], out: pathlib
                                     token_counts=counts)
     mix = sft_design(k, settings, domains, counts / counts.sum(), cons)
     mixtures = np.repeat(mix, settings["seeds_per_mixture"], axis=0)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "design.json", {"domains": list(domains), "mixtures": mixtures,
-                                      "init_from": runs})
+    from mixjax import run_identity
+    _claim_out(out, {"method": "sft", "domains": list(domains), "mixtures": mixtures,
+                     "init_from": runs, "proxy": run_identity.identity_dict(cfg)})
     results = _train_swarms({"run0": cfg}, mixtures, settings, data, out, log)
     _, res = results["run0"]
     tps = proxy_cfg.data.batch_size * proxy_cfg.data.seq_len
