@@ -11,7 +11,7 @@ Each command group lives in the module that owns it and exposes
     mixjax compare CONFIG... --seeds N          mixjax.compare.cli
     mixjax export RUN_DIR --format hf|safetensors   mixjax.train.export
     mixjax --version                            (also: python -m mixjax)
-    mixjax search {regmix,law,skillit-graph} CONFIG ...  mixjax.search.pipeline
+    mixjax search {regmix,law,dcpt,sft,skillit-graph} CONFIG ...  mixjax.search.command
 
 Every command that writes a directory takes it as ``--out DIR`` (older
 spellings stay as aliases: ``dg sweep --run-dir``). Every command takes ``--plugin MODULE``
@@ -41,7 +41,7 @@ COMMANDS = {
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
     "compare": ("mixjax.compare.cli", "several methods x seeds on one budget: table with intervals"),
     "export": ("mixjax.train.export", "write a run's parameters as safetensors or an HF Llama dir"),
-    "search": ("mixjax.search.pipeline", "offline mixture search: proxy swarm -> fit -> search"),
+    "search": ("mixjax.search.command", "offline mixture search: proxy swarm -> fit -> search"),
 }
 
 

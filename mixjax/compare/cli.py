@@ -2,6 +2,8 @@
 
     mixjax compare CONFIG... --seeds N [--set key=value ...] --out DIR [--baseline NAME]
     mixjax compare --runs RUN_DIR... --out DIR [--baseline NAME]
+    mixjax compare CONFIG... --seeds N --swarm --out DIR   (static mixtures: the seeds of
+                   each config as one proxy swarm; mixjax.compare.swarm_seeds)
 
 The first form trains (or reuses, or resumes) every config with seeds 0..N-1
 under ``DIR/runs/`` (see :mod:`mixjax.compare.runs`), the second tabulates
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="do not reuse compiled steps across runs (JAX persistent cache in DIR/.jax_cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--swarm", action="store_true",
+                        help="static mixtures only: each config's seeds as one proxy swarm "
+                             "(mixjax.compare.swarm_seeds; a reduced report)")
 
 
 def _enable_compile_cache(path: pathlib.Path) -> None:
@@ -118,6 +123,14 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.config import ConfigError
     from mixjax.train.loop import RunDirError
     try:
+        if args.swarm:
+            if args.runs:
+                raise CompareError("--swarm trains; it does not take --runs")
+            from mixjax.compare.swarm_seeds import compare_swarm
+            res = compare_swarm(args.configs, seeds=args.seeds, overrides=args.overrides,
+                                out=args.out, baseline=args.baseline)
+            print(res["results_md"].read_text())
+            return 0
         res = compare(args.configs, runs=args.runs, seeds=args.seeds, overrides=args.overrides, out=args.out,
                       baseline=args.baseline, test=not args.no_test, progress=not args.no_progress,
                       compile_cache=not args.no_compile_cache)

@@ -88,6 +88,10 @@ def _fit(residual_fn, init_fn, n_params: int, *, restarts: int, seed: int, delta
     return best.x, float(best.cost), rms, bool(best.status > 0)
 
 
+# the shared fitter, also used by dcpt_law.py and sft_law.py
+fit_huber = _fit
+
+
 # ----------------------------------------------------------- Data Mixing Law (Ye et al.)
 def ye_predict(params: np.ndarray, r: np.ndarray) -> np.ndarray:
     """``exp(a) + exp(u . r)``; params = [a, u_1..u_K]."""

@@ -5,6 +5,8 @@
     mixjax search law    CONFIG ...            (the Data Mixing Law of Ye et al. instead of RegMix)
     mixjax search skillit-graph CONFIG --out graph.npy [--set K=V ...] [--seeds N]
                                 (Skill-it's skills graph from K one-hot proxies: skillit_graph.py)
+    mixjax search dcpt   CONFIG --init-from RUN[,RUN]  (the D-CPT law; cpt_search.py)
+    mixjax search sft    CONFIG [--init-from RUN]      (the SFT effective-data law; cpt_search.py)
     mixjax search law    CONFIG --sizes 16,32,64 (one swarm per proxy d_model, Shukor et al.'s
                                                   scaling law L(N, D, h); extrapolation to the
                                                   largest size held out is reported)
@@ -84,6 +86,18 @@ class SearchSettings:
     # L(N, D, h) instead of Ye's law
     sizes: list[int] | None = None
     scaling_law: str = "additive"     # additive | joint (with sizes)
+    # dcpt (cpt_search.py): the general and the domain corpus (two training domains), the
+    # swarm's domain ratios r, the general-loss budget (1 + tau) x the general-only loss,
+    # an optional target domain loss, and the law's eps
+    general: str | None = None
+    domain: str | None = None
+    ratios: list[int | float] = dataclasses.field(
+        default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+    tau: float = 0.05
+    target_domain_loss: float | None = None
+    dcpt_eps: float = 0.01
+    # dcpt / sft: proxies per mixture under different seeds (the swarm's seed axis)
+    seeds_per_mixture: int = 1
 
 
 DEFAULTS: dict[str, Any] = dataclasses.asdict(SearchSettings())
@@ -589,7 +603,7 @@ def _plot_fit(path: pathlib.Path, y: np.ndarray, fit: dict, method: str) -> None
 
 
 # ---------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+def add_arguments(parser: argparse.ArgumentParser, name: str):
     sub = parser.add_subparsers(dest="method", required=True)
     helps = {"regmix": "RegMix: swarm -> LightGBM/linear fit -> top-k search -> target models",
              "law": "Data Mixing Law (Ye et al.): swarm -> law fit -> simplex search -> targets"}
@@ -619,6 +633,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     g.add_argument("--seeds", type=int, default=1, help="one-hot proxies per domain (averaged)")
     g.add_argument("--keep-negative", action="store_true",
                    help="keep negative entries (SkillIt then needs clip_negative=True)")
+    return sub
 
 
 def run(args: argparse.Namespace) -> int:

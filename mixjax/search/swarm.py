@@ -133,6 +133,18 @@ class Swarm:
         self.model_cfg = model_config(cfg, self.data.vocab_size)
         self.apply, abstract, self.logical_axes = transformer.abstract_init(self.model_cfg)
         self.params_per_proxy = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract)))
+        # model.init_from: every proxy starts from the same pretrained parameters (continual
+        # pre-training / fine-tuning swarms); the proxies' seeds still differ (data, rng)
+        self.init_params = None
+        if getattr(cfg.model, "init_from", None):
+            from mixjax.models import hf_io
+            from mixjax.train import export
+            try:
+                params, _ = export.load_init_params(cfg.model.init_from, self.model_cfg,
+                                                    abstract)
+            except (hf_io.ExportError, FileNotFoundError) as e:
+                raise SwarmError(f"config key 'model.init_from': {e}") from None
+            self.init_params = jax.tree.map(np.asarray, params)
         if tx is None:
             tx, schedule = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
         else:
@@ -168,7 +180,10 @@ class Swarm:
         k = len(self.domains)
         states = []
         for p, seed in enumerate(self.seeds):
-            _, params, _ = transformer.init(self.model_cfg, seed)
+            if self.init_params is None:
+                _, params, _ = transformer.init(self.model_cfg, seed)
+            else:
+                params = jax.tree.map(jnp.asarray, self.init_params)
             s = state_lib.init_state(params, self.tx, self.mixer, k, seed)
             w = jnp.asarray(self.mixtures[p], jnp.float32)
             s = s.replace(mix_state={**s.mix_state, "weights": w, "weight_sum": jnp.array(w)})
