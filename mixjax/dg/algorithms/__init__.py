@@ -63,3 +63,4 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  DomainBed's remaining alg
     trm,
     urm,
 )
+from mixjax.dg.algorithms import adanpc  # noqa: E402,F401  test-time methods
