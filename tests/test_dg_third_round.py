@@ -87,3 +87,40 @@ def test_sdat_perturbs_along_the_task_loss_only():
     # a SAM step on the whole adversarial loss would perturb elsewhere and land elsewhere
     g_all = flat(grad_gen(params))
     assert abs(g_all @ g_vec) / (np.linalg.norm(g_all) * np.linalg.norm(g_vec)) < 0.999
+
+
+def test_dmg_masks_straight_through_overlap_and_test_rule():
+    from mixjax.dg.algorithms.dmg import overlap_penalty
+
+    alg, hp = build("dmg")
+    assert float(hp["dmg_overlap"]) == np.float32(0.1)                # OVERLAP_LAMBDA
+    xs, ys = batches(2)
+    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    masks = np.asarray(state["masks"], np.float64)
+    assert masks.shape == (2, 8) and (masks >= 0).all() and (masks < 1).all()   # torch.rand logits
+    s = 1 / (1 + np.exp(-masks))
+    iou = (np.sum(s[0] * s[1]) + 1e-6) / (np.sum(s[0] + s[1] - s[0] * s[1]) + 1e-6)
+    np.testing.assert_allclose(float(overlap_penalty(jnp.asarray(s, jnp.float32))), iou, rtol=1e-6)
+    rng = np.random.default_rng(3)
+    hard = (rng.random((2, 4, 8)) < 0.5).astype(np.float32)
+    fn = jax.jit(lambda p, m, h: jax.value_and_grad(alg.masked_loss, argnums=1, has_aux=True)(p, m, hp, xs, ys, h))
+    (loss, aux), mgrad = fn(state["params"], state["masks"], jnp.asarray(hard))
+    z = np.asarray(jax.jit(alg.features)(state["params"], xs.reshape(8, 5))).reshape(2, 4, 8)
+    classify = jax.jit(alg.classify)
+    logits = np.asarray(classify(state["params"], jnp.asarray((z * hard).reshape(8, 8))), np.float64)
+    y = np.asarray(ys).reshape(8)
+    ce = -np_log_softmax(logits)[np.arange(8), y].mean()
+    np.testing.assert_allclose(float(loss), ce + 0.1 * iou, rtol=1e-5)
+    # straight-through: d/dm = (dCE/dgate at the hard gate) * s (1 - s), summed over the env's rows,
+    # plus lambda * dIoU/dm
+    dgate = jax.jit(jax.grad(lambda g: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(
+        alg.classify(state["params"], (jnp.asarray(z) * g).reshape(8, 8))), jnp.asarray(y)[:, None], 1))))(
+        jnp.asarray(hard))
+    d_iou = jax.grad(lambda m: overlap_penalty(jax.nn.sigmoid(m)))(jnp.asarray(masks, jnp.float32))
+    want = np.asarray(dgate).sum(1) * s * (1 - s) + 0.1 * np.asarray(d_iou)
+    np.testing.assert_allclose(np.asarray(mgrad), want, rtol=1e-4, atol=1e-7)
+    # the test rule: logits averaged over the envs' soft masks
+    x = xs[0]
+    zx = np.asarray(jax.jit(alg.features)(state["params"], x))
+    want = np.mean([np.asarray(classify(state["params"], jnp.asarray(zx * s[e], jnp.float32))) for e in range(2)], 0)
+    np.testing.assert_allclose(np.asarray(jax.jit(alg.predict)(state, x)), want, rtol=1e-5, atol=1e-6)

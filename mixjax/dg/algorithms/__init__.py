@@ -64,4 +64,4 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  DomainBed's remaining alg
     urm,
 )
 from mixjax.dg.algorithms import adanpc  # noqa: E402,F401  test-time methods
-from mixjax.dg.algorithms import sdat, xded  # noqa: E402,F401  founding papers, third round
+from mixjax.dg.algorithms import dmg, sdat, xded  # noqa: E402,F401  founding papers, third round
