@@ -151,7 +151,7 @@ def test_time_markdown(rows: list[dict]) -> str:
     tt = [r for r in rows if r.get("trial_accs_before")]
     if not tt:
         return ""
-    out = ["### Test-time step: test-env accuracy before -> after (same selected checkpoints)\n",
+    out = ["", "### Test-time step: test-env accuracy before -> after (same selected checkpoints)\n",
            "| selection | dataset | algorithm | test env | before | after |", "|---|---|---|---|---|---|"]
     for r in tt:
         out.append(f"| {r['method']} | {r['dataset']} | {r['algorithm']} | {r['env']} | "
