@@ -36,9 +36,10 @@ def num_envs(record: Record) -> int:
 
 def _before(r: Record, test_env: int) -> dict:
     """The test env's in-split accuracy without the test-time step (plain ``predict``), for
-    algorithms with a test-time procedure (``mixjax.dg.test_time``); {} for the others."""
+    algorithms with a test-time procedure (``mixjax.dg.test_time``), and the seconds that
+    checkpoint's test-time evaluation took; {} for the others."""
     v = r.get(f"env{test_env}_in_acc_before_tt")
-    return {} if v is None else {"test_acc_before": v}
+    return {} if v is None else {"test_acc_before": v, "test_time_s": r.get("test_time_s", float("nan"))}
 
 
 def _single(records: Sequence[Record]) -> list[Record]:
