@@ -47,6 +47,8 @@ def test_rotation_matches_rot90_and_rotated_mnist_envs():
     ds = D.rotated_mnist(seed=0)
     assert ds.env_names == ("0", "15", "30", "45", "60", "75") and ds.input_shape == (28, 28, 1)
     assert sorted(ds.sizes()) == [833] * 4 + [834] * 2 and ds.num_classes == 10
+    # continuous environments: each env's angle reaches the test-time hooks (mixjax.dg.test_time)
+    assert [m["angle"] for m in ds.env_metadata] == [0.0, 15.0, 30.0, 45.0, 60.0, 75.0]
     images, _ = D._mnist_float(0)
     np.testing.assert_allclose(ds.envs[0][0][..., 0], images[0::6], atol=1e-6)  # 0 deg is the identity
     assert not np.allclose(ds.envs[3][0][..., 0], images[3::6], atol=0.1)

@@ -47,3 +47,25 @@ def test_per_environment_order_metadata_and_cost():
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves((in_acc, cost)),
                                                     jax.tree.leaves(again[::2])))
     assert test_time.uses_hook(alg) and not test_time.uses_hook(Algorithm)
+
+
+def test_before_after_accuracies_follow_the_selected_checkpoint():
+    """selection carries the plain-predict accuracy of the checkpoint it selects; the report
+    prints it next to the test-time one."""
+    from mixjax.dg import report, selection
+
+    def rec(hp, step, val, after, before, trial=0):
+        return {"args": {"dataset": "d", "algorithm": "tt", "test_envs": [0], "hparams_seed": hp,
+                         "trial_seed": trial},
+                "step": step, "env0_in_acc": after, "env0_out_acc": 0.0, "env1_in_acc": 0.0,
+                "env1_out_acc": val, "env0_in_acc_before_tt": before, "test_time_s": 0.5 + step}
+
+    recs = [rec(0, 0, 0.6, 0.7, 0.5), rec(0, 1, 0.9, 0.8, 0.4), rec(1, 0, 0.7, 0.2, 0.1),
+            rec(0, 1, 0.9, 0.6, 0.2, trial=1)]
+    best = selection.sweep_acc(recs[:3], "training_domain")
+    assert (best["hparams_seed"], best["step"], best["test_acc"], best["test_acc_before"], best["test_time_s"]) \
+        == (0, 1, 0.8, 0.4, 1.5)
+    rows = report.collect(recs)
+    md = report.test_time_markdown(rows)
+    assert "| training_domain | d | tt | env0 | 30.0 +/- 7.1 | 70.0 +/- 7.1 | 1.500 |" in md
+    assert report.test_time_markdown([{**r, "trial_accs_before": []} for r in rows]) == ""

@@ -166,6 +166,8 @@ def test_a_test_time_dg_algorithm_is_evaluated_through_its_hook(tmp_path, capsys
             assert 0.0 <= r[f"env{e}_in_acc"] <= 1.0
             # adaptation writes every example of the test env to memory, none elsewhere
             assert r[f"env{e}_tt_cost"] == (40 if e == test_env else 0)
+            # the same model without its test-time step (plain predict, the linear head)
+            assert 0.0 <= r[f"env{e}_in_acc_before_tt"] <= 1.0 and 0.0 <= r[f"env{e}_out_acc_before_tt"] <= 1.0
 
 
 def test_a_scorer_writes_a_selection_the_sampler_applies(tmp_path):

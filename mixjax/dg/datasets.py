@@ -236,7 +236,9 @@ def rotated_mnist(seed: int = 0, angles: Sequence[float] = (0, 15, 30, 45, 60, 7
     for i, angle in enumerate(angles):
         img = rotate_images(images[i :: len(angles)], angle)[:, ::downsample, ::downsample]
         envs.append((img[..., None], digits[i :: len(angles)]))
-    return EnvDataset("rotated_mnist", tuple(str(a) for a in angles), tuple(envs), num_classes=10)
+    # the angle is each environment's number (continuous environments; test-time hooks get it)
+    return EnvDataset("rotated_mnist", tuple(str(a) for a in angles), tuple(envs), num_classes=10,
+                      env_metadata=tuple({"angle": float(a)} for a in angles))
 
 
 def digits_style(seed: int = 0, num_font_digits: int = 2000) -> EnvDataset:

@@ -118,13 +118,15 @@ class DGClient(engine.Client):
         metrics = jax.block_until_ready(jax.tree.map(lambda v: v / self.n, self.total))
         step_time = (time.perf_counter() - self.t0) / self.n / len(self.jobs)  # a vmapped group shares the time
         step = done - 1
-        tt_cost = None
+        tt_cost = before = None
         if test_time.uses_hook(self.runner.alg):   # the algorithm's test-time procedure, per env
             in_acc, out_acc, tt_cost = test_time.evaluate(self.runner, state["alg"], self.jd, self.dev,
                                                           len(self.jobs))
+            # the same model without its test-time step (plain predict): accuracy before/after
+            before = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
         else:
             in_acc, out_acc = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
-        in_acc, out_acc, metrics, tt_cost = jax.device_get((in_acc, out_acc, metrics, tt_cost))
+        in_acc, out_acc, metrics, tt_cost, before = jax.device_get((in_acc, out_acc, metrics, tt_cost, before))
         for g, job in enumerate(self.jobs):
             pick = (lambda a: a[g]) if self.batched else (lambda a: a)
             rec = {"step": step, "epoch": step / self.steps_per_epoch[job], "step_time": step_time}
@@ -138,6 +140,9 @@ class DGClient(engine.Client):
                 for e in range(self.num_envs):
                     if np.isfinite(c := float(pick(tt_cost["tt_cost"])[e])):
                         rec[f"env{e}_tt_cost"] = c
+                for e in range(self.num_envs):
+                    rec[f"env{e}_in_acc{test_time.BEFORE}"] = float(pick(before[0])[e])
+                    rec[f"env{e}_out_acc{test_time.BEFORE}"] = float(pick(before[1])[e])
             rec["hparams"] = dict(job.hparams)
             self.records[job].append(rec)
         self.total, self.n, self.t0 = None, 0, time.perf_counter()

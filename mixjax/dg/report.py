@@ -73,15 +73,20 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, 
             names = (env_names or {}).get(ds) or [f"env{i}" for i in range(n_envs)]
             for alg in algorithms:
                 for te in range(n_envs):
-                    accs = []
+                    accs, before, tt_s = [], [], []
                     for (trial, d, a, t), recs in sorted(grouped.items()):
                         if (d, a, t) == (ds, alg, te):
                             best = selection.sweep_acc(recs, method)
                             if best is not None:
                                 accs.append(best["test_acc"])
+                                if "test_acc_before" in best:
+                                    before.append(best["test_acc_before"])
+                                    tt_s.append(best["test_time_s"])
                     mean, se, text = format_mean(accs, latex)
                     rows.append({"method": method, "dataset": ds, "algorithm": alg, "env": names[te], "test_env": te,
-                                 "trial_accs": accs, "mean": mean, "se": se, "text": text})
+                                 "trial_accs": accs, "mean": mean, "se": se, "text": text,
+                                 # the selected checkpoints without their test-time step
+                                 "trial_accs_before": before, "test_time_s": tt_s})
     return rows
 
 
@@ -141,6 +146,23 @@ def markdown(rows: list[dict], avg_rows: list[dict] | None = None) -> str:
     return "\n".join(out)
 
 
+def test_time_markdown(rows: list[dict]) -> str:
+    """For algorithms with a test-time procedure: the selected checkpoints' test-env accuracy
+    without (plain ``predict``) and with their test-time step, ``format_mean`` over trials, and
+    the mean wall seconds of their test-time evaluation (all envs of a job)."""
+    tt = [r for r in rows if r.get("trial_accs_before")]
+    if not tt:
+        return ""
+    out = ["", "### Test-time step: test-env accuracy before -> after (same selected checkpoints)\n",
+           "| selection | dataset | algorithm | test env | before | after | test-time s / job |",
+           "|---|---|---|---|---|---|---|"]
+    for r in tt:
+        out.append(f"| {r['method']} | {r['dataset']} | {r['algorithm']} | {r['env']} | "
+                   f"{format_mean(r['trial_accs_before'])[2]} | {r['text']} | "
+                   f"{float(np.mean(r['test_time_s'])):.3f} |")
+    return "\n".join(out) + "\n"
+
+
 def _tex_escape(text: str) -> str:
     return "".join("\\" + c if c in "%&_#$" else c for c in str(text))
 
@@ -185,7 +207,7 @@ def write_tables(run_dir: str | pathlib.Path, env_names: dict[str, list[str]] | 
     rows = collect(records, env_names)
     avg_rows = averages(records)
     md, cs = run_dir / "results.md", run_dir / "results.csv"
-    md.write_text(markdown(rows, avg_rows))
+    md.write_text(markdown(rows, avg_rows) + test_time_markdown(rows))
     cs.write_text(csv_text(rows))
     if not latex_table:
         return md, cs

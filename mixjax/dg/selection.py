@@ -34,6 +34,14 @@ def num_envs(record: Record) -> int:
     return n
 
 
+def _before(r: Record, test_env: int) -> dict:
+    """The test env's in-split accuracy without the test-time step (plain ``predict``), for
+    algorithms with a test-time procedure (``mixjax.dg.test_time``), and the seconds that
+    checkpoint's test-time evaluation took; {} for the others."""
+    v = r.get(f"env{test_env}_in_acc_before_tt")
+    return {} if v is None else {"test_acc_before": v, "test_time_s": r.get("test_time_s", float("nan"))}
+
+
 def _single(records: Sequence[Record]) -> list[Record]:
     return [r for r in records if len(r["args"]["test_envs"]) == 1]
 
@@ -53,7 +61,8 @@ def training_domain_run_acc(run_records: Sequence[Record]) -> dict | None:
     def step_acc(r):
         test_env = r["args"]["test_envs"][0]
         val = np.mean([r[f"env{i}_out_acc"] for i in range(num_envs(r)) if i != test_env])
-        return {"val_acc": float(val), "test_acc": r[f"env{test_env}_in_acc"], "step": r["step"]}
+        return {"val_acc": float(val), "test_acc": r[f"env{test_env}_in_acc"], "step": r["step"],
+                **_before(r, test_env)}
 
     return _argmax([step_acc(r) for r in recs])
 
@@ -77,7 +86,8 @@ def leave_one_out_run_acc(run_records: Sequence[Record]) -> dict | None:
         val = np.delete(val, test_env)
         if np.any(val == -1):
             return None
-        return {"val_acc": float(val.sum() / (n - 1)), "test_acc": tests[0][f"env{test_env}_in_acc"], "step": recs[0]["step"]}
+        return {"val_acc": float(val.sum() / (n - 1)), "test_acc": tests[0][f"env{test_env}_in_acc"],
+                "step": recs[0]["step"], **_before(tests[0], test_env)}
 
     return _argmax([step_acc(recs) for _, recs in sorted(by_step.items())])
 
@@ -88,7 +98,8 @@ def oracle_run_acc(run_records: Sequence[Record]) -> dict | None:
         return None
     last = max(recs, key=lambda r: r["step"])
     test_env = last["args"]["test_envs"][0]
-    return {"val_acc": last[f"env{test_env}_out_acc"], "test_acc": last[f"env{test_env}_in_acc"], "step": last["step"]}
+    return {"val_acc": last[f"env{test_env}_out_acc"], "test_acc": last[f"env{test_env}_in_acc"], "step": last["step"],
+            **_before(last, test_env)}
 
 
 METHODS: dict[str, tuple[str, Callable[[Sequence[Record]], dict | None]]] = {

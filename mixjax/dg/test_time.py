@@ -15,7 +15,10 @@ training envs, "size": N_e, **EnvDataset.env_metadata[e]}`` (scalars).
 
 Its cost is reported in every record: ``test_time_s`` (wall seconds of the evaluation per
 job) and, when the test-time state has a ``cost`` entry, ``env{e}_tt_cost`` (the algorithm's
-own count: adaptation steps, memory writes, ...). An algorithm that keeps the default
+own count: adaptation steps, memory writes, ...). Every record of such an algorithm also
+holds ``env{e}_in_acc_before_tt`` / ``env{e}_out_acc_before_tt``: the same model's plain
+``predict`` (no test-time state), so the effect of the test-time step is read off each record
+and off ``mixjax dg table``'s "test-time step" table. An algorithm that keeps the default
 ``predict_with_state`` is evaluated by the batched plain ``predict`` (``GroupRunner.evaluate``),
 unchanged. docs/extending.md section 7 is a worked example (a kNN memory classifier).
 """
@@ -28,13 +31,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax.config import ConfigError
 from mixjax.dg.algorithms.base import Algorithm
+
+BEFORE = "_before_tt"   # suffix of the plain-predict accuracies in a test-time record
 
 
 def uses_hook(alg: Algorithm | type[Algorithm]) -> bool:
     """Whether ``alg`` (an algorithm or its class) defines its own test-time procedure."""
     cls = alg if isinstance(alg, type) else type(alg)
     return cls.predict_with_state is not Algorithm.predict_with_state
+
+
+def check_requirements(algorithms, data) -> None:
+    """``ConfigError`` naming the algorithm and the missing per-environment metadata when an
+    algorithm of the sweep needs numbers (``Algorithm.needs_env_metadata``) that ``data``
+    does not carry; called once the dataset is built, before anything is compiled."""
+    from mixjax.dg import algorithms as A
+
+    have = set((data.env_metadata or [{}])[0])
+    for name in algorithms:
+        missing = [k for k in A.get(name).needs_env_metadata if k not in have]
+        if missing:
+            raise ConfigError(
+                f"config key 'algorithms': algorithm {name!r} needs per-environment metadata "
+                f"{missing} (e.g. continuous environments' numbers); dataset {data.name!r} has "
+                + (f"only {sorted(have)}" if have else "none") + " - choose a dataset that provides it")
 
 
 def env_metadata(data) -> dict[str, np.ndarray]:

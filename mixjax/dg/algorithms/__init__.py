@@ -63,3 +63,5 @@ from mixjax.dg.algorithms import (  # noqa: E402,F401  DomainBed's remaining alg
     trm,
     urm,
 )
+from mixjax.dg.algorithms import adanpc  # noqa: E402,F401  test-time methods
+from mixjax.dg.algorithms import dmg, sdat, xded  # noqa: E402,F401  founding papers, third round

@@ -88,6 +88,10 @@ class Algorithm:
     name: ClassVar[str] = ""
     # keys of the loss's aux dict that are carried into the state (e.g. GroupDRO's q)
     carry: ClassVar[tuple[str, ...]] = ()
+    # per-environment numbers the algorithm reads (``EnvDataset.env_metadata`` names, e.g. a
+    # rotation angle for continuous environments); a dataset without them is refused before
+    # anything is built (``mixjax.dg.test_time.check_requirements``)
+    needs_env_metadata: ClassVar[tuple[str, ...]] = ()
 
     # ---- hyperparameters
     @classmethod
