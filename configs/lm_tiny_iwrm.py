@@ -9,13 +9,11 @@ Variants:
 The model gradient is sum_b c_b g_b, c from the B x B Gram of the per-sequence gradients (the
 gradient engine's example_gram; mixjax.mixing.iwrm); logged weights are each domain's share of c.
 
-Measured (1 seed, shared 2-core CPU): 166 s wall, 70 s CPU (user + sys) for 200 steps (the vmap
-engine's per-sequence gradients: ~1.5x the uniform run's CPU time). Final validation loss
-averaged over the 8 domains 2.743; the same engine and sampler with c = 1/B (a plain mean of
-the per-sequence gradients; a plugin mixer, docs/selection.md) 2.856, configs/lm_tiny_uniform.py
-2.914. One seed: the 0.11 gap to its control is large for this model, but unconfirmed; the
-c sum to more than 1 (the projections add weight), which enlarges the update before Adam's
-normalisation, so part of it may be an effective learning-rate change.
+Measured (shared 2-core CPU): 166 s wall, 70 s CPU (user + sys) for 200 steps (the vmap engine's
+per-sequence gradients: 1.25x the uniform run's CPU time). Final validation loss averaged over the
+8 domains, seeds 0/1/2: 2.743 / 2.728 / 2.778; its control (the same engine and sampler with
+c = 1/B) 2.856 / 2.802 / 2.781: difference -0.063 +- 0.139 (95% t), no reliable effect; c sums to
+~1.3, and c = 1.3/B alone gives 2.778 on seed 0 (docs/selection.md). Expect about 2.75.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

@@ -46,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -
     s.add_argument("--scorer", default="length", help="built-in scorer (default: length)")
     s.add_argument("--arg", action="append", default=[], metavar="K=V",
                    help="scorer argument, e.g. min_chars=200 (repeatable)")
-    s.add_argument("--method", default=None, choices=("gio", "ingenious"),
-                   help="set-level selection instead of a scorer (mixjax.data.subset_select): "
-                        "gio (toward --target) or ingenious (facility location per domain)")
+    s.add_argument("--method", default=None, choices=("gio", "ingenious", "coreset"),
+                   help="set-level selection (mixjax.data.subset_select): gio (toward "
+                        "--target), ingenious (facility location per domain) or coreset "
+                        "(--scorer on k-means representatives, weights propagated)")
     s.add_argument("--budget", default=None,
                    help="--method: fraction of the documents to select, in (0, 1]")
     s.add_argument("--target", default=None,
@@ -192,17 +193,11 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError(f"unknown data command {args.data_command!r}")
 
 
-def _select(args: argparse.Namespace) -> int:
-    """``mixjax data select``: every document of every domain scored, one selection file."""
+def _scorer_kwargs(items: list[str]) -> dict:
+    """``--arg K=V`` values as Python literals (strings when they are not)."""
     import ast
-    from mixjax.data import selection
-    from mixjax.data.spec import resolve_sources
-    if args.method is not None:
-        return _select_subset(args)
-    if args.scorer not in selection.SCORERS:
-        raise KeyError(f"unknown scorer {args.scorer!r}; known: {', '.join(selection.SCORERS)}")
     kwargs = {}
-    for item in args.arg:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--arg {item!r}: want K=V")
@@ -210,6 +205,18 @@ def _select(args: argparse.Namespace) -> int:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             kwargs[key] = value
+    return kwargs
+
+
+def _select(args: argparse.Namespace) -> int:
+    """``mixjax data select``: every document of every domain scored, one selection file."""
+    from mixjax.data import selection
+    from mixjax.data.spec import resolve_sources
+    if args.method is not None:
+        return _select_subset(args)
+    if args.scorer not in selection.SCORERS:
+        raise KeyError(f"unknown scorer {args.scorer!r}; known: {', '.join(selection.SCORERS)}")
+    kwargs = _scorer_kwargs(args.arg)
     where = Path(args.name)
     spec = json.loads(where.read_text()) if where.suffix == ".json" and where.is_file() else args.name
     sources = resolve_sources(spec)
@@ -240,24 +247,35 @@ def _select_subset(args: argparse.Namespace) -> int:
                             "k-NN estimate needs at least 2")
     elif args.target is not None:
         raise DataError(f"--target is for --method gio, not {args.method}")
-    k = 1
-    for item in args.arg:
-        key, sep, value = item.partition("=")
-        if key != "k" or not sep or not value.isdigit() or int(value) < 1:
-            raise DataError(f"--arg {item!r}: --method takes only k=<int >= 1> (gio's neighbour)")
-        k = int(value)
+    k, scorer, scorer_name = 1, None, None
+    if args.method == "coreset":   # --arg are the scorer's
+        if args.scorer not in selection.SCORERS:
+            raise KeyError(f"unknown scorer {args.scorer!r}; known: "
+                           f"{', '.join(selection.SCORERS)}")
+        kwargs = _scorer_kwargs(args.arg)
+        scorer = selection.SCORERS[args.scorer](**kwargs)
+        scorer_name = f"{args.scorer}({', '.join(f'{a}={v!r}' for a, v in kwargs.items())})"
+    else:
+        for item in args.arg:
+            key, sep, value = item.partition("=")
+            if key != "k" or not sep or not value.isdigit() or int(value) < 1:
+                raise DataError(f"--arg {item!r}: --method {args.method} takes only "
+                                "k=<int >= 1> (gio's neighbour)")
+            k = int(value)
     cache = args.cache_dir or os.path.join(
         os.environ.get("MIXJAX_CACHE_DIR", os.path.expanduser("~/.cache/mixjax")), "embeddings")
     where = Path(args.name)
     spec = json.loads(where.read_text()) if where.suffix == ".json" and where.is_file() else args.name
     sources = resolve_sources(spec)
     weights, info = subset_select.select_subset(sources, args.method, budget, target=target,
-                                                cache_dir=cache, k=k)
-    scorer = f"{args.method}(budget={budget!r}" + (f", k={k}, target={args.target!r}"
-                                                     if args.method == "gio" else "") + ")"
-    sha = selection.write(args.out, weights, scorer=scorer, default=0.0, complete=True)
+                                                cache_dir=cache, k=k, scorer=scorer)
+    extra = (f", k={k}, target={args.target!r}" if args.method == "gio" else
+             f", scorer={scorer_name}" if args.method == "coreset" else "")
+    sha = selection.write(args.out, weights, scorer=f"{args.method}(budget={budget!r}{extra})",
+                          default=0.0, complete=True)
     kept = sum(w > 0 for w in weights.values())
-    print(f"{args.out}: {len(weights)} documents, {kept} selected "
-          f"({', '.join(f'{d} {n}' for d, n in info['selected'].items())}); "
+    what = ("scored (cluster representatives)" if args.method == "coreset" else "selected")
+    print(f"{args.out}: {len(weights)} documents, {kept} with weight > 0; {what}: "
+          f"{', '.join(f'{d} {n}' for d, n in info['selected'].items())}; "
           f"{info['embedded']} embedded, {info['cached']} from the cache; sha256 {sha}")
     return 0

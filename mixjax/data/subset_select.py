@@ -41,6 +41,15 @@ lazy greedy (Minoux 1978; exact: the same set as plain greedy). The paper uses t
 release (0.6.1, 2021) pins a numba toolchain for a 30-line algorithm whose lazy and plain
 greedy agree in tests/test_data_subset_select.py. Left out: the paper's re-selection every few
 epochs with a model's own embeddings and its importance re-sampling of the subset.
+
+**Coreset reweighting** (after Jafari, Zhang, Zhang & Liu, "The Power of Few: Accelerating and
+Enhancing Data Reweighting with Coreset Selection", ICASSP 2024, arXiv 2403.12166; no reference
+code was available to read, so this follows the paper's summary: compute the expensive weights on
+a small coreset only, then give every other example the weight of its coreset point): per domain,
+k-means (scikit-learn, ceil(f N_d) clusters, seed 0) over the embeddings; each cluster's member
+nearest its centroid is scored by a built-in per-document scorer (``--scorer``; the paper's
+meta-learned weights are out of scope), and every member of the cluster gets that weight. The
+scorer runs ceil(f N) times instead of N. Use the file with ``mode = "resample"`` or ``"weight"``.
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ from mixjax.data.sources import DataError, DomainSource
 
 EMBEDDER = {"kind": "char-ngram-hash-rp", "ngram": 3, "features": 1 << 14, "dim": 64, "seed": 0,
             "version": 1}
-METHODS = ("gio", "ingenious")
+METHODS = ("gio", "ingenious", "coreset")
 
 
 # -- embeddings, cached by content hash + embedder config -------------------------------------------
@@ -189,6 +198,30 @@ def facility_location(emb: np.ndarray, budget: int) -> list[int]:
     return chosen
 
 
+# -- coreset reweighting: score a few, propagate ----------------------------------------------------
+def coreset_propagate(emb: np.ndarray, budget: int, score_fn, *, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(weights f64[N], labels i[N], representatives i[C])``: k-means (scikit-learn, C =
+    ``budget`` clusters, fixed seed) over ``emb``; each cluster's representative is its member
+    nearest the centroid (ties: the lowest index); ``score_fn(i)`` is called once per
+    representative and every member gets its representative's weight."""
+    from sklearn.cluster import KMeans
+    e = np.asarray(emb, np.float64)
+    c = min(budget, len(e))
+    if c >= len(e):
+        labels, reps = np.arange(len(e)), np.arange(len(e))
+    else:
+        km = KMeans(n_clusters=c, n_init=1, random_state=seed).fit(e)
+        labels = km.labels_
+        reps = np.empty(c, np.int64)
+        for j in range(c):
+            members = np.flatnonzero(labels == j)
+            d = ((e[members] - km.cluster_centers_[j]) ** 2).sum(1)
+            reps[j] = members[int(np.argmin(d))]
+    rep_w = np.asarray([float(score_fn(int(r))) for r in reps])
+    return rep_w[labels], labels, reps
+
+
 # -- the command's driver ----------------------------------------------------------------------------
 def check_budget(budget: Any) -> float:
     try:
@@ -223,8 +256,9 @@ def read_target(path: str | pathlib.Path) -> list[str]:
 
 def select_subset(sources: Mapping[str, DomainSource], method: str, budget: float, *,
                   target: Sequence[str] | None = None, cache_dir: str | None = None,
-                  k: int = 1) -> tuple[dict[str, float], dict[str, Any]]:
-    """``({content hash: 1 or 0} for every document, info)`` for ``method``."""
+                  k: int = 1, scorer=None) -> tuple[dict[str, float], dict[str, Any]]:
+    """``({content hash: weight} for every document, info)`` for ``method``: 1 or 0 for gio and
+    ingenious; for coreset, the weight ``scorer(doc)`` of the document's cluster representative."""
     from mixjax.data.selection import content_hash
     if method not in METHODS:
         raise KeyError(f"unknown selection method {method!r}; known: {', '.join(METHODS)}")
@@ -247,12 +281,30 @@ def select_subset(sources: Mapping[str, DomainSource], method: str, budget: floa
         chosen = set(res.order)
         info.update(k=k, target_documents=len(target), kl_first=res.kl[0] if res.kl else None,
                     kl_last=res.kl[-1] if res.kl else None)
-    else:
+    elif method == "ingenious":
         for name in sources:
             idx = np.flatnonzero(domains_arr == name)
             pick = facility_location(emb[idx], max(1, math.ceil(budget * len(idx))))
             chosen.update(int(idx[j]) for j in pick)
-    weights: dict[str, float] = {}
+    else:
+        if scorer is None:
+            raise DataError("coreset reweighting needs a scorer (--scorer)")
+        value = np.zeros(len(docs))
+        scored = 0
+        for name in sources:
+            idx = np.flatnonzero(domains_arr == name)
+            w, _, reps = coreset_propagate(emb[idx], max(1, math.ceil(budget * len(idx))),
+                                           lambda i, idx=idx: scorer(docs[idx[i]]))
+            value[idx] = w
+            chosen.update(int(idx[r]) for r in reps)
+            scored += len(reps)
+        info["scored"] = scored
+        weights = {}
+        for i, h in enumerate(hashes):  # a duplicated document: the larger of its weights
+            weights[h] = max(weights.get(h, 0.0), float(value[i]))
+        info["selected"] = {d: int(sum(1 for i in chosen if domains[i] == d)) for d in sources}
+        return weights, info
+    weights = {}
     for i, h in enumerate(hashes):     # a duplicated document is kept if any copy is chosen
         weights[h] = max(weights.get(h, 0.0), 1.0 if i in chosen else 0.0)
     info["selected"] = {d: int(sum(1 for i in chosen if domains[i] == d)) for d in sources}
