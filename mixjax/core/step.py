@@ -82,16 +82,30 @@ def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int):
     :class:`mixjax.models.transformer.ModelApply` whose config sets ``model.loss_chunk``)
     the loss is computed from ``apply.hidden`` by :func:`chunked_cross_entropy` without the
     full [B, S, V] logits; the values are the same (up to float reordering).
+
+    A model with auxiliary losses (``apply.with_aux(params, x, hidden) -> (logits or
+    (h, w), aux f32[B,S])``, the mixture-of-experts model ``mixjax.models.moe``) adds
+    ``aux - stop_gradient(aux)`` per token: every loss value (and statistic) stays the
+    cross-entropy, and the gradient of any token-weighted objective gains the same
+    weighting of ``aux`` (a load-balancing loss, a router z-loss).
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     chunk = getattr(apply, "loss_chunk", 0)
-    if chunk:
-        h, w = apply.hidden(params, inputs)
-        loss = chunked_cross_entropy(h, w, targets, chunk)
+    with_aux = getattr(apply, "with_aux", None)
+    aux = None
+    if with_aux is not None:
+        out, aux = with_aux(params, inputs, hidden=bool(chunk))
     else:
-        logits = apply(params, inputs)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+        out = apply.hidden(params, inputs) if chunk else apply(params, inputs)
+    if chunk:
+        loss = chunked_cross_entropy(*out, targets, chunk)
+    else:
+        loss = optax.softmax_cross_entropy_with_integer_labels(out.astype(jnp.float32),
                                                                targets)
+    if aux is not None:
+        # value 0, gradient d aux: the losses stay the cross-entropy, the objective's
+        # gradient is that of CE + aux under the same token weights
+        loss = loss + (aux - jax.lax.stop_gradient(aux))
     mask = (targets != pad_id).astype(jnp.float32)
     return loss * mask, mask
 

@@ -132,6 +132,7 @@ class Trainer:
         # Mesh (mixjax.parallel.sharding): params and optimizer state sharded by the logical rules,
         # everything else replicated; the jitted step keeps that layout in and out.
         self.mesh = sharding.mesh_from_config(cfg.mesh)
+        checks.check_expert_axis(self.mesh.shape["expert"], cfg.model)
         distributed.check_batch_divides(cfg.data.batch_size, self.mesh,
                                         sharding.batch_axes(self.mesh))
         # Parameters (unless loaded), optimizer and mixer state are created sharded by one
