@@ -189,6 +189,10 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
     if ref_keys and ref_apply is None:
         raise ValueError(f"mixer {mixer.name!r} requires {sorted(ref_keys)}: "
                          "set train.reference to the run dir of a reference model")
+    if statistics.needing("routing", requires) and not hasattr(apply, "routing"):
+        raise ValueError(f"mixer {mixer.name!r} requires "
+                         f"{sorted(statistics.needing('routing', requires))}: the token routing "
+                         "of a mixture-of-experts model; set model.kind='moe'")
     if grad_keys and grad_stats is None:
         raise ValueError(f"mixer {mixer.name!r} requires {sorted(grad_keys)}: "
                          "no gradient-statistics function (mixjax.mixing.grads) was given")
@@ -274,6 +278,8 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         ctx.lazy("lr", lambda: jnp.asarray(lr_schedule(step) if lr_schedule else 0.0,
                                            jnp.float32))
         ctx.lazy("eval_loss", lambda: state.eval_loss)
+        ctx.lazy("routing", lambda: jax.lax.stop_gradient(
+            apply.routing(params, tokens[:, :-1])))
         ctx.lazy("ref_token_loss", lambda: token_losses(ref_apply, _ref_params(frozen, mixer),
                                                         tokens, pad_id)[0])
         ctx.lazy("grad_stats", lambda: grad_statistics(params, batch) if gs is None else gs)
