@@ -75,13 +75,16 @@ GradStatsFn = Callable[[Callable, Any, Batch, frozenset], dict[str, jax.Array]]
 SampleWeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int):
+def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int, domain_id=None):
     """Per-token cross-entropy ``l`` f32[B,S] and loss mask ``m`` f32[B,S].
 
     ``apply(params, x) -> logits``; when ``apply.loss_chunk = C > 0`` (a
     :class:`mixjax.models.transformer.ModelApply` whose config sets ``model.loss_chunk``)
     the loss is computed from ``apply.hidden`` by :func:`chunked_cross_entropy` without the
     full [B, S, V] logits; the values are the same (up to float reordering).
+
+    A model whose layers are selected by the row's domain (``apply.takes_domain``: DEMix,
+    ``mixjax.models.demix``) receives ``domain_id`` i32[B] when it is given.
 
     A model with auxiliary losses (``apply.with_aux(params, x, hidden) -> (logits or
     (h, w), aux f32[B,S])``, the mixture-of-experts model ``mixjax.models.moe``) adds
@@ -92,11 +95,13 @@ def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int):
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     chunk = getattr(apply, "loss_chunk", 0)
     with_aux = getattr(apply, "with_aux", None)
+    kw = ({"domain_id": domain_id}
+          if domain_id is not None and getattr(apply, "takes_domain", False) else {})
     aux = None
     if with_aux is not None:
-        out, aux = with_aux(params, inputs, hidden=bool(chunk))
+        out, aux = with_aux(params, inputs, hidden=bool(chunk), **kw)
     else:
-        out = apply.hidden(params, inputs) if chunk else apply(params, inputs)
+        out = apply.hidden(params, inputs, **kw) if chunk else apply(params, inputs, **kw)
     if chunk:
         loss = chunked_cross_entropy(*out, targets, chunk)
     else:
@@ -216,30 +221,32 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
     apply_to = mixer.apply_to
 
     def loss_fn(params, batch):
-        return token_losses(apply, params, batch["tokens"], pad_id)
+        return token_losses(apply, params, batch["tokens"], pad_id, batch.get("domain_id"))
 
-    def forward(params, tokens):
+    def forward(params, tokens, domain_id):
         """Token losses (and a pullback when M = 1)."""
         if grad_accum == 1:
-            (tl, tm), pullback = jax.vjp(lambda p: token_losses(apply, p, tokens, pad_id), params)
+            (tl, tm), pullback = jax.vjp(
+                lambda p: token_losses(apply, p, tokens, pad_id, domain_id), params)
             return tl, tm, pullback
-        micro = _split(tokens, grad_accum)
+        micro = (_split(tokens, grad_accum), _split(domain_id, grad_accum))
         _, (tl, tm) = jax.lax.scan(
-            lambda c, t: (c, token_losses(apply, params, t, pad_id)), None, micro)
+            lambda c, td: (c, token_losses(apply, params, td[0], pad_id, td[1])), None, micro)
         return _merge(tl), _merge(tm), None
 
-    def backward(params, tokens, pullback, cotangent):
+    def backward(params, tokens, domain_id, pullback, cotangent):
         if grad_accum == 1:
             return pullback((cotangent, jnp.zeros_like(cotangent)))[0]
 
         def body(acc, xs):
-            t, ct = xs
-            _, pb = jax.vjp(lambda p: token_losses(apply, p, t, pad_id), params)
+            t, d, ct = xs
+            _, pb = jax.vjp(lambda p: token_losses(apply, p, t, pad_id, d), params)
             g = pb((ct, jnp.zeros_like(ct)))[0]
             return jax.tree.map(jnp.add, acc, g), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         grads, _ = jax.lax.scan(body, zeros, (_split(tokens, grad_accum),
+                                              _split(domain_id, grad_accum),
                                               _split(cotangent, grad_accum)))
         return grads
 
@@ -269,7 +276,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             tm = (tokens[:, 1:] != pad_id).astype(jnp.float32)
             loss_d, count_d = gs.domain_loss, gs.domain_count
         else:
-            tl, tm, pullback = forward(params, tokens)
+            tl, tm, pullback = forward(params, tokens, domain_id)
             tl_ng = jax.lax.stop_gradient(tl)
             loss_d, count_d = domain_sums(tl_ng, tm, domain_id, k)
         seq_loss = sequence_loss(tl_ng, tm) if need_sample_loss else None
@@ -281,7 +288,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         ctx.lazy("routing", lambda: jax.lax.stop_gradient(
             apply.routing(params, tokens[:, :-1])))
         ctx.lazy("ref_token_loss", lambda: token_losses(ref_apply, _ref_params(frozen, mixer),
-                                                        tokens, pad_id)[0])
+                                                        tokens, pad_id, domain_id)[0])
         ctx.lazy("grad_stats", lambda: grad_statistics(params, batch) if gs is None else gs)
         stats = statistics.compute(requires, ctx)
         combine = getattr(ctx.get("grad_stats"),
@@ -310,7 +317,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             objective = jnp.sum(coeffs * (seq_loss if example_gradient else loss_d))
         else:
             objective = jnp.sum(cotangent * tl_ng)
-            grads = backward(params, tokens, pullback, cotangent)
+            grads = backward(params, tokens, domain_id, pullback, cotangent)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
 

@@ -66,12 +66,13 @@ def _check_model_kind(cfg: Config) -> None:
 def check_expert_axis(expert: int, model_cfg) -> None:
     """The ``expert`` mesh axis divides the MoE model's experts (a size of -1 is checked
     once the mesh is built, with its resolved size)."""
-    if model_cfg.kind != "moe" or expert in (1, -1):
+    if model_cfg.kind not in ("moe", "demix") or expert in (1, -1):
         return
     experts = (model_cfg.hparams or {}).get("num_experts")
     if experts is None:
-        from mixjax.models import moe
-        experts = moe.MoEConfig.__dataclass_fields__["num_experts"].default
+        from mixjax.models import demix, moe
+        cls = moe.MoEConfig if model_cfg.kind == "moe" else demix.DEMixConfig
+        experts = cls.__dataclass_fields__["num_experts"].default
     _require(experts % expert == 0, "mesh.expert",
              f"mesh.expert={expert} does not divide model.hparams.num_experts={experts}")
 

@@ -92,6 +92,10 @@ class Trainer:
         self.pad_id = self.data.pad_id
         # The model of model.kind (mixjax.models.registry; default the transformer).
         spec = build_model(cfg, self.data.vocab_size)
+        if cfg.model.kind == "demix" and spec.config.num_experts != k:
+            raise ConfigError(f"config key 'model.hparams': model.hparams.num_experts="
+                              f"{spec.config.num_experts} must equal the number of domains "
+                              f"({k}: one DEMix expert per domain)")
         self.model_cfg = spec.config
         self.apply, abstract, self.logical_axes = (spec.apply, spec.abstract_params,
                                                    spec.logical_axes)
