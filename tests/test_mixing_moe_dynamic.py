@@ -64,15 +64,6 @@ def test_update_equals_numpy_restatement(similarity, criterion, absent):
         np.testing.assert_allclose(want[absent], 0.9 * w[absent] / 1.0 + 0.1 / k, rtol=1e-5)
 
 
-def test_identical_routing_leaves_weights_unchanged_up_to_smoothing():
-    mixer = mixing.get("moe_dynamic", eta=10.0, smoothing=0.0, update_every=1)
-    load = jnp.tile(jnp.asarray([[3.0, 1.0, 0.0, 2.0]]), (3, 1))
-    state = mixer.init(3)
-    new = jax.jit(mixer.update)(state, {"expert_routing": load, "count": jnp.ones(3)},
-                                jnp.asarray(0))
-    np.testing.assert_allclose(np.asarray(new["weights"]), np.full(3, 1 / 3), rtol=1e-6)
-
-
 @pytest.mark.parametrize("hp,msg", [({"similarity": "dot"}, "similarity"),
                                     ({"update_every": 0}, "update_every"),
                                     ({"smoothing": 2.0}, "smoothing")])

@@ -118,10 +118,6 @@ def test_aux_losses_enter_the_gradient_not_the_loss_values():
     apply, params, _ = moe.init(cfg, 0)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 9), 1, 16)
     plain = lambda p, x: apply(p, x)   # noqa: E731  (no with_aux: the plain cross-entropy)
-    (tl, tm), (want_tl, _), routing = jax.jit(lambda p: (
-        step_lib.token_losses(apply, p, tokens, 0), step_lib.token_losses(plain, p, tokens, 0),
-        apply.routing(p, tokens[:, :-1])))(params)
-    np.testing.assert_array_equal(np.asarray(tl), np.asarray(want_tl))
 
     def objective(p):
         tl, tm = step_lib.token_losses(apply, p, tokens, 0)
@@ -132,7 +128,10 @@ def test_aux_losses_enter_the_gradient_not_the_loss_values():
         ce = -jnp.take_along_axis(jax.nn.log_softmax(out), tokens[:, 1:, None], -1)[..., 0]
         return jnp.mean(ce) + jnp.mean(aux)
 
-    g, want = jax.jit(lambda p: (jax.grad(objective)(p), jax.grad(by_hand)(p)))(params)
+    g, want, (tl, _), (want_tl, _), routing = jax.jit(lambda p: (
+        jax.grad(objective)(p), jax.grad(by_hand)(p), step_lib.token_losses(apply, p, tokens, 0),
+        step_lib.token_losses(plain, p, tokens, 0), apply.routing(p, tokens[:, :-1])))(params)
+    np.testing.assert_array_equal(np.asarray(tl), np.asarray(want_tl))
     router = want["blocks"][0]["moe"]["router"]
     assert float(jnp.abs(router).max()) > 0
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(want)):
