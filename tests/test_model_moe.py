@@ -4,6 +4,7 @@ gradient against finite differences, the auxiliary losses in the train loss, bad
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -177,3 +178,35 @@ def test_cli_bad_moe_hparam_is_one_line_exit_2(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert "model.hparams.top_k=3 > model.hparams.num_experts=2" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_export_names_experts_as_mixtral_and_refuses_other_kinds(tmp_path):
+    from mixjax import config as config_lib
+    from mixjax.models import hf_io
+    from mixjax.train import export
+    cfg = _cfg(num_layers=2, moe_every=2)
+    _, abstract, _ = moe.abstract_init(cfg)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), abstract)
+    out = moe.to_mixtral(params, cfg)
+    m, p = params["blocks"][1]["moe"], "model.layers.1.block_sparse_moe."
+    np.testing.assert_array_equal(out[p + "gate.weight"], m["router"].T)
+    for e in range(cfg.num_experts):
+        np.testing.assert_array_equal(out[p + f"experts.{e}.w1.weight"], m["w_gate"][e].T)
+        np.testing.assert_array_equal(out[p + f"experts.{e}.w3.weight"], m["w_up"][e].T)
+        np.testing.assert_array_equal(out[p + f"experts.{e}.w2.weight"], m["w_down"][e].T)
+    assert "model.layers.0.mlp.up_proj.weight" in out            # the dense block: Llama names
+    assert not any(k.startswith("model.layers.1.mlp.") for k in out)
+    n_out = sum(v.size for v in out.values())
+    assert n_out == sum(x.size for x in jax.tree.leaves(params))   # every parameter, once
+    # other kinds, and the Llama format for moe: one clear error before any checkpoint is read
+    for kind, fmt, msg in (("demix", "safetensors", "model.kind='demix' has no export"),
+                           ("moe", "hf", "exports as --format safetensors")):
+        run = tmp_path / kind
+        run.mkdir()
+        c = Config()
+        c.model.kind = kind
+        (run / "config.json").write_text(config_lib.to_json(c))
+        (run / "run_info.json").write_text(json.dumps({"model": dataclasses.asdict(cfg)}))
+        with pytest.raises(hf_io.ExportError, match=msg):
+            export.export_run(run, fmt)

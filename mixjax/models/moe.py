@@ -48,7 +48,23 @@ activation names ``(act_experts, act_batch, None, act_embed)``: with an ``expert
 the step's sharding constraints turn the dispatch into GSPMD's all-to-all.
 
 Routing statistics: ``apply.routing(params, tokens)`` returns per MoE block and sequence the
-tokens kept per expert and the assignments dropped (``mixjax.models.moe_stats``).
+tokens kept per expert and the assignments dropped (the ``expert_routing`` and
+``expert_dropped`` statistics of ``mixjax.mixing.statistics``).
+
+Export (``mixjax export RUN_DIR --format safetensors``, :func:`to_mixtral`): the
+attention, norms, embeddings and dense blocks in the Llama naming of
+``mixjax.models.hf_io``; a routed block ``i`` in Mixtral's naming (``transformers``'
+``modeling_mixtral.py``: ``w1`` gate, ``w3`` up, ``w2`` down, torch ``[out, in]``)::
+
+    moe.router     [d, E]     model.layers.{i}.block_sparse_moe.gate.weight          [E, d]
+    moe.w_gate[e]  [d, f]     model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight [f, d]
+    moe.w_up[e]    [d, f]     model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight [f, d]
+    moe.w_down[e]  [f, d]     model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight [d, f]
+
+The routing knobs (top_k, capacity factor, which blocks are routed) travel in the file's
+metadata (``mixjax_model``); Mixtral itself routes without a capacity limit and
+renormalises top-k gates, so a transformers Mixtral loading these tensors matches this
+model only while no token is dropped.
 """
 
 from __future__ import annotations
@@ -313,3 +329,21 @@ def init(cfg: MoEConfig, seed: int):
     graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
     return (MoEApply(graphdef, rest, cfg.loss_chunk), nnx.to_pure_dict(param_state),
             T.logical_axes(param_state))
+
+
+def to_mixtral(params, cfg: MoEConfig) -> dict:
+    """``{name: array}`` of a MoE model's params (module docstring)."""
+    import numpy as np
+    from mixjax.models import hf_io
+    out = hf_io.to_llama(params, cfg)
+    for i in range(cfg.num_layers):
+        b = params["blocks"][i]
+        if "moe" not in b:
+            continue
+        p = f"model.layers.{i}.block_sparse_moe."
+        m = {k: np.asarray(v) for k, v in b["moe"].items()}
+        out[p + "gate.weight"] = np.ascontiguousarray(m["router"].T)
+        for e in range(cfg.num_experts):
+            for name, key in (("w1", "w_gate"), ("w3", "w_up"), ("w2", "w_down")):
+                out[p + f"experts.{e}.{name}.weight"] = np.ascontiguousarray(m[key][e].T)
+    return out
