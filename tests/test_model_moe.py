@@ -147,6 +147,7 @@ def test_aux_losses_enter_the_gradient_not_the_loss_values():
     ({"top_k": 5}, "model.hparams.top_k=5 > model.hparams.num_experts=4"),
     ({"capacity_factor": 0.0}, "model.hparams.capacity_factor"),
     ({"capacity_factor": -1}, "model.hparams.capacity_factor"),
+    ({"capacity_factor": "big"}, "model.hparams.capacity_factor"),
     ({"experts": 4}, "model.hparams.experts"),
 ])
 def test_bad_hparams_name_the_key(hparams, culprit):

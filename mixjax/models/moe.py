@@ -110,11 +110,13 @@ class MoEConfig(T.TransformerConfig):
             raise ValueError(f"{h}top_k must be an integer >= 1, got {self.top_k!r}")
         if self.top_k > self.num_experts:
             raise ValueError(f"{h}top_k={self.top_k} > {h}num_experts={self.num_experts}")
-        if not self.capacity_factor > 0:
-            raise ValueError(f"{h}capacity_factor must be > 0, got {self.capacity_factor!r}")
+        real = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        if not (real(self.capacity_factor) and self.capacity_factor > 0):
+            raise ValueError(f"{h}capacity_factor must be a number > 0, "
+                             f"got {self.capacity_factor!r}")
         for key in ("aux_loss_coef", "z_loss_coef"):
-            if not getattr(self, key) >= 0:
-                raise ValueError(f"{h}{key} must be >= 0, got {getattr(self, key)!r}")
+            if not (real(getattr(self, key)) and getattr(self, key) >= 0):
+                raise ValueError(f"{h}{key} must be a number >= 0, got {getattr(self, key)!r}")
         if not (isinstance(self.moe_every, int) and 1 <= self.moe_every <= self.num_layers):
             raise ValueError(f"{h}moe_every must be an integer in [1, model.num_layers="
                              f"{self.num_layers}], got {self.moe_every!r}")
