@@ -109,7 +109,7 @@ def memory(args):
                          num_heads=args.heads, num_experts=args.experts, top_k=args.top_k,
                          capacity_factor=args.capacity_factor, expert_d_ff=args.expert_ff)
     apply, params, axes = moe.init(mcfg, 0)
-    print(f"\n2. compiled train step, memory per device (XLA memory analysis)")
+    print("\n2. compiled train step, memory per device (XLA memory analysis)")
     print(f"{'mesh':22} {'state MB/dev':>12} {'temp MB/dev':>11} {'expert w KB/dev':>15}")
     n = len(jax.devices())
     for label, sizes in (("1 device", {}), (f"expert={args.experts}",

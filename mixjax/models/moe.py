@@ -32,7 +32,8 @@ Auxiliary losses (per sequence, averaged over the batch like the token loss)::
     L_lb   = E * sum_e f[e] P[e]                      load balancing (Switch, arXiv 2101.03961
                                                       eq. 4; MaxText load_balance_loss: E^2
                                                       mean_e(density * density_prob))
-    L_z    = (1/S) sum_s (logsumexp_e z[s,e])^2        router z-loss (ST-MoE, arXiv 2202.08906 eq. 5)
+    L_z    = (1/S) sum_s (logsumexp_e z[s,e])^2        router z-loss (ST-MoE,
+                                                      arXiv 2202.08906 eq. 5)
 
 Both are means over tokens of a per-token term (f is a count, it carries no gradient):
 ``aux[b,s] = aux_loss_coef E sum_e f_b[e] p[s,e] + z_loss_coef (lse z[s])^2``, summed over
