@@ -4,6 +4,7 @@ by domain_id; the ensemble is a causal LM; bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -146,3 +147,53 @@ def test_cached_prior_ensemble_not_worse_than_best_single_expert_on_pure_domains
     for seed, domain, best, uniform, cached in mod.main(["--seeds", "3", "--steps", "150"]):
         assert cached <= best + 1e-4, (seed, domain, best, cached)
         assert uniform > best, (seed, domain, best, uniform)
+
+
+def _fake_run(tmp_path):
+    """A DEMix run dir as `mixjax train` leaves it (config, run_info, one checkpoint),
+    without training: a tiny byte-vocabulary model with 3 domain experts."""
+    import dataclasses
+    from mixjax import config as config_lib
+    from mixjax.train import checkpoint as ckpt_lib
+    c = config_lib.Config()
+    c.model.kind, c.model.d_model, c.model.num_layers, c.model.num_heads = "demix", 8, 1, 2
+    c.model.hparams = {"num_experts": 3, "expert_d_ff": 8}
+    c.data.seq_len = 16
+    cfg = demix.DEMixConfig(vocab_size=264, d_model=8, num_layers=1, num_heads=2,
+                            num_experts=3, expert_d_ff=8)
+    _, params, _ = demix.init(cfg, 0)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(config_lib.to_json(c))
+    (run / "run_info.json").write_text(json.dumps({
+        "domains": ["a", "b", "c"], "model": dataclasses.asdict(cfg)}))
+    ck = ckpt_lib.Checkpointer(run / "checkpoints")
+    ck.save(1, {"params": params}, host={})
+    ck.close()
+    return run, cfg, params
+
+
+def test_cli_adds_and_removes_experts_and_init_from_loads_them(tmp_path, capsys):
+    from mixjax.train import demix_cli
+    run, cfg, params = _fake_run(tmp_path)
+    rc = cli.main(["demix", str(run), "--remove", "b", "--out", str(tmp_path / "two.st")])
+    assert rc == 0 and "experts in order: a, c" in capsys.readouterr().out
+    small = dataclasses.replace(cfg, num_experts=2)
+    loaded, _ = demix_cli.load_params(str(tmp_path / "two.st"), small,
+                                      demix.abstract_init(small)[1])
+    for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(demix.remove_expert(params, 1))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(demix_cli.ExportError, match=r"has shape \(2, .*num_experts=3"):
+        demix_cli.load_params(str(tmp_path / "two.st"), cfg, demix.abstract_init(cfg)[1])
+    docs = tmp_path / "new.jsonl"
+    docs.write_text("".join(json.dumps({"text": "some new text " * 3}) + "\n" for _ in range(4)))
+    path, domains, how = demix_cli.edit_run(run, add="d", closest_on=docs,
+                                            out=tmp_path / "four.st")
+    assert domains == ["a", "b", "c", "d"] and how["copied_from"] in ("a", "b", "c")
+    capsys.readouterr()
+    for argv, msg in ((["--add", "d"], "exactly one of --from"),
+                      (["--add", "a", "--from", "b"], "already has an expert"),
+                      (["--remove", "z"], "not a domain of the run")):
+        rc = cli.main(["demix", str(run), *argv, "--out", str(tmp_path / "x.st")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and msg in err, err

@@ -214,10 +214,13 @@ def cached_prior(lp, *, decay: float = 0.3, max_sequences: int = 100):
     return jax.nn.softmax(log_prior)
 
 
-def closest_expert(apply: DEMixApply, params, tokens) -> int:
-    """The expert with the highest mean sequence posterior (uniform prior) on ``tokens``:
-    the one a new domain's expert is initialised from (sec. 6)."""
+def closest_expert(apply: DEMixApply, params, tokens, pad_id: int | None = None) -> int:
+    """The expert with the highest mean sequence posterior (uniform prior) on ``tokens``
+    (positions predicting ``pad_id`` left out): the one a new domain's expert is
+    initialised from (sec. 6)."""
     lp = expert_token_logprobs(apply, params, tokens)
+    if pad_id is not None:
+        lp = jnp.where(tokens[None, :, 1:] != pad_id, lp, 0.0)
     post = jax.nn.softmax(jnp.sum(lp, axis=2), axis=0)                  # [E,N]
     return int(jnp.argmax(jnp.mean(post, axis=1)))
 

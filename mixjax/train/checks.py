@@ -58,8 +58,9 @@ def _check_model_kind(cfg: Config) -> None:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"config key 'model.hparams': {e}") from None
     check_expert_axis(cfg.mesh.expert, cfg.model)
-    _require(cfg.model.kind == "transformer" or not cfg.model.init_from, "model.init_from",
-             f"pretrained parameters load into the transformer only, not model.kind="
+    _require(cfg.model.kind in ("transformer", "demix") or not cfg.model.init_from,
+             "model.init_from", f"pretrained parameters load into the transformer (and a "
+             f"`mixjax demix` file into model.kind='demix') only, not model.kind="
              f"{cfg.model.kind!r}")
 
 

@@ -104,8 +104,13 @@ class Trainer:
             from mixjax.models import hf_io
             from mixjax.train import export
             try:
-                params, self.init_from = export.load_init_params(cfg.model.init_from,
-                                                                 self.model_cfg, abstract)
+                if cfg.model.kind == "demix":   # a file of `mixjax demix` (added/removed experts)
+                    from mixjax.train import demix_cli
+                    params, self.init_from = demix_cli.load_params(cfg.model.init_from,
+                                                                   self.model_cfg, abstract)
+                else:
+                    params, self.init_from = export.load_init_params(cfg.model.init_from,
+                                                                     self.model_cfg, abstract)
             except (hf_io.ExportError, FileNotFoundError) as e:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
             # host arrays: placed shard by shard by the sharded init below
