@@ -1,5 +1,9 @@
 """The method leaderboard: every registered mixing method on one corpus, one model, one budget.
 
+(Except ``moe_dynamic``, which reads the expert routing of a mixture-of-experts model and so
+cannot run on the leaderboard's dense model: configs/lm_tiny_moe_dynamic_mix.py compares it
+with the uniform mixture on the MoE model, docs/experts.md.)
+
 Command (the table of docs/leaderboard.md):
     python experiments/leaderboard_mixpile.py --size tiny --seeds 3 --out runs/leaderboard_tiny
     python experiments/leaderboard_mixpile.py --size mixpile --seeds 3 --out runs/leaderboard_mixpile

@@ -41,6 +41,7 @@ COMMANDS = {
     "dg": ("mixjax.dg.cli", "domain-generalisation sweeps and tables"),
     "compare": ("mixjax.compare.cli", "several methods x seeds on one budget: table with intervals"),
     "export": ("mixjax.train.export", "write a run's parameters as safetensors or an HF Llama dir"),
+    "demix": ("mixjax.train.demix_cli", "add or remove a domain expert of a DEMix run"),
     "search": ("mixjax.search.command", "offline mixture search: proxy swarm -> fit -> search"),
 }
 

@@ -199,6 +199,7 @@ class MeshConfig:
     data: int = 1
     fsdp: int = 1
     tensor: int = 1
+    expert: int = 1     # expert parallelism (model.kind=moe): experts split over it
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -538,14 +539,12 @@ def validate(cfg: Config) -> Config:
         bad = {k: v for k, v in e.target_mixture.items() if not (v >= 0)}
         _require(not bad and sum(e.target_mixture.values()) > 0, "eval.target_mixture",
                  f"weights must be >= 0 and not all 0, got {e.target_mixture}")
-    for key in ("data", "fsdp", "tensor"):
+    for key in ("data", "fsdp", "tensor", "expert"):
         _require(getattr(cfg.mesh, key) >= 1 or getattr(cfg.mesh, key) == -1, f"mesh.{key}",
                  f"must be >= 1 or -1 (all remaining devices), got {getattr(cfg.mesh, key)}")
-    free = [k for k in ("data", "fsdp", "tensor") if getattr(cfg.mesh, k) == -1]
+    free = [k for k in ("data", "fsdp", "tensor", "expert") if getattr(cfg.mesh, k) == -1]
     _require(len(free) <= 1, f"mesh.{free[-1] if free else 'data'}",
              f"at most one mesh axis may be -1 (the rest), got -1 for {free}")
-    _require([cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) <= 1, "mesh",
-             "at most one of data/fsdp/tensor may be -1")
     _require(g.strategy in ("vmap", "jvp", "chunked"), "grads.strategy",
              f"must be vmap, jvp or chunked, got {g.strategy!r}")
     _require(g.chunk_size >= 1, "grads.chunk_size", f"must be >= 1, got {g.chunk_size}")

@@ -65,7 +65,7 @@ def test_run_info_provenance(run):
     assert info["libraries"]["jax"] == jax.__version__
     for lib in ("flax", "optax", "orbax-checkpoint", "grain"):
         assert info["libraries"][lib]
-    assert info["devices"] and info["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert info["devices"] and info["mesh"] == {"data": 1, "expert": 1, "fsdp": 1, "tensor": 1}
     git = info["git"]
     here = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True,
                           text=True)

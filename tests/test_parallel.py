@@ -43,7 +43,7 @@ def test_mesh_from_config_uses_auto_axes_and_all_devices():
         tensor: int = 1
 
     mesh = sharding.mesh_from_config(MeshCfg())
-    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert dict(mesh.shape) == {"data": 4, "expert": 1, "fsdp": 2, "tensor": 1}
     assert set(mesh.axis_types) == {jax.sharding.AxisType.Auto}
     assert mesh.devices.size == 8
 

@@ -77,23 +77,42 @@ GradStatsFn = Callable[[Callable, Any, Batch, frozenset], dict[str, jax.Array]]
 SampleWeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int):
+def token_losses(apply: Callable, params, tokens: jax.Array, pad_id: int, domain_id=None):
     """Per-token cross-entropy ``l`` f32[B,S] and loss mask ``m`` f32[B,S].
 
     ``apply(params, x) -> logits``; when ``apply.loss_chunk = C > 0`` (a
     :class:`mixjax.models.transformer.ModelApply` whose config sets ``model.loss_chunk``)
     the loss is computed from ``apply.hidden`` by :func:`chunked_cross_entropy` without the
     full [B, S, V] logits; the values are the same (up to float reordering).
+
+    A model whose layers are selected by the row's domain (``apply.takes_domain``: DEMix,
+    ``mixjax.models.demix``) receives ``domain_id`` i32[B] when it is given.
+
+    A model with auxiliary losses (``apply.with_aux(params, x, hidden) -> (logits or
+    (h, w), aux f32[B,S])``, the mixture-of-experts model ``mixjax.models.moe``) adds
+    ``aux - stop_gradient(aux)`` per token: every loss value (and statistic) stays the
+    cross-entropy, and the gradient of any token-weighted objective gains the same
+    weighting of ``aux`` (a load-balancing loss, a router z-loss).
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     chunk = getattr(apply, "loss_chunk", 0)
-    if chunk:
-        h, w = apply.hidden(params, inputs)
-        loss = chunked_cross_entropy(h, w, targets, chunk)
+    with_aux = getattr(apply, "with_aux", None)
+    kw = ({"domain_id": domain_id}
+          if domain_id is not None and getattr(apply, "takes_domain", False) else {})
+    aux = None
+    if with_aux is not None:
+        out, aux = with_aux(params, inputs, hidden=bool(chunk), **kw)
     else:
-        logits = apply(params, inputs)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+        out = apply.hidden(params, inputs, **kw) if chunk else apply(params, inputs, **kw)
+    if chunk:
+        loss = chunked_cross_entropy(*out, targets, chunk)
+    else:
+        loss = optax.softmax_cross_entropy_with_integer_labels(out.astype(jnp.float32),
                                                                targets)
+    if aux is not None:
+        # value 0, gradient d aux: the losses stay the cross-entropy, the objective's
+        # gradient is that of CE + aux under the same token weights
+        loss = loss + (aux - jax.lax.stop_gradient(aux))
     mask = (targets != pad_id).astype(jnp.float32)
     return loss * mask, mask
 
@@ -177,6 +196,10 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
     if ref_keys and ref_apply is None:
         raise ValueError(f"mixer {mixer.name!r} requires {sorted(ref_keys)}: "
                          "set train.reference to the run dir of a reference model")
+    if statistics.needing("routing", requires) and not hasattr(apply, "routing"):
+        raise ValueError(f"mixer {mixer.name!r} requires "
+                         f"{sorted(statistics.needing('routing', requires))}: the token routing "
+                         "of a mixture-of-experts model; set model.kind='moe'")
     if grad_keys and grad_stats is None:
         raise ValueError(f"mixer {mixer.name!r} requires {sorted(grad_keys)}: "
                          "no gradient-statistics function (mixjax.mixing.grads) was given")
@@ -200,30 +223,32 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
     apply_to = mixer.apply_to
 
     def loss_fn(params, batch):
-        return token_losses(apply, params, batch["tokens"], pad_id)
+        return token_losses(apply, params, batch["tokens"], pad_id, batch.get("domain_id"))
 
-    def forward(params, tokens):
+    def forward(params, tokens, domain_id):
         """Token losses (and a pullback when M = 1)."""
         if grad_accum == 1:
-            (tl, tm), pullback = jax.vjp(lambda p: token_losses(apply, p, tokens, pad_id), params)
+            (tl, tm), pullback = jax.vjp(
+                lambda p: token_losses(apply, p, tokens, pad_id, domain_id), params)
             return tl, tm, pullback
-        micro = _split(tokens, grad_accum)
+        micro = (_split(tokens, grad_accum), _split(domain_id, grad_accum))
         _, (tl, tm) = jax.lax.scan(
-            lambda c, t: (c, token_losses(apply, params, t, pad_id)), None, micro)
+            lambda c, td: (c, token_losses(apply, params, td[0], pad_id, td[1])), None, micro)
         return _merge(tl), _merge(tm), None
 
-    def backward(params, tokens, pullback, cotangent):
+    def backward(params, tokens, domain_id, pullback, cotangent):
         if grad_accum == 1:
             return pullback((cotangent, jnp.zeros_like(cotangent)))[0]
 
         def body(acc, xs):
-            t, ct = xs
-            _, pb = jax.vjp(lambda p: token_losses(apply, p, t, pad_id), params)
+            t, d, ct = xs
+            _, pb = jax.vjp(lambda p: token_losses(apply, p, t, pad_id, d), params)
             g = pb((ct, jnp.zeros_like(ct)))[0]
             return jax.tree.map(jnp.add, acc, g), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         grads, _ = jax.lax.scan(body, zeros, (_split(tokens, grad_accum),
+                                              _split(domain_id, grad_accum),
                                               _split(cotangent, grad_accum)))
         return grads
 
@@ -258,7 +283,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             tm = (tokens[:, 1:] != pad_id).astype(jnp.float32)
             loss_d, count_d = gs.domain_loss, gs.domain_count
         else:
-            tl, tm, pullback = forward(params, tokens)
+            tl, tm, pullback = forward(params, tokens, domain_id)
             tl_ng = jax.lax.stop_gradient(tl)
             loss_d, count_d = domain_sums(tl_ng, tm, domain_id, k)
         seq_loss = sequence_loss(tl_ng, tm) if need_sample_loss else None
@@ -267,8 +292,10 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         ctx.lazy("lr", lambda: jnp.asarray(lr_schedule(step) if lr_schedule else 0.0,
                                            jnp.float32))
         ctx.lazy("eval_loss", lambda: state.eval_loss)
+        ctx.lazy("routing", lambda: jax.lax.stop_gradient(
+            apply.routing(params, tokens[:, :-1])))
         ctx.lazy("ref_token_loss", lambda: token_losses(ref_apply, _ref_params(frozen, mixer),
-                                                        tokens, pad_id)[0])
+                                                        tokens, pad_id, domain_id)[0])
         ctx.lazy("grad_stats", lambda: grad_statistics(params, batch) if gs is None else gs)
         stats = statistics.compute(requires, ctx)
         combine = getattr(ctx.get("grad_stats"),
@@ -300,7 +327,7 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
             objective = jnp.sum(coeffs * (seq_loss if example_gradient else loss_d))
         else:
             objective = jnp.sum(cotangent * tl_ng)
-            grads = backward(params, tokens, pullback, cotangent)
+            grads = backward(params, tokens, domain_id, pullback, cotangent)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
 

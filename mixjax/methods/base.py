@@ -167,7 +167,8 @@ def token_loss_fn(ctx: MethodContext) -> Callable:
     apply, pad_id = ctx.apply, ctx.pad_id
 
     def loss_fn(params, batch):
-        return step_lib.token_losses(apply, params, batch["tokens"], pad_id)
+        return step_lib.token_losses(apply, params, batch["tokens"], pad_id,
+                                     batch.get("domain_id"))
 
     return loss_fn
 

@@ -50,6 +50,8 @@ NEEDS: Mapping[str, str] = {
     "gradient_engine": "per-domain gradients (mixjax.mixing.grads, the grads section)",
     "target_batch": "a target batch (grads.target's validation split) as batch['target_tokens']",
     "evaluation": "the host's latest per-domain evaluation (train.eval_every)",
+    "routing": "the token routing of a mixture-of-experts model (model.kind=moe) on the "
+               "training batch: one more forward pass, without a backward",
 }
 
 
@@ -61,7 +63,9 @@ class StepContext(Protocol):
     ``domain_loss``/``domain_count`` f32[K] (from the forward pass or, for a step
     whose model gradient comes from the engine, from the engine's own forward),
     ``sample_loss`` f32[B], ``ref_token_loss`` f32[B,S], ``grad_stats`` (the
-    engine's answer, a dict) and ``eval_loss`` f32[K].
+    engine's answer, a dict), ``eval_loss`` f32[K] and ``routing`` (an MoE model's
+    ``apply.routing`` on the batch: ``kept`` f32[L,B,E] tokens per MoE block, sequence and
+    expert, ``dropped`` f32[L,B] assignments over capacity).
     """
 
     token_loss: Array
@@ -77,6 +81,7 @@ class StepContext(Protocol):
     ref_token_loss: Array
     grad_stats: Mapping[str, Array]
     eval_loss: Array
+    routing: Mapping[str, Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,3 +228,19 @@ declare("sampling_weights", shape="f32[K]", attribution="domain",
         doc="the weights this batch was drawn with", compute=lambda ctx: ctx.sampling_weights)
 declare("lr", shape="f32[]", attribution="none", doc="current learning rate",
         compute=lambda ctx: ctx.lr)
+
+
+def _domain_sum(per_seq, domain_id, num_domains):
+    """``x[L,B,...]`` summed over the sequences of each domain -> ``[K,L,...]``."""
+    member = (domain_id[:, None] == jnp.arange(num_domains)[None, :]).astype(per_seq.dtype)
+    return jnp.einsum("bk,lb...->kl...", member, per_seq)
+
+
+declare("expert_routing", shape="f32[K,L,E]", attribution="domain", needs={"routing"},
+        doc="tokens each expert of each MoE block kept from each domain's sequences in this "
+            "batch (mixjax.models.moe; pad positions are routed too)",
+        compute=lambda ctx: _domain_sum(ctx.routing["kept"], ctx.domain_id, ctx.num_domains))
+declare("expert_dropped", shape="f32[K,L]", attribution="domain", needs={"routing"},
+        doc="routing assignments dropped at expert capacity per domain and MoE block",
+        compute=lambda ctx: _domain_sum(ctx.routing["dropped"], ctx.domain_id,
+                                        ctx.num_domains))

@@ -91,6 +91,8 @@ def to_llama(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
                 w = w[:, :, perm]
             out[p + f"self_attn.{name}.weight"] = np.ascontiguousarray(w.reshape(d, n * h).T)
         out[p + "self_attn.o_proj.weight"] = np.ascontiguousarray(a(b["attn"]["wo"]).reshape(n * h, d).T)
+        if "mlp" not in b:   # a routed block (mixjax.models.moe.to_mixtral names its experts)
+            continue
         for name, key in (("gate_proj", "w_gate"), ("up_proj", "w_up"), ("down_proj", "w_down")):
             out[p + f"mlp.{name}.weight"] = np.ascontiguousarray(a(b["mlp"][key]).T)
     if not cfg.tie_embeddings:

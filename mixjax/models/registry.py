@@ -26,7 +26,7 @@ What the rest of mixjax relies on (the trainer, evaluation, reference models, sh
 
 Names are resolved when the run is built or validated (``config.validate`` calls
 :func:`check`), never when a config is loaded. The built-in ``transformer`` is registered
-here by name and imported only when built. A new kind is registered by importing its module
+here by name and imported only when built, as are ``moe`` (``mixjax.models.moe``) and ``demix`` (``mixjax.models.demix``). A new kind is registered by importing its module
 before the run is built (your launcher), like mixers and Methods; docs/extending.md
 section 5 is a worked example (a one-layer MLP-mixer LM) that a test trains.
 """
@@ -144,3 +144,35 @@ def _transformer(model_cfg: Any, vocab_size: int) -> ModelSpec:
     apply, abstract, axes = transformer.abstract_init(tcfg)
     return ModelSpec(config=tcfg, init=lambda seed: transformer.init_params(tcfg, seed),
                      apply=apply, abstract_params=abstract, logical_axes=axes)
+
+
+@register("moe")
+def _moe(model_cfg: Any, vocab_size: int) -> ModelSpec:
+    """The mixture-of-experts transformer (``mixjax.models.moe``; knobs in model.hparams)."""
+    from mixjax.models import moe
+    cfg = moe.config_from(model_cfg, vocab_size)
+    apply, abstract, axes = moe.abstract_init(cfg)
+    return ModelSpec(config=cfg, init=lambda seed: moe.init_params(cfg, seed),
+                     apply=apply, abstract_params=abstract, logical_axes=axes)
+
+
+@register("demix")
+def _demix(model_cfg: Any, vocab_size: int) -> ModelSpec:
+    """DEMix domain-expert layers (``mixjax.models.demix``; knobs in model.hparams)."""
+    from mixjax.models import demix
+    cfg = demix.config_from(model_cfg, vocab_size)
+    apply, abstract, axes = demix.abstract_init(cfg)
+    return ModelSpec(config=cfg, init=lambda seed: demix.init_params(cfg, seed),
+                     apply=apply, abstract_params=abstract, logical_axes=axes)
+
+
+def check_hparams(model_cfg: Any) -> None:
+    """A kind's cheap hyperparameter check before anything is loaded or compiled (raises
+    ``ValueError`` naming the key); kinds without one are checked when built."""
+    kind = getattr(model_cfg, "kind", "transformer")
+    if kind == "moe":
+        from mixjax.models import moe
+        moe.config_from(model_cfg, vocab_size=8)
+    elif kind == "demix":
+        from mixjax.models import demix
+        demix.config_from(model_cfg, vocab_size=8)

@@ -1,21 +1,34 @@
 """Device mesh and logical-axis rules (minimal; one device by default).
 
-The mesh has three axes, ``("data", "fsdp", "tensor")``, sized by the config's
-``mesh`` section (``data * fsdp * tensor`` must equal the device count used).
+The mesh has four axes, ``("data", "expert", "fsdp", "tensor")``, sized by the config's
+``mesh`` section (``data * expert * fsdp * tensor`` devices are used; ``expert`` defaults
+to 1, so a mesh without experts is the three-axis one it always was).
 Model parameters carry logical names (see ``mixjax.models.transformer``);
 ``RULES`` maps them to mesh axes:
 
 =========  ===========  ======================================
 logical    mesh axis    why
 =========  ===========  ======================================
-batch      data, fsdp   the batch is split over both data axes
+batch      data,        the batch is split over every axis but tensor
+           expert,
+           fsdp
 vocab      tensor       embedding rows / logits columns
 embed      fsdp         weights sharded along d_model (ZeRO-3)
 heads      tensor       Megatron-style attention split
 mlp        tensor       Megatron-style MLP split
+experts    expert       stacked expert weights (model.kind=moe):
+                        expert parallelism, E/expert experts per device
 head_dim   (none)
 norm       (none)
 =========  ===========  ======================================
+
+Expert parallelism (``mesh.expert``, GShard arXiv 2006.16668 sec. 3): the batch is split
+over ``expert`` like a data axis, and each expert's weights live on one ``expert`` shard.
+The MoE layer's dispatched activations ``[E, B, C, d]`` carry ``act_experts`` (on
+``expert``) and ``act_batch`` (on the remaining batch axes): going from tokens split by
+batch row to tokens split by expert is the all-to-all, which GSPMD inserts for the
+sharding constraint (``mixjax.models.moe``). Routing is per sequence, so the result does
+not depend on the mesh (``tests/test_moe_parallel.py``).
 
 Scale-out (how a run uses it, ``mixjax.train.loop``)::
 
@@ -48,7 +61,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "expert", "fsdp", "tensor")
 
 
 class ShardingFallbackWarning(UserWarning):
@@ -57,7 +70,7 @@ class ShardingFallbackWarning(UserWarning):
 # A list, extended in place by declare_axes (a registered model kind's own logical names),
 # so the functions' ``rules=RULES`` defaults see the additions.
 RULES: list[tuple[str, Any]] = [
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "expert", "fsdp")),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -65,6 +78,8 @@ RULES: list[tuple[str, Any]] = [
     ("head_dim", None),
     ("norm", None),
     ("layers", None),         # the stacked-blocks axis of model.scan_layers (scanned over)
+    ("experts", "expert"),    # stacked expert weights (model.kind=moe)
+    ("router", None),         # the router's expert dimension (small, replicated)
 ]
 
 
@@ -91,18 +106,20 @@ def declare_axes(axis_rules: dict[str, Any], who: str = "a model") -> None:
 # the data axes, heads / MLP hidden / logits on tensor; the residual stream is replicated
 # over tensor (Megatron), sequence unsplit.
 ACTIVATION_RULES: tuple[tuple[str, Any], ...] = (
-    ("act_batch", ("data", "fsdp")),
+    ("act_batch", ("data", "expert", "fsdp")),
     ("act_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_head_dim", None),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    ("act_experts", "expert"),
 )
 
 
-def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> jax.sharding.Mesh:
-    """A ``(data, fsdp, tensor)`` mesh with Auto axes (GSPMD propagation).
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None, *,
+              expert: int = 1) -> jax.sharding.Mesh:
+    """A ``(data, expert, fsdp, tensor)`` mesh with Auto axes (GSPMD propagation).
 
     One size may be ``-1``: all devices left over (``make_mesh(-1)`` uses every
     device for data parallelism). A mesh smaller than the device list uses the
@@ -111,14 +128,16 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> ja
     and ``tensor`` (innermost) stays within a host's fast interconnect.
     """
     devices = list(devices if devices is not None else jax.devices())
-    data, fsdp, tensor = resolve_mesh_shape(data, fsdp, tensor, len(devices))
-    n = data * fsdp * tensor
+    sizes = resolve_mesh_sizes(data=data, expert=expert, fsdp=fsdp, tensor=tensor,
+                               num_devices=len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    n = int(np.prod(shape))
     if jax.process_count() > 1 and n < len(devices):
         raise ValueError(
-            f"mesh data*fsdp*tensor = {data}*{fsdp}*{tensor} = {n} uses {n} of the "
+            f"mesh {'*'.join(MESH_AXES)} = {'*'.join(map(str, shape))} = {n} uses {n} of the "
             f"{len(devices)} devices of a {jax.process_count()}-process job; a multi-host mesh "
-            "must span every process (set one of mesh.data/fsdp/tensor to -1)")
-    return jax.make_mesh((data, fsdp, tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+            "must span every process (set one of the mesh sizes to -1)")
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                          devices=devices[:n])
 
 
@@ -127,9 +146,20 @@ def resolve_mesh_shape(data: int = 1, fsdp: int = 1, tensor: int = 1,
     """Mesh axis sizes with at most one ``-1`` replaced by "all remaining devices".
 
     ``(-1, 1, 1)`` on 8 devices -> ``(8, 1, 1)``; ``(2, -1, 1)`` -> ``(2, 4, 1)``.
+    (Without an expert axis; :func:`resolve_mesh_sizes` takes every axis.)
     """
+    sizes = resolve_mesh_sizes(data=data, fsdp=fsdp, tensor=tensor, num_devices=num_devices)
+    return sizes["data"], sizes["fsdp"], sizes["tensor"]
+
+
+def resolve_mesh_sizes(*, num_devices: int | None = None, **sizes: int) -> dict[str, int]:
+    """``{axis: size}`` for every axis of :data:`MESH_AXES` (missing ones are 1), with at
+    most one ``-1`` replaced by all the devices the others leave."""
     n = len(jax.devices()) if num_devices is None else num_devices
-    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    unknown = sorted(set(sizes) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"unknown mesh axes {unknown}; the mesh axes are {MESH_AXES}")
+    sizes = {a: sizes.get(a, 1) for a in MESH_AXES}
     bad = {k: v for k, v in sizes.items()
            if v != -1 and (isinstance(v, bool) or not isinstance(v, int) or v < 1)}
     if bad:
@@ -140,21 +170,25 @@ def resolve_mesh_shape(data: int = 1, fsdp: int = 1, tensor: int = 1,
     fixed = 1
     for v in sizes.values():
         fixed *= v if v != -1 else 1
+    shown = {k: v for k, v in sizes.items() if k != "expert" or v != 1}
     if free:
         if n % fixed:
-            raise ValueError(f"mesh {sizes}: {n} devices are not divisible by the product "
+            raise ValueError(f"mesh {shown}: {n} devices are not divisible by the product "
                              f"{fixed} of the fixed axes")
         sizes[free[0]] = n // fixed
-    total = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    total = int(np.prod(list(sizes.values())))
     if total > n:
-        raise ValueError(f"mesh data*fsdp*tensor = {sizes['data']}*{sizes['fsdp']}*"
-                         f"{sizes['tensor']} = {total} needs {total} devices; {n} available")
-    return sizes["data"], sizes["fsdp"], sizes["tensor"]
+        used = [a for a in MESH_AXES if a != "expert" or sizes[a] != 1]
+        raise ValueError(f"mesh {'*'.join(used)} = {'*'.join(str(sizes[a]) for a in used)} "
+                         f"= {total} needs {total} devices; {n} available")
+    return sizes
 
 
 def mesh_from_config(mesh_cfg, devices=None) -> jax.sharding.Mesh:
-    """The mesh of a config's ``mesh`` section (anything with ``data``/``fsdp``/``tensor``)."""
-    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices=devices)
+    """The mesh of a config's ``mesh`` section (``data``/``fsdp``/``tensor``, optional
+    ``expert``)."""
+    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices=devices,
+                     expert=getattr(mesh_cfg, "expert", 1))
 
 
 def logical_to_spec(names: tuple[str | None, ...], rules=RULES) -> P:
@@ -178,7 +212,7 @@ def param_shardings(logical_axes, mesh, rules=RULES):
 
 
 def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
-    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+    return NamedSharding(mesh, P(batch_axes(mesh), *([None] * (ndim - 1))))
 
 
 def replicated(mesh) -> NamedSharding:
@@ -210,7 +244,7 @@ def spec_for_shape(names: tuple[str | None, ...], shape: tuple[int, ...], mesh,
         axes = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
         kept = []
         for axis in axes:
-            size = mesh.shape[axis]
+            size = mesh.shape.get(axis, 1)       # an axis the mesh lacks: not split over
             if size == 1 or axis in used:
                 continue
             prod = size
@@ -360,9 +394,12 @@ def place(tree, shardings):
 
 
 def batch_axes(mesh) -> tuple[str, ...]:
-    """Mesh axes the batch dimension is split over (the ``batch`` rule)."""
+    """Mesh axes the batch dimension is split over (the ``batch`` rule), without the axes
+    ``mesh`` lacks and without ``expert`` when it has size 1 (a mesh without experts lays
+    the batch out as it always did: ``P(("data", "fsdp"))``)."""
     entry = dict(RULES)["batch"]
-    return (entry,) if isinstance(entry, str) else tuple(entry)
+    axes = (entry,) if isinstance(entry, str) else tuple(entry)
+    return tuple(a for a in axes if a in mesh.shape and (a != "expert" or mesh.shape[a] > 1))
 
 
 # Batch keys that hold one value for the whole batch (per domain, or a fixed target set that

@@ -53,9 +53,29 @@ def _check_model_kind(cfg: Config) -> None:
         model_registry.check(cfg.model.kind)
     except KeyError as e:
         raise ConfigError(f"config key 'model.kind': {e.args[0]}") from None
-    _require(cfg.model.kind == "transformer" or not cfg.model.init_from, "model.init_from",
-             f"pretrained parameters load into the transformer only, not model.kind="
+    try:
+        model_registry.check_hparams(cfg.model)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config key 'model.hparams': {e}") from None
+    check_expert_axis(cfg.mesh.expert, cfg.model)
+    _require(cfg.model.kind in ("transformer", "demix") or not cfg.model.init_from,
+             "model.init_from", f"pretrained parameters load into the transformer (and a "
+             f"`mixjax demix` file into model.kind='demix') only, not model.kind="
              f"{cfg.model.kind!r}")
+
+
+def check_expert_axis(expert: int, model_cfg) -> None:
+    """The ``expert`` mesh axis divides the MoE model's experts (a size of -1 is checked
+    once the mesh is built, with its resolved size)."""
+    if model_cfg.kind not in ("moe", "demix") or expert in (1, -1):
+        return
+    experts = (model_cfg.hparams or {}).get("num_experts")
+    if experts is None:
+        from mixjax.models import demix, moe
+        cls = moe.MoEConfig if model_cfg.kind == "moe" else demix.DEMixConfig
+        experts = cls.__dataclass_fields__["num_experts"].default
+    _require(experts % expert == 0, "mesh.expert",
+             f"mesh.expert={expert} does not divide model.hparams.num_experts={experts}")
 
 
 def _check_objective(cfg: Config) -> None:

@@ -69,13 +69,27 @@ def export_run(run_dir: str | pathlib.Path, fmt: str = "hf", out: str | None = N
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no run_info.json)")
     info = json.loads(info_path.read_text())
     cfg = config_lib.load_run_config(run_dir)
-    mcfg = TransformerConfig(**info["model"])
+    kind = cfg.model.kind
+    if kind == "moe":
+        from mixjax.models import moe
+        if fmt == "hf":
+            raise ExportError("model.kind='moe' exports as --format safetensors (Mixtral "
+                              "naming, mixjax.models.moe.to_mixtral); --format hf writes a Llama")
+        mcfg = moe.MoEConfig(**info["model"])
+    elif kind != "transformer":
+        raise ExportError(f"model.kind={kind!r} has no export format (the transformer exports "
+                          "as a Llama, the moe model as Mixtral-named safetensors)")
+    else:
+        mcfg = TransformerConfig(**info["model"])
     hf_io.check_expressible(mcfg)     # before reading any checkpoint
     target = pathlib.Path(out) if out else (run_dir / ("export_hf" if fmt == "hf"
                                                        else "model.safetensors"))
     if target.exists() and (target.is_file() or any(target.iterdir())):
         raise ExportError(f"output {str(target)!r} already exists; pick another --out")
-    _, abstract, _ = transformer.abstract_init(mcfg)
+    if kind == "moe":
+        _, abstract, _ = moe.abstract_init(mcfg)
+    else:
+        _, abstract, _ = transformer.abstract_init(mcfg)
     ck = ckpt_lib.Checkpointer(run_dir / "checkpoints")
     step = ck.latest_step() if step is None else step
     if step is None:
@@ -88,9 +102,9 @@ def export_run(run_dir: str | pathlib.Path, fmt: str = "hf", out: str | None = N
             from None
     finally:
         ck.close()
-    tensors = hf_io.to_llama(params, mcfg)
+    tensors = moe.to_mixtral(params, mcfg) if kind == "moe" else hf_io.to_llama(params, mcfg)
     meta = {"mixjax_model": json.dumps(dataclasses.asdict(mcfg)), "mixjax_step": str(step),
-            "mixjax_run": str(run_dir)}
+            "mixjax_run": str(run_dir), "mixjax_kind": kind}
     tok = info.get("tokenizer") or {}
     if fmt == "safetensors":
         target.parent.mkdir(parents=True, exist_ok=True)

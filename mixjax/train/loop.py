@@ -92,6 +92,10 @@ class Trainer:
         self.pad_id = self.data.pad_id
         # The model of model.kind (mixjax.models.registry; default the transformer).
         spec = build_model(cfg, self.data.vocab_size)
+        if cfg.model.kind == "demix" and spec.config.num_experts != k:
+            raise ConfigError(f"config key 'model.hparams': model.hparams.num_experts="
+                              f"{spec.config.num_experts} must equal the number of domains "
+                              f"({k}: one DEMix expert per domain)")
         self.model_cfg = spec.config
         self.apply, abstract, self.logical_axes = (spec.apply, spec.abstract_params,
                                                    spec.logical_axes)
@@ -100,8 +104,13 @@ class Trainer:
             from mixjax.models import hf_io
             from mixjax.train import export
             try:
-                params, self.init_from = export.load_init_params(cfg.model.init_from,
-                                                                 self.model_cfg, abstract)
+                if cfg.model.kind == "demix":   # a file of `mixjax demix` (added/removed experts)
+                    from mixjax.train import demix_cli
+                    params, self.init_from = demix_cli.load_params(cfg.model.init_from,
+                                                                   self.model_cfg, abstract)
+                else:
+                    params, self.init_from = export.load_init_params(cfg.model.init_from,
+                                                                     self.model_cfg, abstract)
             except (hf_io.ExportError, FileNotFoundError) as e:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
             # host arrays: placed shard by shard by the sharded init below
@@ -132,6 +141,7 @@ class Trainer:
         # Mesh (mixjax.parallel.sharding): params and optimizer state sharded by the logical rules,
         # everything else replicated; the jitted step keeps that layout in and out.
         self.mesh = sharding.mesh_from_config(cfg.mesh)
+        checks.check_expert_axis(self.mesh.shape["expert"], cfg.model)
         distributed.check_batch_divides(cfg.data.batch_size, self.mesh,
                                         sharding.batch_axes(self.mesh))
         # Parameters (unless loaded), optimizer and mixer state are created sharded by one

@@ -17,7 +17,7 @@ RESUMABLE_CHANGES = run_identity.NEUTRAL_KEYS + (
     # set on resume to keep the LR schedule (check_run_dir)
     "optim.schedule_steps",
     # a checkpoint restores onto any mesh (tests/test_checkpoint_reshard.py)
-    "mesh.data", "mesh.fsdp", "mesh.tensor")
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.expert")
 
 
 class RunDirError(ValueError):

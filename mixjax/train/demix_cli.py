@@ -1,0 +1,169 @@
+"""``mixjax demix``: add or remove a domain expert of a trained DEMix run (``model.kind=demix``).
+
+    mixjax demix RUN_DIR --add NEW_DOMAIN --closest-on NEW.jsonl --out new.safetensors
+    mixjax demix RUN_DIR --add NEW_DOMAIN --from EXISTING_DOMAIN --out new.safetensors
+    mixjax demix RUN_DIR --remove DOMAIN --out smaller.safetensors
+
+Reads the run's latest checkpoint and writes its parameters with one expert more (a copy
+of ``--from``, or of the expert with the highest mean domain posterior on the first 64
+documents of ``--closest-on``, tokenised with the run's tokenizer: DEMix sec. 6,
+``mixjax.models.demix.closest_expert``) or one fewer, in every DEMix layer. The file holds
+the params under their mixjax paths (``blocks.0.demix.w_up``) and, in its metadata, the
+new domain order (``mixjax_domains``: the run's, with the new domain last or the removed
+one left out). Continue training with ``model.kind=demix``,
+``model.hparams.num_experts`` = the new count, ``data.domains`` in that order and
+``model.init_from=FILE`` (:func:`load_params`). docs/experts.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from mixjax.config import ConfigError
+from mixjax.models.hf_io import ExportError
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("run_dir")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--add", metavar="DOMAIN", help="name of the new domain's expert")
+    what.add_argument("--remove", metavar="DOMAIN", help="domain whose expert is removed")
+    parser.add_argument("--from", dest="source", metavar="DOMAIN",
+                        help="--add: copy this domain's expert")
+    parser.add_argument("--closest-on", metavar="JSONL",
+                        help="--add: copy the expert with the highest posterior on these "
+                             "documents (JSON lines with a 'text' field)")
+    parser.add_argument("--out", required=True, help="output safetensors file")
+
+
+def _flatten(tree, prefix="", leaf=np.asarray):
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".", leaf) if isinstance(v, dict) else {key: leaf(v)})
+    return out
+
+
+def _unflatten(flat: dict, like):
+    def build(node, prefix):
+        if isinstance(node, dict):
+            return {k: build(v, f"{prefix}{k}.") for k, v in node.items()}
+        return flat[prefix[:-1]]
+    return build(like, "")
+
+
+def edit_run(run_dir, *, add=None, remove=None, source=None, closest_on=None, out):
+    """Writes the edited parameters (module docstring); returns ``(path, domains)``."""
+    from mixjax import config as config_lib
+    from mixjax.models import demix, hf_io
+    from mixjax.train import reference
+    run_dir = pathlib.Path(run_dir)
+    info_path = run_dir / "run_info.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run dir (no run_info.json)")
+    cfg = config_lib.load_run_config(run_dir)
+    if cfg.model.kind != "demix":
+        raise ConfigError(f"{str(run_dir)!r}: model.kind={cfg.model.kind!r}; mixjax demix "
+                          "edits model.kind='demix' runs")
+    info = json.loads(info_path.read_text())
+    domains = list(info["domains"])
+    target = pathlib.Path(out)
+    if target.exists():
+        raise FileExistsError(f"output {str(target)!r} already exists; pick another --out")
+    if add is not None:
+        if add in domains:
+            raise ConfigError(f"--add {add!r}: the run already has an expert for it")
+        if (source is None) == (closest_on is None):
+            raise ConfigError("--add needs exactly one of --from DOMAIN and --closest-on JSONL")
+        if source is not None and source not in domains:
+            raise ConfigError(f"--from {source!r}: not a domain of the run; known: "
+                              f"{', '.join(domains)}")
+    elif remove not in domains:
+        raise ConfigError(f"--remove {remove!r}: not a domain of the run; known: "
+                          f"{', '.join(domains)}")
+    elif len(domains) == 1:
+        raise ConfigError(f"--remove {remove!r}: the run's only expert")
+    apply, params = reference.load_reference(str(run_dir), info["model"]["vocab_size"])
+    if add is not None:
+        if source is not None:
+            j = domains.index(source)
+        else:
+            tokens, pad = _documents(cfg, closest_on)
+            j = demix.closest_expert(apply, params, tokens, pad_id=pad)
+        params, domains = demix.add_expert(params, j), domains + [add]
+        how = {"added": add, "copied_from": domains[j]}
+    else:
+        j = domains.index(remove)
+        params, domains = demix.remove_expert(params, j), domains[:j] + domains[j + 1:]
+        how = {"removed": remove}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    hf_io.save_safetensors(_flatten(params), target, {
+        "mixjax_kind": "demix", "mixjax_domains": json.dumps(domains),
+        "mixjax_edit": json.dumps(how), "mixjax_run": str(run_dir)})
+    return target, domains, how
+
+
+def _documents(cfg, path, limit: int = 64):
+    """``(tokens, pad_id)``: up to ``limit`` documents of a JSON-lines file as one padded
+    token batch."""
+    from mixjax.data import tokenizers
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--closest-on {str(p)!r}: no such file")
+    tc = cfg.data.tokenizer
+    tok = tokenizers.from_config(tc.kind, tc.path, tc.args)
+    seq = cfg.data.seq_len + 1
+    rows = []
+    for n, line in enumerate(p.read_text().splitlines()):
+        if line.strip() and len(rows) < limit:
+            try:
+                text = json.loads(line)[cfg.data.text_field]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"--closest-on {str(p)!r}:{n + 1}: not a JSON object with "
+                                  f"a {cfg.data.text_field!r} field") from None
+            ids = tok.encode_array(text)[:seq]
+            if len(ids) >= 2:
+                rows.append(np.pad(ids, (0, seq - len(ids)), constant_values=tok.pad_id))
+    if not rows:
+        raise ConfigError(f"--closest-on {str(p)!r}: no document with 2 or more tokens")
+    return np.stack(rows).astype(np.int32), tok.pad_id
+
+
+def load_params(source: str, cfg, abstract_params) -> tuple[dict, dict]:
+    """``model.init_from`` for ``model.kind=demix``: a file written by ``mixjax demix``
+    (shapes must match the configured model: one line naming the mismatch otherwise)."""
+    from mixjax.models import hf_io
+    path = pathlib.Path(source)
+    where = f"model.init_from={source!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no such file (model.kind='demix' loads a file "
+                                "written by `mixjax demix`)")
+    flat = hf_io.load_safetensors(path)
+    want = _flatten(abstract_params, leaf=lambda a: a)
+    missing = sorted(set(want) - set(flat))
+    if missing:
+        raise ExportError(f"{where}: no tensor {missing[0]!r} (not a DEMix params file of "
+                          "this architecture)")
+    for key, a in want.items():
+        if flat[key].shape != a.shape:
+            raise ExportError(f"{where}: {key} has shape {flat[key].shape}, the model "
+                              f"{a.shape} (model.hparams.num_experts={cfg.num_experts})")
+    params = _unflatten({k: flat[k].astype(want[k].dtype) for k in want}, abstract_params)
+    return params, {"kind": "demix", "path": str(path)}
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path, domains, how = edit_run(args.run_dir, add=args.add, remove=args.remove,
+                                      source=args.source, closest_on=args.closest_on,
+                                      out=args.out)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: {how}; experts in order: {', '.join(domains)}")
+    return 0
