@@ -5,11 +5,12 @@ Each command group lives in the module that owns it and exposes
 
     mixjax train CONFIG [--set key=value ...]   mixjax.train.cli
     mixjax eval RUN_DIR                         mixjax.train.cli
-    mixjax data {build,info} ...                mixjax.data.cli
+    mixjax data {build,info,select,regroup} ... mixjax.data.cli
     mixjax mix {doremi,doge} CONFIG ...         mixjax.workflows
     mixjax dg {sweep,table} ...                 mixjax.dg.cli
     mixjax compare CONFIG... --seeds N          mixjax.compare.cli
     mixjax export RUN_DIR --format hf|safetensors   mixjax.train.export
+    mixjax demix RUN_DIR --add D (--from E | --closest-on F) | --remove D   mixjax.train.demix_cli
     mixjax --version                            (also: python -m mixjax)
     mixjax search {regmix,law,dcpt,sft,skillit-graph} CONFIG ...  mixjax.search.command
 
