@@ -37,6 +37,7 @@ import functools
 import importlib.util
 import json
 import pathlib
+import re
 import sys
 import types
 import typing
@@ -406,8 +407,18 @@ def _coerce(value: Any, tp, key: str) -> Any:
         elif a is Any:
             return value
         errors.append(getattr(a, "__name__", str(a)))
-    raise ConfigError(f"config key {key!r}: expected {tp}, got {type(value).__name__} "
-                      f"{value!r}")
+    hint = (" (a --set value is read as a Python literal, e.g. 0.5, [1, 2] or {'web': 0.7})"
+            if isinstance(value, str) else "")
+    raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got "
+                      f"{type(value).__name__} {value!r}{hint}")
+
+
+def _type_name(tp) -> str:
+    """``Optional[Mapping[str, float]]`` rather than typing's repr with module prefixes."""
+    if isinstance(tp, type):
+        return tp.__name__
+    return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1",
+                  re.sub(r"\b(?:typing|collections\.abc)\.", "", str(tp)))
 
 
 def check_types(obj, prefix: str = "") -> None:
