@@ -175,8 +175,10 @@ NAMES = {
     "config file that does not exist": r"missing.py",
     "unknown mixer": r"no_such_mixer",
     "manual weights for an unknown domain": r"'z'",
-    "manual weights given as a list": r"must be a dict \{domain: weight\}",
-    "manual weights as a non-literal (float('nan'))": r"must be a dict \{domain: weight\}.*literal",
+    "manual weights given as a list":
+        r"'mixing\.hparams\.weights_by_domain': expected Optional\[Mapping\[str, float\]\], got list",
+    "manual weights as a non-literal (float('nan'))":
+        r"'mixing\.hparams\.weights_by_domain': expected .*Mapping.*got str.*Python literal",
     "negative manual weight": r"\['a'\]",
     "unknown mixer hyperparameter": r"'temp'",
     "unknown tokenizer": r"no_such_tokenizer",
