@@ -27,7 +27,7 @@ from mixjax.config import Config
 BASELINE = "stratified_uniform"
 # mixpile-tiny and mixpile share these domains (mixjax.data.corpus.recipes)
 DOMAINS = ("code", "conversation", "legal", "literature", "math", "news", "science", "tech_docs")
-NEEDS_REFERENCE = ("doremi", "tdro")
+NEEDS_REFERENCE = ("doremi", "tdro", "drrho")
 
 
 def base(size: str = "tiny") -> Config:
@@ -100,6 +100,8 @@ def _method(cfg: Config, name: str) -> Config:
     elif name == "sample_reweight":
         d.sampler = "multinomial"
         m.sample_reweight, m.sample_reweight_hparams = "quadratic", {"temperature": 1.0, "burn_in": 50}
+    elif name == "drrho":   # configs/lm_tiny_drrho.py: uniform sampling, sequences weighted in-batch
+        d.sampler, m.name, m.hparams = "multinomial", "drrho", {"tau": 1.0}
     elif name in ("aioli", "skillit"):   # configs/lm_tiny_{aioli,skillit}.py, rounds of steps // 3
         d.sampler, m.name = "multinomial", name
         rounds = {"update_steps": cfg.train.steps // 3}
@@ -137,7 +139,9 @@ METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", 
            "ado", "doge", "dga", "rnb", "bilevel", "sample_reweight",
            # second round (docs/mixing.md); not yet in the published table of docs/leaderboard.md
            "aioli", "skillit", "pcgrad", "mgda", "upgrad", "upgrad_target",
-           "upsample_end", "staged", "linear_schedule")
+           "upsample_end", "staged", "linear_schedule",
+           # third round
+           "drrho")
 
 
 def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:

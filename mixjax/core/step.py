@@ -14,6 +14,7 @@ What one step does (B sequences, S tokens, K domains, d = domain of a token)::
          loss:      r_d = w_d / p_d            (importance correction; 0 if p_d = 0)
          both:      r_d = w_d
        optional per-sequence weights s_b = sample_weights(sample_loss, step), times
+       the mixer's ``sequence_weights`` when ``mixer.sequence_weighting`` (DRRho), times
        batch["sample_weight"] when the data supply one (data.selection mode "weight")
        objective  L = sum_{b,t} s_b r_d(b) m l / sum_{b,t} s_b r_d(b) m
        (self-normalised importance weighting: for batches drawn with p it
@@ -276,6 +277,9 @@ def make_train_step(*, apply: Callable, mixer: mixing.Mixer, tx: optax.GradientT
         r = domain_token_weights(apply_to, weights, p)[domain_id]            # [B]
         if sample_weights is not None:
             r = r * jax.lax.stop_gradient(sample_weights(seq_loss, step)).astype(jnp.float32)
+        if mixer.sequence_weighting:   # the mixer's own per-sequence weights (DRRho)
+            r = r * jax.lax.stop_gradient(
+                mixer.sequence_weights(mix_state, stats, step)).astype(jnp.float32)
         if "sample_weight" in batch:   # per-sequence weights from the data (data.selection)
             r = r * batch["sample_weight"].astype(jnp.float32)
         tw = r[:, None] * tm                                                # [B, S]

@@ -105,6 +105,12 @@ class Mixer:
     rounds). A mixer that only needs ``eval_loss`` on the ``eval_every`` grid leaves it None
     and lists ``"eval_loss"`` in ``requires``."""
 
+    sequence_weighting: ClassVar[bool] = False
+    """Whether the mixer also weights the batch's sequences: True makes the train step
+    multiply each sequence's token weights by ``sequence_weights(mix_state, stats, step)``
+    f32[B] (after ``update``, under ``stop_gradient``; the objective stays self-normalised),
+    on top of the domain weights and of ``mixing.sample_reweight`` (DRRho)."""
+
     # Overrides ``default_apply_to`` when set (the config's "upsample or upweight").
     apply_to_override: str | None = None
 
@@ -143,6 +149,11 @@ class Mixer:
 
     def average(self, state: State) -> Array:
         return average_weights(state)
+
+    def sequence_weights(self, state: State, stats: Mapping[str, Array], step: Array) -> Array:
+        """``s`` f32[B]: per-sequence loss weights (``sequence_weighting = True``)."""
+        raise NotImplementedError(f"mixer {self.name!r} does not weight sequences "
+                                  "(sequence_weighting is False)")
 
     def gradient_coeffs(self, state: State, stats: Mapping[str, Array]) -> Array:
         """``c`` f32[K]: the model gradient is ``sum_d c_d g_d`` (``model_gradient="coeffs"``);

@@ -1,0 +1,62 @@
+"""DRRho (mixjax.mixing.drrho): per-sequence DRO weights of the excess loss over a reference
+model, against a numpy statement of the rule and through the train step."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixjax import mixing
+from mixjax.mixing.drrho import drrho_weights
+from test_train_step import APPLY, CFG, PARAMS, K, T, hand_token_losses, make_batch, run_step
+
+
+def np_drrho(loss, ref, tau):
+    """s_b = n softmax_b((l_b - l_ref,b) / tau) over the finite entries; the rest 1."""
+    d = np.asarray(loss, np.float64) - np.asarray(ref, np.float64)
+    ok = np.isfinite(d)
+    s = np.ones_like(d)
+    e = np.exp((d[ok] - d[ok].max()) / tau)
+    s[ok] = ok.sum() * e / e.sum()
+    return s
+
+
+def test_weights_match_numpy_and_are_a_mean_one_tilt():
+    rng = np.random.default_rng(0)
+    for tau in (0.1, 1.0, 5.0):
+        loss, ref = rng.uniform(1, 6, 12), rng.uniform(1, 6, 12)
+        s = np.asarray(drrho_weights(jnp.asarray(loss), jnp.asarray(ref), tau))
+        np.testing.assert_allclose(s, np_drrho(loss, ref, tau), rtol=2e-5)
+        assert abs(s.mean() - 1) < 1e-5
+        # the larger the excess loss, the larger the weight
+        assert np.all(np.diff(s[np.argsort(loss - ref)]) >= -1e-6)
+    loss[[2, 5]] = [np.nan, np.inf]
+    s = np.asarray(drrho_weights(jnp.asarray(loss), jnp.asarray(ref), 1.0))
+    np.testing.assert_allclose(s, np_drrho(loss, ref, 1.0), rtol=2e-5)
+    assert s[2] == s[5] == 1.0 and np.isfinite(s).all()
+    with pytest.raises(ValueError, match="tau"):
+        mixing.build("drrho", {"tau": 0.0}, domains=("a", "b"))
+
+
+def test_the_step_weights_sequences_by_their_excess_loss_over_the_reference():
+    ref_params = T.init(CFG, seed=7)[1]
+    batch = make_batch()
+    mixer = mixing.build("drrho", {"tau": 0.5}, domains=("a", "b", "c"))
+    state, m = run_step(mixer, batch, ref_apply=APPLY, ref_params=ref_params)
+    ce, mask = hand_token_losses(PARAMS, batch["tokens"])
+    ref_ce, _ = hand_token_losses(ref_params, batch["tokens"])
+    s = np_drrho(ce.sum(1) / mask.sum(1), ref_ce.sum(1) / mask.sum(1), 0.5)
+    assert not np.allclose(s, 1.0)
+    np.testing.assert_allclose(float(m["objective"]),
+                               (s[:, None] * ce).sum() / (s[:, None] * mask).sum(), rtol=1e-5)
+    ids = np.asarray(batch["domain_id"])
+    mass = np.array([s[ids == d].sum() for d in range(K)]) / s.sum()
+    np.testing.assert_allclose(np.asarray(state.mix_state["domain_mass"]), mass, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(m["weights"]), np.full(K, 1 / K), rtol=1e-6)
+    # burn-in: every weight 1 before step burn_in, the rule from then on
+    burn = mixing.build("drrho", {"burn_in": 5}, domains=("a", "b", "c"))
+    stats = {"sample_loss": jnp.asarray(ce.sum(1) / mask.sum(1)),
+             "ref_sample_loss": jnp.asarray(ref_ce.sum(1) / mask.sum(1))}
+    np.testing.assert_array_equal(np.asarray(burn.sequence_weights({}, stats, jnp.asarray(4))), 1.0)
+    np.testing.assert_allclose(np.asarray(burn.sequence_weights({}, stats, jnp.asarray(5))),
+                               np_drrho(stats["sample_loss"], stats["ref_sample_loss"], 1.0),
+                               rtol=2e-5)
