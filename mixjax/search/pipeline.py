@@ -3,6 +3,8 @@
     mixjax search regmix CONFIG [--proxies N] [--out DIR] [--set K=V ...] [--proxy-set K=V ...]
                                 [--search-set K=V ...] [--seeds N] [--no-target]
     mixjax search law    CONFIG ...            (the Data Mixing Law of Ye et al. instead of RegMix)
+    mixjax search domain2vec CONFIG [--out DIR] [--target T] [--meta-domains source|K]
+                                (training-free: meta-domain classifier vectors, domain2vec.py)
     mixjax search skillit-graph CONFIG --out graph.npy [--set K=V ...] [--seeds N]
                                 (Skill-it's skills graph from K one-hot proxies: skillit_graph.py)
     mixjax search law    CONFIG --sizes 16,32,64 (one swarm per proxy d_model, Shukor et al.'s
@@ -607,6 +609,21 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                        metavar="KEY=VALUE", help=f"search setting, one of {sorted(DEFAULTS)}")
         p.add_argument("--seeds", type=int, default=1, help="target-model seeds per mixture")
         p.add_argument("--no-target", action="store_true", help="stop after the search")
+    d = sub.add_parser("domain2vec", help="Domain2Vec: meta-domain classifier -> domain vectors -> "
+                       "the mixture best aligned with the validation set (training-free)")
+    d.add_argument("config", help="config file: its data section (corpus or spec, data.domains) "
+                                  "names the domains; get_search()['target'] is read if present")
+    d.add_argument("--out", default=None, help="output dir (default runs/search_domain2vec_<name>)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override")
+    d.add_argument("--target", default=None,
+                   help="average (default), a domain (may be outside data.domains) or a JSON "
+                        "{domain: weight}")
+    d.add_argument("--meta-domains", default="source",
+                   help="'source' (the records' source field) or K (k-means clusters)")
+    d.add_argument("--docs", type=int, default=400, help="documents per domain (default 400)")
+    d.add_argument("--distance", default="l2", help="l2 (default) or kl")
+    d.add_argument("--seed", type=int, default=0)
     g = sub.add_parser("skillit-graph", help="Skill-it skills graph from K one-hot proxies "
                        "(one swarm) -> graph.npy for mixing.hparams.graph")
     g.add_argument("config", help="proxy config file (model, optimiser, data, train.steps)")
@@ -626,6 +643,8 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.train.loop import RunDirError
     if args.method == "skillit-graph":
         return _run_skillit_graph(args)
+    if args.method == "domain2vec":
+        return _run_domain2vec(args)
     # Multi-host (MIXJAX_DISTRIBUTED=1, set by scripts/launch_*.sh): join the job before any
     # other JAX call; a no-op otherwise. Every process runs every phase (the fit and search
     # are cheap and deterministic); the swarm is one job across all of them.
@@ -678,4 +697,67 @@ def _run_skillit_graph(args: argparse.Namespace) -> int:
         return 2
     print(np.array2string(graph, precision=3, suppress_small=True))
     print(f"graph: {out}   details: {out.with_suffix('.json')}")
+    return 0
+
+
+def _run_domain2vec(args: argparse.Namespace) -> int:
+    from mixjax import config as config_lib
+    from mixjax.config import ConfigError
+    from mixjax.data.sources import DataError
+    from mixjax.search import domain2vec
+    from mixjax.train.data import _all_sources
+    try:
+        path = pathlib.Path(args.config)
+        if not path.is_file():
+            raise SearchError(f"config file {str(path)!r} does not exist")
+        cfg = config_lib.load(path, args.overrides)
+        target = args.target
+        if target is None:
+            spec = importlib.util.spec_from_file_location(f"_mixjax_d2v_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            root = str(path.resolve().parent.parent)
+            sys.path.insert(0, root)
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(root)
+            target = (module.get_search() if hasattr(module, "get_search") else {}).get(
+                "target", "average")
+        elif target.startswith("{"):
+            try:
+                target = json.loads(target)
+            except json.JSONDecodeError as e:
+                raise SearchError(f"--target: not JSON ({e})") from None
+        meta = args.meta_domains
+        if meta != "source":
+            try:
+                meta = int(meta)
+            except ValueError:
+                raise SearchError(f"--meta-domains must be 'source' or an integer, "
+                                  f"got {meta!r}") from None
+        settings = domain2vec.Settings(target=target, meta_domains=meta, docs=args.docs,
+                                       distance=args.distance, seed=args.seed)
+        sources = _all_sources(cfg)
+        train = list(cfg.data.domains) if cfg.data.domains is not None else list(sources)
+        unknown = sorted(set(train) - set(sources))
+        if unknown:
+            raise SearchError(f"config key 'data.domains': unknown domain(s) {unknown}; "
+                              f"known: {sorted(sources)}")
+        from mixjax.train.data import split_fractions
+        res = domain2vec.run(sources, train, settings, fractions=split_fractions(cfg))
+        out = pathlib.Path(args.out or f"runs/search_domain2vec_{cfg.name}")
+        domain2vec.write(res, out)
+    except (SearchError, ConfigError, DataError, domain2vec.Domain2VecError, KeyError,
+            FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    print("found mixture: " + ", ".join(f"{d} {w:.3f}" for d, w in
+                                        zip(res["domains"], res["weights"])))
+    acc = res["classifier_validation_accuracy"]
+    print(f"{len(res['meta_domains'])} meta-domains; classifier validation accuracy "
+          f"{'n/a' if acc is None else f'{acc:.3f}'}; {res['distance']} distance to the target "
+          f"vector {res['distance_found']:.4g} (uniform {res['distance_uniform']:.4g}); "
+          f"{res['seconds']:.1f} s")
+    print(f"weights: {out / 'weights.json'}   details: {out / 'domain2vec.json'}")
     return 0
