@@ -102,6 +102,9 @@ def _method(cfg: Config, name: str) -> Config:
         m.sample_reweight, m.sample_reweight_hparams = "quadratic", {"temperature": 1.0, "burn_in": 50}
     elif name == "drrho":   # configs/lm_tiny_drrho.py: uniform sampling, sequences weighted in-batch
         d.sampler, m.name, m.hparams = "multinomial", "drrho", {"tau": 1.0}
+    elif name == "toremi":   # configs/lm_tiny_toremi.py: adjust every steps/15, stage 2 at 70%
+        m.name, m.sampling_weights = "toremi", "uniform"
+        m.hparams = {"adjust_every": cfg.train.steps // 15, "switch_step": int(0.7 * cfg.train.steps)}
     elif name in ("aioli", "skillit"):   # configs/lm_tiny_{aioli,skillit}.py, rounds of steps // 3
         d.sampler, m.name = "multinomial", name
         rounds = {"update_steps": cfg.train.steps // 3}
@@ -141,7 +144,7 @@ METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", 
            "aioli", "skillit", "pcgrad", "mgda", "upgrad", "upgrad_target",
            "upsample_end", "staged", "linear_schedule",
            # third round
-           "drrho")
+           "drrho", "toremi")
 
 
 def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:
