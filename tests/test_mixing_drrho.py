@@ -7,6 +7,7 @@ import pytest
 
 from mixjax import mixing
 from mixjax.mixing.drrho import drrho_weights
+from test_mixing_behaviour import nine, nine_stratified, reference  # noqa: F401 (fixtures)
 from test_train_step import APPLY, CFG, PARAMS, K, T, hand_token_losses, make_batch, run_step
 
 
@@ -60,3 +61,30 @@ def test_the_step_weights_sequences_by_their_excess_loss_over_the_reference():
     np.testing.assert_allclose(np.asarray(burn.sequence_weights({}, stats, jnp.asarray(5))),
                                np_drrho(stats["sample_loss"], stats["ref_sample_loss"], 1.0),
                                rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_drrho_spends_less_on_random_bytes_than_loss_weighting(nine_stratified,  # noqa: F811
+                                                              reference):  # noqa: F811
+    """Controlled case (tests/test_mixing_behaviour.py's nine domains: mixpile-tiny plus
+    uniformly random bytes, 2 rows each per batch, a 300-step reference): the random
+    domain's loss is irreducible, so its excess over the reference is ~0 and DRRho gives
+    it less than its 1/9 share of the batch's sequence weight, on average over the run;
+    weighting by the loss alone (no reference) gives it the most."""
+    from mixjax.train import loop
+    from test_mixing_behaviour import RANDOM, _stratified, _tiny_config
+    root, data = nine_stratified
+    cfg = _stratified(_tiny_config(root, "drrho", 100, tau=1.0))
+    cfg.train.reference = reference
+    res = loop.train(cfg, data=data)
+    ms = res.state.mix_state
+    mass = np.asarray(ms["mass_sum"]) / float(ms["mass_steps"])
+    k = len(mass)
+    assert data.domains[-1] == RANDOM and abs(mass.sum() - 1) < 1e-4
+    assert mass[-1] < 1 / k, mass
+    # the same rule on the loss alone (reference loss 0) would put the most weight there:
+    # the random domain has the highest training loss at the end of the run
+    import json
+    last = [json.loads(x) for x in open(f"{cfg.train.run_dir}/metrics.jsonl")][-1]
+    loss = np.asarray([last[f"loss/{d}"] for d in data.domains])
+    assert np.argmax(loss) == k - 1, loss

@@ -35,7 +35,8 @@ choices:
 * Domain weights are left at their initial value (uniform), with ``apply_to =
   "sampling"``: the domains are sampled as by ``uniform``, and the DRRho weighting acts
   within each batch. The state keeps ``domain_mass`` f32[K], the share of the batch's
-  sequence weight each domain received (a diagnostic of where the excess loss is).
+  sequence weight each domain received (a diagnostic of where the excess loss is), and
+  its running sum ``mass_sum`` over ``mass_steps`` updates.
 * A sequence whose losses are not finite keeps weight 1 and is left out of the
   softmax (as in :mod:`mixjax.mixing.sample_reweight`); an all-pad sequence has
   d = 0 and no tokens, so its weight does not matter.
@@ -86,14 +87,17 @@ class DRRho(Mixer):
 
     def init(self, num_domains):
         state = super().init(num_domains)
-        return {**state, "domain_mass": jnp.full((num_domains,), 1.0 / num_domains, jnp.float32)}
+        return {**state, "domain_mass": jnp.full((num_domains,), 1.0 / num_domains, jnp.float32),
+                "mass_sum": jnp.zeros((num_domains,), jnp.float32),
+                "mass_steps": jnp.zeros((), jnp.float32)}
 
     def update(self, state, stats, step):
         s = self._weights(stats, step)
         k = state["weights"].shape[0]
         mass = domain_stats.domain_totals(s, jnp.ones_like(s), stats["domain_id"], k)[0]
         mass = mass / jnp.maximum(jnp.sum(mass), 1e-30)
-        return {**state, "domain_mass": mass}
+        return {**state, "domain_mass": mass, "mass_sum": state["mass_sum"] + mass,
+                "mass_steps": state["mass_steps"] + 1.0}
 
     def sequence_weights(self, state, stats, step):
         del state
