@@ -48,7 +48,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 

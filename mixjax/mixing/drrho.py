@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from mixjax.mixing import domain_stats

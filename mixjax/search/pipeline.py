@@ -700,64 +700,7 @@ def _run_skillit_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+
 def _run_domain2vec(args: argparse.Namespace) -> int:
-    from mixjax import config as config_lib
-    from mixjax.config import ConfigError
-    from mixjax.data.sources import DataError
     from mixjax.search import domain2vec
-    from mixjax.train.data import _all_sources
-    try:
-        path = pathlib.Path(args.config)
-        if not path.is_file():
-            raise SearchError(f"config file {str(path)!r} does not exist")
-        cfg = config_lib.load(path, args.overrides)
-        target = args.target
-        if target is None:
-            spec = importlib.util.spec_from_file_location(f"_mixjax_d2v_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            root = str(path.resolve().parent.parent)
-            sys.path.insert(0, root)
-            try:
-                spec.loader.exec_module(module)
-            finally:
-                sys.path.remove(root)
-            target = (module.get_search() if hasattr(module, "get_search") else {}).get(
-                "target", "average")
-        elif target.startswith("{"):
-            try:
-                target = json.loads(target)
-            except json.JSONDecodeError as e:
-                raise SearchError(f"--target: not JSON ({e})") from None
-        meta = args.meta_domains
-        if meta != "source":
-            try:
-                meta = int(meta)
-            except ValueError:
-                raise SearchError(f"--meta-domains must be 'source' or an integer, "
-                                  f"got {meta!r}") from None
-        settings = domain2vec.Settings(target=target, meta_domains=meta, docs=args.docs,
-                                       distance=args.distance, seed=args.seed)
-        sources = _all_sources(cfg)
-        train = list(cfg.data.domains) if cfg.data.domains is not None else list(sources)
-        unknown = sorted(set(train) - set(sources))
-        if unknown:
-            raise SearchError(f"config key 'data.domains': unknown domain(s) {unknown}; "
-                              f"known: {sorted(sources)}")
-        from mixjax.train.data import split_fractions
-        res = domain2vec.run(sources, train, settings, fractions=split_fractions(cfg))
-        out = pathlib.Path(args.out or f"runs/search_domain2vec_{cfg.name}")
-        domain2vec.write(res, out)
-    except (SearchError, ConfigError, DataError, domain2vec.Domain2VecError, KeyError,
-            FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    print("found mixture: " + ", ".join(f"{d} {w:.3f}" for d, w in
-                                        zip(res["domains"], res["weights"])))
-    acc = res["classifier_validation_accuracy"]
-    print(f"{len(res['meta_domains'])} meta-domains; classifier validation accuracy "
-          f"{'n/a' if acc is None else f'{acc:.3f}'}; {res['distance']} distance to the target "
-          f"vector {res['distance_found']:.4g} (uniform {res['distance_uniform']:.4g}); "
-          f"{res['seconds']:.1f} s")
-    print(f"weights: {out / 'weights.json'}   details: {out / 'domain2vec.json'}")
-    return 0
+    return domain2vec.run_cli(args)
