@@ -31,7 +31,7 @@ from mixjax.config import Config
 BASELINE = "stratified_uniform"
 # mixpile-tiny and mixpile share these domains (mixjax.data.corpus.recipes)
 DOMAINS = ("code", "conversation", "legal", "literature", "math", "news", "science", "tech_docs")
-NEEDS_REFERENCE = ("doremi", "tdro")
+NEEDS_REFERENCE = ("doremi", "tdro", "drrho")
 
 
 def base(size: str = "tiny") -> Config:
@@ -114,6 +114,11 @@ def _method(cfg: Config, name: str) -> Config:
         d.sampler, m.name = "multinomial", "iwrm"
         m.hparams = {"norm_eps": 1e-4, "reg_eps": 1e-4}
         g.strategy = "vmap"
+    elif name == "drrho":   # configs/lm_tiny_drrho.py: uniform sampling, sequences weighted in-batch
+        d.sampler, m.name, m.hparams = "multinomial", "drrho", {"tau": 1.0}
+    elif name == "toremi":   # configs/lm_tiny_toremi.py: adjust every steps/15, stage 2 at 70%
+        m.name, m.sampling_weights = "toremi", "uniform"
+        m.hparams = {"adjust_every": cfg.train.steps // 15, "switch_step": int(0.7 * cfg.train.steps)}
     elif name in ("aioli", "skillit"):   # configs/lm_tiny_{aioli,skillit}.py, rounds of steps // 3
         d.sampler, m.name = "multinomial", name
         rounds = {"update_steps": cfg.train.steps // 3}
@@ -153,7 +158,9 @@ METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", 
            "aioli", "skillit", "pcgrad", "mgda", "upgrad", "upgrad_target",
            "upsample_end", "staged", "linear_schedule",
            # sample-level rules (docs/selection.md)
-           "prospect", "feasible", "iwrm")
+           "prospect", "feasible", "iwrm",
+           # third round (docs/mixing.md)
+           "drrho", "toremi")
 
 
 def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:

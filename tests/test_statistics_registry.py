@@ -104,7 +104,7 @@ def test_every_builtin_requirement_is_declared_and_needs_are_consistent():
         if req is not None:
             statistics.check_known(req, name)
     assert statistics.needing("gradient_engine") == set(grads.GRAD_STATS)
-    assert statistics.needing("reference") == {"ref_loss", "ref_token_loss"}
+    assert statistics.needing("reference") == {"ref_loss", "ref_token_loss", "ref_sample_loss"}
     assert "target_batch" in statistics.needs_of({"grad_dot"})
     assert "target_batch" not in statistics.needs_of({"gram", "grad_norm"})
     assert "target_batch" in statistics.needs_of(mixing.get("doge", target="ood").requires)

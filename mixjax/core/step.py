@@ -14,7 +14,7 @@ What one step does (B sequences, S tokens, K domains, d = domain of a token)::
          loss:      r_d = w_d / p_d            (importance correction; 0 if p_d = 0)
          both:      r_d = w_d
        optional per-sequence weights s_b = sample_weights(sample_loss, step), times
-       mixer.example_weights(mix_state', stats) when ``mixer.example_weighting`` (Prospect,
+       mixer.example_weights(mix_state', stats) when ``mixer.example_weighting`` (Prospect, DRRho,
        Feasible Learning), times batch["sample_weight"] when the data supply one
        (data.selection mode "weight")
        objective  L = sum_{b,t} s_b r_d(b) m l / sum_{b,t} s_b r_d(b) m

@@ -6,6 +6,8 @@
     mixjax data select NAME|DIR|SPEC.json --out FILE [--scorer length] [--arg K=V ...]
     mixjax data select NAME|DIR|SPEC.json --out FILE --method gio|ingenious --budget F
                        [--target T.jsonl] [--cache-dir DIR] [--arg k=1]
+    mixjax data regroup NAME|DIR|SPEC.json --k K --out DIR [--svd D] [--seed S]
+                                         (R&B regroup: k-means clusters as new domains)
 
 ``info`` counts tokens under the byte tokenizer (UTF-8 bytes + 1 EOS per document) and
 documents per split with :mod:`mixjax.data.splits` (the split the sampler and eval sets use).
@@ -57,6 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -
     s.add_argument("--cache-dir", default=None,
                    help="--method: embedding cache (default $MIXJAX_CACHE_DIR/embeddings or "
                         "~/.cache/mixjax/embeddings)")
+    r = sub.add_parser("regroup", help="cluster every document (TF-IDF [+ SVD] + k-means) into K new "
+                                       "domains written as a corpus directory and spec.json "
+                                       "(mixjax.data.regroup; R&B's regroup step)")
+    r.add_argument("name", help="corpus name, a directory of <domain>.jsonl files or a dataset-spec .json")
+    r.add_argument("--k", type=int, required=True, help="number of clusters (new domains), >= 2")
+    r.add_argument("--out", required=True, help="output directory (new or empty)")
+    r.add_argument("--svd", type=int, default=0, help="reduce TF-IDF to D dimensions (LSA) first; 0: no")
+    r.add_argument("--seed", type=int, default=0, help="k-means / SVD seed (default 0)")
+    r.add_argument("--max-features", type=int, default=50_000, help="TF-IDF vocabulary size")
+    r.add_argument("--min-df", type=int, default=2, help="a term's minimum document frequency")
+    r.add_argument("--n-init", type=int, default=3, help="k-means restarts")
+    r.add_argument("--overwrite", action="store_true", help="replace the output of an earlier regroup")
     m = sub.add_parser("mathgen", help="generate the optional DeepMind-math input once into the download cache")
     m.add_argument("--cache-dir", default=None)
     m.add_argument("--bytes", type=int, default=None, help="text bytes to generate (default 2,000,000: ~3,000 documents)")
@@ -185,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data_command == "select":
         return _select(args)
+    if args.data_command == "regroup":
+        return _regroup(args)
     if args.data_command == "mathgen":
         from mixjax.data.corpus import mathgen
         path = mathgen.generate(cache_dir=args.cache_dir, nbytes=args.bytes, seed=args.seed)
@@ -217,9 +233,7 @@ def _select(args: argparse.Namespace) -> int:
     if args.scorer not in selection.SCORERS:
         raise KeyError(f"unknown scorer {args.scorer!r}; known: {', '.join(selection.SCORERS)}")
     kwargs = _scorer_kwargs(args.arg)
-    where = Path(args.name)
-    spec = json.loads(where.read_text()) if where.suffix == ".json" and where.is_file() else args.name
-    sources = resolve_sources(spec)
+    sources = resolve_sources(_spec_or_name(args.name))
     weights = selection.score(sources, selection.SCORERS[args.scorer](**kwargs))
     sha = selection.write(args.out, weights,
                           scorer=f"{args.scorer}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
@@ -264,9 +278,7 @@ def _select_subset(args: argparse.Namespace) -> int:
             k = int(value)
     cache = args.cache_dir or os.path.join(
         os.environ.get("MIXJAX_CACHE_DIR", os.path.expanduser("~/.cache/mixjax")), "embeddings")
-    where = Path(args.name)
-    spec = json.loads(where.read_text()) if where.suffix == ".json" and where.is_file() else args.name
-    sources = resolve_sources(spec)
+    sources = resolve_sources(_spec_or_name(args.name))
     weights, info = subset_select.select_subset(sources, args.method, budget, target=target,
                                                 cache_dir=cache, k=k, scorer=scorer)
     extra = (f", k={k}, target={args.target!r}" if args.method == "gio" else
@@ -278,4 +290,29 @@ def _select_subset(args: argparse.Namespace) -> int:
     print(f"{args.out}: {len(weights)} documents, {kept} with weight > 0; {what}: "
           f"{', '.join(f'{d} {n}' for d, n in info['selected'].items())}; "
           f"{info['embedded']} embedded, {info['cached']} from the cache; sha256 {sha}")
+    return 0
+
+
+def _spec_or_name(name: str):
+    where = Path(name)
+    return json.loads(where.read_text()) if where.suffix == ".json" and where.is_file() else name
+
+
+def _regroup(args: argparse.Namespace) -> int:
+    """``mixjax data regroup``: k-means clusters of every document as new domains."""
+    from mixjax.data import regroup
+    from mixjax.data.spec import resolve_sources
+    opts = regroup.Options(k=args.k, seed=args.seed, svd=args.svd, max_features=args.max_features,
+                           min_df=args.min_df, n_init=args.n_init)
+    if opts.k < 2:                   # before the corpus is read
+        opts.check(opts.k)
+    r = regroup.regroup(resolve_sources(_spec_or_name(args.name)), args.out, opts,
+                        overwrite=args.overwrite)
+    docs = sum(c["documents"] for c in r.clusters.values())
+    print(f"{r.out}: {len(r.clusters)} domains from {docs} documents in {r.seconds:.1f} s; "
+          f"data.spec = {r.out / 'spec.json'}")
+    for name, c in r.clusters.items():
+        top = max(c["original_domains"].items(), key=lambda kv: kv[1])
+        print(f"  {name}: {c['documents']:>6} docs {c['bytes'] / 1e6:7.2f} MB  "
+              f"{100 * top[1] / c['documents']:3.0f}% {top[0]}  [{' '.join(c['top_terms'][:5])}]")
     return 0

@@ -222,6 +222,10 @@ class JsonlSource(DomainSource):
         return len(self._offset)
 
     def __getitem__(self, index):
+        return self.record(index)[self.text_field]
+
+    def record(self, index: int) -> dict:
+        """The whole JSON object of document ``index`` (its text under ``text_field``)."""
         index = int(index)
         f = int(self._file[index])
         fd = self._fds.get(f)
@@ -230,7 +234,7 @@ class JsonlSource(DomainSource):
         raw = os.pread(fd, int(self._length[index]), int(self._offset[index]))
         # the index kept only lines that _parse read this way (UTF-8, then JSON), so the
         # bytes' encoding needs no detection (json.loads(bytes)'s per-call cost)
-        return _JSON_DECODE(raw.decode("utf-8"))[self.text_field]
+        return _JSON_DECODE(raw.decode("utf-8"))
 
     def __getstate__(self):
         state = dict(self.__dict__)

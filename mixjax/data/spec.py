@@ -43,6 +43,7 @@ class DomainSpec:
     globs, a directory of them, or a ``save_to_disk`` directory; ``split``;
     ``domain_field``/``domain_value``: keep the rows of one value of a column;
     ``domain_field`` without ``domain_value`` makes one domain per value).
+    ``group_field`` (hf, jsonl) names the document id whose parts share a split.
     ``text_field`` names the text in JSON/tfds/hf records.
     """
 
@@ -58,7 +59,7 @@ class DomainSpec:
     min_chars: int = 1              # shorter documents are filtered out
     domain_field: str | None = None  # hf: column (dotted if nested) whose value is the domain
     domain_value: Any = None         # hf: keep rows with this value (None: one domain per value)
-    group_field: str | None = None   # hf: column of document ids sharing a split
+    group_field: str | None = None   # hf, jsonl: field of document ids sharing a split
 
     def __post_init__(self):
         if not self.name:
@@ -70,7 +71,8 @@ class DomainSpec:
         paths = [p.strip() for p in str(self.path).split(",") if p.strip()]
         if self.kind == "jsonl":
             return src_lib.JsonlSource(paths, domain=self.name, text_field=self.text_field,
-                                       on_error=self.on_error, min_chars=self.min_chars)
+                                       on_error=self.on_error, min_chars=self.min_chars,
+                                       group_field=self.group_field)
         if self.kind == "textdir":
             return src_lib.TextDirSource(self.path, domain=self.name, pattern=self.pattern,
                                          on_error=self.on_error, min_chars=self.min_chars)

@@ -202,6 +202,9 @@ declare("ref_loss", shape="f32[K]", attribution="domain", needs={"reference"},
         doc="mean token loss per domain of the reference model",
         compute=lambda ctx: domain_stats.domain_mean(ctx.ref_token_loss, ctx.token_mask,
                                                      ctx.domain_id, ctx.num_domains)[0])
+declare("ref_sample_loss", shape="f32[B]", attribution="sequence", needs={"reference"},
+        doc="mean token loss per sequence of the reference model",
+        compute=lambda ctx: domain_stats.sequence_means(ctx.ref_token_loss, ctx.token_mask)[0])
 declare("ref_token_loss", shape="f32[B,S]", attribution="sequence", needs={"reference"},
         doc="per-token loss of the reference model", compute=lambda ctx: ctx.ref_token_loss)
 declare("grad_dot", shape="f32[K]", attribution="domain",

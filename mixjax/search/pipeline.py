@@ -3,6 +3,8 @@
     mixjax search regmix CONFIG [--proxies N] [--out DIR] [--set K=V ...] [--proxy-set K=V ...]
                                 [--search-set K=V ...] [--seeds N] [--no-target]
     mixjax search law    CONFIG ...            (the Data Mixing Law of Ye et al. instead of RegMix)
+    mixjax search domain2vec CONFIG [--out DIR] [--target T] [--meta-domains source|K]
+                                (training-free: meta-domain classifier vectors, domain2vec.py)
     mixjax search skillit-graph CONFIG --out graph.npy [--set K=V ...] [--seeds N]
                                 (Skill-it's skills graph from K one-hot proxies: skillit_graph.py)
     mixjax search dcpt   CONFIG --init-from RUN[,RUN]  (the D-CPT law; cpt_search.py)
@@ -624,6 +626,21 @@ def add_arguments(parser: argparse.ArgumentParser, name: str):
                        metavar="KEY=VALUE", help=f"search setting, one of {sorted(DEFAULTS)}")
         p.add_argument("--seeds", type=int, default=1, help="target-model seeds per mixture")
         p.add_argument("--no-target", action="store_true", help="stop after the search")
+    d = sub.add_parser("domain2vec", help="Domain2Vec: meta-domain classifier -> domain vectors -> "
+                       "the mixture best aligned with the validation set (training-free)")
+    d.add_argument("config", help="config file: its data section (corpus or spec, data.domains) "
+                                  "names the domains; get_search()['target'] is read if present")
+    d.add_argument("--out", default=None, help="output dir (default runs/search_domain2vec_<name>)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override")
+    d.add_argument("--target", default=None,
+                   help="average (default), a domain (may be outside data.domains) or a JSON "
+                        "{domain: weight}")
+    d.add_argument("--meta-domains", default="source",
+                   help="'source' (the records' source field) or K (k-means clusters)")
+    d.add_argument("--docs", type=int, default=400, help="documents per domain (default 400)")
+    d.add_argument("--distance", default="l2", help="l2 (default) or kl")
+    d.add_argument("--seed", type=int, default=0)
     g = sub.add_parser("skillit-graph", help="Skill-it skills graph from K one-hot proxies "
                        "(one swarm) -> graph.npy for mixing.hparams.graph")
     g.add_argument("config", help="proxy config file (model, optimiser, data, train.steps)")
@@ -644,6 +661,8 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.train.loop import RunDirError
     if args.method == "skillit-graph":
         return _run_skillit_graph(args)
+    if args.method == "domain2vec":
+        return _run_domain2vec(args)
     # Multi-host (MIXJAX_DISTRIBUTED=1, set by scripts/launch_*.sh): join the job before any
     # other JAX call; a no-op otherwise. Every process runs every phase (the fit and search
     # are cheap and deterministic); the swarm is one job across all of them.
@@ -697,3 +716,9 @@ def _run_skillit_graph(args: argparse.Namespace) -> int:
     print(np.array2string(graph, precision=3, suppress_small=True))
     print(f"graph: {out}   details: {out.with_suffix('.json')}")
     return 0
+
+
+
+def _run_domain2vec(args: argparse.Namespace) -> int:
+    from mixjax.search import domain2vec
+    return domain2vec.run_cli(args)
