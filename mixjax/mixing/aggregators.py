@@ -234,6 +234,13 @@ class MGDA(_GramAggregator):
         return mgda_weights(stats["gram"], self.epsilon, self.max_iters, stats["count"] > 0)
 
 
+def check_upgrad_eps(name: str, norm_eps: float, reg_eps: float) -> None:
+    """UPGrad's regularisers (over domains here, over sequences in ``mixing.iwrm``)."""
+    if not reg_eps > 0 or norm_eps < 0:
+        raise ValueError(f"mixer {name!r}: need reg_eps > 0 (a positive definite "
+                         f"Gram matrix) and norm_eps >= 0; got {reg_eps}, {norm_eps}")
+
+
 @register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class UPGrad(_GramAggregator):
@@ -245,10 +252,7 @@ class UPGrad(_GramAggregator):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.reg_eps > 0 or self.norm_eps < 0:
-            raise ValueError(f"mixer {self.name!r}: need reg_eps > 0 (a positive definite "
-                             f"Gram matrix) and norm_eps >= 0; got {self.reg_eps}, "
-                             f"{self.norm_eps}")
+        check_upgrad_eps(self.name, self.norm_eps, self.reg_eps)
 
     def preference(self, stats) -> Array:
         k = stats["gram"].shape[0]

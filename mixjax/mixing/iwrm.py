@@ -51,10 +51,7 @@ class IWRM(base.Mixer):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.reg_eps > 0 or self.norm_eps < 0:
-            raise ValueError(f"mixer {self.name!r}: need reg_eps > 0 (a positive definite "
-                             f"Gram matrix) and norm_eps >= 0; got {self.reg_eps}, "
-                             f"{self.norm_eps}")
+        aggregators.check_upgrad_eps(self.name, self.norm_eps, self.reg_eps)
         if self.qp_iters is not None and self.qp_iters < 1:
             raise ValueError(f"mixer {self.name!r}: qp_iters must be >= 1, got {self.qp_iters}")
 
