@@ -51,7 +51,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mixjax.search import designs, pipeline, swarm as S  # noqa: E402
+from mixjax.search import designs, settings as search_settings, swarm as S  # noqa: E402
 from mixjax.train.data import build_data  # noqa: E402
 
 
@@ -147,7 +147,7 @@ def swarm_process(config: str, n: int, seed: int, work) -> tuple[float, float, d
 
 
 def swarm_child(config: str, n: int, seed: int, out: pathlib.Path) -> None:
-    target, proxy, settings = pipeline.load_search_config(config)
+    target, proxy, settings = search_settings.load_search_config(config)
     proxy.train.progress = False
     data = build_data(proxy)
     mix = designs.dirichlet(n, len(data.domains), seed=seed)
@@ -176,7 +176,7 @@ def main() -> None:
     if args.swarm_child is not None:
         swarm_child(args.config, args.swarm_child, args.swarm_seed, pathlib.Path(args.swarm_out))
         return
-    target, proxy, settings = pipeline.load_search_config(args.config)
+    target, proxy, settings = search_settings.load_search_config(args.config)
     proxy.train.progress = False
     data = build_data(proxy)
     print(f"backend {jax.default_backend()}, devices {len(jax.devices())}, cores "

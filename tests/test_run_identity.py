@@ -73,7 +73,7 @@ def test_neutral_keys_are_declared_once_and_change_no_hash():
 def test_log_every_reuses_and_lr_retrains_in_every_caller(tmp_path, fake_train, monkeypatch):
     from mixjax import workflows
     from mixjax.compare import runs
-    from mixjax.search import pipeline
+    from mixjax.search import phases, settings as search_settings
 
     # 1. compare: the same run dir, reused
     grid = runs.plan_grid([UNIFORM], 1, MICRO, tmp_path / "cmp")
@@ -108,15 +108,15 @@ def test_log_every_reuses_and_lr_retrains_in_every_caller(tmp_path, fake_train, 
     # 3. search: a target run is reused; another config in its dir is refused
     t = config_lib.load(UNIFORM, MICRO)
     run_dir = tmp_path / "search" / "target" / "uniform" / "seed0"
-    ev = pipeline._train_target(t, run_dir, 0, "uniform", lambda s: None, "uniform")
+    ev = phases.train_target(t, run_dir, 0, "uniform", lambda s: None, "uniform")
     n = len(fake_train)
-    assert pipeline._train_target(_copy(t, NEUTRAL), run_dir, 0, "uniform", lambda s: None,
+    assert phases.train_target(_copy(t, NEUTRAL), run_dir, 0, "uniform", lambda s: None,
                                   "uniform") == ev
     assert len(fake_train) == n
-    with pytest.raises(pipeline.SearchError, match="another config"):
-        pipeline._train_target(_copy(t, RESULT), run_dir, 0, "uniform", lambda s: None, "uniform")
+    with pytest.raises(search_settings.SearchError, match="another config"):
+        phases.train_target(_copy(t, RESULT), run_dir, 0, "uniform", lambda s: None, "uniform")
     # search.json compares the same identity dicts
-    assert pipeline._identity_of_saved(config_lib.to_dict(_copy(t, NEUTRAL))) == \
+    assert phases.identity_of_saved(config_lib.to_dict(_copy(t, NEUTRAL))) == \
         run_identity.identity_dict(t)
 
     # 4. the loop: resuming with another log_every is allowed, with another lr it is not

@@ -101,13 +101,12 @@ def test_bad_input_exits_2_with_one_line_before_training(config, tmp_path, capsy
 
 
 def test_an_out_dir_of_another_search_is_refused(tmp_path):
-    from mixjax.search import cpt_search
-    from mixjax.search.pipeline import SearchError
+    from mixjax.search.settings import SearchError, claim_out
     rec = {"method": "dcpt", "ratios": np.array([0.0, 0.5, 1.0]), "init_from": ["a"]}
-    cpt_search._claim_out(tmp_path, rec)
-    cpt_search._claim_out(tmp_path, dict(rec))          # the same search: reused
+    claim_out(tmp_path, "design.json", rec)
+    claim_out(tmp_path, "design.json", dict(rec))          # the same search: reused
     with pytest.raises(SearchError, match=r"holds a different search \(ratios differ\)"):
-        cpt_search._claim_out(tmp_path, {**rec, "ratios": np.array([0.0, 1.0, 0.2])})
+        claim_out(tmp_path, "design.json", {**rec, "ratios": np.array([0.0, 1.0, 0.2])})
 
 
 @pytest.mark.slow

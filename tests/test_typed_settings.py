@@ -10,7 +10,7 @@ import pytest
 from mixjax import cli
 from mixjax.config import ConfigError
 from mixjax.dg import config as dg_config
-from mixjax.search import pipeline
+from mixjax.search import settings as search_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DG = str(ROOT / "configs" / "dg_tiny.py")
@@ -40,8 +40,8 @@ def test_dg_sweep_config_coerces_like_config():
     ("colour=blue", "unknown search setting 'colour'"),
 ])
 def test_search_settings_types_name_the_key(item, message, tmp_path, capsys):
-    with pytest.raises(pipeline.SearchError, match=message.replace("[", r"\[")):
-        pipeline.load_search_config(SEARCH, search_overrides=[item])
+    with pytest.raises(search_settings.SearchError, match=message.replace("[", r"\[")):
+        search_settings.load_search_config(SEARCH, search_overrides=[item])
     out = tmp_path / "out"
     assert cli.main(["search", "regmix", SEARCH, "--out", str(out), "--search-set", item]) == 2
     err = capsys.readouterr().err
@@ -50,8 +50,8 @@ def test_search_settings_types_name_the_key(item, message, tmp_path, capsys):
 
 
 def test_search_settings_defaults_and_coercion():
-    _, _, s = pipeline.load_search_config(SEARCH, search_overrides=["baselines=uniform",
+    _, _, s = search_settings.load_search_config(SEARCH, search_overrides=["baselines=uniform",
                                                                     "max_epochs=2"])
     assert s["baselines"] == ["uniform"] and s["max_epochs"] == 2
-    assert set(s) == set(pipeline.DEFAULTS)
-    assert pipeline.DEFAULTS["baselines"] == ["uniform", "natural"]
+    assert set(s) == set(search_settings.DEFAULTS)
+    assert search_settings.DEFAULTS["baselines"] == ["uniform", "natural"]

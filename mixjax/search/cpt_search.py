@@ -44,7 +44,8 @@ import time
 
 import numpy as np
 
-from mixjax.search.pipeline import SearchError, _write_json, load_search_config
+from mixjax.search.phases import target_size, train_swarms
+from mixjax.search.settings import SearchError, claim_out, load_search_config, write_json
 
 
 # ------------------------------------------------------------------------ checks
@@ -93,25 +94,6 @@ def _evals_needed(proxy_cfg, need: int, what: str) -> None:
                           f"proxy config has train.steps={steps}, train.eval_every={every}")
 
 
-def _claim_out(out: pathlib.Path, record: dict) -> None:
-    """Writes design.json, or checks that an existing one is this search's (the swarms
-    under --out are reused on a repeat, so a different search must not find them)."""
-    from mixjax.search.pipeline import _default
-    path = out / "design.json"
-    text = json.dumps(record, default=_default, sort_keys=True)
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(record)
-                      if json.dumps(old.get(k), default=_default, sort_keys=True)
-                      != json.dumps(json.loads(text).get(k), sort_keys=True))
-        if diff:
-            raise SearchError(f"--out {str(out)!r} holds a different search ({', '.join(diff)} "
-                              "differ); pick another --out or repeat the same command")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, json.loads(text))
-
-
 def _proxy_for_run(proxy_cfg, run: str):
     """The proxy config continuing ``run``: that run's model shape with model.init_from."""
     from mixjax import config as config_lib
@@ -123,33 +105,6 @@ def _proxy_for_run(proxy_cfg, run: str):
     return cfg
 
 
-def _train_swarms(cfgs: dict, mixtures: np.ndarray, settings: dict, data, out: pathlib.Path,
-                  log) -> dict:
-    """Builds every swarm (memory checked) before any trains; trains or reuses each."""
-    from mixjax.search import swarm
-    built = {}
-    for name, cfg in cfgs.items():
-        swarm.check_config(cfg)
-        sw = swarm.Swarm(cfg, mixtures, route=settings["route"], strategy=settings["strategy"],
-                         models=settings["models"], data=data)
-        swarm.check_memory(sw)
-        built[name] = sw
-    results = {}
-    for name, sw in built.items():
-        path = out / f"swarm_{name}" / "result.json"
-        if path.exists():
-            res, _, _ = swarm.load_result(path)
-            log(f"swarm {name}: reusing {path}")
-        else:
-            log(f"swarm {name}: {sw.num_proxies} proxies x {sw.params_per_proxy} parameters "
-                f"from {sw.cfg.model.init_from}, {sw.cfg.train.steps} steps")
-            res = swarm.train_swarm(sw, out / f"swarm_{name}", progress=sw.cfg.train.progress,
-                                    log=log)
-            swarm.save_result(res, mixtures, sw.domains, path)
-        results[name] = (sw.params_per_proxy, res)
-    return results
-
-
 def _rows(res, tokens_per_step: int):
     """[(step, tokens, table float[P, K'], ok bool[P])] over every evaluation."""
     out = []
@@ -158,16 +113,6 @@ def _rows(res, tokens_per_step: int):
         ok = res.alive & np.all(np.isfinite(table), axis=1)
         out.append((step, step * tokens_per_step, table, ok))
     return out
-
-
-def _target_nd(target_cfg, data) -> tuple[float, float]:
-    from mixjax.models import transformer
-    from mixjax.search.pipeline import jax_leaves
-    from mixjax.train.loop import model_config
-    _, abstract, _ = transformer.abstract_init(model_config(target_cfg, data.vocab_size))
-    n = float(sum(np.prod(x.shape) for x in jax_leaves(abstract)))
-    d = float(target_cfg.train.steps * target_cfg.data.batch_size * target_cfg.data.seq_len)
-    return n, d
 
 
 # -------------------------------------------------------------------------- dcpt
@@ -198,11 +143,11 @@ def run_dcpt(target_cfg, proxy_cfg, settings: dict, runs: list[str], out: pathli
     mixtures = np.repeat(mix, reps, axis=0)          # proxy axis = mixtures x seeds
     r_of = np.repeat(ratios, reps)
     from mixjax import run_identity
-    _claim_out(out, {"method": "dcpt", "general": settings["general"],
-                     "domain": settings["domain"], "ratios": ratios,
-                     "seeds_per_mixture": reps, "init_from": runs, "mixtures": mixtures,
-                     "proxies": {n: run_identity.identity_dict(c) for n, c in cfgs.items()}})
-    results = _train_swarms(cfgs, mixtures, settings, data, out, log)
+    claim_out(out, "design.json", {
+        "method": "dcpt", "general": settings["general"], "domain": settings["domain"],
+        "ratios": ratios, "seeds_per_mixture": reps, "init_from": runs, "mixtures": mixtures,
+        "proxies": {n: run_identity.identity_dict(c) for n, c in cfgs.items()}})
+    results = train_swarms(cfgs, mixtures, settings, data, out, log)
     tps = proxy_cfg.data.batch_size * proxy_cfg.data.seq_len
     cols = {"n": [], "d": [], "r": [], "lg": [], "ld": [], "last": []}
     for n_params, res in results.values():
@@ -229,7 +174,7 @@ def run_dcpt(target_cfg, proxy_cfg, settings: dict, runs: list[str], out: pathli
                       "pred": pred.tolist(), "actual": y[last].tolist()}
     law_g = dl.fit_dcpt(c["n"], c["d"], 1.0 - c["r"], c["lg"], **kw)
     law_d = dl.fit_dcpt(c["n"], c["d"], c["r"], c["ld"], **kw)
-    n_t, d_t = _target_nd(target_cfg, data)
+    n_t, d_t = target_size(target_cfg, data)
     budget = dl.general_budget(law_g, n_t, d_t, settings["tau"])
     r_best, ld_best = dl.ratio_under_general_budget(law_g, law_d, n_t, d_t, budget)
     usages = {"target_N": n_t, "target_D": d_t, "tau": settings["tau"],
@@ -259,9 +204,9 @@ def run_dcpt(target_cfg, proxy_cfg, settings: dict, runs: list[str], out: pathli
                     "another N are extrapolations without support")
     if warn:
         fit["warning"] = "; ".join(warn)
-    _write_json(out / "fit.json", fit)
+    write_json(out / "fit.json", fit)
     wb = {dom: float(w) for dom, w in zip(domains, fit["weights"])}
-    _write_json(out / "weights.json", {
+    write_json(out / "weights.json", {
         "method": "dcpt", "domains": list(domains), "weights_by_domain": wb,
         "ratio": r_best, "predicted_domain_loss": ld_best,
         "predicted_general_loss": usages["general_loss_at_ratio"],
@@ -346,7 +291,7 @@ def run_sft(target_cfg, proxy_cfg, settings: dict, runs: list[str], out: pathlib
     k = len(domains)
     pi_eval = regmix.target_weights(tuple(domains), domains, settings["target"])
     counts = np.asarray(data.token_counts, np.float64)
-    _, budget = _target_nd(target_cfg, data)
+    _, budget = target_size(target_cfg, data)
     cons = designs.make_constraints(domains, min_weight=settings["min_weight"],
                                     max_weight=settings["max_weight"],
                                     max_epochs=settings["max_epochs"], budget_tokens=budget,
@@ -354,9 +299,10 @@ def run_sft(target_cfg, proxy_cfg, settings: dict, runs: list[str], out: pathlib
     mix = sft_design(k, settings, domains, counts / counts.sum(), cons)
     mixtures = np.repeat(mix, settings["seeds_per_mixture"], axis=0)
     from mixjax import run_identity
-    _claim_out(out, {"method": "sft", "domains": list(domains), "mixtures": mixtures,
-                     "init_from": runs, "proxy": run_identity.identity_dict(cfg)})
-    results = _train_swarms({"run0": cfg}, mixtures, settings, data, out, log)
+    claim_out(out, "design.json", {"method": "sft", "domains": list(domains),
+                                   "mixtures": mixtures, "init_from": runs,
+                                   "proxy": run_identity.identity_dict(cfg)})
+    results = train_swarms({"run0": cfg}, mixtures, settings, data, out, log)
     _, res = results["run0"]
     tps = proxy_cfg.data.batch_size * proxy_cfg.data.seq_len
     ev = list(res.eval_domains)
@@ -383,9 +329,9 @@ def run_sft(target_cfg, proxy_cfg, settings: dict, runs: list[str], out: pathlib
         fit["warning"] = (f"a domain's SFT law did not report convergence (train residual "
                           f"RMS {max(law.residual_rms):.4g})")
         log("warning: " + fit["warning"])
-    _write_json(out / "fit.json", fit)
+    write_json(out / "fit.json", fit)
     wb = {dom: float(v) for dom, v in zip(domains, w)}
-    _write_json(out / "weights.json", {
+    write_json(out / "weights.json", {
         "method": "sft", "domains": list(domains), "weights_by_domain": wb,
         "predicted_target_loss": val, "target": settings["target"],
         "use": "--set mixing.name=manual --set 'mixing.hparams.weights_by_domain="

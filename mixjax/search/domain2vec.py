@@ -237,7 +237,7 @@ def write(result: dict, out: pathlib.Path) -> None:
 
 
 def run_cli(args) -> int:
-    """``mixjax search domain2vec`` (arguments: mixjax.search.pipeline.add_arguments)."""
+    """``mixjax search domain2vec`` (arguments: mixjax.search.command.add_arguments)."""
     from mixjax import config as config_lib
     from mixjax.config import ConfigError
     from mixjax.data.sources import DataError
