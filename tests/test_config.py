@@ -132,7 +132,7 @@ def test_a_stored_config_loads_whatever_mixer_it_names(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "['mixjax', 'mixjax.config', 'mixjax.errors']"
+    assert res.stdout.strip() == "['mixjax', 'mixjax.config', 'mixjax.config_engine', 'mixjax.errors']"
 
 
 def test_json_round_trip():
