@@ -11,6 +11,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 datasets = pytest.importorskip("datasets")
 
 from mixjax import data  # noqa: E402
+from mixjax.data import hf_sources  # noqa: E402
 from mixjax.data import sources as src_lib  # noqa: E402
 from mixjax.data import splits as splits_lib  # noqa: E402
 
@@ -57,7 +58,7 @@ def test_parquet_dir_matches_the_same_corpus_as_jsonl(tmp_path):
     ps, js = data.corpus_sources(str(pdir)), data.corpus_sources(str(jdir))
     assert list(ps) == list(js) == sorted(WORDS)
     for d in ps:
-        assert isinstance(ps[d], src_lib.HFSource)
+        assert isinstance(ps[d], hf_sources.HFSource)
         assert [ps[d][i] for i in range(len(ps[d]))] == [js[d][i] for i in range(len(js[d]))]
         np.testing.assert_array_equal(ps[d].group_keys(), js[d].group_keys())
         for split in splits_lib.SPLITS:   # identical splits, hence identical packing and eval sets

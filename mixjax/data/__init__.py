@@ -28,9 +28,9 @@ from mixjax.data.counts import token_counts
 from mixjax.data.eval_sets import eval_arrays, eval_token_counts
 from mixjax.data.packing import PackIterDataset, TokenizeChunk, TokenizeDoc, pack_arrays
 from mixjax.data.sampler import DomainSampler, make_sampler
-from mixjax.data.sources import (ArrayRecordSource, DataError, DomainSource, HFSource, JsonlSource,
-                                 ListSource, TextDirSource, TfdsSource, hf_column_sources,
-                                 text_dir_sources)
+from mixjax.data.hf_sources import HFSource, hf_column_sources
+from mixjax.data.sources import (ArrayRecordSource, DataError, DomainSource, JsonlSource,
+                                 ListSource, TextDirSource, TfdsSource, text_dir_sources)
 from mixjax.data.spec import (DatasetSpec, DomainSpec, corpus_sources, jsonl_dir_sources,
                               parquet_dir_sources, resolve_sources)
 from mixjax.data.splits import SPLITS, split_indices, split_source, split_sources

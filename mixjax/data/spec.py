@@ -16,7 +16,7 @@ A config names domains and their sources; domains may mix kinds in one run::
 spec is accepted) means every domain of that corpus (``<domain>.jsonl`` files in
 ``mixjax.data.corpus.corpus_dir(name)``; see :func:`corpus_sources`). A
 directory of ``<domain>.parquet`` files works the same way (one
-:class:`~mixjax.data.sources.HFSource` per file).
+:class:`~mixjax.data.hf_sources.HFSource` per file).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import pathlib
 from typing import Any, Mapping, Sequence
 
-from mixjax.data import sources as src_lib
+from mixjax.data import hf_sources, sources as src_lib
 from mixjax.data.sources import DataError, DomainSource
 
 KINDS = ("jsonl", "textdir", "arrayrecord", "tfds", "hf")
@@ -80,7 +80,7 @@ class DomainSpec:
             return src_lib.ArrayRecordSource(paths, domain=self.name, record_format=self.record_format,
                                              text_field=self.text_field, on_error=self.on_error)
         if self.kind == "hf":
-            return src_lib.HFSource(self._hf_paths(), domain=self.name, text_field=self.text_field,
+            return hf_sources.HFSource(self._hf_paths(), domain=self.name, text_field=self.text_field,
                                     domain_field=self.domain_field, domain_value=self.domain_value,
                                     split=self.split, min_chars=self.min_chars,
                                     group_field=self.group_field)
@@ -101,7 +101,7 @@ class DomainSpec:
         """``{name: source}``: this domain, or one per value of ``domain_field``."""
         if not self.expands:
             return {self.name: self.build()}
-        return src_lib.hf_column_sources(self._hf_paths(), self.domain_field,
+        return hf_sources.hf_column_sources(self._hf_paths(), self.domain_field,
                                          text_field=self.text_field, split=self.split,
                                          min_chars=self.min_chars, group_field=self.group_field)
 
@@ -167,7 +167,7 @@ def jsonl_dir_sources(directory: str | os.PathLike, **kwargs: Any) -> dict[str, 
 
 
 def parquet_dir_sources(directory: str | os.PathLike, domains: Sequence[str] | None = None,
-                        **kwargs: Any) -> dict[str, src_lib.HFSource]:
+                        **kwargs: Any) -> dict[str, hf_sources.HFSource]:
     """``{stem: HFSource}`` for every ``<domain>.parquet`` in ``directory`` (sorted names).
 
     Like a directory of ``<domain>.jsonl`` files: text under ``text``; an ``id``
@@ -186,7 +186,7 @@ def parquet_dir_sources(directory: str | os.PathLike, domains: Sequence[str] | N
         import pyarrow.parquet as pq
         cols = pq.read_schema(files[d]).names
         group = kwargs.get("group_field", "id" if "id" in cols else None)
-        out[d] = src_lib.HFSource(str(files[d]), domain=d, group_field=group,
+        out[d] = hf_sources.HFSource(str(files[d]), domain=d, group_field=group,
                                   **{k: v for k, v in kwargs.items() if k != "group_field"})
     return out
 
