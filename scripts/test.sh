@@ -9,4 +9,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test,dg,tokenizers,hf,wandb,tensorboard,search]"
-exec .venv/bin/python -m pytest -q -n "${MIXJAX_TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -n "${MIXJAX_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

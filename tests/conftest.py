@@ -24,7 +24,23 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 import pytest  # noqa: E402
 
 
+def _file_seconds() -> dict:
+    import json
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "file_durations.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def pytest_collection_modifyitems(config, items):
+    # Longest files first: the test command hands whole files to its 2 workers in this
+    # order (--dist loadfile --no-loadscope-reorder), so a long file never starts last and
+    # leaves the other worker idle. Table: scripts/test_durations.py; order only, never selection.
+    seconds = _file_seconds()
+    rank = {item: -seconds.get(item.nodeid.split("::")[0], 0.0) for item in items}
+    items.sort(key=rank.__getitem__)                 # stable: file order kept within a file
     if os.environ.get("MIXJAX_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow experiment; run with MIXJAX_SLOW=1")
