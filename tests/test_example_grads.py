@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 from mixjax import mixing
-from mixjax.mixing import aggregators, grads
+from mixjax.mixing import aggregators, example_grads, grads
 from mixjax.core import state as state_lib
 from mixjax.core import step as step_lib
 
@@ -20,7 +20,8 @@ def _flat(tree):
 def _setup():
     params = init_params(jax.random.PRNGKey(0))
     batch = make_batch(jax.random.PRNGKey(1), 3, counts=[2, 1, 3])   # any composition
-    gs = np.stack([_flat(g) for g in grads.direct_example_grads(token_loss_fn, params, batch)])
+    gs = np.stack([_flat(g) for g in
+                   example_grads.direct_example_grads(token_loss_fn, params, batch)])
     return params, batch, gs
 
 

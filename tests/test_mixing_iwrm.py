@@ -9,7 +9,7 @@ import optax
 from scipy.optimize import lsq_linear
 
 from mixjax import mixing
-from mixjax.mixing import grads
+from mixjax.mixing import example_grads, grads
 from mixjax.core import state as state_lib
 from mixjax.core import step as step_lib
 
@@ -53,7 +53,8 @@ def test_iwrm_step_moves_along_upgrad_of_the_per_example_jacobian():
     batch = {"tokens": jnp.asarray(tokens), "domain_id": batch["domain_id"],
              "sampling_weights": jnp.full((3,), 1 / 3)}
     # the per-sequence Jacobian by reverse mode over the loss vector (rows g_b)
-    jac = jax.jit(jax.jacrev(lambda p: grads.example_loss_vector(token_loss_fn, p, batch)))(params)
+    jac = jax.jit(jax.jacrev(
+        lambda p: example_grads.example_loss_vector(token_loss_fn, p, batch)))(params)
     gs = np.concatenate([np.asarray(x, np.float64).reshape(5, -1) for x in jax.tree.leaves(jac)],
                         axis=1)
     present = np.asarray((tokens[:, 1:] != 0).sum(1) > 0)

@@ -14,16 +14,9 @@ a validation set, ...). The engine returns what a mixer's ``requires`` names:
 and a ``combine(c)`` function giving the training gradient ``sum_d c_d g_d``
 over *all* parameters (e.g. DoGE's ``sum_d alpha_d clip(g_d)``).
 
-Per example (B sequences; :func:`example_grads`): with ``L_b = sum_t m_bt l_bt /
-max(n_b, 1)`` the mean token loss of sequence b and ``g_b = grad L_b``,
-
-* ``example_gram`` f32[B,B]  ``E_ab = <g_a, g_b>``
-
-and ``combine_examples(c)`` = ``sum_b c_b g_b`` (c f32[B]), the model gradient of a
-mixer with ``model_gradient = "example_coeffs"`` (an aggregator over sequences:
-UPGrad/PCGrad over examples, docs/extending.md). The B per-sequence gradients are
-materialised by one ``vmap`` of ``grad`` over the rows (memory B x params, or B x the
-``param_filter``'s leaves), whatever ``strategy`` says: the strategies are about domains.
+Per-sequence gradients (``example_gram``, ``combine_examples``) are computed by
+:mod:`mixjax.mixing.example_grads`; the pytree algebra both use is
+:mod:`mixjax.mixing.grad_algebra`.
 
 With several target domains (``grads.target`` a list: the target batch is
 ``[T, N, S+1]``, one row block per target domain ``t``, each with its own
@@ -88,20 +81,15 @@ import numpy as np
 
 from mixjax import forward_mode
 from mixjax.mixing import domain_stats, statistics
-
-Array = jax.Array
-PyTree = Any
-TokenLossFn = Callable[[PyTree, Mapping[str, Array]], tuple[Array, Array]]
+from mixjax.mixing.example_grads import EXAMPLE_STATS, example_grads
+from mixjax.mixing.grad_algebra import (Array, PyTree, TokenLossFn, merge_leaves, param_mask,
+                                        per_example, split_leaves, stack_dots, stack_gram, tree_dot,
+                                        weighted_sum)
 
 STRATEGIES = ("vmap", "jvp", "chunked")
 LAYOUTS = ("stratified", "rows")
 # What the engine supplies: the statistics whose registry entry needs the gradient engine.
 GRAD_STATS = tuple(sorted(statistics.needing("gradient_engine")))
-# Of those, the per-example ones (axis 0 is the batch axis B), computed by example_grads.
-EXAMPLE_STATS = frozenset({"example_gram"})
-# Keys of a batch that are not per-sequence arrays (never regrouped by domain).
-_NOT_PER_EXAMPLE = ("domain_counts",)
-_HI = jax.lax.Precision.HIGHEST
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -187,69 +175,6 @@ class DomainGrads(NamedTuple):
     combine: Callable[[Array], PyTree]   # c f32[K] -> sum_d c_d g_d (all parameters)
 
 
-# -- small helpers --------------------------------------------------------------------------
-def param_mask(params: PyTree, pattern: str | None) -> PyTree:
-    """A pytree of bools: which leaves the statistics use (regex search on the path)."""
-    if pattern is None:
-        return jax.tree.map(lambda _: True, params)
-    rx = re.compile(pattern)
-    mask = jax.tree_util.tree_map_with_path(
-        lambda path, _: bool(rx.search(jax.tree_util.keystr(path))), params)
-    if not any(jax.tree.leaves(mask)):
-        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-        raise ValueError(f"grads.param_filter {pattern!r} matches no parameter; paths look like "
-                         f"{paths[:4]}")
-    return mask
-
-
-def _split(params: PyTree, mask: PyTree) -> tuple[PyTree, PyTree]:
-    sel = jax.tree.map(lambda p, m: p if m else None, params, mask)
-    rest = jax.tree.map(lambda p, m: None if m else p, params, mask)
-    return sel, rest
-
-
-def _merge(sel: PyTree, rest: PyTree) -> PyTree:
-    return jax.tree.map(lambda a, b: b if a is None else a, sel, rest,
-                        is_leaf=lambda x: x is None)
-
-
-def _dot(a: PyTree, b: PyTree) -> Array:
-    """<a, b> summed over leaves, f32."""
-    leaves = jax.tree.leaves(jax.tree.map(
-        lambda x, y: jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32), precision=_HI), a, b))
-    return sum(leaves, jnp.zeros((), jnp.float32))
-
-
-def _gram(stack_a: PyTree, stack_b: PyTree) -> Array:
-    """[Ka, Kb] inner products of two leading-axis stacks of pytrees."""
-    def one(x, y):
-        return jnp.einsum("kp,jp->kj", x.reshape(x.shape[0], -1).astype(jnp.float32),
-                          y.reshape(y.shape[0], -1).astype(jnp.float32), precision=_HI)
-    return sum(jax.tree.leaves(jax.tree.map(one, stack_a, stack_b)))
-
-
-def _dots(stack: PyTree, vec: PyTree) -> Array:
-    """[K] inner products of a stack of pytrees with one pytree."""
-    def one(x, y):
-        return jnp.einsum("kp,p->k", x.reshape(x.shape[0], -1).astype(jnp.float32),
-                          y.reshape(-1).astype(jnp.float32), precision=_HI)
-    return sum(jax.tree.leaves(jax.tree.map(one, stack, vec)))
-
-
-def _weighted_sum(coeffs: Array, stack: PyTree) -> PyTree:
-    return jax.tree.map(
-        lambda g: jnp.einsum("k,k...->...", coeffs.astype(jnp.float32), g.astype(jnp.float32),
-                             precision=_HI).astype(g.dtype), stack)
-
-
-def _per_example(batch: Mapping[str, Array]) -> dict[str, Array]:
-    """The per-sequence arrays of a batch (what the token loss function reads)."""
-    b = batch["domain_id"].shape[0]
-    return {k: v for k, v in batch.items()
-            if k not in _NOT_PER_EXAMPLE and not k.startswith("target_")
-            and getattr(v, "ndim", 0) >= 1 and v.shape[0] == b}
-
-
 def _masked_mean(token_loss: Array, token_mask: Array) -> tuple[Array, Array]:
     n = token_mask.sum()
     return (token_loss * token_mask).sum() / jnp.maximum(n, 1.0), n
@@ -268,7 +193,7 @@ def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatc
     with M = 4 the step's extra memory over a plain step is ~0 P
     (benchmarks/bench_grads.py --memory-only).
     """
-    ex = _per_example(batch)
+    ex = per_example(batch)
     b = batch["domain_id"].shape[0]
     m = microbatches or next(c for c in (4, 2, 1) if b % c == 0)
     if b % m:
@@ -299,7 +224,7 @@ def _microbatched_jvp(token_loss_fn, params, batch, k: int, direction, microbatc
 def domain_loss_vector(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
                        num_domains: int) -> tuple[Array, Array]:
     """(L f32[K], count f32[K]): per-domain mean token loss and token count; any composition."""
-    tl, tm = token_loss_fn(params, _per_example(batch))
+    tl, tm = token_loss_fn(params, per_example(batch))
     return domain_stats.domain_mean(tl, tm, batch["domain_id"], num_domains)
 
 
@@ -325,7 +250,7 @@ def stratify(batch: Mapping[str, Array], num_domains: int, *,
     ``blocked``: the rows already come grouped by domain in id order
     (:func:`block_rows` on the host): a reshape, no device-side sort or gather.
     """
-    ex = _per_example(batch)
+    ex = per_example(batch)
     b = batch["domain_id"].shape[0]
     if b % num_domains:
         raise ValueError(f"stratified gradient layout: batch size {b} is not a multiple of the "
@@ -363,13 +288,13 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
     k = num_domains
     mask = param_mask(params, config.param_filter)
     full = config.param_filter is None
-    t_sel = _split(target, mask)[0] if target is not None else None
+    t_sel = split_leaves(target, mask)[0] if target is not None else None
     stats: dict[str, Array] = {}
     if "target_grad_norm" in needs:
-        stats["target_grad_norm"] = (jnp.sqrt(jnp.diagonal(_gram(t_sel, t_sel))) if targets_stacked
-                                     else jnp.sqrt(_dot(t_sel, t_sel)))
+        stats["target_grad_norm"] = (jnp.sqrt(jnp.diagonal(stack_gram(t_sel, t_sel))) if targets_stacked
+                                     else jnp.sqrt(tree_dot(t_sel, t_sel)))
     # grad_dot of a stack of per-domain gradients with the target direction(s): [K] or [K, T]
-    dots_with_target = _gram if targets_stacked else _dots
+    dots_with_target = stack_gram if targets_stacked else stack_dots
 
     def loss_vec(p):
         return domain_loss_vector(token_loss_fn, p, batch, k)
@@ -383,8 +308,8 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
     if config.strategy == "jvp":
         lead = (jax.tree.leaves(t_sel)[0].shape[0],) if targets_stacked else ()
         if "grad_dot" in needs:
-            direction = _merge(t_sel, jax.tree.map(lambda x: jnp.zeros(lead + x.shape, x.dtype),
-                                                   _split(params, mask)[1]))
+            direction = merge_leaves(t_sel, jax.tree.map(lambda x: jnp.zeros(lead + x.shape, x.dtype),
+                                                   split_leaves(params, mask)[1]))
         else:
             direction = jax.tree.map(lambda x: jnp.zeros(lead + x.shape, x.dtype), params)
         if config.jvp_mode == "linearize":
@@ -403,19 +328,19 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         return DomainGrads(stats, combine)
 
     if config.strategy == "vmap" and config.layout == "rows":
-        sel, rest = _split(params, mask)
-        losses, pull, counts = jax.vjp(lambda s: loss_vec(_merge(s, rest)), sel, has_aux=True)
+        sel, rest = split_leaves(params, mask)
+        losses, pull, counts = jax.vjp(lambda s: loss_vec(merge_leaves(s, rest)), sel, has_aux=True)
         grads = jax.vmap(lambda row: pull(row)[0])(jnp.eye(k, dtype=jnp.float32))
         stats["loss"], stats["count"] = losses, counts
         _matrix_stats(stats, needs, grads, t_sel, dots_with_target)
-        combine = (lambda c: _weighted_sum(c, grads)) if full else backward_combine
+        combine = (lambda c: weighted_sum(c, grads)) if full else backward_combine
         return DomainGrads(stats, combine)
 
     sub = stratify(batch, k, blocked=config.blocked)
-    sel, rest = _split(params, mask)
+    sel, rest = split_leaves(params, mask)
 
     def sub_loss(s, one):  # one domain's [B/K, ...] sub-batch
-        tl, tm = token_loss_fn(_merge(s, rest), one)
+        tl, tm = token_loss_fn(merge_leaves(s, rest), one)
         return _masked_mean(tl.astype(jnp.float32), tm.astype(jnp.float32))
 
     def grad_sub(s, one):
@@ -428,7 +353,7 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         grads, (losses, counts) = group_grads(sel, sub)
         stats["loss"], stats["count"] = losses, counts   # row d = domain d (sorted ids)
         _matrix_stats(stats, needs, grads, t_sel, dots_with_target)
-        combine = (lambda c: _weighted_sum(c, grads)) if full else backward_combine
+        combine = (lambda c: weighted_sum(c, grads)) if full else backward_combine
         return DomainGrads(stats, combine)
 
     # chunked
@@ -443,7 +368,7 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
         if "grad_dot" in needs:
             out["grad_dot"] = dots_with_target(gr, t_sel)
         if needs & {"grad_norm", "gram"}:
-            out["sq"] = jnp.diagonal(_gram(gr, gr))
+            out["sq"] = jnp.diagonal(stack_gram(gr, gr))
         return out
 
     res = jax.lax.map(per_group, groups)
@@ -456,16 +381,16 @@ def domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str,
     if "gram" in needs:
         def row_block(ga):
             gra, _ = group_grads(sel, ga)
-            return jax.lax.map(lambda gb: _gram(gra, group_grads(sel, gb)[0]), groups)
+            return jax.lax.map(lambda gb: stack_gram(gra, group_grads(sel, gb)[0]), groups)
         blocks = jax.lax.map(row_block, groups)            # [K/c, K/c, c, c]
         stats["gram"] = blocks.transpose(0, 2, 1, 3).reshape(k, k)
     return DomainGrads(stats, backward_combine)
 
 
 def _matrix_stats(stats: dict, needs: frozenset[str], grads: PyTree, t_sel: PyTree | None,
-                  dots_with_target: Callable = _dots) -> None:
+                  dots_with_target: Callable = stack_dots) -> None:
     if needs & {"gram", "grad_norm"}:
-        gram = _gram(grads, grads)
+        gram = stack_gram(grads, grads)
         if "gram" in needs:
             stats["gram"] = gram
         if "grad_norm" in needs:
@@ -490,56 +415,6 @@ def direct_domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mappi
     """Reference: one ``jax.grad`` per domain on the masked full batch (tests, benchmarks)."""
     return [jax.grad(lambda p, d=d: domain_loss_vector(token_loss_fn, p, batch, num_domains)[0][d])(
         params) for d in range(num_domains)]
-
-
-# -- per-example gradients ------------------------------------------------------------------
-class ExampleGrads(NamedTuple):
-    """Per-sequence statistics: ``loss`` f32[B] (L_b), ``gram`` f32[B,B] (<g_a, g_b>) and
-    ``combine(c f32[B]) = sum_b c_b g_b`` over all parameters."""
-
-    loss: Array
-    gram: Array
-    combine: Callable[[Array], PyTree]
-
-
-def example_loss_vector(token_loss_fn: TokenLossFn, params: PyTree,
-                        batch: Mapping[str, Array]) -> Array:
-    """``L`` f32[B]: ``L_b = sum_t m_bt l_bt / max(n_b, 1)`` (0 for an all-pad sequence)."""
-    tl, tm = token_loss_fn(params, _per_example(batch))
-    tl, tm = tl.astype(jnp.float32), tm.astype(jnp.float32)
-    return (tl * tm).sum(axis=1) / jnp.maximum(tm.sum(axis=1), 1.0)
-
-
-def example_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array], *,
-                  param_filter: str | None = None) -> ExampleGrads:
-    """The B per-sequence gradients ``g_b = grad L_b`` (one ``vmap`` of ``grad`` over rows,
-    each row a batch of one) and their Gram matrix, restricted to ``param_filter``'s leaves;
-    ``combine`` covers all parameters (an extra weighted backward when filtered)."""
-    mask = param_mask(params, param_filter)
-    sel, rest = _split(params, mask)
-    ex = _per_example(batch)
-
-    def one(s, row):
-        return example_loss_vector(token_loss_fn, _merge(s, rest),
-                                   jax.tree.map(lambda v: v[None], row))[0]
-
-    losses, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0))(sel, ex)
-    gram = _gram(g, g)
-
-    def backward(c):   # grad of sum_b c_b L_b: one weighted backward over all parameters
-        _, pull = jax.vjp(lambda p: example_loss_vector(token_loss_fn, p, batch), params)
-        return pull(c.astype(jnp.float32))[0]
-
-    combine = (lambda c: _weighted_sum(c, g)) if param_filter is None else backward
-    return ExampleGrads(losses, gram, combine)
-
-
-def direct_example_grads(token_loss_fn: TokenLossFn, params: PyTree,
-                         batch: Mapping[str, Array]) -> list[PyTree]:
-    """Reference: one ``jax.grad`` per sequence of the full batch (tests)."""
-    b = batch["domain_id"].shape[0]
-    return [jax.grad(lambda p, i=i: example_loss_vector(token_loss_fn, p, batch)[i])(params)
-            for i in range(b)]
 
 
 # -- the train step's hook ------------------------------------------------------------------
