@@ -249,6 +249,6 @@ def select_donod(sources: Mapping[str, DomainSource], model: ScoringModel, budge
         out[h] = max(out.get(h, 0.0), 1.0 if i in keep else 0.0)
     info = {"method": "donod", "budget": budget, "model": model.name, "lr": model.lr,
             "seq_len": seq_len, "param_filter": param_filter, "computed": computed,
-            "cached": len(docs) - computed,
+            "cached": len(set(hashes)) - computed,          # distinct documents
             "selected": {d: sum(1 for i in keep if domains[i] == d) for d in sources}}
     return out, info
