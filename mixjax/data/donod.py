@@ -4,7 +4,9 @@
 Hu, Yang, Wu & Zhou, "DONOD: Efficient and Generalizable Instruction Fine-Tuning for LLMs via
 Model-Intrinsic Dataset Pruning", arXiv 2504.14810 (v1 titled "... Robust and Generalizable
 ..."), section 3. No reference code was published ("code will be made publicly available"; none
-found by repository or code search), so this follows the paper's definitions.
+found by repository or code search), so this follows the paper's definitions (read from the
+abstract and a restatement of its section 3; DON taken as a benefit, NOD as a cost, is our
+reading of "favoring samples that stabilize parameter norms" / "weight instability").
 
 For each document D_i, W are the model's weights and W' = W - lr g_i the weights after one
 plain gradient step on D_i alone (g_i: the gradient of its mean token loss). Over the weight
