@@ -16,9 +16,10 @@ second block reads: MNIST CNN - GroupNorm(ReLU(conv1(x))); mixjax's small ResNet
 residual block; torchvision ResNet-18/50 - layer1 (MixStyle's place). Not before the CNN's
 first GroupNorm: that norm would undo most of a shift made there. With one channel per
 GroupNorm group (``cnn_widths[0] == 8``) every channel's statistics at this map are the
-norm's constant affine parameters, so nothing is ever far and TTSS is plain ERM with style
-balancing - use >= 2 channels per group (DomainBed's 64 channels give 8). An MLP featuriser has no feature map; the sweep refuses it
-(``needs_feature_map``, ``mixjax.dg.test_time.check_requirements``).
+norm's affine parameters, the same for every example, so neither balancing nor shifting
+changes anything (TTSS is ERM) - use >= 2 channels per group (DomainBed's 64 give 8). An MLP
+featuriser has no feature map; the sweep refuses it (``needs_feature_map``,
+``mixjax.dg.test_time.check_requirements``).
 
 Training (one step on the K env batches of b examples, n = K b):
 
@@ -42,8 +43,8 @@ dist > ``ttss_threshold`` * spread_{e*} the map is shifted, h <- AdaIN(h; m_{e*}
 before the rest of the network (the paper's threshold; relative to the domain's own spread
 here, so that one value works whatever the feature scale - our choice). ``predict`` (the
 "before" accuracies) is the plain network. The reported cost (``env{e}_tt_cost``) is the number
-of shifted examples of the environment; one extra pass of the early layer is not needed (the
-map is computed once). Hyperparameters: ttss_threshold 2.0 (U(1, 3)).
+of shifted examples of the environment; the compute is one forward per example as plain
+prediction, plus the K distances and the AdaIN. Hyperparameters: ttss_threshold 2.0 (U(1, 3)).
 """
 
 from __future__ import annotations
