@@ -13,7 +13,7 @@ K, B = 3, 8
 NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="mlp", mlp_width=16)
 # algorithms that need convolutional feature maps
 CNN_NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="cnn", cnn_widths=(16, 16, 16, 16))
-NETS = {"ccfp": CNN_NET}
+NETS = {"ccfp": CNN_NET, "ttss": CNN_NET}
 
 
 def tiny_batches():
