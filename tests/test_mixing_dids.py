@@ -174,3 +174,28 @@ def test_hparams_and_target_count_are_checked():
              "target_loss": jnp.float32(2), "count": jnp.ones(3)}
     with pytest.raises(ValueError, match="num_targets"):
         mixer.update(mixer.init(3), stats, jnp.int32(1))
+
+
+@pytest.mark.parametrize("num_targets", [1, 2])
+def test_engine_target_loss_is_the_target_batch_mean_loss(num_targets):
+    """``target_loss`` (the value of the target gradient's value_and_grad) against a direct
+    masked mean of the tiny LM's token losses; one value per target domain."""
+    from grad_fakes import init_params, make_batch, token_loss_fn
+    from mixjax.mixing import grads
+
+    k = 3
+    params = init_params(jax.random.PRNGKey(0))
+    batch = make_batch(jax.random.PRNGKey(1), k, per_domain=2)
+    targets = [make_batch(jax.random.PRNGKey(7 + i), 1, per_domain=3)["tokens"]
+               for i in range(num_targets)]
+    batch = {**batch, "target_tokens": targets[0] if num_targets == 1 else jnp.stack(targets)}
+    engine = grads.make_grad_stats(grads.GradConfig(strategy="vmap", layout="rows"), k)
+    needs = set(mixing.mixer_class("dids").requires)
+    stats = jax.jit(lambda p, b: dict(engine(token_loss_fn, p, b, needs)))(params, batch)
+    want = []
+    for tok in targets:
+        tl, tm = token_loss_fn(params, {"tokens": tok})
+        want.append(float(np.sum(np.asarray(tl) * np.asarray(tm)) / np.sum(np.asarray(tm))))
+    np.testing.assert_allclose(np.reshape(np.asarray(stats["target_loss"]), -1), want, rtol=1e-5)
+    assert np.asarray(stats["grad_dot"]).shape == ((k,) if num_targets == 1 else (k, num_targets))
+    assert len(set(np.round(want, 6))) == num_targets     # the targets really differ
