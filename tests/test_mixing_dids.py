@@ -199,3 +199,19 @@ def test_engine_target_loss_is_the_target_batch_mean_loss(num_targets):
     np.testing.assert_allclose(np.reshape(np.asarray(stats["target_loss"]), -1), want, rtol=1e-5)
     assert np.asarray(stats["grad_dot"]).shape == ((k,) if num_targets == 1 else (k, num_targets))
     assert len(set(np.round(want, 6))) == num_targets     # the targets really differ
+
+
+def test_target_count_mismatch_is_a_config_error_before_training(tmp_path, capsys):
+    import pathlib
+
+    from mixjax import cli
+    config = pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm_tiny_dids.py"
+    argv = ["train", str(config), "--set", f"train.run_dir={tmp_path / 'bad'}"]
+    for s in ["model.d_model=16", "model.num_layers=1", "model.num_heads=2", "data.seq_len=16",
+              "eval.num_seqs=2", "train.progress=False", "data.batch_size=8", "train.steps=2",
+              "grads.target=[code, math]", "data.domains=[legal, news, science]"]:
+        argv += ["--set", s]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "mixing.hparams.num_targets" in err and "dids" in err
+    assert not (tmp_path / "bad" / "checkpoints").exists()

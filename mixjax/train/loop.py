@@ -182,6 +182,11 @@ class Trainer:
         if several and not getattr(self.mixer, "multi_target", False):
             raise ConfigError(f"config key 'grads.target': mixer {self.mixer.name!r} takes one "
                               f"target domain, got the list {list(target)}")
+        wanted = getattr(self.mixer, "num_targets", None)   # mixers whose state is per target (DIDS)
+        if wanted is not None and wanted != (len(target) if several else 1):
+            raise ConfigError(f"config key 'mixing.hparams.num_targets': mixer {self.mixer.name!r} "
+                              f"has num_targets={wanted}, but grads.target names "
+                              f"{len(target) if several else 1} domain(s): {target!r}")
         target_sets = getattr(self.data, "target_sets", None) or {}
 
         def split(t):
