@@ -2,18 +2,22 @@
 
 Command:
     mixjax train configs/lm_tiny_dids.py --set train.run_dir=runs/tiny_dids
-Runtime: 200 steps in 3 min 12 s wall (85 s user CPU) on the shared 2-core machine
-under load ~8 (2026-12-05), compiles included; uniform on the same 7 domains took
-1 min 45 s (41 s user CPU).
-Result (seed 0, validation at step 200): loss_avg 2.763 over the 7 training domains,
-held-out code 3.355; the uniform mixture on the same budget and data order (same command
-with mixing.name=uniform, data.sampler=multinomial, grads.target=code): 2.682 and 3.263.
-DIDS did worse here on both. The weights swing from round to round (the 1/alpha factor:
-a domain sampled heavily in one round has a low utility in the next); from step ~130 the
-round-mean target loss stops falling (3.33 -> 3.39), the effective improvement turns
-negative, every utility is floored at 1e-7 except the farthest domain's (impact 0, so
-utility exactly 0, which the reference does not floor) and the weights sit near uniform
-with that one domain at the eps floor.
+Runtime: 200 steps in 1 min 54 s to 5 min wall (about 92 s user CPU) on the shared 2-core
+machine under load 4-9 (2026-12-05), compiles included; the uniform mixture on the same
+7 domains: 66-105 s wall (about 42 s user CPU).
+Result (validation at step 200; seeds 0, 1, 2 via --set train.seed=S; mean +- sd):
+    DIDS     loss_avg 2.767 +- 0.040   held-out code 3.430 +- 0.103
+    uniform  loss_avg 2.767 +- 0.105   held-out code 3.331 +- 0.061
+(uniform: mixjax train configs/lm_tiny_uniform.py --set data.sampler=multinomial
+ --set "data.domains=[conversation, legal, literature, math, news, science, tech_docs]"
+ --set grads.target=code, the same budget). Paired difference DIDS - uniform: loss_avg
+-0.000 (95% t-interval [-0.196, +0.195]), code +0.099 ([-0.059, +0.257]): no gain on the
+target at this scale; if anything worse. The weights swing from round to round (the
+1/alpha factor: a domain sampled heavily in one round has a low utility in the next); in
+seed 0, from step ~130 the round-mean target loss stops falling (3.33 -> 3.39), the
+effective improvement turns negative, every utility is floored at 1e-7 except the
+farthest domain's (impact 0, utility exactly 0, which the reference does not floor) and
+the weights sit near uniform with that one domain at the eps floor.
 
 Target: code is held out, as in configs/lm_tiny_dga.py (never sampled, K = 7 training
 domains); its validation split gives the target gradient g_t and the target loss every
@@ -30,8 +34,10 @@ Variants:
         --set "data.domains=[conversation, legal, literature, news, science, tech_docs]"
     DIDS' regrouping half first (clusters as domains, mixjax/data/regroup.py):
         mixjax data regroup mixpile-tiny --k 8 --svd 64 --out runs/regroup_tiny_k8
-        then set data.spec=runs/regroup_tiny_k8/spec.json, data.domains=None and a
-        cluster as grads.target (or keep a held-out corpus domain via a spec that adds it)
+        mixjax train configs/lm_tiny_dids.py --set data.spec=runs/regroup_tiny_k8/spec.json
+            --set data.domains=None --set grads.target=c00
+        (the clusters are the domains; the target is then one of them and is trained on too,
+        as in the leaderboard's dids entry). Not run here.
 """
 
 from configs.lm_tiny_uniform import get_config as tiny_uniform

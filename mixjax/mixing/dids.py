@@ -62,8 +62,11 @@ Our choices, where mixjax's online setting differs:
   solution, and the ``b`` with the smallest squared error wins (the same model and
   loss; the reference calls ``scipy.optimize.curve_fit`` from ``b = 0.1``, unbounded,
   which cannot run in a jitted step). Rising losses give ``a < 0`` and a negative future.
-* Round r's weights use the statistics of steps ``(r-1) R .. r R - 1`` and first draw the
-  batch of step ``r R + 1`` (the step's mixer update follows its batch).
+* Round r's weights are computed inside step ``r R`` (R = ``update_every``) from the
+  statistics of steps ``(r-1) R .. r R - 1`` (step ``r R``'s own open the next round) and
+  reach the sampler for the following batches. Between rounds the weights stay fixed.
+* Round 1 (one history value) uses the impact alone, as the reference's round 0 does (its
+  history then holds only the initial model's loss).
 
 Cost: the gradient engine every step (``grad_norm`` needs ``grads.strategy`` ``vmap`` or
 ``chunked``; ``jvp`` cannot supply it) plus the target batch's gradient.
