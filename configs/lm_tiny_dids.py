@@ -30,7 +30,8 @@ Rounds of 10 steps (20 rounds; the reference runs 25), beta 0.2 and the potentia
 sampled.
 
 Variants:
-    several targets: --set "grads.target=[code, math]" --set mixing.hparams.num_targets=2
+    several targets (num_targets follows grads.target):
+        --set "grads.target=[code, math]"
         --set "data.domains=[conversation, legal, literature, news, science, tech_docs]"
     DIDS' regrouping half first (clusters as domains, mixjax/data/regroup.py):
         mixjax data regroup mixpile-tiny --k 8 --svd 64 --out runs/regroup_tiny_k8

@@ -169,6 +169,11 @@ def test_hparams_and_target_count_are_checked():
         mixing.get("dids", history=4)
     with pytest.raises(TypeError, match="no hyperparameter"):
         mixing.get("dids", window=3)
+    # the trainer's target count fills num_targets (mixing.build), unless it was given
+    assert mixing.build("dids", {}, domains=("a", "b"), num_targets=3).num_targets == 3
+    assert mixing.build("uniform", {}, domains=("a", "b"), num_targets=3).name == "uniform"
+    with pytest.raises(ValueError, match="num_targets=2, but grads.target names 1"):
+        mixing.build("dids", {"num_targets": 2}, domains=("a", "b"), num_targets=1)
     mixer = mixing.get("dids", num_targets=2)
     stats = {"grad_norm": jnp.ones(3), "grad_dot": jnp.ones(3), "target_grad_norm": jnp.float32(1),
              "target_loss": jnp.float32(2), "count": jnp.ones(3)}
@@ -201,7 +206,7 @@ def test_engine_target_loss_is_the_target_batch_mean_loss(num_targets):
     assert len(set(np.round(want, 6))) == num_targets     # the targets really differ
 
 
-def test_target_count_mismatch_is_a_config_error_before_training(tmp_path, capsys):
+def test_an_explicit_target_count_mismatch_is_a_config_error(tmp_path, capsys):
     import pathlib
 
     from mixjax import cli
@@ -209,9 +214,10 @@ def test_target_count_mismatch_is_a_config_error_before_training(tmp_path, capsy
     argv = ["train", str(config), "--set", f"train.run_dir={tmp_path / 'bad'}"]
     for s in ["model.d_model=16", "model.num_layers=1", "model.num_heads=2", "data.seq_len=16",
               "eval.num_seqs=2", "train.progress=False", "data.batch_size=8", "train.steps=2",
-              "grads.target=[code, math]", "data.domains=[legal, news, science]"]:
+              "grads.target=[code, math]", "data.domains=[legal, news, science]",
+              "mixing.hparams.num_targets=1"]:
         argv += ["--set", s]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "mixing.hparams.num_targets" in err and "dids" in err
+    assert "mixing.hparams" in err and "num_targets=1" in err and "2 domain(s)" in err
     assert not (tmp_path / "bad" / "checkpoints").exists()

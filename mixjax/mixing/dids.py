@@ -173,7 +173,7 @@ class DIDS(Mixer):
     min_fit_rounds: int = 5
     short_history_potential: float = 1.0
     history: int = 32
-    num_targets: int = 1
+    num_targets: int = 1     # filled from grads.target by the trainer (mixing.build)
 
     def __post_init__(self):
         super().__post_init__()
@@ -211,7 +211,8 @@ class DIDS(Mixer):
         if cols != self.num_targets:
             raise ValueError(f"mixer 'dids': num_targets={self.num_targets}, but the gradient "
                              f"engine gives {cols} target gradient(s); set "
-                             "mixing.hparams.num_targets to the number of grads.target domains")
+                             "mixing.hparams.num_targets to the number of grads.target domains "
+                             "(the trainer does so when it is not given)")
         dist = squared_distance(stats["grad_norm"], dot, stats["target_grad_norm"])
         return dist, stats["count"] > 0, jnp.reshape(stats["target_loss"], (-1,))
 

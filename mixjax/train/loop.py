@@ -67,6 +67,13 @@ class RunResult:
     state: Any = None
 
 
+def target_count(target) -> int | None:
+    """How many target domains ``grads.target`` names (None when it names none)."""
+    if target is None:
+        return None
+    return len(target) if isinstance(target, tuple) else 1
+
+
 class Trainer:
     """Everything a run needs, built from a Config (before anything compiles)."""
 
@@ -82,7 +89,8 @@ class Trainer:
             self.mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=self.domains,
                                       token_counts=self.data.token_counts,
                                       apply_to=cfg.mixing.apply_to, total_steps=cfg.train.steps,
-                                      tokens_per_step=cfg.data.batch_size * cfg.data.seq_len)
+                                      tokens_per_step=cfg.data.batch_size * cfg.data.seq_len,
+                                      num_targets=target_count(cfg.grads.target))
             self.mixer.init(k)
         except (ValueError, TypeError, KeyError) as e:
             msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
@@ -182,11 +190,6 @@ class Trainer:
         if several and not getattr(self.mixer, "multi_target", False):
             raise ConfigError(f"config key 'grads.target': mixer {self.mixer.name!r} takes one "
                               f"target domain, got the list {list(target)}")
-        wanted = getattr(self.mixer, "num_targets", None)   # mixers whose state is per target (DIDS)
-        if wanted is not None and wanted != (len(target) if several else 1):
-            raise ConfigError(f"config key 'mixing.hparams.num_targets': mixer {self.mixer.name!r} "
-                              f"has num_targets={wanted}, but grads.target names "
-                              f"{len(target) if several else 1} domain(s): {target!r}")
         target_sets = getattr(self.data, "target_sets", None) or {}
 
         def split(t):
