@@ -13,7 +13,7 @@ K, B = 3, 8
 NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="mlp", mlp_width=16)
 # algorithms that need convolutional feature maps
 CNN_NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="cnn", cnn_widths=(16, 16, 16, 16))
-NETS = {"ccfp": CNN_NET}
+NETS = {"ccfp": CNN_NET, "ttss": CNN_NET}
 
 
 def tiny_batches():
@@ -41,8 +41,14 @@ LEARNING_OVERRIDES = {"sandmask": {"tau": 0.5}}
 def test_algorithm_steps_are_finite_and_reduce_loss(name):
     alg, hp = build(name, **LEARNING_OVERRIDES.get(name, {}))
     xs, ys = tiny_batches()
-    init = jax.jit(alg.init)
+    # init runs eagerly (its ops are compiled once per worker, not once per algorithm) and
+    # is traced abstractly, which catches what jit would reject at a fraction of a compile.
+    init = alg.init
     state = init(jax.random.key(0), hp)
+    traced = jax.eval_shape(alg.init, jax.random.key(0), hp)
+    assert jax.tree.structure(traced) == jax.tree.structure(state)
+    assert all(a.shape == b.shape and a.dtype == b.dtype
+               for a, b in zip(jax.tree.leaves(traced), jax.tree.leaves(state))), name
     update = jax.jit(alg.update)
     for i in range(4):
         state, metrics = update(hp, state, xs, ys, jax.random.key(i))

@@ -65,7 +65,7 @@ def test_dsrm_loss_and_min_entropy_head():
 def test_dsrm_step_and_prediction():
     alg, hp = build("dsrm", MLP_NET)
     xs, ys = batches((3,), 3)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     z = np.asarray(jax.jit(alg.features)(state["params"], xs.reshape(K * B, 3))).reshape(K, B, -1)
     shared = np.asarray(jax.jit(alg.logits)(state["params"], xs.reshape(K * B, 3))).reshape(K, B, -1)
     hk, hb = np.asarray(state["heads"]["kernel"]), np.asarray(state["heads"]["bias"])
@@ -123,7 +123,7 @@ def test_qtdog_quantises_at_q_steps_and_optimiser_as_the_code(paper, net, shape)
     alg, hp = build("qtdog", net, q_steps=2, qt_train_quantized=paper, qt_linear=linear)
     xs, ys = batches(shape, net.num_classes)
     update = jax.jit(alg.update)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     for i in range(2):
         state, _ = update(hp, state, xs, ys, jax.random.key(i))
     assert not bool(state["quantized"])
@@ -195,7 +195,7 @@ def test_udim_inconsistency_matches_reference_formula_and_autodiff_example_grads
 
 def test_udim_input_perturbation_is_normalised_gradient_of_loss_plus_rho_grad_norm():
     alg, hp = build("udim", MLP_NET)
-    params = jax.jit(alg.init)(jax.random.key(1), hp)["params"]
+    params = alg.init(jax.random.key(1), hp)["params"]
     x = RNG.normal(size=(4, 3)).astype(np.float64)
     y = np.array([0, 2, 1, 2])
     rho, syn_lr = 0.05, 10.0
@@ -236,7 +236,7 @@ def test_udim_input_perturbation_is_normalised_gradient_of_loss_plus_rho_grad_no
 def test_udim_sam_warmup_then_udim_gradient():
     alg, hp = build("udim", MLP_NET, udim_warmup_iters=1)
     xs, ys = batches((3,), 3)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     params = state["params"]
     x, y = xs.reshape(K * B, 3), ys.reshape(-1)
     g = jax.jit(jax.grad(alg.ce))(params, x, y)
@@ -290,7 +290,7 @@ def test_ccfp_step_student_teacher_and_adversarial_perturbation():
     alg, hp = build("ccfp", CNN_NET)
     xs, ys = batches((6, 6, 1), 2)
     x, y = xs.reshape(K * B, 6, 6, 1), ys.reshape(-1)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     # at init the perturbation is the identity (gamma = beta = 0, up to the 1e-6 in sigma)
     plain = jax.jit(alg.logits)(state["teacher"]["net"], x)
     np.testing.assert_allclose(jax.jit(alg.predict)(state, x), plain, rtol=1e-3, atol=1e-4)
@@ -340,7 +340,7 @@ def test_ermpp_sma_is_uniform_average_from_start_minus_two():
 def test_ermpp_linear_probe_then_full_training_and_sma_prediction():
     alg, hp = build("ermplusplus", MLP_NET, linear_steps=1, sma_start_iter=3)
     xs, ys = batches((3,), 3)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     update = jax.jit(alg.update)
     feats = lambda s: jax.tree.leaves(alg.model.merge(s["params"]).featurizer)  # noqa: E731
     head = lambda s: np.asarray(alg.model.merge(s["params"]).classifier.kernel[...])  # noqa: E731

@@ -36,7 +36,7 @@ def test_xded_loss_is_ce_plus_kd_to_the_same_label_mean():
     alg, hp = build("xded")
     assert (float(hp["xded_lambda"]), float(hp["xded_temp"])) == (5.0, 4.0)   # the code's defaults
     xs, ys = batches()
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     loss, m = jax.jit(alg.loss)(state["params"], hp, state, xs, ys, jax.random.key(1))
     f = np.asarray(jax.jit(alg.env_logits)(state["params"], xs)).reshape(8, 3).astype(np.float64)
     y = np.asarray(ys).reshape(8)
@@ -64,7 +64,7 @@ def test_xded_loss_is_ce_plus_kd_to_the_same_label_mean():
 def test_sdat_perturbs_along_the_task_loss_only():
     alg, hp = build("sdat", rho=0.5, mlp_width=16, **{"lambda": 10.0})
     xs, ys = batches(1)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     new, _ = jax.jit(alg.update)(hp, state, xs, ys, jax.random.key(1))
     assert int(new["step"]) == 1          # DomainBed counts from 1: step 1 is a generator step
     params, disc = state["params"], state["disc"]
@@ -95,7 +95,7 @@ def test_dmg_masks_straight_through_overlap_and_test_rule():
     alg, hp = build("dmg")
     assert float(hp["dmg_overlap"]) == np.float32(0.1)                # OVERLAP_LAMBDA
     xs, ys = batches(2)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     masks = np.asarray(state["masks"], np.float64)
     assert masks.shape == (2, 8) and (masks >= 0).all() and (masks < 1).all()   # torch.rand logits
     s = 1 / (1 + np.exp(-masks))

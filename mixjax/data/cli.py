@@ -6,6 +6,8 @@
     mixjax data select NAME|DIR|SPEC.json --out FILE [--scorer length] [--arg K=V ...]
     mixjax data select NAME|DIR|SPEC.json --out FILE --method gio|ingenious --budget F
                        [--target T.jsonl] [--cache-dir DIR] [--arg k=1]
+    mixjax data select NAME|DIR|SPEC.json --out FILE --method donod --budget F --model RUN_DIR
+                       [--arg lr=X --arg seq_len=N --arg param_filter=RE --arg w_don=A --arg w_nod=B]
     mixjax data regroup NAME|DIR|SPEC.json --k K --out DIR [--svd D] [--seed S]
                                          (R&B regroup: k-means clusters as new domains)
 
@@ -48,16 +50,20 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "data") -
     s.add_argument("--scorer", default="length", help="built-in scorer (default: length)")
     s.add_argument("--arg", action="append", default=[], metavar="K=V",
                    help="scorer argument, e.g. min_chars=200 (repeatable)")
-    s.add_argument("--method", default=None, choices=("gio", "ingenious", "coreset"),
+    s.add_argument("--method", default=None, choices=("gio", "ingenious", "coreset", "donod"),
                    help="set-level selection (mixjax.data.subset_select): gio (toward "
-                        "--target), ingenious (facility location per domain) or coreset "
-                        "(--scorer on k-means representatives, weights propagated)")
+                        "--target), ingenious (facility location per domain), coreset "
+                        "(--scorer on k-means representatives, weights propagated) or donod "
+                        "(mixjax.data.donod: one-step weight-norm change and step size of "
+                        "--model per document, ranked by TOPSIS)")
     s.add_argument("--budget", default=None,
                    help="--method: fraction of the documents to select, in (0, 1]")
     s.add_argument("--target", default=None,
                    help="gio: the target set, a .jsonl file of {\"text\": ...} lines or a directory")
+    s.add_argument("--model", default=None,
+                   help="donod: the run dir whose latest checkpoint scores the documents")
     s.add_argument("--cache-dir", default=None,
-                   help="--method: embedding cache (default $MIXJAX_CACHE_DIR/embeddings or "
+                   help="--method: embedding (donod: per-document metric) cache (default $MIXJAX_CACHE_DIR/embeddings or "
                         "~/.cache/mixjax/embeddings)")
     r = sub.add_parser("regroup", help="cluster every document (TF-IDF [+ SVD] + k-means) into K new "
                                        "domains written as a corpus directory and spec.json "
@@ -251,6 +257,10 @@ def _select_subset(args: argparse.Namespace) -> int:
     from mixjax.data.sources import DataError
     from mixjax.data.spec import resolve_sources
     budget = subset_select.check_budget(args.budget)
+    if args.method == "donod":
+        return _select_donod(args, budget)
+    if args.model is not None:
+        raise DataError(f"--model is for --method donod, not {args.method}")
     target = None
     if args.method == "gio":
         if args.target is None:
@@ -290,6 +300,76 @@ def _select_subset(args: argparse.Namespace) -> int:
     print(f"{args.out}: {len(weights)} documents, {kept} with weight > 0; {what}: "
           f"{', '.join(f'{d} {n}' for d, n in info['selected'].items())}; "
           f"{info['embedded']} embedded, {info['cached']} from the cache; sha256 {sha}")
+    return 0
+
+
+DONOD_ARGS = {"lr": float, "seq_len": int, "param_filter": str, "w_don": float, "w_nod": float,
+              "chunk": int}
+
+
+def _select_donod(args: argparse.Namespace, budget: float) -> int:
+    """``mixjax data select --method donod``: arguments checked before the model or corpus is
+    read; nothing written on an error."""
+    import math
+    import os
+    from mixjax.data import donod, selection
+    from mixjax.data.sources import DataError
+    from mixjax.data.spec import resolve_sources
+    if args.model is None:
+        raise DataError("--method donod needs --model (a run dir whose checkpoint scores the "
+                        "documents)")
+    if args.target is not None:
+        raise DataError("--target is for --method gio, not donod")
+    opts: dict = {}
+    for item in args.arg:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or key not in DONOD_ARGS:
+                raise ValueError
+            opts[key] = DONOD_ARGS[key](value)
+            v = opts[key]
+            bad = (v < 1 if key in ("seq_len", "chunk") else
+                   not (math.isfinite(v) and v > 0) if key == "lr" else
+                   not (math.isfinite(v) and v >= 0) if key in ("w_don", "w_nod") else False)
+        except ValueError:
+            bad = True
+        if bad:
+            raise DataError(f"--arg {item!r}: --method donod takes lr=<float > 0>, seq_len=<int >= "
+                            "1>, param_filter=<regex>, w_don=<float >= 0>, w_nod=<float >= 0>, "
+                            "chunk=<int >= 1>")
+    weights = None
+    if "w_don" in opts or "w_nod" in opts:
+        weights = (opts.get("w_don", 0.5), opts.get("w_nod", 0.5))
+        if sum(weights) <= 0:
+            raise DataError(f"--arg w_don/w_nod: the TOPSIS weights {weights} sum to 0")
+    model = donod.load_run_model(args.model)
+    if "lr" in opts:
+        model.lr = opts["lr"]
+    if "param_filter" in opts:          # before the corpus is read
+        import re
+
+        from mixjax.mixing.grad_algebra import param_mask
+        try:
+            param_mask(model.params, opts["param_filter"])
+        except (ValueError, re.error) as e:
+            raise DataError(f"--arg param_filter={opts['param_filter']!r}: "
+                            f"{str(e).replace('grads.param_filter ', '')}") from None
+    cache = args.cache_dir or os.path.join(
+        os.environ.get("MIXJAX_CACHE_DIR", os.path.expanduser("~/.cache/mixjax")), "embeddings")
+    sources = resolve_sources(_spec_or_name(args.name))
+    seq_len = opts.get("seq_len", 128)
+    weights_out, info = donod.select_donod(
+        sources, model, budget, cache_dir=cache, seq_len=seq_len,
+        param_filter=opts.get("param_filter"), weights=weights, chunk=opts.get("chunk", 64))
+    w_txt = "" if weights is None else f", w_don={weights[0]!r}, w_nod={weights[1]!r}"
+    sha = selection.write(args.out, weights_out, default=0.0, complete=True,
+                          scorer=f"donod(budget={budget!r}, model={args.model!r}, lr={model.lr!r}, "
+                                 f"seq_len={seq_len}, param_filter={opts.get('param_filter')!r}"
+                                 f"{w_txt})")
+    kept = sum(w > 0 for w in weights_out.values())
+    print(f"{args.out}: {len(weights_out)} documents, {kept} with weight > 0; selected: "
+          f"{', '.join(f'{d} {n}' for d, n in info['selected'].items())}; "
+          f"{info['computed']} scored, {info['cached']} from the cache; sha256 {sha}")
     return 0
 
 

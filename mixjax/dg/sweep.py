@@ -135,7 +135,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
         log(f"extending the sweep in {run_dir}: {line}")
     per_job = cfg.dataset.seeds == "per_job"
     data = D.get(cfg.dataset.name, cfg.dataset.seed, **cfg.dataset.kwargs)
-    test_time.check_requirements(cfg.algorithms, data)   # before anything is written or compiled
+    test_time.check_requirements(cfg.algorithms, data, net_spec(cfg, data))   # before anything is written or compiled
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.json", to_json(cfg))
     write_atomic(run_dir / "envs.json", json.dumps({cfg.dataset.name: list(data.env_names)}))

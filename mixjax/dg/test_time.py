@@ -43,14 +43,21 @@ def uses_hook(alg: Algorithm | type[Algorithm]) -> bool:
     return cls.predict_with_state is not Algorithm.predict_with_state
 
 
-def check_requirements(algorithms, data) -> None:
+def check_requirements(algorithms, data, net=None) -> None:
     """``ConfigError`` naming the algorithm and the missing per-environment metadata when an
     algorithm of the sweep needs numbers (``Algorithm.needs_env_metadata``) that ``data``
-    does not carry; called once the dataset is built, before anything is compiled."""
+    does not carry, or a convolutional feature map (``Algorithm.needs_feature_map``) that the
+    network ``net`` (a ``NetSpec``; its featuriser as resolved for ``data``) lacks; called once
+    the dataset is built, before anything is compiled."""
     from mixjax.dg import algorithms as A
 
     have = set((data.env_metadata or [{}])[0])
     for name in algorithms:
+        if net is not None and A.get(name).needs_feature_map and net.kind == "mlp":
+            raise ConfigError(
+                f"config key 'model.featurizer': algorithm {name!r} needs a convolutional feature map; "
+                f"the featuriser is an MLP ({net.featurizer!r} on dataset {data.name!r}, input shape "
+                f"{tuple(data.input_shape)}) - use cnn, resnet, resnet18 or resnet50")
         missing = [k for k in A.get(name).needs_env_metadata if k not in have]
         if missing:
             raise ConfigError(

@@ -92,6 +92,8 @@ class Algorithm:
     # rotation angle for continuous environments); a dataset without them is refused before
     # anything is built (``mixjax.dg.test_time.check_requirements``)
     needs_env_metadata: ClassVar[tuple[str, ...]] = ()
+    # reads a convolutional feature map of the featuriser (refused on an MLP featuriser, same check)
+    needs_feature_map: ClassVar[bool] = False
 
     # ---- hyperparameters
     @classmethod
