@@ -24,6 +24,10 @@ request (Aioli: K lp_rounds + 1 per round; Skill-it: one per ``eval_every``) are
 timed separately with the eval set of ``--eval-seqs`` sequences per domain and
 reported as an amortised cost per round.
 
+``dids`` runs the same vmap engine plus the target batch's gradient (``grad_dot``,
+``target_grad_norm``, ``target_loss``; a 4-sequence ``target_tokens`` block in the batch)
+and its round update every step.
+
 ADO refits its power law every ``refit_every`` (1000) steps inside the step
 (``lax.cond``): ``ado`` is the ordinary step, ``ado[refit]`` a step that refits
 every time, and the ``ado amortised`` line adds (refit - ordinary) / 1000.
@@ -77,6 +81,9 @@ def methods(refit_every: int):
                             "one_hot_factor": 0.5, "ema": 0.5, "normalize_A": True}, None),
         "skillit": ("skillit", {"update_steps": 250}, None),
         "gram[mean]": ("_bench_gram_mean", {}, None),
+        # DIDS: the vmap engine (K gradients, norms, dots with a target gradient) + its round
+        # update, here every step (the update is branch-free); compare with gram[mean]
+        "dids": ("dids", {"update_every": 1}, None),
         "gram[mean] two-pass": ("_bench_gram_mean_two_pass", {}, None),
         "pcgrad": ("pcgrad", {}, None),
         "mgda": ("mgda", {}, None),
@@ -148,7 +155,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     batch = {"tokens": jnp.asarray(rng.integers(0, 256, (args.batch, args.seq + 1)), jnp.int32),
              "domain_id": jnp.asarray(np.arange(args.batch) % k, jnp.int32),
-             "sampling_weights": jnp.full((k,), 1.0 / k, jnp.float32)}
+             "sampling_weights": jnp.full((k,), 1.0 / k, jnp.float32),
+             # a target batch (grads.target's split): read only by mixers that need one (dids)
+             "target_tokens": jnp.asarray(rng.integers(0, 256, (4, args.seq + 1)), jnp.int32)}
     specs = methods(args.refit_every)
     if args.only:
         wanted = ["plain"] + [m for m in args.only.split(",") if m != "plain"]

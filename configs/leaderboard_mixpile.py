@@ -119,6 +119,11 @@ def _method(cfg: Config, name: str) -> Config:
     elif name == "toremi":   # configs/lm_tiny_toremi.py: adjust every steps/15, stage 2 at 70%
         m.name, m.sampling_weights = "toremi", "uniform"
         m.hparams = {"adjust_every": cfg.train.steps // 15, "switch_step": int(0.7 * cfg.train.steps)}
+    elif name == "dids":   # configs/lm_tiny_dids.py; target code, here a training domain (as dga)
+        d.sampler, m.name = "multinomial", "dids"
+        m.hparams = {"update_every": cfg.train.steps // 15, "beta": 0.2, "eps": 0.05}
+        g.strategy, g.layout, g.target = "vmap", "rows", "code"
+        g.param_filter = r"\['blocks'\]\[1\]\['mlp'\]|final_norm"   # the last layer's MLP
     elif name in ("aioli", "skillit"):   # configs/lm_tiny_{aioli,skillit}.py, rounds of steps // 3
         d.sampler, m.name = "multinomial", name
         rounds = {"update_steps": cfg.train.steps // 3}
@@ -160,7 +165,7 @@ METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", 
            # sample-level rules (docs/selection.md)
            "prospect", "feasible", "iwrm",
            # third round (docs/mixing.md)
-           "drrho", "toremi")
+           "drrho", "toremi", "dids")
 
 
 def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:

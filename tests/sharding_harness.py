@@ -43,6 +43,7 @@ HPARAMS = {
     "odm": {"warmup_steps": 0},
     "odm_smoothed": {"warmup_steps": 0},
     "ado": {"start_step": 0, "ignore_steps": 0, "refit_every": 1, "min_fit_points": 2},
+    "dids": {"update_every": 1},
 }
 
 

@@ -263,12 +263,14 @@ def get(name: str, **hparams: Any) -> Mixer:
 def build(name: str, hparams: Mapping[str, Any], *, domains: tuple[str, ...],
           token_counts: tuple[float, ...] | None = None,
           apply_to: str | None = None, total_steps: int | None = None,
-          tokens_per_step: int | None = None) -> Mixer:
-    """``get`` plus what the trainer knows: domain names, token counts, the run's length.
+          tokens_per_step: int | None = None, num_targets: int | None = None) -> Mixer:
+    """``get`` plus what the trainer knows: domain names, token counts, the run's length,
+    the number of target domains (``grads.target``).
 
-    ``domains`` / ``token_counts`` / ``total_steps`` / ``tokens_per_step`` are
-    passed only to mixers that declare those fields (``manual``, ``natural``,
-    ``temperature``, the schedules, ...).
+    ``domains`` / ``token_counts`` / ``total_steps`` / ``tokens_per_step`` /
+    ``num_targets`` are passed only to mixers that declare those fields (``manual``,
+    ``natural``, ``temperature``, the schedules, ``dids``, ...). A ``num_targets`` given
+    in ``hparams`` must match the one the trainer knows.
     """
     fields = set(hparam_names(name))
     extra: dict[str, Any] = {}
@@ -276,9 +278,14 @@ def build(name: str, hparams: Mapping[str, Any], *, domains: tuple[str, ...],
         extra["domains"] = tuple(domains)
     if "token_counts" in fields and "token_counts" not in hparams and token_counts is not None:
         extra["token_counts"] = tuple(float(c) for c in token_counts)
-    for key, value in (("total_steps", total_steps), ("tokens_per_step", tokens_per_step)):
+    for key, value in (("total_steps", total_steps), ("tokens_per_step", tokens_per_step),
+                       ("num_targets", num_targets)):
         if key in fields and key not in hparams and value is not None:
             extra[key] = int(value)
+    if ("num_targets" in fields and num_targets is not None
+            and hparams.get("num_targets", num_targets) != num_targets):
+        raise ValueError(f"mixer {name!r}: num_targets={hparams['num_targets']}, but "
+                         f"grads.target names {num_targets} domain(s)")
     if apply_to is not None:
         extra["apply_to_override"] = apply_to
     return get(name, **dict(hparams), **extra)

@@ -9,6 +9,8 @@ a validation set, ...). The engine returns what a mixer's ``requires`` names:
 * ``gram``      f32[K,K]  ``G_ij = <g_i, g_j>``
 * ``grad_norm`` f32[K]    ``||g_d||``
 * ``target_grad_norm`` f32[]  ``||g_t||`` (for methods that clip g_t)
+* ``target_loss`` f32[]  the target batch's mean token loss (the value whose gradient
+  is ``g_t``; from :func:`make_grad_stats`, which draws ``g_t`` itself)
 * ``loss``, ``count`` f32[K] per-domain mean loss and token count (always)
 
 and a ``combine(c)`` function giving the training gradient ``sum_d c_d g_d``
@@ -21,8 +23,8 @@ Per-sequence gradients (``example_gram``, ``combine_examples``) are computed by
 With several target domains (``grads.target`` a list: the target batch is
 ``[T, N, S+1]``, one row block per target domain ``t``, each with its own
 gradient ``g_t``), ``grad_dot`` is f32[K, T] ``<g_d, g_t>`` and
-``target_grad_norm`` f32[T] (DoGE's out-of-domain rule clips each ``g_t``
-separately and sums).
+``target_grad_norm`` and ``target_loss`` f32[T] (DoGE's out-of-domain rule clips each
+``g_t`` separately and sums).
 
 Everything works from a *token loss function* and never sees a model::
 
@@ -401,13 +403,25 @@ def _matrix_stats(stats: dict, needs: frozenset[str], grads: PyTree, t_sel: PyTr
 
 def target_grad(token_loss_fn: TokenLossFn, params: PyTree, target: Mapping[str, Array]) -> PyTree:
     """``g_t``: gradient of the target batch's mean token loss."""
-    return jax.grad(lambda p: mean_loss(token_loss_fn, p, target))(params)
+    return target_loss_and_grad(token_loss_fn, params, target)[1]
+
+
+def target_loss_and_grad(token_loss_fn: TokenLossFn, params: PyTree,
+                         target: Mapping[str, Array]) -> tuple[Array, PyTree]:
+    """``(L_t f32[], g_t)``: the target batch's mean token loss and its gradient."""
+    return jax.value_and_grad(lambda p: mean_loss(token_loss_fn, p, target))(params)
 
 
 def target_grads(token_loss_fn: TokenLossFn, params: PyTree, target: Mapping[str, Array]) -> PyTree:
     """``g_t`` for each of T target domains, stacked on a leading axis: ``target`` holds
     ``[T, N, ...]`` arrays (row block t = target domain t); one gradient at a time."""
-    return jax.lax.map(lambda one: target_grad(token_loss_fn, params, one), dict(target))
+    return target_losses_and_grads(token_loss_fn, params, target)[1]
+
+
+def target_losses_and_grads(token_loss_fn: TokenLossFn, params: PyTree,
+                            target: Mapping[str, Array]) -> tuple[Array, PyTree]:
+    """``(L_t f32[T], g_t stacked)`` for T target domains (row blocks of ``[T, N, ...]``)."""
+    return jax.lax.map(lambda one: target_loss_and_grad(token_loss_fn, params, one), dict(target))
 
 
 def direct_domain_grads(token_loss_fn: TokenLossFn, params: PyTree, batch: Mapping[str, Array],
@@ -464,14 +478,18 @@ def make_grad_stats(config: GradConfig, num_domains: int) -> Callable[..., GradS
                     lambda p: jnp.dot(c, domain_loss_vector(token_loss_fn, p, batch,
                                                             num_domains)[0]))(params)
                 return res
-        target, stacked = None, False
-        if keys & {"grad_dot", "target_grad_norm"}:
+        target, stacked, t_loss = None, False, None
+        if keys & {"grad_dot", "target_grad_norm", "target_loss"}:
             tb = target_batch(batch)
             stacked = tb["tokens"].ndim == 3     # [T, N, S+1]: several target domains
-            target = (target_grads if stacked else target_grad)(token_loss_fn, params, tb)
-        out = domain_grads(token_loss_fn, params, batch, num_domains=num_domains, needs=keys,
-                           config=config, target=target, targets_stacked=stacked)
+            t_loss, target = (target_losses_and_grads if stacked else target_loss_and_grad)(
+                token_loss_fn, params, tb)
+        out = domain_grads(token_loss_fn, params, batch, num_domains=num_domains,
+                           needs=keys - {"target_loss"}, config=config, target=target,
+                           targets_stacked=stacked)
         res = GradStats({k: v for k, v in out.stats.items() if k in keys})
+        if "target_loss" in keys:   # the value whose gradient is g_t (no extra pass)
+            res["target_loss"] = jax.lax.stop_gradient(t_loss)
         res.combine = out.combine
         res.domain_loss, res.domain_count = out.stats["loss"], out.stats["count"]
         if ex is not None:

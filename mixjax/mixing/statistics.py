@@ -218,6 +218,11 @@ declare("target_grad_norm", shape="f32[]", attribution="none",
         needs={"gradient_engine", "target_batch"},
         doc="norm of the target gradient g_target (mixjax.mixing.grads)",
         compute=_engine("target_grad_norm"))
+declare("target_loss", shape="f32[]", attribution="none",
+        needs={"gradient_engine", "target_batch"},
+        doc="mean token loss of the target batch, the value whose gradient is g_target "
+            "(f32[T] with several targets; mixjax.mixing.grads)",
+        compute=_engine("target_loss"))
 # Per-example objectives (sample-level reweighting, aggregators over sequences): the
 # per-sequence loss is ``sample_loss`` (L_b, the mean token loss of sequence b); the engine
 # gives the B x B Gram of the per-sequence gradients g_b = grad L_b.

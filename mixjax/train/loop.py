@@ -67,6 +67,13 @@ class RunResult:
     state: Any = None
 
 
+def target_count(target) -> int | None:
+    """How many target domains ``grads.target`` names (None when it names none)."""
+    if target is None:
+        return None
+    return len(target) if isinstance(target, tuple) else 1
+
+
 class Trainer:
     """Everything a run needs, built from a Config (before anything compiles)."""
 
@@ -82,7 +89,8 @@ class Trainer:
             self.mixer = mixing.build(cfg.mixing.name, cfg.mixing.hparams, domains=self.domains,
                                       token_counts=self.data.token_counts,
                                       apply_to=cfg.mixing.apply_to, total_steps=cfg.train.steps,
-                                      tokens_per_step=cfg.data.batch_size * cfg.data.seq_len)
+                                      tokens_per_step=cfg.data.batch_size * cfg.data.seq_len,
+                                      num_targets=target_count(cfg.grads.target))
             self.mixer.init(k)
         except (ValueError, TypeError, KeyError) as e:
             msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
