@@ -29,7 +29,8 @@ def run_workers(worker: pathlib.Path, nproc: int, extra_args, devices_per_proces
         pytest.skip("gloo binds to the address of this host's name, which is not loopback")
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process} "
+                       "--xla_cpu_use_fusion_emitters=false")
     procs = [subprocess.Popen([sys.executable, str(worker), str(r), str(nproc), str(port),
                                *map(str, extra_args)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

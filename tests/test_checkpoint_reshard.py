@@ -71,7 +71,8 @@ def test_save_on_8_devices_restore_on_4_devices_with_another_mesh(tmp_path):
 
     code = RESTORE.format(tests=str(pathlib.Path(__file__).parent), ckpt=str(tmp_path / "ckpt"),
                           npz=str(tmp_path / "want.npz"))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+                       "--xla_cpu_use_fusion_emitters=false")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -110,7 +110,8 @@ def test_mixjax_train_cli_on_two_processes_resumes(tmp_path):
         for r in range(NPROC):
             env = dict(os.environ, JAX_PLATFORMS="cpu", MIXJAX_COORDINATOR=f"127.0.0.1:{port}",
                        MIXJAX_NUM_PROCESSES=str(NPROC), MIXJAX_PROCESS_ID=str(r),
-                       XLA_FLAGS="--xla_force_host_platform_device_count=4")
+                       XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+                       "--xla_cpu_use_fusion_emitters=false")
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "mixjax.cli", "train", config, "--resume",
                  "--set", f"train.steps={steps}", *sets],
