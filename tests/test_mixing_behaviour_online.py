@@ -53,9 +53,16 @@ def test_upsampling_code_at_the_end_lowers_code_loss(nine):  # noqa: F811
     up, up_log = _final_code_loss(root, data, "upsample_code", 120, base="natural",
                                   factors={"code": 8.0}, fraction=0.25)
     assert up < base, (up, base)
-    # The same run until the last 25 %: identical training losses through step 90 (the
-    # update at step 90 sets batch 91's mixture), then code is drawn ~8x as often.
+    # The same run until the last 25 %: the same mixture and the same batches (tokens per
+    # domain) through step 90 (the update at step 90 sets batch 91's mixture), then code is
+    # drawn ~8x as often. Training losses are not compared: the two runs compile different
+    # programs (a static mixer vs a schedule), XLA does not promise them the same float
+    # rounding, and with its loop emitters a 2e-5 difference at step 40 grew to 1.3e-3 by
+    # step 50 through Adam; the data stream is what the schedule must leave unchanged.
     for s in range(10, 91, 10):
-        assert up_log[s]["loss"] == base_log[s]["loss"], s
+        same = {k: v for k, v in base_log[s].items()
+                if k.startswith(("count/", "sampling_weight/"))}
+        assert len(same) == 2 * len(data.domains), sorted(same)
+        assert all(up_log[s][k] == v for k, v in same.items()), s
     for s in range(100, 121, 10):
         assert up_log[s]["sampling_weight/code"] > 3 * base_log[s]["sampling_weight/code"], s
