@@ -60,7 +60,7 @@ import numpy as np
 from mixjax import config as config_lib
 from mixjax import mixing
 from mixjax.mixing import grads
-from mixjax.parallel import sharding
+from mixjax.parallel import sharding, step_sharding
 from mixjax.models import transformer
 from mixjax.core import state as state_lib
 from mixjax.core import step as step_lib
@@ -171,9 +171,9 @@ def time_variant(fn, state, axes, frozen, mesh, host, steps):
     shardings = sharding.train_state_shardings(state, axes, mesh)
     state = sharding.place(state, shardings)
     frozen, frozen_sh = sharding.place_frozen(frozen, state.params, axes, mesh)
-    step = sharding.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
+    step = step_sharding.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
     extra = () if frozen is None else (frozen,)
-    batch = sharding.shard_batch(host, mesh)
+    batch = step_sharding.shard_batch(host, mesh)
     t0 = time.perf_counter()
     state, m = step(state, batch, *extra)
     jax.block_until_ready(m)

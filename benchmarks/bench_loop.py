@@ -49,7 +49,6 @@ import jax
 import numpy as np
 
 from mixjax import config as config_lib
-from mixjax.parallel import sharding
 from mixjax.train import loop
 from mixjax.train.data import build_data
 

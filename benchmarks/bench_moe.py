@@ -40,7 +40,7 @@ from mixjax import mixing  # noqa: E402
 from mixjax.core import state as state_lib  # noqa: E402
 from mixjax.core import step as step_lib  # noqa: E402
 from mixjax.models import moe, transformer  # noqa: E402
-from mixjax.parallel import sharding  # noqa: E402
+from mixjax.parallel import sharding, step_sharding  # noqa: E402
 
 K = 4   # domains
 
@@ -54,7 +54,7 @@ def _step(apply, params, axes, mesh=None):
         return jax.jit(fn, donate_argnums=(0,)), state_lib.init_state(params, tx, mixer, K, 0)
     state, shardings = sharding.init_state_sharded(
         lambda p: state_lib.init_state(p, tx, mixer, K, 0), params, axes, mesh)
-    return sharding.jit_sharded_step(fn, shardings), state
+    return step_sharding.jit_sharded_step(fn, shardings), state
 
 
 def _batch(args, seed=0, mesh=None):
@@ -62,7 +62,7 @@ def _batch(args, seed=0, mesh=None):
     b = {"tokens": rng.integers(1, args.vocab, (args.batch, args.seq + 1)).astype(np.int32),
          "domain_id": (np.arange(args.batch) % K).astype(np.int32),
          "sampling_weights": np.full(K, 1 / K, np.float32)}
-    return sharding.shard_batch(b, mesh) if mesh is not None else jax.device_put(b)
+    return step_sharding.shard_batch(b, mesh) if mesh is not None else jax.device_put(b)
 
 
 def throughput(args):

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from mixjax import mixing  # noqa: E402
 from mixjax.mixing import grads
-from mixjax.parallel import sharding
+from mixjax.parallel import sharding, step_sharding
 from mixjax.config import Config  # noqa: E402
 from mixjax.models import transformer  # noqa: E402
 from mixjax.core import state as state_lib  # noqa: E402
@@ -89,16 +89,16 @@ def main() -> None:
         shardings = sharding.train_state_shardings(state, axes, mesh)
         state = sharding.place(state, shardings)
         frozen, frozen_sh = sharding.place_frozen(frozen, state.params, axes, mesh)
-        step = sharding.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
+        step = step_sharding.jit_sharded_step(fn, shardings, frozen_shardings=frozen_sh)
         extra = () if frozen is None else (frozen,)
         t0 = time.perf_counter()
-        state, m = step(state, sharding.shard_batch(batches[0], mesh), *extra)
+        state, m = step(state, step_sharding.shard_batch(batches[0], mesh), *extra)
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
         times = []
         for b in batches[1:]:
             t0 = time.perf_counter()
-            state, m = step(state, sharding.shard_batch(b, mesh), *extra)
+            state, m = step(state, step_sharding.shard_batch(b, mesh), *extra)
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)

@@ -20,7 +20,7 @@ import optax
 
 from mixjax import mixing
 from mixjax.mixing import grads
-from mixjax.parallel import sharding
+from mixjax.parallel import sharding, step_sharding
 from mixjax.models import transformer
 from mixjax.core import state as state_lib
 from mixjax.core import step as step_lib
@@ -151,11 +151,11 @@ def run(built: Built, mesh, batches, *, global_batch_size=BATCH):
         outs = {n: fns[n](states[n], batch, frozen[n]) for n in built.names}
         return {n: o[0] for n, o in outs.items()}, {n: o[1] for n, o in outs.items()}
 
-    step = sharding.jit_sharded_step(multi, shardings, frozen_shardings=frozen_sh)
+    step = step_sharding.jit_sharded_step(multi, shardings, frozen_shardings=frozen_sh)
     history = {n: [] for n in built.names}
     with jax.set_mesh(mesh):
         for b in batches:
-            states, metrics = step(states, sharding.shard_batch(b, mesh, global_batch_size),
+            states, metrics = step(states, step_sharding.shard_batch(b, mesh, global_batch_size),
                                    frozen)
             for n in built.names:
                 history[n].append(jax.device_get(metrics[n]))

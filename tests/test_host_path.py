@@ -5,7 +5,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixjax.config import Config
-from mixjax.parallel import distributed, sharding
+from mixjax.parallel import distributed, sharding, step_sharding
 from mixjax.train import metrics as metrics_lib
 
 
@@ -40,7 +40,7 @@ def test_single_process_batch_placement_equals_per_key_placement():
     b = {"tokens": np.arange(4 * 9, dtype=np.int32).reshape(4, 9),
          "domain_id": np.array([0, 1, 1, 0], np.int32),
          "sampling_weights": np.array([0.25, 0.75], np.float32)}
-    got = sharding.shard_batch(b, mesh, 4)
+    got = step_sharding.shard_batch(b, mesh, 4)
     axes = sharding.batch_axes(mesh)
     want = distributed.global_batch({k: b[k] for k in ("tokens", "domain_id")}, mesh, axes, 4,
                                     replicated=())

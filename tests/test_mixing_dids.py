@@ -127,7 +127,7 @@ def test_mixer_rounds_accumulate_distances_and_losses():
     rng = np.random.default_rng(0)
     upd = jax.jit(mixer.update)
     alpha = np.full(k, 1.0 / k)
-    window, tl, hist, last = [], [], [], np.zeros((k, 1))
+    window, tl, hist, last, counts = [], [], [], np.zeros((k, 1)), []
     for step in range(3 * r + 1):
         gn = rng.uniform(0.5, 2.0, k)
         gd = rng.uniform(-1.0, 1.0, k)

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mixjax.config import Config, ConfigError
 from mixjax.core import step as step_lib
 from mixjax.models import moe
-from mixjax.parallel import sharding
+from mixjax.parallel import activations, sharding
 
 CFG = moe.MoEConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=2, d_ff=16,
                     num_experts=4, top_k=2, capacity_factor=1.0, moe_every=1)
@@ -46,7 +46,7 @@ def test_expert4_data2_equals_one_device():
     assert sharding.batch_axes(mesh) == ("data", "expert", "fsdp")
 
     def traced(p, t):
-        with sharding.activation_sharding(mesh):
+        with activations.activation_sharding(mesh):
             return f(p, t)
 
     rep = NamedSharding(mesh, P())

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixjax.parallel import distributed
-from mixjax.parallel import sharding
+from mixjax.parallel import sharding, step_sharding
 
 
 @pytest.mark.parametrize("sizes, n, want", [
@@ -87,13 +87,13 @@ def test_shard_batch_splits_rows_and_replicates_per_domain_values():
     batch = {"tokens": np.arange(16 * 5, dtype=np.int32).reshape(16, 5),
              "domain_id": np.arange(16, dtype=np.int32) % 4,
              "sampling_weights": np.full(4, 0.25, np.float32)}
-    out = sharding.shard_batch(batch, mesh)
+    out = step_sharding.shard_batch(batch, mesh)
     assert out["tokens"].sharding.spec == P(("data", "fsdp"), None)
     assert out["sampling_weights"].sharding.spec == P()
     assert out["tokens"].addressable_shards[0].data.shape == (4, 5)   # 16 rows / (2*2)
     np.testing.assert_array_equal(np.asarray(out["tokens"]), batch["tokens"])
     with pytest.raises(ValueError, match="global batch size 6 is not divisible by the 4 batch"):
-        sharding.shard_batch({"domain_id": np.zeros(6, np.int32)}, mesh)
+        step_sharding.shard_batch({"domain_id": np.zeros(6, np.int32)}, mesh)
 
 
 def test_process_rows_single_process_owns_the_whole_batch():

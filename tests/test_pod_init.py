@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from mixjax.parallel import sharding
+from mixjax.parallel import activations, sharding
 from mixjax.models import transformer as T
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def test_activation_constraints_apply_only_while_a_sharded_step_is_traced():
     mesh = sharding.make_mesh(2, 2, 2)
 
     def sharded(p, t):
-        with sharding.activation_sharding(mesh):
+        with activations.activation_sharding(mesh):
             return apply(p, t)
 
     specs = constraints(sharded)

@@ -79,7 +79,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mixjax.models import transformer as T
-from mixjax.parallel.sharding import constrain
+from mixjax.parallel.activations import constrain
 
 ROUTING = ("token_choice",)
 HPARAMS = ("num_experts", "top_k", "capacity_factor", "routing", "aux_loss_coef",

@@ -70,8 +70,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mixjax import forward_mode
-from mixjax.parallel import sharding
-from mixjax.parallel.sharding import constrain   # a no-op unless a sharded step is being traced
+from mixjax.parallel import activations
+from mixjax.parallel.activations import constrain   # a no-op unless a sharded step is being traced
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -128,7 +128,7 @@ def resolve_attention(choice: str, dtype, backend: str | None = None) -> str:
 
 def _sharded_trace() -> bool:
     """Whether a step is being traced under a multi-device activation sharding."""
-    ctx = getattr(sharding._ACTIVE, "ctx", None)
+    ctx = getattr(activations._ACTIVE, "ctx", None)
     return ctx is not None and ctx[0].size > 1
 
 

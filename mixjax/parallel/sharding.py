@@ -35,9 +35,12 @@ Scale-out (how a run uses it, ``mixjax.train.loop``)::
     mesh = mesh_from_config(cfg.mesh)            # sizes from config, -1 = the rest
     shardings = train_state_shardings(state, logical_axes, mesh)
     state = place(state, shardings)               # params/opt sharded, the rest replicated
-    step = jit_sharded_step(make_train_step(..., jit=False), shardings)
-    batch = shard_batch(host_batch, mesh, global_batch_size)   # rows on (data, fsdp)
+    step = step_sharding.jit_sharded_step(make_train_step(..., jit=False), shardings)
+    batch = step_sharding.shard_batch(host_batch, mesh, global_batch_size)  # rows on (data, fsdp)
     state, metrics = step(state, batch)
+
+Batch placement and the jitted sharded step live in ``mixjax.parallel.step_sharding``;
+activation constraints by logical name (``constrain``) in ``mixjax.parallel.activations``.
 
 Everything else is GSPMD: the step is written for the global batch, so
 per-domain losses, counts, reference losses and gradient statistics are
@@ -51,9 +54,6 @@ TPU slice.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import threading
 import warnings
 from typing import Any, Callable
 
@@ -209,6 +209,15 @@ def param_shardings(logical_axes, mesh, rules=RULES):
     """Pytree of NamedShardings for a pytree of logical-name tuples."""
     return jax.tree.map(lambda names: NamedSharding(mesh, logical_to_spec(names, rules)),
                         logical_axes, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def batch_axes(mesh) -> tuple[str, ...]:
+    """Mesh axes the batch dimension is split over (the ``batch`` rule), without the axes
+    ``mesh`` lacks and without ``expert`` when it has size 1 (a mesh without experts lays
+    the batch out as it always did: ``P(("data", "fsdp"))``)."""
+    entry = dict(RULES)["batch"]
+    axes = (entry,) if isinstance(entry, str) else tuple(entry)
+    return tuple(a for a in axes if a in mesh.shape and (a != "expert" or mesh.shape[a] > 1))
 
 
 def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
@@ -391,139 +400,3 @@ def place(tree, shardings):
     import jax.numpy as jnp
 
     return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
-
-
-def batch_axes(mesh) -> tuple[str, ...]:
-    """Mesh axes the batch dimension is split over (the ``batch`` rule), without the axes
-    ``mesh`` lacks and without ``expert`` when it has size 1 (a mesh without experts lays
-    the batch out as it always did: ``P(("data", "fsdp"))``)."""
-    entry = dict(RULES)["batch"]
-    axes = (entry,) if isinstance(entry, str) else tuple(entry)
-    return tuple(a for a in axes if a in mesh.shape and (a != "expert" or mesh.shape[a] > 1))
-
-
-# Batch keys that hold one value for the whole batch (per domain, or a fixed target set that
-# every process holds identically), not one row per sequence: placed replicated.
-REPLICATED_BATCH_KEYS = ("domain_counts", "sampling_weights", "target_tokens")
-
-
-@functools.lru_cache(maxsize=64)
-def _batch_sharding(mesh, axes: tuple[str, ...], ndim: int, key: str) -> NamedSharding:
-    if key in REPLICATED_BATCH_KEYS:
-        return NamedSharding(mesh, P())
-    return NamedSharding(mesh, P(tuple(axes), *([None] * (ndim - 1))))
-
-
-def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
-    """Places a host batch: per-sequence arrays split over the batch axes, the rest replicated.
-
-    Single process: ``batch`` is the whole global batch. Multi-process: each process
-    passes only its rows ``distributed.process_rows(...)`` of the global batch and
-    ``global_batch_size`` (required then); the job-wide arrays are assembled with
-    ``jax.make_array_from_process_local_data``.
-    """
-    from mixjax.parallel import distributed
-
-    rows = int(np.shape(batch["domain_id"])[0])
-    if global_batch_size is None:
-        if jax.process_count() > 1:
-            raise ValueError("shard_batch: pass global_batch_size in a multi-process run "
-                             "(each process holds only its rows)")
-        global_batch_size = rows
-    axes = batch_axes(mesh)
-    distributed.check_batch_divides(global_batch_size, mesh, axes)
-    if jax.process_count() == 1:
-        # One process holds the whole batch: one device_put for every key (a third of the
-        # cost of one make_array_from_process_local_data per key); the same arrays.
-        if rows != global_batch_size:
-            raise ValueError(f"batch has {rows} rows, expected the global batch of "
-                             f"{global_batch_size}")
-        host = {k: np.asarray(v) for k, v in batch.items()}
-        return jax.device_put(host, {k: _batch_sharding(mesh, axes, v.ndim, k)
-                                     for k, v in host.items()})
-    per_example = {k: np.asarray(v) for k, v in batch.items() if k not in REPLICATED_BATCH_KEYS}
-    out = distributed.global_batch(per_example, mesh, axes, global_batch_size, replicated=())
-    rep = NamedSharding(mesh, P())
-    for k in REPLICATED_BATCH_KEYS:
-        if k in batch:
-            v = np.asarray(batch[k])
-            out[k] = jax.make_array_from_process_local_data(rep, v, v.shape)
-    return out
-
-
-def jit_sharded_step(step_fn, state_shardings, *, donate: bool = True,
-                     activation_rules=ACTIVATION_RULES, frozen_shardings=None):
-    """``jax.jit`` of an unjitted ``(state, batch[, frozen]) -> (state, metrics)`` step.
-
-    The state keeps ``state_shardings`` in and out, so a later step never sees a
-    new layout (no recompilation after the first step); metrics come back
-    replicated, so every process can read them; the batch keeps the layout
-    ``shard_batch`` gave it; with ``frozen_shardings`` the step takes a third
-    argument, the frozen inputs (a reference model), kept on those shardings and
-    never donated. The
-    step is traced inside :func:`activation_sharding`, so the model's logical
-    activation constraints apply (``activation_rules=None``: none, GSPMD
-    propagation only; a one-device mesh adds none, so single-device programs are
-    exactly what they were).
-    """
-    mesh = jax.tree.leaves(state_shardings)[0].mesh
-    if activation_rules is not None and mesh.size > 1:
-        inner = step_fn
-
-        def step_fn(state, batch, *frozen):
-            with activation_sharding(mesh, activation_rules):
-                return inner(state, batch, *frozen)
-    # jit's in_shardings must name every positional argument: two without frozen inputs
-    in_shardings = (state_shardings, None) + (
-        () if frozen_shardings is None else (frozen_shardings,))
-    return jax.jit(step_fn, in_shardings=in_shardings,
-                   out_shardings=(state_shardings, NamedSharding(mesh, P())),
-                   donate_argnums=(0,) if donate else ())
-
-
-def replicate_value(value, mesh) -> jax.Array:
-    """A host value every process holds identically, as a replicated global array."""
-
-    value = np.asarray(value)
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), value, value.shape)
-
-
-def replicated_outputs(fn, mesh):
-    """``fn`` jitted so that every output is replicated over ``mesh`` (readable by every
-    process of a multi-host run, e.g. the eval function's per-sequence sums)."""
-    return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
-
-
-# -- activation sharding constraints (logical names in the model) --------------------------------
-_ACTIVE = threading.local()
-
-
-@contextlib.contextmanager
-def activation_sharding(mesh, rules=ACTIVATION_RULES):
-    """While active (on this thread), :func:`constrain` places activations on ``mesh``.
-
-    Enter it around the *tracing* of a step (``jit_sharded_step`` does): the
-    constraints are recorded in the jaxpr, so the compiled step keeps them.
-    """
-    previous = getattr(_ACTIVE, "ctx", None)
-    _ACTIVE.ctx = (mesh, rules)
-    try:
-        yield
-    finally:
-        _ACTIVE.ctx = previous
-
-
-def constrain(x, names: tuple[str | None, ...]):
-    """``x`` with the sharding its logical activation ``names`` give under the active
-    :func:`activation_sharding`; ``x`` unchanged when none is active (one device, eager
-    use, tests). A mesh axis that does not divide a dimension is dropped for it (e.g. the
-    B/K rows of one domain inside the gradient engine's vmap): activations are transient,
-    so this is not warned about, unlike parameters."""
-    ctx = getattr(_ACTIVE, "ctx", None)
-    if ctx is None:
-        return x
-    mesh, rules = ctx
-    if x.ndim != len(names):
-        raise ValueError(f"constrain: activation of shape {x.shape} got logical names {names}")
-    return jax.lax.with_sharding_constraint(
-        x, NamedSharding(mesh, spec_for_shape(tuple(names), x.shape, mesh, rules)))

@@ -66,7 +66,7 @@ from jax.sharding import PartitionSpec as P
 
 from mixjax import methods, mixing
 from mixjax.config import Config, ConfigError
-from mixjax.parallel import distributed, sharding
+from mixjax.parallel import distributed, sharding, step_sharding
 from mixjax.search.swarm_batches import UpsampleBatches, UpweightBatches, _stratified_copy
 from mixjax.search.swarm_memory import (available_memory_bytes, check_memory,  # noqa: F401
                                         compiled_memory_bytes, estimate_memory)
@@ -391,7 +391,7 @@ class Swarm:
         if self.mesh is None:
             return jnp.asarray(tokens)
         # every process holds the same fixed eval set: a replicated global array
-        return sharding.replicate_value(np.asarray(tokens), self.mesh)
+        return step_sharding.replicate_value(np.asarray(tokens), self.mesh)
 
     def evaluate(self, state) -> np.ndarray:
         """float64[P, K'] per-domain eval loss of every proxy (K' = domains + held out)."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from mixjax.config import Config, ConfigError
 from mixjax.mixing import grads
-from mixjax.parallel import sharding
+from mixjax.parallel import step_sharding
 
 
 def whole_batch_on_host() -> bool:
@@ -37,7 +37,7 @@ def batch_maker(trainer) -> Callable[[dict, Any, int], dict]:
     blocked = trainer.blocked_batches
     target = None
     if trainer.target_tokens is not None:
-        target = sharding.replicate_value(np.asarray(trainer.target_tokens), mesh)
+        target = step_sharding.replicate_value(np.asarray(trainer.target_tokens), mesh)
 
     def make(host_batch: dict, p, t: int) -> dict:
         tokens = np.asarray(host_batch["tokens"], np.int32)
@@ -52,7 +52,7 @@ def batch_maker(trainer) -> Callable[[dict, Any, int], dict]:
                 tokens, domain_id = tokens[order], domain_id[order]
                 rows = {k: v[order] for k, v in rows.items()}
         # This process's rows -> global arrays on the mesh's batch axes.
-        batch = sharding.shard_batch({
+        batch = step_sharding.shard_batch({
             "tokens": tokens, "domain_id": domain_id, **rows,
             "sampling_weights": np.asarray(p, np.float32)}, mesh, cfg.data.batch_size)
         if target is not None:

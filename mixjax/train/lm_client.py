@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from mixjax import mixing
-from mixjax.parallel import sharding
+from mixjax.parallel import step_sharding
 from mixjax.run import engine
 from mixjax.train import evaluate as eval_lib
 from mixjax.train import metrics as metrics_lib
@@ -120,7 +120,7 @@ class LMClient(engine.Client):
         return state
 
     def set_eval_loss(self, state, ev):
-        return state.replace(eval_loss=sharding.replicate_value(
+        return state.replace(eval_loss=step_sharding.replicate_value(
             eval_lib.domain_losses(ev, self.domains), self.trainer.mesh))
 
     def check_saveable(self, state, done: int) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 from mixjax import config as config_lib
 from mixjax import methods, mixing, plugins
 from mixjax.config import Config, ConfigError
-from mixjax.parallel import distributed, sharding
+from mixjax.parallel import distributed, sharding, step_sharding
 from mixjax.run import checkpoints as run_ckpt
 from mixjax.run import engine, feeds, logs
 from mixjax.run.checkpoints import restore_good_checkpoint as _restore_good_checkpoint  # noqa: F401
@@ -160,11 +160,11 @@ class Trainer:
         # Frozen inputs (a reference model): the step's third argument, never donated.
         self.frozen, frozen_sh = sharding.place_frozen(parts.frozen, abstract, self.logical_axes,
                                                        self.mesh)
-        jitted = sharding.jit_sharded_step(self.step_fn, self.state_shardings,
+        jitted = step_sharding.jit_sharded_step(self.step_fn, self.state_shardings,
                                            frozen_shardings=frozen_sh)
         self.train_step = jitted if self.frozen is None else (
             lambda state, batch: jitted(state, batch, self.frozen))
-        self.eval_fn = sharding.replicated_outputs(
+        self.eval_fn = step_sharding.replicated_outputs(
             step_lib.make_eval_fn(self.apply, self.pad_id), self.mesh)
         # Held-out domains (an out-of-domain grads.target) are evaluated, never trained on.
         self.heldout = tuple(getattr(self.data, "heldout_domains", ()))
