@@ -233,13 +233,8 @@ def select_donod(sources: Mapping[str, DomainSource], model: ScoringModel, budge
                  ) -> tuple[dict[str, float], dict[str, Any]]:
     """``({content hash: 1 or 0} for every document, info)``: the top ceil(f N) documents of the
     corpus by TOPSIS closeness over (DON, NOD)."""
-    from mixjax.data.selection import content_hash
-    docs, hashes, domains = [], [], []
-    for name, src in sources.items():
-        for i in range(len(src)):
-            docs.append(src[i])
-            hashes.append(content_hash(docs[-1]))
-            domains.append(name)
+    from mixjax.data.selection import corpus_documents
+    docs, hashes, domains = corpus_documents(sources)
     if not docs:
         raise DataError("the corpus has no documents to score")
     don, nod, computed = cached_metrics(model, docs, hashes, cache_dir, seq_len=seq_len,

@@ -71,6 +71,17 @@ def content_hash(doc: Any) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+def corpus_documents(sources: Mapping[str, DomainSource]) -> tuple[list, list[str], list[str]]:
+    """``(documents, content hashes, domain names)`` of every document, domain by domain."""
+    docs, hashes, domains = [], [], []
+    for name, src in sources.items():
+        for i in range(len(src)):
+            docs.append(src[i])
+            hashes.append(content_hash(docs[-1]))
+            domains.append(name)
+    return docs, hashes, domains
+
+
 @dataclasses.dataclass(frozen=True)
 class Selection:
     """A loaded selection file."""

@@ -259,15 +259,10 @@ def select_subset(sources: Mapping[str, DomainSource], method: str, budget: floa
                   k: int = 1, scorer=None) -> tuple[dict[str, float], dict[str, Any]]:
     """``({content hash: weight} for every document, info)`` for ``method``: 1 or 0 for gio and
     ingenious; for coreset, the weight ``scorer(doc)`` of the document's cluster representative."""
-    from mixjax.data.selection import content_hash
+    from mixjax.data.selection import corpus_documents
     if method not in METHODS:
         raise KeyError(f"unknown selection method {method!r}; known: {', '.join(METHODS)}")
-    docs, hashes, domains = [], [], []
-    for name, src in sources.items():
-        for i in range(len(src)):
-            docs.append(src[i])
-            hashes.append(content_hash(docs[-1]))
-            domains.append(name)
+    docs, hashes, domains = corpus_documents(sources)
     emb, computed = cached_embed(docs, hashes, cache_dir)
     domains_arr = np.asarray(domains)
     chosen: set[int] = set()
