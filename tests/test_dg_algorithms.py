@@ -9,6 +9,8 @@ from mixjax.dg import algorithms as A
 from mixjax.dg import hparams as H
 from mixjax.dg.networks import NetSpec
 
+from dg_fakes import build_algorithm
+
 K, B = 3, 8
 NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="mlp", mlp_width=16)
 # algorithms that need convolutional feature maps
@@ -25,11 +27,7 @@ def tiny_batches():
 
 
 def build(name, **override):
-    cls = A.get(name)
-    hp = H.draw(cls.hparam_space(True), 0, 0)
-    hp.update(batch_size=B, mlp_width=16, **override)
-    static, traced = H.split_static(hp)
-    return cls(net=NETS.get(name, NET), num_envs=K, static=static), {k: jnp.float32(v) for k, v in traced.items()}
+    return build_algorithm(name, NETS.get(name, NET), num_envs=K, batch_size=B, mlp_width=16, **override)
 
 
 # DomainBed's SANDMask default tau = 1 masks every coordinate (tanh(k (a - 1) / v) <= 0 is

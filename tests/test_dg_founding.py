@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from mixjax.dg import algorithms as A
-from mixjax.dg import hparams as H
 from mixjax.dg.algorithms.ccfp import gram, ldp, style_distance
 from mixjax.dg.algorithms.dsrm import dsrm_loss, min_entropy_logits
 from mixjax.dg.algorithms.ermpp import sma_update
 from mixjax.dg.algorithms.qtdog import lsq_init, lsq_quantize
 from mixjax.dg.algorithms.udim import head_example_grads, inconsistency, normalize_batch_axis, sam_point
 from mixjax.dg.networks import NetSpec
+
+from dg_fakes import build_algorithm
 
 RNG = np.random.default_rng(0)
 K, B = 2, 4
@@ -32,11 +33,7 @@ def np_ce(logits, y):
 
 
 def build(name, net, **override):
-    cls = A.get(name)
-    hp = H.draw(cls.hparam_space(True), 0, 0)
-    hp.update(batch_size=B, **override)
-    static, traced = H.split_static(hp)
-    return cls(net=net, num_envs=K, static=static), {k: jnp.float32(v) for k, v in traced.items()}
+    return build_algorithm(name, net, num_envs=K, batch_size=B, **override)
 
 
 def batches(shape, classes):

@@ -6,19 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.dg import algorithms as A
-from mixjax.dg import hparams as H
 from mixjax.dg.networks import NetSpec
+
+from dg_fakes import build_algorithm
 
 NET = NetSpec(input_shape=(5,), num_classes=3, featurizer="mlp", mlp_width=8)
 
 
 def build(name, **override):
-    cls = A.get(name)
-    hp = H.draw(cls.hparam_space(True), 0, 0)
-    hp.update(batch_size=4, **override)
-    static, traced = H.split_static(hp)
-    return cls(net=NET, num_envs=2, static=static), {k: jnp.float32(v) for k, v in traced.items()}
+    return build_algorithm(name, NET, num_envs=2, batch_size=4, **override)
 
 
 def batches(seed=0):

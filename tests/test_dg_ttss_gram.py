@@ -12,21 +12,18 @@ import numpy as np
 import pytest
 
 from mixjax.dg import algorithms as A
-from mixjax.dg import hparams as H
 from mixjax.dg import test_time
 from mixjax.dg.algorithms.ttss import balance_targets, early_map, rest_features
 from mixjax.dg.networks import NetSpec
+
+from dg_fakes import build_algorithm
 
 K, B, C = 2, 6, 3
 CNN = NetSpec(input_shape=(6, 6, 2), num_classes=C, featurizer="cnn", cnn_widths=(16, 16, 16, 16))
 
 
 def build(name, net, **override):
-    cls = A.get(name)
-    hp = H.draw(cls.hparam_space(True), 0, 0)
-    hp.update(batch_size=B, **override)
-    static, traced = H.split_static(hp)
-    return cls(net=net, num_envs=K, static=static), {k: jnp.float32(v) for k, v in traced.items()}
+    return build_algorithm(name, net, num_envs=K, batch_size=B, **override)
 
 
 def batches(shape, seed=0):

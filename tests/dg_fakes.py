@@ -1,0 +1,16 @@
+"""A DG algorithm as the tests build it: DomainBed's default hyperparameters (draw 0 of
+``hparam_space(True)``), then overrides, split into static and traced (float32) parts."""
+
+import jax.numpy as jnp
+
+from mixjax.dg import algorithms as A
+from mixjax.dg import hparams as H
+
+
+def build_algorithm(name, net, *, num_envs, batch_size, **override):
+    """``(algorithm, traced hyperparameters)`` for ``num_envs`` environments."""
+    cls = A.get(name)
+    hp = H.draw(cls.hparam_space(True), 0, 0)
+    hp.update(batch_size=batch_size, **override)
+    static, traced = H.split_static(hp)
+    return cls(net=net, num_envs=num_envs, static=static), {k: jnp.float32(v) for k, v in traced.items()}
