@@ -69,6 +69,10 @@ per-domain gradients are materialised).
 All strategies agree with a direct per-domain ``jax.grad`` to fp32 tolerance
 (``tests/test_grads.py``). Inner products use ``Precision.HIGHEST`` so TPUs do
 not round them to bf16.
+
+This file is ~500 lines for one job, the per-domain engine and its three strategies
+(vmap, chunked, jvp), which share their masks, layouts and statistics; the algebra
+they use is in ``grad_algebra.py`` and the per-example statistics in ``example_grads.py``.
 """
 
 from __future__ import annotations

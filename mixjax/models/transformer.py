@@ -57,6 +57,9 @@ Pure-function API (what the train step uses)::
 
 ``params`` is a plain nested dict, so ``jax.grad``, ``jax.vmap``, ``jax.jvp``
 and optax act on it directly.
+
+This file is ~490 lines for one job, the model: its blocks, the scan/remat layout and
+the attention kernels' choice share one parameter layout and one set of logical axes.
 """
 
 from __future__ import annotations
