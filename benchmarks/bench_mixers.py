@@ -36,6 +36,9 @@ Targets (issue): <= 1.05x plain for GroupDRO, ODM, ADO, sample reweighting, ToRe
 <= 1.45x for DoReMi and DRRho (one extra forward pass of the reference model).
 ``--only plain,doremi,drrho,toremi --steps 3 --rounds 5`` (2026-12-04, load ~9, plain
 203 ms CPU/step): CPU ratio doremi 1.22, drrho 1.26, toremi 1.01.
+``--only "plain,gram[mean],dids" --steps 5 --rounds 5`` (2026-12-05, load ~1, plain 152 ms
+CPU/step): CPU ratio gram[mean] 1.01, dids 2.25 -- over its 1.25x target; where the extra
+step goes (the target batch's gradient and ``grad_dot`` path) was not profiled.
 """
 
 from __future__ import annotations
