@@ -20,9 +20,9 @@ phi_i = [z_i, 1] (the feature and the head's bias input) and the softmax head W 
 (the cross-entropy in place of the squared loss, as the paper's DomainBed runs; the
 ridge term - relative to the mean eigenvalue, so scale-free - is our choice, since a batch
 Gramian of D + 1 > b dimensions is singular; the gradient flows through G_e and g_e). The
-anneal and the Adam reset at the anneal step are IRM's (DomainBed). Note: the brief that
-asked for this algorithm calls it a Gram matrix "of per-environment gradients"; the paper's
-Gramian is that of the representation, used above.
+anneal and the Adam reset at the anneal step are IRM's (DomainBed). Note: issue 27
+calls it a Gram matrix "of per-environment gradients"; the paper's Gramian is that of the
+representation, used above.
 Defaults: gram_lambda 1e2 (10^U(-1,5)), gram_penalty_anneal_iters 500 (int 10^U(0,4)),
 gram_eps 1e-2 (10^U(-4,-1)).
 """
