@@ -2,9 +2,11 @@
 
 Command:
     mixjax train configs/lm_tiny_dids.py --set train.run_dir=runs/tiny_dids
-Runtime: 200 steps in 1 min 54 s to 5 min wall (about 92 s user CPU) on the shared 2-core
-machine under load 4-9 (2026-12-05), compiles included; the uniform mixture on the same
-7 domains: 66-105 s wall (about 42 s user CPU).
+Runtime: 200 steps in 53 s wall (78 s user CPU) on the idle 2-core machine, compiles
+included, with the model gradient taken from the gradient engine (model_gradient="coeffs");
+before that change, 1 min 54 s to 5 min wall (about 92 s user CPU) under load 4-9, and the
+uniform mixture on the same 7 domains 66-105 s wall (about 42 s user CPU). Re-run after the
+change (seeds 0, 1, 2; code 3.355 / 3.547 / 3.389): the same means and sds as below.
 Result (validation at step 200; seeds 0, 1, 2 via --set train.seed=S; mean +- sd):
     DIDS     loss_avg 2.767 +- 0.040   held-out code 3.430 +- 0.103
     uniform  loss_avg 2.767 +- 0.105   held-out code 3.331 +- 0.061

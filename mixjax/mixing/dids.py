@@ -69,7 +69,10 @@ Our choices, where mixjax's online setting differs:
   history then holds only the initial model's loss).
 
 Cost: the gradient engine every step (``grad_norm`` needs ``grads.strategy`` ``vmap`` or
-``chunked``; ``jvp`` cannot supply it) plus the target batch's gradient.
+``chunked``; ``jvp`` cannot supply it) plus the target batch's gradient. The model gradient
+is the engine's own: the plain token-mean loss is ``sum_d (n_d / N) L_d`` (``n_d`` loss
+tokens of domain d, N in all), so its gradient is ``combine(c)`` with ``c_d = n_d / N``
+(``model_gradient = "coeffs"``) and the step runs no second forward and backward.
 
 The **regrouping half** of DIDS (gradient clustering of the training data with a proxy
 model, TRAK-style projection) is not reimplemented: run ``mixjax data regroup`` (k-means
@@ -164,6 +167,7 @@ class DIDS(Mixer):
     requires = frozenset({"grad_norm", "grad_dot", "target_grad_norm", "target_loss", "count"})
     default_apply_to = "sampling"
     multi_target = True      # grads.target may list several downstream targets
+    model_gradient = "coeffs"  # the token-mean gradient from the engine (see Cost above)
 
     update_every: int = 100
     beta: float = 0.2
@@ -204,6 +208,11 @@ class DIDS(Mixer):
                           tloss_sum=z((t,), jnp.float32), tloss_n=z((), jnp.float32),
                           hist=z((self.history, t), jnp.float32), n_hist=z((), jnp.float32),
                           impact=z((k, t), jnp.float32), improvement=z((t,), jnp.float32))
+
+    def gradient_coeffs(self, state, stats):
+        """``c_d = n_d / N``: ``sum_d c_d g_d`` is the gradient of the plain token-mean loss."""
+        count = stats["count"]
+        return count / jnp.maximum(jnp.sum(count), 1.0)
 
     def _step_values(self, stats, k):
         dot = stats["grad_dot"]
