@@ -7,17 +7,20 @@
 Reads the run's latest checkpoint and writes its parameters with one expert more (a copy
 of ``--from``, or of the expert with the highest mean domain posterior on the first 64
 documents of ``--closest-on``, tokenised with the run's tokenizer: DEMix sec. 6,
-``mixjax.models.demix.closest_expert``) or one fewer, in every DEMix layer. The file holds
-the params under their mixjax paths (``blocks.0.demix.w_up``) and, in its metadata, the
-new domain order (``mixjax_domains``: the run's, with the new domain last or the removed
-one left out). Continue training with ``model.kind=demix``,
+``mixjax.models.demix.closest_expert``) or one fewer, in every DEMix layer. The file is
+what ``mixjax export --format safetensors`` writes for a DEMix run (the naming of
+:func:`mixjax.models.demix.to_hf`; metadata ``mixjax_model`` with the new expert count and
+``mixjax_domains``, the run's domains with the new one last or the removed one left out).
+Continue training from the parameters with ``model.kind=demix``,
 ``model.hparams.num_experts`` = the new count, ``data.domains`` in that order and
-``model.init_from=FILE`` (:func:`load_params`). docs/experts.md.
+``model.init_from=FILE`` (:func:`mixjax.train.export.load_init_params`; the loop checks
+the order). docs/experts.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -39,22 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="--add: copy the expert with the highest posterior on these "
                              "documents (JSON lines with a 'text' field)")
     parser.add_argument("--out", required=True, help="output safetensors file")
-
-
-def _flatten(tree, prefix="", leaf=np.asarray):
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".", leaf) if isinstance(v, dict) else {key: leaf(v)})
-    return out
-
-
-def _unflatten(flat: dict, like):
-    def build(node, prefix):
-        if isinstance(node, dict):
-            return {k: build(v, f"{prefix}{k}.") for k, v in node.items()}
-        return flat[prefix[:-1]]
-    return build(like, "")
 
 
 def edit_run(run_dir, *, add=None, remove=None, source=None, closest_on=None, out):
@@ -101,9 +88,11 @@ def edit_run(run_dir, *, add=None, remove=None, source=None, closest_on=None, ou
         j = domains.index(remove)
         params, domains = demix.remove_expert(params, j), domains[:j] + domains[j + 1:]
         how = {"removed": remove}
+    mcfg = dataclasses.replace(demix.DEMixConfig(**info["model"]), num_experts=len(domains))
     target.parent.mkdir(parents=True, exist_ok=True)
-    hf_io.save_safetensors(_flatten(params), target, {
+    hf_io.save_safetensors(demix.to_hf(params, mcfg), target, {
         "mixjax_kind": "demix", "mixjax_domains": json.dumps(domains),
+        "mixjax_model": json.dumps(dataclasses.asdict(mcfg)),
         "mixjax_edit": json.dumps(how), "mixjax_run": str(run_dir)})
     return target, domains, how
 
@@ -132,29 +121,6 @@ def _documents(cfg, path, limit: int = 64):
     if not rows:
         raise ConfigError(f"--closest-on {str(p)!r}: no document with 2 or more tokens")
     return np.stack(rows).astype(np.int32), tok.pad_id
-
-
-def load_params(source: str, cfg, abstract_params) -> tuple[dict, dict]:
-    """``model.init_from`` for ``model.kind=demix``: a file written by ``mixjax demix``
-    (shapes must match the configured model: one line naming the mismatch otherwise)."""
-    from mixjax.models import hf_io
-    path = pathlib.Path(source)
-    where = f"model.init_from={source!r}"
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: no such file (model.kind='demix' loads a file "
-                                "written by `mixjax demix`)")
-    flat = hf_io.load_safetensors(path)
-    want = _flatten(abstract_params, leaf=lambda a: a)
-    missing = sorted(set(want) - set(flat))
-    if missing:
-        raise ExportError(f"{where}: no tensor {missing[0]!r} (not a DEMix params file of "
-                          "this architecture)")
-    for key, a in want.items():
-        if flat[key].shape != a.shape:
-            raise ExportError(f"{where}: {key} has shape {flat[key].shape}, the model "
-                              f"{a.shape} (model.hparams.num_experts={cfg.num_experts})")
-    params = _unflatten({k: flat[k].astype(want[k].dtype) for k in want}, abstract_params)
-    return params, {"kind": "demix", "path": str(path)}
 
 
 def run(args: argparse.Namespace) -> int:
