@@ -222,6 +222,14 @@ def _expert_leaves(params, fn):
     return visit(params)
 
 
+def select_experts(params, index):
+    """``params`` whose expert ``j`` is the old expert ``index[j]`` in every DEMix layer (a
+    gather on the experts axis: :func:`add_expert` and :func:`remove_expert` are two cases;
+    ``mixjax.train.demix_state`` applies the same map to the Adam moments)."""
+    idx = jnp.asarray(index, jnp.int32)
+    return _expert_leaves(params, lambda w: jnp.take(w, idx, axis=0))
+
+
 def add_expert(params, source: int):
     """``params`` with a new last expert in every DEMix layer, a copy of expert ``source``."""
     return _expert_leaves(params, lambda w: jnp.concatenate([w, w[source:source + 1]], 0))
