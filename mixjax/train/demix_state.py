@@ -21,11 +21,13 @@ Every edit is one map over domains, ``index``: new domain ``j`` is old domain ``
   added expert starts with **its source expert's moments** and a removed one's are dropped;
   the counts (Adam's bias correction, the LR schedule's step) are kept. Why copy, not zero:
   optax keeps one count for all parameters, so after ``t`` steps the bias corrections
-  ``1 - b^t`` are ~1 and a zeroed expert's first update would be
-  ``(1-b1) g / sqrt((1-b2) g^2) = (1-b1)/sqrt(1-b2)`` times lr per coordinate (3.2 with
-  b1 0.9, b2 0.999; 0.45 with b2 0.95): a sign step far larger than the steps of the
-  expert whose weights it copies. Copied moments make the new expert's first steps those
-  the source would have taken, consistent with the copied weights and the shared count;
+  ``1 - b^t`` are ~1 and a zeroed expert's first update is ``m/sqrt(v) = (1-b1) g /
+  sqrt((1-b2) g^2)``: a sign step of ``(1-b1)/sqrt(1-b2)`` x lr on every coordinate
+  whatever the gradient's history (3.2 with b2 0.999: the largest step Adam can take,
+  Kingma & Ba 2015 sec. 2.1; 0.45 with the default b2 0.95), and ``v`` then rests on a handful of gradients for
+  ~1/(1-b2) steps. The copied moments describe the same weights' gradient statistics (on
+  the source domain), so the new expert's first steps are scaled like its source's; the
+  price is that the source domain's momentum direction lingers for ~1/(1-b1) = 10 steps;
 * the mixer state: each leaf is compared with the mixer's fresh state for the new domain
   count; an axis whose size goes from K to K' is a domain axis and is gathered (an added
   domain starts from its source domain's entries); a leaf changing otherwise is an error
