@@ -30,7 +30,13 @@ must equal the number of training domains (checked when the data is known).
 
 Expert surgery (sec. 6, adaptation): :func:`add_expert` appends a copy of expert j (the
 paper initialises a new domain's expert from the expert with the highest posterior on the
-new domain's data: :func:`closest_expert`); :func:`remove_expert` drops one.
+new domain's data: :func:`closest_expert`); :func:`remove_expert` drops one; both are
+:func:`select_experts` (new expert j = old expert ``index[j]``), the map
+``mixjax.train.demix_state`` also applies to the optimiser and mixer state.
+
+Files (``mixjax export``, ``model.init_from``): :func:`to_hf` / :func:`from_hf`, the Llama
+naming plus ``model.layers.{i}.demix.experts.{e}.{w1,w3,w2}.weight``
+(:mod:`mixjax.models.experts`); the expert order is the file's ``mixjax_domains``.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ def demix_ffn(weights, x, *, domain_id=None, mix=None):
     of that expert's weights: one expert's FLOPs) or the mixture ``sum_j mix[b,t,j] FFN_j``
     (``mix`` f32[B,S,E]: every expert runs)."""
     dt = x.dtype
-    wg, wu, wd = (weights[k].astype(dt) for k in ("w_gate", "w_up", "w_down"))
+    wg, wu, wd = (jnp.asarray(weights[k]).astype(dt) for k in ("w_gate", "w_up", "w_down"))
     if domain_id is not None:
         h = jax.nn.silu(jnp.einsum("bsd,bdf->bsf", x, wg[domain_id])) * \
             jnp.einsum("bsd,bdf->bsf", x, wu[domain_id])

@@ -62,8 +62,10 @@ attention, norms, embeddings and dense blocks in the Llama naming of
     moe.w_up[e]    [d, f]     model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight [f, d]
     moe.w_down[e]  [f, d]     model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight [d, f]
 
-The routing knobs (top_k, capacity factor, which blocks are routed) travel in the file's
-metadata (``mixjax_model``); Mixtral itself routes without a capacity limit and
+(the per-expert names are :mod:`mixjax.models.experts`', shared with DEMix);
+:func:`from_mixtral` reads such a file back (``model.init_from``). The routing knobs
+(top_k, capacity factor, which blocks are routed) travel in the file's metadata
+(``mixjax_model``); Mixtral itself routes without a capacity limit and
 renormalises top-k gates, so a transformers Mixtral loading these tensors matches this
 model only while no token is dropped.
 """

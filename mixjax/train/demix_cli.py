@@ -132,16 +132,17 @@ def edit_run_state(run_dir, *, add=None, remove=None, source=None, closest_on=No
     from mixjax.train import demix_state
     cfg, info, domains = _plan(run_dir, add=add, remove=remove, source=source,
                                closest_on=closest_on)
-    out_run = pathlib.Path(out_run)
-    if out_run.exists() and any(out_run.iterdir()):
-        raise FileExistsError(f"--out-run {str(out_run)!r} already exists; pick a new directory")
+    names = domains + [add] if add is not None else [d for d in domains if d != remove]
+    new_cfg, tx, new_abstract = demix_state.plan_run(out_run, cfg=cfg, info=info,
+                                                     new_domains=names, overrides=overrides)
     step, state, host = demix_state.restore_run(run_dir, cfg, info)
     apply = demix.abstract_init(demix.DEMixConfig(**info["model"]))[0]
     new, index, how = _edit(cfg, domains, apply, state.params, add=add, remove=remove,
                             source=source, closest_on=closest_on)
-    demix_state.write_run(run_dir, out_run, cfg=cfg, info=info, new_domains=new, index=index,
-                          how=how, step=step, state=state, host=host, overrides=overrides)
-    return out_run, new, how
+    demix_state.write_run(run_dir, out_run, new_cfg=new_cfg, tx=tx, new_abstract=new_abstract,
+                          new_domains=new, index=index, how=how, step=step, state=state,
+                          host=host)
+    return pathlib.Path(out_run), new, how
 
 
 def _documents(cfg, path, limit: int = 64):

@@ -202,10 +202,10 @@ def new_config(cfg, new_domains, out_run, overrides=()):
     return new
 
 
-def write_run(run_dir, out_run, *, cfg, info, new_domains, index, how, step, state, host,
-              overrides=()):
-    """Writes ``out_run`` (module docstring) from the restored ``state`` and ``host`` of
-    checkpoint ``step``; returns the new config."""
+def plan_run(out_run, *, cfg, info, new_domains, overrides=()):
+    """``(new_cfg, tx, new_abstract)`` of the edited run, checked before any checkpoint is
+    read (an existing ``out_run``, a bad ``--set``, a mixer that cannot take the new domains:
+    one line naming it)."""
     from mixjax.train import checks
     out_run = pathlib.Path(out_run)
     if out_run.exists() and any(out_run.iterdir()):
@@ -214,6 +214,14 @@ def write_run(run_dir, out_run, *, cfg, info, new_domains, index, how, step, sta
     checks.check_names(new_cfg)
     mcfg = dataclasses.replace(demix.DEMixConfig(**info["model"]), num_experts=len(new_domains))
     tx, new_abstract = abstract_state(new_cfg, mcfg, new_domains)
+    return new_cfg, tx, new_abstract
+
+
+def write_run(run_dir, out_run, *, new_cfg, tx, new_abstract, new_domains, index, how, step,
+              state, host):
+    """Writes ``out_run`` (module docstring) from the restored ``state`` and ``host`` of
+    checkpoint ``step`` (:func:`plan_run` gives ``new_cfg``, ``tx``, ``new_abstract``)."""
+    out_run = pathlib.Path(out_run)
     new_state = edit_train_state(state, tx=tx, index=index, new_abstract=new_abstract)
     sampler = edit_sampler_state(host["sampler"], new_domains, index)
     host = {k: v for k, v in host.items() if k not in ("checksum", "sampler")}
@@ -227,7 +235,6 @@ def write_run(run_dir, out_run, *, cfg, info, new_domains, index, how, step, sta
     (out_run / "demix_edit.json").write_text(json.dumps(
         {"source_run": str(run_dir), "step": int(step), **how, "domains": list(new_domains),
          "index": [int(i) for i in index]}, indent=2) + "\n")
-    return new_cfg
 
 
 def restore_run(run_dir, cfg, info):
