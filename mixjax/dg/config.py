@@ -37,6 +37,10 @@ class DatasetConfig:
     # the torch RNG seeded with ``args.seed``), so trial-to-trial standard errors include
     # data-realisation variance
     seeds: str = "shared"
+    # label noise per environment (mixjax.dg.label_noise): one rate for every env, or
+    # {env name: rate}; flips round(rate * n) labels of an env whenever it is a training env
+    # (test envs keep clean labels); 0: none
+    label_noise: float | dict[str, float] = 0.0
 
 
 @dataclasses.dataclass

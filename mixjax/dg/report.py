@@ -64,13 +64,14 @@ def format_mean(data, latex: bool = False) -> tuple[float | None, float | None, 
 def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, latex: bool = False) -> list[dict]:
     """Rows {method, dataset, algorithm, env, test_env, trial_accs, mean, se, text}."""
     grouped = selection.group_records(records)
-    datasets = sorted({r["args"]["dataset"] for r in records})
+    datasets = sorted({selection.dataset_label(r["args"]) for r in records})
     algorithms = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
     rows = []
     for method in selection.METHODS:
         for ds in datasets:
-            n_envs = max(selection.num_envs(r) for r in records if r["args"]["dataset"] == ds)
-            names = (env_names or {}).get(ds) or [f"env{i}" for i in range(n_envs)]
+            ds_recs = [r for r in records if selection.dataset_label(r["args"]) == ds]
+            n_envs = max(selection.num_envs(r) for r in ds_recs)
+            names = (env_names or {}).get(ds_recs[0]["args"]["dataset"]) or [f"env{i}" for i in range(n_envs)]
             for alg in algorithms:
                 for te in range(n_envs):
                     accs, before, tt_s = [], [], []
@@ -93,7 +94,7 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, 
 def averages(records: list[dict], latex: bool = False) -> list[dict]:
     """DomainBed's "Averages" rows {method, algorithm, dataset, trial_accs, mean, se, text}."""
     grouped = selection.group_records(records)
-    datasets = sorted({r["args"]["dataset"] for r in records})
+    datasets = sorted({selection.dataset_label(r["args"]) for r in records})
     algorithms = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
     rows = []
     for method in selection.METHODS:

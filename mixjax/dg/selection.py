@@ -109,13 +109,26 @@ METHODS: dict[str, tuple[str, Callable[[Sequence[Record]], dict | None]]] = {
 }
 
 
+def dataset_label(args: dict) -> str:
+    """The dataset a record's table row belongs to: DomainBed's ``args.dataset``, plus the
+    protocol when the sweep injected label noise (``mixjax.dg.label_noise``), so noisy and clean
+    runs never share a row."""
+    noise = (args.get("mixjax") or {}).get("label_noise")
+    if not noise:
+        return args["dataset"]
+    if isinstance(noise, dict):
+        return f"{args['dataset']} (label noise {', '.join(f'{k}={v:g}' for k, v in sorted(noise.items()))})"
+    return f"{args['dataset']} (label noise {noise:g})"
+
+
 def group_records(records: Sequence[Record]) -> dict[tuple, list[Record]]:
-    """(trial_seed, dataset, algorithm, test_env) -> records; a pair run lands in both its envs' groups."""
+    """(trial_seed, dataset, algorithm, test_env) -> records; a pair run lands in both its envs' groups.
+    ``dataset`` is :func:`dataset_label` (the name, plus any label-noise protocol)."""
     out: dict[tuple, list[Record]] = defaultdict(list)
     for r in records:
         a = r["args"]
         for te in a["test_envs"]:
-            out[(a["trial_seed"], a["dataset"], a["algorithm"], te)].append(r)
+            out[(a["trial_seed"], dataset_label(a), a["algorithm"], te)].append(r)
     return out
 
 

@@ -64,7 +64,7 @@ from mixjax import run_identity
 from mixjax.run import logs
 from mixjax.config import ConfigError
 from mixjax.dg import datasets as D
-from mixjax.dg import test_time
+from mixjax.dg import label_noise, test_time
 from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
 from mixjax.dg.group_client import (Interrupted, discard_checkpoints, host_fed,  # noqa: F401
                                     job_batches, run_group)
@@ -136,6 +136,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     per_job = cfg.dataset.seeds == "per_job"
     data = D.get(cfg.dataset.name, cfg.dataset.seed, **cfg.dataset.kwargs)
     test_time.check_requirements(cfg.algorithms, data, net_spec(cfg, data))   # before anything is written or compiled
+    label_noise.env_rates(cfg.dataset.label_noise, data.env_names, data.name)   # names a wrong env / rate
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.json", to_json(cfg))
     write_atomic(run_dir / "envs.json", json.dumps({cfg.dataset.name: list(data.env_names)}))
