@@ -15,9 +15,11 @@ from mixjax.dg import datasets as D
 from mixjax.dg import hparams as H
 from mixjax.dg import label_noise as LN
 from mixjax.dg import selection
-from mixjax.dg.group_client import add_noisy_labels
+from mixjax.dg.algorithms.base import Algorithm
+from mixjax.dg.group_client import DGClient, add_noisy_labels
 from mixjax.dg.group_runner import DeviceData, GroupRunner
 from mixjax.dg.jobs import make_jobs
+from mixjax.dg.sweep import with_shifts
 
 TINY = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "dg_tiny.py")
 
@@ -66,6 +68,8 @@ def test_label_noise_in_jobs_training_envs_only_and_in_the_step_and_evaluation()
 
     # the sampler and the evaluation read the job's labels
     class Stub:   # predicts class 1 everywhere
+        predict_with_state = Algorithm.predict_with_state   # no test-time procedure
+
         def predict(self, state, x):
             return jnp.tile(jnp.asarray([0.0, 1.0]), (x.shape[0], 1))
 
@@ -82,6 +86,18 @@ def test_label_noise_in_jobs_training_envs_only_and_in_the_step_and_evaluation()
     m = np.asarray(jds[1]["out_mask"][1, : len(y_clean)])
     assert float(out_acc[1]) == pytest.approx(float((y_clean[m] == 1).mean()), abs=1e-6)
 
+    # a record holds the crafted-shift accuracies of every env (here: the stub ignores the images)
+    cfg_cv = C.load(TINY, ["crafted_val=[blur]"])
+    dev = with_shifts(cfg_cv, data, dev, cfg_cv.dataset.seed)
+    assert dev.shifted["blur"].shape == dev.X.shape and not np.allclose(dev.shifted["blur"], dev.X)
+    recs = {jobs[1]: []}
+    client = DGClient(runner, {}, jd, dev, [jobs[1]], fed=False, batched=False, num_envs=3,
+                      steps_per_epoch={jobs[1]: 1.0}, records=recs)
+    client.total, client.n = {"loss": jnp.float32(2.0)}, 2
+    client.evaluate({"alg": None}, done=1, on_grid=True)
+    (rec,) = recs[jobs[1]]
+    assert rec["loss"] == 1.0 and rec["env1_out_acc_shift_blur"] == pytest.approx(float(out_acc[1]))
+
     # the table names the protocol in its dataset title
     assert selection.dataset_label(jobs[0].args(cfg)) == "synthetic (label noise env0=0.25, env2=0.5)"
 
@@ -94,3 +110,80 @@ def test_label_noise_bad_input_exit_2_nothing_written(tmp_path, capsys, spec, cu
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dataset.label_noise" in err[0] and culprit in err[0], err
     assert not run.exists()
+
+
+# ----------------------------------------------------------------------------- crafted-shift validation
+
+
+def test_crafted_shift_operations_restated_in_numpy():
+    from mixjax.dg import crafted_val as V
+
+    rng = np.random.default_rng(0)
+    img = rng.random((6, 5, 2)).astype(np.float32)
+    np.testing.assert_allclose(V._invert(img, rng), 1.0 - img)
+    np.testing.assert_array_equal(V._permute_channels(img, rng), img[..., ::-1])   # 2 channels: swap
+    # the Laplacian stencil with replicated borders, by hand
+    p = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    lap = 4 * p[1:-1, 1:-1] - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
+    np.testing.assert_allclose(V._laplace(img, rng), np.clip(lap, 0, 1), atol=1e-6)
+    # each image gets one operation of its family: contrast = gamma or linear contrast
+    x = rng.random((8, 4, 4, 1)).astype(np.float32)
+    out = V.shift_images(x, "contrast", seed=5)
+    np.testing.assert_array_equal(out, V.shift_images(x, "contrast", seed=5))   # seeded
+    for xi, oi in zip(x, out):
+        g = np.log(np.clip(oi, 1e-6, None)) / np.log(np.clip(xi, 1e-6, None))   # gamma: one exponent
+        a = (oi - 0.5) / (xi - 0.5)                                             # linear: one slope
+        assert np.ptp(g[(xi > 0.05) & (xi < 0.95) & (oi > 1e-3)]) < 1e-3 or np.ptp(a[(oi > 0) & (oi < 1)]) < 1e-3
+
+
+def _rec(hp, step, test_env, ins, outs, shifts):
+    r = {"args": {"test_envs": [test_env], "hparams_seed": hp, "trial_seed": 0, "dataset": "d", "algorithm": "erm"},
+         "step": step}
+    for e, (i, o) in enumerate(zip(ins, outs)):
+        r[f"env{e}_in_acc"], r[f"env{e}_out_acc"] = i, o
+    for f, accs in shifts.items():
+        for e, a in enumerate(accs):
+            r[f"env{e}_out_acc_shift_{f}"] = a
+    return r
+
+
+def test_crafted_selection_rule_on_hand_records():
+    # test env 2; training envs 0, 1; two families; the last checkpoint counts
+    h0 = [_rec(0, 0, 2, [.5, .5, .9], [.9, .9, .9], {"blur": [.9, .9, .0], "color": [.9, .9, .0]}),
+          _rec(0, 9, 2, [.5, .5, .40], [.8, .8, .5], {"blur": [.6, .4, 1.], "color": [.2, .2, 1.]})]
+    h1 = [_rec(1, 9, 2, [.5, .5, .70], [.7, .7, .1], {"blur": [.5, .5, .0], "color": [.4, .4, .0]})]
+    # val(h0) = mean(mean(.6, .4), mean(.2, .2)) = 0.35; val(h1) = mean(.5, .4) = 0.45 -> h1, test acc .70
+    assert selection.crafted_run_acc(h0)["val_acc"] == pytest.approx(0.35)
+    best = selection.sweep_acc(h0 + h1, "crafted")
+    assert best["hparams_seed"] == 1 and best["test_acc"] == 0.70 and best["val_acc"] == pytest.approx(0.45)
+    assert selection.sweep_acc(h0 + h1, "training_domain")["hparams_seed"] == 0   # picks differently
+    assert selection.methods_for(h0) == ["training_domain", "leave_one_out", "oracle", "crafted"]
+    plain = [{k: v for k, v in r.items() if "shift" not in k} for r in h0]
+    assert selection.methods_for(plain) == ["training_domain", "leave_one_out", "oracle"]
+    assert selection.crafted_run_acc(plain) is None
+
+
+@pytest.mark.parametrize("fams, culprit", [("[color]", "'color' needs images [H, W, C] with at least 2 channels"),
+                                           ("[fog]", "unknown shift family 'fog'")])
+def test_crafted_bad_input_exit_2_nothing_written(tmp_path, capsys, fams, culprit):
+    run = tmp_path / "run"
+    assert main(["dg", "sweep", TINY, "--run-dir", str(run), "--set", f"crafted_val={fams}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "crafted_val" in err[0] and culprit in err[0], err
+    assert not run.exists()
+
+
+@pytest.mark.slow   # 4 s: trains; the plumbing is checked without training in the tests above
+def test_sweep_records_label_noise_and_crafted_shifts_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    assert main(["dg", "sweep", TINY, "--run-dir", str(run), "--set", "steps=2", "--set", "n_hparams=1",
+                 "--set", "n_trials=1", "--set", "test_envs=single", "--set", "dataset.label_noise=0.2",
+                 "--set", "crafted_val=[blur,geometric]", "--no-table"]) == 0
+    recs = [json.loads(line) for f in run.glob("*/results.jsonl") for line in f.read_text().splitlines()]
+    assert len(recs) == 3 * 2   # 3 test envs, records at steps 0 and 1
+    for r in recs:
+        assert r["args"]["mixjax"]["label_noise"] == 0.2 and r["args"]["mixjax"]["crafted_val"] == ["blur", "geometric"]
+        assert all(0.0 <= r[f"env{e}_out_acc_shift_{f}"] <= 1.0 for e in range(3) for f in ("blur", "geometric"))
+    assert main(["dg", "table", str(run)]) == 0
+    md = (run / "results.md").read_text()
+    assert "### synthetic (label noise 0.2), model selection: crafted-shift validation set" in md

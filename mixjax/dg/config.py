@@ -87,6 +87,9 @@ class SweepConfig:
     # image folders with augmentation: grain worker processes per job that read and augment the
     # training minibatches (0: in this process); the batches do not depend on it
     data_workers: int = 0
+    # crafted-shift validation (mixjax.dg.crafted_val): shift families whose copies of every env
+    # are evaluated at each record (env{i}_out_acc_shift_{family}); the "crafted" selection method
+    crafted_val: tuple[str, ...] = ()
     output_dir: str = "runs/dg/sweep"
 
 
@@ -127,6 +130,10 @@ def validate(cfg: SweepConfig) -> SweepConfig:
              f"ImageNet weights need model.featurizer resnet18 or resnet50, not {cfg.model.featurizer!r}")
         _check_weights(cfg)
     need(cfg.data_workers >= 0, "data_workers", "must be >= 0")
+    from mixjax.dg.crafted_val import FAMILIES
+
+    for f in cfg.crafted_val:
+        need(f in FAMILIES, "crafted_val", f"unknown shift family {f!r}; known {sorted(FAMILIES)}")
     need(cfg.dataset.seeds in DATA_SEED_MODES, "dataset.seeds", f"one of {DATA_SEED_MODES}")
     need(cfg.n_hparams >= 1, "n_hparams", "must be >= 1")
     need(cfg.n_trials >= 1, "n_trials", "must be >= 1")
@@ -190,7 +197,7 @@ def from_dict(d: dict) -> SweepConfig:
     return SweepConfig(
         dataset=DatasetConfig(**d["dataset"]),
         model=ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["model"].items()}),
-        **{k: tuple(v) if k == "algorithms" else v for k, v in d.items() if k not in ("dataset", "model")},
+        **{k: tuple(v) if k in ("algorithms", "crafted_val") else v for k, v in d.items() if k not in ("dataset", "model")},
     )
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import hparams as H
+from mixjax.dg import crafted_val
 from mixjax.dg import image_pipeline as P
 from mixjax.dg import label_noise as LN
 from mixjax.dg import test_time
@@ -128,7 +129,11 @@ class DGClient(engine.Client):
             before = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
         else:
             in_acc, out_acc = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
-        in_acc, out_acc, metrics, tt_cost, before = jax.device_get((in_acc, out_acc, metrics, tt_cost, before))
+        # the crafted-shift copies of every env (plain predict; mixjax.dg.crafted_val)
+        shifted = {f: self.runner.evaluate(state["alg"], self.jd, x, self.dev.Y, len(self.jobs))
+                   for f, x in getattr(self.dev, "shifted", {}).items()}
+        in_acc, out_acc, metrics, tt_cost, before, shifted = jax.device_get(
+            (in_acc, out_acc, metrics, tt_cost, before, shifted))
         for g, job in enumerate(self.jobs):
             pick = (lambda a: a[g]) if self.batched else (lambda a: a)
             rec = {"step": step, "epoch": step / self.steps_per_epoch[job], "step_time": step_time}
@@ -145,6 +150,9 @@ class DGClient(engine.Client):
                 for e in range(self.num_envs):
                     rec[f"env{e}_in_acc{test_time.BEFORE}"] = float(pick(before[0])[e])
                     rec[f"env{e}_out_acc{test_time.BEFORE}"] = float(pick(before[1])[e])
+            for f, (_, out_f) in shifted.items():   # crafted-shift validation copies
+                for e in range(self.num_envs):
+                    rec[crafted_val.record_key(e, f)] = float(pick(out_f)[e])
             rec["hparams"] = dict(job.hparams)
             self.records[job].append(rec)
         self.total, self.n, self.t0 = None, 0, time.perf_counter()

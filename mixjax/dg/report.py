@@ -67,7 +67,7 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, 
     datasets = sorted({selection.dataset_label(r["args"]) for r in records})
     algorithms = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
     rows = []
-    for method in selection.METHODS:
+    for method in selection.methods_for(records):
         for ds in datasets:
             ds_recs = [r for r in records if selection.dataset_label(r["args"]) == ds]
             n_envs = max(selection.num_envs(r) for r in ds_recs)
@@ -97,7 +97,7 @@ def averages(records: list[dict], latex: bool = False) -> list[dict]:
     datasets = sorted({selection.dataset_label(r["args"]) for r in records})
     algorithms = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
     rows = []
-    for method in selection.METHODS:
+    for method in selection.methods_for(records):
         accs: dict[tuple, list[float]] = defaultdict(list)  # (alg, dataset, trial) -> sweep accs over test envs
         for (trial, d, a, _te), recs in sorted(grouped.items()):
             best = selection.sweep_acc(recs, method)
