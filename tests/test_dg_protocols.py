@@ -187,3 +187,42 @@ def test_sweep_records_label_noise_and_crafted_shifts_end_to_end(tmp_path):
     assert main(["dg", "table", str(run)]) == 0
     md = (run / "results.md").read_text()
     assert "### synthetic (label noise 0.2), model selection: crafted-shift validation set" in md
+
+
+# ----------------------------------------------------------------------------- NICO++ folders
+
+NICO_CONTEXTS = ("autumn", "dim", "grass", "outdoor", "rock", "water")
+
+
+def _nico_tree(root, contexts=NICO_CONTEXTS, classes=("cat", "dog")):
+    from PIL import Image
+
+    for i, ctx in enumerate(contexts):
+        for j, c in enumerate(classes):
+            d = root / "NICO++" / ctx / c
+            d.mkdir(parents=True)
+            for k in range(1 + j):   # 1 cat, 2 dogs per context
+                Image.fromarray(np.full((5, 7, 3), 10 * i + k, np.uint8)).save(d / f"{k}.png")
+    return root
+
+
+def test_nico_folder_loads_contexts_as_environments(tmp_path):
+    from mixjax.dg import transforms as T
+
+    data = D.get("NICOpp", root=str(_nico_tree(tmp_path)), image_size=4)
+    assert data.env_names == NICO_CONTEXTS and data.num_classes == 2 and data.sizes() == [3] * 6
+    for i, (x, y) in enumerate(data.envs):
+        np.testing.assert_array_equal(y, [0, 1, 1])          # ImageFolder order: classes sorted, files sorted
+        # a constant image through DomainBed's evaluation transform: (v / 255 - mean) / std per channel
+        want = (np.asarray([10 * i, 10 * i, 10 * i + 1], np.float32)[:, None] / 255 - T.IMAGENET_MEAN) / T.IMAGENET_STD
+        np.testing.assert_allclose(x[:, 0, 0, :], want, atol=1e-5)
+
+
+def test_nico_missing_context_exit_2_nothing_written(tmp_path, capsys):
+    root = _nico_tree(tmp_path / "data", contexts=NICO_CONTEXTS[:5] + ("snow",))
+    run = tmp_path / "run"
+    cfg = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "dg_nicopp.py")
+    assert main(["dg", "sweep", cfg, "--data-dir", str(root), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dataset.kwargs.root" in err[0] and "missing ['water']" in err[0], err
+    assert not run.exists()
