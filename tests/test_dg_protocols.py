@@ -226,3 +226,13 @@ def test_nico_missing_context_exit_2_nothing_written(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dataset.kwargs.root" in err[0] and "missing ['water']" in err[0], err
     assert not run.exists()
+
+
+def test_crafted_val_on_an_image_folder_exit_2(tmp_path, capsys):
+    root = _nico_tree(tmp_path / "data")
+    cfg = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "dg_nicopp.py")
+    run = tmp_path / "run"
+    assert main(["dg", "sweep", cfg, "--data-dir", str(root), "--run-dir", str(run), "--set", "crafted_val=[blur]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'crafted_val'" in err[0] and "ImageNet-normalised" in err[0], err
+    assert not run.exists()

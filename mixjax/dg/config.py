@@ -134,6 +134,9 @@ def validate(cfg: SweepConfig) -> SweepConfig:
 
     for f in cfg.crafted_val:
         need(f in FAMILIES, "crafted_val", f"unknown shift family {f!r}; known {sorted(FAMILIES)}")
+    need(not (cfg.crafted_val and datasets.is_image_folder(name)), "crafted_val",
+         f"the shift families act on images in [0, 1]; dataset {name!r} is an image folder whose "
+         "evaluation images are ImageNet-normalised")
     need(cfg.dataset.seeds in DATA_SEED_MODES, "dataset.seeds", f"one of {DATA_SEED_MODES}")
     need(cfg.n_hparams >= 1, "n_hparams", "must be >= 1")
     need(cfg.n_trials >= 1, "n_trials", "must be >= 1")
