@@ -236,3 +236,29 @@ def test_crafted_val_on_an_image_folder_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'crafted_val'" in err[0] and "ImageNet-normalised" in err[0], err
     assert not run.exists()
+
+
+# ----------------------------------------------------------------------------- one table over several sweeps
+
+
+def _sweep_dir(path, noise=None):
+    args = {"dataset": "d", "algorithm": "erm", "test_envs": [0], "hparams_seed": 0, "trial_seed": 0,
+            "mixjax": {} if noise is None else {"label_noise": noise}}
+    rec = {"args": args, "step": 0, "env0_in_acc": 0.5, "env0_out_acc": 0.5, "env1_in_acc": 0.9, "env1_out_acc": 0.8}
+    (path / "job").mkdir(parents=True)
+    (path / "job" / "results.jsonl").write_text(json.dumps(rec) + "\n")
+    return path
+
+
+def test_table_over_clean_and_noisy_sweeps_and_refuses_mixed_cells(tmp_path, capsys):
+    a, b = _sweep_dir(tmp_path / "clean"), _sweep_dir(tmp_path / "noisy", noise=0.2)
+    assert main(["dg", "table", str(a), str(b), "--out", str(tmp_path / "both")]) == 0
+    md = (tmp_path / "both" / "results.md").read_text()
+    assert "### d, model selection" in md and "### d (label noise 0.2), model selection" in md
+    assert "| Algorithm | d | d (label noise 0.2) | Avg |" in md
+    c = _sweep_dir(tmp_path / "copy")   # the same jobs as `clean`
+    capsys.readouterr()
+    assert main(["dg", "table", str(a), str(c), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "clean" in err[0] and "copy" in err[0] and "both hold results of d / erm" in err[0]
+    assert not (tmp_path / "bad").exists()
