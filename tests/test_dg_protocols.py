@@ -262,3 +262,23 @@ def test_table_over_clean_and_noisy_sweeps_and_refuses_mixed_cells(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "clean" in err[0] and "copy" in err[0] and "both hold results of d / erm" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_protocol_options_are_part_of_the_sweep_and_the_image_pipeline_labels():
+    from mixjax.config import ConfigError
+    from mixjax.dg import image_pipeline as P
+
+    old = C.load(TINY, ["dataset.label_noise=0.1"])
+    new = C.load(TINY, ["dataset.label_noise={'env0': 0.3}"])
+    with pytest.raises(ConfigError, match=r"dataset.label_noise=0.1, the command asks dataset.label_noise=\{'env0': 0.3\}"):
+        C.merge_into_existing(C.to_dict(old), new)
+    with pytest.raises(ConfigError, match="crafted_val"):
+        C.merge_into_existing(C.to_dict(old), C.load(TINY, ["dataset.label_noise=0.1", "crafted_val=[blur]"]))
+    # augmented image folders: the host pipeline reads the job's (noisy) labels
+    data = D.EnvDataset("f", ("a", "b"), ((np.zeros((3, 2, 2, 3), np.float32), np.asarray([0, 1, 0], np.int32)),) * 2,
+                        num_classes=2, files=(("p0", "p1", "p2"),) * 2)
+    in_idx, in_len = np.asarray([[2, 0], [1, 2]], np.int32), np.asarray([2, 2], np.int32)
+    labels = np.asarray([[1, 0, 1], [1, 1, 1]], np.int32)
+    spec = P.for_job(data, in_idx, in_len, [0, 1], 4, 2, seed=0, labels=labels)
+    assert [list(y) for y in spec.labels] == [[1, 1], [1, 1]] and spec.paths == (("p2", "p0"), ("p1", "p2"))
+    assert [list(y) for y in P.for_job(data, in_idx, in_len, [0, 1], 4, 2, seed=0).labels] == [[0, 0], [1, 0]]

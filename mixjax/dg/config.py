@@ -211,7 +211,7 @@ def to_json(cfg: SweepConfig) -> str:
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "hparam_overrides" and k != "kwargs":
+        if isinstance(v, dict) and k not in ("hparam_overrides", "kwargs", "label_noise"):
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
