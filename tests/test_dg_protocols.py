@@ -12,7 +12,6 @@ import pytest
 from mixjax.cli import main
 from mixjax.dg import config as C
 from mixjax.dg import datasets as D
-from mixjax.dg import hparams as H
 from mixjax.dg import label_noise as LN
 from mixjax.dg import selection
 from mixjax.dg.algorithms.base import Algorithm
