@@ -281,3 +281,18 @@ def test_protocol_options_are_part_of_the_sweep_and_the_image_pipeline_labels():
     spec = P.for_job(data, in_idx, in_len, [0, 1], 4, 2, seed=0, labels=labels)
     assert [list(y) for y in spec.labels] == [[1, 1], [1, 1]] and spec.paths == (("p2", "p0"), ("p1", "p2"))
     assert [list(y) for y in P.for_job(data, in_idx, in_len, [0, 1], 4, 2, seed=0).labels] == [[0, 0], [1, 0]]
+
+
+def test_crafted_grid_cells_and_fog_restated():
+    from mixjax.dg import crafted_val as V
+
+    img = np.random.default_rng(1).random((40, 40, 1)).astype(np.float32)
+    out = V._grid_cells(img, np.random.default_rng(3))
+    c = max(2, int(round(np.random.default_rng(3).uniform(0.05, 0.1) * 40)))
+    np.testing.assert_allclose(out[:c, :c, 0], img[:c, :c, 0].mean(), rtol=1e-5)   # one cell = its mean
+    fog = V._fog(img, np.random.default_rng(0))
+    assert (fog >= img - 1e-6).all() and fog.mean() > img.mean() + 0.2        # a veil of light: only brighter
+    x = np.random.default_rng(2).random((3, 12, 12, 2)).astype(np.float32)
+    for fam in ("edges", "segmentation", "weather"):
+        y = V.shift_images(x, fam, seed=4)
+        assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1 and not np.allclose(y, x)
