@@ -77,3 +77,86 @@ def test_gaqat_step_freezes_the_layers_whose_scale_gradients_conflict():
     s_first = jax.tree.leaves(new["steps"])[[i for i, v in enumerate(w) if v.ndim == 2][0]]
     qw = np.asarray(lsq_quantize(jnp.asarray(first), s_first, 4.0)) / np.asarray(s_first)
     np.testing.assert_allclose(qw, np.clip(np.round(first / np.asarray(s_first)), -8, 7), atol=1e-4)
+
+
+def np_layer_norm(x, g, b):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * g + b
+
+
+def np_aggregate(p, tok, heads):
+    """fa_selector.get_feat: PreNorm attention + PreNorm feed-forward (exact GELU), mean over tokens."""
+    from scipy.special import erf
+
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    n, t, d = tok.shape
+    c = d // heads
+    h = np_layer_norm(tok, p["ln1_g"], p["ln1_b"]) @ p["w_qkv"] + p["b_qkv"]
+    q, k, v = (h[..., i * d:(i + 1) * d].reshape(n, t, heads, c) for i in range(3))
+    s = np.einsum("nthc,nshc->nhts", q, k) / np.sqrt(c)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    x = tok + np.einsum("nhts,nshc->nthc", a, v).reshape(n, t, d) @ p["w_o"] + p["b_o"]
+    u = np_layer_norm(x, p["ln2_g"], p["ln2_b"]) @ p["w1"] + p["b1"]
+    x = x + (0.5 * u * (1 + erf(u / np.sqrt(2)))) @ p["w2"] + p["b2"]
+    return x.mean(1)
+
+
+def test_metadmoe_meta_step_expert_phase_and_test_time_adaptation():
+    from mixjax.dg.algorithms.metadmoe import aggregate, heads_for
+
+    alg, hp = build("metadmoe", dmoe_expert_steps=1, dmoe_inner_lr=0.5)
+    assert alg.support == 2 and heads_for(8) == 8 and heads_for(24) == 12
+    xs, ys = batches(4)
+    state = alg.init(jax.random.key(0), hp)
+    state = {**state, "agg": jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(7), a.shape),
+                                          state["agg"])}   # non-trivial LayerNorm/bias parameters
+    feats = jax.jit(jax.vmap(alg.features, in_axes=(0, None)))
+    rng = np.random.default_rng(5)
+    tok = rng.normal(size=(3, 2, 8))
+    np.testing.assert_allclose(np.asarray(aggregate(state["agg"], jnp.float32(tok), 8)),
+                               np_aggregate(state["agg"], tok, 8), rtol=1e-4, atol=1e-5)
+    # expert phase (step 0 < 1): expert e steps on env e alone, by Adam's first step
+    upd = jax.jit(alg.update)
+    s1, _ = upd(hp, state, xs, ys, jax.random.key(1))
+    for e in range(2):
+        pe = jax.tree.map(lambda a: a[e], state["experts"])
+        g = jax.grad(lambda p: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(alg.logits(p, xs[e])),
+                                                           ys[e][:, None], 1)))(pe)
+        for got, a, d in zip(leaves(jax.tree.map(lambda a: a[e], s1["experts"])), leaves(pe), leaves(g)):
+            np.testing.assert_allclose(got, a - 1e-3 * d / (np.abs(d) + 1e-8), rtol=1e-5, atol=1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(s1["agg"]), leaves(state["agg"])))
+    # meta phase (step 1): episode e's teacher is the other expert; one inner SGD step on the
+    # featuriser towards it on the support rows (first 2), CE of the adapted student on the query rows
+    s2, m = upd(hp, s1, xs, ys, jax.random.key(2))
+    params, experts = s1["params"], s1["experts"]
+
+    def adapted(x_s, target, lr):
+        g = jax.grad(lambda p: jnp.mean((alg.features(p, x_s) - target) ** 2))(params)
+        return jax.tree.map(lambda p, d: p - lr * d, params, g)
+
+    losses = []
+    for e in range(2):
+        tokens = np.asarray(feats(experts, xs[e, :2]))[1 - e][:, None, :]      # [s, K-1 = 1, D]
+        t = np_aggregate(s1["agg"], tokens, 8)
+        lg = np.asarray(alg.logits(adapted(xs[e, :2], jnp.float32(t), 0.5), xs[e, 2:]), np.float64)
+        losses.append(-np.log(np.exp(lg - lg.max(1, keepdims=True)) /
+                              np.exp(lg - lg.max(1, keepdims=True)).sum(1, keepdims=True))[[0, 1], ys[e, 2:]].mean())
+    np.testing.assert_allclose(float(m["loss"]), np.mean(losses), rtol=1e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(s2["experts"]), leaves(experts)))   # frozen
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(s2["agg"]), leaves(s1["agg"])))  # learns via t
+    # test time: adapt once on the first chunk's real rows (all experts as tokens), keep it for later chunks
+    x = jnp.concatenate([xs[0], xs[1]])                                         # 8 rows, chunks of 4
+    tt = alg.test_time_init(s2, {"env": 0, "is_test": True})
+    step = jax.jit(alg.predict_with_state)
+    valid = jnp.asarray([True, True, True, False])
+    out0, tt = step(s2, tt, x[:4], valid)
+    out1, tt = step(s2, tt, x[4:], jnp.ones(4, bool))
+    f = np.asarray(feats(s2["experts"], x[:3])).transpose(1, 0, 2)              # [3, K, D]
+    t = np_aggregate(s2["agg"], f, 8)
+    params = s2["params"]
+    want = adapted(x[:3], jnp.float32(t), 0.5)
+    np.testing.assert_allclose(np.asarray(out0)[:3], np.asarray(alg.logits(want, x[:3])), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out1), np.asarray(alg.logits(want, x[4:])), rtol=1e-4, atol=1e-5)
+    assert float(tt["cost"]) == 3.0 and bool(tt["adapted"])
+    assert not np.allclose(np.asarray(out1), np.asarray(alg.predict(s2, x[4:])), atol=1e-4)   # adaptation moved it
