@@ -151,3 +151,13 @@ def test_metadmoe_meta_step_expert_phase_and_test_time_adaptation():
     np.testing.assert_allclose(np.asarray(out1), np.asarray(logits(want, x[4:])), rtol=1e-4, atol=1e-5)
     assert float(tt["cost"]) == 3.0 and bool(tt["adapted"])
     assert not np.allclose(np.asarray(out1), np.asarray(logits(s2["params"], x[4:])), atol=1e-4)   # adaptation moved it
+
+
+def test_metadmoe_refuses_a_single_training_environment():
+    import pytest
+
+    from mixjax.config import ConfigError
+
+    alg, hp = build_algorithm("metadmoe", NET, num_envs=1, batch_size=4)
+    with pytest.raises(ConfigError, match="'metadmoe' needs at least 2 training environments"):
+        alg.init(jax.random.key(0), hp)

@@ -47,7 +47,9 @@ lr): dmoe_inner_lr (ilr) 1e-3 (camelyon; 1e-4..3e-4 elsewhere), dmoe_agg_lr_scal
 (tlr / slr is 0.01-0.03 in three of the four configs), dmoe_expert_steps 1000. Heads: the
 code's 16 where the feature size allows, else the largest divisor of it below 16. Needs at
 least two training environments (the masked teacher of an episode is built from the other
-experts).
+experts): a job with one is refused with a ``ConfigError`` when its group is built (the CLI
+exits 2; groups finished before it are kept). Cost per meta step: K expert forwards on the
+support rows, the aggregator, and a second-order inner step.
 """
 
 from __future__ import annotations
@@ -111,7 +113,9 @@ def others(k: int) -> np.ndarray:
 class MetaDMoE(Algorithm):
     name = "metadmoe"
 
-    def __post_init__(self):
+    def check(self):
+        """``ConfigError`` (one line, exit 2 from the CLI) for a job it cannot run; called from
+        ``init`` and ``update``, i.e. when the job's group is built, before its step is compiled."""
         if self.num_envs < 2:
             raise ConfigError(f"algorithm 'metadmoe' needs at least 2 training environments (one expert "
                               f"each, an episode's teacher is the other experts); this job has {self.num_envs}")
@@ -142,6 +146,7 @@ class MetaDMoE(Algorithm):
         return adam(hp["lr"] * hp["dmoe_agg_lr_scale"])
 
     def init(self, key, hp):
+        self.check()
         k_student, k_experts, k_agg = jax.random.split(key, 3)
         state = super().init(k_student, hp)
         experts = jax.vmap(self.model.init)(jax.random.split(k_experts, self.num_envs))
@@ -183,6 +188,7 @@ class MetaDMoE(Algorithm):
 
     # ---- training
     def update(self, hp, state, xs, ys, key):
+        self.check()
         tx, atx = self.tx(hp), self.agg_tx(hp)
 
         def expert_phase(state):
