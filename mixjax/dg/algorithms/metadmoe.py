@@ -33,7 +33,8 @@ query set (the rest);
     f'    = f - ilr * d/df mean((f(x_sup) - t)^2)            (one inner SGD step on the featuriser, MAML,
                                                             second order as learn2learn's default; support labels unused)
     L_e   = CE(h(f'(x_que)), y_que)
-    student (f, h) <- Adam(lr) on mean_e L_e;   A <- Adam(dmoe_agg_lr_scale * lr) on the same loss (through t)
+    student (f, h) <- Adam(lr) on mean_e L_e (a fresh Adam from the first meta step, as the code's)
+    A <- Adam(dmoe_agg_lr_scale * lr) on the same loss (through t)
 
 Test time (``eval``; ``predict_with_state``, deterministic): in every evaluation environment the
 first chunk's real rows are the unlabeled support set; the student adapts once,
@@ -63,7 +64,7 @@ import numpy as np
 from mixjax.config import ConfigError
 from mixjax.dg import hparams as H
 from mixjax.dg.algorithms import register
-from mixjax.dg.algorithms.base import Algorithm, adam, apply_updates, cross_entropy
+from mixjax.dg.algorithms.base import Algorithm, adam, apply_updates, cross_entropy, reset_where
 
 SUPPORT_FRACTION = 0.6
 
@@ -206,7 +207,9 @@ class MetaDMoE(Algorithm):
         def meta_phase(state):
             (loss, inner), (g, g_agg) = jax.value_and_grad(self.meta_loss, argnums=(0, 1), has_aux=True)(
                 state["params"], state["agg"], state["experts"], hp, xs, ys)
-            params, opt = apply_updates(tx, g, state["opt"], state["params"])
+            # the code builds a new student optimiser for meta-training (``train_epoch``)
+            opt = reset_where(state["step"] == hp["dmoe_expert_steps"], tx.init(state["params"]), state["opt"])
+            params, opt = apply_updates(tx, g, opt, state["params"])
             agg, agg_opt = apply_updates(atx, g_agg, state["agg_opt"], state["agg"])
             return ({**state, "params": params, "opt": opt, "agg": agg, "agg_opt": agg_opt},
                     {"loss": loss, "inner_mse": inner})
