@@ -45,7 +45,10 @@ is the unadapted student. Cost reported: the number of support rows used.
 
 Hyperparameters (``configs.py`` ranges; DomainBed's lr is the student's and the experts'
 lr): dmoe_inner_lr (ilr) 1e-3 (camelyon; 1e-4..3e-4 elsewhere), dmoe_agg_lr_scale 0.01
-(tlr / slr is 0.01-0.03 in three of the four configs), dmoe_expert_steps 1000. Heads: the
+(tlr / slr is 0.01-0.03 in three of the four configs), dmoe_expert_steps 1000 (a fifth of
+DomainBed's 5000 steps; a shorter run must lower it - e.g. ``hparam_overrides.dmoe_expert_steps=150``
+for 301 steps - or it never meta-trains and is ERM plus a test-time step towards an untrained
+aggregator). Heads: the
 code's 16 where the feature size allows, else the largest divisor of it below 16. Needs at
 least two training environments (the masked teacher of an episode is built from the other
 experts): a job with one is refused with a ``ConfigError`` when its group is built (the CLI
