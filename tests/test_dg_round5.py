@@ -31,7 +31,7 @@ def test_gaqat_step_freezes_the_layers_whose_scale_gradients_conflict():
     alg, hp = build("gaqat", mlp_width=8)
     assert (float(hp["qt_bits"]), float(hp["q_steps"]), float(hp["gaqat_momentum"])) == (4.0, 0.0, np.float32(0.9))
     xs, ys = batches(3)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     params = state["params"]
     w = leaves(params)
     # LSQ init at q_steps (= 0): s = 2 mean|w| / sqrt(7) per output column, for every kernel
@@ -101,7 +101,7 @@ def test_metadmoe_meta_step_expert_phase_and_test_time_adaptation():
     alg, hp = build("metadmoe", dmoe_expert_steps=1, dmoe_inner_lr=0.5)
     assert alg.support == 2 and heads_for(8) == 8 and heads_for(24) == 12
     xs, ys = batches(4)
-    state = jax.jit(alg.init)(jax.random.key(0), hp)
+    state = alg.init(jax.random.key(0), hp)
     rng = np.random.default_rng(5)
     state = {**state, "agg": {k: jnp.float32(np.asarray(a) + 0.1 * rng.normal(size=a.shape))
                               for k, a in state["agg"].items()}}   # non-trivial LayerNorm/bias parameters

@@ -153,7 +153,10 @@ class MetaDMoE(Algorithm):
         self.check()
         k_student, k_experts, k_agg = jax.random.split(key, 3)
         state = super().init(k_student, hp)
-        experts = jax.vmap(self.model.init)(jax.random.split(k_experts, self.num_envs))
+        # one network per training env, stacked leafwise (a list, not a vmap: eagerly, its ops are
+        # the ones every algorithm's init already compiled)
+        nets = [self.model.init(k) for k in jax.random.split(k_experts, self.num_envs)]
+        experts = jax.tree.map(lambda *leaves: jnp.stack(leaves), *nets)
         agg = aggregator_init(k_agg, self.dim)
         return {**state, "experts": experts, "experts_opt": self.tx(hp).init(experts),
                 "agg": agg, "agg_opt": self.agg_tx(hp).init(agg),
