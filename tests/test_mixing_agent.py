@@ -1,0 +1,133 @@
+"""Data Mixing Agent (mixjax.mixing.agent, agent_policy; mixjax.search.agent_train).
+
+The rules restated in numpy: the state features, the policy network (two tanh layers and
+a softmax), the mixer's update every ``interval`` steps, the transitions' rewards and
+returns, the AWR weights; the offline objective on a synthetic trajectory set where one
+action is better; bad input (a missing policy file, a domain mismatch) -> exit status 2.
+"""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixjax import cli, mixing
+from mixjax.mixing import agent_policy
+from mixjax.search import agent_train
+
+DOMAINS = ("a", "b", "c")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _random_policy(tmp_path, history=2, hidden=5, seed=0, domains=DOMAINS):
+    rng = np.random.default_rng(seed)
+    k = len(domains)
+    _, params = agent_policy.init_policy(k, history, hidden, seed)
+    d = agent_policy.feature_dim(k, history)
+    mean, std = rng.normal(size=d), rng.uniform(0.5, 2.0, size=d)
+    meta = {"domains": list(domains), "history": history, "hidden": hidden, "interval": 4}
+    agent_policy.save(tmp_path / "agent", params, mean, std, meta)
+    arrays = {k_: np.asarray(v, np.float64) for k_, v in agent_policy.flat_arrays(params).items()}
+    return tmp_path / "agent.json", arrays, mean, std
+
+
+def _np_policy(arrays, mean, std, x):
+    h = np.tanh(((x - mean) / std) @ arrays["l1.kernel"] + arrays["l1.bias"])
+    h = np.tanh(h @ arrays["l2.kernel"] + arrays["l2.bias"])
+    z = h @ arrays["out.kernel"] + arrays["out.bias"]
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def _np_features(hist, loss, prev, has_prev, progress):
+    drop = (prev - loss) if has_prev else np.zeros_like(loss)
+    return np.concatenate([np.ravel(hist), loss, drop, [progress]])
+
+
+def test_mixer_update_is_the_numpy_rule(tmp_path):
+    path, arrays, mean, std = _random_policy(tmp_path)
+    mixer = mixing.build("agent", {"policy": str(path), "smoothing": 0.1}, domains=DOMAINS,
+                         total_steps=16)
+    assert mixer.apply_to == "loss" and mixer.every == 4
+    assert mixer.wants_eval(4) and not mixer.wants_eval(3) and not mixer.wants_eval(0)
+    state = mixer.init(3)
+    update = jax.jit(mixer.update)          # one compilation for the three updates
+    u = np.full(3, 1 / 3)
+    hist = np.stack([u, u])
+    l0, l1 = np.array([3.0, 2.5, 4.0]), np.array([2.7, 2.4, 3.1])
+
+    state = update(state, {"eval_loss": jnp.asarray(l0)}, jnp.int32(0))
+    w0 = 0.9 * _np_policy(arrays, mean, std, _np_features(hist, l0, l0, False, 0.0)) + 0.1 / 3
+    np.testing.assert_allclose(state["weights"], w0, rtol=1e-5)
+    np.testing.assert_allclose(state["hist"], np.stack([u, w0]), rtol=1e-5)
+
+    kept = update(state, {"eval_loss": jnp.asarray(l1)}, jnp.int32(2))   # not due
+    np.testing.assert_allclose(kept["weights"], w0, rtol=1e-5)
+    np.testing.assert_allclose(kept["prev_loss"], l0)
+
+    state = update(kept, {"eval_loss": jnp.asarray(l1)}, jnp.int32(4))
+    x1 = _np_features(np.stack([u, w0]), l1, l0, True, 4 / 16)
+    np.testing.assert_allclose(agent_policy.features(jnp.stack([u, w0]), l1, l0, True, 0.25),
+                               x1, rtol=1e-6)
+    w1 = 0.9 * _np_policy(arrays, mean, std, x1) + 0.1 / 3
+    np.testing.assert_allclose(state["weights"], w1, rtol=1e-5)
+    np.testing.assert_allclose(state["hist"], np.stack([w0, w1]), rtol=1e-5)
+    assert int(state["decisions"]) == 2 and abs(float(np.sum(state["weights"])) - 1) < 1e-6
+
+
+def test_transitions_rewards_and_awr_weights_are_the_numpy_rule():
+    rng = np.random.default_rng(1)
+    p, t, k = 2, 3, 3
+    traj = rng.dirichlet(np.ones(k), size=(p, t))
+    losses = rng.uniform(2.0, 4.0, size=(p, t + 1, k + 1))     # + one held-out column
+    target = np.array([0.2, 0.3, 0.5, 0.0])
+    tr = agent_train.transitions(traj, losses, target, history=1, num_domains=k,
+                                 alive=[True, False])
+    tl = losses[0] @ target
+    np.testing.assert_allclose(tr.r, tl[:-1] - tl[1:])
+    np.testing.assert_allclose(tr.g, tl[:-1] - tl[-1])
+    np.testing.assert_allclose(tr.a, traj[0], rtol=1e-6)
+    hist = [np.full(k, 1 / k), traj[0, 0], traj[0, 1]]
+    for j in range(t):
+        want = _np_features(hist[j], losses[0, j, :k], losses[0, max(j - 1, 0), :k], j > 0,
+                            j / t)
+        np.testing.assert_allclose(tr.x[j], want, rtol=1e-6)
+    adv = np.array([-1.0, 0.0, 2.0, 10.0])
+    s = np.std(adv)
+    np.testing.assert_allclose(agent_train.awr_weights(adv, temperature=0.5, max_weight=20.0),
+                               np.minimum(np.exp(adv / (0.5 * s)), 20.0))
+
+
+def test_offline_objective_prefers_the_rewarded_action():
+    rng = np.random.default_rng(0)
+    k, n = 3, 48
+    hi, lo = np.array([0.8, 0.1, 0.1]), np.array([0.1, 0.1, 0.8])
+    x = rng.normal(size=(n, agent_policy.feature_dim(k, 1))).astype(np.float32)
+    better = np.arange(n) % 2 == 0
+    a = np.where(better[:, None], hi, lo).astype(np.float32)
+    g = np.where(better, 0.05, -0.05) + rng.normal(0, 0.005, n)
+    # the baseline V = mean return here (the states carry no information; train() fits a
+    # ridge regression out of fold, which the slow end-to-end test exercises)
+    u = agent_train.awr_weights(g - g.mean(), temperature=0.5)
+    params, mean, std, loss = agent_train.fit_policy(x, a, u, history=1, hidden=8, steps=300)
+    assert loss[-1] < loss[0]
+    w = np.asarray(agent_policy.policy_weights(
+        agent_policy.abstract_policy(k, 1, 8)[0], params, mean, std, x))
+    assert w[:, 0].mean() > 0.6 and w[:, 2].mean() < 0.25, w.mean(axis=0)
+    # plain behaviour cloning (every weight 1) learns the data's mean mixture instead
+    assert np.all(agent_train.awr_weights(np.zeros(4)) == 1.0)
+
+
+def test_bad_policy_input_names_the_key(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"mixing\.hparams\.policy: policy file .*nope"):
+        mixing.build("agent", {"policy": str(tmp_path / "nope.json")}, domains=DOMAINS)
+    with pytest.raises(ValueError, match=r"mixing\.hparams\.policy is not set"):
+        mixing.build("agent", {}, domains=DOMAINS)
+    path, *_ = _random_policy(tmp_path)
+    with pytest.raises(ValueError, match=r"trained on 3 domains .* the run has 2 domains"):
+        mixing.build("agent", {"policy": str(path)}, domains=("a", "b"))
+    code = cli.main(["search", "agent", str(ROOT / "configs" / "search_tiny_agent.py"),
+                     "--out", str(tmp_path / "o"), "--interval", "7"])
+    assert code == 2 and "--interval 7 must divide" in capsys.readouterr().err
