@@ -131,3 +131,36 @@ def test_bad_policy_input_names_the_key(tmp_path, capsys):
     code = cli.main(["search", "agent", str(ROOT / "configs" / "search_tiny_agent.py"),
                      "--out", str(tmp_path / "o"), "--interval", "7"])
     assert code == 2 and "--interval 7 must divide" in capsys.readouterr().err
+
+
+def test_interval_table_replays_one_mixture_per_interval():
+    from mixjax.mixing.agent import IntervalTable
+    table = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]])
+    mixer = IntervalTable(interval=2, apply_to_override="loss")
+    state = mixer.init_table(table)
+    np.testing.assert_allclose(state["weights"], table[0])
+    for s in range(8):                      # past the table's end: its last row
+        w = mixer.update(state, {}, jnp.int32(s))["weights"]
+        np.testing.assert_allclose(w, table[min(s // 2, 2)], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_search_agent_then_train_with_the_policy(tmp_path):
+    """The route end to end (4 proxies, 8 steps, 2 intervals), then a run using its policy."""
+    config = str(ROOT / "configs" / "search_tiny_agent.py")
+    small = ["--set", "train.steps=8", "--set", "train.eval_every=4", "--set",
+             "train.ckpt_every=4", "--set", "eval.num_seqs=2", "--set", "train.progress=False"]
+    out = tmp_path / "agent"
+    assert cli.main(["search", "agent", config, "--out", str(out), "--interval", "4",
+                     "--search-set", "proxies=4", "--fit-steps", "20", *small]) == 0
+    npz = np.load(out / "trajectories.npz")
+    assert npz["mixtures"].shape == (4, 2, 8) and npz["losses"].shape[:2] == (4, 3)
+    assert np.all(np.isfinite(npz["losses"])) and len(npz["g"]) == 8
+    pol = agent_policy.load(out / "agent.json")
+    assert pol.meta["interval"] == 4 and len(pol.domains) == 8
+    run = tmp_path / "run"
+    assert cli.main(["train", config, *small, "--set", "mixing.name=agent", "--set",
+                     f"mixing.hparams.policy={out / 'agent.json'}", "--set",
+                     f"train.run_dir={run}"]) == 0
+    lines = (run / "weights.jsonl").read_text().splitlines()
+    assert len(lines) >= 2      # the initial weights and at least one decision
