@@ -164,3 +164,22 @@ def test_search_agent_then_train_with_the_policy(tmp_path):
                      f"train.run_dir={run}"]) == 0
     lines = (run / "weights.jsonl").read_text().splitlines()
     assert len(lines) >= 2      # the initial weights and at least one decision
+
+
+@pytest.mark.slow
+def test_trajectory_swarm_trains_each_interval_on_its_mixture(tmp_path):
+    """Inside the swarm's compiled step, proxy p's weights at step s are traj[p, s // I]:
+    after 4 steps with I = 2 the running sum is t_0 (initial) + 2 t_0 + 2 t_1."""
+    from mixjax import config as config_lib
+    from mixjax.search import swarm
+    from mixjax.search.agent_search import TrajectorySwarm
+    cfg = config_lib.load(str(ROOT / "configs" / "search_tiny_agent.py"),
+                          ["train.steps=4", "train.eval_every=2", "train.ckpt_every=4",
+                           "eval.num_seqs=2", "train.progress=False"])
+    traj = np.random.default_rng(0).dirichlet(np.ones(8), size=(2, 2))
+    sw = TrajectorySwarm(cfg, traj, interval=2, strategy="vmap")
+    res = swarm.train_swarm(sw, tmp_path / "swarm", eval_every=2)
+    mix = res.state["proxy"].mix_state
+    np.testing.assert_allclose(mix["weights"], traj[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(mix["weight_sum"], 3 * traj[:, 0] + 2 * traj[:, 1], rtol=1e-5)
+    assert [s for s, _ in res.history] == [2]

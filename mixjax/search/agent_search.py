@@ -18,7 +18,8 @@ Data Mixing Agent policy (:mod:`mixjax.mixing.agent` for the method and its refe
 4. Files in ``--out``: ``agent.safetensors`` + ``agent.json`` (the policy, for
    ``--set mixing.name=agent --set mixing.hparams.policy=OUT/agent.json``),
    ``trajectories.npz`` (mixtures, losses, transitions), ``swarm/`` (checkpoints,
-   metrics, ``result.json``; a finished swarm is reused).
+   metrics, ``result.json``, ``trajectories.npy``; the same command resumes an interrupted
+   swarm and reuses a finished one, and refuses a directory of other trajectories).
 """
 
 from __future__ import annotations
@@ -141,12 +142,18 @@ def run(args: argparse.Namespace) -> dict:
     target = regmix.target_weights(sw.eval_domains, domains, settings["target"])
     swarm.check_memory(sw)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "swarm" / "result.json"
+    path, traj_path = out / "swarm" / "result.json", out / "swarm" / "trajectories.npy"
+    if traj_path.exists():        # a finished or interrupted swarm of the same trajectories
+        old = np.load(traj_path)
+        if old.shape != traj.shape or not np.allclose(old, traj):
+            raise SwarmError(f"{out / 'swarm'} holds another swarm (other trajectories or "
+                             "intervals); pick another --out")
+    else:
+        traj_path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(traj_path, traj)
     l0 = sw.evaluate(sw.init_state())
     if path.exists():
-        res, mixtures, _ = swarm.load_result(path)
-        if not np.allclose(mixtures, traj[:, 0]):
-            raise SwarmError(f"{path} holds another swarm's result; pick another --out")
+        res, _, _ = swarm.load_result(path)
     else:
         res = swarm.train_swarm(sw, out / "swarm", eval_every=interval,
                                 progress=proxy.train.progress, log=print)
