@@ -24,6 +24,13 @@ difference +0.0045, 95% interval [-0.028, +0.037] (3 seeds); worst domain agent 
 uniform 3.6689, -0.0010 [-0.029, +0.027]. A negative result: at this scale and with 96
 transitions the agent is not distinguishable from uniform (its late decisions put up to
 ~0.5 of the weight on one domain, news or code, and the seed noise is ~0.02).
+Variant --alpha 4 (trajectories nearer uniform; search 3 min 10 s, proxies' final loss
+3.281-3.328, mean 3.302): agent 3.3026 vs uniform 3.2997, +0.0029 [-0.023, +0.029];
+worst domain +0.053 [-0.037, +0.143] (same seeds). Also no measurable gain. Diagnostics of
+the alpha 1 search (trajectories.npz): the return-to-go is almost all explained by the
+time index (out-of-fold ridge R^2 0.9998; the first interval's loss drop is ~2 nats, the
+last's 0.02), so the advantages the policy learns from are residuals of ~0.01 nats, the
+size of the seed noise.
 """
 
 from configs.lm_tiny_uniform import get_config as _base
