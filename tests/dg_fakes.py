@@ -2,9 +2,11 @@
 ``hparam_space(True)``), then overrides, split into static and traced (float32) parts."""
 
 import jax.numpy as jnp
+import numpy as np
 
 from mixjax.dg import algorithms as A
 from mixjax.dg import hparams as H
+from mixjax.dg.networks import NetSpec
 
 
 def build_algorithm(name, net, *, num_envs, batch_size, **override):
@@ -14,3 +16,19 @@ def build_algorithm(name, net, *, num_envs, batch_size, **override):
     hp.update(batch_size=batch_size, **override)
     static, traced = H.split_static(hp)
     return cls(net=net, num_envs=num_envs, static=static), {k: jnp.float32(v) for k, v in traced.items()}
+
+
+# The parity tests' tiny case: an MLP on 5 features, 3 classes, 2 environments of 4 rows.
+TINY_NET = NetSpec(input_shape=(5,), num_classes=3, featurizer="mlp", mlp_width=8)
+
+
+def build_tiny(name, **override):
+    """``build_algorithm`` on ``TINY_NET`` with 2 environments and batch size 4."""
+    return build_algorithm(name, TINY_NET, num_envs=2, batch_size=4, **override)
+
+
+def tiny_batches(seed=0):
+    """``(xs [2, 4, 5], ys [2, 4])``: one minibatch per environment of the tiny case."""
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32),
+            jnp.asarray([[0, 1, 1, 2], [1, 0, 1, 1]], jnp.int32))

@@ -6,21 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.dg.networks import NetSpec
-
-from dg_fakes import build_algorithm
-
-NET = NetSpec(input_shape=(5,), num_classes=3, featurizer="mlp", mlp_width=8)
-
-
-def build(name, **override):
-    return build_algorithm(name, NET, num_envs=2, batch_size=4, **override)
-
-
-def batches(seed=0):
-    rng = np.random.default_rng(seed)
-    return (jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32),
-            jnp.asarray([[0, 1, 1, 2], [1, 0, 1, 1]], jnp.int32))
+from dg_fakes import TINY_NET, build_algorithm, build_tiny, tiny_batches
 
 
 def leaves(t):
@@ -28,9 +14,9 @@ def leaves(t):
 
 
 def test_gaqat_step_freezes_the_layers_whose_scale_gradients_conflict():
-    alg, hp = build("gaqat", mlp_width=8)
+    alg, hp = build_tiny("gaqat", mlp_width=8)
     assert (float(hp["qt_bits"]), float(hp["q_steps"]), float(hp["gaqat_momentum"])) == (4.0, 0.0, np.float32(0.9))
-    xs, ys = batches(3)
+    xs, ys = tiny_batches(3)
     state = alg.init(jax.random.key(0), hp)
     params = state["params"]
     w = leaves(params)
@@ -98,9 +84,9 @@ def np_aggregate(p, tok, heads):
 def test_metadmoe_meta_step_expert_phase_and_test_time_adaptation():
     from mixjax.dg.algorithms.metadmoe import heads_for
 
-    alg, hp = build("metadmoe", dmoe_expert_steps=1, dmoe_inner_lr=0.5)
+    alg, hp = build_tiny("metadmoe", dmoe_expert_steps=1, dmoe_inner_lr=0.5)
     assert alg.support == 2 and heads_for(8) == 8 and heads_for(24) == 12
-    xs, ys = batches(4)
+    xs, ys = tiny_batches(4)
     state = alg.init(jax.random.key(0), hp)
     rng = np.random.default_rng(5)
     state = {**state, "agg": {k: jnp.float32(np.asarray(a) + 0.1 * rng.normal(size=a.shape))
@@ -158,6 +144,6 @@ def test_metadmoe_refuses_a_single_training_environment():
 
     from mixjax.config import ConfigError
 
-    alg, hp = build_algorithm("metadmoe", NET, num_envs=1, batch_size=4)
+    alg, hp = build_algorithm("metadmoe", TINY_NET, num_envs=1, batch_size=4)
     with pytest.raises(ConfigError, match="'metadmoe' needs at least 2 training environments"):
         alg.init(jax.random.key(0), hp)
