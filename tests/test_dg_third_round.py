@@ -8,6 +8,7 @@ import numpy as np
 
 from dg_fakes import build_tiny, tiny_batches
 
+
 def np_log_softmax(a):
     a = a - a.max(-1, keepdims=True)
     return a - np.log(np.exp(a).sum(-1, keepdims=True))
