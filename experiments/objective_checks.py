@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from mixjax.compare.stats import paired_interval  # noqa: E402
 from mixjax.config import Config  # noqa: E402
-from mixjax.data.composer import BatchComposer  # noqa: E402
+from mixjax.data.generated import GeneratedSampler  # noqa: E402
 from mixjax.train import loop  # noqa: E402
 from mixjax.train.data import TrainData  # noqa: E402
 
@@ -87,41 +87,6 @@ CASES = {
 }
 
 
-class SyntheticSampler:
-    """The real BatchComposer's draws; row i of domain d is d's i-th training sequence."""
-
-    def __init__(self, langs, *, batch_size, seq_len, weights, mode, lag, seed):
-        self.domains = tuple(langs)
-        self.langs, self.seq_len, self.seed, self.lag = langs, seq_len, seed, lag
-        self.composer = BatchComposer(self.domains, batch_size=batch_size, weights=weights,
-                                      mode=mode, lag=lag, seed=seed)
-        self.next_index = [0] * len(self.domains)
-
-    def set_weights(self, weights, step):
-        self.composer.set_weights(weights, step)
-
-    def weights_for(self, step):
-        return self.composer.weights_for(step)
-
-    def __next__(self):
-        ids, counts = self.composer.next_ids()
-        rows = np.empty((len(ids), self.seq_len + 1), np.int32)
-        for k, name in enumerate(self.domains):
-            where = np.flatnonzero(ids == k)
-            if len(where):
-                rng = np.random.default_rng([self.seed, k, self.next_index[k]])
-                rows[where] = self.langs[name].sequences(len(where), self.seq_len + 1, rng)
-                self.next_index[k] += 1
-        return {"tokens": rows, "domain_id": ids.astype(np.int32), "domain_counts": counts}
-
-    def get_state(self):
-        return {"composer": self.composer.get_state(), "next_index": list(self.next_index)}
-
-    def set_state(self, state):
-        self.composer.set_state(state["composer"])
-        self.next_index = list(state["next_index"])
-
-
 def make_data(cfg: Config, case: str) -> TrainData:
     langs, shares, heldout = CASES[case]
     s, n_eval = cfg.data.seq_len, cfg.eval.num_seqs
@@ -129,10 +94,15 @@ def make_data(cfg: Config, case: str) -> TrainData:
     eval_sets = {d: lang.sequences(n_eval, s + 1, np.random.default_rng([10_000, i]))
                  for i, (d, lang) in enumerate({**langs, **heldout}.items())}
 
+    names, seed = tuple(langs), cfg.train.seed
+
+    def generate(k, start, n, length):   # one generator per (seed, domain, first row)
+        return langs[names[k]].sequences(n, length, np.random.default_rng([seed, k, start]))
+
     def make_sampler(weights):
-        return SyntheticSampler(langs, batch_size=cfg.data.batch_size, seq_len=s,
+        return GeneratedSampler(names, generate, batch_size=cfg.data.batch_size, seq_len=s,
                                 weights=weights, mode=cfg.data.sampler, lag=cfg.data.lag,
-                                seed=cfg.train.seed)
+                                seed=seed)
 
     return TrainData(domains=tuple(langs), token_counts=tuple(1e6 * x for x in shares),
                      vocab_size=P + 1, pad_id=PAD, eval_sets=eval_sets,
