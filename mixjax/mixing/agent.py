@@ -3,8 +3,7 @@ to the next domain weights, every ``interval`` steps.
 
 Yang, Liu, Ji, Li, Gong, Cheng, Yang. "Data Mixing Agent: Learning to Re-weight Domains
 for Continual Pre-training", arXiv 2507.15640 (ACL 2026). No code is published; the paper
-text available to us was the abstract and a summary (``/work/shared/reference/
-mixing-search.md`` section 9): a small model maps the state (history of domain weights +
+text available to us was the abstract and a third-party summary: a small model maps the state (history of domain weights +
 evaluation feedback) to the next domain weights; it is trained by offline RL (CQL, per a
 summary; unverified) on many randomly sampled mixing trajectories of proxy runs with an
 evaluation environment as reward, and queried every interval at use time. Agent size,
