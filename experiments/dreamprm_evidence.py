@@ -9,13 +9,16 @@ experiments/donod_evidence.py: ``random`` characters, or ``splice``: the second 
 another document); a meta (target) set of 16 clean held-out documents; an evaluation set of
 64 other clean documents. A tiny transformer (d_model 64, 2 layers, byte vocabulary) is
 trained for ``--steps`` steps of 16 pool rows (200 x 16 / 128 = 25 passes over the pool, so
-the Instance Table sees every row repeatedly) by the penalty bilevel engine of ``mixjax.methods.dreamprm``:
+the Instance Table sees every row repeatedly) by the penalty bilevel engine of
+``mixjax.methods.dreamprm``:
 
 * ``frozen``: the same engine with the weights held at 1 (the baseline: the same budget and
   the same target term in w's update, only the instance weights do not move);
 * ``table``: the Instance Table (clip to [0, ``--weight-max``] (3), init 1, AdamW lr_p 0.05,
   weight decay 1e-3);
-* ``net``: the Instance Net (hidden 10, sigmoid, AdamW lr_p 0.01).
+* ``net``: the Instance Net (hidden 10, sigmoid, AdamW lr_p 0.01);
+* ``mwnet``: Meta-Weight-Net (``meta_weight_net``: the net on the row's loss, hidden 100,
+  ReLU, sigmoid, weights normalised to mean 1 over the batch, AdamW lr_p 0.01).
 
 Reported per method: the AUC of the final weights separating clean (high) from corrupted
 (low) rows, the precision of the ``noise * pool`` lowest-weighted rows (chance = noise; the
@@ -32,7 +35,7 @@ import time
 
 import numpy as np
 
-METHODS = ("frozen", "table", "net")
+METHODS = ("frozen", "table", "net", "mwnet")
 
 
 def _auc(score_clean: np.ndarray, score_noisy: np.ndarray) -> float:
@@ -52,9 +55,10 @@ def _make_runner(method: str, apply, pad_id: int, lr: float, weight_max: float =
     def loss_fn(p, batch):
         return step_lib.token_losses(apply, p, batch["tokens"], pad_id)
 
-    kind = "net" if method == "net" else "table"
+    kind = "net" if method in ("net", "mwnet") else "table"
     weights = dreamprm.InstanceWeights(kind, "sigmoid" if kind == "net" else "clip", 0.0,
-                                       weight_max)
+                                       weight_max, feature="loss" if method == "mwnet"
+                                       else "confidence", normalize=method == "mwnet")
     tx = optax.adamw(lr)
     tx_p = (optax.set_to_zero() if method == "frozen" else
             optax.adamw(0.01 if kind == "net" else 0.05, weight_decay=1e-3))
@@ -122,8 +126,9 @@ def run(seeds, kinds=("random",), pool: int = 128, noise: float = 0.2,
             order = jnp.asarray(order[:steps * batch].reshape(steps, batch), jnp.int32)
             params = spec.init(int(seed))
             for m, (runner, wkind) in runners.items():
-                p0 = (dreamprm.net_init(int(seed), 10) if wkind == "net"
-                      else jnp.ones((1 << 16,), jnp.float32))
+                p0 = (jnp.ones((1 << 16,), jnp.float32) if wkind == "table" else
+                      dreamprm.net_init(int(seed), 100, 1) if m == "mwnet" else
+                      dreamprm.net_init(int(seed), 10))
                 w, s, row_loss = runner(params, p0, rows, order, meta)
                 ev_loss = float(G.mean_loss(
                     lambda p, b: step_lib.token_losses(spec.apply, p, b["tokens"], tok.pad_id),

@@ -1,4 +1,4 @@
-"""DreamPRM-1.5 instance weights: the penalty engine's update restated in numpy on a linear model."""
+"""DreamPRM-1.5 instance weights: the penalty engine's update restated in numpy (linear model)."""
 
 import jax
 import jax.numpy as jnp
@@ -132,11 +132,39 @@ def test_instance_net_hypergradient_matches_finite_differences(problem):
     assert max(np.abs(np.asarray(g)).max() for g in jax.tree.leaves(parts["gp"])) > 1e-4
 
 
+def test_meta_weight_net_variant_matches_finite_differences(problem):
+    """Meta-Weight-Net: Linear-ReLU-Linear-sigmoid on the row's loss, weights / their mean."""
+    tokens, target, u0, w0, batch = problem
+    a, b = 4.0, len(tokens)
+    weights = dreamprm.InstanceWeights("net", "sigmoid", feature="loss", normalize=True)
+    net = dreamprm.net_init(1, 4, features=1)
+    new, parts = _run(batch, u0, w0, net, weights, a)
+    lu, *_ = np_losses(u0, tokens)
+    lw, *_ = np_losses(w0, tokens)
+    n64 = {k: np.asarray(v, np.float64) for k, v in net.items()}
+
+    def s_of(n):
+        h = np.maximum(lw[:, None] @ n["w1"] + n["b1"], 0.0)
+        s = 1 / (1 + np.exp(-(h @ n["w2"] + n["b2"])))
+        return s * b / s.sum()                    # every row of the batch has tokens
+    np.testing.assert_allclose(parts["s"], s_of(n64), rtol=1e-5)
+    F = lambda n: a * (s_of(n) / b) @ (lw - lu)   # noqa: E731
+    eps = 1e-6
+    for key, v in n64.items():
+        fd = np.zeros(v.shape)
+        for i in np.ndindex(v.shape):
+            e = np.zeros(v.shape)
+            e[i] = eps
+            fd[i] = (F({**n64, key: v + e}) - F({**n64, key: v - e})) / (2 * eps)
+        np.testing.assert_allclose(parts["gp"][key], fd, rtol=2e-3, atol=1e-7, err_msg=key)
+    assert max(np.abs(np.asarray(g)).max() for g in jax.tree.leaves(parts["gp"])) > 1e-5
+
+
 def test_hyperparameter_checks_name_the_key():
     m = dreamprm.DreamPRMMethod()
     for bad, key in [({"weights": "row"}, "weights"), ({"activation": "tanh"}, "activation"),
                      ({"lr_p": 0.0}, "lr_p"), ({"weight_min": 3.0}, "weight_min"),
-                     ({"table_size": 0}, "table_size")]:
+                     ({"table_size": 0}, "table_size"), ({"feature": "x"}, "feature")]:
         with pytest.raises(ValueError, match=key):
             m.check({**m.hparams, **bad})
 

@@ -42,11 +42,16 @@ grad l_b . (w - u), and w - u accumulates the target gradient, so the signal is 
 alignment of the example's gradient with the target's that the reference's unrolled step
 measures; the estimator is not the reference's.
 
-Stability recipe of the paper (section 3): bounded weights (``clip``/``sigmoid``), one upper
-step per lower step (``unroll_steps 1``), and a cold start (initialise the model from a
-trained run: ``train.init_from`` where the trainer has it). Cost as ``bilevel``: three
-forward+backward passes per step and two model copies; the table adds 3 x table_size floats
-(values, Adam moments).
+``meta_weight_net`` (the same engine, other defaults): the net scores the sequence's loss
+l_b alone (one input, 100 ReLU units, sigmoid) and the weights are normalised to mean 1
+over the batch: Meta-Weight-Net (Shu et al. 2019), the loss-to-weight map learned against a
+clean meta set (see :class:`MetaWeightNetMethod`).
+
+Stability recipe of the paper (named in its abstract): bounded weights (``clip``/``sigmoid``),
+one upper step per lower step (``unroll_steps 1``), and a cold start (the reference first
+fine-tunes the model, run_coldstart.sh; here: ``model.init_from``, a trained run). Cost as
+``bilevel``: three forward+backward passes per step and two model copies; the table adds
+3 x table_size floats (values, AdamW moments).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from mixjax.mixing import grads as G
 from mixjax.mixing.feasible import example_hash
 
 KINDS = ("table", "net")
+FEATURES = ("confidence", "loss")
 ACTIVATIONS = ("clip", "sigmoid", "leaky_relu")
 LEAKY_SLOPE = 0.01            # torch.nn.LeakyReLU's default, used by the reference
 
@@ -103,9 +109,12 @@ def net_init(seed: int, hidden: int, features: int = 2) -> dict[str, jax.Array]:
             "w2": u(k3, (hidden,), b2), "b2": u(k4, (), b2)}
 
 
-def net_scores(net: Mapping[str, jax.Array], feats: jax.Array, mask: jax.Array) -> jax.Array:
-    """f32[B]: the net's output averaged over each sequence's counted tokens (pre-activation)."""
-    h = jax.nn.leaky_relu(feats @ net["w1"] + net["b1"], LEAKY_SLOPE)
+def net_scores(net: Mapping[str, jax.Array], feats: jax.Array, mask: jax.Array,
+               hidden_act=None) -> jax.Array:
+    """f32[B]: the net's output averaged over each sequence's counted tokens (pre-activation);
+    the hidden layer's activation is LeakyReLU (DreamPRM) unless ``hidden_act`` is given."""
+    z = feats @ net["w1"] + net["b1"]
+    h = jax.nn.leaky_relu(z, LEAKY_SLOPE) if hidden_act is None else hidden_act(z)
     out = h @ net["w2"] + net["b2"]
     m = mask.astype(jnp.float32)
     return (out * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
@@ -120,14 +129,26 @@ class InstanceWeights:
     weight_min: float = 0.0
     weight_max: float = 3.0
     table_size: int = 1 << 16
+    feature: str = "confidence"     # net input: per-token (q, 1-q), or "loss": the row's l_b
+    normalize: bool = False         # s_b / mean_b s_b (Meta-Weight-Net); False: as is
 
     def __call__(self, p, batch: Mapping[str, jax.Array], aux: Mapping[str, jax.Array]):
         """f32[B] instance weights; ``aux`` = the model's ``tl``/``tm`` (token loss, mask)."""
         if self.kind == "table":
             raw = p[slots(batch["tokens"], self.table_size)]
+        elif self.feature == "loss":      # one input, the sequence's mean token loss; ReLU
+            tl, tm = aux["tl"], aux["tm"]
+            row = (tl * tm).sum(axis=1) / jnp.maximum(tm.sum(axis=1), 1.0)
+            raw = net_scores(p, row[:, None, None], jnp.ones_like(row)[:, None],
+                             hidden_act=jax.nn.relu)
         else:
             raw = net_scores(p, token_features(aux["tl"]), aux["tm"])
-        return activate(raw, self.activation, self.weight_min, self.weight_max)
+        s = activate(raw, self.activation, self.weight_min, self.weight_max)
+        if self.normalize:
+            valid = (aux["tm"].sum(axis=1) > 0).astype(jnp.float32)
+            total = (s * valid).sum()
+            s = jnp.where(total > 0, s * valid.sum() / jnp.where(total > 0, total, 1.0), s)
+        return s
 
 
 def example_loss_vec(token_loss_fn: G.TokenLossFn, batch: Mapping[str, jax.Array]):
@@ -186,28 +207,34 @@ class DreamPRMMethod(Method):
     name = "dreamprm"
     hparams = {"weights": "table", "penalty": 10.0, "lr_p": 5e-3, "meta_weight_decay": 1e-3,
                "lower_lr": None, "activation": None, "weight_min": 0.0, "weight_max": 3.0,
-               "init": 1.0, "table_size": 1 << 16, "hidden": 10}
+               "init": 1.0, "table_size": 1 << 16, "hidden": 10, "feature": "confidence",
+               "normalize": False}
 
     def check(self, hp) -> None:
         if hp["weights"] not in KINDS:
-            raise ValueError(f"dreamprm weights must be one of {KINDS}, got {hp['weights']!r}")
+            raise ValueError(f"{self.name} weights must be one of {KINDS}, got {hp['weights']!r}")
         if hp["activation"] is not None and hp["activation"] not in ACTIVATIONS:
-            raise ValueError(f"dreamprm activation must be one of {ACTIVATIONS} or None, got "
+            raise ValueError(f"{self.name} activation must be one of {ACTIVATIONS} or None, got "
                              f"{hp['activation']!r}")
         for key in ("penalty", "lr_p"):
             if not (isinstance(hp[key], (int, float)) and hp[key] > 0):
-                raise ValueError(f"dreamprm {key} must be > 0, got {hp[key]!r}")
+                raise ValueError(f"{self.name} {key} must be > 0, got {hp[key]!r}")
         if not hp["meta_weight_decay"] >= 0:
-            raise ValueError(f"dreamprm meta_weight_decay must be >= 0, got "
+            raise ValueError(f"{self.name} meta_weight_decay must be >= 0, got "
                              f"{hp['meta_weight_decay']!r}")
         if hp["lower_lr"] is not None and not hp["lower_lr"] > 0:
-            raise ValueError(f"dreamprm lower_lr must be > 0 or None, got {hp['lower_lr']}")
+            raise ValueError(f"{self.name} lower_lr must be > 0 or None, got {hp['lower_lr']}")
         if not hp["weight_min"] < hp["weight_max"]:
-            raise ValueError(f"dreamprm weight_min must be < weight_max, got "
+            raise ValueError(f"{self.name} weight_min must be < weight_max, got "
                              f"{hp['weight_min']} >= {hp['weight_max']}")
+        if hp["feature"] not in FEATURES:
+            raise ValueError(f"{self.name} feature must be one of {FEATURES}, got "
+                             f"{hp['feature']!r}")
+        if not isinstance(hp["normalize"], bool):
+            raise TypeError(f"{self.name} normalize must be a bool, got {hp['normalize']!r}")
         for key in ("table_size", "hidden"):
             if not (isinstance(hp[key], int) and hp[key] >= 1):
-                raise ValueError(f"dreamprm {key} must be an int >= 1, got {hp[key]!r}")
+                raise ValueError(f"{self.name} {key} must be an int >= 1, got {hp[key]!r}")
 
     def build(self, ctx: MethodContext, hp) -> StepParts:
         cfg, k = ctx.cfg, ctx.num_domains
@@ -217,7 +244,8 @@ class DreamPRMMethod(Method):
         tx_p = optax.adamw(float(hp["lr_p"]), weight_decay=float(hp["meta_weight_decay"]))
         act = hp["activation"] or ("clip" if hp["weights"] == "table" else "sigmoid")
         weights = InstanceWeights(hp["weights"], act, float(hp["weight_min"]),
-                                  float(hp["weight_max"]), int(hp["table_size"]))
+                                  float(hp["weight_max"]), int(hp["table_size"]),
+                                  hp["feature"], bool(hp["normalize"]))
         loss_fn = token_loss_fn(ctx)
         penalty = float(hp["penalty"])
 
@@ -225,7 +253,8 @@ class DreamPRMMethod(Method):
             if weights.kind == "table":
                 p = jnp.full((weights.table_size,), float(hp["init"]), jnp.float32)
             else:
-                p = net_init(cfg.train.seed, int(hp["hidden"]))
+                p = net_init(cfg.train.seed, int(hp["hidden"]),
+                             1 if weights.feature == "loss" else 2)
             mix_state = mixing.init_state(jnp.full((k,), 1.0 / k, jnp.float32), logits=p,
                                           logits_opt_state=tx_p.init(p))
             return state_lib.new_state(params, tx_w.init(params), mix_state, k, cfg.train.seed,
@@ -279,3 +308,18 @@ class DreamPRMMethod(Method):
 
         return StepParts(step_fn=step_fn, init_fn=init_fn, weights=OwnWeights(name=self.name),
                          needs_target=True)
+
+
+@register
+class MetaWeightNetMethod(DreamPRMMethod):
+    """Meta-Weight-Net (``train.objective=meta_weight_net``): the instance net on the
+    sequence's loss, as Shu et al. (NeurIPS 2019, arXiv 1902.07379; ``xjtushujun/meta-weight-net``
+    at 3f1800f: ``resnet.py`` 275-289 ``VNet(1, 100, 1)``, Linear-ReLU-Linear-sigmoid on the
+    detached per-example loss; ``train_WRN-28-10_Meta_PGC.py`` 128-140 and 166-179: weights
+    normalised by their batch sum; 94-97: the net's SGD at lr 1e-3). Same engine and state as
+    ``dreamprm`` (the reference unrolls one SGD step instead); only the defaults differ.
+    """
+
+    name = "meta_weight_net"
+    hparams = {**DreamPRMMethod.hparams, "weights": "net", "feature": "loss", "hidden": 100,
+               "normalize": True, "lr_p": 1e-3, "activation": "sigmoid"}
