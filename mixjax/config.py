@@ -229,8 +229,18 @@ class Config:
 
 # -- loading and overrides ---------------------------------------------------
 def load(path: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Runs ``get_config()`` of the file at ``path``, applies overrides, validates."""
-    cfg = run_config_file(path, Config)
+    """Runs ``get_config()`` of the file at ``path`` (a ``.json`` file: a run dir's saved
+    ``config.json``, e.g. one ``mixjax demix --out-run`` wrote), applies overrides, validates."""
+    p = pathlib.Path(path)
+    if p.suffix == ".json":
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            cfg = from_dict(json.loads(p.read_text()))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}: not a JSON config ({e})") from None
+    else:
+        cfg = run_config_file(path, Config)
     for item in overrides:
         apply_override(cfg, item)
     validate(cfg)

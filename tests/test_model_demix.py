@@ -174,17 +174,18 @@ def _fake_run(tmp_path):
 
 
 def test_cli_adds_and_removes_experts_and_init_from_loads_them(tmp_path, capsys):
-    from mixjax.train import demix_cli
+    from mixjax.train import demix_cli, export
     run, cfg, params = _fake_run(tmp_path)
     rc = cli.main(["demix", str(run), "--remove", "b", "--out", str(tmp_path / "two.st")])
     assert rc == 0 and "experts in order: a, c" in capsys.readouterr().out
     small = dataclasses.replace(cfg, num_experts=2)
-    loaded, _ = demix_cli.load_params(str(tmp_path / "two.st"), small,
-                                      demix.abstract_init(small)[1])
+    loaded, info = export.load_init_params(str(tmp_path / "two.st"), small,
+                                           demix.abstract_init(small)[1])
+    assert info["domains"] == ["a", "c"]
     for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(demix.remove_expert(params, 1))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    with pytest.raises(demix_cli.ExportError, match=r"has shape \(2, .*num_experts=3"):
-        demix_cli.load_params(str(tmp_path / "two.st"), cfg, demix.abstract_init(cfg)[1])
+    with pytest.raises(demix_cli.ExportError, match=r"has 2 experts, .*num_experts=3"):
+        export.load_init_params(str(tmp_path / "two.st"), cfg, demix.abstract_init(cfg)[1])
     docs = tmp_path / "new.jsonl"
     docs.write_text("".join(json.dumps({"text": "some new text " * 3}) + "\n" for _ in range(4)))
     path, domains, how = demix_cli.edit_run(run, add="d", closest_on=docs,

@@ -200,8 +200,8 @@ def test_export_names_experts_as_mixtral_and_refuses_other_kinds(tmp_path):
     assert not any(k.startswith("model.layers.1.mlp.") for k in out)
     n_out = sum(v.size for v in out.values())
     assert n_out == sum(x.size for x in jax.tree.leaves(params))   # every parameter, once
-    # other kinds, and the Llama format for moe: one clear error before any checkpoint is read
-    for kind, fmt, msg in (("demix", "safetensors", "model.kind='demix' has no export"),
+    # the Llama format for the expert kinds: one clear error before any checkpoint is read
+    for kind, fmt, msg in (("demix", "hf", "exports as --format safetensors"),
                            ("moe", "hf", "exports as --format safetensors")):
         run = tmp_path / kind
         run.mkdir()

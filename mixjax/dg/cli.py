@@ -1,4 +1,5 @@
-"""``mixjax dg sweep CONFIG [--set k=v ...] [--out DIR] [--data-dir DIR]`` and ``mixjax dg table RUN_DIR [--latex]``.
+"""``mixjax dg sweep CONFIG [--set k=v ...] [--out DIR] [--data-dir DIR]`` and
+``mixjax dg table RUN_DIR [RUN_DIR ...] [--out DIR] [--latex]``.
 
 Exit codes of ``sweep``: 0 done; 2 bad config or data; 128 + signal number when stopped by
 SIGTERM/SIGINT (the running unit checkpointed; the same command resumes it).
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "dg") -> 
     sw.add_argument("--no-table", action="store_true", help="do not write results.md/.csv at the end")
     tb = sub.add_parser("table", help="results tables (markdown + CSV) for a sweep's run directory")
     tb.add_argument("run_dir")
+    tb.add_argument("more", nargs="*", metavar="RUN_DIR",
+                    help="more sweeps in the same tables (e.g. the same sweep with and without label noise)")
+    tb.add_argument("--out", default=None, help="where the tables go (default: the first RUN_DIR)")
     tb.add_argument("--latex", action="store_true",
                     help="also write results.tex (DomainBed's collect_results.py --latex layout)")
 
@@ -57,15 +61,18 @@ def run(args: argparse.Namespace) -> int:
             return _table(run_dir)
         return 0
     if args.dg_command == "table":
-        return _table(pathlib.Path(args.run_dir), latex=args.latex)
+        return _table(pathlib.Path(args.run_dir), latex=args.latex, more=args.more, out=args.out)
     raise ValueError(f"unknown dg command {args.dg_command!r}")
 
 
-def _table(run_dir: pathlib.Path, latex: bool = False) -> int:
+def _table(run_dir: pathlib.Path, latex: bool = False, more=(), out=None) -> int:
     from mixjax.dg.report import write_tables
 
+    names = {}
+    for d in reversed([run_dir, *map(pathlib.Path, more)]):   # the first directory's names win
+        names.update(_env_names(d) or {})
     try:
-        paths = write_tables(run_dir, _env_names(run_dir), latex_table=latex)
+        paths = write_tables(run_dir, names or None, latex_table=latex, more=more, out=out)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

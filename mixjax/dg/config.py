@@ -37,6 +37,10 @@ class DatasetConfig:
     # the torch RNG seeded with ``args.seed``), so trial-to-trial standard errors include
     # data-realisation variance
     seeds: str = "shared"
+    # label noise per environment (mixjax.dg.label_noise): one rate for every env, or
+    # {env name: rate}; flips round(rate * n) labels of an env whenever it is a training env
+    # (test envs keep clean labels); 0: none
+    label_noise: float | dict[str, float] = 0.0
 
 
 @dataclasses.dataclass
@@ -83,6 +87,9 @@ class SweepConfig:
     # image folders with augmentation: grain worker processes per job that read and augment the
     # training minibatches (0: in this process); the batches do not depend on it
     data_workers: int = 0
+    # crafted-shift validation (mixjax.dg.crafted_val): shift families whose copies of every env
+    # are evaluated at each record (env{i}_out_acc_shift_{family}); the "crafted" selection method
+    crafted_val: tuple[str, ...] = ()
     output_dir: str = "runs/dg/sweep"
 
 
@@ -123,6 +130,13 @@ def validate(cfg: SweepConfig) -> SweepConfig:
              f"ImageNet weights need model.featurizer resnet18 or resnet50, not {cfg.model.featurizer!r}")
         _check_weights(cfg)
     need(cfg.data_workers >= 0, "data_workers", "must be >= 0")
+    from mixjax.dg.crafted_val import FAMILIES
+
+    for f in cfg.crafted_val:
+        need(f in FAMILIES, "crafted_val", f"unknown shift family {f!r}; known {sorted(FAMILIES)}")
+    need(not (cfg.crafted_val and datasets.is_image_folder(name)), "crafted_val",
+         f"the shift families act on images in [0, 1]; dataset {name!r} is an image folder whose "
+         "evaluation images are ImageNet-normalised")
     need(cfg.dataset.seeds in DATA_SEED_MODES, "dataset.seeds", f"one of {DATA_SEED_MODES}")
     need(cfg.n_hparams >= 1, "n_hparams", "must be >= 1")
     need(cfg.n_trials >= 1, "n_trials", "must be >= 1")
@@ -186,7 +200,7 @@ def from_dict(d: dict) -> SweepConfig:
     return SweepConfig(
         dataset=DatasetConfig(**d["dataset"]),
         model=ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["model"].items()}),
-        **{k: tuple(v) if k == "algorithms" else v for k, v in d.items() if k not in ("dataset", "model")},
+        **{k: tuple(v) if k in ("algorithms", "crafted_val") else v for k, v in d.items() if k not in ("dataset", "model")},
     )
 
 
@@ -197,7 +211,7 @@ def to_json(cfg: SweepConfig) -> str:
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "hparam_overrides" and k != "kwargs":
+        if isinstance(v, dict) and k not in ("hparam_overrides", "kwargs", "label_noise"):
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v

@@ -26,7 +26,9 @@ import numpy as np
 from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import hparams as H
+from mixjax.dg import crafted_val
 from mixjax.dg import image_pipeline as P
+from mixjax.dg import label_noise as LN
 from mixjax.dg import test_time
 from mixjax.dg.config import SweepConfig
 from mixjax.dg.group_runner import DeviceData, GroupRunner
@@ -47,7 +49,8 @@ def job_batches(cfg: SweepConfig, data: D.EnvDataset, jobs: list[Job], jds: list
     """Iterator over the group's training steps ``start ..`` ``(x, y)``: host minibatches from one
     grain pipeline (``image_pipeline``); ``stacked`` adds the group axis of a vmapped group."""
     specs = tuple(P.for_job(data, jd["in_idx"], jd["in_len"], jd["train_envs"], batch_size,
-                            data.input_shape[0], job.seed, augment=data.augment) for job, jd in zip(jobs, jds))
+                            data.input_shape[0], job.seed, augment=data.augment, labels=jd.get("y"))
+                  for job, jd in zip(jobs, jds))
     batches = P.GroupBatches(specs) if stacked else specs[0]
     for item in P.train_batches(batches, cfg.steps, workers=cfg.data_workers, start=start):
         yield item["x"], item["y"]
@@ -126,7 +129,11 @@ class DGClient(engine.Client):
             before = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
         else:
             in_acc, out_acc = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
-        in_acc, out_acc, metrics, tt_cost, before = jax.device_get((in_acc, out_acc, metrics, tt_cost, before))
+        # the crafted-shift copies of every env (plain predict; mixjax.dg.crafted_val)
+        shifted = {f: self.runner.evaluate(state["alg"], self.jd, x, self.dev.Y, len(self.jobs))
+                   for f, x in getattr(self.dev, "shifted", {}).items()}
+        in_acc, out_acc, metrics, tt_cost, before, shifted = jax.device_get(
+            (in_acc, out_acc, metrics, tt_cost, before, shifted))
         for g, job in enumerate(self.jobs):
             pick = (lambda a: a[g]) if self.batched else (lambda a: a)
             rec = {"step": step, "epoch": step / self.steps_per_epoch[job], "step_time": step_time}
@@ -143,6 +150,9 @@ class DGClient(engine.Client):
                 for e in range(self.num_envs):
                     rec[f"env{e}_in_acc{test_time.BEFORE}"] = float(pick(before[0])[e])
                     rec[f"env{e}_out_acc{test_time.BEFORE}"] = float(pick(before[1])[e])
+            for f, (_, out_f) in shifted.items():   # crafted-shift validation copies
+                for e in range(self.num_envs):
+                    rec[crafted_val.record_key(e, f)] = float(pick(out_f)[e])
             rec["hparams"] = dict(job.hparams)
             self.records[job].append(rec)
         self.total, self.n, self.t0 = None, 0, time.perf_counter()
@@ -160,6 +170,20 @@ class DGClient(engine.Client):
         if interval:
             self.n = int(interval["n"])
             self.total = {k: jnp.asarray(np.asarray(v, dtype)) for k, (dtype, v) in interval["sum"].items()}
+
+
+def add_noisy_labels(cfg: SweepConfig, data: D.EnvDataset, jobs: list[Job], jds: list[dict]) -> None:
+    """Label-noise protocol (``mixjax.dg.label_noise``): each job's arrays get ``y``, its labels
+    (noisy training envs, clean test envs), which its step samples and its evaluation scores."""
+    rates = LN.env_rates(cfg.dataset.label_noise, data.env_names, data.name)
+    if not rates:
+        return
+    noisy: dict[int, dict] = {}
+    for job, jd in zip(jobs, jds):
+        seed = job.data_seed(cfg)
+        if seed not in noisy:
+            noisy[seed] = LN.noisy_envs(data, rates, seed)
+        jd["y"] = LN.job_labels(data, noisy[seed], job.test_envs)
 
 
 def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[Job], batched: bool,
@@ -180,6 +204,7 @@ def run_group(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, jobs: list[
 
     hps = [H.split_static(dict(j.hparams))[1] for j in jobs]
     jds = [dev.job_arrays(j, cfg.holdout_fraction) for j in jobs]
+    add_noisy_labels(cfg, data, jobs, jds)
     keys = [jax.random.key(j.seed, impl=RNG_IMPL) for j in jobs]
     if batched:
         hp = {k: jnp.asarray([h[k] for h in hps], jnp.float32) for k in hps[0]}

@@ -61,6 +61,7 @@ class GroupRunner:
         self._init = None
 
     def _sample(self, key, jd, X, Y):
+        Y = jd.get("y", Y)   # the job's own labels under the label-noise protocol (label_noise.py)
         te = jd["train_envs"]
         k = te.shape[0]
         u = jax.random.randint(key, (k, self.b), 0, jd["in_len"][te][:, None])
@@ -153,6 +154,7 @@ class GroupRunner:
             context = getattr(self.alg, "eval_context", None)
 
             def ev(state, jd, X, Y):
+                Y = jd.get("y", Y)   # label noise: the job's labels (its test envs' are clean)
                 e, n = Y.shape
                 if context:  # predictions depend on the batch (ARM): batches of one env, no padding rows
                     size = jnp.maximum((jd["in_mask"] | jd["out_mask"]).sum(1), 1)

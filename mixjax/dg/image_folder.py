@@ -37,7 +37,14 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OfficeHome": ("office_home", ("A", "C", "P", "R")),
     "TerraIncognita": ("terra_incognita", ("L100", "L38", "L43", "L46")),
     "DomainNet": ("domain_net", ("clip", "info", "paint", "quick", "real", "sketch")),
+    # NICO++ (Zhang et al., CVPR 2023, arXiv 2204.08040), its DG track: the six common contexts,
+    # each a folder of the same class folders (the challenge's track_1 public_dg_0416/train/
+    # <context>/<class>/*.jpg; 60 classes). Not in DomainBed; --data-dir DIR holds DIR/NICO++/ or
+    # is that folder itself. NICO++'s unique contexts (one set per class) do not fit this layout.
+    "NICOpp": ("NICO++", ("autumn", "dim", "grass", "outdoor", "rock", "water")),
 }
+# benchmarks that are not DomainBed's (their errors should not say "DomainBed's")
+NOT_DOMAINBED = ("NICOpp",)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = T.IMAGENET_MEAN, T.IMAGENET_STD
 
@@ -64,9 +71,12 @@ def scan(name: str, root: str | os.PathLike | None) -> tuple[pathlib.Path, list[
     root = resolve_root(name, root)
     domains = sorted(e.name for e in os.scandir(root) if e.is_dir())
     expected = len(BENCHMARKS[name][1])
-    if len(domains) != expected:
+    if len(domains) != expected or (name in NOT_DOMAINBED and domains != sorted(BENCHMARKS[name][1])):
+        whose = "" if name in NOT_DOMAINBED else "DomainBed's "
+        missing = [d for d in BENCHMARKS[name][1] if d not in domains] if name in NOT_DOMAINBED else []
         raise ImageFolderError(f"dataset {name}: {root} has {len(domains)} domain directories {domains}; "
-                               f"DomainBed's {name} has {expected} ({', '.join(BENCHMARKS[name][1])})")
+                               f"{whose}{name} has {expected} ({', '.join(BENCHMARKS[name][1])})"
+                               + (f" - missing {missing}" if missing else ""))
     classes_of = {d: sorted(e.name for e in os.scandir(root / d) if e.is_dir()) for d in domains}
     classes = classes_of[domains[0]]
     for d in domains:

@@ -96,11 +96,14 @@ def train_batches(batches: StepBatches | GroupBatches, steps: int, workers: int 
 
 
 def for_job(data, in_idx: np.ndarray, in_len: np.ndarray, train_envs, batch_size: int, image_size: int,
-            seed: int, augment: bool = True) -> StepBatches:
-    """The :class:`StepBatches` of one job: ``data.files`` restricted to the job's in-splits."""
-    paths, labels = [], []
+            seed: int, augment: bool = True, labels=None) -> StepBatches:
+    """The :class:`StepBatches` of one job: ``data.files`` restricted to the job's in-splits;
+    ``labels`` (``int32[E, N]``, the label-noise protocol's job labels) replaces the dataset's."""
+    paths, out = [], []
     for e in train_envs:
         rows = in_idx[e, : in_len[e]]
         paths.append(tuple(data.files[e][i] for i in rows))
-        labels.append(np.asarray(data.envs[e][1])[rows].astype(np.int32))
+        y = np.asarray(data.envs[e][1]) if labels is None else np.asarray(labels[e])
+        out.append(y[rows].astype(np.int32))
+    labels = out
     return StepBatches(tuple(paths), tuple(labels), batch_size, image_size, int(seed), augment)

@@ -78,6 +78,10 @@ class Job:
                 "hparams": dict(self.hparams),
             },
         })
+        if noise := label_noise_arg(cfg):   # only when used: earlier sweeps keep their hashes
+            out["mixjax"]["label_noise"] = noise
+        if cfg.crafted_val:   # the records carry the shifted accuracies (mixjax.dg.crafted_val)
+            out["mixjax"]["crafted_val"] = list(cfg.crafted_val)
         return json.loads(json.dumps(out))  # tuples -> lists, as read back
 
     def hash(self, cfg: SweepConfig) -> str:
@@ -85,6 +89,15 @@ class Job:
         of the job's arguments (which hold no result-neutral setting: not ``output_dir``,
         ``vmap`` or the sweep's progress)."""
         return run_identity.digest(self.args(cfg), "md5")
+
+
+def label_noise_arg(cfg: SweepConfig) -> float | dict[str, float] | None:
+    """The label-noise protocol as a job's arguments record it (``mixjax.dg.label_noise``): the
+    rate given for every env, or ``{env: rate}`` without zero rates; None without noise."""
+    spec = cfg.dataset.label_noise
+    if isinstance(spec, dict):
+        return {k: float(v) for k, v in sorted(spec.items()) if v} or None
+    return float(spec) or None
 
 
 def test_env_sets(num_envs: int, mode: str) -> list[tuple[int, ...]]:

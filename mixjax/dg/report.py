@@ -64,13 +64,14 @@ def format_mean(data, latex: bool = False) -> tuple[float | None, float | None, 
 def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, latex: bool = False) -> list[dict]:
     """Rows {method, dataset, algorithm, env, test_env, trial_accs, mean, se, text}."""
     grouped = selection.group_records(records)
-    datasets = sorted({r["args"]["dataset"] for r in records})
+    datasets = sorted({selection.dataset_label(r["args"]) for r in records})
     algorithms = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
     rows = []
-    for method in selection.METHODS:
+    for method in selection.methods_for(records):
         for ds in datasets:
-            n_envs = max(selection.num_envs(r) for r in records if r["args"]["dataset"] == ds)
-            names = (env_names or {}).get(ds) or [f"env{i}" for i in range(n_envs)]
+            ds_recs = [r for r in records if selection.dataset_label(r["args"]) == ds]
+            n_envs = max(selection.num_envs(r) for r in ds_recs)
+            names = (env_names or {}).get(ds_recs[0]["args"]["dataset"]) or [f"env{i}" for i in range(n_envs)]
             for alg in algorithms:
                 for te in range(n_envs):
                     accs, before, tt_s = [], [], []
@@ -93,10 +94,10 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, 
 def averages(records: list[dict], latex: bool = False) -> list[dict]:
     """DomainBed's "Averages" rows {method, algorithm, dataset, trial_accs, mean, se, text}."""
     grouped = selection.group_records(records)
-    datasets = sorted({r["args"]["dataset"] for r in records})
+    datasets = sorted({selection.dataset_label(r["args"]) for r in records})
     algorithms = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
     rows = []
-    for method in selection.METHODS:
+    for method in selection.methods_for(records):
         accs: dict[tuple, list[float]] = defaultdict(list)  # (alg, dataset, trial) -> sweep accs over test envs
         for (trial, d, a, _te), recs in sorted(grouped.items()):
             best = selection.sweep_acc(recs, method)
@@ -199,13 +200,37 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def load_many(run_dirs) -> list[dict]:
+    """The records of several sweeps for one set of tables (e.g. one run with label noise, one
+    without: their dataset rows differ). ``ValueError`` when two directories hold records of the
+    same job identity (dataset row, algorithm, test envs, hparams seed, trial): their results
+    would be mixed into one cell."""
+    owner: dict[tuple, pathlib.Path] = {}
+    out = []
+    for d in dict.fromkeys(pathlib.Path(p).resolve() for p in run_dirs):
+        recs = load_records(d)
+        for r in recs:
+            a = r["args"]
+            key = (selection.dataset_label(a), a["algorithm"], tuple(a["test_envs"]), a["hparams_seed"], a["trial_seed"])
+            if owner.setdefault(key, d) != d:
+                raise ValueError(f"{owner[key]} and {d} both hold results of {key[0]} / {key[1]} (test envs "
+                                 f"{list(key[2])}, hparams seed {key[3]}, trial {key[4]}); one table cannot "
+                                 "mix them - give sweeps of different datasets, protocols or algorithms")
+        out += recs
+    return out
+
+
 def write_tables(run_dir: str | pathlib.Path, env_names: dict[str, list[str]] | None = None,
-                 latex_table: bool = False) -> tuple[pathlib.Path, ...]:
-    """results.md and results.csv (and results.tex with ``latex_table``); returns their paths."""
+                 latex_table: bool = False, more=(), out: str | pathlib.Path | None = None) -> tuple[pathlib.Path, ...]:
+    """results.md and results.csv (and results.tex with ``latex_table``) of ``run_dir`` and the
+    sweeps in ``more`` (:func:`load_many`), written to ``out`` (default ``run_dir``); returns
+    their paths."""
     run_dir = pathlib.Path(run_dir)
-    records = load_records(run_dir)
+    records = load_many([run_dir, *more]) if more else load_records(run_dir)
     rows = collect(records, env_names)
     avg_rows = averages(records)
+    run_dir = pathlib.Path(out) if out is not None else run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
     md, cs = run_dir / "results.md", run_dir / "results.csv"
     md.write_text(markdown(rows, avg_rows) + test_time_markdown(rows))
     cs.write_text(csv_text(rows))

@@ -15,6 +15,9 @@ accuracy.
   step; the best step wins.
 * ``oracle`` (test-domain validation): val = test env out-split accuracy of the
   **last** checkpoint; no early stopping.
+* ``crafted`` (not DomainBed's; tabulated only for sweeps run with ``crafted_val``): val = mean
+  over shift families of the training envs' shifted out-split accuracy at the last checkpoint
+  (:func:`crafted_run_acc`, ``mixjax.dg.crafted_val``).
 """
 
 from __future__ import annotations
@@ -102,20 +105,68 @@ def oracle_run_acc(run_records: Sequence[Record]) -> dict | None:
             **_before(last, test_env)}
 
 
+SHIFT_PREFIX = "_out_acc_shift_"
+
+
+def shift_families(record: Record) -> list[str]:
+    """The crafted-shift families a record was evaluated under (``mixjax.dg.crafted_val``)."""
+    return sorted({k.split(SHIFT_PREFIX, 1)[1] for k in record if SHIFT_PREFIX in k})
+
+
+def crafted_run_acc(run_records: Sequence[Record]) -> dict | None:
+    """Crafted-shift validation (Efthymiadis et al., WACV 2025; ``mixjax.dg.crafted_val``): the
+    **last** checkpoint (the reference scores the model after its last epoch); val = mean over the
+    shift families of the mean over training envs of the shifted out-split accuracy; None (shown
+    "X") for runs recorded without ``crafted_val``."""
+    recs = _single(run_records)
+    if not recs:
+        return None
+    last = max(recs, key=lambda r: r["step"])
+    families = shift_families(last)
+    if not families:
+        return None
+    test_env = last["args"]["test_envs"][0]
+    train = [i for i in range(num_envs(last)) if i != test_env]
+    val = np.mean([np.mean([last[f"env{i}{SHIFT_PREFIX}{f}"] for i in train]) for f in families])
+    return {"val_acc": float(val), "test_acc": last[f"env{test_env}_in_acc"], "step": last["step"],
+            **_before(last, test_env)}
+
+
 METHODS: dict[str, tuple[str, Callable[[Sequence[Record]], dict | None]]] = {
     "training_domain": ("training-domain validation set", training_domain_run_acc),
     "leave_one_out": ("leave-one-domain-out cross-validation", leave_one_out_run_acc),
     "oracle": ("test-domain validation set (oracle)", oracle_run_acc),
+    "crafted": ("crafted-shift validation set (augmented training-domain out-splits)", crafted_run_acc),
 }
+# DomainBed's three methods are always tabulated; the others only where some record has their data
+OPTIONAL_METHODS = {"crafted": lambda r: bool(shift_families(r))}
+
+
+def methods_for(records: Sequence[Record]) -> list[str]:
+    """The selection methods to tabulate for ``records``."""
+    return [m for m in METHODS if m not in OPTIONAL_METHODS or any(OPTIONAL_METHODS[m](r) for r in records)]
+
+
+def dataset_label(args: dict) -> str:
+    """The dataset a record's table row belongs to: DomainBed's ``args.dataset``, plus the
+    protocol when the sweep injected label noise (``mixjax.dg.label_noise``), so noisy and clean
+    runs never share a row."""
+    noise = (args.get("mixjax") or {}).get("label_noise")
+    if not noise:
+        return args["dataset"]
+    if isinstance(noise, dict):
+        return f"{args['dataset']} (label noise {', '.join(f'{k}={v:g}' for k, v in sorted(noise.items()))})"
+    return f"{args['dataset']} (label noise {noise:g})"
 
 
 def group_records(records: Sequence[Record]) -> dict[tuple, list[Record]]:
-    """(trial_seed, dataset, algorithm, test_env) -> records; a pair run lands in both its envs' groups."""
+    """(trial_seed, dataset, algorithm, test_env) -> records; a pair run lands in both its envs' groups.
+    ``dataset`` is :func:`dataset_label` (the name, plus any label-noise protocol)."""
     out: dict[tuple, list[Record]] = defaultdict(list)
     for r in records:
         a = r["args"]
         for te in a["test_envs"]:
-            out[(a["trial_seed"], a["dataset"], a["algorithm"], te)].append(r)
+            out[(a["trial_seed"], dataset_label(a), a["algorithm"], te)].append(r)
     return out
 
 

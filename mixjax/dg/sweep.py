@@ -64,7 +64,7 @@ from mixjax import run_identity
 from mixjax.run import logs
 from mixjax.config import ConfigError
 from mixjax.dg import datasets as D
-from mixjax.dg import test_time
+from mixjax.dg import crafted_val, label_noise, test_time
 from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
 from mixjax.dg.group_client import (Interrupted, discard_checkpoints, host_fed,  # noqa: F401
                                     job_batches, run_group)
@@ -106,6 +106,15 @@ def use_vmap(cfg: SweepConfig, data: D.EnvDataset) -> bool:
     return jax.default_backend() != "cpu" or net_spec(cfg, data).kind == "mlp"
 
 
+def with_shifts(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, data_seed: int) -> DeviceData:
+    """``dev`` with ``shifted = {family: X f32[E, N, ...]}``, the crafted-shift copies of every env
+    (``crafted_val``) that each record also evaluates."""
+    import jax.numpy as jnp
+
+    dev.shifted = {f: jnp.asarray(x) for f, x in crafted_val.shifted_envs(data, cfg.crafted_val, data_seed).items()}
+    return dev
+
+
 def resolve_config(cfg: SweepConfig, run_dir: pathlib.Path) -> tuple[SweepConfig, list[str]]:
     """``cfg`` merged with the sweep already in ``run_dir`` (``ConfigError`` if they conflict)."""
     if (run_dir / "results.jsonl").exists():
@@ -136,6 +145,8 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     per_job = cfg.dataset.seeds == "per_job"
     data = D.get(cfg.dataset.name, cfg.dataset.seed, **cfg.dataset.kwargs)
     test_time.check_requirements(cfg.algorithms, data, net_spec(cfg, data))   # before anything is written or compiled
+    label_noise.env_rates(cfg.dataset.label_noise, data.env_names, data.name)   # names a wrong env / rate
+    crafted_val.check(cfg.crafted_val, data)   # a shift family the data cannot take
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.json", to_json(cfg))
     write_atomic(run_dir / "envs.json", json.dumps({cfg.dataset.name: list(data.env_names)}))
@@ -150,7 +161,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     batched = use_vmap(cfg, data) and not per_job
     groups = make_groups(jobs, cfg.max_group, batched)
     log(f"{len(jobs)} jobs to run ({len(all_jobs) - len(jobs)} done) in {len(groups)} group(s); vmap={batched}")
-    dev = None if per_job else DeviceData(data)
+    dev = None if per_job else with_shifts(cfg, data, DeviceData(data), cfg.dataset.seed)
     cache: dict = {}
     t_all = time.perf_counter()
     from mixjax import progress
@@ -162,7 +173,8 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
         try:
             if per_job:
                 job_data = D.get(cfg.dataset.name, group[0].data_seed(cfg), **cfg.dataset.kwargs)
-                records = run_group(cfg, job_data, DeviceData(job_data), group, batched, cache, inflight, log)
+                job_dev = with_shifts(cfg, job_data, DeviceData(job_data), group[0].data_seed(cfg))
+                records = run_group(cfg, job_data, job_dev, group, batched, cache, inflight, log)
             else:
                 records = run_group(cfg, data, dev, group, batched, cache, inflight, log)
         except Interrupted as e:

@@ -30,50 +30,43 @@ must equal the number of training domains (checked when the data is known).
 
 Expert surgery (sec. 6, adaptation): :func:`add_expert` appends a copy of expert j (the
 paper initialises a new domain's expert from the expert with the highest posterior on the
-new domain's data: :func:`closest_expert`); :func:`remove_expert` drops one.
+new domain's data: :func:`closest_expert`); :func:`remove_expert` drops one; both are
+:func:`select_experts` (new expert j = old expert ``index[j]``), the map
+``mixjax.train.demix_state`` also applies to the optimiser and mixer state.
+
+Files (``mixjax export``, ``model.init_from``): :func:`to_hf` / :func:`from_hf`, the Llama
+naming plus ``model.layers.{i}.demix.experts.{e}.{w1,w3,w2}.weight``
+(:mod:`mixjax.models.experts`); the expert order is the file's ``mixjax_domains``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mixjax.models import experts
 from mixjax.models import transformer as T
 
 HPARAMS = ("num_experts", "moe_every", "expert_d_ff")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DEMixConfig(T.TransformerConfig):
+class DEMixConfig(experts.ExpertLayersConfig):
+    """``num_experts`` (one per training domain), ``moe_every``, ``expert_d_ff`` and their
+    checks: :class:`mixjax.models.experts.ExpertLayersConfig`."""
+
+    KIND: ClassVar[str] = "demix"
+    NUM_EXPERTS_NOTE: ClassVar[str] = " (one expert per domain)"
+
     num_experts: int = 2
-    moe_every: int = 1
-    expert_d_ff: int | None = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        h = "model.hparams."
-        if not (isinstance(self.num_experts, int) and self.num_experts >= 1):
-            raise ValueError(f"{h}num_experts must be an integer >= 1 (one expert per "
-                             f"domain), got {self.num_experts!r}")
-        if not (isinstance(self.moe_every, int) and 1 <= self.moe_every <= self.num_layers):
-            raise ValueError(f"{h}moe_every must be an integer in [1, model.num_layers="
-                             f"{self.num_layers}], got {self.moe_every!r}")
-        if self.mlp != "swiglu":
-            raise ValueError("model.mlp: the demix experts are SwiGLU; set model.mlp='swiglu'")
-        if self.scan_layers:
-            raise ValueError("model.scan_layers: not supported by model.kind='demix'")
-
-    @property
-    def expert_ff(self) -> int:
-        return self.expert_d_ff or self.ff_dim
 
     def is_demix(self, layer: int) -> bool:
-        return (layer + 1) % self.moe_every == 0
+        return self.has_experts(layer)
 
 
 def demix_ffn(weights, x, *, domain_id=None, mix=None):
@@ -81,7 +74,7 @@ def demix_ffn(weights, x, *, domain_id=None, mix=None):
     of that expert's weights: one expert's FLOPs) or the mixture ``sum_j mix[b,t,j] FFN_j``
     (``mix`` f32[B,S,E]: every expert runs)."""
     dt = x.dtype
-    wg, wu, wd = (weights[k].astype(dt) for k in ("w_gate", "w_up", "w_down"))
+    wg, wu, wd = (jnp.asarray(weights[k]).astype(dt) for k in ("w_gate", "w_up", "w_down"))
     if domain_id is not None:
         h = jax.nn.silu(jnp.einsum("bsd,bdf->bsf", x, wg[domain_id])) * \
             jnp.einsum("bsd,bdf->bsf", x, wu[domain_id])
@@ -235,6 +228,14 @@ def _expert_leaves(params, fn):
     return visit(params)
 
 
+def select_experts(params, index):
+    """``params`` whose expert ``j`` is the old expert ``index[j]`` in every DEMix layer (a
+    gather on the experts axis: :func:`add_expert` and :func:`remove_expert` are two cases;
+    ``mixjax.train.demix_state`` applies the same map to the Adam moments)."""
+    idx = jnp.asarray(index, jnp.int32)
+    return _expert_leaves(params, lambda w: jnp.take(w, idx, axis=0))
+
+
 def add_expert(params, source: int):
     """``params`` with a new last expert in every DEMix layer, a copy of expert ``source``."""
     return _expert_leaves(params, lambda w: jnp.concatenate([w, w[source:source + 1]], 0))
@@ -243,6 +244,35 @@ def add_expert(params, source: int):
 def remove_expert(params, index: int):
     """``params`` without expert ``index`` in every DEMix layer."""
     return _expert_leaves(params, lambda w: jnp.delete(w, index, axis=0))
+
+
+# -- safetensors naming (mixjax export, model.init_from) ------------------------------------
+def to_hf(params, cfg: DEMixConfig) -> dict:
+    """``{name: array}``: the Llama naming of ``mixjax.models.hf_io`` for everything but the
+    DEMix layers, whose experts are ``model.layers.{i}.demix.experts.{e}.{w1,w3,w2}.weight``
+    (``mixjax.models.experts``); expert ``e`` is the ``e``-th domain of the file's
+    ``mixjax_domains`` metadata."""
+    from mixjax.models import hf_io
+    out = hf_io.to_llama(params, cfg)
+    for i in range(cfg.num_layers):
+        if "demix" in params["blocks"][i]:
+            out.update(experts.expert_tensors(params["blocks"][i]["demix"],
+                                              f"model.layers.{i}.demix.", cfg.num_experts))
+    return out
+
+
+def from_hf(tensors: dict, cfg: DEMixConfig, where: str = "") -> dict:
+    """Inverse of :func:`to_hf`; a tensor missing, misshapen or left over, or another
+    number of experts than ``model.hparams.num_experts``: one error naming it."""
+    from mixjax.models import hf_io
+
+    def layer(i, get):
+        if not cfg.is_demix(i):
+            return None
+        return "demix", experts.read_experts(tensors, get, f"model.layers.{i}.demix.", cfg,
+                                             where)
+
+    return hf_io.from_llama(tensors, cfg, where, experts=layer)
 
 
 # -- construction ---------------------------------------------------------------------------

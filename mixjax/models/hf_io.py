@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -100,11 +100,15 @@ def to_llama(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def from_llama(tensors: dict[str, Any], cfg: TransformerConfig, where: str = "") -> dict:
+def from_llama(tensors: dict[str, Any], cfg: TransformerConfig, where: str = "",
+               experts: Callable | None = None) -> dict:
     """``{HF Llama name: array}`` -> mixjax params for ``cfg`` (inverse of :func:`to_llama`).
 
     Every expected tensor must be present with the expected shape; unexpected
     ones (other than ``rotary_emb`` buffers) are errors, each naming the tensor.
+    ``experts(i, get) -> (key, subtree) | None``: block ``i``'s expert FFN read through
+    ``get(name, shape)`` in place of its MLP (the expert kinds: ``moe.from_mixtral``,
+    ``demix.from_hf``).
     """
     check_expressible(cfg)
     n, h, d, f, v = cfg.num_heads, cfg.head_dim, cfg.d_model, cfg.ff_dim, cfg.vocab_size
@@ -132,11 +136,15 @@ def from_llama(tensors: dict[str, Any], cfg: TransformerConfig, where: str = "")
             w = get(p + f"self_attn.{name}.weight", (n * h, d)).T.reshape(d, n, h)
             attn[key] = np.ascontiguousarray(w[:, :, inv] if key != "wv" else w)
         attn["wo"] = np.ascontiguousarray(get(p + "self_attn.o_proj.weight", (d, n * h)).T.reshape(n, h, d))
-        mlp = {"w_gate": get(p + "mlp.gate_proj.weight", (f, d)).T,
-               "w_up": get(p + "mlp.up_proj.weight", (f, d)).T,
-               "w_down": get(p + "mlp.down_proj.weight", (d, f)).T}
+        routed = experts(i, get) if experts is not None else None
+        if routed is None:
+            mlp = ("mlp", {"w_gate": get(p + "mlp.gate_proj.weight", (f, d)).T,
+                           "w_up": get(p + "mlp.up_proj.weight", (f, d)).T,
+                           "w_down": get(p + "mlp.down_proj.weight", (d, f)).T})
+        else:
+            mlp = routed
         params["blocks"][i] = {
-            "attn": attn, "mlp": {k: np.ascontiguousarray(x) for k, x in mlp.items()},
+            "attn": attn, mlp[0]: {k: np.ascontiguousarray(x) for k, x in mlp[1].items()},
             "attn_norm": {"scale": get(p + "input_layernorm.weight", (d,))},
             "mlp_norm": {"scale": get(p + "post_attention_layernorm.weight", (d,))}}
     if not cfg.tie_embeddings:
@@ -211,12 +219,22 @@ def load_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in load_file(str(path)).items()}
 
 
-def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict) -> tuple[dict, dict]:
+def load_safetensors_metadata(path: str | pathlib.Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file ({} when it has none)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="np") as f:
+        return dict(f.metadata() or {})
+
+
+def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict,
+                     from_tensors: Callable | None = None) -> tuple[dict, dict]:
     """``(params, info)`` for ``model.init_from``: a safetensors file or an HF Llama dir (a
     mixjax run dir is read by :func:`mixjax.train.export.load_init_params`, which knows
     checkpoints).
 
     The parameters get ``abstract_params``' dtypes; shapes must match exactly.
+    ``from_tensors(tensors, cfg, where)``: the naming of another model kind (default
+    :func:`from_llama`; an HF directory is a Llama and loads into the transformer only).
     """
     import jax
     path = pathlib.Path(source)
@@ -224,6 +242,10 @@ def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict)
     if path.is_dir() and (path / "config.json").exists() and (path / "checkpoints").exists():
         raise ExportError(f"{where}: a mixjax run dir; mixjax.train.export.load_init_params "
                           "reads its checkpoint")
+    elif path.is_dir() and from_tensors is not None:
+        raise ExportError(f"{where}: an HF directory holds a Llama (model.kind='transformer'); "
+                          "this model kind loads a safetensors file (`mixjax export "
+                          "--format safetensors`)")
     elif path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if not (path / "config.json").exists() or not files:
@@ -240,7 +262,7 @@ def load_init_params(source: str, cfg: TransformerConfig, abstract_params: dict)
             tensors = load_safetensors(path)
         except Exception as e:
             raise ExportError(f"{where}: not a safetensors file ({type(e).__name__}: {e})") from None
-        params = from_llama(tensors, cfg, where)
+        params = (from_tensors or from_llama)(tensors, cfg, where)
         info = {"kind": "safetensors", "path": str(path)}
     else:
         raise FileNotFoundError(f"{where}: no such file or directory")

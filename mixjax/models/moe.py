@@ -62,8 +62,10 @@ attention, norms, embeddings and dense blocks in the Llama naming of
     moe.w_up[e]    [d, f]     model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight [f, d]
     moe.w_down[e]  [f, d]     model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight [d, f]
 
-The routing knobs (top_k, capacity factor, which blocks are routed) travel in the file's
-metadata (``mixjax_model``); Mixtral itself routes without a capacity limit and
+(the per-expert names are :mod:`mixjax.models.experts`', shared with DEMix);
+:func:`from_mixtral` reads such a file back (``model.init_from``). The routing knobs
+(top_k, capacity factor, which blocks are routed) travel in the file's metadata
+(``mixjax_model``); Mixtral itself routes without a capacity limit and
 renormalises top-k gates, so a transformers Mixtral loading these tensors matches this
 model only while no token is dropped.
 """
@@ -72,12 +74,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mixjax.models import experts
 from mixjax.models import transformer as T
 from mixjax.parallel.activations import constrain
 
@@ -87,8 +90,12 @@ HPARAMS = ("num_experts", "top_k", "capacity_factor", "routing", "aux_loss_coef"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MoEConfig(T.TransformerConfig):
-    """The transformer's config plus the routing hyperparameters (``model.hparams.*``)."""
+class MoEConfig(experts.ExpertLayersConfig):
+    """The transformer's config plus the routing hyperparameters (``model.hparams.*``);
+    ``num_experts``, ``moe_every``, ``expert_d_ff`` and their checks are
+    :class:`mixjax.models.experts.ExpertLayersConfig`'s."""
+
+    KIND: ClassVar[str] = "moe"
 
     num_experts: int = 4
     top_k: int = 2
@@ -96,17 +103,13 @@ class MoEConfig(T.TransformerConfig):
     routing: str = "token_choice"
     aux_loss_coef: float = 0.01
     z_loss_coef: float = 0.001
-    moe_every: int = 1            # every n-th block is MoE (1: all)
-    expert_d_ff: int | None = None   # per-expert hidden size (None: the dense ff_dim)
 
     def __post_init__(self):
-        super().__post_init__()
         h = "model.hparams."
         if self.routing not in ROUTING:
             raise ValueError(f"{h}routing: unknown routing mode {self.routing!r}; known: "
                              f"{', '.join(ROUTING)}")
-        if not (isinstance(self.num_experts, int) and self.num_experts >= 1):
-            raise ValueError(f"{h}num_experts must be an integer >= 1, got {self.num_experts!r}")
+        super().__post_init__()
         if not (isinstance(self.top_k, int) and self.top_k >= 1):
             raise ValueError(f"{h}top_k must be an integer >= 1, got {self.top_k!r}")
         if self.top_k > self.num_experts:
@@ -118,20 +121,9 @@ class MoEConfig(T.TransformerConfig):
         for key in ("aux_loss_coef", "z_loss_coef"):
             if not (real(getattr(self, key)) and getattr(self, key) >= 0):
                 raise ValueError(f"{h}{key} must be a number >= 0, got {getattr(self, key)!r}")
-        if not (isinstance(self.moe_every, int) and 1 <= self.moe_every <= self.num_layers):
-            raise ValueError(f"{h}moe_every must be an integer in [1, model.num_layers="
-                             f"{self.num_layers}], got {self.moe_every!r}")
-        if self.mlp != "swiglu":
-            raise ValueError("model.mlp: the moe experts are SwiGLU; set model.mlp='swiglu'")
-        if self.scan_layers:
-            raise ValueError("model.scan_layers: not supported by model.kind='moe'")
-
-    @property
-    def expert_ff(self) -> int:
-        return self.expert_d_ff or self.ff_dim
 
     def is_moe(self, layer: int) -> bool:
-        return (layer + 1) % self.moe_every == 0
+        return self.has_experts(layer)
 
     def capacity(self, seq_len: int) -> int:
         """Slots per expert for a sequence of ``seq_len`` tokens."""
@@ -344,9 +336,23 @@ def to_mixtral(params, cfg: MoEConfig) -> dict:
         if "moe" not in b:
             continue
         p = f"model.layers.{i}.block_sparse_moe."
-        m = {k: np.asarray(v) for k, v in b["moe"].items()}
-        out[p + "gate.weight"] = np.ascontiguousarray(m["router"].T)
-        for e in range(cfg.num_experts):
-            for name, key in (("w1", "w_gate"), ("w3", "w_up"), ("w2", "w_down")):
-                out[p + f"experts.{e}.{name}.weight"] = np.ascontiguousarray(m[key][e].T)
+        out[p + "gate.weight"] = np.ascontiguousarray(np.asarray(b["moe"]["router"]).T)
+        out.update(experts.expert_tensors(b["moe"], p, cfg.num_experts))
     return out
+
+
+def from_mixtral(tensors: dict, cfg: MoEConfig, where: str = "") -> dict:
+    """Inverse of :func:`to_mixtral` (``model.init_from`` of a file ``mixjax export``
+    wrote): every tensor present with its shape, none left over, the expert count equal to
+    ``model.hparams.num_experts``, else one error naming the tensor."""
+    from mixjax.models import hf_io
+
+    def routed(i, get):
+        if not cfg.is_moe(i):
+            return None
+        p = f"model.layers.{i}.block_sparse_moe."
+        stack = experts.read_experts(tensors, get, p, cfg, where)
+        stack["router"] = get(p + "gate.weight", (cfg.num_experts, cfg.d_model)).T
+        return "moe", stack
+
+    return hf_io.from_llama(tensors, cfg, where, experts=routed)

@@ -58,10 +58,9 @@ def _check_model_kind(cfg: Config) -> None:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"config key 'model.hparams': {e}") from None
     check_expert_axis(cfg.mesh.expert, cfg.model)
-    _require(cfg.model.kind in ("transformer", "demix") or not cfg.model.init_from,
-             "model.init_from", f"pretrained parameters load into the transformer (and a "
-             f"`mixjax demix` file into model.kind='demix') only, not model.kind="
-             f"{cfg.model.kind!r}")
+    _require(cfg.model.kind in ("transformer", "moe", "demix") or not cfg.model.init_from,
+             "model.init_from", f"pretrained parameters load into model.kind 'transformer', "
+             f"'moe' and 'demix' only, not model.kind={cfg.model.kind!r}")
 
 
 def check_expert_axis(expert: int, model_cfg) -> None:

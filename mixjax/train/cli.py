@@ -21,7 +21,8 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     if name == "train":
-        parser.add_argument("config", help="config file (a Python module with get_config())")
+        parser.add_argument("config", help="config file (a Python module with get_config(), "
+                            "or a run dir's saved config.json)")
         parser.add_argument("--set", dest="overrides", action="append", default=[],
                             metavar="KEY=VALUE", help="dotted override, e.g. train.steps=200")
         parser.add_argument("--out", default=None, metavar="RUN_DIR",

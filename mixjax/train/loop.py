@@ -111,16 +111,16 @@ class Trainer:
         if cfg.model.init_from:   # pretrained parameters (mixjax.train.export, models.hf_io)
             from mixjax.models import hf_io
             from mixjax.train import export
-            try:
-                if cfg.model.kind == "demix":   # a file of `mixjax demix` (added/removed experts)
-                    from mixjax.train import demix_cli
-                    params, self.init_from = demix_cli.load_params(cfg.model.init_from,
-                                                                   self.model_cfg, abstract)
-                else:
-                    params, self.init_from = export.load_init_params(cfg.model.init_from,
-                                                                     self.model_cfg, abstract)
+            try:   # a run dir or a file of `mixjax export` / `mixjax demix` (any expert count)
+                params, self.init_from = export.load_init_params(cfg.model.init_from,
+                                                                 self.model_cfg, abstract)
             except (hf_io.ExportError, FileNotFoundError) as e:
                 raise ConfigError(f"config key 'model.init_from': {e}") from None
+            order = self.init_from.get("domains")
+            if cfg.model.kind == "demix" and order is not None and list(order) != list(self.domains):
+                raise ConfigError(f"config key 'model.init_from': its experts are the domains "
+                                  f"{list(order)} in that order, data.domains gives "
+                                  f"{list(self.domains)}; set data.domains in the file's order")
             # host arrays: placed shard by shard by the sharded init below
             params = jax.tree.map(np.asarray, params)
         else:
