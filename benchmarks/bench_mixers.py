@@ -40,12 +40,15 @@ Targets (issue): <= 1.05x plain for GroupDRO, ODM, ADO, sample reweighting, ToRe
 CPU/step): CPU ratio gram[mean] 1.01, dids 2.25 while DIDS ran the step's own forward and
 backward next to the engine; with its model gradient from the engine (``model_gradient =
 "coeffs"``, same load, plain 152 ms): gram[mean] 1.00, dids 1.23 (target 1.25).
+``--only plain,agent --steps 3 --rounds 5`` (2026-12-05, load ~6, plain 171 ms CPU/step):
+CPU ratio agent 0.99 (a random policy of the default size, deciding every step).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import pathlib
 import random
 import statistics
 import time
@@ -65,7 +68,7 @@ from mixjax.mixing import statistics as stat_registry
 TARGETS = {"aioli": 1.05, "skillit": 1.05, "pcgrad": 1.25, "mgda": 1.25, "upgrad": 1.25,
            "groupdro": 1.05, "odm": 1.05, "odm_smoothed": 1.05, "ado": 1.05,
            "ado amortised": 1.05, "quadratic reweight": 1.05, "doremi": 1.45, "tdro": 1.45,
-           "drrho": 1.45, "toremi": 1.05}
+           "drrho": 1.45, "toremi": 1.05, "agent": 1.05}
 
 
 def methods(refit_every: int):
@@ -94,7 +97,24 @@ def methods(refit_every: int):
         "upgrad": ("upgrad", {}, None),
         "drrho": ("drrho", {}, None),        # + the reference's forward pass, like DoReMi
         "toremi": ("toremi", {"adjust_every": 1}, None),   # the adjustment is branch-free
+        # the Data Mixing Agent with a random policy of the default size, deciding every
+        # step (the decision is branch-free: the policy runs in every step anyway)
+        "agent": ("agent", {"interval": 1}, None),
     }
+
+
+def random_policy(k: int) -> str:
+    """A policy file of ``mixjax search agent``'s default size with random weights."""
+    import tempfile
+    from mixjax.mixing import agent_policy
+    history, hidden = 2, 32     # mixjax search agent's --history / --hidden defaults
+    _, params = agent_policy.init_policy(k, history, hidden, seed=0)
+    d = agent_policy.feature_dim(k, history)
+    stem = pathlib.Path(tempfile.mkdtemp(prefix="bench_agent_")) / "agent"
+    agent_policy.save(stem, params, np.zeros(d), np.ones(d),
+                      {"domains": [f"d{i}" for i in range(k)], "history": history,
+                       "hidden": hidden, "interval": 1})
+    return str(stem)
 
 
 @mixing.register
@@ -120,6 +140,8 @@ class _GramMeanTwoPass(_GramMean):
 
 def build(args, name, spec, params, apply, k):
     mixer_name, hp, shape = spec
+    if mixer_name == "agent":
+        hp = {**hp, "policy": random_policy(k)}
     mixer = mixing.get(mixer_name, **hp)
     tx, schedule = state_lib.make_optimizer(OptimConfig(), 10_000)
     needs_ref = bool(stat_registry.needing("reference", mixer.requires))

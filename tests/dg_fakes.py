@@ -3,9 +3,11 @@
 algorithm that reads the training envs' metadata gets one number per env (0, 15, 30, ...)."""
 
 import jax.numpy as jnp
+import numpy as np
 
 from mixjax.dg import algorithms as A
 from mixjax.dg import hparams as H
+from mixjax.dg.networks import NetSpec
 
 
 def build_algorithm(name, net, *, num_envs, batch_size, **override):
@@ -18,3 +20,19 @@ def build_algorithm(name, net, *, num_envs, batch_size, **override):
     if cls.needs_train_env_metadata:   # what the group step passes: the training envs' metadata rows
         traced["train_env_meta"] = 15.0 * jnp.arange(num_envs, dtype=jnp.float32)[:, None]
     return cls(net=net, num_envs=num_envs, static=static), traced
+
+
+# The parity tests' tiny case: an MLP on 5 features, 3 classes, 2 environments of 4 rows.
+TINY_NET = NetSpec(input_shape=(5,), num_classes=3, featurizer="mlp", mlp_width=8)
+
+
+def build_tiny(name, **override):
+    """``build_algorithm`` on ``TINY_NET`` with 2 environments and batch size 4."""
+    return build_algorithm(name, TINY_NET, num_envs=2, batch_size=4, **override)
+
+
+def tiny_batches(seed=0):
+    """``(xs [2, 4, 5], ys [2, 4])``: one minibatch per environment of the tiny case."""
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32),
+            jnp.asarray([[0, 1, 1, 2], [1, 0, 1, 1]], jnp.int32))

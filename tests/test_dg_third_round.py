@@ -6,21 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.dg.networks import NetSpec
-
-from dg_fakes import build_algorithm
-
-NET = NetSpec(input_shape=(5,), num_classes=3, featurizer="mlp", mlp_width=8)
-
-
-def build(name, **override):
-    return build_algorithm(name, NET, num_envs=2, batch_size=4, **override)
-
-
-def batches(seed=0):
-    rng = np.random.default_rng(seed)
-    return (jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32),
-            jnp.asarray([[0, 1, 1, 2], [1, 0, 1, 1]], jnp.int32))
+from dg_fakes import build_tiny, tiny_batches
 
 
 def np_log_softmax(a):
@@ -29,9 +15,9 @@ def np_log_softmax(a):
 
 
 def test_xded_loss_is_ce_plus_kd_to_the_same_label_mean():
-    alg, hp = build("xded")
+    alg, hp = build_tiny("xded")
     assert (float(hp["xded_lambda"]), float(hp["xded_temp"])) == (5.0, 4.0)   # the code's defaults
-    xs, ys = batches()
+    xs, ys = tiny_batches()
     state = alg.init(jax.random.key(0), hp)
     loss, m = jax.jit(alg.loss)(state["params"], hp, state, xs, ys, jax.random.key(1))
     f = np.asarray(jax.jit(alg.env_logits)(state["params"], xs)).reshape(8, 3).astype(np.float64)
@@ -58,8 +44,8 @@ def test_xded_loss_is_ce_plus_kd_to_the_same_label_mean():
 
 
 def test_sdat_perturbs_along_the_task_loss_only():
-    alg, hp = build("sdat", rho=0.5, mlp_width=16, **{"lambda": 10.0})
-    xs, ys = batches(1)
+    alg, hp = build_tiny("sdat", rho=0.5, mlp_width=16, **{"lambda": 10.0})
+    xs, ys = tiny_batches(1)
     state = alg.init(jax.random.key(0), hp)
     new, _ = jax.jit(alg.update)(hp, state, xs, ys, jax.random.key(1))
     assert int(new["step"]) == 1          # DomainBed counts from 1: step 1 is a generator step
@@ -88,9 +74,9 @@ def test_sdat_perturbs_along_the_task_loss_only():
 def test_dmg_masks_straight_through_overlap_and_test_rule():
     from mixjax.dg.algorithms.dmg import overlap_penalty
 
-    alg, hp = build("dmg")
+    alg, hp = build_tiny("dmg")
     assert float(hp["dmg_overlap"]) == np.float32(0.1)                # OVERLAP_LAMBDA
-    xs, ys = batches(2)
+    xs, ys = tiny_batches(2)
     state = alg.init(jax.random.key(0), hp)
     masks = np.asarray(state["masks"], np.float64)
     assert masks.shape == (2, 8) and (masks >= 0).all() and (masks < 1).all()   # torch.rand logits

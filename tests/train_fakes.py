@@ -3,8 +3,9 @@
 Domains are synthetic token languages: domain d emits x_{t+1} = (a_d x_t + c_d)
 mod V' with a little noise, so a small model learns them quickly and their
 losses differ. The composition of each batch comes from the real
-``mixjax.data.BatchComposer`` (weights, lag, modes), so the loop is exercised
-against the real set_weights/lag semantics without reading files.
+``mixjax.data.BatchComposer`` (weights, lag, modes; :class:`mixjax.data.generated.
+GeneratedSampler`), so the loop is exercised against the real set_weights/lag
+semantics without reading files.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mixjax.config import Config
-from mixjax.data.composer import BatchComposer
+from mixjax.data.generated import GeneratedSampler
 from mixjax.train.data import TrainData
 
 VOCAB = 32
@@ -29,40 +30,22 @@ def domain_sequence(d: int, index: int, length: int, seed: int = 0, noise: float
     return x
 
 
-class FakeSampler:
+class FakeSampler(GeneratedSampler):
+    """The languages of ``domain_sequence`` drawn by the real composer; ``pad_tail`` pads
+    the tail of every odd-numbered row of a domain (to test the loss mask)."""
+
     def __init__(self, domains, *, batch_size, seq_len, weights, mode="multinomial", lag=1,
                  seed=0, pad_tail: bool = False):
-        self.domains = tuple(domains)
-        self.composer = BatchComposer(self.domains, batch_size=batch_size, weights=weights,
-                                      mode=mode, lag=lag, seed=seed)
-        self.seq_len, self.seed, self.lag = seq_len, seed, lag
         self.pad_tail = pad_tail
-        self.next_index = [0] * len(self.domains)
+        super().__init__(domains, self._rows, batch_size=batch_size, seq_len=seq_len,
+                         weights=weights, mode=mode, lag=lag, seed=seed)
 
-    def set_weights(self, weights, step):
-        self.composer.set_weights(weights, step)
-
-    def weights_for(self, step):
-        return self.composer.weights_for(step)
-
-    def __next__(self):
-        ids, counts = self.composer.next_ids()
-        rows = []
-        for d in ids:
-            seq = domain_sequence(int(d), self.next_index[d], self.seq_len + 1, self.seed)
-            if self.pad_tail and self.next_index[d] % 2:   # some padding to test the mask
-                seq[-(1 + self.next_index[d] % 5):] = PAD
-            self.next_index[d] += 1
-            rows.append(seq)
-        return {"tokens": np.stack(rows), "domain_id": ids.astype(np.int32),
-                "domain_counts": counts}
-
-    def get_state(self):
-        return {"composer": self.composer.get_state(), "next_index": list(self.next_index)}
-
-    def set_state(self, state):
-        self.composer.set_state(state["composer"])
-        self.next_index = list(state["next_index"])
+    def _rows(self, k, start, n, length):
+        rows = np.stack([domain_sequence(k, i, length, self.seed) for i in range(start, start + n)])
+        for j, i in enumerate(range(start, start + n)):
+            if self.pad_tail and i % 2:
+                rows[j, -(1 + i % 5):] = PAD
+        return rows
 
 
 def fake_data(cfg: Config, domains=("a", "b", "c"), token_counts=(100.0, 300.0, 600.0),

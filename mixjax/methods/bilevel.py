@@ -53,6 +53,45 @@ PyTree = Any
 UWP_KEYS = ("u", "w", "p", "opt_u", "opt_w", "opt_p")
 
 
+def penalty_update(loss_vec, coeffs, uwp: Mapping[str, Any], val: Mapping[str, jax.Array],
+                   token_loss_fn: G.TokenLossFn, *, tx_u: optax.GradientTransformation,
+                   tx_w: optax.GradientTransformation, tx_p: optax.GradientTransformation,
+                   penalty: float):
+    """The ScaleBiO step for any upper variable ``p`` that weights a vector of losses.
+
+    ``loss_vec(params) -> (L f32[N], aux)``: the training losses (K domain means, or B
+    sequence means); ``coeffs(p, aux_w) -> c f32[N]``: their weights, so that
+    ``L2(theta, p) = c(p) . L(theta)`` (``aux_w``: the aux of ``loss_vec`` at w, e.g. the
+    features an instance net scores; c is treated as a constant of theta). Then::
+
+        u <- opt_u(u, a * J_L(u)^T c)
+        w <- opt_w(w, a * J_L(w)^T c + grad L1(w))
+        p <- opt_p(p, a * J_c(p)^T (L(w) - L(u)))
+
+    every gradient taken at the current (u, w, p). Returns ``(new uwp, parts)`` with
+    ``parts = {lw, lu, aux_w, c, gp, val_loss, grad_norm_w}`` (``c`` at the old p).
+    """
+    lu, pull_u, _ = jax.vjp(loss_vec, uwp["u"], has_aux=True)
+    lw, pull_w, aux_w = jax.vjp(loss_vec, uwp["w"], has_aux=True)
+    aux_w = jax.lax.stop_gradient(aux_w)
+    c, pull_p = jax.vjp(lambda p: coeffs(p, aux_w), uwp["p"])
+    l1, g1 = jax.value_and_grad(lambda w: G.mean_loss(token_loss_fn, w, val))(uwp["w"])
+    cot = jax.lax.stop_gradient(penalty * c)
+    gu = pull_u(cot)[0]
+    gw = jax.tree.map(jnp.add, pull_w(cot)[0], g1)
+    gp = pull_p(penalty * jax.lax.stop_gradient(lw - lu))[0]
+
+    upd_u, opt_u = tx_u.update(gu, uwp["opt_u"], uwp["u"])
+    upd_w, opt_w = tx_w.update(gw, uwp["opt_w"], uwp["w"])
+    upd_p, opt_p = tx_p.update(gp, uwp["opt_p"], uwp["p"])
+    new = {"u": optax.apply_updates(uwp["u"], upd_u), "w": optax.apply_updates(uwp["w"], upd_w),
+           "p": optax.apply_updates(uwp["p"], upd_p), "opt_u": opt_u, "opt_w": opt_w,
+           "opt_p": opt_p}
+    parts = {"lw": lw, "lu": lu, "aux_w": aux_w, "c": c, "gp": gp, "val_loss": l1,
+             "grad_norm_w": optax.tree.norm(gw)}
+    return new, parts
+
+
 def bilevel_update(token_loss_fn: G.TokenLossFn, uwp: Mapping[str, Any],
                    batch: Mapping[str, jax.Array], *, num_domains: int,
                    tx_u: optax.GradientTransformation, tx_w: optax.GradientTransformation,
@@ -64,28 +103,18 @@ def bilevel_update(token_loss_fn: G.TokenLossFn, uwp: Mapping[str, Any],
     """
     k = num_domains
     lam = jax.nn.softmax(uwp["p"])
-    val = G.target_batch(batch)
 
     def loss_vec(params):
         return G.domain_loss_vector(token_loss_fn, params, batch, k)
 
-    lu, pull_u, count = jax.vjp(loss_vec, uwp["u"], has_aux=True)
-    lw, pull_w, _ = jax.vjp(loss_vec, uwp["w"], has_aux=True)
-    l1, g1 = jax.value_and_grad(lambda w: G.mean_loss(token_loss_fn, w, val))(uwp["w"])
-    gu = pull_u(penalty * lam)[0]
-    gw = jax.tree.map(jnp.add, pull_w(penalty * lam)[0], g1)
-    gap = jax.lax.stop_gradient(lw - lu)
-    gp = jax.grad(lambda p: penalty * jnp.dot(jax.nn.softmax(p), gap))(uwp["p"])
-
-    upd_u, opt_u = tx_u.update(gu, uwp["opt_u"], uwp["u"])
-    upd_w, opt_w = tx_w.update(gw, uwp["opt_w"], uwp["w"])
-    upd_p, opt_p = tx_p.update(gp, uwp["opt_p"], uwp["p"])
-    p = optax.apply_updates(uwp["p"], upd_p)
-    new = {"u": optax.apply_updates(uwp["u"], upd_u), "w": optax.apply_updates(uwp["w"], upd_w),
-           "p": p, "opt_u": opt_u, "opt_w": opt_w, "opt_p": opt_p}
-    metrics = {"val_loss": l1, "L2_w": jnp.dot(lam, lw), "L2_u": jnp.dot(lam, lu),
-               "domain_loss": lw, "domain_loss_u": lu, "domain_count": count,
-               "weights": jax.nn.softmax(p), "grad_p": gp, "grad_norm_w": optax.tree.norm(gw)}
+    new, m = penalty_update(loss_vec, lambda p, _: jax.nn.softmax(p), uwp,
+                            G.target_batch(batch), token_loss_fn, tx_u=tx_u, tx_w=tx_w,
+                            tx_p=tx_p, penalty=penalty)
+    lw, lu = m["lw"], m["lu"]
+    metrics = {"val_loss": m["val_loss"], "L2_w": jnp.dot(lam, lw), "L2_u": jnp.dot(lam, lu),
+               "domain_loss": lw, "domain_loss_u": lu, "domain_count": m["aux_w"],
+               "weights": jax.nn.softmax(new["p"]), "grad_p": m["gp"],
+               "grad_norm_w": m["grad_norm_w"]}
     return new, metrics
 
 

@@ -1,8 +1,8 @@
 """``mixjax search``: the command's parser and dispatch over its routes: regmix and law
 (:mod:`~mixjax.search.pipeline`), skillit-graph (:mod:`~mixjax.search.skillit_graph`),
-domain2vec (:mod:`~mixjax.search.domain2vec`), dcpt and sft
-(:mod:`~mixjax.search.cpt_search`). Every route reports bad input in one ``error:`` line
-with exit status 2 before anything trains."""
+domain2vec (:mod:`~mixjax.search.domain2vec`), agent (:mod:`~mixjax.search.agent_search`),
+dcpt and sft (:mod:`~mixjax.search.cpt_search`). Every route reports bad input in one
+``error:`` line with exit status 2 before anything trains."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from mixjax.search.settings import DEFAULTS, METHODS, SearchError, load_search_c
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    cpt_search.add_parsers(_add_swarm_routes(parser))
+    from mixjax.search import agent_search
+    sub = _add_swarm_routes(parser)
+    cpt_search.add_parsers(sub)
+    agent_search.add_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
         return cpt_search.run(args)
     if args.method == "skillit-graph":
         return _run_skillit_graph(args)
+    if args.method == "agent":
+        from mixjax.search import agent_search
+        return agent_search.run_cli(args)
     if args.method == "domain2vec":
         from mixjax.search import domain2vec
         return domain2vec.run_cli(args)

@@ -11,8 +11,7 @@ The paper fits one law per validation corpus, each in the ratio of *its own* cor
 fixed setting here, default 0.01). The general loss is ``L_g(N, D, 1 - r)`` and the
 domain loss ``L_d(N, D, r)``. No public code of the paper was found (searched the
 indexed GitHub code, issues and pages for "D-CPT law"; only summaries exist), so the
-law is implemented as written in the paper (forms recorded in
-/work/shared/reference/mixing-search.md §5).
+law is implemented as written in the paper (its forms as the paper states them).
 
 Cross-domain D-CPT Law (paper §3.3): the domain losses of several domains share
 every parameter except a domain-specific learnable coefficient K_j entering as

@@ -8,8 +8,8 @@ x_j tokens of domain j (x = w D for mixture w and budget D)::
     Deff_i(x)  = x_i + sum_{j != i} kappa_ij x_j^rho_i        (0 < rho_i < 1)
 
 kappa (k x k, zero diagonal) is the transfer matrix. The paper gives no code and its
-exact transfer form is recorded only from a secondary summary
-(/work/shared/reference/mixing-search.md §4, marked [U]): the sublinear transfer
+exact transfer form is recorded only from a secondary summary of it (unverified
+against the paper's text): the sublinear transfer
 exponent is taken per target domain (rho_i), kappa_ij >= 0, and tokens are measured
 in units of ``scale`` (the mean total tokens of the fitted runs) so the parameters
 are O(1). Fitting: one law per domain by :func:`mixjax.search.laws.fit_huber`

@@ -150,9 +150,7 @@ class Swarm:
         else:
             schedule = None
         self.tx = tx
-        apply_to = "loss" if route == "upweight" else "sampling"
-        self.mixer = mixing.build("uniform", {}, domains=self.domains,
-                                  token_counts=self.data.token_counts, apply_to=apply_to)
+        self.mixer = self.proxy_mixer("loss" if route == "upweight" else "sampling")
         # Each proxy runs the default Method's step (mixjax.methods.mixer), unchanged.
         ctx = methods.MethodContext(cfg=cfg, domains=self.domains, apply=self.apply,
                                     pad_id=self.data.pad_id, tx=tx, schedule=schedule,
@@ -185,12 +183,21 @@ class Swarm:
             else:
                 params = jax.tree.map(jnp.asarray, self.init_params)
             s = state_lib.init_state(params, self.tx, self.mixer, k, seed)
-            w = jnp.asarray(self.mixtures[p], jnp.float32)
-            s = s.replace(mix_state={**s.mix_state, "weights": w, "weight_sum": jnp.array(w)})
-            states.append(s)
+            states.append(s.replace(mix_state=self.proxy_mix_state(p, s.mix_state)))
         proxy = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
         return {"proxy": proxy, "alive": jnp.ones((self.num_proxies,), bool),
                 "died_at": jnp.full((self.num_proxies,), -1, jnp.int32)}
+
+    def proxy_mixer(self, apply_to: str):
+        """Every proxy's mixer: a static one whose weights :meth:`proxy_mix_state` sets
+        (a subclass may replay per-proxy schedules instead, mixjax.search.agent_swarm)."""
+        return mixing.build("uniform", {}, domains=self.domains,
+                            token_counts=self.data.token_counts, apply_to=apply_to)
+
+    def proxy_mix_state(self, p: int, mix_state: dict) -> dict:
+        """Proxy ``p``'s initial mixer state: its mixture h_p."""
+        w = jnp.asarray(self.mixtures[p], jnp.float32)
+        return {**mix_state, "weights": w, "weight_sum": jnp.array(w)}
 
     def state_shardings(self, state):
         """``P("models", *param_spec)`` for params and Adam moments (the param spec on the
