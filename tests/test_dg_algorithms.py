@@ -15,7 +15,7 @@ K, B = 3, 8
 NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="mlp", mlp_width=16)
 # algorithms that need convolutional feature maps
 CNN_NET = NetSpec(input_shape=(4, 4, 1), num_classes=2, featurizer="cnn", cnn_widths=(16, 16, 16, 16))
-NETS = {"ccfp": CNN_NET, "ttss": CNN_NET}
+NETS = {"ccfp": CNN_NET, "ttss": CNN_NET, "mmld": CNN_NET}
 
 
 def tiny_batches():
@@ -32,7 +32,7 @@ def build(name, **override):
 
 # DomainBed's SANDMask default tau = 1 masks every coordinate (tanh(k (a - 1) / v) <= 0 is
 # clipped to 0), so its default run does not move; test_dg_penalties_domainbed checks that.
-LEARNING_OVERRIDES = {"sandmask": {"tau": 0.5}}
+LEARNING_OVERRIDES = {"sandmask": {"tau": 0.5}, "mode": {"mode_steps": 2}}   # mode: fewer ascent steps (test time)
 
 
 @pytest.mark.parametrize("name", sorted(A.ALGORITHMS))

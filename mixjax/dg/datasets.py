@@ -223,7 +223,9 @@ def colored_mnist(
         x[np.arange(len(x)), :, :, 1 - colour] = 0.0  # zero the channel of the other colour
         envs.append((x, y))
         names.append(f"{'+' if e < 0.5 else '-'}{round(100 * max(e, 1 - e))}%")
-    return EnvDataset("colored_mnist", tuple(names), tuple(envs), num_classes=2)
+    # each env's colour-label agreement P(colour = y) = 1 - e (per-environment metadata)
+    return EnvDataset("colored_mnist", tuple(names), tuple(envs), num_classes=2,
+                      env_metadata=tuple({"colour_agreement": 1.0 - float(e)} for e in env_probs))
 
 
 def rotated_mnist(seed: int = 0, angles: Sequence[float] = (0, 15, 30, 45, 60, 75), downsample: int = 1) -> EnvDataset:

@@ -41,8 +41,14 @@ class DeviceData:
             in_idx[i, : len(ins)] = ins
             in_mask[i, ins] = True
             out_mask[i, outs] = True
+        train_envs = np.asarray([i for i in range(e) if i not in job.test_envs], np.int32)
+        extra = {}
+        matrix = test_time.metadata_matrix(self.env_meta)
+        if matrix is not None:   # the training envs' metadata (D3G's relations), rows as in xs
+            extra["train_env_meta"] = matrix[train_envs]
         return {
-            "train_envs": np.asarray([i for i in range(e) if i not in job.test_envs], np.int32),
+            **extra,
+            "train_envs": train_envs,
             "in_idx": in_idx,
             "in_len": np.asarray([len(s[0]) for s in splits], np.int32),
             "in_mask": in_mask,
@@ -83,6 +89,8 @@ class GroupRunner:
             key = jax.random.wrap_key_data(kd, impl=RNG_IMPL)
             key, kb, ku = jax.random.split(key, 3)
             xs, ys = self._sample(kb, jd, X, Y)
+            if self.alg.needs_train_env_metadata:
+                hp = {**hp, "train_env_meta": jd["train_env_meta"]}
             state, metrics = self._update(hp, state, xs, ys, ku)
             return state, jax.random.key_data(key), metrics
 

@@ -11,7 +11,9 @@ over the environment's examples in index order, in chunks of ``chunk`` rows (``v
 marks the padding of the last chunk), and the accuracies of the in/out splits are read from
 ``argmax logits`` as for plain prediction. Deterministic: a fixed order, no randomness, and a
 fresh ``tt_0`` per environment. ``meta_e`` = ``{"env": e, "is_test": e not in the job's
-training envs, "size": N_e, **EnvDataset.env_metadata[e]}`` (scalars).
+training envs, "size": N_e, **EnvDataset.env_metadata[e]}`` (scalars), plus, on a dataset with
+metadata, ``env_meta`` f32[M] (env e's fields, sorted by name) and ``train_env_meta`` f32[K, M]
+(the job's training envs', in the order of the training batches).
 
 Its cost is reported in every record: ``test_time_s`` (wall seconds of the evaluation per
 job) and, when the test-time state has a ``cost`` entry, ``env{e}_tt_cost`` (the algorithm's
@@ -58,6 +60,11 @@ def check_requirements(algorithms, data, net=None) -> None:
                 f"config key 'model.featurizer': algorithm {name!r} needs a convolutional feature map; "
                 f"the featuriser is an MLP ({net.featurizer!r} on dataset {data.name!r}, input shape "
                 f"{tuple(data.input_shape)}) - use cnn, resnet, resnet18 or resnet50")
+        if A.get(name).needs_train_env_metadata and not have:
+            raise ConfigError(
+                f"config key 'algorithms': algorithm {name!r} needs per-environment metadata (any "
+                f"numbers per environment, e.g. rotated_mnist's angle); dataset {data.name!r} has none "
+                "- choose a dataset that provides it")
         missing = [k for k in A.get(name).needs_env_metadata if k not in have]
         if missing:
             raise ConfigError(
@@ -78,7 +85,16 @@ def env_metadata(data) -> dict[str, np.ndarray]:
     return out
 
 
+def metadata_matrix(meta: dict) -> np.ndarray | None:
+    """f32[E, M]: the per-environment numbers of :func:`env_metadata` (fields sorted by name,
+    ``size`` left out), or None when the dataset has none."""
+    names = sorted(k for k in meta if k != "size")
+    return np.stack([np.asarray(meta[k], np.float32) for k in names], 1) if names else None
+
+
 def _evaluate_fn(alg: Algorithm, meta: dict, chunk: int, batched: bool):
+    matrix = metadata_matrix(meta)
+
     def ev(state, jd, X, Y):
         Y = jd.get("y", Y)   # label noise: the job's labels (its test envs' are clean)
         e, n = Y.shape
@@ -88,6 +104,9 @@ def _evaluate_fn(alg: Algorithm, meta: dict, chunk: int, batched: bool):
 
         def one_env(i):
             me = {"env": i, "is_test": is_test[i], **{k: jnp.asarray(v)[i] for k, v in meta.items()}}
+            if matrix is not None:   # the env's metadata vector and the job's training envs' rows
+                me["env_meta"] = jnp.asarray(matrix)[i]
+                me["train_env_meta"] = jnp.asarray(matrix)[jd["train_envs"]]
             tt = alg.test_time_init(state, me)
             x = jnp.concatenate([X[i], jnp.zeros((pad, *X.shape[2:]), X.dtype)])
             v = jnp.concatenate([valid_rows[i], jnp.zeros((pad,), bool)])

@@ -67,5 +67,6 @@ from mixjax.dg.algorithms import adanpc  # noqa: E402,F401  test-time methods
 from mixjax.dg.algorithms import dmg, sdat, xded  # noqa: E402,F401  founding papers, third round
 from mixjax.dg.algorithms import irm_gram, ttss  # noqa: E402,F401  DG round 3
 from mixjax.dg.algorithms import wakd  # noqa: E402,F401  DG round 4
+from mixjax.dg.algorithms import d3g, mmld, mode  # noqa: E402,F401  DG round 3, second set (founding papers)
 from mixjax.dg.algorithms import gaqat  # noqa: E402,F401  DG round 5
 from mixjax.dg.algorithms import metadmoe  # noqa: E402,F401  DG round 5, test-time

@@ -92,6 +92,11 @@ class Algorithm:
     # rotation angle for continuous environments); a dataset without them is refused before
     # anything is built (``mixjax.dg.test_time.check_requirements``)
     needs_env_metadata: ClassVar[tuple[str, ...]] = ()
+    # reads the metadata of the job's training envs, all of the dataset's fields sorted by name,
+    # as ``hp["train_env_meta"]`` f32[K, M] in the update (the rows follow ``xs``) and at test
+    # time as ``meta["train_env_meta"]`` next to the evaluated env's ``meta["env_meta"]`` f32[M]
+    # (D3G's domain relations); a dataset without metadata is refused (same check)
+    needs_train_env_metadata: ClassVar[bool] = False
     # reads a convolutional feature map of the featuriser (refused on an MLP featuriser, same check)
     needs_feature_map: ClassVar[bool] = False
 
