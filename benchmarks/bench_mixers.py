@@ -42,6 +42,9 @@ backward next to the engine; with its model gradient from the engine (``model_gr
 "coeffs"``, same load, plain 152 ms): gram[mean] 1.00, dids 1.23 (target 1.25).
 ``--only plain,agent --steps 3 --rounds 5`` (2026-12-05, load ~6, plain 171 ms CPU/step):
 CPU ratio agent 0.99 (a random policy of the default size, deciding every step).
+``--only plain,prospect,feasible,iwrm --steps 3 --rounds 5`` (2026-12-05, load ~6, plain 172 ms
+CPU/step): CPU ratio prospect 1.02, feasible 1.03, iwrm 1.31 (target 1.5: the B x B Gram of
+the per-sequence gradients).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ from mixjax.mixing import statistics as stat_registry
 TARGETS = {"aioli": 1.05, "skillit": 1.05, "pcgrad": 1.25, "mgda": 1.25, "upgrad": 1.25,
            "groupdro": 1.05, "odm": 1.05, "odm_smoothed": 1.05, "ado": 1.05,
            "ado amortised": 1.05, "quadratic reweight": 1.05, "doremi": 1.45, "tdro": 1.45,
-           "drrho": 1.45, "toremi": 1.05, "agent": 1.05}
+           "drrho": 1.45, "toremi": 1.05, "agent": 1.05, "iwrm": 1.5}
 
 
 def methods(refit_every: int):
@@ -100,6 +103,11 @@ def methods(refit_every: int):
         # the Data Mixing Agent with a random policy of the default size, deciding every
         # step (the decision is branch-free: the policy runs in every step anyway)
         "agent": ("agent", {"interval": 1}, None),
+        # sample-level rules (docs/selection.md): sorted-loss weights, per-sequence duals, and
+        # UPGrad over the B x B Gram of the per-sequence gradients (the vmap engine)
+        "prospect": ("prospect", {}, None),
+        "feasible": ("feasible", {}, None),
+        "iwrm": ("iwrm", {}, None),
     }
 
 
