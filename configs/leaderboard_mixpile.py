@@ -32,6 +32,10 @@ BASELINE = "stratified_uniform"
 # mixpile-tiny and mixpile share these domains (mixjax.data.corpus.recipes)
 DOMAINS = ("code", "conversation", "legal", "literature", "math", "news", "science", "tech_docs")
 NEEDS_REFERENCE = ("doremi", "tdro", "drrho")
+# Methods that read a trained policy (the Data Mixing Agent): experiments/leaderboard_mixpile.py
+# trains it first with `mixjax search agent configs/search_tiny_agent.py` (same 8 domains,
+# same proxy model; its budget is not counted in the agent's, like a reference model's).
+NEEDS_POLICY = ("agent",)
 
 
 def base(size: str = "tiny") -> Config:
@@ -152,6 +156,14 @@ def _method(cfg: Config, name: str) -> Config:
         late = {dom: (5.0 if dom in ("code", "math") else 1.0) for dom in DOMAINS}
         m.hparams = {"unit": "fraction", "knots": [
             {"at": 0.0, "weights": {dom: 1.0 for dom in DOMAINS}}, {"at": 1.0, "weights": late}]}
+    elif name in ("dreamprm", "meta_weight_net"):   # configs/lm_tiny_dreamprm.py; target code
+        d.sampler, cfg.train.objective = "multinomial", name
+        cfg.train.objective_hparams = ({"weights": "table", "penalty": 10.0, "lr_p": 0.05}
+                                       if name == "dreamprm" else {"penalty": 10.0})
+        g.target = "code"
+    elif name == "agent":   # configs/search_tiny_agent.py: the policy decides every 30 steps
+        # stratified batches with loss weights w_d / share_d: the route its trajectories used
+        m.name = "agent"
     else:
         raise ValueError(f"unknown leaderboard method {name!r}; known: {', '.join(METHODS)}")
     return cfg
@@ -163,13 +175,15 @@ METHODS = (BASELINE, "uniform", "natural", "temperature", "groupdro", "doremi", 
            "aioli", "skillit", "pcgrad", "mgda", "upgrad", "upgrad_target",
            "upsample_end", "staged", "linear_schedule",
            # sample-level rules (docs/selection.md)
-           "prospect", "feasible", "iwrm",
+           "prospect", "feasible", "iwrm", "dreamprm", "meta_weight_net",
            # third round (docs/mixing.md)
-           "drrho", "toremi", "dids")
+           "drrho", "toremi", "dids", "agent")
 
 
-def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -> list[Config]:
-    """One Config per method; ``reference`` (a run dir) for the methods that need one."""
+def configs(size: str = "tiny", methods=METHODS, reference: str | None = None,
+            policy: str | None = None) -> list[Config]:
+    """One Config per method; ``reference`` (a run dir) and ``policy`` (an agent policy file)
+    for the methods that need one."""
     out = []
     for name in methods:
         cfg = _method(base(size), name)
@@ -177,6 +191,10 @@ def configs(size: str = "tiny", methods=METHODS, reference: str | None = None) -
             if reference is None:
                 raise ValueError(f"method {name!r} needs a reference run (train.reference)")
             cfg.train.reference = reference
+        if name in NEEDS_POLICY:
+            if policy is None:
+                raise ValueError(f"method {name!r} needs a policy (mixjax search agent)")
+            cfg.mixing.hparams = {"policy": policy}
         out.append(cfg)
     return out
 

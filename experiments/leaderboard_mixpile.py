@@ -5,7 +5,8 @@
         [--methods stratified_uniform groupdro ...]
 
 Steps: (1) the baseline (stratified uniform) grid, whose seed-0 run is the frozen reference of
-DoReMi and tDRO; (2) every method through `mixjax compare` (finished runs are reused, so the
+DoReMi, tDRO and DRRho, and the Data Mixing Agent's policy (`mixjax search agent
+configs/search_tiny_agent.py`, into OUT/agent_policy); (2) every method through `mixjax compare` (finished runs are reused, so the
 command resumes where it stopped); (3) results.md / results.csv / plots in --out. The configs
 and sizes are in configs/leaderboard_mixpile.py; the published table is docs/leaderboard.md.
 """
@@ -33,11 +34,28 @@ def run(size: str, seeds: int, out: pathlib.Path, methods=board.METHODS, progres
     if any(m in board.NEEDS_REFERENCE for m in methods):
         grid = runs_lib.plan_grid([board.base(size)], seeds, list(overrides), out)
         reference = str(grid[0].run_dir)      # the baseline's seed-0 run
-    cfgs = board.configs(size, methods, reference=reference)
+    policy = None
+    if any(m in board.NEEDS_POLICY for m in methods):
+        policy = train_policy(out / "agent_policy", overrides)
+    cfgs = board.configs(size, methods, reference=reference, policy=policy)
     res = compare(cfgs, seeds=seeds, out=out, baseline=board.BASELINE, progress=progress,
                   compile_cache=compile_cache, overrides=list(overrides))
     res["wall_s"] = time.perf_counter() - t0
     return res
+
+
+def train_policy(out: pathlib.Path, overrides=()) -> str:
+    """The Data Mixing Agent's policy (``mixjax search agent configs/search_tiny_agent.py``),
+    trained once into ``out`` and reused (the route resumes or reuses its swarm)."""
+    policy = out / "agent.json"
+    if not policy.is_file():
+        import subprocess
+        cmd = [sys.executable, "-m", "mixjax", "search", "agent",
+               str(ROOT / "configs" / "search_tiny_agent.py"), "--out", str(out)]
+        for o in overrides:   # e.g. train.steps for a smoke run
+            cmd += ["--set", o]
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    return str(policy)
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from mixjax import mixing  # noqa: E402
 
 @pytest.mark.parametrize("size", ["tiny", "mixpile"])
 def test_every_method_shares_budget_eval_sets_and_seeds(size, tmp_path):
-    cfgs = board.configs(size, reference=str(tmp_path / "ref"))
+    cfgs = board.configs(size, reference=str(tmp_path / "ref"), policy=str(tmp_path / "p.json"))
     assert [c.name for c in cfgs] == list(board.METHODS)
     grid = runs_lib.plan_grid(cfgs, 3, [], tmp_path)   # raises on a budget / eval-set mismatch
     assert len(grid) == 3 * len(board.METHODS)
@@ -25,14 +25,13 @@ def test_every_method_shares_budget_eval_sets_and_seeds(size, tmp_path):
 
 
 def test_leaderboard_covers_every_registered_mixer():
-    used = {c.mixing.name for c in board.configs("tiny", reference="r")}
+    used = {c.mixing.name for c in board.configs("tiny", reference="r", policy="p.json")}
     # Only the package's own mixers: tests and the docs' worked examples register others (plugins)
     # in the same worker. manual: user-given weights, nothing to rank. moe_dynamic: it reads the
     # expert routing of a mixture-of-experts model (model.kind=moe), and the leaderboard ranks
     # every method on one dense model; its comparison is configs/lm_tiny_moe_dynamic_mix.py.
-    # agent: it needs a policy trained by `mixjax search agent` (configs/search_tiny_agent.py).
     own = {n for n in mixing.names() if mixing.mixer_class(n).__module__.startswith("mixjax.")}
-    missing = own - used - {"manual", "moe_dynamic", "agent"}
+    missing = own - used - {"manual", "moe_dynamic"}
     assert not missing, f"registered mixers not on the leaderboard: {sorted(missing)}"
 
 
