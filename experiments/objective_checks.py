@@ -5,8 +5,8 @@ is large, next to the ``uniform`` mixer on the same budget, data, model and seed
 and judged on the objective the method states (not on the average loss):
 
 * **target case** (DoGE, DGA, bilevel, UPGrad-target, DIDS): four training languages
-  a-d; the target is the validation split of ``c`` (its data exists in one training
-  domain only). Objective: ``c``'s validation loss after the budget.
+  a-d; the target batch is 64 sequences of ``c`` (its data exists in one training
+  domain only). Objective: ``c``'s loss on 64 other sequences after the budget.
 * **out-of-domain target** (DoGE ``target=ood``): the same four training languages
   and a held-out domain ``t`` drawn from ``c``'s process (other sequences); ``t`` is
   never trained on. Objective: ``t``'s validation loss.
@@ -90,9 +90,14 @@ CASES = {
 def make_data(cfg: Config, case: str) -> TrainData:
     langs, shares, heldout = CASES[case]
     s, n_eval = cfg.data.seq_len, cfg.eval.num_seqs
-    # Validation sequences: a fixed seed, apart from every training stream.
+    # Evaluation sequences, and apart from them the target batches a target-directed method
+    # trains against (grads.target's split): fixed seeds, apart from every training stream,
+    # so the objective is measured on sequences no method has seen.
+    every = list({**langs, **heldout}.items())
     eval_sets = {d: lang.sequences(n_eval, s + 1, np.random.default_rng([10_000, i]))
-                 for i, (d, lang) in enumerate({**langs, **heldout}.items())}
+                 for i, (d, lang) in enumerate(every)}
+    target_sets = {d: lang.sequences(n_eval, s + 1, np.random.default_rng([20_000, i]))
+                   for i, (d, lang) in enumerate(every)}
 
     names, seed = tuple(langs), cfg.train.seed
 
@@ -107,7 +112,7 @@ def make_data(cfg: Config, case: str) -> TrainData:
     return TrainData(domains=tuple(langs), token_counts=tuple(1e6 * x for x in shares),
                      vocab_size=P + 1, pad_id=PAD, eval_sets=eval_sets,
                      make_sampler=make_sampler, heldout_domains=tuple(heldout),
-                     target_sets={d: eval_sets[d] for d in (*langs, *heldout)})
+                     target_sets=target_sets)
 
 
 def base_config(run_dir, seed: int, steps: int) -> Config:
