@@ -39,6 +39,7 @@ import pathlib
 import pstats
 import sys
 import tempfile
+import threading
 import time
 
 import jax
@@ -87,7 +88,8 @@ def null_step(trainer: loop.Trainer, online: bool):
 
 def run(cfg, data, warmup: int, online: bool, prof: cProfile.Profile | None = None) -> np.ndarray:
     """Seconds after warm-up: (wall per step, process CPU per step, wall per step less the
-    checkpoints', wall per checkpoint) (see the module docstring).
+    checkpoints', wall per checkpoint, main thread CPU per step, prefetch thread CPU per
+    step) (see the module docstring).
 
     ``prof``: profiles the main thread over the timed window only."""
     marks, trainers = {}, []
@@ -140,13 +142,27 @@ def run(cfg, data, warmup: int, online: bool, prof: cProfile.Profile | None = No
     finally:
         loop.Trainer, engine.all_finite, ckpt_lib.Checkpointer.save = base, finite, save
     n = cfg.train.steps - warmup
-    wall, cpu = (marks["end"] - marks["start"]) / n
+    wall, cpu, main_cpu, feed_cpu = (marks["end"] - marks["start"]) / n
     saves = max(1, len(ckpt_times) // 2)
-    return np.array([wall, cpu, wall - sum(ckpt_times) / n, sum(ckpt_times) / saves])
+    return np.array([wall, cpu, wall - sum(ckpt_times) / n, sum(ckpt_times) / saves,
+                     main_cpu, feed_cpu])
 
 
 def _now():
-    return np.array([time.perf_counter(), time.process_time()])
+    """(wall, process CPU, main thread CPU, prefetch thread CPU) seconds."""
+    return np.array([time.perf_counter(), time.process_time(), time.thread_time(),
+                     _thread_cpu("mixjax-prefetch")])
+
+
+def _thread_cpu(name: str) -> float:
+    """CPU seconds of the live thread ``name`` (0 if none): what waiting cannot inflate."""
+    for th in threading.enumerate():
+        if th.name == name and th.ident is not None:
+            try:
+                return time.clock_gettime(time.pthread_getcpuclockid(th.ident))
+            except (OSError, AttributeError):   # not Linux / the thread just ended
+                return float("nan")
+    return 0.0
 
 
 @contextlib.contextmanager
@@ -204,8 +220,9 @@ def main(argv=None):
           f"{args.warmup} warm-up, median of {args.reps}; lag {args.lag}, log every "
           f"{args.log_every}, checkpoint every {args.ckpt_every}; load {loadavg()}")
     print("| mixer | B x S | host ms/step | CPU ms/step | ms/step without checkpoints | "
-          "ms per checkpoint | target ms/step | met | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "ms per checkpoint | main thread CPU ms/step | prefetch thread CPU ms/step "
+          "| target ms/step | met | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     prof = cProfile.Profile() if args.profile else None
     ctx = profiled(pathlib.Path(args.profile), prof) if args.profile else contextlib.nullcontext()
     n = 0
@@ -227,11 +244,13 @@ def main(argv=None):
                     data = data or build_data(cfg)
                     times.append(run(cfg, data, args.warmup, online=mixer != "uniform",
                                      prof=prof))
-                wall, cpu, bare, ckpt = np.median(np.stack(times), axis=0) * 1e3
+                wall, cpu, bare, ckpt, main_cpu, feed_cpu = \
+                    np.median(np.stack(times), axis=0) * 1e3
                 target = TARGET_MS.get(shape)
                 met = "" if target is None else ("yes" if wall <= target else "no")
                 print(f"| {mixer} | {b} x {s} | {wall:.3f} | {cpu:.3f} | {bare:.3f} | {ckpt:.0f} "
-                      f"| {target or '-'} | {met} | {loadavg()} |", flush=True)
+                      f"| {main_cpu:.3f} | {feed_cpu:.3f} | {target or '-'} | {met} "
+                      f"| {loadavg()} |", flush=True)
 
 
 if __name__ == "__main__":
