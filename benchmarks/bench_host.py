@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import cProfile
 import io
+import os
 import pathlib
 import pstats
 import sys
@@ -46,7 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# MIXJAX_BENCH_ROOT: run this script against another checkout's code and configs (the
+# side-by-side comparison of benchmarks/bench_host_ab.py); default this one.
+ROOT = pathlib.Path(os.environ.get("MIXJAX_BENCH_ROOT") or pathlib.Path(__file__).parents[1])
+ROOT = ROOT.resolve()
 sys.path.insert(0, str(ROOT))
 
 from mixjax import config as config_lib  # noqa: E402
@@ -210,6 +214,8 @@ def main(argv=None):
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--ckpt-every", type=int, default=100,
                     help="train.ckpt_every (0: only the final checkpoint, outside the window)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further config override for every run (e.g. data.workers=1)")
     ap.add_argument("--profile", default=None, metavar="PATH",
                     help="write cProfile profiles PATH.main.prof and PATH.prefetch.prof")
     args = ap.parse_args(argv)
@@ -240,7 +246,7 @@ def main(argv=None):
                         f"train.steps={args.warmup + args.steps}", "train.eval_every=0",
                         f"train.ckpt_every={args.ckpt_every}", "train.progress=False",
                         f"train.log_every={args.log_every}", "eval.num_seqs=2",
-                        f"train.run_dir={tmp / f'run{n}'}"])
+                        f"train.run_dir={tmp / f'run{n}'}", *args.set])
                     data = data or build_data(cfg)
                     times.append(run(cfg, data, args.warmup, online=mixer != "uniform",
                                      prof=prof))
