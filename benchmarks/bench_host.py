@@ -18,7 +18,10 @@ to the sampler and to ``weights.jsonl`` on every step, as the real mixer does.
 
 Window: from the end of warm-up step ``--warmup`` to the moment the loop has read the
 last step's metrics (the start of the final evaluation); ms/step averaged over the
-``--steps`` steps after warm-up; median of ``--reps`` runs.
+``--steps`` steps after warm-up; median of ``--reps`` runs. Besides wall and process CPU,
+the CPU time of the main thread and of the prefetch thread per step (what waiting for the
+GIL or for other jobs on the machine does not inflate). ``benchmarks/bench_host_ab.py``
+runs this script against an older checkout and this one, alternating.
 
     python benchmarks/bench_host.py                       # the table (docs/training.md)
     python benchmarks/bench_host.py --mixers odm --shapes 64x1024 --profile /tmp/host
