@@ -18,7 +18,10 @@ to the sampler and to ``weights.jsonl`` on every step, as the real mixer does.
 
 Window: from the end of warm-up step ``--warmup`` to the moment the loop has read the
 last step's metrics (the start of the final evaluation); ms/step averaged over the
-``--steps`` steps after warm-up; median of ``--reps`` runs.
+``--steps`` steps after warm-up; median of ``--reps`` runs. Besides wall and process CPU,
+the CPU time of the main thread and of the prefetch thread per step (what waiting for the
+GIL or for other jobs on the machine does not inflate). ``benchmarks/bench_host_ab.py``
+runs this script against an older checkout and this one, alternating.
 
     python benchmarks/bench_host.py                       # the table (docs/training.md)
     python benchmarks/bench_host.py --mixers odm --shapes 64x1024 --profile /tmp/host
@@ -35,17 +38,22 @@ import argparse
 import contextlib
 import cProfile
 import io
+import os
 import pathlib
 import pstats
 import sys
 import tempfile
+import threading
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# MIXJAX_BENCH_ROOT: run this script against another checkout's code and configs (the
+# side-by-side comparison of benchmarks/bench_host_ab.py); default this one.
+ROOT = pathlib.Path(os.environ.get("MIXJAX_BENCH_ROOT") or pathlib.Path(__file__).parents[1])
+ROOT = ROOT.resolve()
 sys.path.insert(0, str(ROOT))
 
 from mixjax import config as config_lib  # noqa: E402
@@ -87,7 +95,8 @@ def null_step(trainer: loop.Trainer, online: bool):
 
 def run(cfg, data, warmup: int, online: bool, prof: cProfile.Profile | None = None) -> np.ndarray:
     """Seconds after warm-up: (wall per step, process CPU per step, wall per step less the
-    checkpoints', wall per checkpoint) (see the module docstring).
+    checkpoints', wall per checkpoint, main thread CPU per step, prefetch thread CPU per
+    step) (see the module docstring).
 
     ``prof``: profiles the main thread over the timed window only."""
     marks, trainers = {}, []
@@ -140,13 +149,27 @@ def run(cfg, data, warmup: int, online: bool, prof: cProfile.Profile | None = No
     finally:
         loop.Trainer, engine.all_finite, ckpt_lib.Checkpointer.save = base, finite, save
     n = cfg.train.steps - warmup
-    wall, cpu = (marks["end"] - marks["start"]) / n
+    wall, cpu, main_cpu, feed_cpu = (marks["end"] - marks["start"]) / n
     saves = max(1, len(ckpt_times) // 2)
-    return np.array([wall, cpu, wall - sum(ckpt_times) / n, sum(ckpt_times) / saves])
+    return np.array([wall, cpu, wall - sum(ckpt_times) / n, sum(ckpt_times) / saves,
+                     main_cpu, feed_cpu])
 
 
 def _now():
-    return np.array([time.perf_counter(), time.process_time()])
+    """(wall, process CPU, main thread CPU, prefetch thread CPU) seconds."""
+    return np.array([time.perf_counter(), time.process_time(), time.thread_time(),
+                     _thread_cpu("mixjax-prefetch")])
+
+
+def _thread_cpu(name: str) -> float:
+    """CPU seconds of the live thread ``name`` (0 if none): what waiting cannot inflate."""
+    for th in threading.enumerate():
+        if th.name == name and th.ident is not None:
+            try:
+                return time.clock_gettime(time.pthread_getcpuclockid(th.ident))
+            except (OSError, AttributeError):   # not Linux / the thread just ended
+                return float("nan")
+    return 0.0
 
 
 @contextlib.contextmanager
@@ -194,6 +217,8 @@ def main(argv=None):
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--ckpt-every", type=int, default=100,
                     help="train.ckpt_every (0: only the final checkpoint, outside the window)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further config override for every run (e.g. data.workers=1)")
     ap.add_argument("--profile", default=None, metavar="PATH",
                     help="write cProfile profiles PATH.main.prof and PATH.prefetch.prof")
     args = ap.parse_args(argv)
@@ -204,8 +229,9 @@ def main(argv=None):
           f"{args.warmup} warm-up, median of {args.reps}; lag {args.lag}, log every "
           f"{args.log_every}, checkpoint every {args.ckpt_every}; load {loadavg()}")
     print("| mixer | B x S | host ms/step | CPU ms/step | ms/step without checkpoints | "
-          "ms per checkpoint | target ms/step | met | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "ms per checkpoint | main thread CPU ms/step | prefetch thread CPU ms/step "
+          "| target ms/step | met | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     prof = cProfile.Profile() if args.profile else None
     ctx = profiled(pathlib.Path(args.profile), prof) if args.profile else contextlib.nullcontext()
     n = 0
@@ -223,15 +249,17 @@ def main(argv=None):
                         f"train.steps={args.warmup + args.steps}", "train.eval_every=0",
                         f"train.ckpt_every={args.ckpt_every}", "train.progress=False",
                         f"train.log_every={args.log_every}", "eval.num_seqs=2",
-                        f"train.run_dir={tmp / f'run{n}'}"])
+                        f"train.run_dir={tmp / f'run{n}'}", *args.set])
                     data = data or build_data(cfg)
                     times.append(run(cfg, data, args.warmup, online=mixer != "uniform",
                                      prof=prof))
-                wall, cpu, bare, ckpt = np.median(np.stack(times), axis=0) * 1e3
+                wall, cpu, bare, ckpt, main_cpu, feed_cpu = \
+                    np.median(np.stack(times), axis=0) * 1e3
                 target = TARGET_MS.get(shape)
                 met = "" if target is None else ("yes" if wall <= target else "no")
                 print(f"| {mixer} | {b} x {s} | {wall:.3f} | {cpu:.3f} | {bare:.3f} | {ckpt:.0f} "
-                      f"| {target or '-'} | {met} | {loadavg()} |", flush=True)
+                      f"| {main_cpu:.3f} | {feed_cpu:.3f} | {target or '-'} | {met} "
+                      f"| {loadavg()} |", flush=True)
 
 
 if __name__ == "__main__":

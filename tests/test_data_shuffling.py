@@ -33,3 +33,22 @@ def test_process_shards_are_disjoint_and_cover():
     assert sum(len(s) for s in shards) == 23
     with pytest.raises(DataError, match="domain 'd': no documents for process 25 of 30"):
         ShuffledDocChunks(src, seed=0, process_index=25, process_count=30)
+
+
+def test_chunk_gather_equals_doc_index_per_document():
+    """A chunk's one-slice gather = one doc_index per position, epoch boundaries included."""
+    class Src:
+        domain = "x"
+
+        def __len__(self):
+            return 11
+
+        def __getitem__(self, i):
+            assert type(i) is int
+            return i
+
+    for chunk, pc, pi in ((3, 1, 0), (4, 2, 1), (16, 3, 2)):
+        ds = ShuffledDocChunks(Src(), seed=7, chunk=chunk, process_index=pi, process_count=pc)
+        for index in range(12):
+            start = index * chunk
+            assert ds[index] == [ds.doc_index(i) for i in range(start, start + chunk)]

@@ -78,16 +78,25 @@ def _frame_bytes(encoded: list[bytes], eos_id: int, bos_id: int | None) -> np.nd
     the joined documents with the frame ids inserted at the documents' ends (and starts):
     no per-document array, cast or concatenation.
     """
-    lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    c = len(encoded)
+    lens = np.fromiter(map(len, encoded), np.int64, c)
     ends = np.cumsum(lens)
-    tokens = np.frombuffer(b"".join(encoded), np.uint8).astype(np.int32)
-    if bos_id is None:
-        return np.insert(tokens, ends, eos_id)
-    # at a position where one document ends and the next starts: its EOS, then the BOS
-    # (np.insert keeps the given order of equal positions)
-    where = np.stack([ends - lens, ends], axis=1).reshape(-1)
-    frame = np.tile(np.asarray([bos_id, eos_id], np.int32), len(encoded))
-    return np.insert(tokens, where, frame)
+    tokens = np.frombuffer(b"".join(encoded), np.uint8)
+    per = 1 if bos_id is None else 2          # frame ids per document
+    # document j's EOS lands after its tokens and the j * per frame ids before it; its BOS
+    # (if any) right before its first token: every other position takes the next token
+    out = np.empty(len(tokens) + per * c, np.int32)
+    shift = per * np.arange(c)
+    eos_at = ends + shift + (per - 1)
+    is_token = np.ones(len(out), bool)
+    is_token[eos_at] = False
+    out[eos_at] = eos_id
+    if bos_id is not None:
+        bos_at = ends - lens + shift
+        is_token[bos_at] = False
+        out[bos_at] = bos_id
+    out[is_token] = tokens
+    return out
 
 
 def _frame(tokens: np.ndarray, eos_id: int, bos_id: int | None) -> np.ndarray:

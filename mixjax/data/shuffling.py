@@ -69,6 +69,11 @@ class ShuffledDocChunks(grain.MapDataset):
         if isinstance(index, slice):
             return self.slice(index)
         start = int(index) * self._chunk
+        epoch, pos = divmod(start, self._n)
+        if pos + self._chunk <= self._n:   # one epoch (the usual case): one gather
+            perm = self.permutation(epoch)[pos:pos + self._chunk]
+            source = self._source
+            return [source[i] for i in (self._offset + self._stride * perm.astype(np.int64)).tolist()]
         return [self._source[self.doc_index(i)] for i in range(start, start + self._chunk)]
 
     def __getstate__(self):

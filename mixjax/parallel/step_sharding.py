@@ -31,6 +31,17 @@ def _batch_sharding(mesh, axes: tuple[str, ...], ndim: int, key: str) -> NamedSh
     return NamedSharding(mesh, P(tuple(axes), *([None] * (ndim - 1))))
 
 
+@functools.lru_cache(maxsize=64)
+def _checked_axes(mesh, global_batch_size: int) -> tuple[str, ...]:
+    """The batch axes of ``mesh``, once checked to split ``global_batch_size`` (a failed
+    check raises, and is not cached)."""
+    from mixjax.parallel import distributed
+
+    axes = batch_axes(mesh)
+    distributed.check_batch_divides(global_batch_size, mesh, axes)
+    return axes
+
+
 def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
     """Places a host batch: per-sequence arrays split over the batch axes, the rest replicated.
 
@@ -47,8 +58,7 @@ def shard_batch(batch, mesh, global_batch_size: int | None = None) -> dict:
             raise ValueError("shard_batch: pass global_batch_size in a multi-process run "
                              "(each process holds only its rows)")
         global_batch_size = rows
-    axes = batch_axes(mesh)
-    distributed.check_batch_divides(global_batch_size, mesh, axes)
+    axes = _checked_axes(mesh, int(global_batch_size))
     if jax.process_count() == 1:
         # One process holds the whole batch: one device_put for every key (a third of the
         # cost of one make_array_from_process_local_data per key); the same arrays.

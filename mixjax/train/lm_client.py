@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 
-import jax
 import numpy as np
 
 from mixjax import mixing
@@ -26,6 +25,7 @@ from mixjax.parallel import step_sharding
 from mixjax.run import engine
 from mixjax.train import evaluate as eval_lib
 from mixjax.train import metrics as metrics_lib
+from mixjax.train.metric_pack import MetricPacker
 
 # Steps whose metrics may wait on the devices between two reads (log steps, evaluations and
 # checkpoints read them earlier): bounds the memory and how late a non-finite step is seen.
@@ -80,7 +80,9 @@ class LMClient(engine.Client):
         # (the mix state owns the weights, the sampler's schedule the sampling history).
         self.seen_weights = seen_weights
         self.lag, self.gated = lag, gated
-        self.pending: list[tuple[int, dict]] = []
+        # (step, its metrics packed for one transfer: mixjax.train.metric_pack)
+        self.pending: list[tuple[int, tuple]] = []
+        self.packer = MetricPacker()
         self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
         self.t0, self.steps = time.perf_counter(), 0
         self.final_eval = None
@@ -91,7 +93,7 @@ class LMClient(engine.Client):
         return self.trainer.train_step(state, batch)
 
     def after_step(self, t, state, m) -> None:
-        self.pending.append((t, m))
+        self.pending.append((t, self.packer.pack(m)))
         self.steps += 1
         log_every = self.t_cfg.log_every
         if self.gated:
@@ -137,7 +139,7 @@ class LMClient(engine.Client):
         if not pending or pending[0][0] > upto:
             return
         n = next((i for i, (s, _) in enumerate(pending) if s > upto), len(pending))
-        fetched = jax.device_get([m for _, m in pending[:n]])   # one transfer for them all
+        fetched = self.packer.read([m for _, m in pending[:n]])   # one transfer for them all
         domains, mixer, writer = self.domains, self.mixer, self.writer
         for (s, _), m in zip(pending[:n], fetched):
             pending.pop(0)
