@@ -70,3 +70,4 @@ from mixjax.dg.algorithms import wakd  # noqa: E402,F401  DG round 4
 from mixjax.dg.algorithms import d3g, mmld, mode  # noqa: E402,F401  DG round 3, second set (founding papers)
 from mixjax.dg.algorithms import gaqat  # noqa: E402,F401  DG round 5
 from mixjax.dg.algorithms import metadmoe  # noqa: E402,F401  DG round 5, test-time
+from mixjax.dg.algorithms import cil  # noqa: E402,F401  continuous environments (metadata)
