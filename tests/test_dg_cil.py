@@ -81,3 +81,19 @@ def test_cil_on_a_dataset_without_metadata_is_refused():
     assert "\n" not in msg and "'cil'" in msg and "metadata" in msg and "'plain'" in msg
     with_meta = EnvDataset("m", ("a", "b"), ((x, y), (x, y)), 2, env_metadata=({"angle": 0.0}, {"angle": 15.0}))
     test_time.check_requirements(["cil"], with_meta)
+
+
+def test_a_sweep_with_cil_trains_one_by_one_and_refuses_vmap_true(tmp_path):
+    """CIL is not vmappable: the sweep's automatic choice runs its jobs one by one, and an
+    explicit vmap=True is one ConfigError naming cil, raised before the run dir is written."""
+    from mixjax.dg import sweep as S
+    from mixjax.dg.config import SweepConfig
+
+    x, y = np.zeros((2, 3), np.float32), np.zeros(2, np.int32)
+    data = EnvDataset("m", ("a", "b"), ((x, y), (x, y)), 2,
+                      env_metadata=({"angle": 0.0}, {"angle": 15.0}))
+    assert S.use_vmap(SweepConfig(algorithms=("erm",), vmap=True), data)
+    assert not S.use_vmap(SweepConfig(algorithms=("erm", "cil")), data)
+    with pytest.raises(ConfigError, match=r"^config key 'vmap': algorithm 'cil' ") as err:
+        S.sweep(SweepConfig(algorithms=("erm", "cil"), vmap=True), tmp_path / "run")
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()

@@ -100,7 +100,18 @@ def write_job(run_dir: pathlib.Path, cfg: SweepConfig, job: Job, records: list[d
 def use_vmap(cfg: SweepConfig, data: D.EnvDataset) -> bool:
     """``cfg.vmap``, or (None) the measured choice: vmap on GPU/TPU, and on CPU only for MLP
     featurisers - XLA:CPU runs a vmapped convolution (a grouped conv) about 2x slower than the
-    same jobs one by one (benchmarks/bench_dg.py), while vmapped MLPs are 1.7-4x faster."""
+    same jobs one by one (benchmarks/bench_dg.py), while vmapped MLPs are 1.7-4x faster.
+    A sweep with an algorithm that is not ``vmappable`` runs one by one (``vmap=True`` is
+    then a ``ConfigError`` naming it)."""
+    from mixjax.dg import algorithms as A
+
+    serial = [a for a in cfg.algorithms if not A.get(a).vmappable]
+    if serial and cfg.vmap:
+        raise ConfigError(f"config key 'vmap': algorithm {serial[0]!r} trains one job at a time "
+                          "(its step does not run under the sweep's job vmap); set vmap=False "
+                          "or leave it unset")
+    if serial:
+        return False
     if cfg.vmap is not None:
         return cfg.vmap
     return jax.default_backend() != "cpu" or net_spec(cfg, data).kind == "mlp"
@@ -147,6 +158,9 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     test_time.check_requirements(cfg.algorithms, data, net_spec(cfg, data))   # before anything is written or compiled
     label_noise.env_rates(cfg.dataset.label_noise, data.env_names, data.name)   # names a wrong env / rate
     crafted_val.check(cfg.crafted_val, data)   # a shift family the data cannot take
+    # per-job data: a job trains on its own arrays, so jobs run one by one (a non-vmappable
+    # algorithm with vmap=True is refused here, before anything is written)
+    batched = use_vmap(cfg, data) and not per_job
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.json", to_json(cfg))
     write_atomic(run_dir / "envs.json", json.dumps({cfg.dataset.name: list(data.env_names)}))
@@ -157,8 +171,6 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
         + (" (one realisation per job)" if per_job else ""))
     all_jobs = make_jobs(cfg, data.num_envs)
     jobs = [j for j in all_jobs if not run_identity.is_finished(run_dir / j.hash(cfg))]
-    # per-job data: a job trains on its own arrays, so jobs run one by one
-    batched = use_vmap(cfg, data) and not per_job
     groups = make_groups(jobs, cfg.max_group, batched)
     log(f"{len(jobs)} jobs to run ({len(all_jobs) - len(jobs)} done) in {len(groups)} group(s); vmap={batched}")
     dev = None if per_job else with_shifts(cfg, data, DeviceData(data), cfg.dataset.seed)

@@ -99,6 +99,9 @@ class Algorithm:
     needs_train_env_metadata: ClassVar[bool] = False
     # reads a convolutional feature map of the featuriser (refused on an MLP featuriser, same check)
     needs_feature_map: ClassVar[bool] = False
+    # False: the sweep trains this algorithm's jobs one by one, never in a job-vmapped group
+    # (``mixjax.dg.sweep.use_vmap``; an explicit ``vmap=True`` is refused)
+    vmappable: ClassVar[bool] = True
 
     # ---- hyperparameters
     @classmethod
