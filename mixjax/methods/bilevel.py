@@ -92,6 +92,24 @@ def penalty_update(loss_vec, coeffs, uwp: Mapping[str, Any], val: Mapping[str, j
     return new, parts
 
 
+def penalty_state(params, p, k: int, seed: int, *, tx_w, tx_u, tx_p):
+    """The run state of a penalty-engine Method: w = ``params`` (the evaluated model), the lower
+    copy u and its optimizer state in ``extra``, the upper variable ``p`` and its optimizer
+    state in the mix state (uniform weights over the ``k`` domains to start)."""
+    mix_state = mixing.init_state(jnp.full((k,), 1.0 / k, jnp.float32), logits=p,
+                                  logits_opt_state=tx_p.init(p))
+    return state_lib.new_state(params, tx_w.init(params), mix_state, k, seed,
+                               extra={"lower_params": params, "lower_opt_state": tx_u.init(params)})
+
+
+def penalty_uwp(state) -> dict:
+    """``{u, w, p, opt_u, opt_w, opt_p}`` of a :func:`penalty_state` run state."""
+    ms = state.mix_state
+    return {"u": state.extra["lower_params"], "w": state.params, "p": ms["logits"],
+            "opt_u": state.extra["lower_opt_state"], "opt_w": state.opt_state,
+            "opt_p": ms["logits_opt_state"]}
+
+
 def bilevel_update(token_loss_fn: G.TokenLossFn, uwp: Mapping[str, Any],
                    batch: Mapping[str, jax.Array], *, num_domains: int,
                    tx_u: optax.GradientTransformation, tx_w: optax.GradientTransformation,
@@ -159,19 +177,13 @@ class BilevelMethod(Method):
         penalty = float(hp["penalty"])
 
         def init_fn(params):
-            p = jnp.zeros((k,), jnp.float32)
-            mix_state = mixing.init_state(jnp.full((k,), 1.0 / k, jnp.float32), logits=p,
-                                          logits_opt_state=tx_p.init(p))
-            return state_lib.new_state(params, tx_w.init(params), mix_state, k, cfg.train.seed,
-                                       extra={"lower_params": params,
-                                              "lower_opt_state": tx_u.init(params)})
+            return penalty_state(params, jnp.zeros((k,), jnp.float32), k, cfg.train.seed,
+                                 tx_w=tx_w, tx_u=tx_u, tx_p=tx_p)
 
         def step_fn(state, batch, frozen=None):
             del frozen
             ms = state.mix_state
-            uwp = {"u": state.extra["lower_params"], "w": state.params, "p": ms["logits"],
-                   "opt_u": state.extra["lower_opt_state"], "opt_w": state.opt_state,
-                   "opt_p": ms["logits_opt_state"]}
+            uwp = penalty_uwp(state)
             new, m = bilevel_update(loss_fn, uwp, batch, num_domains=k, tx_u=tx_u, tx_w=tx_w,
                                     tx_p=tx_p, penalty=penalty)
             bad = first_nonfinite(m["domain_loss"], m["domain_loss_u"], m["grad_p"])

@@ -68,7 +68,7 @@ from mixjax import mixing
 from mixjax.core import state as state_lib
 from mixjax.methods.base import (Method, MethodContext, OwnWeights, StepParts, register,
                                  step_metrics, token_loss_fn)
-from mixjax.methods.bilevel import penalty_update
+from mixjax.methods.bilevel import penalty_state, penalty_update, penalty_uwp
 from mixjax.mixing import domain_stats
 from mixjax.mixing import grads as G
 from mixjax.mixing.feasible import example_hash
@@ -255,18 +255,12 @@ class DreamPRMMethod(Method):
             else:
                 p = net_init(cfg.train.seed, int(hp["hidden"]),
                              1 if weights.feature == "loss" else 2)
-            mix_state = mixing.init_state(jnp.full((k,), 1.0 / k, jnp.float32), logits=p,
-                                          logits_opt_state=tx_p.init(p))
-            return state_lib.new_state(params, tx_w.init(params), mix_state, k, cfg.train.seed,
-                                       extra={"lower_params": params,
-                                              "lower_opt_state": tx_u.init(params)})
+            return penalty_state(params, p, k, cfg.train.seed, tx_w=tx_w, tx_u=tx_u, tx_p=tx_p)
 
         def step_fn(state, batch, frozen=None):
             del frozen
             ms = state.mix_state
-            uwp = {"u": state.extra["lower_params"], "w": state.params, "p": ms["logits"],
-                   "opt_u": state.extra["lower_opt_state"], "opt_w": state.opt_state,
-                   "opt_p": ms["logits_opt_state"]}
+            uwp = penalty_uwp(state)
             new, m = instance_update(loss_fn, uwp, batch, weights=weights, tx_u=tx_u,
                                      tx_w=tx_w, tx_p=tx_p, penalty=penalty)
             dom = batch["domain_id"]
