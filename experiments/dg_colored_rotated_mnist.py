@@ -4,6 +4,12 @@ Command (from the repository root; needs the dg extra: pip install 'mixjax[dg]')
 
     .venv/bin/python experiments/dg_colored_rotated_mnist.py --out runs/dg/exp_cmnist_rmnist
 
+Rows for more algorithms, next to ERM on the same data, hparams seeds and trials (a rerun
+with more names extends the sweep; finished jobs are skipped):
+
+    .venv/bin/python experiments/dg_colored_rotated_mnist.py --out runs/dg/exp_round3 \
+        --algorithms erm xded sdat dmg ... --rmnist-algorithms erm xded ... --rmnist-hparams 4
+
 What it runs (DomainBed protocol, scaled down; every deviation is listed):
 
 * ColoredMNIST (envs +90%, +80%, -90%): ERM, IRM, VREx; hparams seeds 0..3
@@ -63,7 +69,8 @@ DOMAINBED_AVG = {
 }
 
 
-def configs(out: pathlib.Path, quick: bool) -> list[SweepConfig]:
+def configs(out: pathlib.Path, quick: bool, cmnist_algs=("erm", "irm", "vrex"),
+            rmnist_algs=("erm",), rmnist_hparams: int = 1) -> list[SweepConfig]:
     steps = 101 if quick else 601
     common = dict(
         model=ModelConfig(featurizer="mlp", mlp_width=128, mlp_depth=3),
@@ -76,15 +83,15 @@ def configs(out: pathlib.Path, quick: bool) -> list[SweepConfig]:
     return [
         SweepConfig(
             dataset=DatasetConfig(name="colored_mnist", seed=0, kwargs={"downsample": 2}),
-            algorithms=("erm", "irm", "vrex"),
+            algorithms=tuple(cmnist_algs),
             n_hparams=2 if quick else 4,
             output_dir=str(out / "colored_mnist"),
             **common,
         ),
         SweepConfig(
             dataset=DatasetConfig(name="rotated_mnist", seed=0, kwargs={"downsample": 2}),
-            algorithms=("erm",),
-            n_hparams=1,
+            algorithms=tuple(rmnist_algs),
+            n_hparams=rmnist_hparams,
             output_dir=str(out / "rotated_mnist"),
             **common,
         ),
@@ -113,10 +120,15 @@ def main() -> None:
     ap.add_argument("--out", default="runs/dg/exp_cmnist_rmnist")
     ap.add_argument("--quick", action="store_true", help="101 steps, 2 hparams seeds (a smoke run)")
     ap.add_argument("--only", choices=["colored_mnist", "rotated_mnist"], default=None)
+    ap.add_argument("--algorithms", nargs="+", default=["erm", "irm", "vrex"],
+                    help="ColoredMNIST algorithms (a rerun with more extends the same sweep)")
+    ap.add_argument("--rmnist-algorithms", nargs="+", default=["erm"])
+    ap.add_argument("--rmnist-hparams", type=int, default=1,
+                    help="hparams seeds on RotatedMNIST (the protocol: >= 4)")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     all_rows = []
-    for cfg in configs(out, args.quick):
+    for cfg in configs(out, args.quick, args.algorithms, args.rmnist_algorithms, args.rmnist_hparams):
         if args.only and cfg.dataset.name != args.only:
             continue
         t0 = time.perf_counter()
