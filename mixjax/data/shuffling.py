@@ -65,16 +65,20 @@ class ShuffledDocChunks(grain.MapDataset):
         epoch, pos = divmod(int(position), self._n)
         return self._offset + self._stride * int(self.permutation(epoch)[pos])
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.slice(index)
+    def chunk_indices(self, index: int) -> np.ndarray:
+        """int64[chunk]: the source indices of the documents of element ``index``."""
         start = int(index) * self._chunk
         epoch, pos = divmod(start, self._n)
         if pos + self._chunk <= self._n:   # one epoch (the usual case): one gather
             perm = self.permutation(epoch)[pos:pos + self._chunk]
-            source = self._source
-            return [source[i] for i in (self._offset + self._stride * perm.astype(np.int64)).tolist()]
-        return [self._source[self.doc_index(i)] for i in range(start, start + self._chunk)]
+            return self._offset + self._stride * perm.astype(np.int64)
+        return np.asarray([self.doc_index(i) for i in range(start, start + self._chunk)], np.int64)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        source = self._source
+        return [source[i] for i in self.chunk_indices(index).tolist()]
 
     def __getstate__(self):
         state = dict(self.__dict__)
