@@ -69,7 +69,7 @@ def test_same_batches_states_and_resume(corpus, kw):
     plain, stored = _sampler(srcs, **kw), _sampler(srcs, cache, **kw)
     # 12 steps cross several epochs of the 9-document domain (chunks across an epoch boundary)
     a, b = _drive(plain, 12), _drive(stored, 12)
-    assert isinstance(stored._iterator(0)._parent, store_lib._StoredChunks)   # read from the store
+    assert isinstance(stored._iterator(0), store_lib.StoredPacker)   # read from the store
     _assert_same(a, b)
     state = json.loads(json.dumps(stored.get_state()))
     assert state == plain.get_state()

@@ -78,15 +78,10 @@ def _frame_bytes(encoded: list[bytes], eos_id: int, bos_id: int | None) -> np.nd
     the joined documents with the frame ids inserted at the documents' ends (and starts):
     no per-document array, cast or concatenation.
     """
-    lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
-    return frame_joined(np.frombuffer(b"".join(encoded), np.uint8), lens, eos_id, bos_id)
-
-
-def frame_joined(tokens: np.ndarray, lens: np.ndarray, eos_id: int, bos_id: int | None) -> np.ndarray:
-    """``[BOS] t_1 EOS [BOS] t_2 EOS ...`` as int32, where ``tokens`` is ``t_1 t_2 ...``
-    joined and ``lens[j] = len(t_j)``: the frame ids inserted by index arithmetic."""
-    c = len(lens)
+    c = len(encoded)
+    lens = np.fromiter(map(len, encoded), np.int64, c)
     ends = np.cumsum(lens)
+    tokens = np.frombuffer(b"".join(encoded), np.uint8)
     per = 1 if bos_id is None else 2          # frame ids per document
     # document j's EOS lands after its tokens and the j * per frame ids before it; its BOS
     # (if any) right before its first token: every other position takes the next token

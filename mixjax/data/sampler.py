@@ -183,8 +183,8 @@ class DomainSampler:
                 from mixjax.data import token_store as store_lib
                 it = store_lib.stored_iterator(
                     self.sources[d], self._stores[d], seed=domain_seed(self.seed, self.domains[d]),
-                    chunk=self.chunk, length=self.seq_len + 1, tokenizer=self.tokenizer,
-                    bos=self.bos, process_index=self.process_index,
+                    chunk=self.chunk, length=self.seq_len + 1, bos=self.bos,
+                    process_index=self.process_index,
                     process_count=self.process_count)
             else:
                 it = iter(self.domain_dataset(d))

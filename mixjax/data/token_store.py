@@ -6,9 +6,9 @@ document; at 64 x 1024 ~100 documents a batch). With ``data.token_store=true`` e
 domain's *base* source (the file-backed source under its split / selection views) is
 tokenised once into
 
-    tokens.bin    the documents' token ids, concatenated (uint16, or int32 for a
-                  vocabulary over 2^16 ids), read through a memory map
-    offsets.npy   int64[N + 1]: document i is tokens[offsets[i]:offsets[i + 1]]
+    tokens.bin    the framed documents ``BOS t(d_0) EOS BOS t(d_1) EOS ...``, concatenated
+                  (uint16, or int32 for a vocabulary over 2^16 ids), read through a memory map
+    offsets.npy   int64[N + 1]: document i framed is tokens[offsets[i]:offsets[i + 1]]
     meta.json     format version, key, dtype, sizes and the blake2b digest of both files
 
 under ``<cache_dir>/token_store/<key>/`` with
@@ -29,11 +29,13 @@ offsets and the digest; a truncated or corrupt store is reported on one line to 
 and rebuilt.
 
 Serving (:func:`stored_iterator`): chunk ``j`` of domain ``d`` is the same documents as
-:class:`~mixjax.data.shuffling.ShuffledDocChunks` element ``j`` (same shuffle), sliced
-from the store and framed ``[BOS] doc EOS`` by :func:`~mixjax.data.packing.frame_joined`
-in array operations, then packed by the same :class:`~mixjax.data.packing._PackIterator`.
-The cursor's state is grain's ``{"next_index": j}``, so the sampler's state is the same
-dict with and without a store, and a state saved by one resumes in the other.
+:class:`~mixjax.data.shuffling.ShuffledDocChunks` element ``j`` (same shuffle), each one
+slice of the store (``[BOS] doc EOS``, or ``doc EOS`` without ``bos``: the framing of
+:class:`~mixjax.data.packing.TokenizeChunk`, stored), and packed into sequences of ``S + 1`` tokens as
+:class:`~mixjax.data.packing._PackIterator` packs them, many chunks per read
+(:class:`StoredPacker`). Its state is the packer's over grain's
+(``{"parent": {"next_index": j}, "skip": s}``), so the sampler's state is the same dict
+with and without a store, and a state saved by one resumes in the other.
 """
 
 from __future__ import annotations
@@ -47,11 +49,10 @@ import sys
 import tempfile
 from typing import Any
 
-import grain
 import numpy as np
 
 from mixjax.data import token_cache
-from mixjax.data.packing import _PackIterator, frame_joined, tokenize
+from mixjax.data.packing import tokenize
 from mixjax.data.shuffling import ShuffledDocChunks
 from mixjax.data.sources import DataError, DomainSource
 from mixjax.data.splits import IndexedView
@@ -59,6 +60,7 @@ from mixjax.data.splits import IndexedView
 VERSION = 1
 SUBDIR = "token_store"
 _FLUSH_TOKENS = 1 << 20          # tokens buffered between writes while building
+_READ_TOKENS = 1 << 15           # tokens a read frames at least (fewer, larger reads)
 _OPEN: dict[str, "TokenStore"] = {}   # key -> store opened (and verified) in this process
 
 
@@ -104,24 +106,29 @@ class TokenStore:
 
     def doc(self, i: int) -> np.ndarray:
         """int32 tokens of document ``i`` (what ``tokenize(source[i])`` gives)."""
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]].astype(np.int32)
+        return self.tokens[self.offsets[i] + 1:self.offsets[i + 1] - 1].astype(np.int32)
 
-    def framed(self, ids: np.ndarray, eos_id: int, bos_id: int | None) -> np.ndarray:
-        """``[BOS] t(ids[0]) EOS [BOS] t(ids[1]) EOS ...`` as int32 (``TokenizeChunk``'s output)."""
-        starts = self.offsets[ids]
-        ends = self.offsets[ids + 1]
+    def spans(self, ids: np.ndarray, bos: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo, hi)``: documents ``ids`` framed ``[BOS] t EOS`` are ``tokens[lo:hi]``."""
+        return self.offsets[ids] + (0 if bos else 1), self.offsets[ids + 1]
+
+    def gather(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """int32: ``tokens[lo[0]:hi[0]]``, ``tokens[lo[1]:hi[1]]``, ... joined."""
         tok = self.tokens
-        joined = np.concatenate([tok[a:b] for a, b in zip(starts.tolist(), ends.tolist())]) \
-            if len(starts) else np.empty(0, tok.dtype)
-        return frame_joined(joined, ends - starts, eos_id, bos_id)
+        return np.concatenate([tok[a:b] for a, b in zip(lo.tolist(), hi.tolist())], dtype=np.int32)
 
 
 # -- building ---------------------------------------------------------------------------------
-def _doc_tokens(source: DomainSource, i: int, tokenizer) -> np.ndarray:
+def _framed_doc(source: DomainSource, i: int, tokenizer) -> np.ndarray:
+    """``BOS t(source[i]) EOS`` (int64, or uint8 ids of the byte tokenizer in an int32 frame)."""
     doc = source[i]
     if tokenizer.name == "byte" and isinstance(doc, str):
-        return np.frombuffer(doc.encode("utf-8"), np.uint8)   # the byte tokenizer's ids
-    return tokenize(doc, tokenizer)
+        t = np.frombuffer(doc.encode("utf-8"), np.uint8)   # the byte tokenizer's ids
+    else:
+        t = tokenize(doc, tokenizer)
+    out = np.empty(len(t) + 2, np.int64)
+    out[0], out[1:-1], out[-1] = tokenizer.bos_id, t, tokenizer.eos_id
+    return out
 
 
 def _check_range(parts: list[np.ndarray], first: int, dtype: np.dtype, tokenizer, domain: str) -> None:
@@ -139,7 +146,7 @@ def _tokenise_into(fh, source: DomainSource, tokenizer, dtype: np.dtype, domain:
     offsets = np.zeros(n + 1, np.int64)
     buf, have, first = [], 0, 0
     for i in range(n):
-        t = _doc_tokens(source, i, tokenizer)
+        t = _framed_doc(source, i, tokenizer)
         offsets[i + 1] = offsets[i] + len(t)
         buf.append(t)
         have += len(t)
@@ -152,7 +159,7 @@ def _tokenise_into(fh, source: DomainSource, tokenizer, dtype: np.dtype, domain:
 
 def _build_memory(source: DomainSource, tokenizer, domain: str) -> TokenStore:
     dtype = token_dtype(tokenizer)
-    parts = [_doc_tokens(source, i, tokenizer) for i in range(len(source))]
+    parts = [_framed_doc(source, i, tokenizer) for i in range(len(source))]
     _check_range(parts, 0, dtype, tokenizer, domain)
     offsets = np.zeros(len(parts) + 1, np.int64)
     np.cumsum([len(p) for p in parts], out=offsets[1:])
@@ -215,8 +222,9 @@ def load(path: pathlib.Path, key: str, num_docs: int) -> TokenStore:
     except (OSError, ValueError) as e:
         raise StoreError(f"offsets.npy unreadable ({e})") from None
     if offsets.shape != (n_docs + 1,) or offsets.dtype != np.int64 or offsets[0] != 0 \
-            or offsets[-1] != n_tok or np.any(np.diff(offsets) < 0):
-        raise StoreError(f"offsets.npy is not int64[{n_docs + 1}] rising from 0 to {n_tok}")
+            or offsets[-1] != n_tok or np.any(np.diff(offsets) < 2):
+        raise StoreError(f"offsets.npy is not int64[{n_docs + 1}] rising from 0 to {n_tok} "
+                         f"by >= 2 (BOS, EOS) a document")
     tokens = np.memmap(path / "tokens.bin", dtype=dtype, mode="r") if n_tok else np.empty(0, dtype)
     if _digest(tokens, offsets) != meta.get("digest"):
         raise StoreError("contents do not match the digest in meta.json")
@@ -249,32 +257,84 @@ def open_store(source: DomainSource, tokenizer, cache_dir: str | None, domain: s
 
 
 # -- serving ----------------------------------------------------------------------------------
-class _StoredChunks(grain.DatasetIterator):
-    """Framed chunk ``j``, ``j + 1``, ... of one domain from its store; state ``{"next_index": j}``
-    (the state of grain's iterator over :class:`ShuffledDocChunks`)."""
+class StoredPacker:
+    """Packed int32[length] sequences of one domain, read from its store many chunks at a time.
 
-    def __init__(self, chunks: ShuffledDocChunks, store: TokenStore, index: np.ndarray,
-                 eos_id: int, bos_id: int | None):
-        super().__init__()
+    The stream is that of grain's pipeline (:class:`ShuffledDocChunks` chunks, framed and
+    packed by :class:`~mixjax.data.packing._PackIterator`), and so is the state:
+    ``{"parent": {"next_index": j}, "skip": s}`` with ``j`` the first chunk not yet wholly
+    emitted and ``s`` its tokens already emitted. The buffer holds the framed stream of
+    chunks ``j0, j0 + 1, ...`` (``ends``: where each ends in it) and ``pos``, the tokens
+    already emitted; a read frames, in one slice-and-frame of the store, about as many chunks
+    as the request still needs and at least ``_READ_TOKENS`` tokens' worth (~128 KB a
+    domain held ahead), so most requests are one slice of the buffer.
+    """
+
+    def __init__(self, chunks: ShuffledDocChunks, store: TokenStore, index: np.ndarray, length: int,
+                 bos: bool):
         self._chunks, self._store, self._index = chunks, store, index
-        self._eos, self._bos = eos_id, bos_id
-        self._next = 0
+        self._length, self._bos = int(length), bool(bos)
+        self._c = chunks._chunk
+        lo, hi = store.spans(index, self._bos)
+        self._chunk_tokens = max(1.0, float((hi - lo).mean()) * self._c)   # expected
+        self._reset(0, 0)
+
+    def _reset(self, j0: int, pos: int) -> None:
+        self._j0, self._pos = int(j0), int(pos)
+        self._buf = np.empty(0, np.int32)
+        self._ends = np.empty(0, np.int64)
+
+    def _extend(self, want: int) -> None:
+        """Frames at least one more chunk, about enough for ``want`` more tokens."""
+        k = int(max(want, _READ_TOKENS) / self._chunk_tokens) + 1
+        m = len(self._ends)
+        # drop the chunks already emitted from the front
+        c0 = int(np.searchsorted(self._ends, self._pos, side="right")) if m else 0
+        cut = int(self._ends[c0 - 1]) if c0 else 0
+        start = (self._j0 + m) * self._c
+        lo, hi = self._store.spans(self._index[self._chunks.indices(start, start + k * self._c)],
+                                   self._bos)
+        new = self._store.gather(lo, hi)
+        ends = np.cumsum((hi - lo).reshape(k, self._c).sum(axis=1))
+        rest = self._buf[cut:]
+        self._buf = np.concatenate([rest, new]) if len(rest) else new
+        self._ends = np.concatenate([self._ends[c0:] - cut, ends + len(rest)])
+        self._j0 += c0
+        self._pos -= cut
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` sequences as int32[n, length] (as ``n`` calls of ``next``)."""
+        need = int(n) * self._length
+        while len(self._buf) - self._pos < need:
+            self._extend(need - (len(self._buf) - self._pos))
+        out = self._buf[self._pos:self._pos + need].reshape(int(n), self._length).copy()
+        self._pos += need
+        return out
 
     def __next__(self) -> np.ndarray:
-        j = self._next
-        self._next = j + 1
-        return self._store.framed(self._index[self._chunks.chunk_indices(j)], self._eos, self._bos)
+        return self.take(1)[0]
+
+    def __iter__(self):
+        return self
 
     def get_state(self) -> dict[str, Any]:
-        return {"next_index": self._next}
+        c = int(np.searchsorted(self._ends, self._pos, side="right"))
+        if c < len(self._ends):
+            start = int(self._ends[c - 1]) if c else 0
+            return {"parent": {"next_index": self._j0 + c}, "skip": self._pos - start}
+        total = int(self._ends[-1]) if len(self._ends) else 0
+        return {"parent": {"next_index": self._j0 + c}, "skip": self._pos - total}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._next = int(state["next_index"])
+        self._reset(int(state["parent"]["next_index"]), int(state["skip"]))
+
+    def close(self) -> None:
+        pass
 
 
 def stored_iterator(view: DomainSource, store: TokenStore, *, seed: int, chunk: int, length: int,
-                    tokenizer, bos: bool, process_index: int = 0,
-                    process_count: int = 1) -> grain.DatasetIterator:
+                    bos: bool, process_index: int = 0,
+                    process_count: int = 1) -> StoredPacker:
     """Packed int32[length] sequences of ``view`` read from ``store``: the same values and
     states as the sampler's grain pipeline over ``view`` (see the module docstring)."""
     base, index = base_and_index(view)
@@ -283,6 +343,4 @@ def stored_iterator(view: DomainSource, store: TokenStore, *, seed: int, chunk: 
                          f"view reads document {int(index.max())}")
     chunks = ShuffledDocChunks(view, seed=seed, chunk=chunk, process_index=process_index,
                                process_count=process_count)
-    parent = _StoredChunks(chunks, store, index, tokenizer.eos_id,
-                           tokenizer.bos_id if bos else None)
-    return _PackIterator(parent, length, None, None)
+    return StoredPacker(chunks, store, index, length, bos)
