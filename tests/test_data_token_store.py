@@ -158,3 +158,32 @@ def test_errors_and_config():
     off = config_lib.Config()
     # reading a store gives the same batches: the key does not change a run's identity
     assert run_identity.config_hash(cfg) == run_identity.config_hash(off)
+
+
+@pytest.mark.parametrize("mode", ["resample", "weight"])
+def test_config_key_through_build_data_and_selections(corpus, mode):
+    """``data.token_store`` reaches the sampler; a selection's views (resampled documents)
+    read through the store, and the weight mode's sample weights stay in lockstep."""
+    from mixjax import config as config_lib
+    from mixjax.data import selection
+    from mixjax.train.data import build_data
+    root, cache = corpus
+    srcs = data.corpus_sources(str(root))
+    (root / "spec.json").write_text(json.dumps({"domains": [
+        {"name": d, "kind": "jsonl", "path": str(root / f"{d}.jsonl")} for d in LETTERS]}))
+    w = {selection.content_hash(s[i]): float(i % 3) for s in srcs.values() for i in range(len(s))}
+    selection.write(root / "sel.jsonl", w, scorer="test")
+    out = []
+    for store in (False, True):
+        cfg = config_lib.Config(name="t")
+        cfg.data.spec, cfg.data.cache_dir, cfg.data.token_store = str(root / "spec.json"), str(cache), store
+        cfg.data.seq_len, cfg.data.batch_size = 9, 6
+        cfg.data.split_min_docs, cfg.data.split_min_bytes = 1, 0
+        cfg.data.selection.path, cfg.data.selection.mode = str(root / "sel.jsonl"), mode
+        s = build_data(cfg).make_sampler(np.full(3, 1 / 3))
+        assert (s._stores is not None) == store
+        out.append([next(s) for _ in range(6)])
+    _assert_same(*out)
+    if mode == "weight":
+        for x, y in zip(*out):
+            np.testing.assert_array_equal(x["sample_weight"], y["sample_weight"])
