@@ -187,3 +187,12 @@ def test_config_key_through_build_data_and_selections(corpus, mode):
     if mode == "weight":
         for x, y in zip(*out):
             np.testing.assert_array_equal(x["sample_weight"], y["sample_weight"])
+
+
+def test_unwritable_cache_dir_is_one_clear_error(corpus):
+    root, cache = corpus
+    cache.mkdir()
+    (cache / store_lib.SUBDIR).write_text("a file where the store directory goes")
+    with pytest.raises(data.DataError, match=r"domain 'alpha': cannot write its token store .*"
+                                             r"data.cache_dir"):
+        _sampler({"alpha": data.corpus_sources(str(root))["alpha"]}, cache, weights=None)

@@ -249,9 +249,17 @@ def open_store(source: DomainSource, tokenizer, cache_dir: str | None, domain: s
             print(f"[mixjax data] domain {domain!r}: token store {path} is unusable ({e}); "
                   f"rebuilding it", file=sys.stderr, flush=True)
             aside = path.with_name(f".{key[:16]}-bad-{os.getpid()}")
-            os.rename(path, aside)
-            shutil.rmtree(aside, ignore_errors=True)
-    build(path.parent, key, source, tokenizer, domain)
+            try:
+                os.rename(path, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            except FileNotFoundError:   # another process moved it first
+                pass
+    try:
+        build(path.parent, key, source, tokenizer, domain)
+    except OSError as e:
+        raise DataError(f"domain {domain!r}: cannot write its token store under {path.parent} "
+                        f"({type(e).__name__}: {e.strerror or e}); set data.cache_dir to a "
+                        f"writable directory, or to \"\" for a store in memory") from None
     store = _OPEN[key] = load(path, key, len(source))
     return store
 
