@@ -116,7 +116,7 @@ def test_store_is_reused_and_an_edited_file_misses_it(corpus):
     assert len(set(_stores(cache)) - set(names)) == 1        # beta's new store beside the old
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "offsets"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "offsets", "meta"])
 def test_damaged_store_is_rebuilt_with_one_line(corpus, capfd, damage):
     root, cache = corpus
     srcs = {"alpha": data.corpus_sources(str(root))["alpha"]}
@@ -130,8 +130,12 @@ def test_damaged_store_is_rebuilt_with_one_line(corpus, capfd, damage):
         raw = bytearray((path / "tokens.bin").read_bytes())
         raw[len(raw) // 2] ^= 1
         (path / "tokens.bin").write_bytes(bytes(raw))
-    else:
+    elif damage == "offsets":
         (path / "offsets.npy").write_bytes(b"not an npy file")
+    else:
+        meta = json.loads((path / "meta.json").read_text())
+        del meta["num_tokens"]
+        (path / "meta.json").write_text(json.dumps(meta))
     store_lib._OPEN.clear()
     capfd.readouterr()
     got = _drive(_sampler(srcs, cache, weights=None), 6)

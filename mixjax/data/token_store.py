@@ -120,7 +120,7 @@ class TokenStore:
 
 # -- building ---------------------------------------------------------------------------------
 def _framed_doc(source: DomainSource, i: int, tokenizer) -> np.ndarray:
-    """``BOS t(source[i]) EOS`` (int64, or uint8 ids of the byte tokenizer in an int32 frame)."""
+    """``BOS t(source[i]) EOS`` as int64 (the store's dtype is checked when it is written)."""
     doc = source[i]
     if tokenizer.name == "byte" and isinstance(doc, str):
         t = np.frombuffer(doc.encode("utf-8"), np.uint8)   # the byte tokenizer's ids
@@ -207,10 +207,13 @@ def load(path: pathlib.Path, key: str, num_docs: int) -> TokenStore:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError) as e:
         raise StoreError(f"meta.json unreadable ({type(e).__name__})") from None
-    if meta.get("version") != VERSION or meta.get("key") != key:
-        raise StoreError(f"format version {meta.get('version')} / key {meta.get('key')!r}, "
-                         f"expected {VERSION} / {key!r}")
-    dtype, n_tok, n_docs = np.dtype(meta["dtype"]), int(meta["num_tokens"]), int(meta["num_docs"])
+    if not isinstance(meta, dict) or meta.get("version") != VERSION or meta.get("key") != key:
+        got = meta if not isinstance(meta, dict) else (meta.get("version"), meta.get("key"))
+        raise StoreError(f"meta.json holds {got!r}, expected format version {VERSION} and key {key!r}")
+    try:
+        dtype, n_tok, n_docs = np.dtype(meta["dtype"]), int(meta["num_tokens"]), int(meta["num_docs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise StoreError(f"meta.json lacks a valid dtype / num_tokens / num_docs ({e!r})") from None
     if n_docs != num_docs:
         raise StoreError(f"holds {n_docs} documents, the source has {num_docs}")
     size = (path / "tokens.bin").stat().st_size if (path / "tokens.bin").exists() else -1
