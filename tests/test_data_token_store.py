@@ -200,3 +200,19 @@ def test_unwritable_cache_dir_is_one_clear_error(corpus):
     with pytest.raises(data.DataError, match=r"domain 'alpha': cannot write its token store .*"
                                              r"data.cache_dir"):
         _sampler({"alpha": data.corpus_sources(str(root))["alpha"]}, cache, weights=None)
+
+
+def test_a_real_tokenizer_has_its_own_store(corpus):
+    """A BPE tokenizer (HF ``tokenizers``): the same batches, and a store keyed apart from
+    the byte tokenizer's over the same files."""
+    pytest.importorskip("tokenizers")
+    from ecosystem_fixtures import train_hf_bpe
+    from mixjax.data import tokenizers
+    root, cache = corpus
+    tok = tokenizers.get("hf", path=str(train_hf_bpe(root.parent / "tok.json")))
+    srcs = data.corpus_sources(str(root))
+    _drive(_sampler(srcs, cache), 1)
+    byte_stores = _stores(cache)
+    _assert_same(_drive(_sampler(srcs, tokenizer=tok, bos=True), 8),
+                 _drive(_sampler(srcs, cache, tokenizer=tok, bos=True), 8))
+    assert len(set(_stores(cache)) - set(byte_stores)) == 3
