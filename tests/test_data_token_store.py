@@ -216,3 +216,13 @@ def test_a_real_tokenizer_has_its_own_store(corpus):
     _assert_same(_drive(_sampler(srcs, tokenizer=tok, bos=True), 8),
                  _drive(_sampler(srcs, cache, tokenizer=tok, bos=True), 8))
     assert len(set(_stores(cache)) - set(byte_stores)) == 3
+
+
+def test_position_range_indices_equal_doc_index_across_epochs():
+    """The store's reads take many chunks at once: ``indices(a, b)`` over several epochs
+    (and a process's shard) = one ``doc_index`` per position, the stream's definition."""
+    from mixjax.data.shuffling import ShuffledDocChunks
+    ds = ShuffledDocChunks(ListSource(list(range(13)), "d"), seed=2, chunk=3,
+                           process_index=1, process_count=2)      # n = 6 documents a epoch
+    for a, b in ((0, 6), (4, 5), (5, 31), (17, 60)):
+        assert ds.indices(a, b).tolist() == [ds.doc_index(i) for i in range(a, b)]
