@@ -24,6 +24,8 @@ GIL or for other jobs on the machine does not inflate). ``benchmarks/bench_host_
 runs this script against an older checkout and this one, alternating.
 
     python benchmarks/bench_host.py                       # the table (docs/training.md)
+    python benchmarks/bench_host.py --token-store both --mixers uniform --steps 200
+      # each configuration without and with data.token_store (pre-tokenised documents), in turn
     python benchmarks/bench_host.py --mixers odm --shapes 64x1024 --profile /tmp/host
       # cProfile of the main thread and the prefetch thread: /tmp/host.{main,prefetch}.prof
       # (``py-spy record -o x.svg -- python benchmarks/bench_host.py ...`` samples all
@@ -219,6 +221,9 @@ def main(argv=None):
                     help="train.ckpt_every (0: only the final checkpoint, outside the window)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a further config override for every run (e.g. data.workers=1)")
+    ap.add_argument("--token-store", default="off", choices=("off", "on", "both"),
+                    help="data.token_store: off, on, or both (each configuration without, then "
+                         "with the store; its cache in the run's temporary directory)")
     ap.add_argument("--profile", default=None, metavar="PATH",
                     help="write cProfile profiles PATH.main.prof and PATH.prefetch.prof")
     args = ap.parse_args(argv)
@@ -228,19 +233,23 @@ def main(argv=None):
     print(f"host ms/step, null step, {dev.platform} ({dev.device_kind}); {args.steps} steps after "
           f"{args.warmup} warm-up, median of {args.reps}; lag {args.lag}, log every "
           f"{args.log_every}, checkpoint every {args.ckpt_every}; load {loadavg()}")
-    print("| mixer | B x S | host ms/step | CPU ms/step | ms/step without checkpoints | "
-          "ms per checkpoint | main thread CPU ms/step | prefetch thread CPU ms/step "
-          "| target ms/step | met | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| mixer | B x S | token store | host ms/step | CPU ms/step | ms/step without "
+          "checkpoints | ms per checkpoint | main thread CPU ms/step | prefetch thread CPU "
+          "ms/step | target ms/step | met | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    stores = {"off": (False,), "on": (True,), "both": (False, True)}[args.token_store]
     prof = cProfile.Profile() if args.profile else None
     ctx = profiled(pathlib.Path(args.profile), prof) if args.profile else contextlib.nullcontext()
     n = 0
     with ctx:
         for shape in args.shapes.split(","):
             b, s = map(int, shape.split("x"))
-            data = None
-            for mixer in args.mixers.split(","):
+            data = {}   # per token-store setting (the sampler factory reads the config)
+            for mixer, store in [(m, st) for m in args.mixers.split(",") for st in stores]:
                 path, extra = MIXERS[mixer]
+                # only where the store is asked for: a checkout without the key still runs
+                store_set = [f"data.token_store={store}", f"data.cache_dir={tmp / 'cache'}"] \
+                    if args.token_store != "off" else []
                 times = []
                 for _ in range(args.reps):
                     n += 1
@@ -249,17 +258,17 @@ def main(argv=None):
                         f"train.steps={args.warmup + args.steps}", "train.eval_every=0",
                         f"train.ckpt_every={args.ckpt_every}", "train.progress=False",
                         f"train.log_every={args.log_every}", "eval.num_seqs=2",
-                        f"train.run_dir={tmp / f'run{n}'}", *args.set])
-                    data = data or build_data(cfg)
-                    times.append(run(cfg, data, args.warmup, online=mixer != "uniform",
+                        f"train.run_dir={tmp / f'run{n}'}", *store_set, *args.set])
+                    data[store] = data.get(store) or build_data(cfg)
+                    times.append(run(cfg, data[store], args.warmup, online=mixer != "uniform",
                                      prof=prof))
                 wall, cpu, bare, ckpt, main_cpu, feed_cpu = \
                     np.median(np.stack(times), axis=0) * 1e3
                 target = TARGET_MS.get(shape)
                 met = "" if target is None else ("yes" if wall <= target else "no")
-                print(f"| {mixer} | {b} x {s} | {wall:.3f} | {cpu:.3f} | {bare:.3f} | {ckpt:.0f} "
-                      f"| {main_cpu:.3f} | {feed_cpu:.3f} | {target or '-'} | {met} "
-                      f"| {loadavg()} |", flush=True)
+                print(f"| {mixer} | {b} x {s} | {'on' if store else 'off'} | {wall:.3f} | {cpu:.3f} "
+                      f"| {bare:.3f} | {ckpt:.0f} | {main_cpu:.3f} | {feed_cpu:.3f} "
+                      f"| {target or '-'} | {met} | {loadavg()} |", flush=True)
 
 
 if __name__ == "__main__":

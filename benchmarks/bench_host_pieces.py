@@ -1,6 +1,7 @@
 """Per-batch host pieces of the training loop, alone in one thread: CPU microseconds.
 
     python benchmarks/bench_host_pieces.py [--root CHECKOUT] [--shapes 16x128,64x1024]
+    python benchmarks/bench_host_pieces.py --token-store both   # draw without / with data.token_store
 
 Times, with ``time.thread_time`` (what waiting for other processes cannot inflate), the
 pieces the prefetch thread runs per batch (``composer``: the domain ids; ``draw``:
@@ -33,6 +34,9 @@ def main(argv=None):
     ap.add_argument("--root", default=str(pathlib.Path(__file__).resolve().parents[1]))
     ap.add_argument("--shapes", default="16x128,64x1024")
     ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--token-store", default="off", choices=("off", "on", "both"),
+                    help="data.token_store for the sampler (both: a row for each; the stores "
+                         "are built in a temporary directory first, outside the timing)")
     args = ap.parse_args(argv)
     sys.path.insert(0, args.root)
     import jax
@@ -42,10 +46,15 @@ def main(argv=None):
     from mixjax.train.batches import batch_maker
 
     print(f"root {args.root}; CPU us per call, {args.n} calls")
-    for shape in args.shapes.split(","):
+    import tempfile
+    cache = tempfile.mkdtemp(prefix="bench_pieces_")
+    stores = {"off": (False,), "on": (True,), "both": (False, True)}[args.token_store]
+    for shape, store in [(sh, st) for sh in args.shapes.split(",") for st in stores]:
         b, s = map(int, shape.split("x"))
+        extra = [f"data.token_store={store}", f"data.cache_dir={cache}"] \
+            if args.token_store != "off" else []
         cfg = config_lib.load(f"{args.root}/configs/lm_tiny_uniform.py", [
-            f"data.batch_size={b}", f"data.seq_len={s}", "train.run_dir=/tmp/unused"])
+            f"data.batch_size={b}", f"data.seq_len={s}", "train.run_dir=/tmp/unused", *extra])
         tr = loop.Trainer(cfg)
         sampler = tr.data.make_sampler(tr.sampler_weights())
         make = batch_maker(tr)
@@ -60,7 +69,8 @@ def main(argv=None):
         res = {"composer": timed(sampler.composer.next_ids, args.n), "draw": timed(draw, args.n),
                "place": timed(lambda: make(host, p, 0), args.n),
                "draw+place": timed(lambda: make(*draw(), 0), args.n)}
-        print(shape, " ".join(f"{k} {v:.1f}" for k, v in res.items()), flush=True)
+        label = f"{shape} token_store={'on' if store else 'off'}" if extra else shape
+        print(label, " ".join(f"{k} {v:.1f}" for k, v in res.items()), flush=True)
 
     k = 8
     z = jnp.arange(k, dtype=jnp.float32)

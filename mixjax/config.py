@@ -83,6 +83,10 @@ class DataConfig:
     # the tokenizer's checksum and the files' sizes/mtimes (None: $MIXJAX_CACHE_DIR or
     # ~/.cache/mixjax; "": no cache).
     cache_dir: str | None = None
+    # Serve the training documents from a pre-tokenised token store under cache_dir (built on
+    # first use; mixjax.data.token_store): the same batches, one array slice per document
+    # instead of a read + decode + tokenisation. Needs workers = 0.
+    token_store: bool = False
     seq_len: int = 128
     batch_size: int = 16
     sampler: str = "multinomial"       # multinomial | stratified | per_domain
@@ -269,6 +273,8 @@ def validate(cfg: Config) -> Config:
              f"must be multinomial, stratified or per_domain, got {d.sampler!r}")
     _require(d.lag >= 1, "data.lag", f"must be >= 1, got {d.lag}")
     _require(d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    _require(not (d.token_store and d.workers), "data.token_store",
+             f"the store is read in this process: needs data.workers=0, got {d.workers}")
     if d.split_fractions is not None:
         bad = sorted(set(d.split_fractions) - {"validation", "test"})
         _require(not bad, "data.split_fractions", f"unknown split(s) {bad}; use validation/test")

@@ -40,6 +40,7 @@ NEUTRAL_KEYS: tuple[str, ...] = (
     "train.tracker_args",
     "train.plugins",        # where out-of-tree code is imported from (its names are in the config)
     "data.cache_dir",       # where tokenized data is cached (keyed by content, not by path)
+    "data.token_store",     # documents read from a pre-tokenised store: the same batches
 )
 # Not neutral, on purpose: train.eval_every (eval_loss feeds eval-driven mixers),
 # eval.batch_size (summation order of the eval loss that feeds them), mesh.* (sharding

@@ -85,6 +85,12 @@ class DomainSampler:
       chunk: documents per grain element (amortises grain's per-element cost;
         part of the data definition, like ``seed``).
       process_index, process_count: this host's share (see module docstring).
+      token_store: serve the documents from each domain's pre-tokenised token store
+        (:mod:`mixjax.data.token_store`; built on first use under ``cache_dir``): the
+        same batches and states as without it, one array slice per document instead
+        of a read + decode + tokenisation. In-process only (``num_workers=0``).
+      cache_dir: where the stores live (None: the default cache directory; ``""``:
+        in memory, built when the sampler is).
 
     Not thread-safe: the train loop's prefetch thread and its main thread share a
     sampler through :class:`mixjax.train.prefetch.BatchPrefetcher`, which holds the
@@ -99,7 +105,8 @@ class DomainSampler:
                  split_fractions: Mapping[str, float] = splits_lib.DEFAULT_FRACTIONS,
                  num_workers: int = 0, worker_buffer_size: int = 4, bos: bool = False,
                  chunk: int = 16,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1,
+                 token_store: bool = False, cache_dir: str | None = None):
         names, srcs = as_domain_list(sources)
         self.domains: tuple[str, ...] = tuple(names)
         self.tokenizer = tokenizers.get(tokenizer) if isinstance(tokenizer, str) else tokenizer
@@ -125,6 +132,15 @@ class DomainSampler:
                 raise DataError(f"domain {n!r}: {len(s)} documents cannot be shared by "
                                 f"{process_count} processes")
         self.sources: tuple[DomainSource, ...] = tuple(srcs)
+        self._stores: list | None = None
+        if token_store:
+            if self.num_workers:
+                raise ValueError(f"token_store reads in this process: num_workers must be 0, "
+                                 f"got {self.num_workers} (workers only read and tokenize, "
+                                 f"which the store does once)")
+            from mixjax.data import token_store as store_lib
+            self._stores = [store_lib.open_store(store_lib.base_and_index(s)[0], self.tokenizer,
+                                                 cache_dir, n) for n, s in zip(names, srcs)]
         self._iters: list[grain.DatasetIterator | None] = [None] * len(self.domains)
         self.split_seed, self.split_fractions = int(split_seed), dict(split_fractions)
 
@@ -163,7 +179,16 @@ class DomainSampler:
     def _iterator(self, d: int) -> grain.DatasetIterator:
         it = self._iters[d]
         if it is None:   # created on first use: a domain never drawn costs nothing
-            it = self._iters[d] = iter(self.domain_dataset(d))
+            if self._stores is not None:
+                from mixjax.data import token_store as store_lib
+                it = store_lib.stored_iterator(
+                    self.sources[d], self._stores[d], seed=domain_seed(self.seed, self.domains[d]),
+                    chunk=self.chunk, length=self.seq_len + 1, bos=self.bos,
+                    process_index=self.process_index,
+                    process_count=self.process_count)
+            else:
+                it = iter(self.domain_dataset(d))
+            self._iters[d] = it
         return it
 
     def start(self) -> "DomainSampler":

@@ -65,16 +65,28 @@ class ShuffledDocChunks(grain.MapDataset):
         epoch, pos = divmod(int(position), self._n)
         return self._offset + self._stride * int(self.permutation(epoch)[pos])
 
+    def chunk_indices(self, index: int) -> np.ndarray:
+        """int64[chunk]: the source indices of the documents of element ``index``."""
+        return self.indices(int(index) * self._chunk, (int(index) + 1) * self._chunk)
+
+    def indices(self, start: int, stop: int) -> np.ndarray:
+        """int64: the source indices of the documents at stream positions ``[start, stop)``."""
+        e0, p0 = divmod(int(start), self._n)
+        if p0 + (stop - start) <= self._n:   # one epoch (the usual case): one slice
+            perm = self.permutation(e0)[p0:p0 + (stop - start)]
+        else:
+            epoch, within = np.divmod(np.arange(start, stop, dtype=np.int64), self._n)
+            perm = np.empty(stop - start, np.int64)
+            for e in range(e0, int(epoch[-1]) + 1):
+                at = epoch == e
+                perm[at] = self.permutation(e)[within[at]]
+        return self._offset + self._stride * perm.astype(np.int64)
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
-        start = int(index) * self._chunk
-        epoch, pos = divmod(start, self._n)
-        if pos + self._chunk <= self._n:   # one epoch (the usual case): one gather
-            perm = self.permutation(epoch)[pos:pos + self._chunk]
-            source = self._source
-            return [source[i] for i in (self._offset + self._stride * perm.astype(np.int64)).tolist()]
-        return [self._source[self.doc_index(i)] for i in range(start, start + self._chunk)]
+        source = self._source
+        return [source[i] for i in self.chunk_indices(index).tolist()]
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -183,6 +183,8 @@ def build_data(cfg: Config) -> TrainData:
                                   tokenizer=tok, mode=cfg.data.sampler, lag=cfg.data.lag,
                                   seed=seed, num_workers=cfg.data.workers,
                                   split_fractions=fractions,
+                                  token_store=cfg.data.token_store,
+                                  cache_dir=cfg.data.cache_dir,
                                   # multi-host: this process reads only its share of each
                                   # domain and returns its rows of the global batch
                                   process_index=jax.process_index(),
