@@ -81,8 +81,9 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, 
                             best = selection.sweep_acc(recs, method)
                             if best is not None:
                                 accs.append(best["test_acc"])
-                                for k, v in _open_set_values(recs, best, te).items():
-                                    open_set.setdefault(k, []).append(v)
+                                if got := _open_set_values(recs, best, te):
+                                    for k, v in {**got, "trials": trial}.items():
+                                        open_set.setdefault(k, []).append(v)
                                 if "test_acc_before" in best:
                                     before.append(best["test_acc_before"])
                                     tt_s.append(best["test_time_s"])
@@ -92,6 +93,7 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, 
                                  # the selected checkpoints without their test-time step
                                  "trial_accs_before": before, "test_time_s": tt_s,
                                  # open-set sweeps: the selected checkpoints' closed_acc, auroc, oscr
+                                 # and their trial seeds
                                  "trial_open_set": open_set})
     return rows
 
@@ -111,7 +113,8 @@ def _open_set_values(recs: list[dict], best: dict, test_env: int) -> dict[str, f
 def open_set_markdown(rows: list[dict]) -> str:
     """Open-set sweeps: per selection method, dataset, algorithm and test env, the selected
     checkpoints' closed-set accuracy (known classes), AUROC (known vs unknown) and OSCR, each
-    ``format_mean`` over trials, and per algorithm the mean over test envs ("Avg")."""
+    ``format_mean`` over trials; per algorithm "Avg": each trial's mean over the test envs it
+    has, ``format_mean`` over trials (DomainBed's Averages rule)."""
     from mixjax.dg.openset import METRICS
 
     os_rows = [r for r in rows if r.get("trial_open_set")]
@@ -127,8 +130,13 @@ def open_set_markdown(rows: list[dict]) -> str:
         for r in rs:
             cells = [format_mean(r["trial_open_set"].get(m, []))[2] for m in METRICS]
             out.append(f"| {method} | {ds} | {alg} | {r['env']} | " + " | ".join(cells) + " |")
-        means = [[format_mean(r["trial_open_set"].get(m, []))[0] for r in rs] for m in METRICS]
-        cells = ["X" if any(v is None for v in ms) else f"{sum(ms) / len(ms):.1f}" for ms in means]
+        cells = []
+        for m in METRICS:
+            per_trial: dict[int, list[float]] = defaultdict(list)
+            for r in rs:
+                for t, v in zip(r["trial_open_set"]["trials"], r["trial_open_set"].get(m, [])):
+                    per_trial[t].append(v)
+            cells.append(format_mean([float(np.mean(v)) for _, v in sorted(per_trial.items())])[2])
         out.append(f"| {method} | {ds} | {alg} | Avg | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
