@@ -1,8 +1,11 @@
 """Open-set domain generalisation: the ``dataset.open_set_unknown`` protocol of ``mixjax dg sweep``
 and its metrics (closed-set accuracy on the known classes, AUROC of known vs unknown, OSCR).
 
-Protocol (zzwdx/MEDIC, commit 70e4b09, ``ml_open.py`` lines 20-50 and 134-184;
-``dataset/dataset.py`` ``MultiDomainData.load_dataset``): the classes are split into *known*
+Protocol (zzwdx/MEDIC, commit 70e4b09: ``ml_open.py`` lines 21-52, the ``--known-classes`` /
+``--unknown-classes`` arguments with the PACS default and the commented OfficeHome and DigitsDG
+splits, and the set-up after them - ``num_classes = len(known_classes)``, the ``val_k``,
+``test_k`` and ``test_u`` loaders; ``dataset/dataset.py`` ``MultiDomainData.load_dataset``,
+class index = rank in the sorted class list): the classes are split into *known*
 and *unknown* ones (``--known-classes`` / ``--unknown-classes``; DigitsDG: known 0-5, unknown
 6-9; PACS: unknown ``person``; OfficeHome: the last 25 of 65 classes unknown). The known
 classes, sorted, are relabelled ``0 .. K-1`` by rank and the network has K outputs
@@ -21,7 +24,7 @@ play no part in selection; AUROC and OSCR normalise each side by its own count).
 
 Score hook (:func:`known_score`): an algorithm with a ``known_score(state, x) -> f32[n]``
 method (high = known; MEDIC's OVA score) is scored by it; every other by the maximum softmax
-probability of ``predict`` (MEDIC's ``OSCR_C`` closed-set baseline, ``ml_open.py`` 401-405).
+probability of ``predict`` (MEDIC's ``OSCR_C``: ``torch.max`` of the closed-set softmax).
 Algorithms whose predictions depend on the evaluation batch (``eval_context``, ARM) or that
 have a test-time procedure (``mixjax.dg.test_time``) are refused: their open-set scores would
 depend on how known and unknown rows are batched.
