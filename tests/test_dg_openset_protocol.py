@@ -73,7 +73,11 @@ def test_scorer_restated_in_numpy_default_msp_medic_ova_and_vmapped_group():
                     return q[np.arange(len(a)), 1, zz.argmax(1)]
                 sc, sc_u = ova(kx[rows], z), ova(sp.unknown_x[te], z_u)
             want = _numpy_metrics(z, z_u, ky[rows], sc, sc_u)
-            for m in openset.METRICS:
+            if name == "medic":   # its max softmax probability too (MEDIC's OSCR_C next to OSCR_B)
+                base = _numpy_metrics(z, z_u, ky[rows])
+                want.update(auroc_msp=base["auroc"], oscr_msp=base["oscr"])
+            assert sorted(recs[j][0]) == sorted(f"env{te}_{m}" for m in want)
+            for m in want:
                 assert recs[j][0][f"env{te}_{m}"] == pytest.approx(want[m], abs=1e-6)
         if name != "erm":
             continue
@@ -132,3 +136,32 @@ def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, sets, culpr
     assert len(err) == 1 and culprit in err[0], err
     assert ("dataset.open_set_unknown" if "arm" not in culprit else "'algorithms'") in err[0]
     assert not run.exists()
+
+
+def test_table_avg_rule_and_max_softmax_columns_on_hand_records():
+    from mixjax.dg import report
+
+    rng = np.random.default_rng(1)
+    recs, vals = [], {}
+    for alg in ("erm", "medic"):
+        for te in (0, 1):
+            for trial in (0, 1):
+                v = {m: float(rng.uniform(0.3, 0.9)) for m in ("closed_acc", "auroc", "oscr", "auroc_msp", "oscr_msp")}
+                vals[(alg, te, trial)] = v
+                r = {"args": {"dataset": "toy", "algorithm": alg, "test_envs": [te], "hparams_seed": 0,
+                              "trial_seed": trial, "mixjax": {"open_set_unknown": [3]}}, "step": 0,
+                     "env0_in_acc": v["closed_acc"], "env1_in_acc": v["closed_acc"], "env0_out_acc": 0.5,
+                     "env1_out_acc": 0.5}
+                r.update({f"env{te}_{m}": x for m, x in v.items() if alg == "medic" or not m.endswith("_msp")})
+                recs.append(r)
+    md = report.open_set_markdown(report.collect(recs))
+    rows = {tuple(c.strip() for c in line.split("|")[1:5]): [c.strip() for c in line.split("|")[5:-1]]
+            for line in md.splitlines() if line.startswith("| training_domain")}
+    assert rows[("training_domain", "toy (open set, unknown 3)", "erm", "env0")][3:] == ["-", "-"]
+    for alg in ("erm", "medic"):   # Avg: each trial's mean over the test envs, DomainBed's format_mean
+        for i, m in enumerate(("closed_acc", "auroc", "oscr", "auroc_msp", "oscr_msp")):
+            if alg == "erm" and m.endswith("_msp"):
+                continue
+            per_trial = np.asarray([np.mean([vals[(alg, te, t)][m] for te in (0, 1)]) for t in (0, 1)])
+            want = f"{100 * per_trial.mean():.1f} +/- {100 * np.std(per_trial / np.sqrt(2)):.1f}"
+            assert rows[("training_domain", "toy (open set, unknown 3)", alg, "Avg")][i] == want

@@ -24,7 +24,9 @@ play no part in selection; AUROC and OSCR normalise each side by its own count).
 
 Score hook (:func:`known_score`): an algorithm with a ``known_score(state, x) -> f32[n]``
 method (high = known; MEDIC's OVA score) is scored by it; every other by the maximum softmax
-probability of ``predict`` (MEDIC's ``OSCR_C``: ``torch.max`` of the closed-set softmax).
+probability of ``predict`` (MEDIC's ``OSCR_C``: ``torch.max`` of the closed-set softmax). An
+algorithm with its own score also gets ``env{e}_auroc_msp`` / ``env{e}_oscr_msp`` (its max
+softmax probability), as MEDIC logs ``OSCR_C`` next to ``OSCR_B``.
 Algorithms whose predictions depend on the evaluation batch (``eval_context``, ARM) or that
 have a test-time procedure (``mixjax.dg.test_time``) are refused: their open-set scores would
 depend on how known and unknown rows are batched.
@@ -46,6 +48,8 @@ from mixjax.errors import ConfigError
 
 KEY = "dataset.open_set_unknown"
 METRICS = ("closed_acc", "auroc", "oscr")
+# recorded too for an algorithm with its own score: AUROC and OSCR under max softmax probability
+MSP_METRICS = ("auroc_msp", "oscr_msp")
 
 
 def oscr(pred_known, y_known, score_known, score_unknown) -> float:
@@ -148,14 +152,21 @@ def check_algorithms(algorithms) -> None:
                               f"test-time step; {KEY} scores plain per-row predictions - leave it out")
 
 
+def has_own_score(alg) -> bool:
+    """Whether ``alg`` (an algorithm or its class) defines its own ``known_score``."""
+    return callable(getattr(alg, "known_score", None))
+
+
 def known_score(alg, state, x):
-    """``(pred i32[n], score f32[n])``: the closed-set prediction and the open-set score (high =
-    known): ``alg.known_score`` where the algorithm defines one, else the maximum softmax
-    probability of ``predict`` (MEDIC's ``OSCR_C``)."""
+    """``(pred i32[n], score f32[n], msp f32[n])``: the closed-set prediction, the open-set
+    score (high = known) - ``alg.known_score`` where the algorithm defines one, else the
+    maximum softmax probability of ``predict`` (MEDIC's ``OSCR_C``) - and that maximum softmax
+    probability itself (for an algorithm with its own score, both are recorded, as MEDIC's
+    code logs ``OSCR_C`` next to ``OSCR_B``)."""
     import jax
     import jax.numpy as jnp
 
     logits = alg.predict(state, x)
-    own = getattr(alg, "known_score", None)
-    score = own(state, x) if own is not None else jax.nn.softmax(logits, -1).max(-1)
-    return jnp.argmax(logits, -1), score
+    msp = jax.nn.softmax(logits, -1).max(-1)
+    score = alg.known_score(state, x) if has_own_score(alg) else msp
+    return jnp.argmax(logits, -1), score, msp

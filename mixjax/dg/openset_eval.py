@@ -46,14 +46,13 @@ class OpenSetEval:
             n = x.shape[0]
             pad = (-n) % chunk
             x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-            pred, score = jax.lax.map(lambda xb: openset.known_score(alg, state, xb),
-                                      x.reshape(-1, chunk, *x.shape[1:]))
-            return pred.reshape(-1)[:n], score.reshape(-1)[:n]
+            out = jax.lax.map(lambda xb: openset.known_score(alg, state, xb), x.reshape(-1, chunk, *x.shape[1:]))
+            return tuple(a.reshape(-1)[:n] for a in out)
 
         def fn(state, tes, X, U):   # tes i32[T]: the job's test envs
-            pred, score = jax.vmap(lambda te: rows(state, X[te]))(tes)
-            _, score_u = jax.vmap(lambda te: rows(state, U[te]))(tes)
-            return pred, score, score_u
+            pred, score, msp = jax.vmap(lambda te: rows(state, X[te]))(tes)
+            _, score_u, msp_u = jax.vmap(lambda te: rows(state, U[te]))(tes)
+            return pred, score, msp, score_u, msp_u
 
         if runner.batched:
             fn = jax.vmap(fn, in_axes=(0, 0, None, None))
@@ -65,13 +64,18 @@ class OpenSetEval:
         """Adds the open-set metrics of each job's test envs to its last record in ``records``."""
         fn = self._scorer(runner, len(jobs))
         tes = np.asarray([j.test_envs for j in jobs], np.int32)
-        pred, score, score_u = jax.device_get(fn(state, tes if batched else tes[0], X, self.U))
+        pred, score, msp, score_u, msp_u = jax.device_get(fn(state, tes if batched else tes[0], X, self.U))
         in_mask = np.asarray(jax.device_get(jd["in_mask"]))
+        own = openset.has_own_score(runner.alg)
         for g, job in enumerate(jobs):
             pick = (lambda a: a[g]) if batched else (lambda a: a)  # noqa: E731
             mask = pick(in_mask)
             for t, te in enumerate(job.test_envs):
-                m = mask[te]
+                m, n_u = mask[te], self.u_len[te]
                 got = openset.open_set_metrics(pick(pred)[t][m], self.Y[te][m], pick(score)[t][m],
-                                               pick(score_u)[t][: self.u_len[te]])
+                                               pick(score_u)[t][:n_u])
+                if own:   # the same model under max softmax probability (MEDIC's OSCR_C)
+                    base = openset.open_set_metrics(pick(pred)[t][m], self.Y[te][m], pick(msp)[t][m],
+                                                    pick(msp_u)[t][:n_u])
+                    got.update({f"{k}_msp": base[k] for k in ("auroc", "oscr")})
                 records[job][-1].update({openset.record_key(te, k): v for k, v in got.items()})
