@@ -41,6 +41,10 @@ class DatasetConfig:
     # {env name: rate}; flips round(rate * n) labels of an env whenever it is a training env
     # (test envs keep clean labels); 0: none
     label_noise: float | dict[str, float] = 0.0
+    # open-set DG (mixjax.dg.openset): the dataset's class ids held out as unknown; the other
+    # classes are known (relabelled 0..K-1 by rank), training envs and the network see them only,
+    # and each test env's unknown rows are scored (AUROC, OSCR). (): closed set
+    open_set_unknown: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -137,6 +141,11 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     need(not (cfg.crafted_val and datasets.is_image_folder(name)), "crafted_val",
          f"the shift families act on images in [0, 1]; dataset {name!r} is an image folder whose "
          "evaluation images are ImageNet-normalised")
+    if cfg.dataset.open_set_unknown:   # class ids against the dataset's classes: at sweep start
+        from mixjax.dg import openset
+
+        need(min(cfg.dataset.open_set_unknown) >= 0, openset.KEY, "class ids must be >= 0")
+        openset.check_algorithms(cfg.algorithms)
     need(cfg.dataset.seeds in DATA_SEED_MODES, "dataset.seeds", f"one of {DATA_SEED_MODES}")
     need(cfg.n_hparams >= 1, "n_hparams", "must be >= 1")
     need(cfg.n_trials >= 1, "n_trials", "must be >= 1")
@@ -193,12 +202,15 @@ def _parse(text: str):
 
 
 def to_dict(cfg: SweepConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    out = dataclasses.asdict(cfg)
+    if not out["dataset"]["open_set_unknown"]:   # closed-set sweeps keep their config.json
+        del out["dataset"]["open_set_unknown"]
+    return out
 
 
 def from_dict(d: dict) -> SweepConfig:
     return SweepConfig(
-        dataset=DatasetConfig(**d["dataset"]),
+        dataset=DatasetConfig(**{k: tuple(v) if k == "open_set_unknown" else v for k, v in d["dataset"].items()}),
         model=ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["model"].items()}),
         **{k: tuple(v) if k in ("algorithms", "crafted_val") else v for k, v in d.items() if k not in ("dataset", "model")},
     )

@@ -155,6 +155,9 @@ class DGClient(engine.Client):
                     rec[crafted_val.record_key(e, f)] = float(pick(out_f)[e])
             rec["hparams"] = dict(job.hparams)
             self.records[job].append(rec)
+        if (open_set := getattr(self.dev, "open_set", None)) is not None:   # mixjax.dg.openset
+            open_set.add_metrics(self.runner, state["alg"], self.jd, self.dev.X, self.jobs, self.batched,
+                                 self.records)
         self.total, self.n, self.t0 = None, 0, time.perf_counter()
         return state
 

@@ -80,6 +80,8 @@ class Job:
         })
         if noise := label_noise_arg(cfg):   # only when used: earlier sweeps keep their hashes
             out["mixjax"]["label_noise"] = noise
+        if cfg.dataset.open_set_unknown:   # open-set protocol (mixjax.dg.openset): its unknown classes
+            out["mixjax"]["open_set_unknown"] = sorted(cfg.dataset.open_set_unknown)
         if cfg.crafted_val:   # the records carry the shifted accuracies (mixjax.dg.crafted_val)
             out["mixjax"]["crafted_val"] = list(cfg.crafted_val)
         return json.loads(json.dumps(out))  # tuples -> lists, as read back

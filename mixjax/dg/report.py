@@ -75,11 +75,15 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, 
             for alg in algorithms:
                 for te in range(n_envs):
                     accs, before, tt_s = [], [], []
+                    open_set: dict[str, list[float]] = {}
                     for (trial, d, a, t), recs in sorted(grouped.items()):
                         if (d, a, t) == (ds, alg, te):
                             best = selection.sweep_acc(recs, method)
                             if best is not None:
                                 accs.append(best["test_acc"])
+                                if got := _open_set_values(recs, best, te):
+                                    for k, v in {**got, "trials": trial}.items():
+                                        open_set.setdefault(k, []).append(v)
                                 if "test_acc_before" in best:
                                     before.append(best["test_acc_before"])
                                     tt_s.append(best["test_time_s"])
@@ -87,8 +91,60 @@ def collect(records: list[dict], env_names: dict[str, list[str]] | None = None, 
                     rows.append({"method": method, "dataset": ds, "algorithm": alg, "env": names[te], "test_env": te,
                                  "trial_accs": accs, "mean": mean, "se": se, "text": text,
                                  # the selected checkpoints without their test-time step
-                                 "trial_accs_before": before, "test_time_s": tt_s})
+                                 "trial_accs_before": before, "test_time_s": tt_s,
+                                 # open-set sweeps: the selected checkpoints' closed_acc, auroc, oscr
+                                 # and their trial seeds
+                                 "trial_open_set": open_set})
     return rows
+
+
+def _open_set_values(recs: list[dict], best: dict, test_env: int) -> dict[str, float]:
+    """The open-set metrics (``mixjax.dg.openset``) of the selected checkpoint: the record of the
+    chosen hparams seed's single-test-env run at the chosen step; {} for closed-set records."""
+    from mixjax.dg.openset import METRICS, MSP_METRICS, record_key
+
+    for r in recs:
+        if (r["args"]["hparams_seed"] == best["hparams_seed"] and r["step"] == best["step"]
+                and list(r["args"]["test_envs"]) == [test_env]):
+            return {m: r[record_key(test_env, m)] for m in METRICS + MSP_METRICS if record_key(test_env, m) in r}
+    return {}
+
+
+def open_set_markdown(rows: list[dict]) -> str:
+    """Open-set sweeps: per selection method, dataset, algorithm and test env, the selected
+    checkpoints' closed-set accuracy (known classes), AUROC (known vs unknown) and OSCR, each
+    ``format_mean`` over trials; per algorithm "Avg": each trial's mean over the test envs it
+    has, ``format_mean`` over trials (DomainBed's Averages rule). Where an algorithm with its own
+    score was tabulated, two more columns give AUROC and OSCR of its max softmax probability
+    ("-" for the others, whose score is that already)."""
+    from mixjax.dg.openset import METRICS, MSP_METRICS
+
+    os_rows = [r for r in rows if r.get("trial_open_set")]
+    if not os_rows:
+        return ""
+    metrics = METRICS + (MSP_METRICS if any(m in r["trial_open_set"] for r in os_rows for m in MSP_METRICS) else ())
+    heads = ["closed acc", "AUROC", "OSCR", "AUROC (max softmax)", "OSCR (max softmax)"][: len(metrics)]
+    out = ["", "### Open set: the selected checkpoints' test env (closed-set acc on the known classes; "
+           "AUROC and OSCR of known vs unknown)\n",
+           "| selection | dataset | algorithm | test env | " + " | ".join(heads) + " |",
+           "|---" * (4 + len(heads)) + "|"]
+    by_alg: dict[tuple, list[dict]] = defaultdict(list)
+    for r in os_rows:
+        by_alg[(r["method"], r["dataset"], r["algorithm"])].append(r)
+    for (method, ds, alg), rs in by_alg.items():
+        for r in rs:
+            cells = [format_mean(r["trial_open_set"][m])[2] if m in r["trial_open_set"] else "-" for m in metrics]
+            out.append(f"| {method} | {ds} | {alg} | {r['env']} | " + " | ".join(cells) + " |")
+        cells = []
+        for m in metrics:
+            per_trial: dict[int, list[float]] = defaultdict(list)
+            for r in rs:
+                for t, v in zip(r["trial_open_set"]["trials"], r["trial_open_set"].get(m, [])):
+                    per_trial[t].append(v)
+            cells.append(format_mean([float(np.mean(v)) for _, v in sorted(per_trial.items())])[2]
+                         if per_trial else "-")
+        out.append(f"| {method} | {ds} | {alg} | Avg | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def averages(records: list[dict], latex: bool = False) -> list[dict]:
@@ -232,7 +288,7 @@ def write_tables(run_dir: str | pathlib.Path, env_names: dict[str, list[str]] | 
     run_dir = pathlib.Path(out) if out is not None else run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     md, cs = run_dir / "results.md", run_dir / "results.csv"
-    md.write_text(markdown(rows, avg_rows) + test_time_markdown(rows))
+    md.write_text(markdown(rows, avg_rows) + test_time_markdown(rows) + open_set_markdown(rows))
     cs.write_text(csv_text(rows))
     if not latex_table:
         return md, cs

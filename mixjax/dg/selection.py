@@ -152,11 +152,14 @@ def dataset_label(args: dict) -> str:
     protocol when the sweep injected label noise (``mixjax.dg.label_noise``), so noisy and clean
     runs never share a row."""
     noise = (args.get("mixjax") or {}).get("label_noise")
+    # the open-set protocol (mixjax.dg.openset) trains on the known classes only: its own row
+    unknown = (args.get("mixjax") or {}).get("open_set_unknown")
+    suffix = f" (open set, unknown {','.join(map(str, unknown))})" if unknown else ""
     if not noise:
-        return args["dataset"]
+        return args["dataset"] + suffix
     if isinstance(noise, dict):
-        return f"{args['dataset']} (label noise {', '.join(f'{k}={v:g}' for k, v in sorted(noise.items()))})"
-    return f"{args['dataset']} (label noise {noise:g})"
+        return f"{args['dataset']} (label noise {', '.join(f'{k}={v:g}' for k, v in sorted(noise.items()))})" + suffix
+    return f"{args['dataset']} (label noise {noise:g})" + suffix
 
 
 def group_records(records: Sequence[Record]) -> dict[tuple, list[Record]]:

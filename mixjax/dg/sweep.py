@@ -64,7 +64,7 @@ from mixjax import run_identity
 from mixjax.run import logs
 from mixjax.config import ConfigError
 from mixjax.dg import datasets as D
-from mixjax.dg import crafted_val, label_noise, test_time
+from mixjax.dg import crafted_val, label_noise, openset, test_time
 from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
 from mixjax.dg.group_client import (Interrupted, discard_checkpoints, host_fed,  # noqa: F401
                                     job_batches, run_group)
@@ -126,6 +126,28 @@ def with_shifts(cfg: SweepConfig, data: D.EnvDataset, dev: DeviceData, data_seed
     return dev
 
 
+def load_data(cfg: SweepConfig, seed: int) -> tuple[D.EnvDataset, object]:
+    """The sweep's dataset built from ``seed``; under the open-set protocol
+    (``dataset.open_set_unknown``, :mod:`mixjax.dg.openset`) its known-class view and the split
+    (``ConfigError`` naming the key for a bad class id or an env without known/unknown rows)."""
+    data = D.get(cfg.dataset.name, seed, **cfg.dataset.kwargs)
+    if not cfg.dataset.open_set_unknown:
+        return data, None
+    split = openset.split(data, cfg.dataset.open_set_unknown)
+    return split.known, split
+
+
+def device_data(cfg: SweepConfig, data: D.EnvDataset, split, data_seed: int) -> DeviceData:
+    """``DeviceData`` with the crafted-shift copies (``with_shifts``) and, under the open-set
+    protocol, ``open_set``: the unknown rows and their scoring (:mod:`mixjax.dg.openset_eval`)."""
+    dev = with_shifts(cfg, data, DeviceData(data), data_seed)
+    if split is not None:
+        from mixjax.dg.openset_eval import OpenSetEval
+
+        dev.open_set = OpenSetEval(split, cfg.eval_batch)
+    return dev
+
+
 def resolve_config(cfg: SweepConfig, run_dir: pathlib.Path) -> tuple[SweepConfig, list[str]]:
     """``cfg`` merged with the sweep already in ``run_dir`` (``ConfigError`` if they conflict)."""
     if (run_dir / "results.jsonl").exists():
@@ -154,7 +176,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     for line in extended:
         log(f"extending the sweep in {run_dir}: {line}")
     per_job = cfg.dataset.seeds == "per_job"
-    data = D.get(cfg.dataset.name, cfg.dataset.seed, **cfg.dataset.kwargs)
+    data, split = load_data(cfg, cfg.dataset.seed)   # open set: the known classes (ConfigError first)
     test_time.check_requirements(cfg.algorithms, data, net_spec(cfg, data))   # before anything is written or compiled
     label_noise.env_rates(cfg.dataset.label_noise, data.env_names, data.name)   # names a wrong env / rate
     crafted_val.check(cfg.crafted_val, data)   # a shift family the data cannot take
@@ -169,11 +191,14 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
                                   "devices": [str(d) for d in jax.devices()]})
     log(f"dataset {data.name}: envs {list(data.env_names)} sizes {data.sizes()} shape {data.input_shape}"
         + (" (one realisation per job)" if per_job else ""))
+    if split is not None:
+        log(f"open set: known classes {list(split.known_classes)} (labels 0..{len(split.known_classes) - 1}), "
+            f"unknown {list(split.unknown_classes)}: {[len(u) for u in split.unknown_x]} unknown rows per env")
     all_jobs = make_jobs(cfg, data.num_envs)
     jobs = [j for j in all_jobs if not run_identity.is_finished(run_dir / j.hash(cfg))]
     groups = make_groups(jobs, cfg.max_group, batched)
     log(f"{len(jobs)} jobs to run ({len(all_jobs) - len(jobs)} done) in {len(groups)} group(s); vmap={batched}")
-    dev = None if per_job else with_shifts(cfg, data, DeviceData(data), cfg.dataset.seed)
+    dev = None if per_job else device_data(cfg, data, split, cfg.dataset.seed)
     cache: dict = {}
     t_all = time.perf_counter()
     from mixjax import progress
@@ -184,8 +209,8 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
         t0 = time.perf_counter()
         try:
             if per_job:
-                job_data = D.get(cfg.dataset.name, group[0].data_seed(cfg), **cfg.dataset.kwargs)
-                job_dev = with_shifts(cfg, job_data, DeviceData(job_data), group[0].data_seed(cfg))
+                job_data, job_split = load_data(cfg, group[0].data_seed(cfg))
+                job_dev = device_data(cfg, job_data, job_split, group[0].data_seed(cfg))
                 records = run_group(cfg, job_data, job_dev, group, batched, cache, inflight, log)
             else:
                 records = run_group(cfg, data, dev, group, batched, cache, inflight, log)
