@@ -1,14 +1,15 @@
 """DDG, disentanglement-constrained domain generalisation (Zhang, Zhang, Zhang, Zhang & Li,
 "Towards Principled Disentanglement for Domain Generalization", CVPR 2022, arXiv 2111.13839),
 from the authors' DomainBed fork hlzhang109/DDG (commit b5cd182):
-``algorithms.py`` class ``DDG`` (lines 1029-1324): ``forward`` (l. 1106-1144: semantic factors
+``algorithms.py`` class ``DDG`` (lines 1029-1324): ``forward`` (l. 1085-1122: semantic factors
 from the featuriser, variation factors from the generator's encoder, decodes of swapped
-factors), ``gen_update`` (l. 1158-1198: the primal step of the DG stage), ``gan_update``
-(l. 1200-1264: the generator pre-training stage), ``update`` (l. 1267-1295), ``step``
-(l. 1320-1324: the dual step); ``hparams_registry.py`` l. 86-160 (MNIST branch: margin 0.025,
-recon_id_w 0.5, recon_xp_w 0.5, recon_x_w 0.5, eta 0.01, lr_g 1e-4, weight_decay_g 5e-4);
-``networks.py`` ``VAEGen`` / ``Decoder`` (l. 512-546, 594-637: the MNIST generator, 64-dim
-variation code, linear output); ``train.py`` l. 190-199, 236-239 (stage 1 loads the stage-0
+factors), ``dis_update`` (l. 1124-1136), ``gen_update`` (l. 1138-1179: the primal step of the
+DG stage), ``gan_update`` (l. 1181-1254: the generator pre-training stage), ``update``
+(l. 1256-1315), ``step`` (l. 1320-1324: the dual step); ``hparams_registry.py`` l. 86-164
+(MNIST branch: margin 0.025, recon_id_w 0.5, recon_xp_w 0.5, recon_x_w 0.5, eta 0.01, gan_w
+1.0, lr_g 1e-4, lr_d 1e-4, weight_decay_g 5e-4); ``networks.py`` ``MsImageDis`` (l. 300-437:
+LSGAN, R1 weight ``LAMBDA`` 0.01), ``VAEGen`` / ``Decoder`` (l. 512-546, 594-637: the MNIST
+generator, 64-dim variation code, linear output); ``train.py`` l. 190-199, 236-239 (stage 1 loads the stage-0
 generator and featuriser into a frozen copy; two minibatches a step); ``datasets.py``
 l. 180-194, 306-309 (each example comes with a "positive": another example of its class).
 
@@ -17,8 +18,15 @@ variation encoder E_v and decoder G form the generator. The rule, for two batche
 labels y_a, y_b and positives p_a, p_b (same labels):
 
 * stage 0, the first ``ddg_gen_steps`` steps (the code's ``--stage 0`` run): the generator
-  learns to reconstruct from the stop-gradient semantic code,
-      L_gen = recon_x_w * (|G(E_v(a), sg phi(a)) - a|_1 + |G(E_v(b), sg phi(b)) - b|_1);
+  learns to reconstruct from the stop-gradient semantic code and to make swapped decodes
+  x_ba = G(E_v(b), sg phi(a)), x_ab = G(E_v(a), sg phi(b)) look real to an image discriminator D
+  (LSGAN, ``MsImageDis.calc_dis_loss`` / ``calc_gen_loss`` / ``compute_grad2``):
+      L_D = gan_w * sum_{(f, r) in ((x_ba, a), (x_ab, b))} [mean D(f)^2 + mean (D(r) - 1)^2
+                                                         + 0.01 mean_i |d sum D(r) / d r_i|^2],
+      L_gen = gan_w * 2 (mean (D(x_ba) - 1)^2 + mean (D(x_ab) - 1)^2)
+              + recon_x_w * (|G(E_v(a), sg phi(a)) - a|_1 + |G(E_v(b), sg phi(b)) - b|_1);
+  D takes its Adam(lr_d, weight_decay) step first on the detached fakes, then the generator its
+  step against the updated D (the code's ``dis_update`` before ``gan_update``);
 * stage 1 (the code's ``--stage 1`` run): at the switch a frozen copy (phi~, E_v~, G~) of the
   featuriser and the generator is taken and both Adams are re-created (a new run in the
   code); with x_ba = G~(E_v~(b), phi~(a)) (a's semantics, b's variation, label y_a) and
@@ -40,9 +48,9 @@ adversarially in a separate run):
   (the mean over channels, as the code's ``to_gray``; a flat input as is) to ``VAR_DIM`` = 64
   (the code's MNIST variation code), G on [E_v, phi] to the whole input (all channels; the
   code's MNIST decoder outputs one channel), linear output;
-* stage 0 keeps only the reconstruction term: the image discriminator (``MsImageDis``, GAN
-  loss) and the cycle reconstruction (weight 0 until 20% of the steps, then warmed up) are left
-  out, and its step-decay schedules too;
+* D is an MLP on the whole input (width ``GEN_WIDTH``, ``GEN_DEPTH`` layers, one scale; the
+  code's is a two-scale convolutional discriminator on one channel); stage 0 leaves out the cycle
+  reconstruction (weight 0 until 20% of the steps, then warmed up) and the step-decay schedules;
 * one run holds both stages: during stage 0 the network also takes ERM steps on a (the code's
   stage-0 run leaves the classifier idle and starts stage 1 from the loaded featuriser: an
   ImageNet ResNet, or for MNIST an untrained CNN), so the frozen semantic encoder is an ERM
@@ -72,6 +80,7 @@ from mixjax.dg.networks import mlp
 VAR_DIM = 64
 GEN_WIDTH = 128
 GEN_DEPTH = 3
+R1_WEIGHT = 0.01   # MsImageDis.LAMBDA
 
 
 def grey(x):
@@ -115,6 +124,8 @@ class DDG(Algorithm):
             "ddg_eta": H.HParam(0.01, lambda r: 0.05),
             "ddg_lr_g": H.HParam(1e-4, lambda r: 10 ** r.uniform(-5, -3.5)),
             "ddg_weight_decay_g": H.HParam(5e-4, lambda r: 10 ** r.uniform(-6, -2)),
+            "ddg_gan_w": H.HParam(1.0, lambda r: float(r.choice([0.5, 1.0, 2.0]))),
+            "ddg_lr_d": H.HParam(1e-4, lambda r: 10 ** r.uniform(-5, -3.5)),
         }
 
     # ---- generator
@@ -135,6 +146,10 @@ class DDG(Algorithm):
     def decoder(self):
         return mlp(VAR_DIM + self.n_features, math.prod(self.net.input_shape), GEN_WIDTH, GEN_DEPTH)
 
+    @property
+    def discriminator(self):
+        return mlp(math.prod(self.net.input_shape), 1, GEN_WIDTH, GEN_DEPTH)
+
     def variation(self, gen, x):
         return self.encoder.merge(gen["enc"])(grey(x))
 
@@ -145,25 +160,54 @@ class DDG(Algorithm):
     def gen_tx(self, hp):
         return adam(hp["ddg_lr_g"], hp["ddg_weight_decay_g"], b1=0.0, b2=0.999)
 
+    def disc_tx(self, hp):
+        return adam(hp["ddg_lr_d"], hp["weight_decay"])
+
     def init(self, key, hp):
-        k_net, k_enc, k_dec = jax.random.split(key, 3)
+        k_net, k_enc, k_dec, k_dis = jax.random.split(key, 4)
         state = super().init(k_net, hp)
         gen = {"enc": self.encoder.init(k_enc), "dec": self.decoder.init(k_dec)}
+        disc = self.discriminator.init(k_dis)
         return {**state, "gen": gen, "gen_opt": self.gen_tx(hp).init(gen),
+                "disc": disc, "disc_opt": self.disc_tx(hp).init(disc),
                 "pre": {"params": state["params"], "gen": gen},
                 "lam": jnp.asarray(hp["ddg_lambda0"], jnp.float32)}
 
+    # ---- stage 0's image GAN (LSGAN)
+    def swapped(self, params, gen, x, perm):
+        """Stage 0's (x_ba, x_ab): decodes of swapped variation codes, semantic code stopped."""
+        z = jax.lax.stop_gradient(self.features(params, x))
+        v = self.variation(gen, x)
+        return self.decode(gen, v[perm], z), self.decode(gen, v, z[perm])
+
+    def disc_loss(self, disc, hp, fakes, reals):
+        """gan_w * sum over (fake, real) pairs of the LSGAN loss + 0.01 x R1 on the real batch."""
+        d = lambda u: self.discriminator.merge(disc)(u)[:, 0]   # noqa: E731
+        total = 0.0
+        for fake, real in zip(fakes, reals):
+            r1 = jax.grad(lambda u: d(u).sum())(real)
+            total = total + (jnp.mean(d(fake) ** 2) + jnp.mean((d(real) - 1.0) ** 2)
+                             + R1_WEIGHT * jnp.mean(jnp.sum(r1.reshape(r1.shape[0], -1) ** 2, axis=1)))
+        return hp["ddg_gan_w"] * total
+
+    def gen_adv(self, disc, fake):
+        return 2.0 * jnp.mean((self.discriminator.merge(disc)(fake)[:, 0] - 1.0) ** 2)
+
     # ---- the two stages' objectives
-    def objective(self, params, gen, pre, lam, hp, x, y, perm, pos, stage1):
+    def objective(self, params, gen, pre, lam, hp, x, y, perm, pos, stage1, disc):
         """``(loss, aux)`` on the batch a = (x, y), b = a[perm], positives a[pos]; ``stage1``
-        bool[] selects the DG stage's loss over the generator pre-training's."""
+        bool[] selects the DG stage's loss over the generator pre-training's (against the
+        discriminator ``disc``)."""
         z = self.features(params, x)
         logits = self.classify(params, z)
         v = self.variation(gen, x)
         ce_a = cross_entropy(logits, y)
-        # stage 0: reconstruction from the stop-gradient semantic code (+ ERM on a, this module's choice)
+        # stage 0: reconstruction from the stop-gradient semantic code, swapped decodes against D
+        # (+ ERM on a, this module's choice)
         rec0 = l1_rows(self.decode(gen, v, jax.lax.stop_gradient(z)), x)
-        loss0 = hp["ddg_recon_x_w"] * (rec0.mean() + rec0[perm].mean()) + ce_a
+        x_ba0, x_ab0 = self.swapped(params, gen, x, perm)
+        adv = self.gen_adv(disc, x_ba0) + self.gen_adv(disc, x_ab0)
+        loss0 = hp["ddg_gan_w"] * adv + hp["ddg_recon_x_w"] * (rec0.mean() + rec0[perm].mean()) + ce_a
         # stage 1: CE on a, b and their positives; hinge on the positives' reconstruction
         ce_pos = cross_entropy(logits[pos], y)
         r_a = l1_rows(self.decode(gen, v, z[pos]), x)
@@ -180,7 +224,7 @@ class DDG(Algorithm):
         loss1 = ce_real + lam_new * hinge + hp["ddg_recon_id_w"] * gen_ce
         loss = jnp.where(stage1, loss1, loss0)
         return loss, {"loss": loss, "ce": ce_a, "recon": jnp.where(stage1, r_a.mean(), rec0.mean()),
-                      "hinge": hinge, "gen_ce": gen_ce, "lam": jnp.where(stage1, lam_new, lam)}
+                      "hinge": hinge, "gen_ce": gen_ce, "adv": adv, "lam": jnp.where(stage1, lam_new, lam)}
 
     def update(self, hp, state, xs, ys, key):
         k, b = xs.shape[:2]
@@ -192,9 +236,15 @@ class DDG(Algorithm):
         opt = reset_where(switch, tx.init(state["params"]), state["opt"])
         gen_opt = reset_where(switch, gtx.init(state["gen"]), state["gen_opt"])
         perm, pos = pairs(key, y)
+        # stage 0: the discriminator's step on the detached fakes (none in stage 1)
+        fakes = jax.lax.stop_gradient(self.swapped(state["params"], state["gen"], x, perm))
+        d_loss, g_disc = jax.value_and_grad(self.disc_loss)(state["disc"], hp, fakes, (x, x[perm]))
+        disc, disc_opt = apply_updates(self.disc_tx(hp), g_disc, state["disc_opt"], state["disc"])
+        disc, disc_opt = reset_where(stage1, (state["disc"], state["disc_opt"]), (disc, disc_opt))
         (g, g_gen), aux = jax.grad(self.objective, argnums=(0, 1), has_aux=True)(
-            state["params"], state["gen"], pre, state["lam"], hp, x, y, perm, pos, stage1)
+            state["params"], state["gen"], pre, state["lam"], hp, x, y, perm, pos, stage1, disc)
         params, opt = apply_updates(tx, g, opt, state["params"])
         gen, gen_opt = apply_updates(gtx, g_gen, gen_opt, state["gen"])
         return {**state, "params": params, "opt": opt, "gen": gen, "gen_opt": gen_opt, "pre": pre,
-                "lam": aux["lam"], "step": state["step"] + 1}, {**aux, "stage": stage1.astype(jnp.float32)}
+                "disc": disc, "disc_opt": disc_opt, "lam": aux["lam"], "step": state["step"] + 1}, {
+                    **aux, "d_loss": d_loss, "stage": stage1.astype(jnp.float32)}
