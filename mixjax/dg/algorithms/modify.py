@@ -2,9 +2,10 @@
 Training Difficulty and Model Capability", ICCV 2023, arXiv 2309.00844): training samples and
 their augmentation are scheduled by how hard they are for the model being trained.
 
-No reference code was found (searched GitHub for the paper, its authors and "MoDify"/"loss
-bank"/"RGB Shuffle"; the project page jiang-xueying.github.io/projects/jiang2023domain links
-none), and the stored copies of the paper give its abstract and Figure 2, not its equations.
+No reference code was found (public GitHub code searched for the paper, its first author and
+"MoDify" / "loss bank" / "RGB Shuffle"), and the copies of the paper available here (arXiv
+abstract, project page jiang-xueying.github.io/projects/jiang2023domain, reviews) give its
+abstract and the Figure 2 caption, not its equations.
 This module implements the rule as the paper describes it (Fig. 2 caption, abstract):
 
 * a **loss bank** (momentum memory of the model's capability): the per-example losses of the
