@@ -8,7 +8,10 @@ adaptors, the effect-to-weight network, the losses and the test-time combination
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from scipy.special import ndtri
 
+from mixjax.config import ConfigError
 from mixjax.dg import test_time
 from mixjax.dg.algorithms import metacausal as MC
 from mixjax.dg.algorithms import modify as MD
@@ -109,7 +112,8 @@ def test_metacausal_views_and_loss_match_numpy():
     params, causal = state["params"], state["causal"]
     feat = lambda a: np.asarray(jax.jit(alg.features)(params, jnp.asarray(a.reshape(-1, 5), jnp.float32)),  # noqa: E731
                                 np.float64).reshape(*a.shape[:-1], -1)
-    wc, bc = np.asarray(params["classifier"]["kernel"], np.float64), np.asarray(params["classifier"]["bias"], np.float64)
+    wc = np.asarray(params["classifier"]["kernel"], np.float64)
+    bc = np.asarray(params["classifier"]["bias"], np.float64)
     head = lambda z: z @ wc + bc                                                  # noqa: E731
     maps = [jax.tree.map(lambda a, j=j: a[j], causal["maps"]) for j in range(nf)]
     f, f_ra, f_fa, f_cf = feat(x), feat(x_ra), feat(x_fa), feat(cf)
@@ -135,7 +139,6 @@ def test_metacausal_views_and_loss_match_numpy():
     logits, tt2 = jax.jit(alg.predict_with_state)(state, tt, xs[0], jnp.asarray([True, True, True, False]))
     u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.key(0), 0), (levels, 4, 5),
                                       minval=1e-6, maxval=1 - 1e-6), np.float64)
-    from scipy.special import ndtri
     x0 = x[:4]
     cf0 = np.stack([np_factors(x0, np.full(4, lv), ndtri(u[i])) for i, lv in enumerate(np.linspace(0, 1, levels))], 1)
     f0 = feat(x0)
@@ -145,3 +148,10 @@ def test_metacausal_views_and_loss_match_numpy():
     expected_logits = head(sum(a0[:, j:j + 1] * np_mlp(maps[j], f0) for j in range(nf)))
     np.testing.assert_allclose(np.asarray(logits), expected_logits, rtol=1e-4, atol=1e-5)
     assert int(tt2["chunk"]) == 1 and float(tt2["cost"]) == 3 * nf * levels
+
+
+def test_sizes_that_cannot_work_are_refused_before_compiling():
+    for name, bad in [("modify", {"modify_bank": 0}), ("metacausal", {"metacausal_levels": 1})]:
+        alg, hp = build_tiny(name, **bad)
+        with pytest.raises(ConfigError, match=f"algorithm '{name}' needs {next(iter(bad))}"):
+            alg.init(jax.random.key(0), hp)

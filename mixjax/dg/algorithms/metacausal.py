@@ -55,6 +55,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mixjax.config import ConfigError
 from mixjax.dg import hparams as H
 from mixjax.dg.algorithms import register
 from mixjax.dg.algorithms.base import Algorithm, apply_updates, cross_entropy
@@ -174,6 +175,9 @@ class MetaCausal(Algorithm):
         return mlp(self.net.num_classes, 1, 10 * self.net.num_classes, 2)
 
     def init(self, key, hp):
+        if self.levels < 2:     # one line, exit 2 from the CLI, before compiling
+            raise ConfigError("algorithm 'metacausal' needs metacausal_levels >= 2 (counterfactual strengths), "
+                              f"got {self.levels}")
         kn, km, ke = jax.random.split(key, 3)
         params = self.model.init(kn)
         causal = {"maps": jax.vmap(self.map_module.init)(jax.random.split(km, NUM_FACTORS)),

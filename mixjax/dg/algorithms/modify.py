@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mixjax.config import ConfigError
 from mixjax.dg import hparams as H
 from mixjax.dg.algorithms import register
 from mixjax.dg.algorithms.base import Algorithm
@@ -89,6 +90,9 @@ class MoDify(Algorithm):
                 "modify_bank": H.HParam(1024, lambda r: int(r.choice([256, 1024, 4096])))}
 
     def init(self, key, hp):
+        if self.static_hp("modify_bank") < 1:     # one line, exit 2 from the CLI, before compiling
+            raise ConfigError("algorithm 'modify' needs modify_bank >= 1 (loss bank size), "
+                              f"got {self.static_hp('modify_bank')}")
         state = super().init(key, hp)
         return {**state, "bank": jnp.zeros((self.static_hp("modify_bank"),), jnp.float32),
                 "bank_count": jnp.zeros((), jnp.int32)}
