@@ -31,7 +31,9 @@ U(0, 0.25), high 0.9 in U(0.75, 1)); bank size 1024 ({256, 1024, 4096}, static: 
 a shape). DomainBed's minibatch stream draws with replacement forever, so every example
 comes back: "postpone" and "drop" both leave the example out of this step (a postponed
 example is not queued for a deliberate revisit; the counts of each are reported). The K
-training environments are pooled; the algorithm does not read the environment labels.
+training environments are pooled; the algorithm does not read the environment labels. On
+one-channel inputs (RotatedMNIST) the shuffle is the identity, and MoDify is the NO schedule
+alone; on 1-D inputs the last axis is taken as the channels.
 """
 
 from __future__ import annotations
