@@ -24,7 +24,8 @@ import numpy as np
 # datasets whose hyperparameter ranges follow DomainBed's "small images" branch
 SMALL_DATASETS = ("colored_mnist", "rotated_mnist", "digits_style", "synthetic")
 STATIC = frozenset({"batch_size", "mlp_width", "mlp_depth", "n_meta_test", "urm_discriminator_hidden_layers",
-                    "queue_size", "knn_k", "mode_steps", "mode_num_mix", "mmld_domains"})
+                    "queue_size", "knn_k", "mode_steps", "mode_num_mix", "mmld_domains",
+                    "modify_bank", "metacausal_levels"})
 # string-valued hyperparameters (DomainBed's URM): static, and a step sees the index of the value
 CHOICES = {
     "urm": ("adversarial",),

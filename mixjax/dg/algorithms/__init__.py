@@ -73,3 +73,5 @@ from mixjax.dg.algorithms import metadmoe  # noqa: E402,F401  DG round 5, test-t
 from mixjax.dg.algorithms import medic  # noqa: E402,F401  open-set DG (one-vs-all heads)
 from mixjax.dg.algorithms import cil  # noqa: E402,F401  continuous environments (metadata)
 from mixjax.dg.algorithms import ddg  # noqa: E402,F401  DG round 6 (founding papers: disentanglement)
+from mixjax.dg.algorithms import modify  # noqa: E402,F401  founding papers, DG round 6 (difficulty scheduling)
+from mixjax.dg.algorithms import metacausal  # noqa: E402,F401  single-source DG (meta-causal), test-time
