@@ -84,8 +84,9 @@ def test_cil_on_a_dataset_without_metadata_is_refused():
 
 
 def test_a_sweep_with_cil_trains_one_by_one_and_refuses_vmap_true(tmp_path):
-    """CIL is not vmappable: the sweep's automatic choice runs its jobs one by one, and an
-    explicit vmap=True is one ConfigError naming cil, raised before the run dir is written."""
+    """CIL is not vmappable: its jobs run one by one while the other algorithms' jobs of the
+    same sweep stay vmapped, and an explicit vmap=True is one ConfigError naming cil, raised
+    before the run dir is written."""
     from mixjax.dg import sweep as S
     from mixjax.dg.config import SweepConfig
 
@@ -93,7 +94,11 @@ def test_a_sweep_with_cil_trains_one_by_one_and_refuses_vmap_true(tmp_path):
     data = EnvDataset("m", ("a", "b"), ((x, y), (x, y)), 2,
                       env_metadata=({"angle": 0.0}, {"angle": 15.0}))
     assert S.use_vmap(SweepConfig(algorithms=("erm",), vmap=True), data)
-    assert not S.use_vmap(SweepConfig(algorithms=("erm", "cil")), data)
+    mixed = SweepConfig(algorithms=("erm", "cil"), n_hparams=1, n_trials=2, test_envs="single")
+    assert S.use_vmap(mixed, data)
+    groups = S.make_groups(S.make_jobs(mixed, 2), 64, True)
+    sizes = {a: sorted(len(g) for g in groups if g[0].algorithm == a) for a in ("erm", "cil")}
+    assert sizes == {"erm": [4], "cil": [1, 1, 1, 1]}
     with pytest.raises(ConfigError, match=r"^config key 'vmap': algorithm 'cil' ") as err:
         S.sweep(SweepConfig(algorithms=("erm", "cil"), vmap=True), tmp_path / "run")
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()

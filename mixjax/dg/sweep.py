@@ -63,6 +63,7 @@ import numpy as np
 from mixjax import run_identity
 from mixjax.run import logs
 from mixjax.config import ConfigError
+from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import crafted_val, label_noise, openset, test_time
 from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
@@ -101,17 +102,13 @@ def use_vmap(cfg: SweepConfig, data: D.EnvDataset) -> bool:
     """``cfg.vmap``, or (None) the measured choice: vmap on GPU/TPU, and on CPU only for MLP
     featurisers - XLA:CPU runs a vmapped convolution (a grouped conv) about 2x slower than the
     same jobs one by one (benchmarks/bench_dg.py), while vmapped MLPs are 1.7-4x faster.
-    A sweep with an algorithm that is not ``vmappable`` runs one by one (``vmap=True`` is
-    then a ``ConfigError`` naming it)."""
-    from mixjax.dg import algorithms as A
-
+    The jobs of an algorithm that is not ``vmappable`` run one by one whatever this returns
+    (``make_groups``); ``vmap=True`` with such an algorithm is a ``ConfigError`` naming it."""
     serial = [a for a in cfg.algorithms if not A.get(a).vmappable]
     if serial and cfg.vmap:
         raise ConfigError(f"config key 'vmap': algorithm {serial[0]!r} trains one job at a time "
                           "(its step does not run under the sweep's job vmap); set vmap=False "
                           "or leave it unset")
-    if serial:
-        return False
     if cfg.vmap is not None:
         return cfg.vmap
     return jax.default_backend() != "cpu" or net_spec(cfg, data).kind == "mlp"
@@ -197,7 +194,9 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     all_jobs = make_jobs(cfg, data.num_envs)
     jobs = [j for j in all_jobs if not run_identity.is_finished(run_dir / j.hash(cfg))]
     groups = make_groups(jobs, cfg.max_group, batched)
-    log(f"{len(jobs)} jobs to run ({len(all_jobs) - len(jobs)} done) in {len(groups)} group(s); vmap={batched}")
+    serial = sorted({j.algorithm for j in jobs if not A.get(j.algorithm).vmappable}) if batched else []
+    log(f"{len(jobs)} jobs to run ({len(all_jobs) - len(jobs)} done) in {len(groups)} group(s); vmap={batched}"
+        + (f" (one by one: {', '.join(serial)})" if serial else ""))
     dev = None if per_job else device_data(cfg, data, split, cfg.dataset.seed)
     cache: dict = {}
     t_all = time.perf_counter()
@@ -211,9 +210,10 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
             if per_job:
                 job_data, job_split = load_data(cfg, group[0].data_seed(cfg))
                 job_dev = device_data(cfg, job_data, job_split, group[0].data_seed(cfg))
-                records = run_group(cfg, job_data, job_dev, group, batched, cache, inflight, log)
+                records = run_group(cfg, job_data, job_dev, group, False, cache, inflight, log)
             else:
-                records = run_group(cfg, data, dev, group, batched, cache, inflight, log)
+                records = run_group(cfg, data, dev, group, batched and A.get(group[0].algorithm).vmappable,
+                                    cache, inflight, log)
         except Interrupted as e:
             bar.close()
             log(f"sweep interrupted: {e}")
