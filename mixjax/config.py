@@ -156,6 +156,11 @@ class TrainConfig:
     eval_every: int = 50               # 0: only at the end
     ckpt_every: int = 50               # 0: only at the end (and on SIGTERM/SIGINT)
     keep_ckpts: int = 2
+    # A checkpoint's save runs on a background thread after a copy of the state on the
+    # devices (mixjax.train.checkpoint, defer): the loop does not wait for orbax's save
+    # call; the devices hold a second copy of the state meanwhile. False: the loop waits
+    # until the arrays are copied off the devices, with no second copy.
+    ckpt_defer: bool = True
     log_every: int = 1
     run_dir: str = "runs/default"
     grad_accum: int = 1                # micro-batches per step
@@ -338,6 +343,8 @@ def validate(cfg: Config) -> Config:
     for key in ("eval_every", "ckpt_every"):
         _require(getattr(t, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
     _require(t.keep_ckpts >= 1, "train.keep_ckpts", f"must be >= 1, got {t.keep_ckpts}")
+    _require(isinstance(t.ckpt_defer, bool), "train.ckpt_defer",
+             f"must be true or false, got {t.ckpt_defer!r}")
     _require(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
     _require(d.batch_size % t.grad_accum == 0, "train.grad_accum",

@@ -36,6 +36,7 @@ NEUTRAL_KEYS: tuple[str, ...] = (
     "train.log_every",      # how often metrics.jsonl gets a line
     "train.ckpt_every",     # checkpoint cadence (a resume is bit for bit, tests/test_train_resume.py)
     "train.keep_ckpts",     # how many checkpoints are kept
+    "train.ckpt_defer",     # whether the loop waits for a save's device->host copy (same files)
     "train.trackers",       # where metrics are mirrored (TensorBoard, W&B)
     "train.tracker_args",
     "train.plugins",        # where out-of-tree code is imported from (its names are in the config)

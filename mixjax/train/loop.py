@@ -278,7 +278,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     t_cfg = cfg.train
     domains, mixer = trainer.domains, trainer.mixer
     checkpointer = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=t_cfg.keep_ckpts,
-                                         async_save=True)
+                                         async_save=True, defer=t_cfg.ckpt_defer)
     state = trainer.initial_state
     got = run_ckpt.resume(checkpointer, state, resume_from=resume_from, log=log) \
         if resume else None
