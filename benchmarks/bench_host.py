@@ -5,7 +5,8 @@ The device's share of a step is removed by replacing the Trainer's step with a
 advanced) and metrics of the contract's structure (:func:`mixjax.core.contract.
 step_metrics`) at once. Everything else is the real ``mixjax.train.loop.train``:
 the sampler (mixpile-tiny, byte tokenizer, grain pipelines and packing), the
-batch composer, the prefetch thread (draw, check, place), the lag-L wait of an
+batch composer, the feed (``data.prefetch``: the prefetch thread or the loop's own
+thread draws, checks and places each batch), the lag-L wait of an
 online mixer whose weights feed the sampler, the metrics flush, ``metrics.jsonl``
 every ``--log-every`` steps (TensorBoard included), ``weights.jsonl`` and
 checkpoints every ``--ckpt-every`` steps. So the wall time per step is what the
@@ -26,6 +27,8 @@ runs this script against an older checkout and this one, alternating.
     python benchmarks/bench_host.py                       # the table (docs/training.md)
     python benchmarks/bench_host.py --token-store both --mixers uniform --steps 200
       # each configuration without and with data.token_store (pre-tokenised documents), in turn
+    python benchmarks/bench_host.py --prefetch both --ckpt-every 0
+      # each configuration with the prefetch thread, then drawing inline (data.prefetch)
     python benchmarks/bench_host.py --mixers odm --shapes 64x1024 --profile /tmp/host
       # cProfile of the main thread and the prefetch thread: /tmp/host.{main,prefetch}.prof
       # (``py-spy record -o x.svg -- python benchmarks/bench_host.py ...`` samples all
@@ -194,11 +197,20 @@ def profiled(path: pathlib.Path, main_prof: cProfile.Profile):
     finally:
         prefetch.BatchPrefetcher._run = run_thread
         for name, prof in (("main", main_prof), ("prefetch", thread_prof)):
+            if not prof.getstats():    # no prefetch thread ran (data.prefetch=inline)
+                continue
             out = path.with_name(f"{path.name}.{name}.prof")
             prof.dump_stats(out)
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
             print(f"--- {name} thread, by own time ({out}) ---\n{s.getvalue()}")
+
+
+def prefetch_used(cfg) -> str:
+    """Where the run drew its batches: "thread" or "inline" (an older checkout: "thread")."""
+    if not hasattr(cfg.data, "prefetch"):
+        return "thread"
+    return "inline" if loop.draws_inline(cfg) else "thread"
 
 
 def loadavg() -> str:
@@ -224,6 +236,9 @@ def main(argv=None):
     ap.add_argument("--token-store", default="off", choices=("off", "on", "both"),
                     help="data.token_store: off, on, or both (each configuration without, then "
                          "with the store; its cache in the run's temporary directory)")
+    ap.add_argument("--prefetch", default="config", choices=("config", "thread", "inline", "both"),
+                    help="data.prefetch: the config's value, thread, inline, or both (each "
+                         "configuration with the prefetch thread, then inline, in turn)")
     ap.add_argument("--profile", default=None, metavar="PATH",
                     help="write cProfile profiles PATH.main.prof and PATH.prefetch.prof")
     args = ap.parse_args(argv)
@@ -233,11 +248,13 @@ def main(argv=None):
     print(f"host ms/step, null step, {dev.platform} ({dev.device_kind}); {args.steps} steps after "
           f"{args.warmup} warm-up, median of {args.reps}; lag {args.lag}, log every "
           f"{args.log_every}, checkpoint every {args.ckpt_every}; load {loadavg()}")
-    print("| mixer | B x S | token store | host ms/step | CPU ms/step | ms/step without "
+    print("| mixer | B x S | token store | prefetch | host ms/step | CPU ms/step | ms/step without "
           "checkpoints | ms per checkpoint | main thread CPU ms/step | prefetch thread CPU "
           "ms/step | target ms/step | met | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     stores = {"off": (False,), "on": (True,), "both": (False, True)}[args.token_store]
+    prefetches = {"config": (None,), "both": ("thread", "inline")}.get(args.prefetch,
+                                                                         (args.prefetch,))
     prof = cProfile.Profile() if args.profile else None
     ctx = profiled(pathlib.Path(args.profile), prof) if args.profile else contextlib.nullcontext()
     n = 0
@@ -245,11 +262,14 @@ def main(argv=None):
         for shape in args.shapes.split(","):
             b, s = map(int, shape.split("x"))
             data = {}   # per token-store setting (the sampler factory reads the config)
-            for mixer, store in [(m, st) for m in args.mixers.split(",") for st in stores]:
+            for mixer, store, pf in [(m, st, pf) for m in args.mixers.split(",")
+                                     for st in stores for pf in prefetches]:
                 path, extra = MIXERS[mixer]
                 # only where the store is asked for: a checkout without the key still runs
                 store_set = [f"data.token_store={store}", f"data.cache_dir={tmp / 'cache'}"] \
                     if args.token_store != "off" else []
+                # (likewise data.prefetch, only where it is set)
+                pf_set = [f"data.prefetch={pf}"] if pf else []
                 times = []
                 for _ in range(args.reps):
                     n += 1
@@ -258,7 +278,7 @@ def main(argv=None):
                         f"train.steps={args.warmup + args.steps}", "train.eval_every=0",
                         f"train.ckpt_every={args.ckpt_every}", "train.progress=False",
                         f"train.log_every={args.log_every}", "eval.num_seqs=2",
-                        f"train.run_dir={tmp / f'run{n}'}", *store_set, *args.set])
+                        f"train.run_dir={tmp / f'run{n}'}", *store_set, *pf_set, *args.set])
                     data[store] = data.get(store) or build_data(cfg)
                     times.append(run(cfg, data[store], args.warmup, online=mixer != "uniform",
                                      prof=prof))
@@ -266,7 +286,8 @@ def main(argv=None):
                     np.median(np.stack(times), axis=0) * 1e3
                 target = TARGET_MS.get(shape)
                 met = "" if target is None else ("yes" if wall <= target else "no")
-                print(f"| {mixer} | {b} x {s} | {'on' if store else 'off'} | {wall:.3f} | {cpu:.3f} "
+                print(f"| {mixer} | {b} x {s} | {'on' if store else 'off'} | "
+                      f"{prefetch_used(cfg)} | {wall:.3f} | {cpu:.3f} "
                       f"| {bare:.3f} | {ckpt:.0f} | {main_cpu:.3f} | {feed_cpu:.3f} "
                       f"| {target or '-'} | {met} | {loadavg()} |", flush=True)
 

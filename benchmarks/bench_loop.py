@@ -163,14 +163,20 @@ def main(argv=None):
                     help="also time the loop (and sampler) of this git revision (or directory)")
     ap.add_argument("--log-every", type=int, default=None,
                     help="train.log_every of the loop runs (default: --steps, one record)")
+    ap.add_argument("--prefetch", default="config", choices=("config", "thread", "inline", "both"),
+                    help="data.prefetch of the loop runs (both: a 'thread' and an 'inline' "
+                         "variant, alternating with the bare step)")
     args = ap.parse_args(argv)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_loop_"))
     jax.config.update("jax_compilation_cache_dir", str(tmp / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    variants = {"loop": (loop, None)}
+    # variant -> (loop module, sampler class, data.prefetch override or None)
+    variants = {"loop": (loop, None, None)} if args.prefetch == "config" else \
+        {pf: (loop, None, pf) for pf in (("thread", "inline") if args.prefetch == "both"
+                                          else (args.prefetch,))}
     if args.compare_ref:
-        variants["ref"] = load_revision(args.compare_ref, tmp)
+        variants["ref"] = (*load_revision(args.compare_ref, tmp), None)
     platform = jax.devices()[0].platform
     print(f"loop vs bare jitted step, {platform} ({jax.devices()[0].device_kind}), "
           f"{jax.device_count()} device(s), {args.steps} steps ({args.warmup} warm-up), "
@@ -192,12 +198,14 @@ def main(argv=None):
                         cfg = config_lib.load(ROOT / MIXERS[mixer], [
                             *MODELS[model], f"data.lag={lag}", f"train.steps={args.steps}",
                             "train.eval_every=0", "train.ckpt_every=0", "train.progress=False",
-                            f"train.log_every={args.log_every or args.steps}", f"train.run_dir={tmp / f'run{run}'}"])
+                            f"train.log_every={args.log_every or args.steps}", f"train.run_dir={tmp / f'run{run}'}",
+                            *([f"data.prefetch={variants[name][2]}"]
+                              if name in variants and variants[name][2] else [])])
                         data = data or build_data(cfg)
                         if name == "bare":
                             times[name].append(run_bare(cfg, data, args.warmup))
                         else:
-                            module, cls = variants[name]
+                            module, cls, _ = variants[name]
                             with sampler_class(cls):
                                 times[name].append(run_loop(module, cfg, data, args.warmup))
                 bare = np.median(np.stack(times["bare"]), axis=0)

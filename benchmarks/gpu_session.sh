@@ -67,13 +67,13 @@ if [ "$check" = 1 ]; then
     run host 300 $PY benchmarks/bench_host.py --steps 20 --warmup 5 --mixers uniform --shapes 16x128
   fi
   run mfu 900 $PY benchmarks/bench_gpu_mfu.py --tiny --steps 2
-  run loop 600 $PY benchmarks/bench_loop.py --models tiny --mixers uniform --lags 1 --steps 12 --warmup 4 --reps 1
+  run loop 600 $PY benchmarks/bench_loop.py --models tiny --mixers uniform --lags 1 --steps 12 --warmup 4 --reps 1 --prefetch both
   run swarm 600 $PY benchmarks/bench_swarm.py --proxies 1,2 --steps 2 --skip-separate
 else
   if [ -f benchmarks/bench_host.py ]; then
-    run host 60 $PY benchmarks/bench_host.py --steps 500
+    run host 60 $PY benchmarks/bench_host.py --steps 500 --mixers uniform,odm --prefetch both
   fi
   run mfu 210 $PY benchmarks/bench_gpu_mfu.py --batch-size 64 --grad-accum 1 --steps 10
-  run loop 150 $PY benchmarks/bench_loop.py --models tiny,10m --mixers uniform,odm --lags 1,2 --steps 40 --warmup 10 --reps 1
+  run loop 150 $PY benchmarks/bench_loop.py --models tiny,10m --mixers uniform,odm --lags 1 --steps 40 --warmup 10 --reps 1 --prefetch both
   run swarm 130 $PY benchmarks/bench_swarm.py --proxies 128,512 --steps 10 --skip-separate
 fi

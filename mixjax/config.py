@@ -92,6 +92,12 @@ class DataConfig:
     sampler: str = "multinomial"       # multinomial | stratified | per_domain
     lag: int = 1                       # new weights reach the sampler after `lag` steps
     workers: int = 0                   # grain worker processes (0: in-process)
+    # Where batches are drawn: "thread" (a background thread, a queue of two batches),
+    # "inline" (on the loop's thread, between the dispatch of one step and the next) or
+    # "auto" (inline on the CPU backend, where the two threads only take turns holding the
+    # interpreter lock; the thread on accelerators). The same batches either way
+    # (mixjax.run.feeds); benchmarks/bench_host.py --prefetch both measures the two.
+    prefetch: str = "auto"
     seed: int | None = None            # data seed (None: train.seed)
     # Splits (mixjax.data.splits): validation/test fractions (None: 0.02 each) and floors per
     # evaluation split (None: the corpus's own, e.g. mixpile-tiny 16 units / 16 KB; a lower
@@ -278,6 +284,8 @@ def validate(cfg: Config) -> Config:
              f"must be multinomial, stratified or per_domain, got {d.sampler!r}")
     _require(d.lag >= 1, "data.lag", f"must be >= 1, got {d.lag}")
     _require(d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    _require(d.prefetch in ("auto", "thread", "inline"), "data.prefetch",
+             f"must be 'auto', 'thread' or 'inline', got {d.prefetch!r}")
     _require(not (d.token_store and d.workers), "data.token_store",
              f"the store is read in this process: needs data.workers=0, got {d.workers}")
     if d.split_fractions is not None:

@@ -42,6 +42,7 @@ NEUTRAL_KEYS: tuple[str, ...] = (
     "train.plugins",        # where out-of-tree code is imported from (its names are in the config)
     "data.cache_dir",       # where tokenized data is cached (keyed by content, not by path)
     "data.token_store",     # documents read from a pre-tokenised store: the same batches
+    "data.prefetch",        # batches drawn on a thread or inline: the same batches
 )
 # Not neutral, on purpose: train.eval_every (eval_loss feeds eval-driven mixers),
 # eval.batch_size (summation order of the eval loss that feeds them), mesh.* (sharding

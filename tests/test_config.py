@@ -47,6 +47,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ("optim.lr=-0.1", "optim.lr"),
     ("train.steps=0", "train.steps"),
     ("data.sampler=random", "data.sampler"),
+    ("data.prefetch=process", "data.prefetch"),
     ("mixing.apply_to=everything", "mixing.apply_to"),
     ("mixing.name=nope", "mixing.name"),
     ("mixing.hparams.nope=1", "mixing.hparams"),

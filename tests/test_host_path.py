@@ -1,6 +1,7 @@
 """The host path's batched writes and placement give what the per-item versions gave."""
 
 import jax
+import pytest
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -35,8 +36,21 @@ def test_weights_are_buffered_to_the_next_record_and_every_change_is_kept(tmp_pa
     assert ("metrics/loss", 5, 1.0) in scalars
 
 
-def test_single_process_batch_placement_equals_per_key_placement():
-    mesh = sharding.mesh_from_config(Config().mesh)
+def test_non_finite_weights_are_strings_and_tensorboard_tags_are_cleaned(tmp_path):
+    w = metrics_lib.MetricsWriter(tmp_path, ("a", "b c"))
+    w.weights(3, np.array([np.nan, 1.0], np.float32))
+    w.write("metrics.jsonl", {"step": 3, "loss": 2.0})
+    w.close()
+    assert metrics_lib.read_jsonl(tmp_path / "weights.jsonl") == [
+        {"step": 3, "weights": {"a": "nan", "b c": 1.0}}]
+    tags = {t for t, _, _ in metrics_lib.read_tensorboard_scalars(tmp_path / "tb")}
+    assert tags == {"weights/a", "weights/b_c", "metrics/loss"}     # tensorboardX's cleaning
+
+
+@pytest.mark.parametrize("n_devices", [1, None])
+def test_single_process_batch_placement_equals_per_key_placement(n_devices):
+    # one device: the jitted placement; all (8 fake devices): device_put
+    mesh = sharding.mesh_from_config(Config().mesh, devices=jax.devices()[:n_devices])
     b = {"tokens": np.arange(4 * 9, dtype=np.int32).reshape(4, 9),
          "domain_id": np.array([0, 1, 1, 0], np.int32),
          "sampling_weights": np.array([0.25, 0.75], np.float32)}

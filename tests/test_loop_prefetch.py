@@ -107,12 +107,14 @@ def _on_each_step(monkeypatch, record):
     monkeypatch.setattr(loop.Trainer, "__init__", init)
 
 
-def test_loop_feeds_the_step_the_stream_of_its_weight_history(tmp_path, monkeypatch):
+@pytest.mark.parametrize("prefetch", ["thread", "inline"])
+def test_loop_feeds_the_step_the_stream_of_its_weight_history(tmp_path, monkeypatch, prefetch):
     # An online mixer on the sampler with lag 2 (the thread draws batch t+1 while step t
-    # runs): the step's batches equal a sampler driven by hand with weights.jsonl.
+    # runs; inline, the loop draws it after dispatching step t): the step's batches equal
+    # a sampler driven by hand with weights.jsonl.
     cfg = tiny_config(tmp_path / "run", steps=6, eval_every=0, ckpt_every=3)
     cfg.mixing.name, cfg.mixing.apply_to = "groupdro", "sampling"
-    cfg.data.lag = 2
+    cfg.data.lag, cfg.data.prefetch = 2, prefetch
     cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 1, 16, 2   # fast compile
     seen = []
     _on_each_step(monkeypatch, lambda trainer, state, batch: seen.append(

@@ -5,7 +5,9 @@ them (what a checkpoint saves), so a checkpoint at ``k`` completed steps holds t
 stream after exactly ``k`` batches. :class:`PrefetchFeed` draws on a background
 thread (:class:`mixjax.train.prefetch.BatchPrefetcher`: a bounded queue, holds
 before checkpoint batches, a drain on stop); :class:`InlineFeed` draws on the loop's
-thread.
+thread, and :class:`SamplerFeed` draws from a weighted sampler on the loop's thread
+(``data.prefetch=inline``). Both kinds give the same batches: the stream is a function
+of the seed and the weight history, not of when a batch is drawn.
 """
 
 from __future__ import annotations
@@ -64,6 +66,43 @@ class InlineFeed(Feed):
 
     def state(self):
         return self._stream.get_state()
+
+
+class SamplerFeed(Feed):
+    """Draws batch ``t`` from a weighted sampler on the loop's thread (``data.prefetch=inline``).
+
+    ``make(next(sampler), sampler.weights_for(t), t)``, as :class:`PrefetchFeed`'s thread
+    does, when the loop asks for batch ``t``. With asynchronous dispatch the draw still
+    overlaps the device's step ``t - 1``; what it saves is the second Python thread: the
+    draw and the loop's dispatch share one interpreter lock, so on a host without spare
+    cores the handovers between two threads cost more than the draw
+    (``benchmarks/bench_host.py --prefetch both``). The loop's weight hand-overs reach the
+    sampler before the draws that need them, as every step's hooks run before the next
+    draw; the holds before checkpoint batches hold by construction.
+    """
+
+    def __init__(self, sampler, make: Callable[[Any, Any, int], Any], *, start: int):
+        self._sampler, self._make, self._next = sampler, make, int(start)
+
+    def next(self):
+        t = self._next
+        p = self._sampler.weights_for(t)
+        batch = self._make(next(self._sampler), p, t)
+        self._next = t + 1
+        return batch
+
+    def drawn(self) -> int:
+        return self._next
+
+    def state(self):
+        return self._sampler.get_state()
+
+    # the weights route of an online mixer (mixjax.train.loop)
+    def set_weights(self, weights, step: int) -> None:
+        self._sampler.set_weights(weights, step=step)
+
+    def weights_through(self, step: int) -> None:
+        pass   # the next draw comes after this call: nothing waits
 
 
 class _Stream:

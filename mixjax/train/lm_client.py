@@ -17,6 +17,7 @@ the feed, which the sampler applies from batch ``s + lag``.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -46,11 +47,13 @@ def normalised(w) -> np.ndarray:
     return w / w.sum()
 
 
-def check_finite_step(s: int, m: dict, domains: tuple[str, ...], latest: int | None) -> None:
+def check_finite_step(s: int, m: dict, domains: tuple[str, ...],
+                      latest: Callable[[], int | None]) -> None:
     """Raises NonFiniteLossError if step ``s`` (0-based) had a non-finite loss or gradient norm.
 
     The message names the step as the files do (``s + 1`` completed steps) and, when
-    a domain's own loss is non-finite, the first such domain.
+    a domain's own loss is non-finite, the first such domain; ``latest()``, the latest
+    checkpoint's step, is asked only then (it lists the checkpoint directory).
     """
     loss, gnorm = float(m["loss"]), float(m["grad_norm"])
     if np.isfinite(loss) and np.isfinite(gnorm):
@@ -61,12 +64,12 @@ def check_finite_step(s: int, m: dict, domains: tuple[str, ...], latest: int | N
     where = f" (domain {culprits[0]!r})" if culprits else ""
     raise NonFiniteLossError(
         f"step {s + 1}: non-finite training loss {loss} / gradient norm {gnorm}{where}; "
-        f"stopped before writing this step; latest checkpoint: {latest}. Lower optim.lr "
+        f"stopped before writing this step; latest checkpoint: {latest()}. Lower optim.lr "
         "or check the data")
 
 
 class LMClient(engine.Client):
-    """One LM run (a ``Trainer``) on the engine; ``feed`` is its PrefetchFeed."""
+    """One LM run (a ``Trainer``) on the engine; ``feed`` is its PrefetchFeed or SamplerFeed."""
 
     def __init__(self, trainer, feed, writer, checkpointer, *, seen_weights, lag: int,
                  gated: bool, bar=None):
@@ -149,7 +152,7 @@ class LMClient(engine.Client):
                     f"step {s + 1}: non-finite statistics for domain {domains[bad]!r} (mixer "
                     f"{mixer.name!r}); the weights were not updated. Check the data of "
                     f"{domains[bad]!r} and the learning rate")
-            check_finite_step(s, m, domains, self.checkpointer.latest_step())
+            check_finite_step(s, m, domains, self.checkpointer.latest_step)
             w = np.asarray(m["weights"], np.float32)
             if not np.array_equal(w, self.seen_weights):
                 writer.weights(s + 1, w)

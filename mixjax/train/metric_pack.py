@@ -63,7 +63,11 @@ class MetricPacker:
     @staticmethod
     def read(handles: list) -> list:
         """The host values (numpy) of every handle's metrics, in one transfer."""
-        fetched = jax.device_get([h[-1] for h in handles])
+        # one handle (the per-step read of a gated online mixer): np.asarray of its vector
+        # skips device_get's tree walk (~15 us)
+        fetched = [(np.asarray(handles[0][-1][0]), [np.asarray(x) for x in handles[0][-1][1]])] \
+            if len(handles) == 1 and handles[0][0] == "packed" else \
+            jax.device_get([h[-1] for h in handles])
         out = []
         for h, got in zip(handles, fetched):
             if h[0] == "raw":

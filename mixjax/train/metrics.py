@@ -202,8 +202,11 @@ class MetricsWriter:
 
     def weights(self, step: int, weights) -> None:
         """Records the weights in force from ``step`` on (buffered: see the class docstring)."""
-        w = dict(zip(self.domains, map(float, np.asarray(weights).tolist())))
-        self._weights_lines.append(json.dumps({"step": int(step), "weights": _plain(w)}) + "\n")
+        values = np.asarray(weights, np.float64)
+        w = dict(zip(self.domains, values.tolist()))
+        # finite floats are plain JSON already; _plain only for the non-finite (as strings)
+        plain = w if np.isfinite(values).all() else _plain(w)
+        self._weights_lines.append(json.dumps({"step": int(step), "weights": plain}) + "\n")
         self._weights_latest = (int(step), w)
 
     def _write_weights(self) -> None:

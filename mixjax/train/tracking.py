@@ -58,7 +58,7 @@ class EventWriter:
     queue that its ``flush`` does not drain, so a kill loses events that the JSONL
     files already hold, even of steps before the checkpoint a resume starts from.
     This writer uses tensorboardX's own pieces (``EventsWriter``: TFRecord framing,
-    CRCs, fsync on flush; ``summary.scalar``) in the calling thread, so ``flush``
+    CRCs, fsync on flush; ``summary.scalar``'s tag cleaning) in the calling thread, so ``flush``
     makes every event durable. The file name ends with the process id: two writers
     started in the same second (a quick resume) never share a file.
     """
@@ -67,6 +67,16 @@ class EventWriter:
         from tensorboardX.event_file_writer import EventsWriter
         os.makedirs(logdir, exist_ok=True)
         self._writer = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}")
+        self._tags: dict[str, str] = {}
+
+    def _tag(self, tag: str) -> str:
+        """tensorboardX's cleaned name of ``tag`` (``summary.scalar`` cleans every call; the
+        same few dozen tags recur every record, so the name is cleaned once)."""
+        got = self._tags.get(tag)
+        if got is None:
+            from tensorboardX.summary import scalar
+            got = self._tags[tag] = scalar(tag, 0.0).value[0].tag
+        return got
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.add_scalars({tag: value}, step)
@@ -78,11 +88,11 @@ class EventWriter:
         import time
 
         from tensorboardX.proto import event_pb2, summary_pb2
-        from tensorboardX.summary import scalar
         if not values:
             return
-        summary = summary_pb2.Summary(value=[v for tag, x in values.items()
-                                             for v in scalar(tag, x).value])
+        summary = summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=self._tag(tag), simple_value=float(x))
+            for tag, x in values.items()])
         self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                                  summary=summary))
 

@@ -3,7 +3,9 @@
     python fault_worker.py RUN_DIR MIXER STEPS RESUME KILL_PHASE KILL_AT KILL_DELAY
 
 MIXER: odm (a sampling-driven online mixer), doge (a gradient mixer), uniform (static).
-KILL_PHASE: none | step (after step KILL_AT is dispatched) | eval (inside the evaluation
+KILL_PHASE: none | step (after step KILL_AT is dispatched, once the checkpoints already
+saved are on disk: "checkpoint k is the latest" holds however fast the steps run, e.g. with
+a warm compilation cache and the loop drawing inline) | eval (inside the evaluation
 after step KILL_AT) | ckpt (KILL_DELAY seconds into the asynchronous write of checkpoint
 KILL_AT). The run is otherwise the one every resume continues.
 """
@@ -45,10 +47,19 @@ def main(run_dir, mixer, steps, resume, phase, at, delay):
     steps, resume, at, delay = int(steps), resume == "1", int(at), float(delay)
     cfg = config(run_dir, mixer, steps)
     done = {"step": 0}
+    checkpointers = []
+    real_init = ckpt_lib.Checkpointer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        checkpointers.append(self)
+    ckpt_lib.Checkpointer.__init__ = init
 
     def on_step(s):
         done["step"] = s
         if phase == "step" and s == at:
+            for c in checkpointers:   # the asynchronous writes of earlier checkpoints
+                c.wait()
             _kill()
 
     if phase == "eval":
