@@ -210,7 +210,8 @@ def prefetch_used(cfg) -> str:
     """Where the run drew its batches: "thread" or "inline" (an older checkout: "thread")."""
     if not hasattr(cfg.data, "prefetch"):
         return "thread"
-    return "inline" if loop.draws_inline(cfg) else "thread"
+    from mixjax.run import feeds
+    return "inline" if feeds.draws_inline(cfg.data.prefetch) else "thread"
 
 
 def loadavg() -> str:

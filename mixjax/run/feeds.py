@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
+
 from mixjax.train.prefetch import BatchPrefetcher
+
+
+def draws_inline(prefetch: str) -> bool:
+    """Whether a job draws its batches on the loop's own thread (``data.prefetch``; "auto":
+    on the CPU backend, where a second Python thread only adds hand-overs of the
+    interpreter lock: docs/training.md, "Host cost per step")."""
+    return prefetch == "inline" or (prefetch == "auto" and jax.default_backend() == "cpu")
 
 
 class Feed:

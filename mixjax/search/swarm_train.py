@@ -114,10 +114,13 @@ def train_swarm(swarm, out_dir: str | pathlib.Path, *, steps: int | None = None,
         ckpt_at = feeds.every(ckpt_every)
         stop_at = None if stop_after is None else start + stop_after
         # the thread draws and places batch t + 1 while step t runs; it holds before a
-        # checkpoint's batch (and before the stop_after one) until the state is saved
-        feed = feeds.PrefetchFeed(batches, lambda host, p, t: swarm.device_batch(host),
-                                  start=start, end=steps, weighted=False,
-                                  holds=lambda t: ckpt_at(t) or t == stop_at)
+        # checkpoint's batch (and before the stop_after one) until the state is saved.
+        # Inline (data.prefetch; "auto" on CPU): the loop draws it after dispatching step t.
+        feed = feeds.InlineFeed(batches, lambda host, t: swarm.device_batch(host), start=start) \
+            if feeds.draws_inline(cfg.data.prefetch) else \
+            feeds.PrefetchFeed(batches, lambda host, p, t: swarm.device_batch(host),
+                               start=start, end=steps, weighted=False,
+                               holds=lambda t: ckpt_at(t) or t == stop_at)
         bar = None
         if progress:
             from mixjax import progress as progress_lib

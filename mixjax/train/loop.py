@@ -242,14 +242,6 @@ def run_info(cfg: Config, trainer: Trainer) -> dict:
         "plugins": list(dict.fromkeys(list(cfg.train.plugins) + plugins.loaded()))}
 
 
-def draws_inline(cfg: Config) -> bool:
-    """Whether the loop draws its batches on its own thread (``data.prefetch``; "auto": on
-    the CPU backend, where a second Python thread only adds hand-overs of the interpreter
-    lock: docs/training.md, "Host cost per step")."""
-    setting = cfg.data.prefetch
-    return setting == "inline" or (setting == "auto" and jax.default_backend() == "cpu")
-
-
 def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
           on_step: Callable[[int], None] | None = None, resume_from: int | None = None,
           rebuild_schedule: bool = False, log: Callable[[str], None] | None = None) -> RunResult:
@@ -317,7 +309,7 @@ def train(cfg: Config, *, data: TrainData | None = None, resume: bool = False,
     feed = bar = None
     try:
         feed = feeds.SamplerFeed(sampler, batch_maker(trainer), start=start) \
-            if draws_inline(cfg) else \
+            if feeds.draws_inline(cfg.data.prefetch) else \
             feeds.PrefetchFeed(sampler, batch_maker(trainer), start=start, end=t_cfg.steps,
                                lag=lag, gated=gated, holds=ckpt_at)
         if t_cfg.progress:
