@@ -69,3 +69,29 @@ def test_before_after_accuracies_follow_the_selected_checkpoint():
     md = report.test_time_markdown(rows)
     assert "| training_domain | d | tt | env0 | 30.0 +/- 7.1 | 70.0 +/- 7.1 | 1.500 |" in md
     assert report.test_time_markdown([{**r, "trial_accs_before": []} for r in rows]) == ""
+
+
+def test_one_runner_evaluates_groups_of_different_sizes():
+    """A sweep's runner serves every group of an algorithm, and its last group is often smaller
+    (D3G's RotatedMNIST sweep: 64 jobs, then 8): the compiled evaluation must follow the size."""
+    from types import SimpleNamespace
+
+    alg = _Counter(net=NetSpec(input_shape=(2,), num_classes=3, featurizer="mlp", mlp_width=4),
+                   num_envs=1)
+    e, n = 2, 7
+    X = jnp.zeros((e, n, 2))
+    Y = jnp.asarray(np.tile(np.arange(n) % 3, (e, 1)), jnp.int32)
+    meta = {"size": np.asarray([7, 7], np.int32), "offset": np.asarray([0.0, 1.0], np.float32)}
+    runner = SimpleNamespace(alg=alg, eval_batch=96, batched=True)
+    dev = SimpleNamespace(env_meta=meta, X=X, Y=Y)
+
+    def group(g):
+        jd = {"train_envs": jnp.zeros((g, 1), jnp.int32),
+              "in_mask": jnp.ones((g, e, n), bool), "out_mask": jnp.zeros((g, e, n), bool)}
+        return {"w": jnp.zeros((g,))}, jd
+
+    for g in (3, 2, 3):
+        in_acc, _, cost = test_time.evaluate(runner, *group(g), dev, group_size=g)
+        np.testing.assert_array_equal(np.asarray(in_acc), np.tile([1.0, 0.0], (g, 1)))
+        assert cost["tt_cost"].shape == (g, e)
+    assert len(runner._test_time_evals) == 2   # one executable per group size, reused

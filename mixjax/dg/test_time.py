@@ -135,11 +135,15 @@ def _evaluate_fn(alg: Algorithm, meta: dict, chunk: int, batched: bool):
 def evaluate(runner, state, jd, dev, group_size: int):
     """``(in_acc, out_acc, cost)`` like ``GroupRunner.evaluate`` plus the cost: ``{"test_time_s":
     seconds per job, "tt_cost": f32[(G,) E] (NaN where the algorithm reports none)}``."""
-    fn = getattr(runner, "_test_time_eval", None)
+    # One executable per argument signature: a runner serves groups of different sizes (the
+    # last group of a sweep is often smaller), and an AOT executable does not retrace.
+    signature = (group_size, tuple((a.shape, a.dtype) for a in jax.tree.leaves((state, jd, dev.X, dev.Y))))
+    cache = runner.__dict__.setdefault("_test_time_evals", {})
+    fn = cache.get(signature)
     if fn is None:   # compiled here, so that test_time_s times the procedure, not XLA
         fn = _evaluate_fn(runner.alg, dev.env_meta, max(32, runner.eval_batch // group_size),
                           runner.batched).lower(state, jd, dev.X, dev.Y).compile()
-        runner._test_time_eval = fn
+        cache[signature] = fn
     t0 = time.perf_counter()
     in_acc, out_acc, cost = jax.block_until_ready(fn(state, jd, dev.X, dev.Y))
     return in_acc, out_acc, {"test_time_s": (time.perf_counter() - t0) / group_size,
