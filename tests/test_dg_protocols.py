@@ -101,6 +101,53 @@ def test_label_noise_in_jobs_training_envs_only_and_in_the_step_and_evaluation()
     assert selection.dataset_label(jobs[0].args(cfg)) == "synthetic (label noise env0=0.25, env2=0.5)"
 
 
+def test_crafted_shifts_of_a_test_time_algorithm_go_through_its_test_time_procedure():
+    """The "crafted" selection must validate what a test-time algorithm predicts at test time:
+    a stub whose test-time procedure says class [mean(x) > t] and whose plain predict says the
+    opposite gets the test-time accuracies on the shifted copies, not the plain ones."""
+    cfg = C.load(TINY, ["crafted_val=[blur]", "n_hparams=1", "n_trials=1"])
+    data = D.get(cfg.dataset.name, cfg.dataset.seed, **cfg.dataset.kwargs)
+    dev = with_shifts(cfg, data, DeviceData(data), cfg.dataset.seed)
+    job = make_jobs(cfg, data.num_envs)[1]
+    jd = {k: jnp.asarray(v) for k, v in dev.job_arrays(job, cfg.holdout_fraction).items()}
+    shifted = np.asarray(dev.shifted["blur"])
+    t = float(np.median(shifted.reshape(*shifted.shape[:2], -1).mean(-1)))
+
+    def side(x):   # class 1 where the image's mean is above t
+        return (x.reshape(x.shape[0], -1).mean(-1) > t).astype(jnp.float32)
+
+    class TestTimeStub(Algorithm):
+        name = "test_time_stub"
+
+        def predict(self, state, x):
+            return jnp.stack([side(x), 1 - side(x)], -1)
+
+        def test_time_init(self, state, meta):
+            return {}
+
+        def predict_with_state(self, state, tt, x, valid):
+            return jnp.stack([1 - side(x), side(x)], -1), tt
+
+    from mixjax.dg.networks import NetSpec
+    alg = TestTimeStub(net=NetSpec(input_shape=data.input_shape, num_classes=2, featurizer="mlp", mlp_width=4),
+                       num_envs=2)
+    runner = GroupRunner(alg, 8, 64, batched=False)
+    recs = {job: []}
+    client = DGClient(runner, {}, jd, dev, [job], fed=False, batched=False, num_envs=3,
+                      steps_per_epoch={job: 1.0}, records=recs)
+    client.total, client.n = {"loss": jnp.float32(1.0)}, 1
+    client.evaluate({"alg": {}}, done=1, on_grid=True)
+    (rec,) = recs[job]
+    told_apart = 0
+    for e in range(3):
+        y, m = data.envs[e][1], np.asarray(jd["out_mask"][e, : dev.sizes[e]])
+        pred = np.asarray(side(jnp.asarray(shifted[e, : dev.sizes[e]])))
+        after, before = float((pred[m] == y[m]).mean()), float((1 - pred[m] == y[m]).mean())
+        assert rec[f"env{e}_out_acc_shift_blur"] == pytest.approx(after, abs=1e-6)
+        told_apart += abs(after - before) > 1e-3
+    assert told_apart   # the two predictors differ on the shifted copies of some env
+
+
 @pytest.mark.parametrize("spec, culprit", [("{'envX': 0.1}", "'envX' is not an environment of synthetic"),
                                            ("1.5", "rate 1.5 for env 'env0' is outside [0, 1]")])
 def test_label_noise_bad_input_exit_2_nothing_written(tmp_path, capsys, spec, culprit):

@@ -129,9 +129,15 @@ class DGClient(engine.Client):
             before = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
         else:
             in_acc, out_acc = self.runner.evaluate(state["alg"], self.jd, self.dev.X, self.dev.Y, len(self.jobs))
-        # the crafted-shift copies of every env (plain predict; mixjax.dg.crafted_val)
-        shifted = {f: self.runner.evaluate(state["alg"], self.jd, x, self.dev.Y, len(self.jobs))
-                   for f, x in getattr(self.dev, "shifted", {}).items()}
+        # the crafted-shift copies of every env (mixjax.dg.crafted_val), evaluated as the envs
+        # are: through the test-time procedure when the algorithm has one, so that the "crafted"
+        # selection validates what the algorithm predicts at test time
+        if tt_cost is not None:
+            shifted = {f: test_time.evaluate(self.runner, state["alg"], self.jd, self.dev, len(self.jobs), X=x)[:2]
+                       for f, x in getattr(self.dev, "shifted", {}).items()}
+        else:
+            shifted = {f: self.runner.evaluate(state["alg"], self.jd, x, self.dev.Y, len(self.jobs))
+                       for f, x in getattr(self.dev, "shifted", {}).items()}
         in_acc, out_acc, metrics, tt_cost, before, shifted = jax.device_get(
             (in_acc, out_acc, metrics, tt_cost, before, shifted))
         for g, job in enumerate(self.jobs):

@@ -132,19 +132,21 @@ def _evaluate_fn(alg: Algorithm, meta: dict, chunk: int, batched: bool):
     return jax.jit(ev)
 
 
-def evaluate(runner, state, jd, dev, group_size: int):
+def evaluate(runner, state, jd, dev, group_size: int, X=None):
     """``(in_acc, out_acc, cost)`` like ``GroupRunner.evaluate`` plus the cost: ``{"test_time_s":
-    seconds per job, "tt_cost": f32[(G,) E] (NaN where the algorithm reports none)}``."""
+    seconds per job, "tt_cost": f32[(G,) E] (NaN where the algorithm reports none)}``. ``X``:
+    other inputs of ``dev.X``'s shape (a crafted-shift copy of every env; default ``dev.X``)."""
+    X = dev.X if X is None else X
     # One executable per argument signature: a runner serves groups of different sizes (the
     # last group of a sweep is often smaller), and an AOT executable does not retrace.
-    signature = (group_size, tuple((a.shape, a.dtype) for a in jax.tree.leaves((state, jd, dev.X, dev.Y))))
+    signature = (group_size, tuple((a.shape, a.dtype) for a in jax.tree.leaves((state, jd, X, dev.Y))))
     cache = runner.__dict__.setdefault("_test_time_evals", {})
     fn = cache.get(signature)
     if fn is None:   # compiled here, so that test_time_s times the procedure, not XLA
         fn = _evaluate_fn(runner.alg, dev.env_meta, max(32, runner.eval_batch // group_size),
-                          runner.batched).lower(state, jd, dev.X, dev.Y).compile()
+                          runner.batched).lower(state, jd, X, dev.Y).compile()
         cache[signature] = fn
     t0 = time.perf_counter()
-    in_acc, out_acc, cost = jax.block_until_ready(fn(state, jd, dev.X, dev.Y))
+    in_acc, out_acc, cost = jax.block_until_ready(fn(state, jd, X, dev.Y))
     return in_acc, out_acc, {"test_time_s": (time.perf_counter() - t0) / group_size,
                              "tt_cost": cost}
