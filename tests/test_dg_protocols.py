@@ -18,6 +18,7 @@ from mixjax.dg.algorithms.base import Algorithm
 from mixjax.dg.group_client import DGClient, add_noisy_labels
 from mixjax.dg.group_runner import DeviceData, GroupRunner
 from mixjax.dg.jobs import make_jobs
+from mixjax.dg.networks import NetSpec
 from mixjax.dg.sweep import with_shifts
 
 TINY = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "dg_tiny.py")
@@ -128,7 +129,6 @@ def test_crafted_shifts_of_a_test_time_algorithm_go_through_its_test_time_proced
         def predict_with_state(self, state, tt, x, valid):
             return jnp.stack([1 - side(x), side(x)], -1), tt
 
-    from mixjax.dg.networks import NetSpec
     alg = TestTimeStub(net=NetSpec(input_shape=data.input_shape, num_classes=2, featurizer="mlp", mlp_width=4),
                        num_envs=2)
     runner = GroupRunner(alg, 8, 64, batched=False)

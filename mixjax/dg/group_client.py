@@ -122,7 +122,8 @@ class DGClient(engine.Client):
         step_time = (time.perf_counter() - self.t0) / self.n / len(self.jobs)  # a vmapped group shares the time
         step = done - 1
         tt_cost = before = None
-        if test_time.uses_hook(self.runner.alg):   # the algorithm's test-time procedure, per env
+        hook = test_time.uses_hook(self.runner.alg)
+        if hook:   # the algorithm's test-time procedure, per env
             in_acc, out_acc, tt_cost = test_time.evaluate(self.runner, state["alg"], self.jd, self.dev,
                                                           len(self.jobs))
             # the same model without its test-time step (plain predict): accuracy before/after
@@ -132,7 +133,7 @@ class DGClient(engine.Client):
         # the crafted-shift copies of every env (mixjax.dg.crafted_val), evaluated as the envs
         # are: through the test-time procedure when the algorithm has one, so that the "crafted"
         # selection validates what the algorithm predicts at test time
-        if tt_cost is not None:
+        if hook:
             shifted = {f: test_time.evaluate(self.runner, state["alg"], self.jd, self.dev, len(self.jobs), X=x)[:2]
                        for f, x in getattr(self.dev, "shifted", {}).items()}
         else:
