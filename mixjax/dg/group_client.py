@@ -133,12 +133,12 @@ class DGClient(engine.Client):
         # the crafted-shift copies of every env (mixjax.dg.crafted_val), evaluated as the envs
         # are: through the test-time procedure when the algorithm has one, so that the "crafted"
         # selection validates what the algorithm predicts at test time
-        if hook:
-            shifted = {f: test_time.evaluate(self.runner, state["alg"], self.jd, self.dev, len(self.jobs), X=x)[:2]
-                       for f, x in getattr(self.dev, "shifted", {}).items()}
-        else:
-            shifted = {f: self.runner.evaluate(state["alg"], self.jd, x, self.dev.Y, len(self.jobs))
-                       for f, x in getattr(self.dev, "shifted", {}).items()}
+        def accuracies(x):
+            if hook:
+                return test_time.evaluate(self.runner, state["alg"], self.jd, self.dev, len(self.jobs), X=x)[:2]
+            return self.runner.evaluate(state["alg"], self.jd, x, self.dev.Y, len(self.jobs))
+
+        shifted = {f: accuracies(x) for f, x in getattr(self.dev, "shifted", {}).items()}
         in_acc, out_acc, metrics, tt_cost, before, shifted = jax.device_get(
             (in_acc, out_acc, metrics, tt_cost, before, shifted))
         for g, job in enumerate(self.jobs):
