@@ -142,11 +142,12 @@ def group_key(job: Job) -> tuple:
 
 def make_groups(jobs: Iterable[Job], max_group: int, batched: bool) -> list[list[Job]]:
     """Jobs of one shape (``group_key``) in groups of at most ``max_group`` when ``batched``;
-    each job alone otherwise, and always for an algorithm that is not ``vmappable``."""
+    each job alone otherwise."""
+    if not batched:
+        return [[j] for j in jobs]
     by_key: dict[tuple, list[Job]] = {}
     for j in jobs:
-        alone = not batched or not A.get(j.algorithm).vmappable
-        by_key.setdefault(("job", j) if alone else group_key(j), []).append(j)
+        by_key.setdefault(group_key(j), []).append(j)
     return [g[i : i + max_group] for g in by_key.values() for i in range(0, len(g), max_group)]
 
 

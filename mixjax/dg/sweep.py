@@ -63,7 +63,6 @@ import numpy as np
 from mixjax import run_identity
 from mixjax.run import logs
 from mixjax.config import ConfigError
-from mixjax.dg import algorithms as A
 from mixjax.dg import datasets as D
 from mixjax.dg import crafted_val, label_noise, openset, test_time
 from mixjax.dg.config import SweepConfig, from_dict, merge_into_existing, to_json
@@ -101,14 +100,7 @@ def write_job(run_dir: pathlib.Path, cfg: SweepConfig, job: Job, records: list[d
 def use_vmap(cfg: SweepConfig, data: D.EnvDataset) -> bool:
     """``cfg.vmap``, or (None) the measured choice: vmap on GPU/TPU, and on CPU only for MLP
     featurisers - XLA:CPU runs a vmapped convolution (a grouped conv) about 2x slower than the
-    same jobs one by one (benchmarks/bench_dg.py), while vmapped MLPs are 1.7-4x faster.
-    The jobs of an algorithm that is not ``vmappable`` run one by one whatever this returns
-    (``make_groups``); ``vmap=True`` with such an algorithm is a ``ConfigError`` naming it."""
-    serial = [a for a in cfg.algorithms if not A.get(a).vmappable]
-    if serial and cfg.vmap:
-        raise ConfigError(f"config key 'vmap': algorithm {serial[0]!r} trains one job at a time "
-                          "(its step does not run under the sweep's job vmap); set vmap=False "
-                          "or leave it unset")
+    same jobs one by one (benchmarks/bench_dg.py), while vmapped MLPs are 1.7-4x faster."""
     if cfg.vmap is not None:
         return cfg.vmap
     return jax.default_backend() != "cpu" or net_spec(cfg, data).kind == "mlp"
@@ -177,8 +169,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     test_time.check_requirements(cfg.algorithms, data, net_spec(cfg, data))   # before anything is written or compiled
     label_noise.env_rates(cfg.dataset.label_noise, data.env_names, data.name)   # names a wrong env / rate
     crafted_val.check(cfg.crafted_val, data)   # a shift family the data cannot take
-    # per-job data: a job trains on its own arrays, so jobs run one by one (a non-vmappable
-    # algorithm with vmap=True is refused here, before anything is written)
+    # per-job data: a job trains on its own arrays, so jobs run one by one
     batched = use_vmap(cfg, data) and not per_job
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.json", to_json(cfg))
@@ -194,9 +185,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
     all_jobs = make_jobs(cfg, data.num_envs)
     jobs = [j for j in all_jobs if not run_identity.is_finished(run_dir / j.hash(cfg))]
     groups = make_groups(jobs, cfg.max_group, batched)
-    serial = sorted({j.algorithm for j in jobs if not A.get(j.algorithm).vmappable}) if batched else []
-    log(f"{len(jobs)} jobs to run ({len(all_jobs) - len(jobs)} done) in {len(groups)} group(s); vmap={batched}"
-        + (f" (one by one: {', '.join(serial)})" if serial else ""))
+    log(f"{len(jobs)} jobs to run ({len(all_jobs) - len(jobs)} done) in {len(groups)} group(s); vmap={batched}")
     dev = None if per_job else device_data(cfg, data, split, cfg.dataset.seed)
     cache: dict = {}
     t_all = time.perf_counter()
@@ -212,8 +201,7 @@ def sweep(cfg: SweepConfig, run_dir: str | pathlib.Path | None = None, log: Call
                 job_dev = device_data(cfg, job_data, job_split, group[0].data_seed(cfg))
                 records = run_group(cfg, job_data, job_dev, group, False, cache, inflight, log)
             else:
-                records = run_group(cfg, data, dev, group, batched and A.get(group[0].algorithm).vmappable,
-                                    cache, inflight, log)
+                records = run_group(cfg, data, dev, group, batched, cache, inflight, log)
         except Interrupted as e:
             bar.close()
             log(f"sweep interrupted: {e}")

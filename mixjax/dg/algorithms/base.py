@@ -99,10 +99,6 @@ class Algorithm:
     needs_train_env_metadata: ClassVar[bool] = False
     # reads a convolutional feature map of the featuriser (refused on an MLP featuriser, same check)
     needs_feature_map: ClassVar[bool] = False
-    # False: the sweep trains this algorithm's jobs one by one, never in a job-vmapped group,
-    # while other algorithms of the sweep stay vmapped (``mixjax.dg.jobs.make_groups``); an
-    # explicit ``vmap=True`` is refused (``mixjax.dg.sweep.use_vmap``)
-    vmappable: ClassVar[bool] = True
 
     # ---- hyperparameters
     @classmethod

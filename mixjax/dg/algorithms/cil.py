@@ -67,19 +67,19 @@ def cil_penalty(z, y, t, num_classes, rho):
     """``(R_h*, R_g*)``: the optimal ridge errors of t from the features z f32[N, D] alone and
     per class of y int32[N]; the penalty is their difference (>= 0)."""
     a = jnp.concatenate([z, jnp.ones((z.shape[0], 1), z.dtype)], 1)
-    _, r_h = ridge(a, t, jnp.ones_like(t), rho)
     masks = (y[None, :] == jnp.arange(num_classes)[:, None]).astype(z.dtype)   # [C, N]
-    _, r_y = jax.vmap(lambda m: ridge(a, t, m, rho))(masks)
-    return r_h, (masks.sum(1) / z.shape[0] * r_y).sum()
+    # h's and the C regressors g_y in ONE batched solve: with jaxlib 0.10 two independent
+    # batched LU factorisations in one XLA:CPU program can each take an intra-op pool thread
+    # and wait for sub-tasks queued on the same, exhausted pool (a deadlock seen under the
+    # sweep's job vmap on 2 cores; the parallel LAPACK path is gone from jaxlib >= 0.11.1).
+    _, r = jax.vmap(lambda w: ridge(a, t, w, rho))(jnp.concatenate([jnp.ones_like(t)[None], masks]))
+    return r[0], (masks.sum(1) / z.shape[0] * r[1:]).sum()
 
 
 @register
 class CIL(Algorithm):
     name = "cil"
     needs_train_env_metadata = True
-    # Under the sweep's job vmap (the CPU default for MLPs) the step did not finish within 10
-    # minutes, one by one it takes 11 ms (cause not found): the sweep runs it unbatched.
-    vmappable = False
 
     @classmethod
     def own_hparams(cls, small):
